@@ -1,0 +1,1 @@
+fn main() { println!("{}", airlock_agent::EBPF_OBJECT.len()); }

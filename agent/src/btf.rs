@@ -1,0 +1,1 @@
+//! Minimal BTF reader for kernel struct member offsets.

@@ -1,0 +1,1 @@
+//! The `airlock` CLI, one file per subcommand.

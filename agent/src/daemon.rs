@@ -1,0 +1,1 @@
+//! airlockd's main loop.

@@ -1,0 +1,284 @@
+//! Flagged actions as userspace sees them, whichever backend produced them.
+//!
+//! The LSM backend decodes [`airlock_common::Event`] records from its ring buffer; the fanotify
+//! backend builds the same [`GateEvent`] from a permission event and procfs. Both then go through
+//! one channel to the daemon, which enriches and records them.
+use airlock_common::{COMM_LEN, Event, NAME_LEN, action, flags, op, verdict};
+use serde::Serialize;
+
+/// Errors decoding a kernel event record.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("event record is {got} bytes, expected {want}")]
+    Size { got: usize, want: usize },
+    #[error("event has unknown {field} value {value}")]
+    Unknown { field: &'static str, value: u32 },
+}
+
+/// A gated operation, by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Exec,
+    OpenWrite,
+    Create,
+    Unlink,
+    Rename,
+    Truncate,
+    Link,
+    Chmod,
+    Chown,
+    Mkdir,
+    Rmdir,
+    Symlink,
+}
+
+impl Op {
+    /// Decodes an [`airlock_common::op`] value.
+    pub fn from_raw(v: u32) -> Option<Op> {
+        Some(match v {
+            op::EXEC => Op::Exec,
+            op::OPEN_WRITE => Op::OpenWrite,
+            op::CREATE => Op::Create,
+            op::UNLINK => Op::Unlink,
+            op::RENAME => Op::Rename,
+            op::TRUNCATE => Op::Truncate,
+            op::LINK => Op::Link,
+            op::CHMOD => Op::Chmod,
+            op::CHOWN => Op::Chown,
+            op::MKDIR => Op::Mkdir,
+            op::RMDIR => Op::Rmdir,
+            op::SYMLINK => Op::Symlink,
+            _ => return None,
+        })
+    }
+
+    /// The [`airlock_common::op`] value.
+    pub fn raw(self) -> u32 {
+        match self {
+            Op::Exec => op::EXEC,
+            Op::OpenWrite => op::OPEN_WRITE,
+            Op::Create => op::CREATE,
+            Op::Unlink => op::UNLINK,
+            Op::Rename => op::RENAME,
+            Op::Truncate => op::TRUNCATE,
+            Op::Link => op::LINK,
+            Op::Chmod => op::CHMOD,
+            Op::Chown => op::CHOWN,
+            Op::Mkdir => op::MKDIR,
+            Op::Rmdir => op::RMDIR,
+            Op::Symlink => op::SYMLINK,
+        }
+    }
+}
+
+/// The action a rule asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Allow,
+    Audit,
+    Deny,
+    Approve,
+}
+
+impl Action {
+    /// Decodes an [`airlock_common::action`] value.
+    pub fn from_raw(v: u32) -> Option<Action> {
+        Some(match v {
+            action::ALLOW => Action::Allow,
+            action::AUDIT => Action::Audit,
+            action::DENY => Action::Deny,
+            action::APPROVE => Action::Approve,
+            _ => return None,
+        })
+    }
+}
+
+/// What happened to the operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Allowed,
+    Denied,
+}
+
+impl Verdict {
+    /// Decodes an [`airlock_common::verdict`] value.
+    pub fn from_raw(v: u32) -> Option<Verdict> {
+        Some(match v {
+            verdict::ALLOWED => Verdict::Allowed,
+            verdict::DENIED => Verdict::Denied,
+            _ => return None,
+        })
+    }
+}
+
+/// One flagged action.
+#[derive(Clone, Debug, Serialize)]
+pub struct GateEvent {
+    /// Which backend saw it: "lsm" or "fanotify".
+    pub backend: &'static str,
+    /// CLOCK_BOOTTIME nanoseconds when the kernel (or the fanotify listener) saw it.
+    pub ktime_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub euid: u32,
+    pub cgroup_id: u64,
+    pub comm: String,
+    pub op: Op,
+    /// Kernel `s_dev` of the target (MAJOR<<20 | MINOR).
+    pub target_dev: u32,
+    pub target_ino: u64,
+    /// Last path component as the kernel saw it.
+    pub target_name: String,
+    /// Full path when the backend knows it (fanotify does; LSM fills it in userspace later).
+    pub target_path: Option<String>,
+    pub rule_id: u32,
+    pub action: Action,
+    pub verdict: Verdict,
+    /// The policy was in monitor mode: `verdict` is what happened, `action` what would have.
+    pub monitor: bool,
+    /// The target name was cut at the kernel's buffer size.
+    pub name_truncated: bool,
+    /// Matched by (directory, name) rather than inode: the binary was replaced at its path.
+    pub matched_by_entry: bool,
+}
+
+fn c_str(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+impl GateEvent {
+    /// Decodes a raw ring-buffer record.
+    pub fn decode(backend: &'static str, bytes: &[u8]) -> Result<GateEvent, EventError> {
+        let want = core::mem::size_of::<Event>();
+        if bytes.len() < want {
+            return Err(EventError::Size { got: bytes.len(), want });
+        }
+        // SAFETY: Event is repr(C) POD and the slice holds at least size_of::<Event>() bytes;
+        // read_unaligned copes with the ring buffer's 8-byte alignment.
+        let ev: Event = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
+        Self::from_raw(backend, &ev)
+    }
+
+    /// Converts a kernel-layout event.
+    pub fn from_raw(backend: &'static str, ev: &Event) -> Result<GateEvent, EventError> {
+        let unknown = |field, value| EventError::Unknown { field, value };
+        Ok(GateEvent {
+            backend,
+            ktime_ns: ev.ktime_ns,
+            pid: ev.pid,
+            tgid: ev.tgid,
+            ppid: ev.ppid,
+            uid: ev.uid,
+            euid: ev.euid,
+            cgroup_id: ev.cgroup_id,
+            comm: c_str(&ev.comm[..COMM_LEN]),
+            op: Op::from_raw(ev.op).ok_or_else(|| unknown("op", ev.op))?,
+            target_dev: ev.target_dev,
+            target_ino: ev.target_ino,
+            target_name: c_str(&ev.name[..NAME_LEN]),
+            target_path: None,
+            rule_id: ev.rule_id,
+            action: Action::from_raw(ev.action).ok_or_else(|| unknown("action", ev.action))?,
+            verdict: Verdict::from_raw(ev.verdict).ok_or_else(|| unknown("verdict", ev.verdict))?,
+            monitor: ev.flags & flags::MONITOR != 0,
+            name_truncated: ev.flags & flags::NAME_TRUNCATED != 0,
+            matched_by_entry: ev.flags & flags::MATCHED_BY_ENTRY != 0,
+        })
+    }
+}
+
+/// The verdict a rule's action leads to today. `approve` is enforced as deny until holding
+/// lands; monitor mode turns every deny into an allow-with-event.
+pub fn verdict_for(action: u32, rule_flags: u32) -> u32 {
+    if rule_flags & flags::MONITOR != 0 {
+        return verdict::ALLOWED;
+    }
+    match action {
+        action::DENY | action::APPROVE => verdict::DENIED,
+        _ => verdict::ALLOWED,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> Event {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..4].copy_from_slice(b"bash");
+        let mut name = [0u8; NAME_LEN];
+        name[..3].copy_from_slice(b"apt");
+        Event {
+            ktime_ns: 42,
+            cgroup_id: 7,
+            target_ino: 1234,
+            pid: 10,
+            tgid: 10,
+            ppid: 1,
+            uid: 1000,
+            euid: 0,
+            target_dev: (8 << 20) | 1,
+            op: op::EXEC,
+            rule_id: 3,
+            action: action::APPROVE,
+            verdict: verdict::DENIED,
+            flags: flags::MATCHED_BY_ENTRY,
+            comm,
+            name,
+        }
+    }
+
+    #[test]
+    fn decodes_every_field_of_a_kernel_record() {
+        let ev = raw();
+        // SAFETY: reading the bytes of a POD value.
+        let bytes = unsafe {
+            core::slice::from_raw_parts((&ev as *const Event).cast::<u8>(), size_of::<Event>())
+        };
+        let g = GateEvent::decode("lsm", bytes).unwrap();
+        assert_eq!((g.pid, g.tgid, g.ppid, g.uid, g.euid), (10, 10, 1, 1000, 0));
+        assert_eq!(g.comm, "bash");
+        assert_eq!(g.target_name, "apt");
+        assert_eq!(g.op, Op::Exec);
+        assert_eq!(g.action, Action::Approve);
+        assert_eq!(g.verdict, Verdict::Denied);
+        assert!(g.matched_by_entry && !g.monitor && !g.name_truncated);
+        assert_eq!((g.target_dev, g.target_ino, g.cgroup_id, g.rule_id), ((8 << 20) | 1, 1234, 7, 3));
+    }
+
+    #[test]
+    fn short_record_is_an_error_not_a_read_past_the_end() {
+        assert!(matches!(GateEvent::decode("lsm", &[0u8; 8]), Err(EventError::Size { .. })));
+    }
+
+    #[test]
+    fn unknown_op_is_rejected() {
+        let mut ev = raw();
+        ev.op = 99;
+        assert!(matches!(
+            GateEvent::from_raw("lsm", &ev),
+            Err(EventError::Unknown { field: "op", value: 99 })
+        ));
+    }
+
+    #[test]
+    fn every_op_round_trips() {
+        for v in 1..=op::MAX {
+            assert_eq!(Op::from_raw(v).unwrap().raw(), v);
+        }
+    }
+
+    #[test]
+    fn monitor_mode_never_denies_and_approve_denies_until_holds_land() {
+        assert_eq!(verdict_for(action::DENY, flags::MONITOR), verdict::ALLOWED);
+        assert_eq!(verdict_for(action::APPROVE, 0), verdict::DENIED);
+        assert_eq!(verdict_for(action::DENY, 0), verdict::DENIED);
+        assert_eq!(verdict_for(action::AUDIT, 0), verdict::ALLOWED);
+    }
+}

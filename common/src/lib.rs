@@ -1,0 +1,217 @@
+//! Types shared by airlock's eBPF programs and its userspace agent.
+//!
+//! Every type here is `#[repr(C)]` and plain old data: the kernel side writes it into a map or a
+//! ring buffer and userspace reads the same bytes back. Enumerations cross the boundary as `u32`
+//! constants rather than Rust enums so that decoding an unknown value is an error, never UB.
+//! The `user` feature adds `aya::Pod` so that userspace can put these types in maps directly.
+#![no_std]
+
+/// Bytes of a task's `comm` (TASK_COMM_LEN).
+pub const COMM_LEN: usize = 16;
+/// Bytes of a dentry name kept in events and in directory-entry keys (longer names are cut).
+pub const NAME_LEN: usize = 64;
+/// How many dentry parents a protected-tree check walks before giving up (and treating the
+/// object as unprotected). Deeper trees than this are rare; the policy compiler warns about them.
+pub const MAX_DENTRY_DEPTH: u32 = 32;
+/// How many cgroup ancestor levels the agent check walks.
+pub const MAX_CGROUP_LEVEL: u32 = 16;
+
+/// Operations airlock can gate. Values are stable: they travel in events and in rule masks.
+pub mod op {
+    /// execve/execveat of a gated binary.
+    pub const EXEC: u32 = 1;
+    /// open with write intent (O_WRONLY/O_RDWR, O_TRUNC, O_APPEND) of a protected object.
+    pub const OPEN_WRITE: u32 = 2;
+    /// creation of a file, device, fifo or socket node in a protected directory (incl. O_CREAT).
+    pub const CREATE: u32 = 3;
+    /// unlink of a protected object.
+    pub const UNLINK: u32 = 4;
+    /// rename where the source or the destination is protected.
+    pub const RENAME: u32 = 5;
+    /// truncate(2) by path.
+    pub const TRUNCATE: u32 = 6;
+    /// hard link to a protected object, or into a protected directory.
+    pub const LINK: u32 = 7;
+    /// chmod of a protected object.
+    pub const CHMOD: u32 = 8;
+    /// chown of a protected object.
+    pub const CHOWN: u32 = 9;
+    /// mkdir in a protected directory.
+    pub const MKDIR: u32 = 10;
+    /// rmdir of a protected directory.
+    pub const RMDIR: u32 = 11;
+    /// symlink created in a protected directory.
+    pub const SYMLINK: u32 = 12;
+    /// Highest value in use.
+    pub const MAX: u32 = 12;
+
+    /// Bit of `op` in a [`crate::RuleRef::ops`] mask.
+    pub const fn bit(op: u32) -> u32 {
+        1 << op
+    }
+
+    /// Every write-like operation on protected trees.
+    pub const ALL_WRITES: u32 = bit(OPEN_WRITE)
+        | bit(CREATE)
+        | bit(UNLINK)
+        | bit(RENAME)
+        | bit(TRUNCATE)
+        | bit(LINK)
+        | bit(CHMOD)
+        | bit(CHOWN)
+        | bit(MKDIR)
+        | bit(RMDIR)
+        | bit(SYMLINK);
+}
+
+/// What a rule asks for. Stable values.
+pub mod action {
+    /// Let the action happen, record nothing.
+    pub const ALLOW: u32 = 0;
+    /// Let the action happen and record an event.
+    pub const AUDIT: u32 = 1;
+    /// Fail the action with EPERM and record an event.
+    pub const DENY: u32 = 2;
+    /// Hold the action for a human decision. Until holding is implemented this is enforced as
+    /// [`DENY`] and the event says so.
+    pub const APPROVE: u32 = 3;
+}
+
+/// What actually happened to the action. Stable values.
+pub mod verdict {
+    /// The action went ahead (audit rule, or monitor mode).
+    pub const ALLOWED: u32 = 1;
+    /// The action failed with EPERM.
+    pub const DENIED: u32 = 2;
+}
+
+/// Bits of [`RuleRef::flags`] and [`Event::flags`].
+pub mod flags {
+    /// The policy is in monitor mode: deny/approve rules only record what they would have done.
+    pub const MONITOR: u32 = 1 << 0;
+    /// (event only) the target name was cut at [`crate::NAME_LEN`].
+    pub const NAME_TRUNCATED: u32 = 1 << 1;
+    /// (event only) the exec matched by directory entry (path), not by inode: the file at a gated
+    /// path was replaced and userspace has not re-resolved it yet.
+    pub const MATCHED_BY_ENTRY: u32 = 1 << 2;
+}
+
+/// Identity of a filesystem object: the kernel's `s_dev` encoding (`MAJOR << 20 | MINOR`, not
+/// `stat`'s) and the inode number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    pub ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+/// A name inside a directory: how a gated binary is matched when the inode at its path changes
+/// (a package upgrade renames a new file over the old one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DirEntryKey {
+    pub dir_ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
+    /// NUL-padded name.
+    pub name: [u8; NAME_LEN],
+}
+
+/// Map value pointing at a compiled rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleRef {
+    /// Index of the rule in the compiled policy set (stable for one load).
+    pub rule_id: u32,
+    /// One of [`action`].
+    pub action: u32,
+    /// Mask of [`op::bit`]s the rule covers (protected trees); ignored for exec rules.
+    pub ops: u32,
+    /// [`flags`] bits.
+    pub flags: u32,
+}
+
+/// One flagged action, written by the kernel (LSM backend) or built in userspace (fallback).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// `bpf_ktime_get_boot_ns` (CLOCK_BOOTTIME) at the hook.
+    pub ktime_ns: u64,
+    pub cgroup_id: u64,
+    pub target_ino: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub euid: u32,
+    /// Kernel `s_dev` encoding.
+    pub target_dev: u32,
+    pub op: u32,
+    pub rule_id: u32,
+    pub action: u32,
+    pub verdict: u32,
+    pub flags: u32,
+    pub comm: [u8; COMM_LEN],
+    /// Last path component of the target (NUL-padded).
+    pub name: [u8; NAME_LEN],
+}
+
+/// Byte offsets of the kernel struct fields the programs read, taken from the running kernel's
+/// BTF by userspace (Rust eBPF has no CO-RE for kernel structs). A zero `valid` means "not filled
+/// in": the programs then do nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelOffsets {
+    pub valid: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_cred: u32,
+    pub cred_euid: u32,
+    pub binprm_file: u32,
+    pub file_f_path: u32,
+    pub file_f_inode: u32,
+    pub file_f_mode: u32,
+    pub file_f_flags: u32,
+    pub path_dentry: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    pub dentry_d_inode: u32,
+    pub qstr_name: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub sb_s_dev: u32,
+}
+
+/// Global switches read by every program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Settings {
+    /// Non-zero once userspace has filled in the policy maps; until then programs allow all.
+    pub armed: u32,
+    pub _pad: u32,
+}
+
+/// Kernel `FMODE_WRITE`.
+pub const FMODE_WRITE: u32 = 0x2;
+/// x86_64/generic `O_TRUNC`.
+pub const O_TRUNC: u32 = 0o1000;
+/// x86_64/generic `O_APPEND`.
+pub const O_APPEND: u32 = 0o2000;
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, with explicit padding fields and no pointers.
+    unsafe impl aya::Pod for InodeKey {}
+    unsafe impl aya::Pod for DirEntryKey {}
+    unsafe impl aya::Pod for RuleRef {}
+    unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for Settings {}
+}
+
+/// Converts a userspace `st_dev` (glibc `makedev` encoding) to the kernel's `s_dev`.
+pub const fn kernel_dev(major: u32, minor: u32) -> u32 {
+    (major << 20) | minor
+}

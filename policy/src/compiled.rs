@@ -1,0 +1,96 @@
+//! The output of policy compilation: what backends load. Produced by [`crate::compile`],
+//! consumed by the agent's backends (BPF maps, fanotify marks). Nothing here touches the kernel.
+use std::path::PathBuf;
+
+use airlock_common::{DirEntryKey, InodeKey, RuleRef};
+
+/// `enforce` or `monitor`, per policy (explicit in every policy file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Enforce,
+    Monitor,
+}
+
+/// How an agent's cgroups are found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selector {
+    /// Glob on the cgroup v2 path relative to the cgroup2 mount, with a leading `/`
+    /// (`/airlock.slice/*`). `*` does not cross `/`; `**` does.
+    Cgroup(String),
+    /// Glob on a systemd unit name (`agent-*.service`, `run-*.scope`): matches a cgroup directory
+    /// with that name anywhere in the hierarchy.
+    SystemdUnit(String),
+}
+
+/// One named agent and how to find its cgroups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentDef {
+    pub name: String,
+    /// Name of the policy that declared it.
+    pub policy: String,
+    pub selectors: Vec<Selector>,
+}
+
+/// What is known about a compiled rule, for events and logs. Its index in
+/// [`CompiledPolicy::rules`] is the `rule_id` carried by [`RuleRef`] and by events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleInfo {
+    pub id: u32,
+    pub name: String,
+    pub policy: String,
+    pub source: PathBuf,
+    /// One of `airlock_common::action`.
+    pub action: u32,
+    pub mode: Mode,
+}
+
+/// A gated binary as the policy named it, and what it resolved to on this host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecTarget {
+    pub rule: RuleRef,
+    /// The path as written in the policy.
+    pub path: PathBuf,
+    /// Symlinks resolved (or, when the file is missing, the parent resolved plus the file name).
+    pub canonical: PathBuf,
+    /// The inode now at that path; `None` when the binary is not installed (it is still gated
+    /// by its directory entry, so installing it later does not slip past).
+    pub inode: Option<InodeKey>,
+    /// (parent directory inode, file name): matches whatever inode is installed at the path.
+    pub entry: Option<DirEntryKey>,
+}
+
+/// A protected tree (or single file) as the policy named it, and its resolved identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProtectedTarget {
+    pub rule: RuleRef,
+    pub path: PathBuf,
+    pub canonical: PathBuf,
+    pub inode: InodeKey,
+    pub is_dir: bool,
+}
+
+/// Everything a backend needs, for every policy loaded.
+#[derive(Clone, Debug, Default)]
+pub struct CompiledPolicy {
+    /// Indexed by rule id.
+    pub rules: Vec<RuleInfo>,
+    pub agents: Vec<AgentDef>,
+    /// One per (rule, path); when several rules name the same inode the map loaders keep the
+    /// strictest (see [`strictness`]).
+    pub exec: Vec<ExecTarget>,
+    pub protected: Vec<ProtectedTarget>,
+    /// Things worth telling the operator that are not errors (missing binaries, missing paths).
+    pub notes: Vec<String>,
+}
+
+/// Order of actions when two rules meet on one object: deny beats approve beats audit beats
+/// allow.
+pub fn strictness(action: u32) -> u8 {
+    use airlock_common::action::*;
+    match action {
+        DENY => 4,
+        APPROVE => 3,
+        AUDIT => 1,
+        _ => 0,
+    }
+}
