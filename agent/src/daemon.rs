@@ -1,1 +1,319 @@
-//! airlockd's main loop.
+//! airlockd's main loop: load and compile the policy, pick a backend, keep agent cgroups in
+//! step with the cgroup tree, record every event, reload on SIGHUP.
+//!
+//! A policy that fails to load at start stops the daemon with the policy's diagnostics; one
+//! that fails on reload is logged and the policy in force stays in force.
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use airlock_policy::CompiledPolicy;
+use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::agents::AgentSet;
+use crate::backend::fanotify::FanotifyBackend;
+use crate::backend::lsm::{LsmBackend, LsmError};
+use crate::backend::{Backend, BackendError, BackendKind};
+use crate::event::GateEvent;
+
+/// Which backend to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// BPF LSM when the kernel allows it, else the fanotify fallback.
+    Auto,
+    Lsm,
+    Fanotify,
+}
+
+/// What airlockd needs to start.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    /// Policy files or directories.
+    pub policy_paths: Vec<PathBuf>,
+    pub backend: BackendChoice,
+    /// Status file, event log.
+    pub state_dir: PathBuf,
+}
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("policy rejected:\n{0}")]
+    Policy(String),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("agent cgroups: {0}")]
+    Agents(#[from] crate::agents::AgentsError),
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
+    move |source| DaemonError::Io { path: path.to_path_buf(), source }
+}
+
+/// Loads and compiles the policy files; the error text is the policy's diagnostics.
+pub fn load_policy(paths: &[PathBuf]) -> Result<CompiledPolicy, DaemonError> {
+    // WIRE-UP PENDING: the policy crate's loader is being written.
+    let _ = paths;
+    Err(DaemonError::Policy("policy loader not wired yet".into()))
+}
+
+/// What `airlock status` shows; rewritten by the daemon every second.
+#[derive(Serialize, serde::Deserialize, Debug, Clone, Default)]
+pub struct Status {
+    pub pid: u32,
+    pub backend: String,
+    /// Why this backend (e.g. why BPF LSM could not be used).
+    pub backend_reason: String,
+    pub policy_paths: Vec<String>,
+    pub policies: Vec<String>,
+    pub rules: usize,
+    pub gated_binaries: usize,
+    pub protected_paths: usize,
+    pub agents: Vec<StatusAgent>,
+    pub notes: Vec<String>,
+    pub events: u64,
+    pub lost: u64,
+    pub started_unix: u64,
+    pub updated_unix: u64,
+    /// Set when the last reload failed (the previous policy stays in force).
+    pub last_reload_error: Option<String>,
+}
+
+/// One agent cgroup in [`Status`].
+#[derive(Serialize, serde::Deserialize, Debug, Clone)]
+pub struct StatusAgent {
+    pub agent: String,
+    pub cgroup: String,
+    pub id: u64,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Starts the backend the config asks for; with `auto`, falls back to fanotify when the kernel
+/// cannot run BPF LSM programs, and returns the reason.
+pub fn start_backend(
+    choice: BackendChoice,
+    tx: crate::backend::EventSender,
+) -> Result<(Box<dyn Backend>, String), DaemonError> {
+    match choice {
+        BackendChoice::Lsm => Ok((Box::new(LsmBackend::start(tx).map_err(BackendError::from)?), "requested with --backend lsm".into())),
+        BackendChoice::Fanotify => Ok((
+            Box::new(FanotifyBackend::start(tx).map_err(BackendError::from)?),
+            "requested with --backend fanotify".into(),
+        )),
+        BackendChoice::Auto => match LsmBackend::start(tx.clone()) {
+            Ok(b) => Ok((Box::new(b), "BPF LSM programs load and attach on this kernel".into())),
+            Err(LsmError::Unavailable(why)) => {
+                let b = FanotifyBackend::start(tx).map_err(BackendError::from)?;
+                Ok((Box::new(b), format!("fallback: {why}")))
+            }
+            Err(e) => Err(BackendError::from(e).into()),
+        },
+    }
+}
+
+/// One recorded event: the backend's event plus what userspace knows about it.
+#[derive(Serialize)]
+struct Record<'a> {
+    #[serde(flatten)]
+    event: &'a GateEvent,
+    rule: Option<&'a str>,
+    policy: Option<&'a str>,
+    agent: Option<&'a str>,
+    agent_cgroup: Option<&'a str>,
+    /// The protected tree or gated binary path of the rule that matched.
+    rule_target: Option<String>,
+}
+
+struct State {
+    cfg: DaemonConfig,
+    policy: CompiledPolicy,
+    agents: AgentSet,
+    backend: Box<dyn Backend>,
+    status: Status,
+    log: std::fs::File,
+}
+
+impl State {
+    fn record(&mut self, ev: &GateEvent) {
+        let rule = self.policy.rules.get(ev.rule_id as usize);
+        let m = self.agents.classify_pid(ev.pid);
+        let rule_target = self
+            .policy
+            .exec
+            .iter()
+            .map(|t| (t.rule.rule_id, &t.canonical))
+            .chain(self.policy.protected.iter().map(|t| (t.rule.rule_id, &t.canonical)))
+            .find(|(id, _)| *id == ev.rule_id)
+            .map(|(_, p)| p.display().to_string());
+        let rec = Record {
+            event: ev,
+            rule: rule.map(|r| r.name.as_str()),
+            policy: rule.map(|r| r.policy.as_str()),
+            agent: m.as_ref().map(|m| m.root.agent.as_str()),
+            agent_cgroup: m.as_ref().map(|m| m.cgroup_path.as_str()),
+            rule_target,
+        };
+        let line = serde_json::to_string(&rec).unwrap_or_default();
+        tracing::info!(
+            target: "airlock::event",
+            op = ?ev.op, verdict = ?ev.verdict, action = ?ev.action, pid = ev.pid, comm = %ev.comm,
+            target = %ev.target_path.as_deref().unwrap_or(&ev.target_name),
+            rule = rec.rule.unwrap_or("?"), agent = rec.agent.unwrap_or("?"), monitor = ev.monitor,
+            "{}", if ev.action == crate::event::Action::Approve && !ev.monitor {
+                "approve rule enforced as deny: holding for approval is not implemented yet"
+            } else { "flagged" }
+        );
+        if let Err(e) = writeln!(self.log, "{line}") {
+            tracing::error!(error = %e, "cannot append to the event log");
+        }
+    }
+
+    fn refresh_status(&mut self) {
+        let s = self.backend.stats();
+        self.status.events = s.events;
+        self.status.lost = s.lost;
+        self.status.updated_unix = now_unix();
+        self.status.agents = {
+            let mut v: Vec<StatusAgent> = self
+                .agents
+                .roots
+                .values()
+                .map(|c| StatusAgent { agent: c.agent.clone(), cgroup: c.path.clone(), id: c.id })
+                .collect();
+            v.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
+            v
+        };
+        self.status.rules = self.policy.rules.len();
+        self.status.gated_binaries = self.policy.exec.len();
+        self.status.protected_paths = self.policy.protected.len();
+        self.status.notes = self.policy.notes.clone();
+        self.status.policies = {
+            let mut v: Vec<String> = self.policy.rules.iter().map(|r| r.policy.clone()).collect();
+            v.dedup();
+            v
+        };
+        let path = crate::paths::status_file(&self.cfg.state_dir);
+        let tmp = path.with_extension("json.tmp");
+        let body = serde_json::to_vec_pretty(&self.status).unwrap_or_default();
+        if std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
+            tracing::warn!(path = %path.display(), "cannot write the status file");
+        }
+    }
+
+    /// Re-resolves agent cgroups; applies them when they changed.
+    fn rescan_agents(&mut self) {
+        match AgentSet::resolve(self.agents.mount.clone(), &self.policy.agents) {
+            Ok(new) if new.roots != self.agents.roots => {
+                for (id, c) in &new.roots {
+                    if !self.agents.roots.contains_key(id) {
+                        tracing::info!(agent = %c.agent, cgroup = %c.path, id, "agent cgroup added");
+                    }
+                }
+                match self.backend.apply(&self.policy, &new) {
+                    Ok(()) => self.agents = new,
+                    Err(e) => tracing::error!(error = %e, "applying new agent cgroups failed; previous set stays"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "rescanning agent cgroups failed"),
+        }
+    }
+
+    fn reload(&mut self) {
+        let result = load_policy(&self.cfg.policy_paths).and_then(|p| {
+            let agents = AgentSet::resolve(self.agents.mount.clone(), &p.agents)?;
+            self.backend.apply(&p, &agents)?;
+            Ok((p, agents))
+        });
+        match result {
+            Ok((p, a)) => {
+                tracing::info!(rules = p.rules.len(), "policy reloaded");
+                self.policy = p;
+                self.agents = a;
+                self.status.last_reload_error = None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload failed; the previous policy stays in force");
+                self.status.last_reload_error = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// Tells systemd (Type=notify) that the daemon is ready, when started by systemd.
+fn sd_notify(msg: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let bytes = path.as_encoded_bytes();
+    let r = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt as _;
+        std::os::unix::net::SocketAddr::from_abstract_name(name).and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+    } else {
+        sock.send_to(msg.as_bytes(), Path::new(&path))
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
+    let policy = load_policy(&cfg.policy_paths)?;
+    std::fs::create_dir_all(&cfg.state_dir).map_err(io_err(&cfg.state_dir))?;
+    let log_path = crate::paths::event_log(&cfg.state_dir);
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
+    let mount = crate::cgroup::cgroup2_mount()?;
+    let agents = AgentSet::resolve(mount, &policy.agents)?;
+    let (tx, mut rx) = mpsc::channel::<GateEvent>(65536);
+    let (mut backend, reason) = start_backend(cfg.backend, tx)?;
+    backend.apply(&policy, &agents)?;
+    let kind: BackendKind = backend.kind();
+    tracing::info!(backend = kind.as_str(), reason = %reason, "backend running");
+    for note in &policy.notes {
+        tracing::info!(note = %note, "policy note");
+    }
+    let status = Status {
+        pid: std::process::id(),
+        backend: kind.as_str().to_string(),
+        backend_reason: reason,
+        policy_paths: cfg.policy_paths.iter().map(|p| p.display().to_string()).collect(),
+        started_unix: now_unix(),
+        ..Status::default()
+    };
+    let mut st = State { cfg, policy, agents, backend, status, log };
+    st.refresh_status();
+    sd_notify("READY=1\nSTATUS=gating");
+
+    let mut hup = signal(SignalKind::hangup()).map_err(io_err(Path::new("SIGHUP")))?;
+    let mut term = signal(SignalKind::terminate()).map_err(io_err(Path::new("SIGTERM")))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io_err(Path::new("SIGINT")))?;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            Some(ev) = rx.recv() => st.record(&ev),
+            _ = hup.recv() => st.reload(),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tick.tick() => { st.rescan_agents(); st.refresh_status(); }
+        }
+    }
+    while let Ok(ev) = rx.try_recv() {
+        st.record(&ev);
+    }
+    sd_notify("STOPPING=1");
+    st.refresh_status();
+    tracing::info!("stopping; gating ends with this process");
+    Ok(())
+}

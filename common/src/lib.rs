@@ -190,6 +190,9 @@ pub struct Settings {
     /// Non-zero once userspace has filled in the policy maps; until then programs allow all.
     pub armed: u32,
     pub _pad: u32,
+    /// Bumped by userspace whenever the agent roots change; classification cache entries of an
+    /// older generation are recomputed.
+    pub generation: u64,
 }
 
 /// Kernel `FMODE_WRITE`.

@@ -1,11 +1,405 @@
+//! airlock's BPF LSM gates.
+//!
+//! Every hook first asks "is the current task in an agent cgroup?" (one LRU lookup for tasks
+//! outside agent cgroups once their cgroup has been classified) and leaves at once if not. For
+//! agent tasks it identifies the object by kernel identity — (s_dev, inode) of the file, of its
+//! dentry ancestors for protected trees, or (parent inode, name) for gated binaries replaced at
+//! their path — looks the rule up, records an event, and returns 0 or -EPERM.
+//!
+//! Rules for the verifier (see shared/KERNEL-FACTS.md): return constants on every path (6.12
+//! checks the range), read hook arguments as raw scalars and walk struct fields with
+//! `bpf_probe_read_kernel` at offsets userspace took from the running kernel's BTF.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{macros::lsm, programs::LsmContext};
+use airlock_common::{
+    DirEntryKey, Event, InodeKey, KernelOffsets, MAX_CGROUP_LEVEL, MAX_DENTRY_DEPTH, NAME_LEN,
+    RuleRef, Settings, action, flags, op, verdict, FMODE_WRITE, O_TRUNC,
+};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+    },
+    macros::{lsm, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::LsmContext,
+};
+
+const EPERM: i32 = 1;
+
+/// Field offsets of the running kernel (one entry).
+#[map]
+static OFFSETS: Array<KernelOffsets> = Array::with_max_entries(1, 0);
+/// Global switches (one entry).
+#[map]
+static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+/// Agent root cgroups: cgroup id → agent index.
+#[map]
+static AGENT_ROOTS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+/// Classification cache: cgroup id → (generation << 1) | is_agent. A stale generation means
+/// the agent roots changed since the entry was written and the cgroup must be classified again.
+#[map]
+static CGROUP_CLASS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+/// Gated binaries by inode.
+#[map]
+static EXEC_INODES: HashMap<InodeKey, RuleRef> = HashMap::with_max_entries(65536, 0);
+/// Gated binaries by (parent directory inode, name).
+#[map]
+static EXEC_ENTRIES: HashMap<DirEntryKey, RuleRef> = HashMap::with_max_entries(65536, 0);
+/// Roots of protected trees (and protected single files) by inode.
+#[map]
+static PROTECTED: HashMap<InodeKey, RuleRef> = HashMap::with_max_entries(16384, 0);
+/// Flagged events for userspace.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+/// Events that did not fit in [`EVENTS`].
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn read_u64(addr: u64) -> u64 {
+    // SAFETY: bpf_probe_read_kernel copes with any address; a fault reads as an error.
+    unsafe { bpf_probe_read_kernel(addr as *const u64) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn read_u32(addr: u64) -> u32 {
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_kernel(addr as *const u32) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn offsets() -> Option<&'static KernelOffsets> {
+    let o = OFFSETS.get(0)?;
+    if o.valid == 0 { None } else { Some(o) }
+}
+
+/// Is the current task in an agent cgroup (or below one)? Tasks outside agents pay one array
+/// read (inlined by the verifier) and one LRU lookup once their cgroup is classified.
+#[inline(always)]
+fn in_agent_cgroup() -> Option<u64> {
+    // SAFETY: helper without arguments.
+    let cg = unsafe { bpf_get_current_cgroup_id() };
+    let settings = SETTINGS.get(0)?;
+    if settings.armed == 0 {
+        return None;
+    }
+    let generation = settings.generation;
+    // SAFETY: the value is a plain u64 copied out at once.
+    if let Some(v) = unsafe { CGROUP_CLASS.get(&cg) } {
+        let v = *v;
+        if v >> 1 == generation {
+            return if v & 1 != 0 { Some(cg) } else { None };
+        }
+    }
+    let mut agent = 0u64;
+    let mut level = 0u32;
+    while level < MAX_CGROUP_LEVEL {
+        // SAFETY: helper with a scalar argument.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id == 0 {
+            break;
+        }
+        // SAFETY: presence test only.
+        if unsafe { AGENT_ROOTS.get(&id) }.is_some() {
+            agent = 1;
+            break;
+        }
+        level += 1;
+    }
+    let _ = CGROUP_CLASS.insert(&cg, &((generation << 1) | agent), 0);
+    if agent != 0 { Some(cg) } else { None }
+}
+
+#[inline(always)]
+fn inode_key(o: &KernelOffsets, inode: u64) -> InodeKey {
+    let sb = read_u64(inode + o.inode_i_sb as u64);
+    InodeKey {
+        ino: read_u64(inode + o.inode_i_ino as u64),
+        dev: read_u32(sb + o.sb_s_dev as u64),
+        _pad: 0,
+    }
+}
+
+/// Where a protected-tree match was found.
+struct TreeMatch {
+    rule: RuleRef,
+    /// The object itself, or for a not-yet-existing one its nearest existing ancestor.
+    target: InodeKey,
+}
+
+/// Walks from `dentry` up its parents to the nearest protected inode whose rule covers `op`.
+/// Identity is the dentry chain, so symlinks, hardlinked names, relative paths, /proc/self/fd
+/// and bind mounts all end at the same protected inode.
+#[inline(always)]
+fn protected_match(o: &KernelOffsets, dentry: u64, op_bit: u32) -> Option<TreeMatch> {
+    let mut d = dentry;
+    let mut target = InodeKey::default();
+    let mut have_target = false;
+    let mut depth = 0u32;
+    while depth < MAX_DENTRY_DEPTH {
+        if d == 0 {
+            break;
+        }
+        let inode = read_u64(d + o.dentry_d_inode as u64);
+        if inode != 0 {
+            let key = inode_key(o, inode);
+            if !have_target {
+                target = key;
+                have_target = true;
+            }
+            // SAFETY: the value is copied out at once.
+            if let Some(r) = unsafe { PROTECTED.get(&key) } {
+                if r.ops & op_bit != 0 {
+                    return Some(TreeMatch { rule: *r, target });
+                }
+            }
+        }
+        let parent = read_u64(d + o.dentry_d_parent as u64);
+        if parent == d {
+            break;
+        }
+        d = parent;
+        depth += 1;
+    }
+    None
+}
+
+/// Records the event and returns the verdict. Never returns a value derived from a map: the
+/// caller turns the verdict into a constant return code.
+#[inline(always)]
+fn flag(o: &KernelOffsets, cg: u64, opv: u32, rule: &RuleRef, target: &InodeKey, dentry: u64, extra: u32) -> u32 {
+    let v = if rule.flags & flags::MONITOR != 0 {
+        verdict::ALLOWED
+    } else if rule.action == action::DENY || rule.action == action::APPROVE {
+        verdict::DENIED
+    } else {
+        verdict::ALLOWED
+    };
+    if rule.action == action::ALLOW {
+        return v;
+    }
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            let e = entry.as_mut_ptr();
+            let pid_tgid = bpf_get_current_pid_tgid();
+            // SAFETY: helper without arguments; the task pointer is only dereferenced through
+            // bpf_probe_read_kernel.
+            let task = unsafe { bpf_get_current_task() };
+            let cred = read_u64(task + o.task_cred as u64);
+            let parent = read_u64(task + o.task_real_parent as u64);
+            // SAFETY: `e` points at a reserved, exclusively owned ring-buffer record.
+            unsafe {
+                (*e).ktime_ns = bpf_ktime_get_boot_ns();
+                (*e).cgroup_id = cg;
+                (*e).target_ino = target.ino;
+                (*e).pid = pid_tgid as u32;
+                (*e).tgid = (pid_tgid >> 32) as u32;
+                (*e).ppid = read_u32(parent + o.task_tgid as u64);
+                (*e).uid = bpf_get_current_uid_gid() as u32;
+                (*e).euid = read_u32(cred + o.cred_euid as u64);
+                (*e).target_dev = target.dev;
+                (*e).op = opv;
+                (*e).rule_id = rule.rule_id;
+                (*e).action = rule.action;
+                (*e).verdict = v;
+                (*e).flags = (rule.flags & flags::MONITOR) | extra;
+                (*e).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+                (*e).name = [0; NAME_LEN];
+                let name_ptr = read_u64(dentry + (o.dentry_d_name + o.qstr_name) as u64);
+                if let Ok(s) = bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, &mut (*e).name) {
+                    if s.len() >= NAME_LEN - 1 {
+                        (*e).flags |= flags::NAME_TRUNCATED;
+                    }
+                }
+            }
+            entry.submit(0);
+        }
+        None => {
+            if let Some(n) = LOST.get_ptr_mut(0) {
+                // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+                unsafe { *n += 1 };
+            }
+        }
+    }
+    v
+}
+
+/// Gate on the protected tree containing `dentry` for `opv`; 0 or -EPERM.
+#[inline(always)]
+fn gate_tree(dentry: u64, opv: u32) -> i32 {
+    let Some(cg) = in_agent_cgroup() else { return 0 };
+    let Some(o) = offsets() else { return 0 };
+    let Some(m) = protected_match(o, dentry, op::bit(opv)) else { return 0 };
+    if flag(o, cg, opv, &m.rule, &m.target, dentry, 0) == verdict::DENIED {
+        -EPERM
+    } else {
+        0
+    }
+}
+
+#[inline(always)]
+fn path_dentry(o: &KernelOffsets, path: u64) -> u64 {
+    read_u64(path + o.path_dentry as u64)
+}
 
 #[lsm(hook = "bprm_check_security")]
-pub fn bprm_check_security(_ctx: LsmContext) -> i32 {
-    0
+pub fn bprm_check_security(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(1);
+    if prev as i32 != 0 {
+        return -EPERM;
+    }
+    let Some(cg) = in_agent_cgroup() else { return 0 };
+    let Some(o) = offsets() else { return 0 };
+    let bprm: u64 = ctx.arg(0);
+    let file = read_u64(bprm + o.binprm_file as u64);
+    let inode = read_u64(file + o.file_f_inode as u64);
+    let dentry = read_u64(file + (o.file_f_path + o.path_dentry) as u64);
+    let key = inode_key(o, inode);
+    // SAFETY: values are copied out at once.
+    let (rule, extra) = if let Some(r) = unsafe { EXEC_INODES.get(&key) } {
+        (*r, 0)
+    } else {
+        let parent = read_u64(dentry + o.dentry_d_parent as u64);
+        let pkey = inode_key(o, read_u64(parent + o.dentry_d_inode as u64));
+        let mut ek = DirEntryKey { dir_ino: pkey.ino, dev: pkey.dev, _pad: 0, name: [0; NAME_LEN] };
+        let name_ptr = read_u64(dentry + (o.dentry_d_name + o.qstr_name) as u64);
+        // SAFETY: bounded kernel string read into a stack buffer.
+        if unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, &mut ek.name) }.is_err() {
+            return 0;
+        }
+        match unsafe { EXEC_ENTRIES.get(&ek) } {
+            Some(r) => (*r, flags::MATCHED_BY_ENTRY),
+            None => return 0,
+        }
+    };
+    if flag(o, cg, op::EXEC, &rule, &key, dentry, extra) == verdict::DENIED {
+        -EPERM
+    } else {
+        0
+    }
+}
+
+#[lsm(hook = "file_open")]
+pub fn file_open(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(1);
+    if prev as i32 != 0 {
+        return -EPERM;
+    }
+    let Some(o) = offsets() else { return 0 };
+    let file: u64 = ctx.arg(0);
+    let mode = read_u32(file + o.file_f_mode as u64);
+    let fl = read_u32(file + o.file_f_flags as u64);
+    // Read-only opens are not gated; O_TRUNC truncates even with O_RDONLY.
+    if mode & FMODE_WRITE == 0 && fl & O_TRUNC == 0 {
+        return 0;
+    }
+    gate_tree(read_u64(file + (o.file_f_path + o.path_dentry) as u64), op::OPEN_WRITE)
+}
+
+#[lsm(hook = "path_truncate")]
+pub fn path_truncate(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(1);
+    if prev as i32 != 0 {
+        return -EPERM;
+    }
+    let Some(o) = offsets() else { return 0 };
+    gate_tree(path_dentry(o, ctx.arg(0)), op::TRUNCATE)
+}
+
+#[lsm(hook = "path_unlink")]
+pub fn path_unlink(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(2);
+    if prev as i32 != 0 {
+        return -EPERM;
+    }
+    gate_tree(ctx.arg(1), op::UNLINK)
+}
+
+#[lsm(hook = "path_rmdir")]
+pub fn path_rmdir(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(2);
+    if prev as i32 != 0 {
+        return -EPERM;
+    }
+    gate_tree(ctx.arg(1), op::RMDIR)
+}
+
+#[lsm(hook = "path_mkdir")]
+pub fn path_mkdir(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(3);
+    if prev as i32 != 0 {
+        return -EPERM;
+    }
+    gate_tree(ctx.arg(1), op::MKDIR)
+}
+
+/// Also reached for O_CREAT of a new file (may_o_create), before the file exists.
+#[lsm(hook = "path_mknod")]
+pub fn path_mknod(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(4);
+    if prev as i32 != 0 {
+        return -EPERM;
+    }
+    gate_tree(ctx.arg(1), op::CREATE)
+}
+
+#[lsm(hook = "path_symlink")]
+pub fn path_symlink(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(3);
+    if prev as i32 != 0 {
+        return -EPERM;
+    }
+    gate_tree(ctx.arg(1), op::SYMLINK)
+}
+
+/// A hard link is gated when its source is protected (a second name for a protected file) or
+/// when it is made inside a protected directory.
+#[lsm(hook = "path_link")]
+pub fn path_link(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(3);
+    if prev as i32 != 0 {
+        return -EPERM;
+    }
+    if gate_tree(ctx.arg(0), op::LINK) != 0 {
+        return -EPERM;
+    }
+    gate_tree(ctx.arg(2), op::LINK)
+}
+
+/// Either side of a rename being protected gates it (renaming over a protected file replaces it).
+#[lsm(hook = "path_rename")]
+pub fn path_rename(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(5);
+    if prev as i32 != 0 {
+        return -EPERM;
+    }
+    if gate_tree(ctx.arg(1), op::RENAME) != 0 {
+        return -EPERM;
+    }
+    gate_tree(ctx.arg(3), op::RENAME)
+}
+
+#[lsm(hook = "path_chmod")]
+pub fn path_chmod(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(2);
+    if prev as i32 != 0 {
+        return -EPERM;
+    }
+    let Some(o) = offsets() else { return 0 };
+    gate_tree(path_dentry(o, ctx.arg(0)), op::CHMOD)
+}
+
+#[lsm(hook = "path_chown")]
+pub fn path_chown(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(3);
+    if prev as i32 != 0 {
+        return -EPERM;
+    }
+    let Some(o) = offsets() else { return 0 };
+    gate_tree(path_dentry(o, ctx.arg(0)), op::CHOWN)
 }
 
 #[cfg(not(test))]

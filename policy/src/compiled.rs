@@ -1,6 +1,7 @@
 //! The output of policy compilation: what backends load. Produced by [`crate::compile`],
 //! consumed by the agent's backends (BPF maps, fanotify marks). Nothing here touches the kernel.
 use std::path::PathBuf;
+use std::time::Duration;
 
 use airlock_common::{DirEntryKey, InodeKey, RuleRef};
 
@@ -22,7 +23,8 @@ pub enum Selector {
     SystemdUnit(String),
 }
 
-/// One named agent and how to find its cgroups.
+/// One named agent and how to find its cgroups. Compilation adds the `airlock run` selector
+/// ([`run_scope_selector`]) to every agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentDef {
     pub name: String,
@@ -42,6 +44,30 @@ pub struct RuleInfo {
     /// One of `airlock_common::action`.
     pub action: u32,
     pub mode: Mode,
+    /// Mask of `airlock_common::op::bit`s the rule covers (`op::bit(op::EXEC)` for exec rules).
+    pub ops: u32,
+    /// Agents the rule is restricted to; empty means every agent. Policy v1 records this but the
+    /// backends do not scope rules per agent yet: a rule applies to every agent's processes.
+    pub agents: Vec<String>,
+    /// How long an `approve` rule waits for a decision, and what happens then. `None` for other
+    /// actions.
+    pub approval: Option<Approval>,
+}
+
+/// Settings of an `approve` rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Approval {
+    /// How long the action is held for a human decision (policy default 5 minutes).
+    pub timeout: Duration,
+    /// What happens when nobody decides in time (policy default deny).
+    pub on_timeout: OnTimeout,
+}
+
+/// What an unanswered approval turns into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnTimeout {
+    Deny,
+    Allow,
 }
 
 /// A gated binary as the policy named it, and what it resolved to on this host.
@@ -93,4 +119,10 @@ pub fn strictness(action: u32) -> u8 {
         AUDIT => 1,
         _ => 0,
     }
+}
+
+/// The selector every agent gets implicitly: the transient scopes that `airlock run --agent NAME`
+/// creates, `/airlock.slice/airlock-NAME-*.scope`.
+pub fn run_scope_selector(agent: &str) -> Selector {
+    Selector::Cgroup(format!("/airlock.slice/airlock-{agent}-*.scope"))
 }

@@ -1,8 +1,264 @@
-//! BPF LSM backend. (Owned by the kernel work.)
+//! BPF LSM backend: the decision is made in the kernel by the programs in `ebpf-programs/`.
+//!
+//! Userspace loads and attaches the programs, fills the offset map from the running kernel's
+//! BTF, writes the compiled policy into the rule maps and the agent roots into `AGENT_ROOTS`,
+//! and drains the event ring buffer. Programs are not pinned yet: when airlockd exits they are
+//! detached and gating stops (fail-closed pinning comes with holds).
+use std::collections::{HashMap as StdHashMap, HashSet};
+use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use airlock_common::{DirEntryKey, InodeKey, RuleRef, Settings};
+use airlock_policy::{CompiledPolicy, strictness};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::{Lsm, ProgramError};
+use aya::{Btf as AyaBtf, Ebpf, EbpfLoader, Pod};
+use tokio::io::unix::AsyncFd;
+
+use super::{Backend, BackendError, BackendKind, BackendStats, EventSender};
+use crate::agents::AgentSet;
+use crate::event::GateEvent;
+
+/// The LSM hooks airlock attaches, by program name (= hook name).
+pub const HOOKS: &[&str] = &[
+    "bprm_check_security",
+    "file_open",
+    "path_truncate",
+    "path_unlink",
+    "path_rmdir",
+    "path_mkdir",
+    "path_mknod",
+    "path_symlink",
+    "path_link",
+    "path_rename",
+    "path_chmod",
+    "path_chown",
+];
 
 /// Errors of the LSM backend.
 #[derive(Debug, thiserror::Error)]
 pub enum LsmError {
+    /// The kernel cannot run BPF LSM programs here; the string says why (shown by `airlock status`).
     #[error("BPF LSM is not usable here: {0}")]
     Unavailable(String),
+    #[error("loading the eBPF object: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("program {hook}: {source}")]
+    Program { hook: &'static str, source: ProgramError },
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("kernel BTF: {0}")]
+    Btf(#[from] crate::btf::BtfError),
+    #[error("ring buffer: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> LsmError {
+    move |source| LsmError::Map { name, source }
+}
+
+/// Running LSM backend. Dropping it detaches every program.
+pub struct LsmBackend {
+    _ebpf: Ebpf,
+    exec_inodes: HashMap<MapData, InodeKey, RuleRef>,
+    exec_entries: HashMap<MapData, DirEntryKey, RuleRef>,
+    protected: HashMap<MapData, InodeKey, RuleRef>,
+    agent_roots: HashMap<MapData, u64, u32>,
+    settings: Array<MapData, Settings>,
+    lost: PerCpuArray<MapData, u64>,
+    generation: u64,
+    delivered: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+fn lsm_listed() -> Option<bool> {
+    std::fs::read_to_string("/sys/kernel/security/lsm")
+        .ok()
+        .map(|s| s.split(',').any(|m| m.trim() == "bpf"))
+}
+
+fn explain_load_failure(hook: &'static str, e: ProgramError) -> LsmError {
+    let detail = match &e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            if io_error.raw_os_error() == Some(libc::EPERM) && verifier_log.to_string().trim().is_empty() {
+                match lsm_listed() {
+                    Some(false) => "bpf is not in the kernel's active LSM list (/sys/kernel/security/lsm); boot with lsm=...,bpf".to_string(),
+                    _ => "the kernel refused to load a BPF LSM program (EPERM with an empty verifier log: BPF trampolines are blocked on this platform)".to_string(),
+                }
+            } else {
+                return LsmError::Program { hook, source: e };
+            }
+        }
+        ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EPERM) => {
+            "attaching a BPF LSM program was refused (EPERM)".to_string()
+        }
+        _ => return LsmError::Program { hook, source: e },
+    };
+    LsmError::Unavailable(format!("{detail} [{hook}]"))
+}
+
+impl LsmBackend {
+    /// Loads, configures and attaches every program, and starts draining events into `events`.
+    /// Must run inside a tokio runtime. Returns [`LsmError::Unavailable`] when this kernel cannot
+    /// run BPF LSM programs, so the caller can fall back.
+    pub fn start(events: EventSender) -> Result<LsmBackend, LsmError> {
+        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return Err(LsmError::Unavailable("the kernel has no BTF (/sys/kernel/btf/vmlinux)".into()));
+        }
+        let offsets = crate::btf::Btf::from_sys_fs()?.kernel_offsets()?;
+        let aya_btf = AyaBtf::from_sys_fs().map_err(|e| LsmError::Unavailable(format!("kernel BTF: {e}")))?;
+        let mut ebpf = EbpfLoader::new().btf(Some(&aya_btf)).load(crate::EBPF_OBJECT)?;
+        for &hook in HOOKS {
+            let prog: &mut Lsm = ebpf
+                .program_mut(hook)
+                .ok_or(LsmError::Unavailable(format!("program {hook} missing from the object")))?
+                .try_into()
+                .map_err(|source| LsmError::Program { hook, source })?;
+            prog.load(hook, &aya_btf).map_err(|e| explain_load_failure(hook, e))?;
+        }
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(LsmError::MissingMap(name));
+        let mut offsets_map: Array<MapData, airlock_common::KernelOffsets> =
+            Array::try_from(take("OFFSETS")?).map_err(map_err("OFFSETS"))?;
+        offsets_map.set(0, offsets, 0).map_err(map_err("OFFSETS"))?;
+        let exec_inodes = HashMap::try_from(take("EXEC_INODES")?).map_err(map_err("EXEC_INODES"))?;
+        let exec_entries = HashMap::try_from(take("EXEC_ENTRIES")?).map_err(map_err("EXEC_ENTRIES"))?;
+        let protected = HashMap::try_from(take("PROTECTED")?).map_err(map_err("PROTECTED"))?;
+        let agent_roots = HashMap::try_from(take("AGENT_ROOTS")?).map_err(map_err("AGENT_ROOTS"))?;
+        let settings = Array::try_from(take("SETTINGS")?).map_err(map_err("SETTINGS"))?;
+        let lost = PerCpuArray::try_from(take("LOST")?).map_err(map_err("LOST"))?;
+        let ring = RingBuf::try_from(take("EVENTS")?).map_err(map_err("EVENTS"))?;
+        // Attach only after the maps exist: the programs allow everything until `armed`.
+        for &hook in HOOKS {
+            let prog: &mut Lsm = ebpf.program_mut(hook).expect("loaded above").try_into().expect("lsm");
+            prog.attach().map_err(|e| explain_load_failure(hook, e))?;
+        }
+        let delivered = Arc::new(AtomicU64::new(0));
+        let dropped = Arc::new(AtomicU64::new(0));
+        // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd until both are dropped.
+        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| LsmError::Io(e.into()))?;
+        let reader = tokio::spawn(drain(ring, events, delivered.clone(), dropped.clone()));
+        Ok(LsmBackend {
+            _ebpf: ebpf,
+            exec_inodes,
+            exec_entries,
+            protected,
+            agent_roots,
+            settings,
+            lost,
+            generation: 0,
+            delivered,
+            dropped,
+            reader,
+        })
+    }
+}
+
+impl Drop for LsmBackend {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+async fn drain(mut fd: AsyncFd<RingBuf<MapData>>, tx: EventSender, delivered: Arc<AtomicU64>, dropped: Arc<AtomicU64>) {
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else { return };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            match GateEvent::decode(BackendKind::Lsm.as_str(), &item) {
+                Ok(ev) => {
+                    if tx.try_send(ev).is_ok() {
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable event from the kernel");
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+/// Keeps the strictest rule per key (several rules may name one object).
+fn strictest<K: Eq + Hash>(items: impl Iterator<Item = (K, RuleRef)>) -> StdHashMap<K, RuleRef> {
+    let mut out: StdHashMap<K, RuleRef> = StdHashMap::new();
+    for (k, r) in items {
+        match out.get(&k) {
+            Some(old) if strictness(old.action) >= strictness(r.action) => {}
+            _ => {
+                out.insert(k, r);
+            }
+        }
+    }
+    out
+}
+
+/// Makes `map` hold exactly `want`: new and changed entries first, stale ones removed last, so
+/// an object gated before and after the update is never ungated in between.
+fn sync_map<K: Pod + Eq + Hash, V: Pod + PartialEq>(
+    name: &'static str,
+    map: &mut HashMap<MapData, K, V>,
+    want: &StdHashMap<K, V>,
+) -> Result<(), LsmError> {
+    for (k, v) in want {
+        if map.get(k, 0).ok().as_ref() != Some(v) {
+            map.insert(k, v, 0).map_err(map_err(name))?;
+        }
+    }
+    let stale: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| !want.contains_key(k)).collect();
+    for k in stale {
+        map.remove(&k).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+impl Backend for LsmBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Lsm
+    }
+
+    fn apply(&mut self, policy: &CompiledPolicy, agents: &AgentSet) -> Result<(), BackendError> {
+        let inodes = strictest(policy.exec.iter().filter_map(|t| t.inode.map(|k| (k, t.rule))));
+        let entries = strictest(policy.exec.iter().filter_map(|t| t.entry.map(|k| (k, t.rule))));
+        let protected = strictest(policy.protected.iter().map(|t| (t.inode, t.rule)));
+        sync_map("EXEC_INODES", &mut self.exec_inodes, &inodes)?;
+        sync_map("EXEC_ENTRIES", &mut self.exec_entries, &entries)?;
+        sync_map("PROTECTED", &mut self.protected, &protected)?;
+        let names: Vec<&str> = {
+            let set: HashSet<&str> = agents.roots.values().map(|c| c.agent.as_str()).collect();
+            let mut v: Vec<&str> = set.into_iter().collect();
+            v.sort();
+            v
+        };
+        let roots: StdHashMap<u64, u32> = agents
+            .roots
+            .iter()
+            .map(|(id, c)| (*id, names.iter().position(|n| *n == c.agent).unwrap_or(0) as u32))
+            .collect();
+        sync_map("AGENT_ROOTS", &mut self.agent_roots, &roots)?;
+        // A new generation makes every cached cgroup classification stale.
+        self.generation += 1;
+        let s = Settings { armed: 1, _pad: 0, generation: self.generation };
+        self.settings.set(0, s, 0).map_err(map_err("SETTINGS"))?;
+        Ok(())
+    }
+
+    fn stats(&self) -> BackendStats {
+        let kernel_lost: u64 = self
+            .lost
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0);
+        BackendStats {
+            events: self.delivered.load(Ordering::Relaxed),
+            lost: kernel_lost + self.dropped.load(Ordering::Relaxed),
+        }
+    }
 }

@@ -1,1 +1,41 @@
-fn main() { println!("{}", airlock_agent::EBPF_OBJECT.len()); }
+//! airlockd: the host daemon. Thin wrapper over `airlock_agent::daemon`.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use airlock_agent::daemon::{BackendChoice, DaemonConfig};
+use clap::Parser;
+
+/// Gates privileged actions of AI agents at the kernel.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Policy file or directory (repeatable).
+    #[arg(long = "policy", short = 'p', env = "AIRLOCK_POLICY", default_value = "/etc/airlock/policies", value_delimiter = ':')]
+    policy: Vec<PathBuf>,
+    /// Backend: auto picks BPF LSM when the kernel allows it, else fanotify.
+    #[arg(long, value_enum, default_value = "auto", env = "AIRLOCK_BACKEND")]
+    backend: BackendChoice,
+    /// Runtime state (status file, event log).
+    #[arg(long, env = "AIRLOCK_STATE_DIR", default_value = "/run/airlock")]
+    state_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    airlock_agent::cli::init_logging();
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("airlockd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cfg = DaemonConfig { policy_paths: args.policy, backend: args.backend, state_dir: args.state_dir };
+    match rt.block_on(airlock_agent::daemon::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("airlockd: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! The schema check: one YAML document to one [`Policy`], reporting every problem found rather
+//! than stopping at the first. Unknown keys are errors: a misspelt `operations` must not silently
+//! widen a rule to every operation.
+use std::collections::HashMap;
+use std::path::Path;
+
+use airlock_common::{action, op};
+
+use crate::compiled::{Approval, Mode, OnTimeout, Selector};
+use crate::diag::{Diagnostic, Diagnostics, Location};
+use crate::model::{ACTIONS, API_VERSION, AgentSpec, KIND, OPERATIONS, PathSpec, Policy, Rule, Target};
+use crate::values::{self, NameKind, PathUse};
+use crate::yaml::{Kind, Node, Pos};
+
+/// Approval timeout when a rule gives none.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+const TOP_KEYS: &[&str] = &["apiVersion", "kind", "metadata", "mode", "agents", "rules"];
+const METADATA_KEYS: &[&str] = &["name", "description"];
+const AGENT_KEYS: &[&str] =
+    &["name", "description", "cgroup", "cgroups", "systemdUnit", "systemdUnits"];
+const RULE_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "action",
+    "exec",
+    "paths",
+    "operations",
+    "agents",
+    "timeout",
+    "onTimeout",
+];
+
+/// A document that does not follow the policy schema.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SchemaError {
+    #[error("expected {expected}, found {found}")]
+    WrongType { expected: &'static str, found: &'static str },
+    #[error("unknown key {key:?} (expected {})", one_of(.expected))]
+    UnknownKey { key: String, expected: &'static [&'static str] },
+    #[error("duplicate key {key:?} (first at line {first_line})")]
+    DuplicateKey { key: String, first_line: usize },
+    #[error("mapping keys must be strings")]
+    NonStringKey,
+    #[error("missing required key {key:?}")]
+    MissingKey { key: &'static str },
+    #[error("unsupported apiVersion {found:?} (expected {API_VERSION})")]
+    ApiVersion { found: String },
+    #[error("unsupported kind {found:?} (expected {KIND})")]
+    Kind { found: String },
+    #[error("unknown mode {found:?} (expected enforce or monitor)")]
+    UnknownMode { found: String },
+    #[error("unknown action {found:?} (expected allow, audit, deny or approve)")]
+    UnknownAction { found: String },
+    #[error("unknown operation {found:?} (expected {})", one_of(&OPERATIONS.map(|(n, _)| n)))]
+    UnknownOperation { found: String },
+    #[error("unknown onTimeout {found:?} (expected deny or allow)")]
+    UnknownOnTimeout { found: String },
+    #[error("invalid {} {name:?} (expected 1 to 63 characters of {})", .kind.what(), .kind.charset())]
+    BadName { name: String, kind: NameKind },
+    #[error("duplicate rule name {name:?} (first at line {first_line})")]
+    DuplicateRule { name: String, first_line: usize },
+    #[error("a rule has exec or paths, not both")]
+    ExecAndPaths,
+    #[error("a rule needs exec (binaries to gate) or paths (trees and files to protect)")]
+    NoTarget,
+    #[error("must not be empty{hint}")]
+    EmptyList { hint: &'static str },
+    #[error("{value:?} is listed twice (first at line {first_line})")]
+    Duplicate { value: String, first_line: usize },
+    #[error("path {path:?} {reason}")]
+    BadPath { path: String, reason: &'static str },
+    #[error("bad glob {glob:?}: {reason}")]
+    BadGlob { glob: String, reason: String },
+    #[error("invalid duration {found:?} (expected a number with a unit: 30s, 5m, 1h, 1h30m)")]
+    BadDuration { found: String },
+    #[error("duration {found:?} out of range (expected more than 0s and at most 24h)")]
+    DurationOutOfRange { found: String },
+    #[error("only valid with action approve")]
+    ApprovalOnly,
+    #[error("only valid with paths; an exec rule gates execution only")]
+    OperationsOnExec,
+}
+
+/// "a, b or c".
+fn one_of(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() { key.to_owned() } else { format!("{prefix}.{key}") }
+}
+
+/// Checks one document. Returns the policy as far as it could be read, even when problems were
+/// reported, so that checks across policies (duplicate names, unknown agents) still run and the
+/// operator sees everything at once; the caller discards it if `diags` grew. Returns `None` when
+/// the document is not a policy at all (not a mapping, another apiVersion or kind).
+pub(crate) fn policy_from_node(doc: &Node, file: &Path, diags: &mut Diagnostics) -> Option<Policy> {
+    let mut w = Walker { file, diags };
+    let top = w.mapping(doc, "", TOP_KEYS)?;
+
+    let mut foreign = false;
+    if let Some(v) = w.required_string(&top, "", "apiVersion")
+        && v.text != API_VERSION
+    {
+        w.err(v.pos, "apiVersion", SchemaError::ApiVersion { found: v.text });
+        foreign = true;
+    }
+    if let Some(v) = w.required_string(&top, "", "kind")
+        && v.text != KIND
+    {
+        w.err(v.pos, "kind", SchemaError::Kind { found: v.text });
+        foreign = true;
+    }
+    if foreign {
+        // The rest of a document of another version or kind follows another schema; listing
+        // its keys as unknown would only bury the real problem.
+        return None;
+    }
+
+    let mut name = String::new();
+    let mut description = None;
+    let mut name_location = w.loc(top.pos);
+    if let Some(meta_node) = w.required(&top, "", "metadata")
+        && let Some(meta) = w.mapping(meta_node, "metadata", METADATA_KEYS)
+    {
+        if let Some(v) = w.required_string(&meta, "metadata", "name") {
+            name_location = w.loc(v.pos);
+            match values::check_name(&v.text, NameKind::Policy) {
+                Ok(()) => name = v.text,
+                Err(e) => w.err(v.pos, "metadata.name", e),
+            }
+        }
+        description = w.optional_string(&meta, "metadata", "description");
+    }
+
+    let mut mode = Mode::Enforce;
+    if let Some(v) = w.required_string(&top, "", "mode") {
+        match v.text.as_str() {
+            "enforce" => mode = Mode::Enforce,
+            "monitor" => mode = Mode::Monitor,
+            _ => w.err(v.pos, "mode", SchemaError::UnknownMode { found: v.text }),
+        }
+    }
+
+    let mut agents = Vec::new();
+    if let Some(list) = top.get("agents").and_then(|n| w.list(n, "agents", "")) {
+        for (i, node) in list.iter().enumerate() {
+            if let Some(agent) = w.agent(node, &format!("agents[{i}]")) {
+                agents.push(agent);
+            }
+        }
+    }
+
+    let mut rules = Vec::new();
+    let mut rule_names: HashMap<String, usize> = HashMap::new();
+    if let Some(list) = top.get("rules").and_then(|n| w.list(n, "rules", "")) {
+        for (i, node) in list.iter().enumerate() {
+            let field = format!("rules[{i}]");
+            let Some((rule, name_pos)) = w.rule(node, &field) else { continue };
+            if !rule.name.is_empty() {
+                if let Some(&first_line) = rule_names.get(&rule.name) {
+                    let e = SchemaError::DuplicateRule { name: rule.name.clone(), first_line };
+                    w.err(name_pos, &join(&field, "name"), e);
+                } else {
+                    rule_names.insert(rule.name.clone(), name_pos.line);
+                }
+            }
+            rules.push(rule);
+        }
+    }
+
+    Some(Policy {
+        name,
+        description,
+        mode,
+        agents,
+        rules,
+        location: w.loc(doc.pos),
+        name_location,
+    })
+}
+
+/// A mapping's known keys, each with where the key was written.
+struct Fields<'n> {
+    pos: Pos,
+    entries: Vec<(&'n str, Pos, &'n Node)>,
+}
+
+impl<'n> Fields<'n> {
+    fn get(&self, key: &str) -> Option<&'n Node> {
+        self.entries.iter().find(|(k, _, _)| *k == key).map(|(_, _, v)| *v)
+    }
+
+    fn key_pos(&self, key: &str) -> Option<Pos> {
+        self.entries.iter().find(|(k, _, _)| *k == key).map(|(_, p, _)| *p)
+    }
+}
+
+/// A string value and where it is.
+struct Text {
+    text: String,
+    pos: Pos,
+}
+
+struct Walker<'a> {
+    file: &'a Path,
+    diags: &'a mut Diagnostics,
+}
+
+impl Walker<'_> {
+    fn loc(&self, pos: Pos) -> Location {
+        Location::new(self.file, pos.line, pos.column)
+    }
+
+    fn err(&mut self, pos: Pos, field: &str, e: SchemaError) {
+        let d = Diagnostic::new(self.loc(pos), field, e);
+        self.diags.push(d);
+    }
+
+    fn wrong_type(&mut self, node: &Node, field: &str, expected: &'static str) {
+        self.err(node.pos, field, SchemaError::WrongType { expected, found: node.describe() });
+    }
+
+    /// The node as a mapping with only `allowed` keys, each once.
+    fn mapping<'n>(
+        &mut self,
+        node: &'n Node,
+        field: &str,
+        allowed: &'static [&'static str],
+    ) -> Option<Fields<'n>> {
+        let Kind::Map(entries) = &node.kind else {
+            self.wrong_type(node, field, "a mapping");
+            return None;
+        };
+        let mut fields = Fields { pos: node.pos, entries: Vec::new() };
+        for (k, v) in entries {
+            let key = match &k.kind {
+                Kind::Scalar { value, .. } if !k.is_null() => value.as_str(),
+                _ => {
+                    self.err(k.pos, field, SchemaError::NonStringKey);
+                    continue;
+                }
+            };
+            if !allowed.contains(&key) {
+                let e = SchemaError::UnknownKey { key: key.to_owned(), expected: allowed };
+                self.err(k.pos, field, e);
+            } else if let Some(first) = fields.key_pos(key) {
+                let e = SchemaError::DuplicateKey { key: key.to_owned(), first_line: first.line };
+                self.err(k.pos, &join(field, key), e);
+            } else {
+                fields.entries.push((key, k.pos, v));
+            }
+        }
+        Some(fields)
+    }
+
+    fn required<'n>(&mut self, f: &Fields<'n>, field: &str, key: &'static str) -> Option<&'n Node> {
+        let node = f.get(key);
+        if node.is_none() {
+            self.err(f.pos, field, SchemaError::MissingKey { key });
+        }
+        node
+    }
+
+    fn string(&mut self, node: &Node, field: &str) -> Option<Text> {
+        match &node.kind {
+            Kind::Scalar { value, .. } if !node.is_null() => {
+                Some(Text { text: value.clone(), pos: node.pos })
+            }
+            _ => {
+                self.wrong_type(node, field, "a string");
+                None
+            }
+        }
+    }
+
+    fn required_string(&mut self, f: &Fields<'_>, field: &str, key: &'static str) -> Option<Text> {
+        let node = self.required(f, field, key)?;
+        self.string(node, &join(field, key))
+    }
+
+    fn optional_string(&mut self, f: &Fields<'_>, field: &str, key: &'static str) -> Option<String> {
+        let node = f.get(key)?;
+        self.string(node, &join(field, key)).map(|t| t.text)
+    }
+
+    /// A non-empty list.
+    fn list<'n>(&mut self, node: &'n Node, field: &str, hint: &'static str) -> Option<&'n [Node]> {
+        match &node.kind {
+            Kind::Seq(items) if items.is_empty() => {
+                self.err(node.pos, field, SchemaError::EmptyList { hint });
+                None
+            }
+            Kind::Seq(items) => Some(items),
+            _ => {
+                self.wrong_type(node, field, "a list");
+                None
+            }
+        }
+    }
+
+    /// Each string of a non-empty list, with its field path; duplicates reported.
+    fn string_list(&mut self, node: &Node, field: &str, hint: &'static str) -> Vec<(Text, String)> {
+        let mut out: Vec<(Text, String)> = Vec::new();
+        for (i, item) in self.list(node, field, hint).unwrap_or_default().iter().enumerate() {
+            let item_field = format!("{field}[{i}]");
+            let Some(t) = self.string(item, &item_field) else { continue };
+            if let Some((first, _)) = out.iter().find(|(o, _)| o.text == t.text) {
+                let e = SchemaError::Duplicate { value: t.text.clone(), first_line: first.pos.line };
+                self.err(t.pos, &item_field, e);
+                continue;
+            }
+            out.push((t, item_field));
+        }
+        out
+    }
+
+    fn agent(&mut self, node: &Node, field: &str) -> Option<AgentSpec> {
+        let f = self.mapping(node, field, AGENT_KEYS)?;
+        let name_text = self.required_string(&f, field, "name");
+        let mut name = String::new();
+        let mut location = self.loc(f.pos);
+        if let Some(t) = name_text {
+            location = self.loc(t.pos);
+            match values::check_name(&t.text, NameKind::Agent) {
+                Ok(()) => name = t.text,
+                Err(e) => self.err(t.pos, &join(field, "name"), e),
+            }
+        }
+        let description = self.optional_string(&f, field, "description");
+
+        let mut globs: Vec<(Text, String, bool)> = Vec::new();
+        for (key, is_unit, many) in [
+            ("cgroup", false, false),
+            ("cgroups", false, true),
+            ("systemdUnit", true, false),
+            ("systemdUnits", true, true),
+        ] {
+            let Some(node) = f.get(key) else { continue };
+            let key_field = join(field, key);
+            if many {
+                for (t, item_field) in self.string_list(node, &key_field, "") {
+                    globs.push((t, item_field, is_unit));
+                }
+            } else if let Some(t) = self.string(node, &key_field) {
+                globs.push((t, key_field, is_unit));
+            }
+        }
+        let mut selectors = Vec::new();
+        for (t, glob_field, is_unit) in globs {
+            let checked = if is_unit {
+                values::check_unit_glob(&t.text)
+            } else {
+                values::check_cgroup_glob(&t.text)
+            };
+            match checked {
+                Err(e) => self.err(t.pos, &glob_field, e),
+                Ok(()) if is_unit => selectors.push(Selector::SystemdUnit(t.text)),
+                Ok(()) => selectors.push(Selector::Cgroup(t.text)),
+            }
+        }
+        Some(AgentSpec { name, description, selectors, location })
+    }
+
+    /// The rule, and where its name is (for duplicate-name reports).
+    fn rule(&mut self, node: &Node, field: &str) -> Option<(Rule, Pos)> {
+        let f = self.mapping(node, field, RULE_KEYS)?;
+        let mut name = String::new();
+        let mut name_pos = f.pos;
+        if let Some(t) = self.required_string(&f, field, "name") {
+            name_pos = t.pos;
+            match values::check_name(&t.text, NameKind::Rule) {
+                Ok(()) => name = t.text,
+                Err(e) => self.err(t.pos, &join(field, "name"), e),
+            }
+        }
+        let description = self.optional_string(&f, field, "description");
+
+        let mut rule_action = None;
+        if let Some(t) = self.required_string(&f, field, "action") {
+            match ACTIONS.iter().find(|(n, _)| *n == t.text) {
+                Some((_, a)) => rule_action = Some(*a),
+                None => {
+                    let e = SchemaError::UnknownAction { found: t.text };
+                    self.err(t.pos, &join(field, "action"), e);
+                }
+            }
+        }
+
+        let target = match (f.get("exec"), f.get("paths")) {
+            (Some(_), Some(_)) => {
+                let (exec_pos, paths_pos) = (f.key_pos("exec"), f.key_pos("paths"));
+                let later = exec_pos.max(paths_pos).unwrap_or(f.pos);
+                self.err(later, field, SchemaError::ExecAndPaths);
+                Target::Paths(Vec::new())
+            }
+            (Some(n), None) => Target::Exec(self.paths(n, &join(field, "exec"), PathUse::Exec)),
+            (None, Some(n)) => {
+                Target::Paths(self.paths(n, &join(field, "paths"), PathUse::Protect))
+            }
+            (None, None) => {
+                self.err(f.pos, field, SchemaError::NoTarget);
+                Target::Paths(Vec::new())
+            }
+        };
+
+        let mut ops = match target {
+            Target::Exec(_) => op::bit(op::EXEC),
+            Target::Paths(_) => op::ALL_WRITES,
+        };
+        if let Some(n) = f.get("operations") {
+            let ops_field = join(field, "operations");
+            if matches!(target, Target::Exec(_)) {
+                let pos = f.key_pos("operations").unwrap_or(n.pos);
+                self.err(pos, &ops_field, SchemaError::OperationsOnExec);
+            } else {
+                ops = 0;
+                for (t, item_field) in self.string_list(n, &ops_field, "; leave it out for all") {
+                    match OPERATIONS.iter().find(|(name, _)| *name == t.text) {
+                        Some((_, o)) => ops |= op::bit(*o),
+                        None => {
+                            let e = SchemaError::UnknownOperation { found: t.text };
+                            self.err(t.pos, &item_field, e);
+                        }
+                    }
+                }
+            }
+        }
+
+        let mut agents = Vec::new();
+        if let Some(n) = f.get("agents") {
+            let hint = " (leave it out to apply the rule to every agent)";
+            for (t, item_field) in self.string_list(n, &join(field, "agents"), hint) {
+                match values::check_name(&t.text, NameKind::Agent) {
+                    Ok(()) => agents.push((t.text, self.loc(t.pos))),
+                    Err(e) => self.err(t.pos, &item_field, e),
+                }
+            }
+        }
+
+        let approval = self.approval(&f, field, rule_action);
+        let rule = Rule {
+            name,
+            description,
+            action: rule_action.unwrap_or(action::DENY),
+            target,
+            ops,
+            agents,
+            approval,
+            location: self.loc(f.pos),
+        };
+        Some((rule, name_pos))
+    }
+
+    fn approval(&mut self, f: &Fields<'_>, field: &str, rule_action: Option<u32>) -> Option<Approval> {
+        let is_approve = rule_action == Some(action::APPROVE);
+        if rule_action.is_some() && !is_approve {
+            // With an unknown action, whether these belong is unknowable: say nothing.
+            for key in ["timeout", "onTimeout"] {
+                if let Some(pos) = f.key_pos(key) {
+                    self.err(pos, &join(field, key), SchemaError::ApprovalOnly);
+                }
+            }
+            return None;
+        }
+        let mut approval = Approval { timeout: DEFAULT_TIMEOUT, on_timeout: OnTimeout::Deny };
+        if let Some(n) = f.get("timeout") {
+            let timeout_field = join(field, "timeout");
+            if let Some(t) = self.string(n, &timeout_field) {
+                match values::parse_duration(&t.text) {
+                    Ok(d) => approval.timeout = d,
+                    Err(e) => self.err(t.pos, &timeout_field, e),
+                }
+            }
+        }
+        if let Some(n) = f.get("onTimeout") {
+            let on_field = join(field, "onTimeout");
+            if let Some(t) = self.string(n, &on_field) {
+                match t.text.as_str() {
+                    "deny" => approval.on_timeout = OnTimeout::Deny,
+                    "allow" => approval.on_timeout = OnTimeout::Allow,
+                    _ => self.err(t.pos, &on_field, SchemaError::UnknownOnTimeout { found: t.text }),
+                }
+            }
+        }
+        is_approve.then_some(approval)
+    }
+
+    fn paths(&mut self, node: &Node, field: &str, usage: PathUse) -> Vec<PathSpec> {
+        let mut out: Vec<PathSpec> = Vec::new();
+        for (t, item_field) in self.string_list(node, field, "") {
+            match values::check_path(&t.text, usage) {
+                Err(e) => self.err(t.pos, &item_field, e),
+                Ok(path) => {
+                    // `/etc` and `/etc/` are one tree; string_list only caught exact repeats.
+                    if let Some(first) = out.iter().find(|p| p.path == path) {
+                        let e = SchemaError::Duplicate {
+                            value: t.text,
+                            first_line: first.location.line,
+                        };
+                        self.err(t.pos, &item_field, e);
+                        continue;
+                    }
+                    out.push(PathSpec { path, location: self.loc(t.pos) });
+                }
+            }
+        }
+        out
+    }
+}
