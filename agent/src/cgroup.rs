@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 mod dir;
 
-pub use dir::{CgroupDir, KILL_TIMEOUT, kill_tree, remove_tree};
+pub use dir::{CgroupDir, KILL_TIMEOUT, kill_tree, kill_tree_by_signal, remove_tree};
 
 /// Errors from cgroup operations.
 #[derive(Debug, thiserror::Error)]

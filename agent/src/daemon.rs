@@ -58,9 +58,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
 
 /// Loads and compiles the policy files; the error text is the policy's diagnostics.
 pub fn load_policy(paths: &[PathBuf]) -> Result<CompiledPolicy, DaemonError> {
-    // WIRE-UP PENDING: the policy crate's loader is being written.
-    let _ = paths;
-    Err(DaemonError::Policy("policy loader not wired yet".into()))
+    airlock_policy::load_and_compile(paths, &airlock_policy::HostResolver)
+        .map(|c| c.compiled)
+        .map_err(|d| DaemonError::Policy(d.to_string()))
 }
 
 /// What `airlock status` shows; rewritten by the daemon every second.

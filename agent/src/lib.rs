@@ -14,4 +14,4 @@ pub mod event;
 pub mod paths;
 
 /// The eBPF object built from `ebpf-programs/` by build.rs.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/airlock"));
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/airlock-ebpf"));

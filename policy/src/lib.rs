@@ -1,5 +1,43 @@
 //! airlock policy v1: YAML documents (`apiVersion: airlock.dev/v1`, `kind: Policy`) parsed with
 //! source locations, validated, and compiled to kernel identities that backends load.
+//!
+//! - [`load_paths`] / [`parse_str`]: files to [`Policy`]s, or every problem as [`Diagnostics`]
+//!   (`file:line:column: field: message`, one per line).
+//! - [`compile`]: policies to a [`CompiledPolicy`], resolving paths through a [`Resolver`]
+//!   ([`HostResolver`] on a real host).
+//! - [`effective_exec_map`], [`effective_exec_entry_map`], [`effective_protected_map`]: the one
+//!   rule per object that the kernel maps hold.
+//! - [`load_and_compile`]: all of it, for `airlock policy check` and `airlockd` alike.
+//!
+//! The format is documented in `policies/README.md`.
+mod check;
+mod compile;
 mod compiled;
+mod diag;
+mod effective;
+mod load;
+mod model;
+mod resolve;
+mod schema;
+mod validate;
+mod values;
+mod yaml;
 
+#[cfg(test)]
+mod tests;
+
+pub use check::{Checked, load_and_compile};
+pub use compile::{CompileError, compile};
 pub use compiled::*;
+pub use diag::{Diagnostic, Diagnostics, Location, Problem};
+pub use effective::{effective_exec_entry_map, effective_exec_map, effective_protected_map};
+pub use load::{LoadError, load_paths, parse_str};
+pub use model::{
+    ACTIONS, API_VERSION, AgentSpec, KIND, OPERATIONS, PathSpec, Policy, Rule, Target, action_name,
+    mode_name, op_names,
+};
+pub use resolve::{FileId, HostResolver, Resolver, inode_key};
+pub use schema::{DEFAULT_TIMEOUT, SchemaError};
+pub use validate::SetError;
+pub use values::{MAX_EXEC_NAME_LEN, MAX_NAME_LEN, MAX_TIMEOUT, NameKind};
+pub use yaml::YamlError;

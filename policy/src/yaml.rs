@@ -5,8 +5,8 @@
 //! visible (a map type would keep only the last one, silently).
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
-/// A 1-based line and column.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// A 1-based line and column (ordered by line, then column).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub(crate) struct Pos {
     pub line: usize,
     pub column: usize,

@@ -1,1 +1,136 @@
-fn main() {}
+//! airlock-e2e: end-to-end scenarios against a real airlockd on a real kernel.
+//!
+//! `--tier host` runs on the host kernel (fanotify fallback here), `--tier guest` inside the
+//! QEMU guests that xtask boots (BPF LSM). Prints `PASS`/`FAIL`/`SKIP` lines and a closing
+//! `e2e: N passed, M failed, K skipped`; exits non-zero on any failure. `--op` is the child
+//! helper the scenarios run inside agent cgroups.
+mod cases;
+mod harness;
+mod ops;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use harness::{Daemon, Report, ensure};
+
+struct Args {
+    tier: String,
+    bin_dir: PathBuf,
+}
+
+fn parse() -> anyhow::Result<Args> {
+    let mut tier = None;
+    let mut bin_dir = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--op" => {
+                let op = it.next().context("--op needs a name")?;
+                let rest: Vec<String> = it.collect();
+                ops::run(&op, &rest);
+            }
+            "--tier" => tier = it.next(),
+            "--bin-dir" => bin_dir = it.next().map(PathBuf::from),
+            other => anyhow::bail!("unknown argument {other:?} (use --tier host|guest --bin-dir DIR)"),
+        }
+    }
+    let tier = tier.context("--tier host|guest is required")?;
+    anyhow::ensure!(tier == "host" || tier == "guest", "--tier must be host or guest, not {tier:?}");
+    let bin_dir = match bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe()?.parent().context("exe dir")?.to_path_buf(),
+    };
+    Ok(Args { tier, bin_dir })
+}
+
+
+fn bad_policy_is_refused_with_location(a: &Args, base: &std::path::Path) -> anyhow::Result<()> {
+    let bad = base.join(format!("airlock-e2e-bad-{}.yaml", std::process::id()));
+    std::fs::write(&bad, "apiVersion: airlock.dev/v1\nkind: Policy\nmetadata:\n  name: bad\nmode: enforce\nrules:\n  - name: r\n    action: block\n    exec: [/bin/true]\n")?;
+    let out = std::process::Command::new(a.bin_dir.join("airlockd"))
+        .arg("--policy").arg(&bad).arg("--state-dir").arg(base.join("airlock-e2e-bad-state"))
+        .output()?;
+    let _ = std::fs::remove_file(&bad);
+    let _ = std::fs::remove_dir_all(base.join("airlock-e2e-bad-state"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure(!out.status.success(), || "airlockd started with a bad policy".into())?;
+    let want = format!("{}:8:", bad.display());
+    ensure(err.contains(&want), || format!("stderr lacks {want}: {err}"))
+}
+
+fn main() -> ExitCode {
+    let a = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("airlock-e2e: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut r = Report::default();
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        r.skip("e2e", "needs root (cgroups, fanotify, BPF)");
+        return finish(&r);
+    }
+    let base = PathBuf::from(if a.tier == "guest" { "/tmp" } else { "/var/tmp" });
+    let want_backend = if a.tier == "guest" { "lsm" } else { "fanotify" };
+    r.check("bad_policy_is_refused_with_file_line_column", bad_policy_is_refused_with_location(&a, &base));
+    let fx = match cases::Fixture::new(&base) {
+        Ok(f) => f,
+        Err(e) => {
+            r.check("fixture", Err(e));
+            return finish(&r);
+        }
+    };
+    let mut daemon = match Daemon::start(&a.bin_dir, &fx.policy, &fx.dir.join("state"), "auto") {
+        Ok(d) => d,
+        Err(e) => {
+            r.check("airlockd_starts", Err(e));
+            return finish(&r);
+        }
+    };
+    let st = daemon.status().unwrap_or_default();
+    r.check("auto_selects_the_expected_backend_and_says_why", (|| {
+        ensure(st["backend"] == want_backend, || format!("backend {} (want {want_backend}): {}", st["backend"], st["backend_reason"]))?;
+        ensure(st["backend_reason"].as_str().is_some_and(|s| !s.is_empty()), || "no reason".into())?;
+        let out = std::process::Command::new(a.bin_dir.join("airlock"))
+            .args(["status", "--state-dir"]).arg(&daemon.state_dir).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure(out.status.success() && text.contains(want_backend), || format!("airlock status: {text}"))
+    })());
+    println!("backend: {} ({})", st["backend"], st["backend_reason"]);
+    let me = std::env::current_exe().unwrap_or_default();
+    {
+        let ctx = cases::Ctx { fx: &fx, daemon: &daemon, me: me.clone(), lsm: want_backend == "lsm" };
+        cases::run_all(&mut r, &ctx);
+    }
+    let lost = daemon.status().and_then(|s| s["lost"].as_u64()).unwrap_or(u64::MAX);
+    r.check("no_events_lost", ensure(lost == 0, || format!("{lost} events lost")));
+    let stopped = daemon.stop();
+    r.check("airlockd_stops_cleanly_on_sigterm", (|| {
+        let st = stopped?;
+        ensure(st.success(), || format!("exit status {st}:\n{}", daemon.log_text()))
+    })());
+    r.check("gating_ends_with_the_daemon_nothing_left_behind", (|| {
+        let me = me.to_string_lossy().to_string();
+        let p = fx.gated.path.to_string_lossy().to_string();
+        let mut argv = vec![me.as_str(), "--op", "exec", p.as_str()];
+        argv.extend(fx.gated.args.iter().map(String::as_str));
+        let (_, out) = harness::run_in(Some(&fx.agent_cg), None, &argv)?;
+        ensure(out.status.success(), || format!("exec after stop: {}", harness::stdout(&out)))
+    })());
+    if r.failed > 0 {
+        println!("--- airlockd log ---\n{}", daemon.log_text());
+    }
+    drop(daemon);
+    let cg = fx.agent_cg.parent().map(|p| p.to_path_buf());
+    drop(fx);
+    r.check("test_cgroups_removed", ensure(cg.is_some_and(|p| !p.exists()), || "cgroup left behind".into()));
+    finish(&r)
+}
+
+fn finish(r: &Report) -> ExitCode {
+    println!("e2e: {} passed, {} failed, {} skipped", r.passed, r.failed, r.skipped);
+    if r.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}

@@ -130,7 +130,7 @@ fn nightly_rust_src() -> Result<()> {
 }
 
 /// bpf-linker is fine when it reports the wanted version and links LLVM 22.
-fn bpf_linker_ok() -> Result<bool, String> {
+fn bpf_linker_ok() -> Result<(), String> {
     let Some(path) = util::which("bpf-linker") else {
         return Err("not installed".into());
     };
@@ -151,12 +151,12 @@ fn bpf_linker_ok() -> Result<bool, String> {
             }
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 fn bpf_linker() -> Result<()> {
     match bpf_linker_ok() {
-        Ok(_) => {
+        Ok(()) => {
             println!("ok: bpf-linker {BPF_LINKER_VERSION} (LLVM {LLVM_MAJOR}) present");
             return Ok(());
         }

@@ -147,9 +147,6 @@ impl Step {
         println!("\n==> {name}");
         Self { name, start: Instant::now() }
     }
-    pub fn elapsed(&self) -> Duration {
-        self.start.elapsed()
-    }
     pub fn done(self, what: &str) -> Duration {
         let d = self.start.elapsed();
         println!("<== {}: {what} ({})", self.name, fmt_dur(d));

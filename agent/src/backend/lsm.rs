@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use airlock_common::{DirEntryKey, InodeKey, RuleRef, Settings};
-use airlock_policy::{CompiledPolicy, strictness};
+use airlock_policy::CompiledPolicy;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{Lsm, ProgramError};
 use aya::{Btf as AyaBtf, Ebpf, EbpfLoader, Pod};
@@ -186,20 +186,6 @@ async fn drain(mut fd: AsyncFd<RingBuf<MapData>>, tx: EventSender, delivered: Ar
     }
 }
 
-/// Keeps the strictest rule per key (several rules may name one object).
-fn strictest<K: Eq + Hash>(items: impl Iterator<Item = (K, RuleRef)>) -> StdHashMap<K, RuleRef> {
-    let mut out: StdHashMap<K, RuleRef> = StdHashMap::new();
-    for (k, r) in items {
-        match out.get(&k) {
-            Some(old) if strictness(old.action) >= strictness(r.action) => {}
-            _ => {
-                out.insert(k, r);
-            }
-        }
-    }
-    out
-}
-
 /// Makes `map` hold exactly `want`: new and changed entries first, stale ones removed last, so
 /// an object gated before and after the update is never ungated in between.
 fn sync_map<K: Pod + Eq + Hash, V: Pod + PartialEq>(
@@ -225,9 +211,9 @@ impl Backend for LsmBackend {
     }
 
     fn apply(&mut self, policy: &CompiledPolicy, agents: &AgentSet) -> Result<(), BackendError> {
-        let inodes = strictest(policy.exec.iter().filter_map(|t| t.inode.map(|k| (k, t.rule))));
-        let entries = strictest(policy.exec.iter().filter_map(|t| t.entry.map(|k| (k, t.rule))));
-        let protected = strictest(policy.protected.iter().map(|t| (t.inode, t.rule)));
+        let inodes = airlock_policy::effective_exec_map(policy);
+        let entries = airlock_policy::effective_exec_entry_map(policy);
+        let protected = airlock_policy::effective_protected_map(policy);
         sync_map("EXEC_INODES", &mut self.exec_inodes, &inodes)?;
         sync_map("EXEC_ENTRIES", &mut self.exec_entries, &entries)?;
         sync_map("PROTECTED", &mut self.protected, &protected)?;

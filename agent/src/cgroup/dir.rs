@@ -242,39 +242,51 @@ fn subtree_dirs(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
 
 /// Kills every process in cgroup `dir` and below and waits until none is left.
 ///
-/// Uses `cgroup.kill` (Linux 5.14+), which also catches processes forking meanwhile. Older
-/// kernels: freezes the subtree (`cgroup.freeze`, 5.2+) so nothing forks, SIGKILLs every pid
-/// listed in each `cgroup.procs` until none is left, then thaws. The calling process must not
-/// be inside `dir` (the fallback skips it; `cgroup.kill` would not).
+/// Uses `cgroup.kill` (Linux 5.14+), which also catches processes forking meanwhile; older
+/// kernels get [`kill_tree_by_signal`]. The calling process must not be inside `dir`.
 pub fn kill_tree(dir: &Path, timeout: Duration) -> Result<(), CgroupError> {
-    let deadline = Instant::now() + timeout;
     let kill_file = dir.join("cgroup.kill");
-    let use_kill_file = kill_file.exists();
-    if use_kill_file {
-        fs::write(&kill_file, "1").map_err(|e| CgroupError::io(kill_file, e))?;
-    } else if !is_populated(dir)? {
-        return Ok(());
+    if !kill_file.exists() {
+        return kill_tree_by_signal(dir, timeout);
     }
-    let frozen = !use_kill_file && fs::write(dir.join("cgroup.freeze"), "1").is_ok();
-    let result = loop {
-        if !use_kill_file {
-            kill_listed(dir)?;
-        }
-        match is_populated(dir) {
-            Ok(false) => break Ok(()),
+    let deadline = Instant::now() + timeout;
+    fs::write(&kill_file, "1").map_err(|e| CgroupError::io(kill_file, e))?;
+    wait_unpopulated(dir, deadline, timeout, || Ok(()))
+}
+
+/// The `cgroup.kill`-less way of [`kill_tree`]: freezes the subtree (`cgroup.freeze`, 5.2+, so
+/// nothing forks meanwhile; SIGKILL still gets through to frozen tasks), SIGKILLs every pid
+/// listed in each `cgroup.procs` until none is left, then thaws. Skips the calling process.
+pub fn kill_tree_by_signal(dir: &Path, timeout: Duration) -> Result<(), CgroupError> {
+    let deadline = Instant::now() + timeout;
+    let freeze = dir.join("cgroup.freeze");
+    let frozen = freeze.exists() && fs::write(&freeze, "1").is_ok();
+    let result = wait_unpopulated(dir, deadline, timeout, || kill_listed(dir));
+    if frozen {
+        let _ = fs::write(&freeze, "0");
+    }
+    result
+}
+
+/// Runs `pass` and checks `cgroup.events` until the subtree is empty or `deadline` passes.
+fn wait_unpopulated(
+    dir: &Path,
+    deadline: Instant,
+    timeout: Duration,
+    mut pass: impl FnMut() -> Result<(), CgroupError>,
+) -> Result<(), CgroupError> {
+    loop {
+        match pass().and_then(|()| is_populated(dir)) {
+            Ok(false) => return Ok(()),
             Ok(true) if Instant::now() >= deadline => {
-                break Err(CgroupError::StillPopulated { path: dir.to_path_buf(), timeout });
+                return Err(CgroupError::StillPopulated { path: dir.to_path_buf(), timeout });
             }
             Ok(true) => std::thread::sleep(POLL),
             // Removed meanwhile: nothing left to kill.
-            Err(CgroupError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => break Ok(()),
-            Err(e) => break Err(e),
+            Err(CgroupError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
         }
-    };
-    if frozen {
-        let _ = fs::write(dir.join("cgroup.freeze"), "0");
     }
-    result
 }
 
 /// One pass of SIGKILL over every pid listed in the subtree (the fallback of [`kill_tree`]).
@@ -320,22 +332,6 @@ pub fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
         }
     }
     Ok(())
-}
-
-/// The no-`cgroup.kill` path of [`kill_tree`], for tests on kernels that have `cgroup.kill`.
-#[cfg(test)]
-pub(crate) fn kill_tree_by_signal(dir: &Path, timeout: Duration) -> Result<(), CgroupError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        kill_listed(dir)?;
-        if !is_populated(dir)? {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(CgroupError::StillPopulated { path: dir.to_path_buf(), timeout });
-        }
-        std::thread::sleep(POLL);
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,352 @@
+//! What procfs tells about a task blocked in a permission event: the open flags it asked for
+//! (`/proc/<tid>/syscall`, and `/proc/<tid>/mem` for `openat2`'s `struct open_how`) and its
+//! identity (`/proc/<tid>/status`, `comm`).
+//!
+//! Reading `syscall` and `mem` takes the task's `cred_guard_mutex` / `exec_update_lock`. A
+//! thread in `execve` holds `cred_guard_mutex` while the kernel opens its ELF interpreter, so if
+//! another thread of the same process opens a protected file meanwhile, a read of that thread's
+//! `syscall` would wait for the exec, and the exec waits for our answer. Those reads therefore
+//! run on a [`ProcReader`] worker with a deadline; past it the intent is unknown (fail closed).
+use std::io::Read as _;
+use std::os::unix::fs::FileExt as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// What an open asked for, as far as procfs tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Intent {
+    /// No write, create, truncate or append bit.
+    Read,
+    /// An exec (the binary or its interpreter); never a write.
+    Exec,
+    /// Open flags with write intent.
+    Write { flags: u64 },
+    /// Could not be determined (io_uring, kernel-internal open, a compat task, procfs
+    /// unreadable or blocked): treated as a write for agent processes (fail closed).
+    Unknown(&'static str),
+}
+
+/// Open-flag bits that mean write intent.
+pub const WRITE_BITS: u64 =
+    (libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_CREAT | libc::O_APPEND) as u64;
+
+/// Intent of an open with these flags.
+pub fn intent_of_flags(flags: u64) -> Intent {
+    if flags & WRITE_BITS != 0 { Intent::Write { flags } } else { Intent::Read }
+}
+
+/// A parsed `/proc/<tid>/syscall` line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyscallLine {
+    /// `running`: the task was not stopped (cannot happen while it waits for us).
+    Running,
+    /// `-1 sp pc`: blocked, but not in a system call.
+    NotInSyscall,
+    /// `nr arg0 .. arg5 sp pc`.
+    Call { nr: i64, args: [u64; 6] },
+}
+
+fn hex(s: &str) -> Option<u64> {
+    u64::from_str_radix(s.strip_prefix("0x").unwrap_or(s), 16).ok()
+}
+
+/// Parses `/proc/<tid>/syscall`: decimal number, then hex arguments, stack and pc.
+pub fn parse_syscall(line: &str) -> Option<SyscallLine> {
+    let mut it = line.split_ascii_whitespace();
+    let first = it.next()?;
+    if first == "running" {
+        return Some(SyscallLine::Running);
+    }
+    let nr: i64 = first.parse().ok()?;
+    if nr < 0 {
+        return Some(SyscallLine::NotInSyscall);
+    }
+    let mut args = [0u64; 6];
+    for a in &mut args {
+        *a = hex(it.next()?)?;
+    }
+    Some(SyscallLine::Call { nr, args })
+}
+
+/// How a system call says which flags it opens with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenCall {
+    /// The flags are an argument.
+    Flags(u64),
+    /// `openat2`: the flags are the first u64 of a `struct open_how` at this user address.
+    OpenHowAt(u64),
+    Exec,
+    /// Not a system call we know to open files.
+    Other,
+}
+
+/// Native system call numbers. Compat (32-bit) tasks use other numbers; they fall in `Other`
+/// or, where numbers coincide with a non-opening call, never reach here.
+#[cfg(target_arch = "x86_64")]
+mod nr {
+    pub const OPEN: i64 = 2;
+    pub const CREAT: i64 = 85;
+    pub const OPENAT: i64 = 257;
+    pub const OPEN_BY_HANDLE_AT: i64 = 304;
+    pub const OPENAT2: i64 = 437;
+    pub const EXECVE: i64 = 59;
+    pub const EXECVEAT: i64 = 322;
+    pub const USELIB: i64 = 134;
+}
+#[cfg(target_arch = "aarch64")]
+mod nr {
+    pub const OPEN: i64 = -100; // no open(2)
+    pub const CREAT: i64 = -101; // no creat(2)
+    pub const OPENAT: i64 = 56;
+    pub const OPEN_BY_HANDLE_AT: i64 = 265;
+    pub const OPENAT2: i64 = 437;
+    pub const EXECVE: i64 = 221;
+    pub const EXECVEAT: i64 = 281;
+    pub const USELIB: i64 = -102; // no uselib(2)
+}
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+mod nr {
+    // Unknown table: every open is Unknown (fail closed) until this architecture is added.
+    pub const OPEN: i64 = -100;
+    pub const CREAT: i64 = -101;
+    pub const OPENAT: i64 = -102;
+    pub const OPEN_BY_HANDLE_AT: i64 = -103;
+    pub const OPENAT2: i64 = -104;
+    pub const EXECVE: i64 = -105;
+    pub const EXECVEAT: i64 = -106;
+    pub const USELIB: i64 = -107;
+}
+
+/// Which argument carries the open flags of system call `nr`.
+pub fn open_call(nr: i64, args: &[u64; 6]) -> OpenCall {
+    match nr {
+        nr::OPEN => OpenCall::Flags(args[1]),
+        nr::OPENAT | nr::OPEN_BY_HANDLE_AT => OpenCall::Flags(args[2]),
+        // creat(path, mode) == open(path, O_CREAT|O_WRONLY|O_TRUNC, mode)
+        nr::CREAT => OpenCall::Flags((libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC) as u64),
+        nr::OPENAT2 => OpenCall::OpenHowAt(args[2]),
+        nr::EXECVE | nr::EXECVEAT | nr::USELIB => OpenCall::Exec,
+        _ => OpenCall::Other,
+    }
+}
+
+/// Intent from the `syscall` file's text, reading `open_how` through `read_how` when needed.
+pub fn intent_from_syscall(text: &str, read_how: impl FnOnce(u64) -> Option<u64>) -> Intent {
+    match parse_syscall(text) {
+        None => Intent::Unknown("unparsable /proc/<tid>/syscall"),
+        Some(SyscallLine::Running) => Intent::Unknown("task running"),
+        Some(SyscallLine::NotInSyscall) => Intent::Unknown("not in a system call (kernel-internal open)"),
+        Some(SyscallLine::Call { nr, args }) => match open_call(nr, &args) {
+            OpenCall::Flags(f) => intent_of_flags(f),
+            OpenCall::Exec => Intent::Exec,
+            OpenCall::OpenHowAt(addr) => match read_how(addr) {
+                Some(f) => intent_of_flags(f),
+                None => Intent::Unknown("cannot read openat2's open_how"),
+            },
+            OpenCall::Other => Intent::Unknown("not an open system call (io_uring, compat task, kernel-internal)"),
+        },
+    }
+}
+
+/// Reads the intent of thread `tid` directly (may block: see the module docs).
+pub fn read_intent(tid: u32) -> Intent {
+    let mut text = String::new();
+    let r = std::fs::File::open(format!("/proc/{tid}/syscall")).and_then(|mut f| f.read_to_string(&mut text));
+    if r.is_err() {
+        return Intent::Unknown("cannot read /proc/<tid>/syscall");
+    }
+    intent_from_syscall(&text, |addr| {
+        let f = std::fs::File::open(format!("/proc/{tid}/mem")).ok()?;
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, addr).ok()?;
+        Some(u64::from_ne_bytes(b))
+    })
+}
+
+/// Fields of `/proc/<tid>/status` that events carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskStatus {
+    pub tgid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub euid: u32,
+}
+
+/// Parses `/proc/<tid>/status` (`Uid:` is real, effective, saved, fs).
+pub fn parse_status(text: &str) -> Option<TaskStatus> {
+    let mut s = TaskStatus::default();
+    let (mut tgid, mut ppid, mut uid) = (false, false, false);
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else { continue };
+        let mut nums = v.split_ascii_whitespace().map(|n| n.parse::<u32>().ok());
+        match k {
+            "Tgid" => (s.tgid, tgid) = (nums.next()??, true),
+            "PPid" => (s.ppid, ppid) = (nums.next()??, true),
+            "Uid" => {
+                s.uid = nums.next()??;
+                s.euid = nums.next()??;
+                uid = true;
+            }
+            _ => {}
+        }
+    }
+    (tgid && ppid && uid).then_some(s)
+}
+
+/// Reads `/proc/<tid>/status` and `comm` (neither takes the locks `syscall` does).
+pub fn task_identity(tid: u32) -> (TaskStatus, String) {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|t| parse_status(&t))
+        .unwrap_or(TaskStatus { tgid: tid, ..TaskStatus::default() });
+    let comm = std::fs::read_to_string(format!("/proc/{tid}/comm"))
+        .map(|c| c.trim_end_matches('\n').to_owned())
+        .unwrap_or_default();
+    (status, comm)
+}
+
+type Job = (u32, mpsc::Sender<Intent>);
+
+/// Runs [`read_intent`] on a worker thread and waits for it with a deadline. A worker that
+/// misses the deadline is abandoned (it finishes on its own once the lock it waits for is
+/// released, which our answering the exec's events makes happen) and a fresh one takes over.
+pub struct ProcReader {
+    tx: Option<mpsc::Sender<Job>>,
+    deadline: Duration,
+    /// Workers alive, abandoned ones included: bounded so a pathological case cannot pile up
+    /// threads.
+    alive: Arc<AtomicUsize>,
+}
+
+/// Most workers alive at once (one current, the others stuck behind an exec).
+const MAX_WORKERS: usize = 4;
+
+impl ProcReader {
+    pub fn new(deadline: Duration) -> ProcReader {
+        ProcReader { tx: None, deadline, alive: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    fn spawn(&mut self) -> Option<&mpsc::Sender<Job>> {
+        if self.tx.is_none() {
+            if self.alive.load(Ordering::Relaxed) >= MAX_WORKERS {
+                return None;
+            }
+            let (tx, rx) = mpsc::channel::<Job>();
+            let alive = self.alive.clone();
+            alive.fetch_add(1, Ordering::Relaxed);
+            let spawned = std::thread::Builder::new().name("airlock-procrd".into()).spawn(move || {
+                for (tid, reply) in rx {
+                    let _ = reply.send(read_intent(tid));
+                }
+                alive.fetch_sub(1, Ordering::Relaxed);
+            });
+            if spawned.is_err() {
+                self.alive.fetch_sub(1, Ordering::Relaxed);
+                return None;
+            }
+            self.tx = Some(tx);
+        }
+        self.tx.as_ref()
+    }
+
+    /// The open intent of blocked thread `tid`, or `Unknown` past the deadline.
+    pub fn intent(&mut self, tid: u32) -> Intent {
+        let Some(tx) = self.spawn() else {
+            return Intent::Unknown("procfs readers all blocked");
+        };
+        let (rtx, rrx) = mpsc::channel();
+        if tx.send((tid, rtx)).is_err() {
+            self.tx = None;
+            return Intent::Unknown("procfs reader gone");
+        }
+        match rrx.recv_timeout(self.deadline) {
+            Ok(i) => i,
+            Err(_) => {
+                // Abandon this worker: dropping its sender lets it exit after its stuck read.
+                self.tx = None;
+                Intent::Unknown("/proc/<tid>/syscall blocked (a thread of the process is in execve)")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syscall_lines_parse() {
+        let l = "257 0xffffff9c 0x7ffd1000 0x241 0x1b6 0x0 0x0 0x7ffd0ff8 0x7f0012345678";
+        assert_eq!(
+            parse_syscall(l),
+            Some(SyscallLine::Call { nr: 257, args: [0xffffff9c, 0x7ffd1000, 0x241, 0x1b6, 0, 0] })
+        );
+        assert_eq!(parse_syscall("running\n"), Some(SyscallLine::Running));
+        assert_eq!(parse_syscall("-1 0x7ffd0ff8 0x7f0012345678\n"), Some(SyscallLine::NotInSyscall));
+        assert_eq!(parse_syscall("257 0x1 0x2"), None);
+        assert_eq!(parse_syscall("abc"), None);
+        assert_eq!(parse_syscall(""), None);
+    }
+
+    #[test]
+    fn write_intent_is_any_write_create_truncate_or_append_bit() {
+        for f in [libc::O_WRONLY, libc::O_RDWR, libc::O_TRUNC, libc::O_CREAT, libc::O_APPEND] {
+            assert!(matches!(intent_of_flags(f as u64), Intent::Write { .. }), "{f:#o}");
+        }
+        let read = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_LARGEFILE | libc::O_NONBLOCK;
+        assert_eq!(intent_of_flags(read as u64), Intent::Read);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn open_calls_find_their_flags() {
+        let none = |_| panic!("no open_how here");
+        let w = (libc::O_WRONLY | libc::O_CREAT) as u64;
+        // openat(dirfd, path, flags, mode)
+        assert_eq!(intent_from_syscall("257 0xffffff9c 0x1000 0x41 0x1a4 0x0 0x0 0x0 0x0", none), Intent::Write { flags: w });
+        // open(path, flags, mode)
+        assert_eq!(intent_from_syscall("2 0x1000 0x0 0x0 0x0 0x0 0x0 0x0 0x0", none), Intent::Read);
+        // creat(path, mode): always write+create+truncate
+        assert!(matches!(intent_from_syscall("85 0x1000 0x1a4 0x0 0x0 0x0 0x0 0x0 0x0", none), Intent::Write { flags } if flags & libc::O_TRUNC as u64 != 0));
+        // openat2(dirfd, path, how, size): flags read from memory at `how`
+        let i = intent_from_syscall("437 0xffffff9c 0x1000 0x2000 0x18 0x0 0x0 0x0 0x0", |a| {
+            assert_eq!(a, 0x2000);
+            Some(libc::O_RDWR as u64)
+        });
+        assert_eq!(i, Intent::Write { flags: libc::O_RDWR as u64 });
+        assert!(matches!(intent_from_syscall("437 0xffffff9c 0x1000 0x2000 0x18 0x0 0x0 0x0 0x0", |_| None), Intent::Unknown(_)));
+        assert_eq!(intent_from_syscall("59 0x1000 0x2000 0x3000 0x0 0x0 0x0 0x0 0x0", none), Intent::Exec);
+        // io_uring_enter and friends: unknown, fail closed
+        assert!(matches!(intent_from_syscall("426 0x3 0x1 0x0 0x0 0x0 0x0 0x0 0x0", none), Intent::Unknown(_)));
+        assert!(matches!(intent_from_syscall("-1 0x0 0x0", none), Intent::Unknown(_)));
+    }
+
+    #[test]
+    fn status_gives_tgid_ppid_and_real_and_effective_uid() {
+        let t = "Name:\tbash\nTgid:\t100\nNgid:\t0\nPid:\t101\nPPid:\t1\nUid:\t1000\t0\t0\t0\nGid:\t0\t0\t0\t0\n";
+        assert_eq!(parse_status(t), Some(TaskStatus { tgid: 100, ppid: 1, uid: 1000, euid: 0 }));
+        assert_eq!(parse_status("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn reader_reads_our_own_blocked_thread() {
+        // A thread of ours blocked in read(2) on a pipe: not an open, so Unknown, but the read
+        // itself must come back well within the deadline.
+        let (r, _w) = crate::backend::fanotify::sys::pipe().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let h = std::thread::spawn(move || {
+            // SAFETY: gettid has no arguments.
+            tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            let mut pfd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&r), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd; times out after 2 s.
+            unsafe { libc::poll(&mut pfd, 1, 2000) };
+        });
+        let tid = rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut pr = ProcReader::new(Duration::from_secs(1));
+        assert!(matches!(pr.intent(tid), Intent::Unknown(why) if why.starts_with("not an open")));
+        h.join().unwrap();
+    }
+}

@@ -1,0 +1,78 @@
+//! What the kernel maps hold: one [`RuleRef`] per key, merged from every rule that names the
+//! same object. Both backends load these, so they decide the same way.
+//!
+//! Precedence, highest first:
+//! 1. an enforcing `deny`/`approve` (it stops the action),
+//! 2. a monitoring `deny`/`approve` (it records "would have denied"),
+//! 3. `audit`, 4. `allow`;
+//!
+//! within a class, [`strictness`] (deny over approve), then the lower rule id. A monitor-mode
+//! policy thus never weakens an enforcing one that names the same object.
+//!
+//! The winner's `ops` also take in the ops of every other rule of the same class, because one
+//! map value must carry them all: `deny unlink` and `approve write` on `/etc` become one entry
+//! gating both (attributed to the deny rule). That over-enforces only approve-as-deny, which is
+//! how `approve` is enforced today anyway; dropping ops instead would let writes through.
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::hash::Hash;
+
+use airlock_common::{DirEntryKey, InodeKey, RuleRef, action, flags};
+
+use crate::compiled::{CompiledPolicy, strictness};
+
+/// Gated binaries by inode.
+pub fn effective_exec_map(policy: &CompiledPolicy) -> HashMap<InodeKey, RuleRef> {
+    merge(policy.exec.iter().filter_map(|t| Some((t.inode?, t.rule))))
+}
+
+/// Gated binaries by (directory inode, name): matches a binary installed or replaced after the
+/// policy was compiled.
+pub fn effective_exec_entry_map(policy: &CompiledPolicy) -> HashMap<DirEntryKey, RuleRef> {
+    merge(policy.exec.iter().filter_map(|t| Some((t.entry?, t.rule))))
+}
+
+/// Protected trees and files by inode. The backends apply the entry of the nearest protected
+/// ancestor (or the object itself), so an `allow` entry on a subdirectory carves it out of a
+/// protected tree.
+pub fn effective_protected_map(policy: &CompiledPolicy) -> HashMap<InodeKey, RuleRef> {
+    merge(policy.protected.iter().map(|t| (t.inode, t.rule)))
+}
+
+/// Class of a rule (see the module docs): higher wins.
+fn class(r: &RuleRef) -> u8 {
+    let gate = r.action == action::DENY || r.action == action::APPROVE;
+    match (gate, r.flags & flags::MONITOR != 0) {
+        (true, false) => 3,
+        (true, true) => 2,
+        (false, _) if r.action == action::AUDIT => 1,
+        (false, _) => 0,
+    }
+}
+
+/// Whether `new` takes precedence over `old` (ties keep the lower rule id).
+fn beats(new: &RuleRef, old: &RuleRef) -> bool {
+    let key = |r: &RuleRef| (class(r), strictness(r.action), std::cmp::Reverse(r.rule_id));
+    key(new) > key(old)
+}
+
+fn merge<K: Hash + Eq>(items: impl Iterator<Item = (K, RuleRef)>) -> HashMap<K, RuleRef> {
+    let mut map: HashMap<K, RuleRef> = HashMap::new();
+    for (key, rule) in items {
+        match map.entry(key) {
+            Entry::Vacant(v) => {
+                v.insert(rule);
+            }
+            Entry::Occupied(mut o) => {
+                let old = *o.get();
+                let same_class = class(&old) == class(&rule);
+                let mut winner = if beats(&rule, &old) { rule } else { old };
+                if same_class {
+                    winner.ops = old.ops | rule.ops;
+                }
+                o.insert(winner);
+            }
+        }
+    }
+    map
+}

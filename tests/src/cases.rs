@@ -1,0 +1,350 @@
+//! The gating scenarios. Each runs real processes inside (or outside) the test's own agent
+//! cgroup against a real airlockd and checks what the kernel did and what was recorded.
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+use airlock_agent::cgroup::{CgroupDir, cgroup_id, cgroup2_mount};
+use anyhow::{Context as _, bail};
+
+use crate::harness::{Daemon, Report, ensure, kernel_id, run_in, stdout};
+
+/// A runnable binary with its own inode: a copy of `true`, or of busybox run as `busybox true`
+/// (busybox applets share one inode, so tests copy the binary itself).
+#[derive(Clone)]
+pub struct Tool {
+    pub path: PathBuf,
+    pub args: Vec<String>,
+}
+
+fn true_impl() -> anyhow::Result<(PathBuf, Vec<String>)> {
+    for p in ["/usr/bin/true", "/bin/true"] {
+        if let Ok(real) = std::fs::canonicalize(p) {
+            if real.file_name().is_some_and(|n| n != "busybox") {
+                return Ok((real, vec![]));
+            }
+        }
+    }
+    for p in ["/bin/busybox", "/usr/bin/busybox"] {
+        if Path::new(p).exists() {
+            return Ok((PathBuf::from(p), vec!["true".into()]));
+        }
+    }
+    bail!("no true binary to copy")
+}
+
+/// Copies `true` (own inode) to `dir/<name>`.
+fn make_tool(dir: &Path) -> anyhow::Result<Tool> {
+    let (src, args) = true_impl()?;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(src.file_name().context("file name")?);
+    std::fs::copy(&src, &path).with_context(|| format!("copy {} to {}", src.display(), path.display()))?;
+    Ok(Tool { path, args })
+}
+
+/// Files, binaries, cgroups and the policy of one run.
+pub struct Fixture {
+    pub dir: PathBuf,
+    pub gated: Tool,
+    pub free: Tool,
+    pub audited: Tool,
+    pub etc: PathBuf,
+    pub conf: PathBuf,
+    pub policy: PathBuf,
+    pub agent_cg: PathBuf,
+    pub nested_cg: PathBuf,
+    pub outside_cg: PathBuf,
+    // Last: dropped after everything that may still run inside it.
+    pub _cg: CgroupDir,
+}
+
+impl Fixture {
+    /// Builds everything under `base` and under the cgroup2 mount.
+    pub fn new(base: &Path) -> anyhow::Result<Fixture> {
+        let dir = base.join(format!("airlock-e2e-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let gated = make_tool(&dir.join("gated"))?;
+        let free = make_tool(&dir.join("free"))?;
+        let audited = make_tool(&dir.join("audited"))?;
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(etc.join("sub"))?;
+        let conf = etc.join("conf");
+        std::fs::write(&conf, "original\n")?;
+        std::fs::write(etc.join("sub/deep"), "deep\n")?;
+        let mount = cgroup2_mount()?;
+        let top_rel = format!("airlock-e2e-{}", std::process::id());
+        let cg = CgroupDir::create(mount.join(&top_rel))?;
+        let agent_cg = cg.create_child("agent")?;
+        let nested_cg = cg.create_child("agent/nested")?;
+        let outside_cg = cg.create_child("outside")?;
+        let policy = dir.join("policy.yaml");
+        std::fs::write(
+            &policy,
+            format!(
+                "apiVersion: airlock.dev/v1\nkind: Policy\nmetadata:\n  name: e2e\nmode: enforce\n\
+                 agents:\n  - name: e2e\n    cgroup: \"/{top_rel}/agent\"\n\
+                 rules:\n  - name: gated-tools\n    action: deny\n    exec: [\"{}\"]\n\
+                 \x20 - name: audited-tools\n    action: audit\n    exec: [\"{}\"]\n\
+                 \x20 - name: protected-etc\n    action: deny\n    paths: [\"{}\"]\n",
+                gated.path.display(),
+                audited.path.display(),
+                etc.display()
+            ),
+        )?;
+        Ok(Fixture { dir, gated, free, audited, etc, conf, policy, agent_cg, nested_cg, outside_cg, _cg: cg })
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What every case gets.
+pub struct Ctx<'a> {
+    pub fx: &'a Fixture,
+    pub daemon: &'a Daemon,
+    pub me: PathBuf,
+    pub lsm: bool,
+}
+
+impl Ctx<'_> {
+    /// Runs `airlock-e2e --op OP ARGS` in `cg` and returns (pid, stdout).
+    fn op(&self, cg: Option<&Path>, op: &str, args: &[&str]) -> anyhow::Result<(u32, String)> {
+        self.op_in(cg, None, op, args)
+    }
+
+    fn op_in(&self, cg: Option<&Path>, cwd: Option<&Path>, op: &str, args: &[&str]) -> anyhow::Result<(u32, String)> {
+        let me = self.me.to_string_lossy().to_string();
+        let mut argv = vec![me.as_str(), "--op", op];
+        argv.extend_from_slice(args);
+        let (pid, out) = run_in(cg, cwd, &argv)?;
+        Ok((pid, stdout(&out)))
+    }
+
+    /// Executes `tool` (directly or via `path`) in `cg`: Ok(exit code) or the errno of execve.
+    fn exec(&self, cg: Option<&Path>, path: &Path, tool: &Tool) -> anyhow::Result<Result<i32, String>> {
+        let p = path.to_string_lossy().to_string();
+        let mut args = vec![p.as_str()];
+        args.extend(tool.args.iter().map(String::as_str));
+        let me = self.me.to_string_lossy().to_string();
+        let mut argv = vec![me.as_str(), "--op", "exec"];
+        argv.extend_from_slice(&args);
+        let (_, out) = run_in(cg, None, &argv)?;
+        let so = stdout(&out);
+        Ok(if so.starts_with("errno=") { Err(so) } else { Ok(out.status.code().unwrap_or(-1)) })
+    }
+
+    fn agent(&self) -> Option<&Path> {
+        Some(&self.fx.agent_cg)
+    }
+
+    fn outside(&self) -> Option<&Path> {
+        Some(&self.fx.outside_cg)
+    }
+
+    fn conf_intact(&self) -> anyhow::Result<()> {
+        let c = std::fs::read_to_string(&self.fx.conf)?;
+        ensure(c == "original\n", || format!("protected file changed: {c:?}"))
+    }
+}
+
+fn denied(r: Result<i32, String>, what: &str) -> anyhow::Result<()> {
+    match r {
+        Err(e) if e == "errno=1" => Ok(()),
+        Err(e) => bail!("{what}: expected EPERM, got {e}"),
+        Ok(code) => bail!("{what}: ran (exit {code}), expected EPERM"),
+    }
+}
+
+fn ran(r: Result<i32, String>, what: &str) -> anyhow::Result<()> {
+    match r {
+        Ok(0) => Ok(()),
+        other => bail!("{what}: expected to run with exit 0, got {other:?}"),
+    }
+}
+
+fn expect(out: &str, want: &str, what: &str) -> anyhow::Result<()> {
+    ensure(out == want, || format!("{what}: expected {want}, got {out:?}"))
+}
+
+type Case = fn(&Ctx) -> anyhow::Result<()>;
+
+/// (name, needs the LSM backend, check).
+pub const CASES: &[(&str, bool, Case)] = &[
+    ("agent_exec_of_gated_binary_is_denied", false, |c| denied(c.exec(c.agent(), &c.fx.gated.path, &c.fx.gated)?, "agent exec")),
+    ("non_agent_exec_of_gated_binary_runs", false, |c| ran(c.exec(c.outside(), &c.fx.gated.path, &c.fx.gated)?, "outside exec")),
+    ("agent_exec_of_ungated_binary_runs", false, |c| ran(c.exec(c.agent(), &c.fx.free.path, &c.fx.free)?, "free exec")),
+    ("nested_cgroup_below_agent_is_gated", false, |c| denied(c.exec(Some(&c.fx.nested_cg), &c.fx.gated.path, &c.fx.gated)?, "nested exec")),
+    ("symlink_to_gated_binary_is_denied", false, |c| {
+        let l = c.fx.dir.join("gated-symlink");
+        let _ = std::fs::remove_file(&l);
+        std::os::unix::fs::symlink(&c.fx.gated.path, &l)?;
+        denied(c.exec(c.agent(), &l, &c.fx.gated)?, "exec via symlink")
+    }),
+    ("hardlink_to_gated_binary_is_denied", false, |c| {
+        let l = c.fx.dir.join("gated").join("hardlink");
+        let _ = std::fs::remove_file(&l);
+        std::fs::hard_link(&c.fx.gated.path, &l)?;
+        let mut t = c.fx.gated.clone();
+        if !t.args.is_empty() {
+            // busybox picks the applet from argv[0]'s name: keep the name "busybox".
+            let d = c.fx.dir.join("hl");
+            std::fs::create_dir_all(&d)?;
+            let l2 = d.join("busybox");
+            let _ = std::fs::remove_file(&l2);
+            std::fs::hard_link(&c.fx.gated.path, &l2)?;
+            t.path = l2;
+        } else {
+            t.path = l;
+        }
+        denied(c.exec(c.agent(), &t.path.clone(), &t)?, "exec via hardlink")
+    }),
+    ("exec_through_proc_self_fd_is_denied", false, |c| {
+        let p = c.fx.gated.path.to_string_lossy().to_string();
+        let mut args = vec![p.as_str()];
+        args.extend(c.fx.gated.args.iter().map(String::as_str));
+        let (_, out) = c.op(c.agent(), "fdexec", &args)?;
+        expect(&out, "errno=1", "fexecve-style exec")
+    }),
+    ("agent_write_open_of_protected_file_is_denied", false, |c| {
+        expect(&c.op(c.agent(), "write", &[&c.fx.conf.to_string_lossy()])?.1, "errno=1", "write open")?;
+        c.conf_intact()
+    }),
+    ("agent_otrunc_open_is_denied_and_file_intact", false, |c| {
+        expect(&c.op(c.agent(), "trunc", &[&c.fx.conf.to_string_lossy()])?.1, "errno=1", "O_TRUNC open")?;
+        c.conf_intact()
+    }),
+    ("agent_write_deep_in_protected_tree_is_denied", false, |c| {
+        expect(&c.op(c.agent(), "write", &[&c.fx.etc.join("sub/deep").to_string_lossy()])?.1, "errno=1", "deep write")
+    }),
+    ("agent_read_of_protected_file_is_allowed", false, |c| {
+        expect(&c.op(c.agent(), "read", &[&c.fx.conf.to_string_lossy()])?.1, "ok", "read open")
+    }),
+    ("non_agent_write_to_protected_file_is_allowed", false, |c| {
+        let f = c.fx.etc.join("outside-may-write");
+        std::fs::write(&f, "x")?;
+        expect(&c.op(c.outside(), "write", &[&f.to_string_lossy()])?.1, "ok", "outside write")
+    }),
+    ("relative_path_write_is_denied", false, |c| {
+        expect(&c.op_in(c.agent(), Some(&c.fx.etc), "write", &["conf"])?.1, "errno=1", "relative write")?;
+        c.conf_intact()
+    }),
+    ("exec_event_carries_the_kernel_facts", false, |c| {
+        let (pid, out) = c.op(c.agent(), "exec", &[&c.fx.gated.path.to_string_lossy()])?;
+        expect(&out, "errno=1", "exec")?;
+        let (dev, ino) = kernel_id(&c.fx.gated.path)?;
+        let cg = cgroup_id(&c.fx.agent_cg)?;
+        let ev = c
+            .daemon
+            .wait_event(|e| e["pid"].as_u64() == Some(pid as u64) && e["op"] == "exec")
+            .with_context(|| format!("no exec event for pid {pid}"))?;
+        ensure(ev["verdict"] == "denied" && ev["action"] == "deny", || format!("verdict/action: {ev}"))?;
+        ensure(ev["target_ino"].as_u64() == Some(ino) && ev["target_dev"].as_u64() == Some(dev), || format!("target: {ev}"))?;
+        ensure(ev["cgroup_id"].as_u64() == Some(cg), || format!("cgroup id {cg}: {ev}"))?;
+        ensure(ev["tgid"].as_u64() == Some(pid as u64) && ev["uid"].as_u64() == Some(0) && ev["euid"].as_u64() == Some(0), || format!("ids: {ev}"))?;
+        ensure(ev["ppid"].as_u64() == Some(std::process::id() as u64), || format!("ppid: {ev}"))?;
+        ensure(ev["comm"] == "airlock-e2e", || format!("comm: {ev}"))?;
+        ensure(ev["rule"] == "gated-tools" && ev["agent"] == "e2e", || format!("rule/agent: {ev}"))?;
+        ensure(ev["ktime_ns"].as_u64().unwrap_or(0) > 0, || format!("time: {ev}"))
+    }),
+    ("write_event_carries_the_kernel_facts", false, |c| {
+        let (pid, out) = c.op(c.agent(), "write", &[&c.fx.conf.to_string_lossy()])?;
+        expect(&out, "errno=1", "write")?;
+        let (dev, ino) = kernel_id(&c.fx.conf)?;
+        let ev = c
+            .daemon
+            .wait_event(|e| e["pid"].as_u64() == Some(pid as u64) && e["op"] == "open_write")
+            .with_context(|| format!("no open_write event for pid {pid}"))?;
+        ensure(ev["target_ino"].as_u64() == Some(ino) && ev["target_dev"].as_u64() == Some(dev), || format!("target: {ev}"))?;
+        ensure(ev["target_name"] == "conf" && ev["verdict"] == "denied" && ev["rule"] == "protected-etc", || format!("{ev}"))
+    }),
+    ("audit_rule_allows_and_records", false, |c| {
+        ran(c.exec(c.agent(), &c.fx.audited.path, &c.fx.audited)?, "audited exec")?;
+        let (_, ino) = kernel_id(&c.fx.audited.path)?;
+        c.daemon
+            .wait_event(|e| e["target_ino"].as_u64() == Some(ino) && e["verdict"] == "allowed" && e["action"] == "audit")
+            .map(|_| ())
+            .context("no audit event")
+    }),
+    ("replaced_binary_at_gated_path_stays_gated", true, |c| {
+        // A package upgrade writes a new file and renames it over the old one: new inode.
+        let tmp = c.fx.gated.path.with_extension("new");
+        std::fs::copy(&c.fx.free.path, &tmp)?;
+        let before = std::fs::metadata(&c.fx.gated.path)?.ino();
+        std::fs::rename(&tmp, &c.fx.gated.path)?;
+        ensure(std::fs::metadata(&c.fx.gated.path)?.ino() != before, || "inode did not change".into())?;
+        denied(c.exec(c.agent(), &c.fx.gated.path, &c.fx.gated)?, "exec of replaced binary")
+    }),
+    ("rename_over_protected_file_is_denied", true, |c| {
+        let src = c.fx.dir.join("evil");
+        std::fs::write(&src, "evil\n")?;
+        expect(&c.op(c.agent(), "rename", &[&src.to_string_lossy(), &c.fx.conf.to_string_lossy()])?.1, "errno=1", "rename over")?;
+        c.conf_intact()
+    }),
+    ("rename_out_of_protected_tree_is_denied", true, |c| {
+        let dst = c.fx.dir.join("stolen");
+        expect(&c.op(c.agent(), "rename", &[&c.fx.conf.to_string_lossy(), &dst.to_string_lossy()])?.1, "errno=1", "rename out")?;
+        c.conf_intact()
+    }),
+    ("unlink_of_protected_file_is_denied", true, |c| {
+        expect(&c.op(c.agent(), "unlink", &[&c.fx.conf.to_string_lossy()])?.1, "errno=1", "unlink")?;
+        c.conf_intact()
+    }),
+    ("create_in_protected_dir_is_denied_and_nothing_created", true, |c| {
+        let f = c.fx.etc.join("new-file");
+        expect(&c.op(c.agent(), "create", &[&f.to_string_lossy()])?.1, "errno=1", "O_CREAT")?;
+        ensure(!f.exists(), || "file was created".into())
+    }),
+    ("truncate_by_path_is_denied", true, |c| {
+        expect(&c.op(c.agent(), "truncate", &[&c.fx.conf.to_string_lossy()])?.1, "errno=1", "truncate(2)")?;
+        c.conf_intact()
+    }),
+    ("chmod_and_chown_of_protected_file_are_denied", true, |c| {
+        let p = c.fx.conf.to_string_lossy().to_string();
+        expect(&c.op(c.agent(), "chmod", &[&p])?.1, "errno=1", "chmod")?;
+        expect(&c.op(c.agent(), "chown", &[&p])?.1, "errno=1", "chown")
+    }),
+    ("hardlink_into_or_from_protected_tree_is_denied", true, |c| {
+        let p = c.fx.conf.to_string_lossy().to_string();
+        expect(&c.op(c.agent(), "link", &[&p, &c.fx.dir.join("conf-link").to_string_lossy()])?.1, "errno=1", "link from")?;
+        let src = c.fx.dir.join("plain");
+        std::fs::write(&src, "x")?;
+        expect(&c.op(c.agent(), "link", &[&src.to_string_lossy(), &c.fx.etc.join("planted").to_string_lossy()])?.1, "errno=1", "link into")
+    }),
+    ("mkdir_and_symlink_in_protected_dir_are_denied", true, |c| {
+        expect(&c.op(c.agent(), "mkdir", &[&c.fx.etc.join("d").to_string_lossy()])?.1, "errno=1", "mkdir")?;
+        expect(&c.op(c.agent(), "symlink", &["/tmp", &c.fx.etc.join("s").to_string_lossy()])?.1, "errno=1", "symlink")
+    }),
+    ("write_through_bind_mount_is_denied", true, |c| {
+        let m = c.fx.dir.join("bind");
+        std::fs::create_dir_all(&m)?;
+        nix::mount::mount(Some(&c.fx.etc), &m, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)?;
+        let r = c.op(c.agent(), "write", &[&m.join("conf").to_string_lossy()]);
+        let _ = nix::mount::umount(&m);
+        expect(&r?.1, "errno=1", "write via bind mount")?;
+        c.conf_intact()
+    }),
+    ("non_agent_may_do_every_operation", true, |c| {
+        let scratch = c.fx.etc.join("scratch");
+        let s = scratch.to_string_lossy().to_string();
+        let o = c.outside();
+        expect(&c.op(o, "create", &[&s])?.1, "ok", "create")?;
+        expect(&c.op(o, "write", &[&s])?.1, "ok", "write")?;
+        expect(&c.op(o, "chmod", &[&s])?.1, "ok", "chmod")?;
+        expect(&c.op(o, "truncate", &[&s])?.1, "ok", "truncate")?;
+        expect(&c.op(o, "unlink", &[&s])?.1, "ok", "unlink")
+    }),
+];
+
+/// Runs every case for this backend.
+pub fn run_all(r: &mut Report, ctx: &Ctx) {
+    for (name, lsm_only, f) in CASES {
+        if *lsm_only && !ctx.lsm {
+            // Documented limits of the fanotify fallback, not kernel gaps: see README.
+            continue;
+        }
+        r.check(name, f(ctx));
+    }
+}

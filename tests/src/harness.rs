@@ -1,0 +1,199 @@
+//! Scenario plumbing: a report that counts PASS/FAIL/SKIP, an airlockd guard, fixtures, and
+//! children run inside a given cgroup. Every guard cleans up on drop, also when a check fails.
+use std::io::BufRead as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// Counts results and prints one line per check.
+#[derive(Default)]
+pub struct Report {
+    pub passed: u32,
+    pub failed: u32,
+    pub skipped: u32,
+}
+
+impl Report {
+    /// Records one check.
+    pub fn check(&mut self, name: &str, r: anyhow::Result<()>) {
+        match r {
+            Ok(()) => {
+                self.passed += 1;
+                println!("PASS {name}");
+            }
+            Err(e) => {
+                self.failed += 1;
+                println!("FAIL {name}: {e:#}");
+            }
+        }
+    }
+
+    /// Records a check that could not run, and why. Under CI that is a failure.
+    pub fn skip(&mut self, name: &str, why: &str) {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            self.failed += 1;
+            println!("FAIL {name}: {why} (a missing feature fails under CI)");
+        } else {
+            self.skipped += 1;
+            println!("SKIP {name}: {why}");
+        }
+    }
+}
+
+/// Asserts a condition with a message.
+pub fn ensure(cond: bool, msg: impl FnOnce() -> String) -> anyhow::Result<()> {
+    if cond { Ok(()) } else { bail!(msg()) }
+}
+
+/// A running airlockd; SIGTERM (by PID) and wait on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts airlockd and waits until its status file names its pid.
+    pub fn start(bin_dir: &Path, policy: &Path, state_dir: &Path, backend: &str) -> anyhow::Result<Daemon> {
+        std::fs::create_dir_all(state_dir)?;
+        let log = state_dir.join("airlockd.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(bin_dir.join("airlockd"))
+            .arg("--policy")
+            .arg(policy)
+            .arg("--state-dir")
+            .arg(state_dir)
+            .arg("--backend")
+            .arg(backend)
+            .env("AIRLOCK_LOG", "info")
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("spawning airlockd")?;
+        let pid = child.id();
+        let mut d = Daemon { child: Some(child), state_dir: state_dir.to_path_buf(), log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = d.status() {
+                if s["pid"].as_u64() == Some(pid as u64) {
+                    return Ok(d);
+                }
+            }
+            if let Some(c) = d.child.as_mut() {
+                if let Some(st) = c.try_wait()? {
+                    bail!("airlockd exited early ({st}):\n{}", d.log_text());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("airlockd not ready after 30 s:\n{}", d.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The parsed status file.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let b = std::fs::read(self.state_dir.join("status.json")).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    /// airlockd's own log.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Events recorded so far.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let Ok(f) = std::fs::File::open(self.state_dir.join("events.jsonl")) else { return vec![] };
+        std::io::BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect()
+    }
+
+    /// Waits up to 5 s for an event matching `pred`.
+    pub fn wait_event(&self, pred: impl Fn(&serde_json::Value) -> bool) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return Some(e);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Stops the daemon (SIGTERM, then SIGKILL after 10 s) and returns its exit status.
+    pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(mut c) = self.child.take() else { bail!("already stopped") };
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = c.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                c.kill()?;
+                return Ok(c.wait()?);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// Runs `argv` with its process moved into `cgroup` before exec (or left where it is when
+/// `cgroup` is None), from working directory `cwd`, and collects its output.
+pub fn run_in(cgroup: Option<&Path>, cwd: Option<&Path>, argv: &[&str]) -> anyhow::Result<(u32, Output)> {
+    let mut cmd = Command::new(argv[0]);
+    cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    if let Some(cg) = cgroup {
+        let procs = std::ffi::CString::new(cg.join("cgroup.procs").into_os_string().into_encoded_bytes())?;
+        // SAFETY: only async-signal-safe calls (open/write/close) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if n != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let child = cmd.spawn().with_context(|| format!("spawning {argv:?}"))?;
+    let pid = child.id();
+    let out = child.wait_with_output()?;
+    Ok((pid, out))
+}
+
+/// stdout of an `--op` child, trimmed.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// (kernel dev, ino) of a path, as events report them.
+pub fn kernel_id(p: &Path) -> anyhow::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(p).with_context(|| p.display().to_string())?;
+    let dev = m.dev();
+    let (major, minor) = (libc::major(dev) as u64, libc::minor(dev) as u64);
+    Ok(((major << 20) | minor, m.ino()))
+}

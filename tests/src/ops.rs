@@ -1,0 +1,77 @@
+//! `airlock-e2e --op ...`: performs one syscall as the test's agent (or non-agent) child and
+//! prints `ok` or `errno=N`, so scenarios can assert exact kernel results.
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt as _;
+
+fn c(p: &str) -> CString {
+    CString::new(std::ffi::OsStr::new(p).as_bytes()).expect("no NUL in test paths")
+}
+
+fn report(rc: i64) -> ! {
+    if rc < 0 {
+        println!("errno={}", std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    } else {
+        println!("ok");
+    }
+    std::process::exit(0)
+}
+
+/// Runs `op` with `args`; never returns.
+pub fn run(op: &str, args: &[String]) -> ! {
+    let a = |i: usize| args.get(i).map(String::as_str).unwrap_or_else(|| {
+        eprintln!("--op {op}: missing argument {i}");
+        std::process::exit(2)
+    });
+    // SAFETY: plain syscalls on NUL-terminated strings owned for the duration of each call.
+    unsafe {
+        match op {
+            "exec" => {
+                let path = c(a(0));
+                let argv: Vec<CString> = args.iter().map(|s| c(s)).collect();
+                let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+                ptrs.push(std::ptr::null());
+                libc::execv(path.as_ptr(), ptrs.as_ptr());
+                println!("errno={}", std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+                std::process::exit(111)
+            }
+            "fdexec" => {
+                let fd = libc::open(c(a(0)).as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    report(-1)
+                }
+                let p = format!("/proc/self/fd/{fd}");
+                // Not CLOEXEC-safe for scripts, fine for ELF binaries.
+                libc::fcntl(fd, libc::F_SETFD, 0);
+                let mut argv = vec![c(&p)];
+                argv.extend(args[1..].iter().map(|s| c(s)));
+                let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+                ptrs.push(std::ptr::null());
+                libc::execv(c(&p).as_ptr(), ptrs.as_ptr());
+                println!("errno={}", std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+                std::process::exit(111)
+            }
+            "write" => {
+                let fd = libc::open(c(a(0)).as_ptr(), libc::O_WRONLY | libc::O_APPEND);
+                if fd >= 0 {
+                    libc::write(fd, b"agent-wrote\n".as_ptr().cast(), 12);
+                }
+                report(fd as i64)
+            }
+            "trunc" => report(libc::open(c(a(0)).as_ptr(), libc::O_WRONLY | libc::O_TRUNC) as i64),
+            "read" => report(libc::open(c(a(0)).as_ptr(), libc::O_RDONLY) as i64),
+            "create" => report(libc::open(c(a(0)).as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o644) as i64),
+            "unlink" => report(libc::unlink(c(a(0)).as_ptr()) as i64),
+            "rename" => report(libc::rename(c(a(0)).as_ptr(), c(a(1)).as_ptr()) as i64),
+            "link" => report(libc::link(c(a(0)).as_ptr(), c(a(1)).as_ptr()) as i64),
+            "symlink" => report(libc::symlink(c(a(0)).as_ptr(), c(a(1)).as_ptr()) as i64),
+            "chmod" => report(libc::chmod(c(a(0)).as_ptr(), 0o600) as i64),
+            "chown" => report(libc::chown(c(a(0)).as_ptr(), 1, 1) as i64),
+            "truncate" => report(libc::truncate(c(a(0)).as_ptr(), 0) as i64),
+            "mkdir" => report(libc::mkdir(c(a(0)).as_ptr(), 0o755) as i64),
+            other => {
+                eprintln!("unknown --op {other}");
+                std::process::exit(2)
+            }
+        }
+    }
+}
