@@ -26,7 +26,11 @@ pub enum AgentsError {
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
     #[error("bad selector {selector:?} of agent {agent}: {reason}")]
-    Selector { agent: String, selector: String, reason: String },
+    Selector {
+        agent: String,
+        selector: String,
+        reason: String,
+    },
 }
 
 /// One cgroup that a selector matched.
@@ -40,7 +44,11 @@ pub struct AgentCgroup {
 
 impl fmt::Display for AgentCgroup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "agent {}: cgroup {} (id {})", self.agent, self.path, self.id)
+        write!(
+            f,
+            "agent {}: cgroup {} (id {})",
+            self.agent, self.path, self.id
+        )
     }
 }
 
@@ -121,10 +129,19 @@ impl AgentMatcher {
     /// The agent whose selectors match cgroup path `path` (leading `/`). When several agents
     /// match, the one declared first wins, so the answer does not depend on glob order.
     pub fn agent_for(&self, path: &str) -> Option<&str> {
-        let by_path = self.by_path.matches(path).into_iter().map(|g| self.path_agent[g]);
+        let by_path = self
+            .by_path
+            .matches(path)
+            .into_iter()
+            .map(|g| self.path_agent[g]);
         let name = path.rsplit('/').next().unwrap_or("");
         let by_unit = (!name.is_empty())
-            .then(|| self.by_unit.matches(name).into_iter().map(|g| self.unit_agent[g]))
+            .then(|| {
+                self.by_unit
+                    .matches(name)
+                    .into_iter()
+                    .map(|g| self.unit_agent[g])
+            })
             .into_iter()
             .flatten();
         let best = by_path.chain(by_unit).min();
@@ -175,12 +192,19 @@ impl AgentSet {
         }
         let mut pending = vec![(mount.clone(), "/".to_string(), Some(top))];
         while let Some((dir, path, listing)) = pending.pop() {
-            if let Some(agent) = matcher.agent_for(&path) {
-                if let Ok(id) = cgroup_id(&dir) {
-                    roots.insert(id, AgentCgroup { agent: agent.to_string(), path: path.clone(), id });
-                }
+            if let Some(agent) = matcher.agent_for(&path)
+                && let Ok(id) = cgroup_id(&dir)
+            {
+                let c = AgentCgroup {
+                    agent: agent.to_string(),
+                    path: path.clone(),
+                    id,
+                };
+                roots.insert(id, c);
             }
-            let Some(listing) = listing.or_else(|| std::fs::read_dir(&dir).ok()) else { continue };
+            let Some(listing) = listing.or_else(|| std::fs::read_dir(&dir).ok()) else {
+                continue;
+            };
             for entry in listing.flatten() {
                 // file_type() is lstat-like: a symlink is never a dir here.
                 if !entry.file_type().is_ok_and(|t| t.is_dir()) {
@@ -253,12 +277,19 @@ impl AgentSet {
     /// What `self` has that `old` lacks (added) and vice versa (removed).
     pub fn diff(&self, old: &AgentSet) -> AgentSetDiff {
         let only = |a: &AgentSet, b: &AgentSet| {
-            let mut v: Vec<AgentCgroup> =
-                a.roots.values().filter(|c| b.roots.get(&c.id) != Some(*c)).cloned().collect();
+            let mut v: Vec<AgentCgroup> = a
+                .roots
+                .values()
+                .filter(|c| b.roots.get(&c.id) != Some(*c))
+                .cloned()
+                .collect();
             v.sort_by(|x, y| (&x.path, x.id).cmp(&(&y.path, y.id)));
             v
         };
-        AgentSetDiff { added: only(self, old), removed: only(old, self) }
+        AgentSetDiff {
+            added: only(self, old),
+            removed: only(old, self),
+        }
     }
 }
 

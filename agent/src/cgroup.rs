@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 mod dir;
 
-pub use dir::{CgroupDir, KILL_TIMEOUT, kill_tree, kill_tree_by_signal, remove_tree};
+pub use dir::{CgroupDir, KILL_TIMEOUT, add_pid, kill_tree, kill_tree_by_signal, remove_tree};
 
 /// Errors from cgroup operations.
 #[derive(Debug, thiserror::Error)]
@@ -18,18 +18,27 @@ pub enum CgroupError {
     #[error("no cgroup2 mount found in /proc/self/mountinfo")]
     NoCgroup2,
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("process {pid} has no cgroup v2 entry in /proc/{pid}/cgroup")]
     NoV2Entry { pid: u32 },
     #[error("{path}: already exists (refusing to adopt a cgroup this guard did not create)")]
     Exists { path: PathBuf },
     #[error("{path}: processes still running after {timeout:?} of killing")]
-    StillPopulated { path: PathBuf, timeout: std::time::Duration },
+    StillPopulated {
+        path: PathBuf,
+        timeout: std::time::Duration,
+    },
 }
 
 impl CgroupError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        CgroupError::Io { path: path.into(), source }
+        CgroupError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 
@@ -70,8 +79,13 @@ fn unescape_octal(s: &str) -> std::ffi::OsString {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = b[i + 1..i + 4].iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = b[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
             if v <= 0xff {
                 out.push(v as u8);
                 i += 4;
@@ -126,7 +140,9 @@ pub fn pid_cgroup_path(pid: u32) -> Result<String, CgroupError> {
 pub fn pid_cgroup_path_bytes(pid: u32) -> Result<Vec<u8>, CgroupError> {
     let path = format!("/proc/{pid}/cgroup");
     let text = std::fs::read(&path).map_err(|e| CgroupError::io(path, e))?;
-    parse_proc_cgroup(&text).map(<[u8]>::to_vec).ok_or(CgroupError::NoV2Entry { pid })
+    parse_proc_cgroup(&text)
+        .map(<[u8]>::to_vec)
+        .ok_or(CgroupError::NoV2Entry { pid })
 }
 
 const DELETED_SUFFIX: &[u8] = b" (deleted)";
@@ -145,7 +161,11 @@ pub fn parse_proc_cgroup(text: &[u8]) -> Option<&[u8]> {
 pub fn cgroup_dir(mount: &Path, path: impl AsRef<OsStr>) -> PathBuf {
     let rel = path.as_ref().as_bytes();
     let rel = rel.strip_prefix(b"/").unwrap_or(rel);
-    if rel.is_empty() { mount.to_path_buf() } else { mount.join(OsStr::from_bytes(rel)) }
+    if rel.is_empty() {
+        mount.to_path_buf()
+    } else {
+        mount.join(OsStr::from_bytes(rel))
+    }
 }
 
 /// The cgroup path (leading `/`) of directory `dir` under `mount`, or `None` if `dir` is not
@@ -198,7 +218,10 @@ mod tests {
     #[test]
     fn mountinfo_skips_malformed_lines() {
         let text = "garbage\n1 2 3\n41 31 0:38 / /cg rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(find_cgroup2_mount(&parse_mountinfo(text)), Some(PathBuf::from("/cg")));
+        assert_eq!(
+            find_cgroup2_mount(&parse_mountinfo(text)),
+            Some(PathBuf::from("/cg"))
+        );
     }
 
     #[test]
@@ -207,7 +230,10 @@ mod tests {
 60 1 0:38 /sub /bound rw - cgroup2 cgroup2 rw
 61 1 0:38 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw
 ";
-        assert_eq!(find_cgroup2_mount(&parse_mountinfo(text)), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            find_cgroup2_mount(&parse_mountinfo(text)),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
     }
 
     #[test]
@@ -219,7 +245,10 @@ mod tests {
     #[test]
     fn proc_cgroup_picks_v2_line_among_v1_lines() {
         let text = b"9:name=systemd:/\n4:memory:/process_api/36f5\n0::/airlock.slice/a.scope\n";
-        assert_eq!(parse_proc_cgroup(text), Some(&b"/airlock.slice/a.scope"[..]));
+        assert_eq!(
+            parse_proc_cgroup(text),
+            Some(&b"/airlock.slice/a.scope"[..])
+        );
     }
 
     #[test]
@@ -231,12 +260,18 @@ mod tests {
 
     #[test]
     fn proc_cgroup_strips_deleted_marker() {
-        assert_eq!(parse_proc_cgroup(b"0::/a/b (deleted)\n"), Some(&b"/a/b"[..]));
+        assert_eq!(
+            parse_proc_cgroup(b"0::/a/b (deleted)\n"),
+            Some(&b"/a/b"[..])
+        );
     }
 
     #[test]
     fn proc_cgroup_keeps_spaces_and_non_utf8_bytes() {
-        assert_eq!(parse_proc_cgroup(b"0::/a b/\xffc\n"), Some(&b"/a b/\xffc"[..]));
+        assert_eq!(
+            parse_proc_cgroup(b"0::/a b/\xffc\n"),
+            Some(&b"/a b/\xffc"[..])
+        );
     }
 
     #[test]
@@ -254,7 +289,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let ino = std::fs::metadata(d.path()).unwrap().ino();
         assert_eq!(cgroup_id(d.path()).unwrap(), ino);
-        assert!(matches!(cgroup_id(&d.path().join("nope")), Err(CgroupError::Io { .. })));
+        assert!(matches!(
+            cgroup_id(&d.path().join("nope")),
+            Err(CgroupError::Io { .. })
+        ));
     }
 
     #[test]

@@ -100,8 +100,14 @@ fn join(prefix: &str, key: &str) -> String {
 /// operator sees everything at once; the caller discards it if `diags` grew. Returns `None` when
 /// the document is not a policy at all (not a mapping, another apiVersion or kind).
 pub(crate) fn policy_from_node(doc: &Node, file: &Path, diags: &mut Diagnostics) -> Option<Policy> {
+    // Key problems are held back until the header says this is a policy at all.
+    let mut key_diags = Diagnostics::default();
+    let top = Walker { file, diags: &mut key_diags }.mapping(doc, "", TOP_KEYS);
     let mut w = Walker { file, diags };
-    let top = w.mapping(doc, "", TOP_KEYS)?;
+    let Some(top) = top else {
+        w.diags.extend(key_diags);
+        return None;
+    };
 
     let mut foreign = false;
     if let Some(v) = w.required_string(&top, "", "apiVersion")
@@ -121,6 +127,7 @@ pub(crate) fn policy_from_node(doc: &Node, file: &Path, diags: &mut Diagnostics)
         // its keys as unknown would only bury the real problem.
         return None;
     }
+    w.diags.extend(key_diags);
 
     let mut name = String::new();
     let mut description = None;

@@ -224,7 +224,7 @@ mod tests {
         let errs = parse_documents("a: &x b\nc: *x\nd: !!int 5\ne: !!str 5\n").unwrap_err();
         assert_eq!(errs.len(), 2);
         assert_eq!(errs[0].pos, Pos { line: 2, column: 4 });
-        assert!(matches!(errs[0].error, YamlError::Alias(_)));
+        assert_eq!(errs[0].error, YamlError::Alias("x".into()));
         assert_eq!(errs[1].pos, Pos { line: 3, column: 4 });
         assert!(matches!(errs[1].error, YamlError::Tag(_)));
     }

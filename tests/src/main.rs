@@ -4,7 +4,9 @@
 //! QEMU guests that xtask boots (BPF LSM). Prints `PASS`/`FAIL`/`SKIP` lines and a closing
 //! `e2e: N passed, M failed, K skipped`; exits non-zero on any failure. `--op` is the child
 //! helper the scenarios run inside agent cgroups.
+mod bench;
 mod cases;
+mod demo;
 mod harness;
 mod ops;
 
@@ -17,11 +19,13 @@ use harness::{Daemon, Report, ensure};
 struct Args {
     tier: String,
     bin_dir: PathBuf,
+    rounds: usize,
 }
 
 fn parse() -> anyhow::Result<Args> {
     let mut tier = None;
     let mut bin_dir = None;
+    let mut rounds = 7;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -30,18 +34,30 @@ fn parse() -> anyhow::Result<Args> {
                 let rest: Vec<String> = it.collect();
                 ops::run(&op, &rest);
             }
+            "--bench-worker" => {
+                let kind = it.next().context("--bench-worker exec|open")?;
+                let n = it.next().context("count")?.parse()?;
+                let file = it.next().unwrap_or_default();
+                bench::worker(&kind, n, &file);
+            }
+            "--demo" => tier = Some("demo".to_string()),
+            "--bench" => tier = Some("bench".to_string()),
+            "--rounds" => rounds = it.next().context("--rounds N")?.parse()?,
             "--tier" => tier = it.next(),
             "--bin-dir" => bin_dir = it.next().map(PathBuf::from),
             other => anyhow::bail!("unknown argument {other:?} (use --tier host|guest --bin-dir DIR)"),
         }
     }
     let tier = tier.context("--tier host|guest is required")?;
-    anyhow::ensure!(tier == "host" || tier == "guest", "--tier must be host or guest, not {tier:?}");
+    anyhow::ensure!(
+        ["host", "guest", "demo", "bench"].contains(&tier.as_str()),
+        "--tier must be host or guest (or --demo, --bench), not {tier:?}"
+    );
     let bin_dir = match bin_dir {
         Some(d) => d,
         None => std::env::current_exe()?.parent().context("exe dir")?.to_path_buf(),
     };
-    Ok(Args { tier, bin_dir })
+    Ok(Args { tier, bin_dir, rounds })
 }
 
 
@@ -69,7 +85,23 @@ fn main() -> ExitCode {
     };
     let mut r = Report::default();
     // SAFETY: getuid has no preconditions.
-    if unsafe { libc::getuid() } != 0 {
+    let root = unsafe { libc::getuid() } == 0;
+    if a.tier == "demo" || a.tier == "bench" {
+        if !root {
+            eprintln!("airlock-e2e: the {} needs root (cgroups, fanotify, BPF)", a.tier);
+            return ExitCode::from(2);
+        }
+        let repo = std::env::current_dir().unwrap_or_default();
+        let res = if a.tier == "demo" { demo::run(&a.bin_dir, &repo) } else { bench::run(&a.bin_dir, a.rounds) };
+        return match res {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("airlock-e2e: {} failed: {e:#}", a.tier);
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if !root {
         r.skip("e2e", "needs root (cgroups, fanotify, BPF)");
         return finish(&r);
     }

@@ -24,8 +24,8 @@ pub enum Payload {
 }
 
 pub struct Spec {
-    /// Host binaries, installed as `/bin/<file name>`.
-    pub bins: Vec<PathBuf>,
+    /// Host binaries and their names in the guest's `/bin`.
+    pub bins: Vec<(PathBuf, String)>,
     /// Extra host files or directory trees → guest paths.
     pub extra: Vec<(PathBuf, PathBuf)>,
     pub payload: Payload,
@@ -110,8 +110,7 @@ pub fn build(spec: &Spec, out: &Path) -> Result<()> {
     libs.extend(shared_libs(&bb)?);
     a.file("/bin/busybox", &bb, 0o755);
     let strip_dir = out.with_extension(format!("strip-{}", std::process::id()));
-    for bin in &spec.bins {
-        let name = bin.file_name().with_context(|| format!("bad binary path {}", bin.display()))?;
+    for (bin, name) in &spec.bins {
         if !bin.is_file() {
             bail!("{} does not exist (did `cargo build` run?)", bin.display());
         }
@@ -255,7 +254,7 @@ esac
     }
     s.push_str(&format!(
         r#"rc=$?
-echo "{MARK_DONE}$rc"
+printf '\n%s\n' "{MARK_DONE}$rc"
 poweroff -f
 "#
     ));

@@ -24,12 +24,14 @@ impl Tally {
         self.skipped += 1;
         self.skips.push(what.into());
     }
-    pub fn add(&mut self, o: &Tally) {
+    /// Add another tally, naming its entries after `tier` (unless they already are).
+    pub fn add(&mut self, tier: &str, o: &Tally) {
+        let name = |m: &String| if m.starts_with(tier) { m.clone() } else { format!("{tier}: {m}") };
         self.passed += o.passed;
         self.failed += o.failed;
         self.skipped += o.skipped;
-        self.failures.extend(o.failures.iter().cloned());
-        self.skips.extend(o.skips.iter().cloned());
+        self.failures.extend(o.failures.iter().map(name));
+        self.skips.extend(o.skips.iter().map(name));
     }
 
     /// Feed one line of e2e output. Returns true when it was a result or summary line.

@@ -65,7 +65,7 @@ fn reader(mut r: impl Read + Send + 'static, tx: mpsc::Sender<Msg>) {
             match br.read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
-                    let s = String::from_utf8_lossy(&buf);
+                    let s = strip_escapes(&String::from_utf8_lossy(&buf));
                     let s = s.trim_end_matches(['\n', '\r']).replace('\r', "");
                     if tx.send(Msg::Line(s)).is_err() {
                         return;
@@ -195,4 +195,48 @@ pub fn run(
         emit(l, &mut log);
     }
     Ok((outcome, start.elapsed()))
+}
+
+/// Drop terminal escape sequences (the guest's firmware and kernel send `ESC c`, `ESC [2J`,
+/// `ESC [?7l`: reset, clear screen, no wrap) so that streaming a console leaves the terminal
+/// alone; other control characters except tab are dropped too.
+pub fn strip_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        match c {
+            '\x1b' => match it.next() {
+                // CSI: parameters and intermediates up to a final byte in @..~
+                Some('[') => {
+                    for c in it.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // OSC: up to BEL or ST
+                Some(']') => {
+                    while let Some(c) = it.next() {
+                        if c == '\x07' || (c == '\x1b' && it.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\t' | '\n' | '\r' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escapes_are_stripped() {
+        assert_eq!(super::strip_escapes("\x1bc\x1b[?7l\x1b[2JAIRLOCK x\r\n"), "AIRLOCK x\r\n");
+        assert_eq!(super::strip_escapes("a\x1b[0mb\x1b]0;title\x07c"), "abc");
+    }
 }

@@ -8,7 +8,7 @@ use crate::stream::{self, Flow, Outcome};
 use crate::util::{self, Ctx, Step, fmt_dur};
 use crate::{cargo, setup};
 use anyhow::Result;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,10 @@ pub struct Args {
     /// Skip `cargo xtask setup` (it is idempotent and takes seconds when all is installed).
     #[arg(long)]
     pub no_setup: bool,
+    /// Use this binary as airlock-e2e (host tier, and /bin/airlock-e2e in the guest): for
+    /// testing the harness itself.
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub e2e: Option<PathBuf>,
 }
 
 impl Args {
@@ -50,8 +54,19 @@ impl Args {
 
 /// The guest tier's payload: the e2e binary, output on the console.
 pub const GUEST_E2E: &str = "/bin/airlock-e2e --tier guest --bin-dir /bin";
-/// Binaries every guest image carries (from target/debug).
+/// Binaries every guest image carries (from target/debug), as `/bin/<name>`.
 pub const GUEST_BINS: [&str; 3] = ["airlockd", "airlock", "airlock-e2e"];
+
+/// `(host path, guest name)` for GUEST_BINS, with an optional replacement airlock-e2e.
+pub fn guest_bins(ctx: &Ctx, e2e: Option<&Path>) -> Vec<(PathBuf, String)> {
+    GUEST_BINS
+        .iter()
+        .map(|b| match e2e {
+            Some(p) if *b == "airlock-e2e" => (p.to_path_buf(), b.to_string()),
+            _ => (ctx.bin_dir().join(b), b.to_string()),
+        })
+        .collect()
+}
 
 /// Extra guest files: `tests/guest-root/` (if present) is copied to the guest's `/`.
 pub fn guest_root_extra(ctx: &Ctx) -> Vec<(PathBuf, PathBuf)> {
@@ -77,11 +92,11 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<i32> {
     let mut total = Tally::default();
     let row = |rows: &mut Vec<Row>, total: &mut Tally, name: &str, t: Tally, time: Duration, status: Option<String>| {
         rows.push(Row { name: name.to_string(), status: status.unwrap_or_else(|| t.counts()), time });
-        total.add(&t);
+        total.add(name, &t);
     };
 
     if !args.no_setup {
-        let step = Step::new("setup");
+        let started = Instant::now();
         let kernels = if args.runs(Tier::Guest) { args.kernels() } else { Vec::new() };
         let mut t = Tally::default();
         let status = match setup::run(ctx, &setup::Opts { kernels }) {
@@ -95,8 +110,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<i32> {
                 "incomplete (see above)".into()
             }
         };
-        let d = step.done(&status);
-        row(&mut rows, &mut total, "setup", t, d, Some(status));
+        row(&mut rows, &mut total, "setup", t, started.elapsed(), Some(status));
     }
     util::check_interrupted()?;
 
@@ -144,7 +158,7 @@ fn host_tier(ctx: &Ctx, args: &Args) -> Result<Tally> {
         return Ok(t);
     }
     let bin_dir = ctx.bin_dir();
-    let e2e = bin_dir.join("airlock-e2e");
+    let e2e = args.e2e.clone().unwrap_or_else(|| bin_dir.join("airlock-e2e"));
     if !e2e.is_file() {
         t.fail(format!("host: {} missing after the build", e2e.display()));
         return Ok(t);
@@ -186,7 +200,7 @@ fn guest_tier(ctx: &Ctx, args: &Args, row: &mut dyn FnMut(&str, Tally, Duration)
     let xdir = ctx.xtask_dir()?;
     let initrd = xdir.join("initramfs-guest.cpio.gz");
     let spec = Spec {
-        bins: GUEST_BINS.iter().map(|b| ctx.bin_dir().join(b)).collect(),
+        bins: guest_bins(ctx, args.e2e.as_deref()),
         extra: guest_root_extra(ctx),
         payload: Payload::Command(GUEST_E2E.into()),
         require_bpf_lsm: true,

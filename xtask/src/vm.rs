@@ -4,7 +4,7 @@ use crate::guest::{self, Boot};
 use crate::initramfs::{self, Payload, Spec};
 use crate::kernels::{self, Kernel};
 use crate::stream::Outcome;
-use crate::test::{GUEST_BINS, guest_root_extra};
+use crate::test::{guest_bins, guest_root_extra};
 use crate::util::{Ctx, Step};
 use crate::{cargo, setup};
 use anyhow::{Context as _, Result, bail};
@@ -63,7 +63,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<i32> {
     let initrd = xdir.join("initramfs-vm.cpio.gz");
     let interactive = args.cmd.is_empty();
     let spec = Spec {
-        bins: GUEST_BINS.iter().map(|b| ctx.bin_dir().join(b)).filter(|p| p.is_file()).collect(),
+        bins: guest_bins(ctx, None).into_iter().filter(|(p, _)| p.is_file()).collect(),
         extra,
         payload: if interactive { Payload::Shell } else { Payload::Command(initramfs::command_line(&args.cmd)) },
         require_bpf_lsm: false,

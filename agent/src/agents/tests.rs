@@ -7,7 +7,11 @@ use std::path::Path;
 use super::*;
 
 fn agent(name: &str, selectors: &[Selector]) -> AgentDef {
-    AgentDef { name: name.into(), policy: "test".into(), selectors: selectors.to_vec() }
+    AgentDef {
+        name: name.into(),
+        policy: "test".into(),
+        selectors: selectors.to_vec(),
+    }
 }
 
 fn cg(g: &str) -> Selector {
@@ -66,24 +70,41 @@ fn unit_glob_matches_basename_at_any_depth_only() {
 
 #[test]
 fn implicit_airlock_run_selector_matches_run_scopes() {
-    let m = AgentMatcher::new(&[agent("claude", &[cg("/airlock.slice/airlock-claude-*.scope")])]).unwrap();
-    assert_eq!(m.agent_for("/airlock.slice/airlock-claude-123x9.scope"), Some("claude"));
+    let m = AgentMatcher::new(&[agent(
+        "claude",
+        &[cg("/airlock.slice/airlock-claude-*.scope")],
+    )])
+    .unwrap();
+    assert_eq!(
+        m.agent_for("/airlock.slice/airlock-claude-123x9.scope"),
+        Some("claude")
+    );
     assert_eq!(m.agent_for("/airlock.slice/airlock-codex-1.scope"), None);
 }
 
 #[test]
 fn first_declared_agent_wins_when_two_match() {
-    let defs = [agent("first", &[unit("*.scope")]), agent("second", &[cg("/airlock.slice/*")])];
+    let defs = [
+        agent("first", &[unit("*.scope")]),
+        agent("second", &[cg("/airlock.slice/*")]),
+    ];
     let m = AgentMatcher::new(&defs).unwrap();
     assert_eq!(m.agent_for("/airlock.slice/a.scope"), Some("first"));
-    let defs = [agent("first", &[cg("/airlock.slice/*")]), agent("second", &[unit("*.scope")])];
+    let defs = [
+        agent("first", &[cg("/airlock.slice/*")]),
+        agent("second", &[unit("*.scope")]),
+    ];
     let m = AgentMatcher::new(&defs).unwrap();
     assert_eq!(m.agent_for("/airlock.slice/a.scope"), Some("first"));
 }
 
 #[test]
 fn bad_selectors_are_rejected_with_agent_name() {
-    for (sel, want) in [(cg("airlock.slice/*"), "start with '/'"), (unit("a/b"), "cannot contain"), (cg("/a/[b"), "")] {
+    for (sel, want) in [
+        (cg("airlock.slice/*"), "start with '/'"),
+        (unit("a/b"), "cannot contain"),
+        (cg("/a/[b"), ""),
+    ] {
         let err = AgentMatcher::new(&[agent("bad", &[sel])]).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("bad") && msg.contains(want), "{msg}");
@@ -98,14 +119,24 @@ fn resolve_finds_matching_dirs_keyed_by_inode() {
         agent("svc", &[unit("agent-*.service")]),
     ];
     let set = AgentSet::resolve(t.path().to_path_buf(), &defs).unwrap();
-    let mut got: Vec<(String, String)> = set.roots.values().map(|c| (c.agent.clone(), c.path.clone())).collect();
+    let mut got: Vec<(String, String)> = set
+        .roots
+        .values()
+        .map(|c| (c.agent.clone(), c.path.clone()))
+        .collect();
     got.sort();
     assert_eq!(
         got,
         vec![
-            ("claude".into(), "/airlock.slice/airlock-claude-1.scope".into()),
+            (
+                "claude".into(),
+                "/airlock.slice/airlock-claude-1.scope".into()
+            ),
             ("svc".into(), "/system.slice/agent-x.service".into()),
-            ("svc".into(), "/user.slice/user-1000.slice/user@1000.service/app.slice/agent-y.service".into()),
+            (
+                "svc".into(),
+                "/user.slice/user-1000.slice/user@1000.service/app.slice/agent-y.service".into()
+            ),
         ]
     );
     for c in set.roots.values() {
@@ -128,10 +159,21 @@ fn resolve_records_nested_matches_too() {
 #[test]
 fn resolve_does_not_follow_symlinks() {
     let t = tree();
-    std::os::unix::fs::symlink(t.path().join("system.slice"), t.path().join("airlock.slice/link.scope")).unwrap();
-    let defs = [agent("a", &[cg("/airlock.slice/*")]), agent("u", &[unit("agent-*.service")])];
+    std::os::unix::fs::symlink(
+        t.path().join("system.slice"),
+        t.path().join("airlock.slice/link.scope"),
+    )
+    .unwrap();
+    let defs = [
+        agent("a", &[cg("/airlock.slice/*")]),
+        agent("u", &[unit("agent-*.service")]),
+    ];
     let set = AgentSet::resolve(t.path().to_path_buf(), &defs).unwrap();
-    assert!(set.roots.values().all(|c| !c.path.contains("link")), "{:?}", set.roots);
+    assert!(
+        set.roots.values().all(|c| !c.path.contains("link")),
+        "{:?}",
+        set.roots
+    );
 }
 
 #[test]
@@ -144,7 +186,11 @@ fn resolve_skips_unreadable_dirs_but_fails_on_unreadable_mount() {
     fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).unwrap();
     // As root the dir stays readable; either way the walk succeeds and finds the user one.
     let set = set.unwrap();
-    assert!(set.roots.values().any(|c| c.path.ends_with("agent-y.service")));
+    assert!(
+        set.roots
+            .values()
+            .any(|c| c.path.ends_with("agent-y.service"))
+    );
     let err = AgentSet::resolve(t.path().join("missing"), &defs).unwrap_err();
     assert!(matches!(err, AgentsError::Cgroup(_)), "{err}");
 }
@@ -162,15 +208,26 @@ fn resolve_handles_non_utf8_names_and_keeps_descending() {
     let t = tempfile::tempdir().unwrap();
     let odd = t.path().join(std::ffi::OsStr::from_bytes(b"bad\xff"));
     fs::create_dir_all(odd.join("agent-z.service")).unwrap();
-    let set = AgentSet::resolve(t.path().to_path_buf(), &[agent("u", &[unit("agent-*.service")])]).unwrap();
-    let c = set.roots.values().next().expect("found below non-UTF-8 dir");
+    let set = AgentSet::resolve(
+        t.path().to_path_buf(),
+        &[agent("u", &[unit("agent-*.service")])],
+    )
+    .unwrap();
+    let c = set
+        .roots
+        .values()
+        .next()
+        .expect("found below non-UTF-8 dir");
     assert_eq!(c.id, ino(&odd.join("agent-z.service")));
 }
 
 #[test]
 fn classify_finds_root_from_descendant_and_reports_own_cgroup() {
     let t = tree();
-    let defs = [agent("claude", &[cg("/airlock.slice/airlock-claude-*.scope")])];
+    let defs = [agent(
+        "claude",
+        &[cg("/airlock.slice/airlock-claude-*.scope")],
+    )];
     let set = AgentSet::resolve(t.path().to_path_buf(), &defs).unwrap();
     let p = "/airlock.slice/airlock-claude-1.scope/sub/deeper";
     let m = set.classify_cgroup_path(p).unwrap();
@@ -178,16 +235,24 @@ fn classify_finds_root_from_descendant_and_reports_own_cgroup() {
     assert_eq!(m.root.agent, "claude");
     assert_eq!(m.cgroup_path, p);
     assert_eq!(m.cgroup_id, ino(&cgroup_dir(t.path(), p)));
-    let m = set.classify_cgroup_path("/airlock.slice/airlock-claude-1.scope").unwrap();
+    let m = set
+        .classify_cgroup_path("/airlock.slice/airlock-claude-1.scope")
+        .unwrap();
     assert_eq!(m.cgroup_id, m.root.id);
 }
 
 #[test]
 fn classify_rejects_non_agent_cgroups() {
     let t = tree();
-    let defs = [agent("claude", &[cg("/airlock.slice/airlock-claude-*.scope")])];
+    let defs = [agent(
+        "claude",
+        &[cg("/airlock.slice/airlock-claude-*.scope")],
+    )];
     let set = AgentSet::resolve(t.path().to_path_buf(), &defs).unwrap();
-    assert_eq!(set.classify_cgroup_path("/airlock.slice/airlock-codex-7.scope"), None);
+    assert_eq!(
+        set.classify_cgroup_path("/airlock.slice/airlock-codex-7.scope"),
+        None
+    );
     assert_eq!(set.classify_cgroup_path("/airlock.slice"), None);
     assert_eq!(set.classify_cgroup_path("/"), None);
     assert_eq!(set.classify_cgroup_path("/does/not/exist"), None);
@@ -196,13 +261,19 @@ fn classify_rejects_non_agent_cgroups() {
 #[test]
 fn classify_uses_identity_not_path_string() {
     let t = tree();
-    let defs = [agent("claude", &[cg("/airlock.slice/airlock-claude-*.scope")])];
+    let defs = [agent(
+        "claude",
+        &[cg("/airlock.slice/airlock-claude-*.scope")],
+    )];
     let set = AgentSet::resolve(t.path().to_path_buf(), &defs).unwrap();
     let root = t.path().join("airlock.slice/airlock-claude-1.scope");
     // Same path, different directory (removed and recreated): no longer the agent's cgroup.
     fs::rename(&root, t.path().join("moved")).unwrap();
     fs::create_dir_all(root.join("sub")).unwrap();
-    assert_eq!(set.classify_cgroup_path("/airlock.slice/airlock-claude-1.scope/sub"), None);
+    assert_eq!(
+        set.classify_cgroup_path("/airlock.slice/airlock-claude-1.scope/sub"),
+        None
+    );
     // The original directory under another name still is.
     let m = set.classify_cgroup_path("/moved/sub/deeper").unwrap();
     assert_eq!(m.root.path, "/airlock.slice/airlock-claude-1.scope");
@@ -211,9 +282,14 @@ fn classify_uses_identity_not_path_string() {
 #[test]
 fn classify_walks_past_a_deleted_own_cgroup() {
     let t = tree();
-    let defs = [agent("claude", &[cg("/airlock.slice/airlock-claude-*.scope")])];
+    let defs = [agent(
+        "claude",
+        &[cg("/airlock.slice/airlock-claude-*.scope")],
+    )];
     let set = AgentSet::resolve(t.path().to_path_buf(), &defs).unwrap();
-    let m = set.classify_cgroup_path("/airlock.slice/airlock-claude-1.scope/gone").unwrap();
+    let m = set
+        .classify_cgroup_path("/airlock.slice/airlock-claude-1.scope/gone")
+        .unwrap();
     assert_eq!(m.cgroup_id, 0);
     assert_eq!(m.root.path, "/airlock.slice/airlock-claude-1.scope");
 }
@@ -226,9 +302,13 @@ fn classify_nearest_root_wins_for_nested_roots() {
         agent("outer", &[cg("/airlock.slice/*")]),
     ];
     let set = AgentSet::resolve(t.path().to_path_buf(), &defs).unwrap();
-    let m = set.classify_cgroup_path("/airlock.slice/airlock-claude-1.scope/sub/deeper").unwrap();
+    let m = set
+        .classify_cgroup_path("/airlock.slice/airlock-claude-1.scope/sub/deeper")
+        .unwrap();
     assert_eq!(m.root.agent, "inner");
-    let m = set.classify_cgroup_path("/airlock.slice/airlock-claude-1.scope").unwrap();
+    let m = set
+        .classify_cgroup_path("/airlock.slice/airlock-claude-1.scope")
+        .unwrap();
     assert_eq!(m.root.agent, "outer");
 }
 
@@ -237,7 +317,10 @@ fn classify_pid_of_non_agent_process_is_none() {
     let set = AgentSet::default();
     assert_eq!(set.classify_pid(std::process::id()), None);
     let t = tree();
-    let defs = [agent("claude", &[cg("/airlock.slice/airlock-claude-*.scope")])];
+    let defs = [agent(
+        "claude",
+        &[cg("/airlock.slice/airlock-claude-*.scope")],
+    )];
     let set = AgentSet::resolve(t.path().to_path_buf(), &defs).unwrap();
     assert_eq!(set.classify_pid(std::process::id()), None);
     assert_eq!(set.classify_pid(u32::MAX), None);
@@ -246,18 +329,26 @@ fn classify_pid_of_non_agent_process_is_none() {
 #[test]
 fn contains_id_and_ids_cover_roots_only() {
     let t = tree();
-    let defs = [agent("claude", &[cg("/airlock.slice/airlock-claude-*.scope")])];
+    let defs = [agent(
+        "claude",
+        &[cg("/airlock.slice/airlock-claude-*.scope")],
+    )];
     let set = AgentSet::resolve(t.path().to_path_buf(), &defs).unwrap();
     let root = ino(&t.path().join("airlock.slice/airlock-claude-1.scope"));
     assert!(set.contains_id(root));
-    assert!(!set.contains_id(ino(&t.path().join("airlock.slice/airlock-claude-1.scope/sub"))));
+    assert!(!set.contains_id(ino(
+        &t.path().join("airlock.slice/airlock-claude-1.scope/sub")
+    )));
     assert_eq!(set.ids().collect::<Vec<_>>(), vec![root]);
 }
 
 #[test]
 fn diff_reports_added_and_removed_roots() {
     let t = tree();
-    let defs = [agent("claude", &[cg("/airlock.slice/airlock-claude-*.scope")])];
+    let defs = [agent(
+        "claude",
+        &[cg("/airlock.slice/airlock-claude-*.scope")],
+    )];
     let old = AgentSet::resolve(t.path().to_path_buf(), &defs).unwrap();
     assert!(old.diff(&old).is_empty());
     fs::create_dir(t.path().join("airlock.slice/airlock-claude-2.scope")).unwrap();
@@ -270,7 +361,10 @@ fn diff_reports_added_and_removed_roots() {
     assert_eq!(d.removed[0].path, "/airlock.slice/airlock-claude-1.scope");
     assert_eq!(
         d.added[0].to_string(),
-        format!("agent claude: cgroup /airlock.slice/airlock-claude-2.scope (id {})", d.added[0].id)
+        format!(
+            "agent claude: cgroup /airlock.slice/airlock-claude-2.scope (id {})",
+            d.added[0].id
+        )
     );
 }
 
@@ -314,7 +408,8 @@ fn watcher_ignores_regular_files() {
 #[test]
 fn watcher_periodic_rescan_ticks() {
     let t = tree();
-    let w = CgroupWatcher::spawn_with(t.path().to_path_buf(), std::time::Duration::from_millis(20)).unwrap();
+    let w = CgroupWatcher::spawn_with(t.path().to_path_buf(), std::time::Duration::from_millis(20))
+        .unwrap();
     let g0 = w.generation();
     wait_for_generation(&w, g0);
 }
@@ -333,14 +428,20 @@ async fn watcher_changed_resolves_async() {
     let t = tree();
     let mut w = CgroupWatcher::spawn(t.path().to_path_buf()).unwrap();
     fs::create_dir(t.path().join("airlock.slice/async.scope")).unwrap();
-    let g = tokio::time::timeout(std::time::Duration::from_secs(5), w.changed()).await.unwrap().unwrap();
+    let g = tokio::time::timeout(std::time::Duration::from_secs(5), w.changed())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(g >= 1);
 }
 
 fn wait_for_generation(w: &CgroupWatcher, above: u64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while w.generation() <= above {
-        assert!(std::time::Instant::now() < deadline, "no change seen after {above}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no change seen after {above}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }

@@ -31,7 +31,10 @@ pub const FALLBACK_RESCAN: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
     #[error("cannot list cgroup mount {path}: {source}")]
-    Mount { path: PathBuf, source: std::io::Error },
+    Mount {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot start cgroup watcher thread: {0}")]
     Thread(std::io::Error),
     #[error("cgroup watcher thread has stopped")]
@@ -61,15 +64,25 @@ impl CgroupWatcher {
     /// Like [`CgroupWatcher::spawn`] with a chosen periodic rescan (used when inotify covers
     /// the whole tree; otherwise [`FALLBACK_RESCAN`] or `rescan`, whichever is shorter).
     pub fn spawn_with(mount: PathBuf, rescan: Duration) -> Result<CgroupWatcher, WatchError> {
-        std::fs::read_dir(&mount).map_err(|e| WatchError::Mount { path: mount.clone(), source: e })?;
+        std::fs::read_dir(&mount).map_err(|e| WatchError::Mount {
+            path: mount.clone(),
+            source: e,
+        })?;
         let tree = match Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK) {
             Ok(ino) => {
-                let mut t = Tree { ino, wds: HashMap::new(), incomplete: false, mount };
+                let mut t = Tree {
+                    ino,
+                    wds: HashMap::new(),
+                    incomplete: false,
+                    mount,
+                };
                 t.watch_subtree(&t.mount.clone());
                 Some(t)
             }
             Err(e) => {
-                tracing::warn!("inotify unavailable ({e}); rescanning cgroups every {FALLBACK_RESCAN:?}");
+                tracing::warn!(
+                    "inotify unavailable ({e}); rescanning cgroups every {FALLBACK_RESCAN:?}"
+                );
                 None
             }
         };
@@ -80,7 +93,12 @@ impl CgroupWatcher {
             .name("cgroup-watch".into())
             .spawn(move || run(tree, stop_rx, tx, rescan))
             .map_err(WatchError::Thread)?;
-        Ok(CgroupWatcher { rx, stop: Some(stop), thread: Some(thread), inotify })
+        Ok(CgroupWatcher {
+            rx,
+            stop: Some(stop),
+            thread: Some(thread),
+            inotify,
+        })
     }
 
     /// A receiver of the change count, for `select!` loops or other tasks.
@@ -152,7 +170,9 @@ impl Tree {
                     self.incomplete = true;
                 }
             }
-            let Ok(listing) = std::fs::read_dir(&d) else { continue };
+            let Ok(listing) = std::fs::read_dir(&d) else {
+                continue;
+            };
             for entry in listing.flatten() {
                 if entry.file_type().is_ok_and(|t| t.is_dir()) {
                     pending.push(entry.path());
@@ -191,11 +211,12 @@ impl Tree {
                     continue;
                 }
                 changed = true;
-                if ev.mask.intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO) {
-                    if let (Some(parent), Some(name)) = (self.wds.get(&ev.wd), &ev.name) {
-                        let child = parent.join(name);
-                        self.watch_subtree(&child);
-                    }
+                let created = AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO;
+                if ev.mask.intersects(created)
+                    && let (Some(parent), Some(name)) = (self.wds.get(&ev.wd), &ev.name)
+                {
+                    let child = parent.join(name);
+                    self.watch_subtree(&child);
                 }
             }
         }
@@ -208,9 +229,17 @@ fn run(mut tree: Option<Tree>, mut stop: UnixStream, tx: watch::Sender<u64>, res
             Some(t) if !t.incomplete => rescan,
             _ => rescan.min(FALLBACK_RESCAN),
         };
-        let mut fds = vec![libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        let mut fds = vec![libc::pollfd {
+            fd: stop.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
         if let Some(t) = &tree {
-            fds.push(libc::pollfd { fd: t.ino.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            fds.push(libc::pollfd {
+                fd: t.ino.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
         }
         let timeout = i32::try_from(period.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: fds is a valid array of fds.len() pollfds that outlives the call.
@@ -219,7 +248,10 @@ fn run(mut tree: Option<Tree>, mut stop: UnixStream, tx: watch::Sender<u64>, res
             if Errno::last() == Errno::EINTR {
                 continue;
             }
-            tracing::warn!("cgroup watcher poll: {}; falling back to rescans", Errno::last());
+            tracing::warn!(
+                "cgroup watcher poll: {}; falling back to rescans",
+                Errno::last()
+            );
             std::thread::sleep(FALLBACK_RESCAN);
             tx.send_modify(|g| *g += 1);
             continue;

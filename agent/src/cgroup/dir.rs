@@ -53,7 +53,12 @@ impl CgroupDir {
             created_parents.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
             match fs::create_dir(&path) {
                 Ok(()) => {
-                    return Ok(CgroupDir { path, created_parents, kill_on_drop: true, disarmed: false });
+                    return Ok(CgroupDir {
+                        path,
+                        created_parents,
+                        kill_on_drop: true,
+                        disarmed: false,
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 5 => continue,
                 Err(e) => {
@@ -93,7 +98,7 @@ impl CgroupDir {
 
     /// Moves process `pid` (all its threads) into this cgroup.
     pub fn add_pid(&self, pid: u32) -> Result<(), CgroupError> {
-        add_pid_to(&self.path, pid)
+        add_pid(&self.path, pid)
     }
 
     /// The processes directly in this cgroup (not in its descendants).
@@ -184,7 +189,7 @@ fn remove_dirs_if_empty(dirs: &[PathBuf]) {
 }
 
 /// Moves process `pid` into the cgroup at `dir` (writes to `cgroup.procs`).
-pub(crate) fn add_pid_to(dir: &Path, pid: u32) -> Result<(), CgroupError> {
+pub fn add_pid(dir: &Path, pid: u32) -> Result<(), CgroupError> {
     let procs = dir.join("cgroup.procs");
     // One pid per write(2): cgroup.procs takes exactly one per call.
     fs::OpenOptions::new()
@@ -197,7 +202,10 @@ pub(crate) fn add_pid_to(dir: &Path, pid: u32) -> Result<(), CgroupError> {
 fn read_procs(dir: &Path) -> Result<Vec<u32>, CgroupError> {
     let procs = dir.join("cgroup.procs");
     let text = fs::read_to_string(&procs).map_err(|e| CgroupError::io(procs, e))?;
-    Ok(text.split_whitespace().filter_map(|s| s.parse().ok()).collect())
+    Ok(text
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect())
 }
 
 /// Any process in `dir` or below? Read from `cgroup.events`, which counts the whole subtree.
@@ -279,11 +287,16 @@ fn wait_unpopulated(
         match pass().and_then(|()| is_populated(dir)) {
             Ok(false) => return Ok(()),
             Ok(true) if Instant::now() >= deadline => {
-                return Err(CgroupError::StillPopulated { path: dir.to_path_buf(), timeout });
+                return Err(CgroupError::StillPopulated {
+                    path: dir.to_path_buf(),
+                    timeout,
+                });
             }
             Ok(true) => std::thread::sleep(POLL),
             // Removed meanwhile: nothing left to kill.
-            Err(CgroupError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(CgroupError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(());
+            }
             Err(e) => return Err(e),
         }
     }
@@ -295,7 +308,9 @@ fn kill_listed(dir: &Path) -> Result<(), CgroupError> {
     for d in subtree_dirs(dir)? {
         let pids = match read_procs(&d) {
             Ok(p) => p,
-            Err(CgroupError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => continue,
+            Err(CgroupError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                continue;
+            }
             Err(e) => return Err(e),
         };
         for pid in pids.into_iter().filter(|p| *p != me && *p != 0) {
@@ -315,7 +330,9 @@ fn kill_listed(dir: &Path) -> Result<(), CgroupError> {
 pub fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
     let dirs = match subtree_dirs(dir) {
         Ok(d) => d,
-        Err(CgroupError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(CgroupError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(());
+        }
         Err(e) => return Err(e),
     };
     for d in dirs.iter().rev() {

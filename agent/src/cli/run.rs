@@ -45,7 +45,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub verbose: bool,
     /// The command to run, and its arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<OsString>,
 }
 
@@ -62,7 +67,10 @@ pub fn run_status(args: &RunArgs) -> anyhow::Result<u8> {
     if args.cgroup_root.is_none() && Path::new("/run/systemd/system").is_dir() {
         match find_in_path("systemd-run") {
             Some(systemd_run) => return run_in_systemd_scope(args, &systemd_run),
-            None => note(args, "systemd runs but systemd-run is not in PATH; using cgroupfs directly"),
+            None => note(
+                args,
+                "systemd runs but systemd-run is not in PATH; using cgroupfs directly",
+            ),
         }
     }
     run_in_cgroupfs(args)
@@ -72,7 +80,9 @@ static RUN_LOCK: Mutex<()> = Mutex::new(());
 
 /// Agent names become part of cgroup and unit names, and of selector globs.
 pub fn validate_agent_name(name: &str) -> anyhow::Result<()> {
-    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     if name.is_empty() || !ok_chars {
         bail!("invalid agent name {name:?}: use only lowercase letters, digits, '_' and '-'");
     }
@@ -115,8 +125,14 @@ fn run_in_cgroupfs(args: &RunArgs) -> anyhow::Result<u8> {
     };
     scope.set_kill_on_drop(args.kill_on_exit);
     if args.verbose {
-        let id = scope.id().map(|i| i.to_string()).unwrap_or_else(|e| format!("? ({e})"));
-        note(args, &format!("agent {}: cgroup {path} (id {id})", args.agent));
+        let id = scope
+            .id()
+            .map(|i| i.to_string())
+            .unwrap_or_else(|e| format!("? ({e})"));
+        note(
+            args,
+            &format!("agent {}: cgroup {path} (id {id})", args.agent),
+        );
     }
 
     let procs_path = scope.path().join("cgroup.procs");
@@ -145,7 +161,10 @@ fn run_in_cgroupfs(args: &RunArgs) -> anyhow::Result<u8> {
 
     if !args.kill_on_exit && scope.is_populated().unwrap_or(false) {
         let kept = scope.keep();
-        note(args, &format!("processes left running; keeping cgroup {}", kept.display()));
+        note(
+            args,
+            &format!("processes left running; keeping cgroup {}", kept.display()),
+        );
     } else if let Err(e) = scope.remove() {
         eprintln!("airlock run: warning: could not clean up the agent cgroup: {e}");
     }
@@ -154,21 +173,29 @@ fn run_in_cgroupfs(args: &RunArgs) -> anyhow::Result<u8> {
 
 fn run_in_systemd_scope(args: &RunArgs, systemd_run: &Path) -> anyhow::Result<u8> {
     let unit = format!("airlock-{}-{}", args.agent, unique_suffix(0));
-    note(args, &format!("agent {}: systemd scope {unit}.scope in airlock.slice", args.agent));
-    let mut argv: Vec<OsString> = systemd_run_args(&unit).into_iter().map(OsString::from).collect();
+    note(
+        args,
+        &format!(
+            "agent {}: systemd scope {unit}.scope in airlock.slice",
+            args.agent
+        ),
+    );
+    let mut argv: Vec<OsString> = systemd_run_args(&unit)
+        .into_iter()
+        .map(OsString::from)
+        .collect();
     argv.extend(args.command.iter().cloned());
     let cmd = command(args, systemd_run.as_os_str(), &argv);
     let status = spawn_and_wait(args, cmd)?;
     if args.kill_on_exit {
         // systemd-run --scope exec'd CMD, so it is gone; leftovers keep the scope alive. Killing
         // them through cgroupfs lets systemd see the scope empty and collect it.
-        if let Ok(mount) = cgroup::cgroup2_mount() {
-            let dir = cgroup::cgroup_dir(&mount, format!("/airlock.slice/{unit}.scope"));
-            if dir.is_dir() {
-                if let Err(e) = cgroup::kill_tree(&dir, KILL_TIMEOUT) {
-                    eprintln!("airlock run: warning: could not kill leftover processes: {e}");
-                }
-            }
+        if let Ok(mount) = cgroup::cgroup2_mount()
+            && let dir = cgroup::cgroup_dir(&mount, format!("/airlock.slice/{unit}.scope"))
+            && dir.is_dir()
+            && let Err(e) = cgroup::kill_tree(&dir, KILL_TIMEOUT)
+        {
+            eprintln!("airlock run: warning: could not kill leftover processes: {e}");
         }
     }
     Ok(status)
@@ -198,8 +225,15 @@ fn spawn_and_wait(args: &RunArgs, mut cmd: Command) -> anyhow::Result<u8> {
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
-            eprintln!("airlock run: {}: {e}", Path::new(cmd.get_program()).display());
-            return Ok(if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 });
+            eprintln!(
+                "airlock run: {}: {e}",
+                Path::new(cmd.get_program()).display()
+            );
+            return Ok(if e.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
         }
     };
     forwarder.set_child(child.id());
@@ -231,7 +265,9 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(program))
-        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 const FORWARDED: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
@@ -265,8 +301,14 @@ impl SignalForwarder {
     fn install() -> nix::Result<SignalForwarder> {
         CHILD.store(0, Ordering::SeqCst);
         PENDING.store(0, Ordering::SeqCst);
-        let action = SigAction::new(SigHandler::SigAction(forward), SaFlags::SA_RESTART, SigSet::empty());
-        let mut me = SignalForwarder { previous: Vec::new() };
+        let action = SigAction::new(
+            SigHandler::SigAction(forward),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        let mut me = SignalForwarder {
+            previous: Vec::new(),
+        };
         for sig in FORWARDED {
             // SAFETY: `forward` only touches atomics and calls kill(2).
             let old = unsafe { sigaction(sig, &action)? };
@@ -329,7 +371,8 @@ mod tests {
         assert!(!u.contains('-') && !u.contains('/'), "{u}");
         let p = scope_cgroup_path("claude", &u);
         assert_eq!(p, format!("/airlock.slice/airlock-claude-{u}.scope"));
-        let airlock_policy::Selector::Cgroup(sel) = airlock_policy::run_scope_selector("claude") else {
+        let airlock_policy::Selector::Cgroup(sel) = airlock_policy::run_scope_selector("claude")
+        else {
             panic!("run scope selector is not a cgroup glob");
         };
         let glob = globset::GlobBuilder::new(&sel)
@@ -343,7 +386,16 @@ mod tests {
     #[test]
     fn systemd_run_gets_scope_slice_unit_and_end_of_options() {
         let a = systemd_run_args("airlock-claude-1x2");
-        assert_eq!(a, ["--scope", "--slice=airlock.slice", "--unit=airlock-claude-1x2", "--quiet", "--"]);
+        assert_eq!(
+            a,
+            [
+                "--scope",
+                "--slice=airlock.slice",
+                "--unit=airlock-claude-1x2",
+                "--quiet",
+                "--"
+            ]
+        );
     }
 
     #[test]
@@ -358,7 +410,17 @@ mod tests {
 
     #[test]
     fn cli_kill_on_exit_can_be_turned_off_and_cmd_is_required() {
-        let a = parse(&["--agent", "x", "--kill-on-exit=false", "--verbose", "--cgroup-root", "/c", "--", "sh"]).unwrap();
+        let a = parse(&[
+            "--agent",
+            "x",
+            "--kill-on-exit=false",
+            "--verbose",
+            "--cgroup-root",
+            "/c",
+            "--",
+            "sh",
+        ])
+        .unwrap();
         assert!(!a.kill_on_exit);
         assert!(a.verbose);
         assert_eq!(a.cgroup_root.as_deref(), Some(Path::new("/c")));
@@ -376,7 +438,15 @@ mod tests {
 
     #[test]
     fn invalid_agent_name_fails_before_touching_cgroups() {
-        let a = parse(&["--agent", "Bad/Name", "--cgroup-root", "/nonexistent", "--", "true"]).unwrap();
+        let a = parse(&[
+            "--agent",
+            "Bad/Name",
+            "--cgroup-root",
+            "/nonexistent",
+            "--",
+            "true",
+        ])
+        .unwrap();
         let e = run_status(&a).unwrap_err().to_string();
         assert!(e.contains("invalid agent name"), "{e}");
     }

@@ -105,7 +105,7 @@ pub struct FileId {
 }
 
 impl FileId {
-    fn from_stat(st: &libc::stat) -> FileId {
+    fn from_stat(st: libc::stat) -> FileId {
         FileId {
             key: inode_key(st.st_dev, st.st_ino),
             kind: st.st_mode & libc::S_IFMT,
@@ -131,7 +131,7 @@ pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileId> {
     // SAFETY: st is a valid out-pointer.
     cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
     // SAFETY: fstat succeeded and filled st.
-    Ok(FileId::from_stat(unsafe { &st.assume_init() }))
+    Ok(FileId::from_stat(unsafe { st.assume_init() }))
 }
 
 /// lstat (never follows the last component).
@@ -141,7 +141,7 @@ pub(crate) fn lstat(path: &Path) -> io::Result<FileId> {
     // SAFETY: NUL-terminated path and valid out-pointer.
     cvt(unsafe { libc::lstat(c.as_ptr(), st.as_mut_ptr()) })?;
     // SAFETY: lstat succeeded and filled st.
-    Ok(FileId::from_stat(unsafe { &st.assume_init() }))
+    Ok(FileId::from_stat(unsafe { st.assume_init() }))
 }
 
 /// The path an fd was opened through, as the kernel prints it (`readlink /proc/self/fd/N`).

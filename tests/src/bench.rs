@@ -1,0 +1,164 @@
+//! `airlock-e2e --bench`: overhead of airlock on exec and open, as ratios to a baseline measured
+//! in the same run with airlock off.
+//!
+//! Configurations: off (no daemon), on with the caller outside agent cgroups, on with the caller
+//! inside an agent cgroup, under a policy of 10,000 gated binaries and 1,000 protected trees that
+//! the measured operations do not touch. The baseline is taken before and after the "on" phase
+//! and rounds alternate, so drift of the machine shows up as spread rather than as overhead.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use airlock_agent::cgroup::{CgroupDir, cgroup2_mount};
+use anyhow::{Context as _, bail};
+
+use crate::harness::{Daemon, run_in};
+
+const GATED_BINARIES: usize = 10_000;
+const PROTECTED_TREES: usize = 1_000;
+
+/// `--bench-worker exec|open N`: runs the loop and prints nanoseconds per operation.
+pub fn worker(kind: &str, n: usize, file: &str) -> ! {
+    let t = Instant::now();
+    match kind {
+        "exec" => {
+            for _ in 0..n {
+                let st = std::process::Command::new("/bin/true").status().expect("spawn /bin/true");
+                assert!(st.success());
+            }
+        }
+        "open" => {
+            let p = std::ffi::CString::new(file).expect("path");
+            for _ in 0..n {
+                // SAFETY: open/close of a NUL-terminated path.
+                unsafe {
+                    let fd = libc::open(p.as_ptr(), libc::O_RDONLY);
+                    assert!(fd >= 0, "open {file}");
+                    libc::close(fd);
+                }
+            }
+        }
+        other => {
+            eprintln!("unknown worker {other}");
+            std::process::exit(2)
+        }
+    }
+    println!("{}", t.elapsed().as_nanos() as f64 / n as f64);
+    std::process::exit(0)
+}
+
+fn measure(me: &Path, cg: Option<&Path>, kind: &str, n: usize, file: &Path) -> anyhow::Result<f64> {
+    let me = me.to_string_lossy().to_string();
+    let ns = n.to_string();
+    let f = file.to_string_lossy().to_string();
+    let (_, out) = run_in(cg, None, &[&me, "--bench-worker", kind, &ns, &f])?;
+    if !out.status.success() {
+        bail!("worker {kind} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout).trim().parse().context("worker output")
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+struct Samples {
+    exec: Vec<f64>,
+    open: Vec<f64>,
+}
+
+fn rounds(me: &Path, cg: Option<&Path>, file: &Path, r: usize, s: &mut Samples) -> anyhow::Result<()> {
+    for _ in 0..r {
+        s.exec.push(measure(me, cg, "exec", 300, file)?);
+        s.open.push(measure(me, cg, "open", 100_000, file)?);
+    }
+    Ok(())
+}
+
+fn write_policy(dir: &Path, top_rel: &str) -> anyhow::Result<PathBuf> {
+    let bins = dir.join("bins");
+    std::fs::create_dir_all(&bins)?;
+    let mut y = format!(
+        "apiVersion: airlock.dev/v1\nkind: Policy\nmetadata:\n  name: bench\nmode: enforce\nagents:\n  - name: bench\n    cgroup: \"/{top_rel}/agent\"\nrules:\n  - name: many-binaries\n    action: deny\n    exec:\n"
+    );
+    for i in 0..GATED_BINARIES {
+        let p = bins.join(format!("b{i:05}"));
+        std::fs::write(&p, b"")?;
+        y.push_str(&format!("      - \"{}\"\n", p.display()));
+    }
+    y.push_str("  - name: many-trees\n    action: deny\n    paths:\n");
+    for i in 0..PROTECTED_TREES {
+        let t = dir.join("trees").join(format!("t{i:04}"));
+        std::fs::create_dir_all(&t)?;
+        std::fs::write(t.join("f"), b"x")?;
+        y.push_str(&format!("      - \"{}\"\n", t.display()));
+    }
+    let p = dir.join("bench-policy.yaml");
+    std::fs::write(&p, y)?;
+    Ok(p)
+}
+
+/// Runs the benchmark and prints the table.
+pub fn run(bin_dir: &Path, rounds_n: usize) -> anyhow::Result<()> {
+    let me = std::env::current_exe()?;
+    let dir = PathBuf::from(format!("/var/tmp/airlock-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let cleanup = Cleanup(dir.clone());
+    let top_rel = format!("airlock-bench-{}", std::process::id());
+    let cg = CgroupDir::create(cgroup2_mount()?.join(&top_rel))?;
+    let agent = cg.create_child("agent")?;
+    let outside = cg.create_child("outside")?;
+    let policy = write_policy(&dir, &top_rel)?;
+    let file = dir.join("measured-file");
+    std::fs::write(&file, b"data")?;
+
+    println!("warming up…");
+    let mut junk = Samples { exec: vec![], open: vec![] };
+    rounds(&me, Some(&outside), &file, 1, &mut junk)?;
+    let mut off = Samples { exec: vec![], open: vec![] };
+    let mut out_s = Samples { exec: vec![], open: vec![] };
+    let mut in_s = Samples { exec: vec![], open: vec![] };
+    rounds(&me, Some(&outside), &file, rounds_n, &mut off)?;
+    let t = Instant::now();
+    let daemon = Daemon::start(bin_dir, &policy, &dir.join("state"), "auto")?;
+    let started = t.elapsed();
+    let st = daemon.status().unwrap_or_default();
+    for _ in 0..rounds_n {
+        rounds(&me, Some(&outside), &file, 1, &mut out_s)?;
+        rounds(&me, Some(&agent), &file, 1, &mut in_s)?;
+    }
+    drop(daemon);
+    rounds(&me, Some(&outside), &file, rounds_n, &mut off)?;
+
+    let (eo, oo) = (median(&mut off.exec), median(&mut off.open));
+    let (e1, o1) = (median(&mut out_s.exec), median(&mut out_s.open));
+    let (e2, o2) = (median(&mut in_s.exec), median(&mut in_s.open));
+    let spread = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        (v[v.len() - 1] - v[0]) / v[v.len() / 2] * 100.0
+    };
+    println!();
+    println!("backend: {} ({})", st["backend"], st["backend_reason"]);
+    println!("policy: {GATED_BINARIES} gated binaries, {PROTECTED_TREES} protected trees (none touched); airlockd ready in {:.2} s", started.as_secs_f64());
+    println!("baseline spread (max-min)/median: exec {:.1} %, open {:.1} %", spread(&mut off.exec), spread(&mut off.open));
+    println!();
+    println!("| measurement                     | off         | on, outside agents | on, inside agent   | target                       |");
+    println!("|---------------------------------|-------------|--------------------|--------------------|------------------------------|");
+    println!("| fork+exec+wait /bin/true        | {:>8.1} µs | {:>6.1} µs {:>6.3}× | {:>6.1} µs {:>6.3}× | outside ≤ 1.005×, inside ≤ 1.01× |", eo / 1e3, e1 / 1e3, e1 / eo, e2 / 1e3, e2 / eo);
+    println!("| open+close of a file            | {:>8.1} ns | {:>6.1} ns {:>+6.1} ns | {:>6.1} ns {:>+6.1} ns | outside ≤ +40 ns             |", oo, o1, o1 - oo, o2, o2 - oo);
+    println!();
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!("exec outside {:.3}× ({}), exec inside {:.3}× ({}), open outside {:+.1} ns ({})",
+        e1 / eo, verdict(e1 / eo <= 1.005), e2 / eo, verdict(e2 / eo <= 1.01), o1 - oo, verdict(o1 - oo <= 40.0));
+    drop(cg);
+    drop(cleanup);
+    Ok(())
+}
+
+struct Cleanup(PathBuf);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
