@@ -36,9 +36,11 @@ pub enum AgentsError {
 /// One cgroup that a selector matched.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentCgroup {
+    /// Name of the agent whose selector matched (the first declared, if several did).
     pub agent: String,
-    /// Path relative to the cgroup2 mount, leading `/`.
+    /// Path relative to the cgroup2 mount, leading `/` (non-UTF-8 bytes replaced; display only).
     pub path: String,
+    /// The cgroup id (directory inode): the identity that classification uses.
     pub id: u64,
 }
 

@@ -15,17 +15,22 @@ pub use dir::{CgroupDir, KILL_TIMEOUT, add_pid, kill_tree, kill_tree_by_signal, 
 /// Errors from cgroup operations.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
+    /// cgroup v2 is not mounted (a v1-only host).
     #[error("no cgroup2 mount found in /proc/self/mountinfo")]
     NoCgroup2,
+    /// A file operation on `path` failed (NotFound for a process or cgroup that is gone).
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// `/proc/PID/cgroup` has no `0::` line.
     #[error("process {pid} has no cgroup v2 entry in /proc/{pid}/cgroup")]
     NoV2Entry { pid: u32 },
+    /// [`CgroupDir::create`] found the cgroup already there.
     #[error("{path}: already exists (refusing to adopt a cgroup this guard did not create)")]
     Exists { path: PathBuf },
+    /// Killing did not empty the cgroup in time.
     #[error("{path}: processes still running after {timeout:?} of killing")]
     StillPopulated {
         path: PathBuf,

@@ -20,7 +20,10 @@ pub struct Checked {
 
 /// Loads `paths` (files or directories, see [`load_paths`]) and compiles them through
 /// `resolver`. The error displays one `file:line:column: message` per line.
-pub fn load_and_compile(paths: &[PathBuf], resolver: &dyn Resolver) -> Result<Checked, Diagnostics> {
+pub fn load_and_compile(
+    paths: &[PathBuf],
+    resolver: &dyn Resolver,
+) -> Result<Checked, Diagnostics> {
     let policies = load_paths(paths)?;
     let compiled = compile(&policies, resolver).map_err(|e| match e {
         CompileError::Invalid(d) => d,
@@ -43,7 +46,11 @@ impl Checked {
                 p.location.file.display(),
                 agents.len(),
                 plural(agents.len()),
-                if agents.is_empty() { String::new() } else { format!(" ({})", agents.join(", ")) },
+                if agents.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", agents.join(", "))
+                },
                 p.rules.len(),
                 plural(p.rules.len()),
             );
@@ -52,14 +59,23 @@ impl Checked {
                     Target::Exec(v) => ("exec of", v.len()),
                     Target::Paths(v) => ("writes to", v.len()),
                 };
-                let noun = if matches!(r.target, Target::Exec(_)) { "binar" } else { "path" };
+                let noun = if matches!(r.target, Target::Exec(_)) {
+                    "binar"
+                } else {
+                    "path"
+                };
                 let suffix = match (noun, n) {
                     ("binar", 1) => "y",
                     ("binar", _) => "ies",
                     (_, 1) => "",
                     _ => "s",
                 };
-                let _ = writeln!(s, "  rule {}: {} {what} {n} {noun}{suffix}", r.name, action_name(r.action));
+                let _ = writeln!(
+                    s,
+                    "  rule {}: {} {what} {n} {noun}{suffix}",
+                    r.name,
+                    action_name(r.action)
+                );
             }
         }
         let c = &self.compiled;

@@ -28,7 +28,10 @@ pub enum CompileError {
 
 /// Compiles `policies` (rule ids are assigned in order across all of them) against the host
 /// seen through `resolver`.
-pub fn compile(policies: &[Policy], resolver: &dyn Resolver) -> Result<CompiledPolicy, CompileError> {
+pub fn compile(
+    policies: &[Policy],
+    resolver: &dyn Resolver,
+) -> Result<CompiledPolicy, CompileError> {
     let diags = validate_set(policies);
     if !diags.is_empty() {
         return Err(CompileError::Invalid(diags));
@@ -75,8 +78,17 @@ fn note_scope_overlaps(policies: &[Policy], notes: &mut Vec<String>) {
 
 fn compile_rule(policy: &Policy, rule: &Rule, resolver: &dyn Resolver, out: &mut CompiledPolicy) {
     let id = u32::try_from(out.rules.len()).expect("more than 2^32 rules");
-    let flags = if policy.mode == Mode::Monitor { flags::MONITOR } else { 0 };
-    let rule_ref = RuleRef { rule_id: id, action: rule.action, ops: rule.ops, flags };
+    let flags = if policy.mode == Mode::Monitor {
+        flags::MONITOR
+    } else {
+        0
+    };
+    let rule_ref = RuleRef {
+        rule_id: id,
+        action: rule.action,
+        ops: rule.ops,
+        flags,
+    };
     out.rules.push(RuleInfo {
         id,
         name: rule.name.clone(),
@@ -89,14 +101,21 @@ fn compile_rule(policy: &Policy, rule: &Rule, resolver: &dyn Resolver, out: &mut
         approval: rule.approval,
     });
     let what = |spec: &PathSpec| {
-        format!("{}: rule {:?} of policy {:?}: {}", spec.location, rule.name, policy.name, spec.path.display())
+        format!(
+            "{}: rule {:?} of policy {:?}: {}",
+            spec.location,
+            rule.name,
+            policy.name,
+            spec.path.display()
+        )
     };
     match &rule.target {
         Target::Exec(specs) => {
             for spec in specs {
                 match exec_target(resolver, rule_ref, &spec.path) {
                     Ok((target, notes)) => {
-                        out.notes.extend(notes.iter().map(|n| format!("{}: {n}", what(spec))));
+                        out.notes
+                            .extend(notes.iter().map(|n| format!("{}: {n}", what(spec))));
                         out.exec.push(target);
                     }
                     Err(note) => out.notes.push(format!("{}: {note}", what(spec))),
@@ -120,7 +139,12 @@ fn entry_key(resolver: &dyn Resolver, dir: &Path, name: &[u8]) -> io::Result<Opt
     if name.len() >= NAME_LEN {
         return Ok(None);
     }
-    let mut key = DirEntryKey { dir_ino: id.key.ino, dev: id.key.dev, _pad: 0, name: [0; NAME_LEN] };
+    let mut key = DirEntryKey {
+        dir_ino: id.key.ino,
+        dev: id.key.dev,
+        _pad: 0,
+        name: [0; NAME_LEN],
+    };
     key.name[..name.len()].copy_from_slice(name);
     Ok(Some(key))
 }
@@ -139,7 +163,9 @@ fn exec_target(
     let mut notes = Vec::new();
     match resolver.canonicalize(path) {
         Ok(canonical) => {
-            let id = resolver.stat(&canonical).map_err(|e| format!("cannot stat: {e}; not gated"))?;
+            let id = resolver
+                .stat(&canonical)
+                .map_err(|e| format!("cannot stat: {e}; not gated"))?;
             if id.is_dir {
                 return Err("is a directory, not a binary; not gated".to_owned());
             }
@@ -160,8 +186,13 @@ fn exec_target(
                     canonical.display()
                 ));
             }
-            let target =
-                ExecTarget { rule, path: path.to_path_buf(), canonical, inode: Some(id.key), entry };
+            let target = ExecTarget {
+                rule,
+                path: path.to_path_buf(),
+                canonical,
+                inode: Some(id.key),
+                entry,
+            };
             Ok((target, notes))
         }
         Err(e) if is_missing(&e) => {
@@ -178,7 +209,13 @@ fn exec_target(
             let entry = entry_key(resolver, &dir, name_bytes(path))
                 .map_err(|e| format!("cannot stat {}: {e}; not gated", dir.display()))?;
             notes.push("not installed; gated by path if it is installed later".to_owned());
-            let target = ExecTarget { rule, path: path.to_path_buf(), canonical, inode: None, entry };
+            let target = ExecTarget {
+                rule,
+                path: path.to_path_buf(),
+                canonical,
+                inode: None,
+                entry,
+            };
             Ok((target, notes))
         }
         Err(e) => Err(format!("cannot resolve: {e}; not gated")),
@@ -186,7 +223,11 @@ fn exec_target(
 }
 
 /// The target for a protected tree or file, or why there is none.
-fn protected_target(resolver: &dyn Resolver, rule: RuleRef, path: &Path) -> Result<ProtectedTarget, String> {
+fn protected_target(
+    resolver: &dyn Resolver,
+    rule: RuleRef,
+    path: &Path,
+) -> Result<ProtectedTarget, String> {
     let canonical: PathBuf = resolver.canonicalize(path).map_err(|e| {
         if is_missing(&e) {
             "does not exist; not protected (create it, then restart or reload)".to_owned()
@@ -194,12 +235,23 @@ fn protected_target(resolver: &dyn Resolver, rule: RuleRef, path: &Path) -> Resu
             format!("cannot resolve: {e}; not protected")
         }
     })?;
-    let id = resolver.stat(&canonical).map_err(|e| format!("cannot stat: {e}; not protected"))?;
-    Ok(ProtectedTarget { rule, path: path.to_path_buf(), canonical, inode: id.key, is_dir: id.is_dir })
+    let id = resolver
+        .stat(&canonical)
+        .map_err(|e| format!("cannot stat: {e}; not protected"))?;
+    Ok(ProtectedTarget {
+        rule,
+        path: path.to_path_buf(),
+        canonical,
+        inode: id.key,
+        is_dir: id.is_dir,
+    })
 }
 
 /// ENOTDIR means a component that should be a directory is a file: the path cannot exist
 /// either.
 fn is_missing(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory)
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
 }

@@ -23,7 +23,11 @@ pub struct Location {
 impl Location {
     /// A position inside `file`.
     pub fn new(file: &Path, line: usize, column: usize) -> Self {
-        Location { file: file.to_path_buf(), line, column }
+        Location {
+            file: file.to_path_buf(),
+            line,
+            column,
+        }
     }
 
     /// The file as a whole.
@@ -71,7 +75,11 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// A problem at `location` concerning `field`.
     pub fn new(location: Location, field: impl Into<String>, problem: impl Into<Problem>) -> Self {
-        Diagnostic { location, field: field.into(), problem: problem.into() }
+        Diagnostic {
+            location,
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
 
     /// The message without the location (`rules[2].action: unknown action ...`).

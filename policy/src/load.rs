@@ -32,9 +32,17 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, Diagnostics> {
     for path in paths {
         for file in expand(path, &mut diags) {
             match std::fs::read(&file) {
-                Err(e) => diags.push(Diagnostic::new(Location::file(&file), "", LoadError::Read(e))),
+                Err(e) => diags.push(Diagnostic::new(
+                    Location::file(&file),
+                    "",
+                    LoadError::Read(e),
+                )),
                 Ok(bytes) => match String::from_utf8(bytes) {
-                    Err(_) => diags.push(Diagnostic::new(Location::file(&file), "", LoadError::NotUtf8)),
+                    Err(_) => diags.push(Diagnostic::new(
+                        Location::file(&file),
+                        "",
+                        LoadError::NotUtf8,
+                    )),
                     Ok(src) => policies.extend(parse_file(&file, &src, &mut diags)),
                 },
             }
@@ -76,9 +84,15 @@ fn parse_file(file: &Path, src: &str, diags: &mut Diagnostics) -> Vec<Policy> {
         }
     };
     if docs.is_empty() {
-        diags.push(Diagnostic::new(Location::file(file), "", LoadError::NoDocuments));
+        diags.push(Diagnostic::new(
+            Location::file(file),
+            "",
+            LoadError::NoDocuments,
+        ));
     }
-    docs.iter().filter_map(|doc| policy_from_node(doc, file, diags)).collect()
+    docs.iter()
+        .filter_map(|doc| policy_from_node(doc, file, diags))
+        .collect()
 }
 
 /// The files `path` stands for.
@@ -89,7 +103,11 @@ fn expand(path: &Path, diags: &mut Diagnostics) -> Vec<PathBuf> {
     let entries = match std::fs::read_dir(path) {
         Ok(entries) => entries,
         Err(e) => {
-            diags.push(Diagnostic::new(Location::file(path), "", LoadError::ReadDir(e)));
+            diags.push(Diagnostic::new(
+                Location::file(path),
+                "",
+                LoadError::ReadDir(e),
+            ));
             return Vec::new();
         }
     };
@@ -98,7 +116,11 @@ fn expand(path: &Path, diags: &mut Diagnostics) -> Vec<PathBuf> {
         let entry = match entry {
             Ok(entry) => entry,
             Err(e) => {
-                diags.push(Diagnostic::new(Location::file(path), "", LoadError::ReadDir(e)));
+                diags.push(Diagnostic::new(
+                    Location::file(path),
+                    "",
+                    LoadError::ReadDir(e),
+                ));
                 continue;
             }
         };
@@ -111,7 +133,11 @@ fn expand(path: &Path, diags: &mut Diagnostics) -> Vec<PathBuf> {
         }
     }
     if files.is_empty() {
-        diags.push(Diagnostic::new(Location::file(path), "", LoadError::EmptyDir));
+        diags.push(Diagnostic::new(
+            Location::file(path),
+            "",
+            LoadError::EmptyDir,
+        ));
     }
     files.sort();
     files

@@ -107,7 +107,10 @@ pub const OPERATIONS: [(&str, u32); 11] = [
 
 /// The policy spelling of an `airlock_common::action` value (`"?"` for an unknown value).
 pub fn action_name(action: u32) -> &'static str {
-    ACTIONS.iter().find(|(_, a)| *a == action).map_or("?", |(n, _)| n)
+    ACTIONS
+        .iter()
+        .find(|(_, a)| *a == action)
+        .map_or("?", |(n, _)| n)
 }
 
 /// The policy spellings of the operations in an ops mask, in [`OPERATIONS`] order; `exec` for
@@ -117,7 +120,12 @@ pub fn op_names(ops: u32) -> Vec<&'static str> {
     if ops & op::bit(op::EXEC) != 0 {
         names.push("exec");
     }
-    names.extend(OPERATIONS.iter().filter(|(_, o)| ops & op::bit(*o) != 0).map(|(n, _)| *n));
+    names.extend(
+        OPERATIONS
+            .iter()
+            .filter(|(_, o)| ops & op::bit(*o) != 0)
+            .map(|(n, _)| *n),
+    );
     names
 }
 

@@ -34,14 +34,21 @@ impl Resolver for HostResolver {
 
     fn stat(&self, path: &Path) -> io::Result<FileId> {
         let meta = std::fs::metadata(path)?;
-        Ok(FileId { key: inode_key(meta.dev(), meta.ino()), is_dir: meta.is_dir() })
+        Ok(FileId {
+            key: inode_key(meta.dev(), meta.ino()),
+            is_dir: meta.is_dir(),
+        })
     }
 }
 
 /// An [`InodeKey`] from `stat` values: `st_dev` uses glibc's `makedev` encoding, the kernel's
 /// `s_dev` (what BPF programs read from `inode->i_sb->s_dev`) uses `MAJOR << 20 | MINOR`.
 pub fn inode_key(st_dev: u64, st_ino: u64) -> InodeKey {
-    InodeKey { ino: st_ino, dev: kernel_dev(libc::major(st_dev), libc::minor(st_dev)), _pad: 0 }
+    InodeKey {
+        ino: st_ino,
+        dev: kernel_dev(libc::major(st_dev), libc::minor(st_dev)),
+        _pad: 0,
+    }
 }
 
 #[cfg(test)]
@@ -70,7 +77,9 @@ mod tests {
         assert!(!id.is_dir);
         assert_eq!(id.key.ino, std::fs::metadata(&real).unwrap().ino());
         assert!(HostResolver.stat(dir.path()).unwrap().is_dir);
-        let missing = HostResolver.canonicalize(&dir.path().join("missing")).unwrap_err();
+        let missing = HostResolver
+            .canonicalize(&dir.path().join("missing"))
+            .unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
     }
 }

@@ -8,7 +8,9 @@ use airlock_common::{action, op};
 
 use crate::compiled::{Approval, Mode, OnTimeout, Selector};
 use crate::diag::{Diagnostic, Diagnostics, Location};
-use crate::model::{ACTIONS, API_VERSION, AgentSpec, KIND, OPERATIONS, PathSpec, Policy, Rule, Target};
+use crate::model::{
+    ACTIONS, API_VERSION, AgentSpec, KIND, OPERATIONS, PathSpec, Policy, Rule, Target,
+};
 use crate::values::{self, NameKind, PathUse};
 use crate::yaml::{Kind, Node, Pos};
 
@@ -17,8 +19,14 @@ pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 const TOP_KEYS: &[&str] = &["apiVersion", "kind", "metadata", "mode", "agents", "rules"];
 const METADATA_KEYS: &[&str] = &["name", "description"];
-const AGENT_KEYS: &[&str] =
-    &["name", "description", "cgroup", "cgroups", "systemdUnit", "systemdUnits"];
+const AGENT_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "cgroup",
+    "cgroups",
+    "systemdUnit",
+    "systemdUnits",
+];
 const RULE_KEYS: &[&str] = &[
     "name",
     "description",
@@ -35,9 +43,15 @@ const RULE_KEYS: &[&str] = &[
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SchemaError {
     #[error("expected {expected}, found {found}")]
-    WrongType { expected: &'static str, found: &'static str },
+    WrongType {
+        expected: &'static str,
+        found: &'static str,
+    },
     #[error("unknown key {key:?} (expected {})", one_of(.expected))]
-    UnknownKey { key: String, expected: &'static [&'static str] },
+    UnknownKey {
+        key: String,
+        expected: &'static [&'static str],
+    },
     #[error("duplicate key {key:?} (first at line {first_line})")]
     DuplicateKey { key: String, first_line: usize },
     #[error("mapping keys must be strings")]
@@ -92,7 +106,11 @@ fn one_of(items: &[&str]) -> String {
 }
 
 fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() { key.to_owned() } else { format!("{prefix}.{key}") }
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
+    }
 }
 
 /// Checks one document. Returns the policy as far as it could be read, even when problems were
@@ -102,7 +120,11 @@ fn join(prefix: &str, key: &str) -> String {
 pub(crate) fn policy_from_node(doc: &Node, file: &Path, diags: &mut Diagnostics) -> Option<Policy> {
     // Key problems are held back until the header says this is a policy at all.
     let mut key_diags = Diagnostics::default();
-    let top = Walker { file, diags: &mut key_diags }.mapping(doc, "", TOP_KEYS);
+    let top = Walker {
+        file,
+        diags: &mut key_diags,
+    }
+    .mapping(doc, "", TOP_KEYS);
     let mut w = Walker { file, diags };
     let Some(top) = top else {
         w.diags.extend(key_diags);
@@ -113,7 +135,11 @@ pub(crate) fn policy_from_node(doc: &Node, file: &Path, diags: &mut Diagnostics)
     if let Some(v) = w.required_string(&top, "", "apiVersion")
         && v.text != API_VERSION
     {
-        w.err(v.pos, "apiVersion", SchemaError::ApiVersion { found: v.text });
+        w.err(
+            v.pos,
+            "apiVersion",
+            SchemaError::ApiVersion { found: v.text },
+        );
         foreign = true;
     }
     if let Some(v) = w.required_string(&top, "", "kind")
@@ -168,10 +194,15 @@ pub(crate) fn policy_from_node(doc: &Node, file: &Path, diags: &mut Diagnostics)
     if let Some(list) = top.get("rules").and_then(|n| w.list(n, "rules", "")) {
         for (i, node) in list.iter().enumerate() {
             let field = format!("rules[{i}]");
-            let Some((rule, name_pos)) = w.rule(node, &field) else { continue };
+            let Some((rule, name_pos)) = w.rule(node, &field) else {
+                continue;
+            };
             if !rule.name.is_empty() {
                 if let Some(&first_line) = rule_names.get(&rule.name) {
-                    let e = SchemaError::DuplicateRule { name: rule.name.clone(), first_line };
+                    let e = SchemaError::DuplicateRule {
+                        name: rule.name.clone(),
+                        first_line,
+                    };
                     w.err(name_pos, &join(&field, "name"), e);
                 } else {
                     rule_names.insert(rule.name.clone(), name_pos.line);
@@ -200,11 +231,17 @@ struct Fields<'n> {
 
 impl<'n> Fields<'n> {
     fn get(&self, key: &str) -> Option<&'n Node> {
-        self.entries.iter().find(|(k, _, _)| *k == key).map(|(_, _, v)| *v)
+        self.entries
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .map(|(_, _, v)| *v)
     }
 
     fn key_pos(&self, key: &str) -> Option<Pos> {
-        self.entries.iter().find(|(k, _, _)| *k == key).map(|(_, p, _)| *p)
+        self.entries
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .map(|(_, p, _)| *p)
     }
 }
 
@@ -230,7 +267,14 @@ impl Walker<'_> {
     }
 
     fn wrong_type(&mut self, node: &Node, field: &str, expected: &'static str) {
-        self.err(node.pos, field, SchemaError::WrongType { expected, found: node.describe() });
+        self.err(
+            node.pos,
+            field,
+            SchemaError::WrongType {
+                expected,
+                found: node.describe(),
+            },
+        );
     }
 
     /// The node as a mapping with only `allowed` keys, each once.
@@ -244,7 +288,10 @@ impl Walker<'_> {
             self.wrong_type(node, field, "a mapping");
             return None;
         };
-        let mut fields = Fields { pos: node.pos, entries: Vec::new() };
+        let mut fields = Fields {
+            pos: node.pos,
+            entries: Vec::new(),
+        };
         for (k, v) in entries {
             let key = match &k.kind {
                 Kind::Scalar { value, .. } if !k.is_null() => value.as_str(),
@@ -254,10 +301,16 @@ impl Walker<'_> {
                 }
             };
             if !allowed.contains(&key) {
-                let e = SchemaError::UnknownKey { key: key.to_owned(), expected: allowed };
+                let e = SchemaError::UnknownKey {
+                    key: key.to_owned(),
+                    expected: allowed,
+                };
                 self.err(k.pos, field, e);
             } else if let Some(first) = fields.key_pos(key) {
-                let e = SchemaError::DuplicateKey { key: key.to_owned(), first_line: first.line };
+                let e = SchemaError::DuplicateKey {
+                    key: key.to_owned(),
+                    first_line: first.line,
+                };
                 self.err(k.pos, &join(field, key), e);
             } else {
                 fields.entries.push((key, k.pos, v));
@@ -276,9 +329,10 @@ impl Walker<'_> {
 
     fn string(&mut self, node: &Node, field: &str) -> Option<Text> {
         match &node.kind {
-            Kind::Scalar { value, .. } if !node.is_null() => {
-                Some(Text { text: value.clone(), pos: node.pos })
-            }
+            Kind::Scalar { value, .. } if !node.is_null() => Some(Text {
+                text: value.clone(),
+                pos: node.pos,
+            }),
             _ => {
                 self.wrong_type(node, field, "a string");
                 None
@@ -291,7 +345,12 @@ impl Walker<'_> {
         self.string(node, &join(field, key))
     }
 
-    fn optional_string(&mut self, f: &Fields<'_>, field: &str, key: &'static str) -> Option<String> {
+    fn optional_string(
+        &mut self,
+        f: &Fields<'_>,
+        field: &str,
+        key: &'static str,
+    ) -> Option<String> {
         let node = f.get(key)?;
         self.string(node, &join(field, key)).map(|t| t.text)
     }
@@ -314,11 +373,21 @@ impl Walker<'_> {
     /// Each string of a non-empty list, with its field path; duplicates reported.
     fn string_list(&mut self, node: &Node, field: &str, hint: &'static str) -> Vec<(Text, String)> {
         let mut out: Vec<(Text, String)> = Vec::new();
-        for (i, item) in self.list(node, field, hint).unwrap_or_default().iter().enumerate() {
+        for (i, item) in self
+            .list(node, field, hint)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
             let item_field = format!("{field}[{i}]");
-            let Some(t) = self.string(item, &item_field) else { continue };
+            let Some(t) = self.string(item, &item_field) else {
+                continue;
+            };
             if let Some((first, _)) = out.iter().find(|(o, _)| o.text == t.text) {
-                let e = SchemaError::Duplicate { value: t.text.clone(), first_line: first.pos.line };
+                let e = SchemaError::Duplicate {
+                    value: t.text.clone(),
+                    first_line: first.pos.line,
+                };
                 self.err(t.pos, &item_field, e);
                 continue;
             }
@@ -371,7 +440,12 @@ impl Walker<'_> {
                 Ok(()) => selectors.push(Selector::Cgroup(t.text)),
             }
         }
-        Some(AgentSpec { name, description, selectors, location })
+        Some(AgentSpec {
+            name,
+            description,
+            selectors,
+            location,
+        })
     }
 
     /// The rule, and where its name is (for duplicate-name reports).
@@ -464,7 +538,12 @@ impl Walker<'_> {
         Some((rule, name_pos))
     }
 
-    fn approval(&mut self, f: &Fields<'_>, field: &str, rule_action: Option<u32>) -> Option<Approval> {
+    fn approval(
+        &mut self,
+        f: &Fields<'_>,
+        field: &str,
+        rule_action: Option<u32>,
+    ) -> Option<Approval> {
         let is_approve = rule_action == Some(action::APPROVE);
         if rule_action.is_some() && !is_approve {
             // With an unknown action, whether these belong is unknowable: say nothing.
@@ -475,7 +554,10 @@ impl Walker<'_> {
             }
             return None;
         }
-        let mut approval = Approval { timeout: DEFAULT_TIMEOUT, on_timeout: OnTimeout::Deny };
+        let mut approval = Approval {
+            timeout: DEFAULT_TIMEOUT,
+            on_timeout: OnTimeout::Deny,
+        };
         if let Some(n) = f.get("timeout") {
             let timeout_field = join(field, "timeout");
             if let Some(t) = self.string(n, &timeout_field) {
@@ -491,7 +573,11 @@ impl Walker<'_> {
                 match t.text.as_str() {
                     "deny" => approval.on_timeout = OnTimeout::Deny,
                     "allow" => approval.on_timeout = OnTimeout::Allow,
-                    _ => self.err(t.pos, &on_field, SchemaError::UnknownOnTimeout { found: t.text }),
+                    _ => self.err(
+                        t.pos,
+                        &on_field,
+                        SchemaError::UnknownOnTimeout { found: t.text },
+                    ),
                 }
             }
         }
@@ -513,7 +599,10 @@ impl Walker<'_> {
                         self.err(t.pos, &item_field, e);
                         continue;
                     }
-                    out.push(PathSpec { path, location: self.loc(t.pos) });
+                    out.push(PathSpec {
+                        path,
+                        location: self.loc(t.pos),
+                    });
                 }
             }
         }

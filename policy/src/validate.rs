@@ -16,7 +16,11 @@ pub enum SetError {
     #[error("duplicate agent name {name:?} (first at {first})")]
     DuplicateAgent { name: String, first: Location },
     #[error("rule {rule:?} names unknown agent {name:?} ({})", declared(.known))]
-    UnknownAgent { rule: String, name: String, known: Vec<String> },
+    UnknownAgent {
+        rule: String,
+        name: String,
+        known: Vec<String>,
+    },
 }
 
 fn declared(known: &[String]) -> String {
@@ -36,7 +40,10 @@ pub(crate) fn validate_set(policies: &[Policy]) -> Diagnostics {
     for p in policies.iter().filter(|p| !p.name.is_empty()) {
         match policy_names.get(p.name.as_str()) {
             Some(first) => {
-                let e = SetError::DuplicatePolicy { name: p.name.clone(), first: (*first).clone() };
+                let e = SetError::DuplicatePolicy {
+                    name: p.name.clone(),
+                    first: (*first).clone(),
+                };
                 diags.push(Diagnostic::new(p.name_location.clone(), "metadata.name", e));
             }
             None => {
@@ -47,10 +54,17 @@ pub(crate) fn validate_set(policies: &[Policy]) -> Diagnostics {
 
     let mut agents: HashMap<&str, &Location> = HashMap::new();
     let mut known = Vec::new();
-    for a in policies.iter().flat_map(|p| &p.agents).filter(|a| !a.name.is_empty()) {
+    for a in policies
+        .iter()
+        .flat_map(|p| &p.agents)
+        .filter(|a| !a.name.is_empty())
+    {
         match agents.get(a.name.as_str()) {
             Some(first) => {
-                let e = SetError::DuplicateAgent { name: a.name.clone(), first: (*first).clone() };
+                let e = SetError::DuplicateAgent {
+                    name: a.name.clone(),
+                    first: (*first).clone(),
+                };
                 diags.push(Diagnostic::new(a.location.clone(), "", e));
             }
             None => {

@@ -55,7 +55,10 @@ impl NameKind {
 /// Checks a name's length and characters.
 pub(crate) fn check_name(name: &str, kind: NameKind) -> Result<(), SchemaError> {
     if name.is_empty() || name.len() > MAX_NAME_LEN || !name.chars().all(|c| kind.allows(c)) {
-        return Err(SchemaError::BadName { name: name.to_owned(), kind });
+        return Err(SchemaError::BadName {
+            name: name.to_owned(),
+            kind,
+        });
     }
     Ok(())
 }
@@ -71,7 +74,10 @@ pub(crate) enum PathUse {
 /// `/`. Normal form is required rather than fixed up because `..` and `.` in a security policy
 /// are more likely mistakes than intent, and the operator should see the path airlock uses.
 pub(crate) fn check_path(raw: &str, usage: PathUse) -> Result<PathBuf, SchemaError> {
-    let bad = |reason| SchemaError::BadPath { path: raw.to_owned(), reason };
+    let bad = |reason| SchemaError::BadPath {
+        path: raw.to_owned(),
+        reason,
+    };
     if raw.contains('\0') {
         return Err(bad("contains a NUL byte"));
     }
@@ -101,7 +107,9 @@ pub(crate) fn check_path(raw: &str, usage: PathUse) -> Result<PathBuf, SchemaErr
     if usage == PathUse::Exec {
         let name = trimmed.rsplit('/').next().unwrap_or_default();
         if name.len() > MAX_EXEC_NAME_LEN {
-            return Err(bad("file name is longer than 63 bytes and cannot be matched by path"));
+            return Err(bad(
+                "file name is longer than 63 bytes and cannot be matched by path",
+            ));
         }
     }
     Ok(PathBuf::from(trimmed))
@@ -109,12 +117,19 @@ pub(crate) fn check_path(raw: &str, usage: PathUse) -> Result<PathBuf, SchemaErr
 
 /// Checks a cgroup path glob: absolute, and a valid glob where `*` stays within one component.
 pub(crate) fn check_cgroup_glob(glob: &str) -> Result<(), SchemaError> {
-    let bad = |reason: String| SchemaError::BadGlob { glob: glob.to_owned(), reason };
+    let bad = |reason: String| SchemaError::BadGlob {
+        glob: glob.to_owned(),
+        reason,
+    };
     if !glob.starts_with('/') {
-        return Err(bad("a cgroup glob is a path below the cgroup2 mount and starts with /".into()));
+        return Err(bad(
+            "a cgroup glob is a path below the cgroup2 mount and starts with /".into(),
+        ));
     }
     if glob == "/" || glob.trim_end_matches('*') == "/" {
-        return Err(bad("selects the root cgroup: every process on the host would be an agent".into()));
+        return Err(bad(
+            "selects the root cgroup: every process on the host would be an agent".into(),
+        ));
     }
     if glob.ends_with('/') {
         return Err(bad("must not end with /".into()));
@@ -124,15 +139,22 @@ pub(crate) fn check_cgroup_glob(glob: &str) -> Result<(), SchemaError> {
 
 /// Checks a systemd unit name glob: a single cgroup directory name, so no `/`.
 pub(crate) fn check_unit_glob(glob: &str) -> Result<(), SchemaError> {
-    let bad = |reason: String| SchemaError::BadGlob { glob: glob.to_owned(), reason };
+    let bad = |reason: String| SchemaError::BadGlob {
+        glob: glob.to_owned(),
+        reason,
+    };
     if glob.is_empty() {
         return Err(bad("is empty".into()));
     }
     if glob.contains('/') {
-        return Err(bad("a unit name cannot contain /; use `cgroup` to select by path".into()));
+        return Err(bad(
+            "a unit name cannot contain /; use `cgroup` to select by path".into(),
+        ));
     }
     if glob.chars().all(|c| c == '*') {
-        return Err(bad("matches every cgroup: every process on the host would be an agent".into()));
+        return Err(bad(
+            "matches every cgroup: every process on the host would be an agent".into(),
+        ));
     }
     build_glob(glob).map_err(bad)
 }
@@ -148,7 +170,9 @@ pub fn build_glob(glob: &str) -> Result<(), String> {
 
 /// Parses `30s`, `5m`, `1h`, `1h30m`: one or more number-unit pairs, units `h`, `m`, `s`.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, SchemaError> {
-    let bad = || SchemaError::BadDuration { found: text.to_owned() };
+    let bad = || SchemaError::BadDuration {
+        found: text.to_owned(),
+    };
     if text.is_empty() {
         return Err(bad());
     }
@@ -167,7 +191,10 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, SchemaError> {
         };
         let n: u64 = digits.parse().map_err(|_| bad())?;
         digits.clear();
-        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
     }
     if !digits.is_empty() {
         // A bare number: seconds or minutes? Refuse rather than guess.
@@ -175,7 +202,9 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, SchemaError> {
     }
     let d = Duration::from_secs(total);
     if d.is_zero() || d > MAX_TIMEOUT {
-        return Err(SchemaError::DurationOutOfRange { found: text.to_owned() });
+        return Err(SchemaError::DurationOutOfRange {
+            found: text.to_owned(),
+        });
     }
     Ok(d)
 }
@@ -189,11 +218,26 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert!(matches!(parse_duration("300"), Err(SchemaError::BadDuration { .. })));
-        assert!(matches!(parse_duration("5 m"), Err(SchemaError::BadDuration { .. })));
-        assert!(matches!(parse_duration("m"), Err(SchemaError::BadDuration { .. })));
-        assert!(matches!(parse_duration("0s"), Err(SchemaError::DurationOutOfRange { .. })));
-        assert!(matches!(parse_duration("25h"), Err(SchemaError::DurationOutOfRange { .. })));
+        assert!(matches!(
+            parse_duration("300"),
+            Err(SchemaError::BadDuration { .. })
+        ));
+        assert!(matches!(
+            parse_duration("5 m"),
+            Err(SchemaError::BadDuration { .. })
+        ));
+        assert!(matches!(
+            parse_duration("m"),
+            Err(SchemaError::BadDuration { .. })
+        ));
+        assert!(matches!(
+            parse_duration("0s"),
+            Err(SchemaError::DurationOutOfRange { .. })
+        ));
+        assert!(matches!(
+            parse_duration("25h"),
+            Err(SchemaError::DurationOutOfRange { .. })
+        ));
         assert!(matches!(
             parse_duration("99999999999999999999h"),
             Err(SchemaError::BadDuration { .. })
@@ -212,8 +256,14 @@ mod tests {
 
     #[test]
     fn paths() {
-        assert_eq!(check_path("/etc/", PathUse::Protect).unwrap(), PathBuf::from("/etc"));
-        assert_eq!(check_path("/", PathUse::Protect).unwrap(), PathBuf::from("/"));
+        assert_eq!(
+            check_path("/etc/", PathUse::Protect).unwrap(),
+            PathBuf::from("/etc")
+        );
+        assert_eq!(
+            check_path("/", PathUse::Protect).unwrap(),
+            PathBuf::from("/")
+        );
         assert!(check_path("/usr/bin/", PathUse::Exec).is_err());
         assert!(check_path("usr/bin/apt", PathUse::Exec).is_err());
         assert!(check_path("/usr/../bin/apt", PathUse::Exec).is_err());

@@ -14,7 +14,10 @@ pub(crate) struct Pos {
 
 impl Pos {
     fn of(span: &Span) -> Pos {
-        Pos { line: span.start.line(), column: span.start.col() + 1 }
+        Pos {
+            line: span.start.line(),
+            column: span.start.col() + 1,
+        }
     }
 }
 
@@ -27,7 +30,10 @@ pub(crate) struct Node {
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Kind {
-    Scalar { value: String, quoted: bool },
+    Scalar {
+        value: String,
+        quoted: bool,
+    },
     Seq(Vec<Node>),
     /// Keys in document order, duplicates kept (the schema reports them).
     Map(Vec<(Node, Node)>),
@@ -77,18 +83,33 @@ pub(crate) struct Located {
 /// out. On a syntax error the documents before it are discarded too: the caller reports the one
 /// error, since everything after the parser gave up is unknown.
 pub(crate) fn parse_documents(src: &str) -> Result<Vec<Node>, Vec<Located>> {
-    let mut builder = Builder { src, stack: Vec::new(), docs: Vec::new(), errors: Vec::new() };
+    let mut builder = Builder {
+        src,
+        stack: Vec::new(),
+        docs: Vec::new(),
+        errors: Vec::new(),
+    };
     for event in Parser::new_from_str(src) {
         match event {
             Ok((ev, span)) => builder.on_event(ev, &span),
             Err(e) => {
-                let pos = Pos { line: e.marker().line(), column: e.marker().col() + 1 };
-                builder.errors.push(Located { pos, error: YamlError::Syntax(e.info().to_owned()) });
+                let pos = Pos {
+                    line: e.marker().line(),
+                    column: e.marker().col() + 1,
+                };
+                builder.errors.push(Located {
+                    pos,
+                    error: YamlError::Syntax(e.info().to_owned()),
+                });
                 return Err(builder.errors);
             }
         }
     }
-    if builder.errors.is_empty() { Ok(builder.docs) } else { Err(builder.errors) }
+    if builder.errors.is_empty() {
+        Ok(builder.docs)
+    } else {
+        Err(builder.errors)
+    }
 }
 
 /// A collection being filled: a sequence, or a mapping with maybe a key waiting for its value.
@@ -113,11 +134,20 @@ impl Builder<'_> {
                     let is_str = tag.handle == "tag:yaml.org,2002:" && tag.suffix == "str";
                     if !is_str {
                         let name = format!("{}{}", tag.handle, tag.suffix);
-                        self.errors.push(Located { pos, error: YamlError::Tag(name) });
+                        self.errors.push(Located {
+                            pos,
+                            error: YamlError::Tag(name),
+                        });
                     }
                 }
                 let quoted = !matches!(style, ScalarStyle::Plain);
-                self.add(Node { pos, kind: Kind::Scalar { value: value.into_owned(), quoted } });
+                self.add(Node {
+                    pos,
+                    kind: Kind::Scalar {
+                        value: value.into_owned(),
+                        quoted,
+                    },
+                });
             }
             Event::SequenceStart(_, tag) => {
                 self.check_collection_tag(pos, tag.as_deref());
@@ -129,19 +159,38 @@ impl Builder<'_> {
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let node = match self.stack.pop() {
-                    Some(Open::Seq(pos, items)) => Node { pos, kind: Kind::Seq(items) },
-                    Some(Open::Map(pos, entries, _)) => Node { pos, kind: Kind::Map(entries) },
+                    Some(Open::Seq(pos, items)) => Node {
+                        pos,
+                        kind: Kind::Seq(items),
+                    },
+                    Some(Open::Map(pos, entries, _)) => Node {
+                        pos,
+                        kind: Kind::Map(entries),
+                    },
                     None => return,
                 };
                 self.add(node);
             }
             Event::Alias(_) => {
                 // The event carries the anchor id only; the name is in the source under the span.
-                let text: String =
-                    self.src.chars().skip(span.start.index() + 1).take(span.len().saturating_sub(1)).collect();
-                self.errors.push(Located { pos, error: YamlError::Alias(text) });
+                let text: String = self
+                    .src
+                    .chars()
+                    .skip(span.start.index() + 1)
+                    .take(span.len().saturating_sub(1))
+                    .collect();
+                self.errors.push(Located {
+                    pos,
+                    error: YamlError::Alias(text),
+                });
                 // Keep the tree shape so later checks still see a value here.
-                self.add(Node { pos, kind: Kind::Scalar { value: String::new(), quoted: true } });
+                self.add(Node {
+                    pos,
+                    kind: Kind::Scalar {
+                        value: String::new(),
+                        quoted: true,
+                    },
+                });
             }
             Event::StreamStart
             | Event::StreamEnd
@@ -154,7 +203,10 @@ impl Builder<'_> {
     fn check_collection_tag(&mut self, pos: Pos, tag: Option<&saphyr_parser::Tag>) {
         if let Some(tag) = tag {
             let name = format!("{}{}", tag.handle, tag.suffix);
-            self.errors.push(Located { pos, error: YamlError::Tag(name) });
+            self.errors.push(Located {
+                pos,
+                error: YamlError::Tag(name),
+            });
         }
     }
 
@@ -189,10 +241,14 @@ mod tests {
     fn positions_are_one_based_and_point_at_the_node() {
         let docs = parse_documents("a: 1\nb:\n  - x\n  - 'y'\n").unwrap();
         assert_eq!(docs.len(), 1);
-        let Kind::Map(entries) = &docs[0].kind else { panic!() };
+        let Kind::Map(entries) = &docs[0].kind else {
+            panic!()
+        };
         assert_eq!(entries[0].0.pos, Pos { line: 1, column: 1 });
         assert_eq!(entries[0].1.pos, Pos { line: 1, column: 4 });
-        let Kind::Seq(items) = &entries[1].1.kind else { panic!() };
+        let Kind::Seq(items) = &entries[1].1.kind else {
+            panic!()
+        };
         assert_eq!(items[1].pos, Pos { line: 4, column: 5 });
         assert_eq!(scalar(&items[1]), "y");
         assert!(matches!(items[1].kind, Kind::Scalar { quoted: true, .. }));
@@ -201,7 +257,9 @@ mod tests {
     #[test]
     fn duplicate_keys_are_kept_for_the_schema_to_report() {
         let docs = parse_documents("a: 1\na: 2\n").unwrap();
-        let Kind::Map(entries) = &docs[0].kind else { panic!() };
+        let Kind::Map(entries) = &docs[0].kind else {
+            panic!()
+        };
         assert_eq!(entries.len(), 2);
     }
 

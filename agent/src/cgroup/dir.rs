@@ -268,12 +268,21 @@ pub fn kill_tree(dir: &Path, timeout: Duration) -> Result<(), CgroupError> {
 pub fn kill_tree_by_signal(dir: &Path, timeout: Duration) -> Result<(), CgroupError> {
     let deadline = Instant::now() + timeout;
     let freeze = dir.join("cgroup.freeze");
-    let frozen = freeze.exists() && fs::write(&freeze, "1").is_ok();
+    // Freezing a cgroup we are in would stop us too, for good.
+    let frozen = freeze.exists() && !contains_self(dir) && fs::write(&freeze, "1").is_ok();
     let result = wait_unpopulated(dir, deadline, timeout, || kill_listed(dir));
     if frozen {
         let _ = fs::write(&freeze, "0");
     }
     result
+}
+
+fn contains_self(dir: &Path) -> bool {
+    let me = std::process::id();
+    subtree_dirs(dir)
+        .unwrap_or_default()
+        .iter()
+        .any(|d| read_procs(d).is_ok_and(|p| p.contains(&me)))
 }
 
 /// Runs `pass` and checks `cgroup.events` until the subtree is empty or `deadline` passes.

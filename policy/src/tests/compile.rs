@@ -11,13 +11,22 @@ fn policies(src: &str) -> Vec<Policy> {
 }
 
 fn key(ino: u64) -> InodeKey {
-    InodeKey { ino, dev: DEV, _pad: 0 }
+    InodeKey {
+        ino,
+        dev: DEV,
+        _pad: 0,
+    }
 }
 
 fn entry(dir_ino: u64, name: &str) -> DirEntryKey {
     let mut n = [0u8; NAME_LEN];
     n[..name.len()].copy_from_slice(name.as_bytes());
-    DirEntryKey { dir_ino, dev: DEV, _pad: 0, name: n }
+    DirEntryKey {
+        dir_ino,
+        dev: DEV,
+        _pad: 0,
+        name: n,
+    }
 }
 
 /// A merged-/usr host: /bin and /sbin are links into /usr.
@@ -41,7 +50,10 @@ fn host() -> FakeResolver {
 fn exec_targets_get_inode_and_entry_of_the_canonical_path() {
     // Regression: /bin/apt on merged-/usr must be keyed as /usr/bin/apt, the file the kernel
     // sees, not as a path string.
-    let src = format!("{}rules:\n  - name: pm\n    action: deny\n    exec: [/bin/apt]\n", header("p", "enforce"));
+    let src = format!(
+        "{}rules:\n  - name: pm\n    action: deny\n    exec: [/bin/apt]\n",
+        header("p", "enforce")
+    );
     let c = compile(&policies(&src), &host()).unwrap();
     assert_eq!(c.exec.len(), 1);
     let t = &c.exec[0];
@@ -49,7 +61,15 @@ fn exec_targets_get_inode_and_entry_of_the_canonical_path() {
     assert_eq!(t.canonical, PathBuf::from("/usr/bin/apt"));
     assert_eq!(t.inode, Some(key(100)));
     assert_eq!(t.entry, Some(entry(10, "apt")));
-    assert_eq!(t.rule, RuleRef { rule_id: 0, action: action::DENY, ops: op::bit(op::EXEC), flags: 0 });
+    assert_eq!(
+        t.rule,
+        RuleRef {
+            rule_id: 0,
+            action: action::DENY,
+            ops: op::bit(op::EXEC),
+            flags: 0
+        }
+    );
     assert!(c.notes.is_empty(), "{:?}", c.notes);
 }
 
@@ -61,23 +81,44 @@ fn missing_binary_is_gated_by_directory_entry_only_with_a_note() {
         header("p", "enforce")
     );
     let c = compile(&policies(&src), &host()).unwrap();
-    assert_eq!(c.exec.len(), 1, "no target at all when the directory is missing too");
+    assert_eq!(
+        c.exec.len(),
+        1,
+        "no target at all when the directory is missing too"
+    );
     assert_eq!(c.exec[0].inode, None);
     assert_eq!(c.exec[0].entry, Some(entry(10, "dnf")));
     assert_eq!(c.exec[0].canonical, PathBuf::from("/usr/bin/dnf"));
     assert_eq!(c.notes.len(), 2, "{:?}", c.notes);
-    assert!(c.notes[0].starts_with("t.yaml:9:12: rule \"pm\" of policy \"p\": /usr/bin/dnf: not installed"), "{}", c.notes[0]);
-    assert!(c.notes[1].contains("/opt/none/bin/x: neither it nor /opt/none/bin exists; not gated"), "{}", c.notes[1]);
+    assert!(
+        c.notes[0]
+            .starts_with("t.yaml:9:12: rule \"pm\" of policy \"p\": /usr/bin/dnf: not installed"),
+        "{}",
+        c.notes[0]
+    );
+    assert!(
+        c.notes[1].contains("/opt/none/bin/x: neither it nor /opt/none/bin exists; not gated"),
+        "{}",
+        c.notes[1]
+    );
 }
 
 #[test]
 fn binary_reached_through_a_link_with_another_name_is_noted() {
-    let src = format!("{}rules:\n  - name: km\n    action: approve\n    exec: [/sbin/modprobe]\n", header("p", "enforce"));
+    let src = format!(
+        "{}rules:\n  - name: km\n    action: approve\n    exec: [/sbin/modprobe]\n",
+        header("p", "enforce")
+    );
     let c = compile(&policies(&src), &host()).unwrap();
     assert_eq!(c.exec[0].inode, Some(key(101)));
     assert_eq!(c.exec[0].entry, Some(entry(10, "kmod")));
     assert_eq!(c.notes.len(), 1);
-    assert!(c.notes[0].ends_with("is a link to /usr/bin/kmod; every command that runs that file is gated"), "{}", c.notes[0]);
+    assert!(
+        c.notes[0]
+            .ends_with("is a link to /usr/bin/kmod; every command that runs that file is gated"),
+        "{}",
+        c.notes[0]
+    );
 }
 
 #[test]
@@ -89,18 +130,43 @@ fn protected_targets_and_missing_or_unreadable_paths() {
     let resolver = host().deny("/root");
     let c = compile(&policies(&src), &resolver).unwrap();
     assert_eq!(c.protected.len(), 2);
-    assert_eq!((c.protected[0].inode, c.protected[0].is_dir), (key(20), true));
-    assert_eq!((c.protected[1].inode, c.protected[1].is_dir), (key(22), false));
+    assert_eq!(
+        (c.protected[0].inode, c.protected[0].is_dir),
+        (key(20), true)
+    );
+    assert_eq!(
+        (c.protected[1].inode, c.protected[1].is_dir),
+        (key(22), false)
+    );
     let ops = op::bit(op::OPEN_WRITE) | op::bit(op::RENAME);
-    assert_eq!(c.protected[0].rule, RuleRef { rule_id: 0, action: action::APPROVE, ops, flags: 0 });
+    assert_eq!(
+        c.protected[0].rule,
+        RuleRef {
+            rule_id: 0,
+            action: action::APPROVE,
+            ops,
+            flags: 0
+        }
+    );
     assert_eq!(c.notes.len(), 2, "{:?}", c.notes);
-    assert!(c.notes[0].ends_with("/srv/none: does not exist; not protected (create it, then restart or reload)"));
-    assert!(c.notes[1].contains("/root/.ssh: cannot resolve: permission denied"), "{}", c.notes[1]);
+    assert!(
+        c.notes[0].ends_with(
+            "/srv/none: does not exist; not protected (create it, then restart or reload)"
+        )
+    );
+    assert!(
+        c.notes[1].contains("/root/.ssh: cannot resolve: permission denied"),
+        "{}",
+        c.notes[1]
+    );
 }
 
 #[test]
 fn monitor_policies_set_the_monitor_flag_and_rule_ids_are_global() {
-    let a = format!("{}rules:\n  - {{name: a, action: deny, exec: [/usr/bin/apt]}}\n", header("a", "enforce"));
+    let a = format!(
+        "{}rules:\n  - {{name: a, action: deny, exec: [/usr/bin/apt]}}\n",
+        header("a", "enforce")
+    );
     let b = format!(
         "{}rules:\n  - {{name: b1, action: audit, paths: [/etc]}}\n  - {{name: b2, action: deny, exec: [/usr/bin/apt]}}\n",
         header("b", "monitor")
@@ -108,8 +174,11 @@ fn monitor_policies_set_the_monitor_flag_and_rule_ids_are_global() {
     let mut all = policies(&a);
     all.extend(policies(&b));
     let c = compile(&all, &host()).unwrap();
-    let ids: Vec<(u32, &str, &str)> =
-        c.rules.iter().map(|r| (r.id, r.policy.as_str(), r.name.as_str())).collect();
+    let ids: Vec<(u32, &str, &str)> = c
+        .rules
+        .iter()
+        .map(|r| (r.id, r.policy.as_str(), r.name.as_str()))
+        .collect();
     assert_eq!(ids, [(0, "a", "a"), (1, "b", "b1"), (2, "b", "b2")]);
     assert_eq!(c.exec[0].rule.flags, 0);
     assert_eq!(c.protected[0].rule.flags, flags::MONITOR);
@@ -138,7 +207,12 @@ fn every_agent_gets_the_airlock_run_selector() {
             Selector::Cgroup("/airlock.slice/airlock-claude-*.scope".into()),
         ]
     );
-    assert_eq!(c.agents[1].selectors, [Selector::Cgroup("/airlock.slice/airlock-bare-*.scope".into())]);
+    assert_eq!(
+        c.agents[1].selectors,
+        [Selector::Cgroup(
+            "/airlock.slice/airlock-bare-*.scope".into()
+        )]
+    );
 }
 
 #[test]
@@ -151,12 +225,18 @@ fn rule_info_records_agents_ops_and_approval() {
     let r = &c.rules[0];
     assert_eq!(r.agents, ["claude"]);
     assert_eq!(r.ops, op::ALL_WRITES);
-    assert_eq!(r.approval.unwrap().timeout, std::time::Duration::from_secs(30));
+    assert_eq!(
+        r.approval.unwrap().timeout,
+        std::time::Duration::from_secs(30)
+    );
 }
 
 #[test]
 fn overlapping_run_scope_globs_are_noted() {
-    let src = format!("{}agents: [{{name: a}}, {{name: a-b}}]\n", header("p", "enforce"));
+    let src = format!(
+        "{}agents: [{{name: a}}, {{name: a-b}}]\n",
+        header("p", "enforce")
+    );
     let c = compile(&policies(&src), &host()).unwrap();
     assert_eq!(c.notes.len(), 1);
     assert!(c.notes[0].contains("agent \"a\""), "{}", c.notes[0]);
@@ -164,10 +244,15 @@ fn overlapping_run_scope_globs_are_noted() {
 
 #[test]
 fn compile_refuses_inconsistent_sets_handed_to_it_directly() {
-    let src = format!("{}rules: [{{name: r, action: deny, paths: [/etc]}}]\n", header("p", "enforce"));
+    let src = format!(
+        "{}rules: [{{name: r, action: deny, paths: [/etc]}}]\n",
+        header("p", "enforce")
+    );
     let mut all = policies(&src);
     all.extend(policies(&src));
-    let Err(CompileError::Invalid(d)) = compile(&all, &host()) else { panic!("duplicate accepted") };
+    let Err(CompileError::Invalid(d)) = compile(&all, &host()) else {
+        panic!("duplicate accepted")
+    };
     assert_eq!(
         d.to_string(),
         "t.yaml:4:9: metadata.name: duplicate policy name \"p\" (first at t.yaml:4:9)"

@@ -1,14 +1,26 @@
 //! Merging rules that name the same object into the one map value the kernel holds.
 use airlock_common::{InodeKey, RuleRef, action, flags, op};
 
-use crate::{CompiledPolicy, ProtectedTarget, effective_exec_entry_map, effective_exec_map, effective_protected_map};
+use crate::{
+    CompiledPolicy, ProtectedTarget, effective_exec_entry_map, effective_exec_map,
+    effective_protected_map,
+};
 
 fn rr(rule_id: u32, action: u32, ops: u32, flags: u32) -> RuleRef {
-    RuleRef { rule_id, action, ops, flags }
+    RuleRef {
+        rule_id,
+        action,
+        ops,
+        flags,
+    }
 }
 
 fn protected(rules: &[RuleRef]) -> CompiledPolicy {
-    let inode = InodeKey { ino: 7, dev: 1, _pad: 0 };
+    let inode = InodeKey {
+        ino: 7,
+        dev: 1,
+        _pad: 0,
+    };
     let mut c = CompiledPolicy::default();
     for r in rules {
         c.protected.push(ProtectedTarget {
@@ -33,18 +45,33 @@ const U: u32 = op::bit(op::UNLINK);
 
 #[test]
 fn stricter_action_wins_on_a_shared_inode() {
-    assert_eq!(merged(&[rr(0, action::ALLOW, W, 0), rr(1, action::DENY, W, 0)]).rule_id, 1);
-    assert_eq!(merged(&[rr(0, action::DENY, W, 0), rr(1, action::APPROVE, W, 0)]).rule_id, 0);
-    assert_eq!(merged(&[rr(0, action::AUDIT, W, 0), rr(1, action::APPROVE, W, 0)]).rule_id, 1);
+    assert_eq!(
+        merged(&[rr(0, action::ALLOW, W, 0), rr(1, action::DENY, W, 0)]).rule_id,
+        1
+    );
+    assert_eq!(
+        merged(&[rr(0, action::DENY, W, 0), rr(1, action::APPROVE, W, 0)]).rule_id,
+        0
+    );
+    assert_eq!(
+        merged(&[rr(0, action::AUDIT, W, 0), rr(1, action::APPROVE, W, 0)]).rule_id,
+        1
+    );
 }
 
 #[test]
 fn monitor_rule_never_displaces_an_enforcing_one() {
     // Regression: a monitor-mode deny outranking an enforcing approve would turn enforcement off.
-    let m = merged(&[rr(0, action::DENY, W, flags::MONITOR), rr(1, action::APPROVE, W, 0)]);
+    let m = merged(&[
+        rr(0, action::DENY, W, flags::MONITOR),
+        rr(1, action::APPROVE, W, 0),
+    ]);
     assert_eq!((m.rule_id, m.flags), (1, 0));
     // ...but it still outranks audit and allow, so the "would deny" is recorded.
-    let m = merged(&[rr(0, action::AUDIT, W, 0), rr(1, action::DENY, W, flags::MONITOR)]);
+    let m = merged(&[
+        rr(0, action::AUDIT, W, 0),
+        rr(1, action::DENY, W, flags::MONITOR),
+    ]);
     assert_eq!(m.rule_id, 1);
 }
 
@@ -60,15 +87,25 @@ fn ops_of_rules_of_the_same_class_are_united() {
 
 #[test]
 fn ties_keep_the_lower_rule_id_whatever_the_order() {
-    assert_eq!(merged(&[rr(3, action::DENY, W, 0), rr(1, action::DENY, W, 0)]).rule_id, 1);
-    assert_eq!(merged(&[rr(1, action::DENY, W, 0), rr(3, action::DENY, W, 0)]).rule_id, 1);
+    assert_eq!(
+        merged(&[rr(3, action::DENY, W, 0), rr(1, action::DENY, W, 0)]).rule_id,
+        1
+    );
+    assert_eq!(
+        merged(&[rr(1, action::DENY, W, 0), rr(3, action::DENY, W, 0)]).rule_id,
+        1
+    );
 }
 
 #[test]
 fn exec_maps_skip_missing_keys() {
     use crate::ExecTarget;
     let mut c = CompiledPolicy::default();
-    let inode = InodeKey { ino: 9, dev: 1, _pad: 0 };
+    let inode = InodeKey {
+        ino: 9,
+        dev: 1,
+        _pad: 0,
+    };
     c.exec.push(ExecTarget {
         rule: rr(0, action::DENY, op::bit(op::EXEC), 0),
         path: "/usr/bin/dnf".into(),

@@ -4,10 +4,15 @@ use super::{errors_of, header};
 
 #[test]
 fn unknown_action_points_at_the_value() {
-    let src = format!("{}rules:\n  - name: r\n    action: block\n    exec: [/bin/true]\n", header("p", "enforce"));
+    let src = format!(
+        "{}rules:\n  - name: r\n    action: block\n    exec: [/bin/true]\n",
+        header("p", "enforce")
+    );
     assert_eq!(
         errors_of(&src),
-        ["t.yaml:8:13: rules[0].action: unknown action \"block\" (expected allow, audit, deny or approve)"]
+        [
+            "t.yaml:8:13: rules[0].action: unknown action \"block\" (expected allow, audit, deny or approve)"
+        ]
     );
 }
 
@@ -15,7 +20,10 @@ fn unknown_action_points_at_the_value() {
 fn missing_mode_is_reported_at_the_document() {
     // Regression: mode has no default; a policy without it must not silently enforce or monitor.
     let src = "# comment\napiVersion: airlock.dev/v1\nkind: Policy\nmetadata: {name: p}\n";
-    assert_eq!(errors_of(src), ["t.yaml:2:1: missing required key \"mode\""]);
+    assert_eq!(
+        errors_of(src),
+        ["t.yaml:2:1: missing required key \"mode\""]
+    );
 }
 
 #[test]
@@ -33,10 +41,15 @@ fn wrong_api_version_and_kind_stop_at_the_header() {
 #[test]
 fn unknown_keys_are_errors_with_the_expected_keys() {
     // Regression: a misspelt `operations` must not widen a rule to every operation.
-    let src = format!("{}rules:\n  - name: r\n    action: deny\n    paths: [/etc]\n    operation: [write]\n", header("p", "enforce"));
+    let src = format!(
+        "{}rules:\n  - name: r\n    action: deny\n    paths: [/etc]\n    operation: [write]\n",
+        header("p", "enforce")
+    );
     assert_eq!(
         errors_of(&src),
-        ["t.yaml:10:5: rules[0]: unknown key \"operation\" (expected name, description, action, exec, paths, operations, agents, timeout or onTimeout)"]
+        [
+            "t.yaml:10:5: rules[0]: unknown key \"operation\" (expected name, description, action, exec, paths, operations, agents, timeout or onTimeout)"
+        ]
     );
 }
 
@@ -79,8 +92,16 @@ fn bad_globs_point_at_the_glob() {
     );
     let errs = errors_of(&src);
     assert_eq!(errs.len(), 2, "{errs:#?}");
-    assert!(errs[0].starts_with("t.yaml:8:13: agents[0].cgroup: bad glob \"agents.slice/*\": "), "{}", errs[0]);
-    assert!(errs[1].starts_with("t.yaml:10:32: agents[1].systemdUnits[1]: bad glob \"x[\": "), "{}", errs[1]);
+    assert!(
+        errs[0].starts_with("t.yaml:8:13: agents[0].cgroup: bad glob \"agents.slice/*\": "),
+        "{}",
+        errs[0]
+    );
+    assert!(
+        errs[1].starts_with("t.yaml:10:32: agents[1].systemdUnits[1]: bad glob \"x[\": "),
+        "{}",
+        errs[1]
+    );
 }
 
 #[test]
@@ -116,8 +137,16 @@ fn duplicate_policy_and_agent_names_across_files_name_both_places() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.yaml");
     let b = dir.path().join("b.yaml");
-    std::fs::write(&a, format!("{}agents: [{{name: claude}}]\n", header("same", "enforce"))).unwrap();
-    std::fs::write(&b, format!("{}agents:\n  - name: claude\n", header("same", "monitor"))).unwrap();
+    std::fs::write(
+        &a,
+        format!("{}agents: [{{name: claude}}]\n", header("same", "enforce")),
+    )
+    .unwrap();
+    std::fs::write(
+        &b,
+        format!("{}agents:\n  - name: claude\n", header("same", "monitor")),
+    )
+    .unwrap();
     let errs: Vec<String> = crate::load_paths(&[a.clone(), b.clone()])
         .unwrap_err()
         .iter()
@@ -158,7 +187,10 @@ fn operations_unknown_and_on_exec() {
     let errs = errors_of(&src);
     assert_eq!(errs.len(), 2, "{errs:#?}");
     assert!(errs[0].starts_with("t.yaml:10:25: rules[0].operations[1]: unknown operation \"delete\" (expected write, create,"), "{}", errs[0]);
-    assert_eq!(errs[1], "t.yaml:14:5: rules[1].operations: only valid with paths; an exec rule gates execution only");
+    assert_eq!(
+        errs[1],
+        "t.yaml:14:5: rules[1].operations: only valid with paths; an exec rule gates execution only"
+    );
 }
 
 #[test]
@@ -199,12 +231,26 @@ rules:
 ";
     let errs = errors_of(src);
     let locs: Vec<&str> = errs.iter().map(|e| e.split(": ").next().unwrap()).collect();
-    assert_eq!(locs, ["t.yaml:5:7", "t.yaml:7:11", "t.yaml:10:13", "t.yaml:11:12", "t.yaml:15:5"], "{errs:#?}");
+    assert_eq!(
+        locs,
+        [
+            "t.yaml:5:7",
+            "t.yaml:7:11",
+            "t.yaml:10:13",
+            "t.yaml:11:12",
+            "t.yaml:15:5"
+        ],
+        "{errs:#?}"
+    );
 }
 
 #[test]
 fn documents_of_one_file_are_all_checked() {
-    let src = format!("{}bogus: 1\n---\n{}bogus: 2\n", header("a", "enforce"), header("b", "enforce"));
+    let src = format!(
+        "{}bogus: 1\n---\n{}bogus: 2\n",
+        header("a", "enforce"),
+        header("b", "enforce")
+    );
     let errs = errors_of(&src);
     assert_eq!(errs.len(), 2);
     assert!(errs[0].starts_with("t.yaml:6:1: unknown key \"bogus\""));
@@ -213,17 +259,30 @@ fn documents_of_one_file_are_all_checked() {
 
 #[test]
 fn yaml_syntax_errors_are_located() {
-    let src = format!("{}rules:\n  - name: r\n   action: deny\n", header("p", "enforce"));
+    let src = format!(
+        "{}rules:\n  - name: r\n   action: deny\n",
+        header("p", "enforce")
+    );
     let errs = errors_of(&src);
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].starts_with("t.yaml:8:4: YAML syntax error: "), "{}", errs[0]);
+    assert!(
+        errs[0].starts_with("t.yaml:8:4: YAML syntax error: "),
+        "{}",
+        errs[0]
+    );
 }
 
 #[test]
 fn aliases_are_refused_with_their_name() {
-    let src = format!("{}agents: &all [{{name: a}}]\nrules:\n  - {{name: r, action: deny, paths: [/etc], agents: *all}}\n", header("p", "enforce"));
+    let src = format!(
+        "{}agents: &all [{{name: a}}]\nrules:\n  - {{name: r, action: deny, paths: [/etc], agents: *all}}\n",
+        header("p", "enforce")
+    );
     let errs = errors_of(&src);
-    assert_eq!(errs[0], "t.yaml:8:52: aliases (*all) are not supported in policy files; write the value out");
+    assert_eq!(
+        errs[0],
+        "t.yaml:8:52: aliases (*all) are not supported in policy files; write the value out"
+    );
 }
 
 #[test]
@@ -241,7 +300,13 @@ fn empty_files_and_directories_and_missing_files() {
         .collect();
     assert_eq!(errs.len(), 3, "{errs:#?}");
     assert!(errs.contains(&format!("{}: holds no policy document", empty.display())));
-    assert!(errs.contains(&format!("{}: directory holds no *.yaml or *.yml file", sub.display())));
+    assert!(errs.contains(&format!(
+        "{}: directory holds no *.yaml or *.yml file",
+        sub.display()
+    )));
     let missing_prefix = format!("{}: cannot read: ", missing.display());
-    assert!(errs.iter().any(|e| e.starts_with(&missing_prefix)), "{errs:#?}");
+    assert!(
+        errs.iter().any(|e| e.starts_with(&missing_prefix)),
+        "{errs:#?}"
+    );
 }

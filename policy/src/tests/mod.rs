@@ -35,18 +35,31 @@ impl FakeResolver {
 
     /// Every path exists and is a distinct file: for checking that policies compile fully.
     pub fn everything() -> Self {
-        FakeResolver { everything: true, ..Default::default() }
+        FakeResolver {
+            everything: true,
+            ..Default::default()
+        }
     }
 
     pub fn dir(mut self, path: &str, ino: u64) -> Self {
-        let key = InodeKey { ino, dev: DEV, _pad: 0 };
-        self.objects.insert(path.into(), FileId { key, is_dir: true });
+        let key = InodeKey {
+            ino,
+            dev: DEV,
+            _pad: 0,
+        };
+        self.objects
+            .insert(path.into(), FileId { key, is_dir: true });
         self
     }
 
     pub fn file(mut self, path: &str, ino: u64) -> Self {
-        let key = InodeKey { ino, dev: DEV, _pad: 0 };
-        self.objects.insert(path.into(), FileId { key, is_dir: false });
+        let key = InodeKey {
+            ino,
+            dev: DEV,
+            _pad: 0,
+        };
+        self.objects
+            .insert(path.into(), FileId { key, is_dir: false });
         self
     }
 
@@ -67,7 +80,11 @@ impl FakeResolver {
                 break;
             };
             let rest = p.strip_prefix(from).unwrap().to_path_buf();
-            p = if rest.as_os_str().is_empty() { to.clone() } else { to.join(rest) };
+            p = if rest.as_os_str().is_empty() {
+                to.clone()
+            } else {
+                to.join(rest)
+            };
         }
         p
     }
@@ -95,10 +112,17 @@ impl Resolver for FakeResolver {
 
     fn stat(&self, path: &Path) -> io::Result<FileId> {
         if self.everything {
-            let key = InodeKey { ino: synthetic_ino(path), dev: DEV, _pad: 0 };
+            let key = InodeKey {
+                ino: synthetic_ino(path),
+                dev: DEV,
+                _pad: 0,
+            };
             return Ok(FileId { key, is_dir: false });
         }
-        self.objects.get(path).copied().ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+        self.objects
+            .get(path)
+            .copied()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
     }
 }
 

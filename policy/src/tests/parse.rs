@@ -58,7 +58,10 @@ fn full_policy_parses_with_every_field() {
     assert_eq!((p.location.line, p.location.column), (1, 1));
 
     assert_eq!(p.agents.len(), 3);
-    assert_eq!(p.agents[0].selectors, vec![Selector::Cgroup("/agents.slice/*".into())]);
+    assert_eq!(
+        p.agents[0].selectors,
+        vec![Selector::Cgroup("/agents.slice/*".into())]
+    );
     assert_eq!(
         p.agents[1].selectors,
         vec![
@@ -68,13 +71,18 @@ fn full_policy_parses_with_every_field() {
             Selector::SystemdUnit("x.scope".into()),
         ]
     );
-    assert!(p.agents[2].selectors.is_empty(), "the airlock run selector is added at compile");
+    assert!(
+        p.agents[2].selectors.is_empty(),
+        "the airlock run selector is added at compile"
+    );
 
     let r = &p.rules[0];
     assert_eq!(r.action, action::DENY);
     assert_eq!(r.ops, op::bit(op::EXEC));
     assert!(r.approval.is_none());
-    let Target::Exec(paths) = &r.target else { panic!("exec rule: {r:?}") };
+    let Target::Exec(paths) = &r.target else {
+        panic!("exec rule: {r:?}")
+    };
     assert_eq!(paths.len(), 3);
     assert_eq!(paths[1].path, PathBuf::from("/usr/bin/apt-get"));
     assert_eq!((paths[1].location.line, paths[1].location.column), (18, 26));
@@ -82,19 +90,32 @@ fn full_policy_parses_with_every_field() {
     let r = &p.rules[1];
     assert_eq!(r.action, action::APPROVE);
     assert_eq!(r.ops, op::bit(op::OPEN_WRITE) | op::bit(op::UNLINK));
-    assert_eq!(r.agents.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["claude"]);
+    assert_eq!(
+        r.agents.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["claude"]
+    );
     assert_eq!(
         r.approval,
-        Some(Approval { timeout: Duration::from_secs(5400), on_timeout: OnTimeout::Allow })
+        Some(Approval {
+            timeout: Duration::from_secs(5400),
+            on_timeout: OnTimeout::Allow
+        })
     );
-    assert_eq!(r.target.paths()[0].path, PathBuf::from("/etc"), "trailing / is dropped");
+    assert_eq!(
+        r.target.paths()[0].path,
+        PathBuf::from("/etc"),
+        "trailing / is dropped"
+    );
 
     // Defaults: every write operation; approve waits 5 minutes then denies.
     let r = &p.rules[2];
     assert_eq!(r.ops, op::ALL_WRITES);
     assert_eq!(
         r.approval,
-        Some(Approval { timeout: Duration::from_secs(300), on_timeout: OnTimeout::Deny })
+        Some(Approval {
+            timeout: Duration::from_secs(300),
+            on_timeout: OnTimeout::Deny
+        })
     );
     assert_eq!(p.rules[3].action, action::AUDIT);
 
@@ -107,7 +128,10 @@ fn full_policy_parses_with_every_field() {
 #[test]
 fn rule_agents_may_name_agents_of_other_policies_loaded_together() {
     let dir = tempfile::tempdir().unwrap();
-    let a = format!("{}agents: [{{name: claude}}]\n", super::header("a", "enforce"));
+    let a = format!(
+        "{}agents: [{{name: claude}}]\n",
+        super::header("a", "enforce")
+    );
     let b = format!(
         "{}rules:\n  - {{name: r, action: deny, paths: [/etc], agents: [claude]}}\n",
         super::header("b", "enforce")
@@ -118,7 +142,11 @@ fn rule_agents_may_name_agents_of_other_policies_loaded_together() {
     std::fs::write(dir.path().join(".hidden.yaml"), "not: a policy").unwrap();
     let policies = crate::load_paths(&[dir.path().to_path_buf()]).unwrap();
     let names: Vec<_> = policies.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["a", "b"], "yaml files of the directory, in name order");
+    assert_eq!(
+        names,
+        ["a", "b"],
+        "yaml files of the directory, in name order"
+    );
 }
 
 #[test]

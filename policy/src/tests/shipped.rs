@@ -26,21 +26,48 @@ fn shipped_files() -> Vec<PathBuf> {
 #[test]
 fn every_shipped_policy_checks_and_compiles_fully() {
     let files = shipped_files();
-    let names: Vec<_> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    for expected in ["default.yaml", "demo.yaml", "monitor.yaml", "audit-only.yaml", "systemd-unit.yaml", "carve-out.yaml"] {
-        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    let names: Vec<_> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for expected in [
+        "default.yaml",
+        "demo.yaml",
+        "monitor.yaml",
+        "audit-only.yaml",
+        "systemd-unit.yaml",
+        "carve-out.yaml",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
     }
     for file in &files {
         let checked = load_and_compile(std::slice::from_ref(file), &FakeResolver::everything())
             .unwrap_or_else(|d| panic!("{}:\n{d}", file.display()));
         let c = &checked.compiled;
-        let exec_specs: usize = checked.policies.iter().flat_map(|p| &p.rules)
-            .filter(|r| matches!(r.target, Target::Exec(_))).map(|r| r.target.paths().len()).sum();
-        let path_specs: usize = checked.policies.iter().flat_map(|p| &p.rules)
-            .filter(|r| matches!(r.target, Target::Paths(_))).map(|r| r.target.paths().len()).sum();
+        let exec_specs: usize = checked
+            .policies
+            .iter()
+            .flat_map(|p| &p.rules)
+            .filter(|r| matches!(r.target, Target::Exec(_)))
+            .map(|r| r.target.paths().len())
+            .sum();
+        let path_specs: usize = checked
+            .policies
+            .iter()
+            .flat_map(|p| &p.rules)
+            .filter(|r| matches!(r.target, Target::Paths(_)))
+            .map(|r| r.target.paths().len())
+            .sum();
         assert_eq!(c.exec.len(), exec_specs, "{}", file.display());
         assert_eq!(c.protected.len(), path_specs, "{}", file.display());
-        assert!(c.exec.iter().all(|t| t.inode.is_some() && t.entry.is_some()));
+        assert!(
+            c.exec
+                .iter()
+                .all(|t| t.inode.is_some() && t.entry.is_some())
+        );
         assert!(c.notes.is_empty(), "{}: {:?}", file.display(), c.notes);
         assert!(!c.rules.is_empty(), "{} has no rules", file.display());
     }
@@ -48,13 +75,15 @@ fn every_shipped_policy_checks_and_compiles_fully() {
 
 #[test]
 fn shipped_policies_load_together_without_name_clashes() {
-    load_and_compile(&shipped_files(), &FakeResolver::everything()).unwrap_or_else(|d| panic!("{d}"));
+    load_and_compile(&shipped_files(), &FakeResolver::everything())
+        .unwrap_or_else(|d| panic!("{d}"));
 }
 
 #[test]
 fn policies_directory_loads_top_level_files_only() {
     // examples/ is documentation: pointing airlockd at policies/ must not enforce the examples.
-    let checked = load_and_compile(&[policies_dir()], &FakeResolver::everything()).unwrap_or_else(|d| panic!("{d}"));
+    let checked = load_and_compile(&[policies_dir()], &FakeResolver::everything())
+        .unwrap_or_else(|d| panic!("{d}"));
     let mut names: Vec<_> = checked.policies.iter().map(|p| p.name.as_str()).collect();
     names.sort();
     assert_eq!(names, ["default", "demo"]);
