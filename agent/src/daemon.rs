@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::agents::AgentSet;
+use crate::agents::{AgentMatcher, AgentSet, CgroupWatcher};
 use crate::backend::fanotify::FanotifyBackend;
 use crate::backend::lsm::{LsmBackend, LsmError};
 use crate::backend::{Backend, BackendError, BackendKind};
@@ -48,6 +48,8 @@ pub enum DaemonError {
     Agents(#[from] crate::agents::AgentsError),
     #[error("cgroup: {0}")]
     Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error("watching the cgroup tree: {0}")]
+    Watch(#[from] crate::agents::WatchError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -136,6 +138,7 @@ struct Record<'a> {
 struct State {
     cfg: DaemonConfig,
     policy: CompiledPolicy,
+    matcher: AgentMatcher,
     agents: AgentSet,
     backend: Box<dyn Backend>,
     status: Status,
@@ -209,17 +212,23 @@ impl State {
         }
     }
 
-    /// Re-resolves agent cgroups; applies them when they changed.
+    /// Re-resolves agent cgroups; applies them when they changed. The status file is rewritten
+    /// at once so that `airlock run` sees its new cgroup gated without waiting for a tick.
     fn rescan_agents(&mut self) {
-        match AgentSet::resolve(self.agents.mount.clone(), &self.policy.agents) {
+        match AgentSet::resolve_with(self.agents.mount.clone(), &self.matcher) {
             Ok(new) if new.roots != self.agents.roots => {
-                for (id, c) in &new.roots {
-                    if !self.agents.roots.contains_key(id) {
-                        tracing::info!(agent = %c.agent, cgroup = %c.path, id, "agent cgroup added");
-                    }
-                }
+                let diff = new.diff(&self.agents);
                 match self.backend.apply(&self.policy, &new) {
-                    Ok(()) => self.agents = new,
+                    Ok(()) => {
+                        for c in &diff.added {
+                            tracing::info!(agent = %c.agent, cgroup = %c.path, id = c.id, "agent cgroup gated");
+                        }
+                        for c in &diff.removed {
+                            tracing::info!(agent = %c.agent, cgroup = %c.path, id = c.id, "agent cgroup gone");
+                        }
+                        self.agents = new;
+                        self.refresh_status();
+                    }
                     Err(e) => tracing::error!(error = %e, "applying new agent cgroups failed; previous set stays"),
                 }
             }
@@ -230,14 +239,16 @@ impl State {
 
     fn reload(&mut self) {
         let result = load_policy(&self.cfg.policy_paths).and_then(|p| {
-            let agents = AgentSet::resolve(self.agents.mount.clone(), &p.agents)?;
+            let matcher = AgentMatcher::new(&p.agents)?;
+            let agents = AgentSet::resolve_with(self.agents.mount.clone(), &matcher)?;
             self.backend.apply(&p, &agents)?;
-            Ok((p, agents))
+            Ok((p, matcher, agents))
         });
         match result {
-            Ok((p, a)) => {
+            Ok((p, m, a)) => {
                 tracing::info!(rules = p.rules.len(), "policy reloaded");
                 self.policy = p;
+                self.matcher = m;
                 self.agents = a;
                 self.status.last_reload_error = None;
             }
@@ -275,7 +286,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let log_path = crate::paths::event_log(&cfg.state_dir);
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
     let mount = crate::cgroup::cgroup2_mount()?;
-    let agents = AgentSet::resolve(mount, &policy.agents)?;
+    // Watch before the first resolve so that no cgroup created in between goes unnoticed.
+    let mut watcher = CgroupWatcher::spawn(mount.clone())?;
+    let matcher = AgentMatcher::new(&policy.agents)?;
+    let agents = AgentSet::resolve_with(mount, &matcher)?;
     let (tx, mut rx) = mpsc::channel::<GateEvent>(65536);
     let (mut backend, reason) = start_backend(cfg.backend, tx)?;
     backend.apply(&policy, &agents)?;
@@ -292,21 +306,22 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         started_unix: now_unix(),
         ..Status::default()
     };
-    let mut st = State { cfg, policy, agents, backend, status, log };
+    let mut st = State { cfg, policy, matcher, agents, backend, status, log };
     st.refresh_status();
     sd_notify("READY=1\nSTATUS=gating");
 
     let mut hup = signal(SignalKind::hangup()).map_err(io_err(Path::new("SIGHUP")))?;
     let mut term = signal(SignalKind::terminate()).map_err(io_err(Path::new("SIGTERM")))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err(Path::new("SIGINT")))?;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             Some(ev) = rx.recv() => st.record(&ev),
             _ = hup.recv() => st.reload(),
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = tick.tick() => { st.rescan_agents(); st.refresh_status(); }
+            Ok(_) = watcher.changed() => st.rescan_agents(),
+            _ = tick.tick() => st.refresh_status(),
         }
     }
     while let Ok(ev) = rx.try_recv() {

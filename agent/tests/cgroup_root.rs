@@ -274,6 +274,9 @@ fn run_args(root: &CgroupDir, agent: &str, kill_on_exit: bool, cmd: &str) -> Run
         cgroup_root: Some(root.path().to_path_buf()),
         kill_on_exit,
         verbose: true,
+        // These tests exercise cgroup handling, not gating: no airlockd runs.
+        state_dir: std::path::PathBuf::from("/nonexistent-airlock-state"),
+        unguarded: true,
         command: ["sh", "-c", cmd].iter().map(Into::into).collect(),
     }
 }

@@ -14,7 +14,9 @@ use crate::resolve::Resolver;
 /// The policies loaded and what they compiled to.
 #[derive(Clone, Debug)]
 pub struct Checked {
+    /// The policies as written, in load order.
     pub policies: Vec<Policy>,
+    /// What they compiled to on this host.
     pub compiled: CompiledPolicy,
 }
 

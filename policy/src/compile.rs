@@ -102,10 +102,9 @@ fn compile_rule(policy: &Policy, rule: &Rule, resolver: &dyn Resolver, out: &mut
     });
     let what = |spec: &PathSpec| {
         format!(
-            "{}: rule {:?} of policy {:?}: {}",
+            "{}: rule {:?}: {}",
             spec.location,
             rule.name,
-            policy.name,
             spec.path.display()
         )
     };

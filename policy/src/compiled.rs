@@ -8,7 +8,9 @@ use airlock_common::{DirEntryKey, InodeKey, RuleRef};
 /// `enforce` or `monitor`, per policy (explicit in every policy file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// Rules take effect.
     Enforce,
+    /// `deny` and `approve` rules only record what they would have done.
     Monitor,
 }
 
@@ -27,9 +29,11 @@ pub enum Selector {
 /// ([`run_scope_selector`]) to every agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentDef {
+    /// Unique across all policies loaded together.
     pub name: String,
     /// Name of the policy that declared it.
     pub policy: String,
+    /// Explicit selectors in policy order, then the `airlock run` one.
     pub selectors: Vec<Selector>,
 }
 
@@ -37,12 +41,17 @@ pub struct AgentDef {
 /// [`CompiledPolicy::rules`] is the `rule_id` carried by [`RuleRef`] and by events.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleInfo {
+    /// Index in [`CompiledPolicy::rules`].
     pub id: u32,
+    /// The rule's name, unique within its policy.
     pub name: String,
+    /// Name of the policy that holds it.
     pub policy: String,
+    /// File the policy was loaded from.
     pub source: PathBuf,
     /// One of `airlock_common::action`.
     pub action: u32,
+    /// Mode of the policy that holds it.
     pub mode: Mode,
     /// Mask of `airlock_common::op::bit`s the rule covers (`op::bit(op::EXEC)` for exec rules).
     pub ops: u32,
@@ -66,13 +75,16 @@ pub struct Approval {
 /// What an unanswered approval turns into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnTimeout {
+    /// Fail the action (the default).
     Deny,
+    /// Let the action go ahead.
     Allow,
 }
 
 /// A gated binary as the policy named it, and what it resolved to on this host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExecTarget {
+    /// The map value for this binary.
     pub rule: RuleRef,
     /// The path as written in the policy.
     pub path: PathBuf,
@@ -88,10 +100,15 @@ pub struct ExecTarget {
 /// A protected tree (or single file) as the policy named it, and its resolved identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProtectedTarget {
+    /// The map value for this object.
     pub rule: RuleRef,
+    /// The path as written in the policy.
     pub path: PathBuf,
+    /// Symlinks resolved.
     pub canonical: PathBuf,
+    /// The object at that path when the policy was compiled.
     pub inode: InodeKey,
+    /// A directory: the rule covers its whole subtree.
     pub is_dir: bool,
 }
 
@@ -100,10 +117,12 @@ pub struct ProtectedTarget {
 pub struct CompiledPolicy {
     /// Indexed by rule id.
     pub rules: Vec<RuleInfo>,
+    /// Every agent of every policy.
     pub agents: Vec<AgentDef>,
     /// One per (rule, path); when several rules name the same inode the map loaders keep the
     /// strictest (see [`strictness`]).
     pub exec: Vec<ExecTarget>,
+    /// One per (rule, path) that exists on this host.
     pub protected: Vec<ProtectedTarget>,
     /// Things worth telling the operator that are not errors (missing binaries, missing paths).
     pub notes: Vec<String>,

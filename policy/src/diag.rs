@@ -15,8 +15,11 @@ use crate::yaml::YamlError;
 /// concerns the file as a whole (it cannot be read, it holds no policy).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Location {
+    /// The file as it was named to the loader (a directory's files are `DIR/NAME`).
     pub file: PathBuf,
+    /// 1-based line; 0 for the whole file.
     pub line: usize,
+    /// 1-based column in characters; 0 for the whole file.
     pub column: usize,
 }
 
@@ -31,7 +34,7 @@ impl Location {
     }
 
     /// The file as a whole.
-    pub fn file(file: &Path) -> Self {
+    pub fn whole_file(file: &Path) -> Self {
         Location::new(file, 0, 0)
     }
 }
@@ -66,9 +69,11 @@ pub enum Problem {
 /// One problem at one place.
 #[derive(Debug)]
 pub struct Diagnostic {
+    /// Where the problem is.
     pub location: Location,
     /// Dotted path of the field concerned (`rules[2].action`); empty for the document or file.
     pub field: String,
+    /// What is wrong.
     pub problem: Problem,
 }
 

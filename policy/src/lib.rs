@@ -21,6 +21,7 @@ mod resolve;
 mod schema;
 mod validate;
 mod values;
+mod walk;
 mod yaml;
 
 #[cfg(test)]
@@ -39,5 +40,5 @@ pub use model::{
 pub use resolve::{FileId, HostResolver, Resolver, inode_key};
 pub use schema::{DEFAULT_TIMEOUT, SchemaError};
 pub use validate::SetError;
-pub use values::{MAX_EXEC_NAME_LEN, MAX_NAME_LEN, MAX_TIMEOUT, NameKind};
+pub use values::{MAX_EXEC_NAME_LEN, MAX_NAME_LEN, MAX_TIMEOUT, NameKind, build_glob};
 pub use yaml::YamlError;

@@ -11,14 +11,19 @@ use crate::yaml::parse_documents;
 /// A file or directory that could not be loaded at all.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The file could not be read.
     #[error("cannot read: {0}")]
     Read(#[source] io::Error),
+    /// The directory could not be listed.
     #[error("cannot list directory: {0}")]
     ReadDir(#[source] io::Error),
+    /// Policies are UTF-8 YAML.
     #[error("not UTF-8 text")]
     NotUtf8,
+    /// Only comments or empty documents: most likely a mistake, never a policy.
     #[error("holds no policy document")]
     NoDocuments,
+    /// A policy directory with nothing to load: the daemon would gate nothing.
     #[error("directory holds no *.yaml or *.yml file")]
     EmptyDir,
 }
@@ -33,13 +38,13 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, Diagnostics> {
         for file in expand(path, &mut diags) {
             match std::fs::read(&file) {
                 Err(e) => diags.push(Diagnostic::new(
-                    Location::file(&file),
+                    Location::whole_file(&file),
                     "",
                     LoadError::Read(e),
                 )),
                 Ok(bytes) => match String::from_utf8(bytes) {
                     Err(_) => diags.push(Diagnostic::new(
-                        Location::file(&file),
+                        Location::whole_file(&file),
                         "",
                         LoadError::NotUtf8,
                     )),
@@ -85,7 +90,7 @@ fn parse_file(file: &Path, src: &str, diags: &mut Diagnostics) -> Vec<Policy> {
     };
     if docs.is_empty() {
         diags.push(Diagnostic::new(
-            Location::file(file),
+            Location::whole_file(file),
             "",
             LoadError::NoDocuments,
         ));
@@ -104,7 +109,7 @@ fn expand(path: &Path, diags: &mut Diagnostics) -> Vec<PathBuf> {
         Ok(entries) => entries,
         Err(e) => {
             diags.push(Diagnostic::new(
-                Location::file(path),
+                Location::whole_file(path),
                 "",
                 LoadError::ReadDir(e),
             ));
@@ -117,7 +122,7 @@ fn expand(path: &Path, diags: &mut Diagnostics) -> Vec<PathBuf> {
             Ok(entry) => entry,
             Err(e) => {
                 diags.push(Diagnostic::new(
-                    Location::file(path),
+                    Location::whole_file(path),
                     "",
                     LoadError::ReadDir(e),
                 ));
@@ -134,7 +139,7 @@ fn expand(path: &Path, diags: &mut Diagnostics) -> Vec<PathBuf> {
     }
     if files.is_empty() {
         diags.push(Diagnostic::new(
-            Location::file(path),
+            Location::whole_file(path),
             "",
             LoadError::EmptyDir,
         ));

@@ -17,9 +17,13 @@ pub const KIND: &str = "Policy";
 pub struct Policy {
     /// `metadata.name`; unique among the policies loaded together.
     pub name: String,
+    /// `metadata.description`.
     pub description: Option<String>,
+    /// `mode`.
     pub mode: Mode,
+    /// `agents`, in file order.
     pub agents: Vec<AgentSpec>,
+    /// `rules`, in file order (their rule ids follow this order).
     pub rules: Vec<Rule>,
     /// Where the document starts.
     pub location: Location,
@@ -31,8 +35,11 @@ pub struct Policy {
 /// `airlock run` selector is added at compile time, not here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentSpec {
+    /// Unique among all policies loaded together.
     pub name: String,
+    /// `description`.
     pub description: Option<String>,
+    /// `cgroup(s)` then `systemdUnit(s)`, in file order within each.
     pub selectors: Vec<Selector>,
     /// Where the agent's `name` is.
     pub location: Location,
@@ -41,10 +48,13 @@ pub struct AgentSpec {
 /// A rule as written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
+    /// Unique within its policy.
     pub name: String,
+    /// `description`.
     pub description: Option<String>,
     /// One of `airlock_common::action`.
     pub action: u32,
+    /// `exec` or `paths`.
     pub target: Target,
     /// Mask of `op::bit`s: `op::bit(op::EXEC)` for exec rules, the listed operations (default
     /// [`op::ALL_WRITES`]) for path rules.
@@ -78,7 +88,9 @@ impl Target {
 /// An absolute path from a policy, normalized (no trailing `/`), and where it was written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PathSpec {
+    /// Absolute, without `.`, `..`, `//` or a trailing `/` (except `/` itself).
     pub path: PathBuf,
+    /// Where it was written.
     pub location: Location,
 }
 

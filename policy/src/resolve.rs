@@ -11,6 +11,7 @@ use airlock_common::{InodeKey, kernel_dev};
 pub struct FileId {
     /// Inode number and device in the kernel's `s_dev` encoding.
     pub key: InodeKey,
+    /// A directory (a protected directory stands for its whole subtree).
     pub is_dir: bool,
 }
 

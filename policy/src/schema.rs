@@ -7,12 +7,13 @@ use std::path::Path;
 use airlock_common::{action, op};
 
 use crate::compiled::{Approval, Mode, OnTimeout, Selector};
-use crate::diag::{Diagnostic, Diagnostics, Location};
+use crate::diag::Diagnostics;
 use crate::model::{
     ACTIONS, API_VERSION, AgentSpec, KIND, OPERATIONS, PathSpec, Policy, Rule, Target,
 };
 use crate::values::{self, NameKind, PathUse};
-use crate::yaml::{Kind, Node, Pos};
+use crate::walk::{Fields, Text, Walker, join};
+use crate::yaml::{Node, Pos};
 
 /// Approval timeout when a rule gives none.
 pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
@@ -42,56 +43,85 @@ const RULE_KEYS: &[&str] = &[
 /// A document that does not follow the policy schema.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SchemaError {
+    /// A value of the wrong shape (a list where a string belongs).
     #[error("expected {expected}, found {found}")]
     WrongType {
         expected: &'static str,
         found: &'static str,
     },
+    /// A key the schema does not have at this level.
     #[error("unknown key {key:?} (expected {})", one_of(.expected))]
     UnknownKey {
         key: String,
         expected: &'static [&'static str],
     },
+    /// A key given twice in one mapping.
     #[error("duplicate key {key:?} (first at line {first_line})")]
     DuplicateKey { key: String, first_line: usize },
+    /// A mapping key that is a list, a mapping or null.
     #[error("mapping keys must be strings")]
     NonStringKey,
+    /// A required key is absent from this mapping.
     #[error("missing required key {key:?}")]
     MissingKey { key: &'static str },
+    /// Another `apiVersion`: the rest of the document is not checked.
     #[error("unsupported apiVersion {found:?} (expected {API_VERSION})")]
     ApiVersion { found: String },
+    /// Another `kind`: the rest of the document is not checked.
     #[error("unsupported kind {found:?} (expected {KIND})")]
     Kind { found: String },
+    /// `mode` is not `enforce` or `monitor`.
     #[error("unknown mode {found:?} (expected enforce or monitor)")]
     UnknownMode { found: String },
+    /// `action` is not one of [`crate::ACTIONS`].
     #[error("unknown action {found:?} (expected allow, audit, deny or approve)")]
     UnknownAction { found: String },
+    /// An `operations` entry is not one of [`crate::OPERATIONS`].
     #[error("unknown operation {found:?} (expected {})", one_of(&OPERATIONS.map(|(n, _)| n)))]
     UnknownOperation { found: String },
+    /// `onTimeout` is not `deny` or `allow`.
     #[error("unknown onTimeout {found:?} (expected deny or allow)")]
     UnknownOnTimeout { found: String },
+    /// A policy, agent or rule name outside its character set or length.
     #[error("invalid {} {name:?} (expected 1 to 63 characters of {})", .kind.what(), .kind.charset())]
     BadName { name: String, kind: NameKind },
+    /// Two rules of one policy share a name.
     #[error("duplicate rule name {name:?} (first at line {first_line})")]
     DuplicateRule { name: String, first_line: usize },
+    /// A rule with both `exec` and `paths`.
     #[error("a rule has exec or paths, not both")]
     ExecAndPaths,
+    /// A rule with neither `exec` nor `paths`.
     #[error("a rule needs exec (binaries to gate) or paths (trees and files to protect)")]
     NoTarget,
+    /// An empty list where leaving the key out is the way to say "none" or "all".
     #[error("must not be empty{hint}")]
     EmptyList { hint: &'static str },
+    /// A list entry given twice.
     #[error("{value:?} is listed twice (first at line {first_line})")]
     Duplicate { value: String, first_line: usize },
+    /// A path that is relative, not normal, or unusable for its purpose.
     #[error("path {path:?} {reason}")]
     BadPath { path: String, reason: &'static str },
+    /// A selector glob that compiles but cannot be meant (selects every process, wrong form).
     #[error("bad glob {glob:?}: {reason}")]
-    BadGlob { glob: String, reason: String },
+    BadGlob { glob: String, reason: &'static str },
+    /// A selector glob that does not compile.
+    #[error("bad glob {glob:?}: {kind}")]
+    GlobSyntax {
+        glob: String,
+        kind: globset::ErrorKind,
+    },
+    /// A `timeout` that is not number-unit pairs.
     #[error("invalid duration {found:?} (expected a number with a unit: 30s, 5m, 1h, 1h30m)")]
     BadDuration { found: String },
+    /// A `timeout` of zero or beyond [`crate::MAX_TIMEOUT`].
     #[error("duration {found:?} out of range (expected more than 0s and at most 24h)")]
     DurationOutOfRange { found: String },
+    /// `timeout` or `onTimeout` on a rule whose action is not `approve`.
     #[error("only valid with action approve")]
     ApprovalOnly,
+    /// `operations` on an `exec` rule.
     #[error("only valid with paths; an exec rule gates execution only")]
     OperationsOnExec,
 }
@@ -102,14 +132,6 @@ fn one_of(items: &[&str]) -> String {
         [] => String::new(),
         [one] => (*one).to_owned(),
         [init @ .., last] => format!("{} or {last}", init.join(", ")),
-    }
-}
-
-fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{prefix}.{key}")
     }
 }
 
@@ -223,179 +245,7 @@ pub(crate) fn policy_from_node(doc: &Node, file: &Path, diags: &mut Diagnostics)
     })
 }
 
-/// A mapping's known keys, each with where the key was written.
-struct Fields<'n> {
-    pos: Pos,
-    entries: Vec<(&'n str, Pos, &'n Node)>,
-}
-
-impl<'n> Fields<'n> {
-    fn get(&self, key: &str) -> Option<&'n Node> {
-        self.entries
-            .iter()
-            .find(|(k, _, _)| *k == key)
-            .map(|(_, _, v)| *v)
-    }
-
-    fn key_pos(&self, key: &str) -> Option<Pos> {
-        self.entries
-            .iter()
-            .find(|(k, _, _)| *k == key)
-            .map(|(_, p, _)| *p)
-    }
-}
-
-/// A string value and where it is.
-struct Text {
-    text: String,
-    pos: Pos,
-}
-
-struct Walker<'a> {
-    file: &'a Path,
-    diags: &'a mut Diagnostics,
-}
-
 impl Walker<'_> {
-    fn loc(&self, pos: Pos) -> Location {
-        Location::new(self.file, pos.line, pos.column)
-    }
-
-    fn err(&mut self, pos: Pos, field: &str, e: SchemaError) {
-        let d = Diagnostic::new(self.loc(pos), field, e);
-        self.diags.push(d);
-    }
-
-    fn wrong_type(&mut self, node: &Node, field: &str, expected: &'static str) {
-        self.err(
-            node.pos,
-            field,
-            SchemaError::WrongType {
-                expected,
-                found: node.describe(),
-            },
-        );
-    }
-
-    /// The node as a mapping with only `allowed` keys, each once.
-    fn mapping<'n>(
-        &mut self,
-        node: &'n Node,
-        field: &str,
-        allowed: &'static [&'static str],
-    ) -> Option<Fields<'n>> {
-        let Kind::Map(entries) = &node.kind else {
-            self.wrong_type(node, field, "a mapping");
-            return None;
-        };
-        let mut fields = Fields {
-            pos: node.pos,
-            entries: Vec::new(),
-        };
-        for (k, v) in entries {
-            let key = match &k.kind {
-                Kind::Scalar { value, .. } if !k.is_null() => value.as_str(),
-                _ => {
-                    self.err(k.pos, field, SchemaError::NonStringKey);
-                    continue;
-                }
-            };
-            if !allowed.contains(&key) {
-                let e = SchemaError::UnknownKey {
-                    key: key.to_owned(),
-                    expected: allowed,
-                };
-                self.err(k.pos, field, e);
-            } else if let Some(first) = fields.key_pos(key) {
-                let e = SchemaError::DuplicateKey {
-                    key: key.to_owned(),
-                    first_line: first.line,
-                };
-                self.err(k.pos, &join(field, key), e);
-            } else {
-                fields.entries.push((key, k.pos, v));
-            }
-        }
-        Some(fields)
-    }
-
-    fn required<'n>(&mut self, f: &Fields<'n>, field: &str, key: &'static str) -> Option<&'n Node> {
-        let node = f.get(key);
-        if node.is_none() {
-            self.err(f.pos, field, SchemaError::MissingKey { key });
-        }
-        node
-    }
-
-    fn string(&mut self, node: &Node, field: &str) -> Option<Text> {
-        match &node.kind {
-            Kind::Scalar { value, .. } if !node.is_null() => Some(Text {
-                text: value.clone(),
-                pos: node.pos,
-            }),
-            _ => {
-                self.wrong_type(node, field, "a string");
-                None
-            }
-        }
-    }
-
-    fn required_string(&mut self, f: &Fields<'_>, field: &str, key: &'static str) -> Option<Text> {
-        let node = self.required(f, field, key)?;
-        self.string(node, &join(field, key))
-    }
-
-    fn optional_string(
-        &mut self,
-        f: &Fields<'_>,
-        field: &str,
-        key: &'static str,
-    ) -> Option<String> {
-        let node = f.get(key)?;
-        self.string(node, &join(field, key)).map(|t| t.text)
-    }
-
-    /// A non-empty list.
-    fn list<'n>(&mut self, node: &'n Node, field: &str, hint: &'static str) -> Option<&'n [Node]> {
-        match &node.kind {
-            Kind::Seq(items) if items.is_empty() => {
-                self.err(node.pos, field, SchemaError::EmptyList { hint });
-                None
-            }
-            Kind::Seq(items) => Some(items),
-            _ => {
-                self.wrong_type(node, field, "a list");
-                None
-            }
-        }
-    }
-
-    /// Each string of a non-empty list, with its field path; duplicates reported.
-    fn string_list(&mut self, node: &Node, field: &str, hint: &'static str) -> Vec<(Text, String)> {
-        let mut out: Vec<(Text, String)> = Vec::new();
-        for (i, item) in self
-            .list(node, field, hint)
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            let item_field = format!("{field}[{i}]");
-            let Some(t) = self.string(item, &item_field) else {
-                continue;
-            };
-            if let Some((first, _)) = out.iter().find(|(o, _)| o.text == t.text) {
-                let e = SchemaError::Duplicate {
-                    value: t.text.clone(),
-                    first_line: first.pos.line,
-                };
-                self.err(t.pos, &item_field, e);
-                continue;
-            }
-            out.push((t, item_field));
-        }
-        out
-    }
-
     fn agent(&mut self, node: &Node, field: &str) -> Option<AgentSpec> {
         let f = self.mapping(node, field, AGENT_KEYS)?;
         let name_text = self.required_string(&f, field, "name");

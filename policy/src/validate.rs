@@ -9,12 +9,14 @@ use crate::model::Policy;
 /// Policies that contradict each other.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SetError {
+    /// `metadata.name` seen before, at `first`.
     #[error("duplicate policy name {name:?} (first at {first})")]
     DuplicatePolicy { name: String, first: Location },
     /// Agent names are global: `airlock run --agent NAME` and events name agents without a
     /// policy.
     #[error("duplicate agent name {name:?} (first at {first})")]
     DuplicateAgent { name: String, first: Location },
+    /// A rule's `agents` names an agent no loaded policy declares.
     #[error("rule {rule:?} names unknown agent {name:?} ({})", declared(.known))]
     UnknownAgent {
         rule: String,

@@ -117,55 +117,65 @@ pub(crate) fn check_path(raw: &str, usage: PathUse) -> Result<PathBuf, SchemaErr
 
 /// Checks a cgroup path glob: absolute, and a valid glob where `*` stays within one component.
 pub(crate) fn check_cgroup_glob(glob: &str) -> Result<(), SchemaError> {
-    let bad = |reason: String| SchemaError::BadGlob {
+    let bad = |reason| SchemaError::BadGlob {
         glob: glob.to_owned(),
         reason,
     };
     if !glob.starts_with('/') {
         return Err(bad(
-            "a cgroup glob is a path below the cgroup2 mount and starts with /".into(),
+            "a cgroup glob is a path below the cgroup2 mount and starts with /",
         ));
     }
     if glob == "/" || glob.trim_end_matches('*') == "/" {
         return Err(bad(
-            "selects the root cgroup: every process on the host would be an agent".into(),
+            "selects the root cgroup: every process on the host would be an agent",
         ));
     }
     if glob.ends_with('/') {
-        return Err(bad("must not end with /".into()));
+        return Err(bad("must not end with /"));
     }
-    build_glob(glob).map_err(bad)
+    syntax(glob)
 }
 
 /// Checks a systemd unit name glob: a single cgroup directory name, so no `/`.
 pub(crate) fn check_unit_glob(glob: &str) -> Result<(), SchemaError> {
-    let bad = |reason: String| SchemaError::BadGlob {
+    let bad = |reason| SchemaError::BadGlob {
         glob: glob.to_owned(),
         reason,
     };
     if glob.is_empty() {
-        return Err(bad("is empty".into()));
+        return Err(bad("is empty"));
     }
     if glob.contains('/') {
         return Err(bad(
-            "a unit name cannot contain /; use `cgroup` to select by path".into(),
+            "a unit name cannot contain /; use `cgroup` to select by path",
         ));
     }
     if glob.chars().all(|c| c == '*') {
         return Err(bad(
-            "matches every cgroup: every process on the host would be an agent".into(),
+            "matches every cgroup: every process on the host would be an agent",
         ));
     }
-    build_glob(glob).map_err(bad)
+    syntax(glob)
 }
 
-/// The glob semantics selectors are documented to have: `*` does not cross `/`, `**` does.
-pub fn build_glob(glob: &str) -> Result<(), String> {
+fn syntax(glob: &str) -> Result<(), SchemaError> {
+    build_glob(glob)
+        .map(|_| ())
+        .map_err(|kind| SchemaError::GlobSyntax {
+            glob: glob.to_owned(),
+            kind,
+        })
+}
+
+/// Compiles a selector glob with the semantics selectors are documented to have: `*` and `?`
+/// do not cross `/`, `**` does. The agent resolver must build its globs the same way.
+pub fn build_glob(glob: &str) -> Result<globset::GlobMatcher, globset::ErrorKind> {
     globset::GlobBuilder::new(glob)
         .literal_separator(true)
         .build()
-        .map(|_| ())
-        .map_err(|e| e.kind().to_string())
+        .map(|g| g.compile_matcher())
+        .map_err(|e| e.kind().clone())
 }
 
 /// Parses `30s`, `5m`, `1h`, `1h30m`: one or more number-unit pairs, units `h`, `m`, `s`.
@@ -270,6 +280,17 @@ mod tests {
         assert!(check_path("/usr//bin/apt", PathUse::Exec).is_err());
         assert!(check_path(&format!("/usr/bin/{}", "a".repeat(64)), PathUse::Exec).is_err());
         assert!(check_path(&format!("/usr/bin/{}", "a".repeat(63)), PathUse::Exec).is_ok());
+    }
+
+    #[test]
+    fn star_stays_in_one_component_and_double_star_crosses() {
+        let one = build_glob("/agents.slice/*").unwrap();
+        assert!(one.is_match("/agents.slice/a.scope"));
+        assert!(!one.is_match("/agents.slice/a.scope/child"));
+        let any = build_glob("/agents.slice/**").unwrap();
+        assert!(any.is_match("/agents.slice/a.scope/child"));
+        let run = build_glob("/airlock.slice/airlock-claude-*.scope").unwrap();
+        assert!(run.is_match("/airlock.slice/airlock-claude-1x2.scope"));
     }
 
     #[test]

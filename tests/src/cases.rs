@@ -82,7 +82,7 @@ impl Fixture {
             &policy,
             format!(
                 "apiVersion: airlock.dev/v1\nkind: Policy\nmetadata:\n  name: e2e\nmode: enforce\n\
-                 agents:\n  - name: e2e\n    cgroup: \"/{top_rel}/agent\"\n\
+                 agents:\n  - name: e2e\n    cgroup: \"/{top_rel}/agent*\"\n\
                  rules:\n  - name: gated-tools\n    action: deny\n    exec: [\"{}\"]\n\
                  \x20 - name: audited-tools\n    action: audit\n    exec: [\"{}\"]\n\
                  \x20 - name: protected-etc\n    action: deny\n    paths: [\"{}\"]\n",
@@ -92,6 +92,13 @@ impl Fixture {
             ),
         )?;
         Ok(Fixture { dir, gated, free, audited, etc, conf, policy, agent_cg, nested_cg, outside_cg, _cg: cg })
+    }
+}
+
+struct RmDir(PathBuf);
+impl Drop for RmDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
     }
 }
 
@@ -106,6 +113,7 @@ pub struct Ctx<'a> {
     pub fx: &'a Fixture,
     pub daemon: &'a Daemon,
     pub me: PathBuf,
+    pub bin_dir: PathBuf,
     pub lsm: bool,
 }
 
@@ -175,6 +183,39 @@ type Case = fn(&Ctx) -> anyhow::Result<()>;
 pub const CASES: &[(&str, bool, Case)] = &[
     ("agent_exec_of_gated_binary_is_denied", false, |c| denied(c.exec(c.agent(), &c.fx.gated.path, &c.fx.gated)?, "agent exec")),
     ("non_agent_exec_of_gated_binary_runs", false, |c| ran(c.exec(c.outside(), &c.fx.gated.path, &c.fx.gated)?, "outside exec")),
+    ("agent_cgroup_created_after_start_is_gated", false, |c| {
+        let late = c.fx.agent_cg.with_file_name("agent-late");
+        std::fs::create_dir(&late)?;
+        let _rm = RmDir(late.clone());
+        let id = cgroup_id(&late)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !c.daemon.status().is_some_and(|s| s["agents"].as_array().is_some_and(|a| a.iter().any(|x| x["id"].as_u64() == Some(id)))) {
+            ensure(std::time::Instant::now() < deadline, || "airlockd did not pick up the new agent cgroup".into())?;
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        denied(c.exec(Some(&late), &c.fx.gated.path, &c.fx.gated)?, "exec in late cgroup")
+    }),
+    ("airlock_run_starts_a_gated_agent", false, |c| {
+        let me = c.me.to_string_lossy().to_string();
+        let g = c.fx.gated.path.to_string_lossy().to_string();
+        let f = c.fx.free.path.to_string_lossy().to_string();
+        let airlock = c.bin_dir.join("airlock").to_string_lossy().to_string();
+        let sd = c.daemon.state_dir.to_string_lossy().to_string();
+        let base = [airlock.as_str(), "run", "--agent", "e2e", "--state-dir", sd.as_str(), "--", me.as_str(), "--op", "exec"];
+        let (_, out) = run_in(c.outside(), None, &[&base[..], &[g.as_str()]].concat())?;
+        expect(&stdout(&out), "errno=1", "gated exec under airlock run")?;
+        let mut free = vec![f.as_str()];
+        free.extend(c.fx.free.args.iter().map(String::as_str));
+        let (_, out) = run_in(c.outside(), None, &[&base[..], &free[..]].concat())?;
+        ensure(out.status.success(), || format!("free exec under airlock run: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr)))
+    }),
+    ("airlock_run_refuses_to_start_an_ungated_agent", false, |c| {
+        let airlock = c.bin_dir.join("airlock").to_string_lossy().to_string();
+        // No policy defines agent "nobody-defines-this": airlockd never gates its cgroup.
+        let (_, out) = run_in(c.outside(), None, &[airlock.as_str(), "run", "--agent", "nobody-defines-this", "--state-dir",
+            &c.daemon.state_dir.to_string_lossy(), "--", "/bin/sh", "-c", "echo ran"])?;
+        ensure(!out.status.success() && !stdout(&out).contains("ran"), || format!("ungated agent ran: {}", stdout(&out)))
+    }),
     ("agent_exec_of_ungated_binary_runs", false, |c| ran(c.exec(c.agent(), &c.fx.free.path, &c.fx.free)?, "free exec")),
     ("nested_cgroup_below_agent_is_gated", false, |c| denied(c.exec(Some(&c.fx.nested_cg), &c.fx.gated.path, &c.fx.gated)?, "nested exec")),
     ("symlink_to_gated_binary_is_denied", false, |c| {

@@ -134,7 +134,7 @@ fn main() -> ExitCode {
     println!("backend: {} ({})", st["backend"], st["backend_reason"]);
     let me = std::env::current_exe().unwrap_or_default();
     {
-        let ctx = cases::Ctx { fx: &fx, daemon: &daemon, me: me.clone(), lsm: want_backend == "lsm" };
+        let ctx = cases::Ctx { fx: &fx, daemon: &daemon, me: me.clone(), bin_dir: a.bin_dir.clone(), lsm: want_backend == "lsm" };
         cases::run_all(&mut r, &ctx);
     }
     let lost = daemon.status().and_then(|s| s["lost"].as_u64()).unwrap_or(u64::MAX);

@@ -25,7 +25,12 @@ pub fn test(ctx: &Ctx) -> Result<Tally> {
     let mut t = Tally::default();
     let mut cmd = cargo(ctx);
     cmd.arg("test");
-    let opts = stream::Opts { prefix: "", log: Some(&log), timeout: None, isolate: false };
+    let opts = stream::Opts {
+        prefix: "",
+        log: Some(&log),
+        timeout: None,
+        isolate: false,
+    };
     let (outcome, _) = stream::run(cmd, &opts, |l| {
         report::cargo_test_line(&mut t, l);
         Flow::Continue
@@ -36,9 +41,16 @@ pub fn test(ctx: &Ctx) -> Result<Tally> {
         Outcome::Exited(st) if st.success() => {}
         Outcome::Exited(st) => {
             if t.failed == 0 {
-                t.fail(format!("unit: `cargo test` failed ({st}) without a failed test (build error?), see {}", log.display()));
+                t.fail(format!(
+                    "unit: `cargo test` failed ({st}) without a failed test (build error?), see {}",
+                    log.display()
+                ));
             } else if t.failures.is_empty() {
-                t.failures.push(format!("unit: {} failed test(s), see {}", t.failed, log.display()));
+                t.failures.push(format!(
+                    "unit: {} failed test(s), see {}",
+                    t.failed,
+                    log.display()
+                ));
             }
         }
         Outcome::Interrupted => bail!("interrupted"),

@@ -8,12 +8,26 @@ use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, Clone)]
 pub enum Node {
-    Dir { mode: u32 },
+    Dir {
+        mode: u32,
+    },
     /// Contents read from a host file when the archive is written.
-    HostFile { src: PathBuf, mode: u32 },
-    Bytes { data: Vec<u8>, mode: u32 },
-    Symlink { target: String },
-    CharDev { major: u32, minor: u32, mode: u32 },
+    HostFile {
+        src: PathBuf,
+        mode: u32,
+    },
+    Bytes {
+        data: Vec<u8>,
+        mode: u32,
+    },
+    Symlink {
+        target: String,
+    },
+    CharDev {
+        major: u32,
+        minor: u32,
+        mode: u32,
+    },
 }
 
 /// Archive contents keyed by absolute guest path; parents are added as directories.
@@ -39,7 +53,9 @@ impl Archive {
         let mut parent = path.parent();
         while let Some(p) = parent {
             if p != Path::new("/") {
-                self.nodes.entry(p.to_path_buf()).or_insert(Node::Dir { mode: 0o755 });
+                self.nodes
+                    .entry(p.to_path_buf())
+                    .or_insert(Node::Dir { mode: 0o755 });
             }
             parent = p.parent();
         }
@@ -51,18 +67,35 @@ impl Archive {
     }
 
     pub fn file(&mut self, path: impl AsRef<Path>, src: impl Into<PathBuf>, mode: u32) {
-        self.add(path, Node::HostFile { src: src.into(), mode });
+        self.add(
+            path,
+            Node::HostFile {
+                src: src.into(),
+                mode,
+            },
+        );
     }
 
     pub fn bytes(&mut self, path: impl AsRef<Path>, data: impl Into<Vec<u8>>, mode: u32) {
-        self.add(path, Node::Bytes { data: data.into(), mode });
+        self.add(
+            path,
+            Node::Bytes {
+                data: data.into(),
+                mode,
+            },
+        );
     }
 
     /// A symlink; an existing node at `path` wins (so applet links never shadow real files).
     pub fn symlink_if_absent(&mut self, path: impl AsRef<Path>, target: &str) {
         let path = normalize(path.as_ref());
         if !self.nodes.contains_key(&path) {
-            self.add(path, Node::Symlink { target: target.to_string() });
+            self.add(
+                path,
+                Node::Symlink {
+                    target: target.to_string(),
+                },
+            );
         }
     }
 
@@ -84,12 +117,15 @@ impl Archive {
             let (mode, data, rdev, nlink): (u32, Vec<u8>, (u32, u32), u32) = match node {
                 Node::Dir { mode } => (0o040000 | mode, Vec::new(), (0, 0), 2),
                 Node::HostFile { src, mode } => {
-                    let data = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+                    let data =
+                        std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
                     (0o100000 | mode, data, (0, 0), 1)
                 }
                 Node::Bytes { data, mode } => (0o100000 | mode, data.clone(), (0, 0), 1),
                 Node::Symlink { target } => (0o120777, target.as_bytes().to_vec(), (0, 0), 1),
-                Node::CharDev { major, minor, mode } => (0o020000 | mode, Vec::new(), (*major, *minor), 1),
+                Node::CharDev { major, minor, mode } => {
+                    (0o020000 | mode, Vec::new(), (*major, *minor), 1)
+                }
             };
             written += entry(w, ino as u32 + 1, mode, nlink, rdev, name, &data)?;
         }
@@ -153,7 +189,14 @@ mod tests {
         let mut a = Archive::default();
         a.bytes("/etc/passwd", "root:x:0:0::/root:/bin/sh\n", 0o644);
         a.symlink_if_absent("/bin/sh", "busybox");
-        a.add("/dev/console", Node::CharDev { major: 5, minor: 1, mode: 0o600 });
+        a.add(
+            "/dev/console",
+            Node::CharDev {
+                major: 5,
+                minor: 1,
+                mode: 0o600,
+            },
+        );
         let mut out = Vec::new();
         let n = a.write(&mut out).unwrap();
         assert_eq!(n as usize, out.len());

@@ -63,7 +63,10 @@ pub struct BootResult {
 
 impl BootResult {
     pub fn print_tail(&self, label: &str) {
-        println!("---- last {} console lines of guest {label} ----", self.tail.len());
+        println!(
+            "---- last {} console lines of guest {label} ----",
+            self.tail.len()
+        );
         for l in &self.tail {
             println!("  | {l}");
         }
@@ -71,8 +74,21 @@ impl BootResult {
     }
 }
 
+/// The kernel command line: base, then `$AIRLOCK_GUEST_APPEND` (extra words for debugging, e.g.
+/// `loglevel=7`), then the lsm= override if asked for (the last `lsm=` wins).
 pub fn append_line(lsm_override: bool) -> String {
-    if lsm_override { format!("{BASE_APPEND} {LSM_OVERRIDE}") } else { BASE_APPEND.to_string() }
+    let mut s = BASE_APPEND.to_string();
+    if let Ok(extra) = std::env::var("AIRLOCK_GUEST_APPEND")
+        && !extra.trim().is_empty()
+    {
+        s.push(' ');
+        s.push_str(extra.trim());
+    }
+    if lsm_override {
+        s.push(' ');
+        s.push_str(LSM_OVERRIDE);
+    }
+    s
 }
 
 pub fn qemu_available() -> bool {
@@ -80,20 +96,32 @@ pub fn qemu_available() -> bool {
 }
 
 fn memory_mib() -> String {
-    std::env::var("AIRLOCK_GUEST_MEM").ok().filter(|m| !m.is_empty()).unwrap_or_else(|| "1024".into())
+    std::env::var("AIRLOCK_GUEST_MEM")
+        .ok()
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| "1024".into())
 }
 
 fn qemu_command(kernel: &Path, initrd: &Path, append: &str, accel: Accel) -> Command {
     let mut cmd = Command::new(QEMU);
-    cmd.args(["-accel", accel.as_str(), "-cpu", "max", "-smp", "1", "-m", &memory_mib()])
-        // No NIC: nothing in the guest uses one, and it spares the iPXE option ROM at boot.
-        .args(["-nographic", "-no-reboot", "-nic", "none"])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .arg("-append")
-        .arg(append);
+    cmd.args([
+        "-accel",
+        accel.as_str(),
+        "-cpu",
+        "max",
+        "-smp",
+        "1",
+        "-m",
+        &memory_mib(),
+    ])
+    // No NIC: nothing in the guest uses one, and it spares the iPXE option ROM at boot.
+    .args(["-nographic", "-no-reboot", "-nic", "none"])
+    .arg("-kernel")
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(initrd)
+    .arg("-append")
+    .arg(append);
     cmd
 }
 
@@ -123,7 +151,12 @@ pub fn boot(b: &Boot<'_>) -> Result<BootResult> {
         tally: Tally::default(),
         tail: VecDeque::new(),
     };
-    let opts = stream::Opts { prefix: &prefix, log: Some(&b.log), timeout: Some(b.timeout), isolate: true };
+    let opts = stream::Opts {
+        prefix: &prefix,
+        log: Some(&b.log),
+        timeout: Some(b.timeout),
+        isolate: true,
+    };
     let (outcome, elapsed) = stream::run(cmd, &opts, |line| {
         if r.tail.len() == 40 {
             r.tail.pop_front();
@@ -131,7 +164,10 @@ pub fn boot(b: &Boot<'_>) -> Result<BootResult> {
         r.tail.push_back(line.to_string());
         if let Some(i) = line.find(MARK_BOOT) {
             r.to_init.get_or_insert(start.elapsed());
-            r.guest_uptime = line[i..].split("uptime=").nth(1).map(|u| u.trim().to_string());
+            r.guest_uptime = line[i..]
+                .split("uptime=")
+                .nth(1)
+                .map(|u| u.trim().to_string());
         } else if let Some(i) = line.find(MARK_LSM) {
             r.lsm = Some(line[i + MARK_LSM.len()..].trim().to_string());
         } else if line.contains(MARK_NO_BPF_LSM) {
@@ -154,23 +190,42 @@ pub fn boot(b: &Boot<'_>) -> Result<BootResult> {
         b.label,
         outcome.describe(),
         fmt_dur(elapsed),
-        r.to_init.map_or("never".to_string(), |d| format!("{} after qemu start", fmt_dur(d))),
-        r.guest_uptime.as_ref().map_or(String::new(), |u| format!(" (guest uptime {u}s)")),
+        r.to_init.map_or("never".to_string(), |d| format!(
+            "{} after qemu start",
+            fmt_dur(d)
+        )),
+        r.guest_uptime
+            .as_ref()
+            .map_or(String::new(), |u| format!(" (guest uptime {u}s)")),
     );
     Ok(r)
 }
 
 /// Boot with the console on the terminal (interactive `cargo xtask vm`). Quit with Ctrl-A X.
-pub fn boot_interactive(kernel: &GuestKernel, initrd: &Path, lsm_override: bool, accel: Accel) -> Result<()> {
+pub fn boot_interactive(
+    kernel: &GuestKernel,
+    initrd: &Path,
+    lsm_override: bool,
+    accel: Accel,
+) -> Result<()> {
     let mut cmd = qemu_command(&kernel.vmlinuz, initrd, &append_line(lsm_override), accel);
     // SAFETY: prctl is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
             Ok(())
         });
     }
-    println!("+ {}\n(console attached: Ctrl-A X quits qemu)", util::render(&cmd));
+    println!(
+        "+ {}\n(console attached: Ctrl-A X quits qemu)",
+        util::render(&cmd)
+    );
     let st = cmd.status().context("spawning qemu")?;
     if !st.success() {
         bail!("qemu exited with {st}");
@@ -178,14 +233,18 @@ pub fn boot_interactive(kernel: &GuestKernel, initrd: &Path, lsm_override: bool,
     Ok(())
 }
 
-/// `AIRLOCK_QEMU_ACCEL`: `tcg` (default), `kvm` (forced), or `auto` (KVM only if a probe boot of
-/// a minimal image reaches /init and powers off cleanly under it).
+/// `AIRLOCK_QEMU_ACCEL`: `auto` (default: KVM only if a probe boot of a minimal image reaches
+/// /init and powers off cleanly under it, else TCG), `tcg`, or `kvm` (forced, no probe).
+/// (On the Firecracker hosts qemu aborts at once under KVM, failing to set MSR 0x10a, so the probe
+/// costs ~2 s, most of it building its image.)
 pub fn choose_accel(kernel: &GuestKernel, xdir: &Path) -> Result<Accel> {
-    let want = std::env::var("AIRLOCK_QEMU_ACCEL").unwrap_or_default().to_ascii_lowercase();
+    let want = std::env::var("AIRLOCK_QEMU_ACCEL")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     match want.as_str() {
-        "" | "tcg" => return Ok(Accel::Tcg),
+        "tcg" => return Ok(Accel::Tcg),
         "kvm" => return Ok(Accel::Kvm),
-        "auto" => {}
+        "" | "auto" => {}
         other => bail!("AIRLOCK_QEMU_ACCEL={other}: want tcg, kvm or auto"),
     }
     if !Path::new("/dev/kvm").exists() {
@@ -193,7 +252,12 @@ pub fn choose_accel(kernel: &GuestKernel, xdir: &Path) -> Result<Accel> {
         return Ok(Accel::Tcg);
     }
     let probe_initrd = xdir.join("initramfs-probe.cpio.gz");
-    let spec = Spec { bins: Vec::new(), extra: Vec::new(), payload: Payload::Command("true".into()), require_bpf_lsm: false };
+    let spec = Spec {
+        bins: Vec::new(),
+        extra: Vec::new(),
+        payload: Payload::Command("true".into()),
+        require_bpf_lsm: false,
+    };
     initramfs::build(&spec, &probe_initrd)?;
     let probe = Boot {
         label: "kvm-probe",
@@ -206,6 +270,10 @@ pub fn choose_accel(kernel: &GuestKernel, xdir: &Path) -> Result<Accel> {
     };
     let r = boot(&probe)?;
     let ok = r.rc.is_some() && matches!(r.outcome, Outcome::Exited(st) if st.success());
-    println!("accel: KVM probe {}; using {}", if ok { "succeeded" } else { "failed" }, if ok { "kvm" } else { "tcg" });
+    println!(
+        "accel: KVM probe {}; using {}",
+        if ok { "succeeded" } else { "failed" },
+        if ok { "kvm" } else { "tcg" }
+    );
     Ok(if ok { Accel::Kvm } else { Accel::Tcg })
 }

@@ -47,7 +47,11 @@ fn busybox() -> Result<PathBuf> {
 /// Library paths the dynamic loader will need for `bin` (the loader included), per `ldd`.
 fn shared_libs(bin: &Path) -> Result<Vec<PathBuf>> {
     let out = capture(Command::new("ldd").arg(bin))?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     if text.contains("not a dynamic executable") || text.contains("statically linked") {
         return Ok(Vec::new());
     }
@@ -77,10 +81,16 @@ fn shared_libs(bin: &Path) -> Result<Vec<PathBuf>> {
 
 fn add_tree(a: &mut Archive, src: &Path, dst: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
-    let md = std::fs::symlink_metadata(src).with_context(|| format!("reading {}", src.display()))?;
+    let md =
+        std::fs::symlink_metadata(src).with_context(|| format!("reading {}", src.display()))?;
     if md.file_type().is_symlink() {
         let t = std::fs::read_link(src)?;
-        a.add(dst, Node::Symlink { target: t.to_string_lossy().into_owned() });
+        a.add(
+            dst,
+            Node::Symlink {
+                target: t.to_string_lossy().into_owned(),
+            },
+        );
     } else if md.is_dir() {
         a.dir(dst, md.permissions().mode() & 0o7777);
         for e in std::fs::read_dir(src)? {
@@ -97,13 +107,38 @@ fn add_tree(a: &mut Archive, src: &Path, dst: &Path) -> Result<()> {
 pub fn build(spec: &Spec, out: &Path) -> Result<()> {
     let t0 = Instant::now();
     let mut a = Archive::default();
-    for d in ["/proc", "/sys", "/dev", "/run", "/root", "/etc", "/var", "/usr/bin", "/usr/sbin", "/sbin"] {
+    for d in [
+        "/proc",
+        "/sys",
+        "/dev",
+        "/run",
+        "/root",
+        "/etc",
+        "/var",
+        "/usr/bin",
+        "/usr/sbin",
+        "/sbin",
+    ] {
         a.dir(d, 0o755);
     }
     a.dir("/tmp", 0o1777);
     // The kernel opens /dev/console before running /init (devtmpfs is mounted over it later).
-    a.add("/dev/console", Node::CharDev { major: 5, minor: 1, mode: 0o600 });
-    a.add("/dev/null", Node::CharDev { major: 1, minor: 3, mode: 0o666 });
+    a.add(
+        "/dev/console",
+        Node::CharDev {
+            major: 5,
+            minor: 1,
+            mode: 0o600,
+        },
+    );
+    a.add(
+        "/dev/null",
+        Node::CharDev {
+            major: 1,
+            minor: 3,
+            mode: 0o666,
+        },
+    );
 
     let mut libs = BTreeSet::new();
     let bb = busybox()?;
@@ -165,12 +200,19 @@ pub fn build(spec: &Spec, out: &Path) -> Result<()> {
 /// builds are mostly DWARF, and every byte costs gzip time on the host and unpacking time in the
 /// emulated guest. `AIRLOCK_GUEST_STRIP=0` (or no objcopy) keeps the original.
 fn stripped(bin: &Path, dir: &Path) -> Result<PathBuf> {
-    if std::env::var("AIRLOCK_GUEST_STRIP").is_ok_and(|v| v == "0") || util::which("objcopy").is_none() {
+    if std::env::var("AIRLOCK_GUEST_STRIP").is_ok_and(|v| v == "0")
+        || util::which("objcopy").is_none()
+    {
         return Ok(bin.to_path_buf());
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dst = dir.join(bin.file_name().context("no file name")?);
-    let out = capture(Command::new("objcopy").arg("--strip-debug").arg(bin).arg(&dst))?;
+    let out = capture(
+        Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(bin)
+            .arg(&dst),
+    )?;
     if !out.status.success() {
         println!(
             "initramfs: warning: objcopy --strip-debug {} failed ({}); using it unstripped",
@@ -185,7 +227,8 @@ fn stripped(bin: &Path, dir: &Path) -> Result<PathBuf> {
 /// Pipe the cpio stream through `gzip -n` (fast native code; the kernel has gzip built in).
 fn write_gz(a: &Archive, out: &Path) -> Result<u64> {
     let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
-    let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut gz = Command::new("gzip")
         .args(["-n", "-6", "-c"])
         .stdin(Stdio::piped())
@@ -250,7 +293,9 @@ esac
     s.push_str("cd /tmp\n");
     match &spec.payload {
         Payload::Command(c) => s.push_str(&format!("{c}\n")),
-        Payload::Shell => s.push_str("echo 'airlock guest shell: exit to power off'\nsetsid cttyhack sh -l\n"),
+        Payload::Shell => {
+            s.push_str("echo 'airlock guest shell: exit to power off'\nsetsid cttyhack sh -l\n")
+        }
     }
     s.push_str(&format!(
         r#"rc=$?

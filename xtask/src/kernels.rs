@@ -67,6 +67,16 @@ impl GuestKernel {
     }
 }
 
+/// Where a kernel for `k` would come from, for messages.
+pub fn describe_source(ctx: &Ctx, k: Kernel) -> String {
+    format!(
+        "{}/{}* (or ${})",
+        cache_dir(ctx).display(),
+        k.file_prefix(),
+        k.env_override()
+    )
+}
+
 pub fn cache_dir(ctx: &Ctx) -> PathBuf {
     ctx.cache_dir().join("kernels")
 }
@@ -75,8 +85,20 @@ pub fn cache_dir(ctx: &Ctx) -> PathBuf {
 pub fn find(ctx: &Ctx, k: Kernel) -> Option<GuestKernel> {
     if let Some(p) = std::env::var_os(k.env_override()).filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
-        let release = p.file_name()?.to_string_lossy().trim_start_matches("vmlinuz-").to_string();
-        return Some(GuestKernel { vmlinuz: p, release, config: None });
+        if !p.is_file() {
+            println!("{}={} does not exist", k.env_override(), p.display());
+            return None;
+        }
+        let release = p
+            .file_name()?
+            .to_string_lossy()
+            .trim_start_matches("vmlinuz-")
+            .to_string();
+        return Some(GuestKernel {
+            vmlinuz: p,
+            release,
+            config: None,
+        });
     }
     let dir = cache_dir(ctx);
     let want = format!("vmlinuz-{}", release_of(k.package()));
@@ -86,7 +108,11 @@ pub fn find(ctx: &Ctx, k: Kernel) -> Option<GuestKernel> {
         .filter(|n| n.starts_with(&k.file_prefix()))
         .collect();
     found.sort_by_key(|n| natural_key(n));
-    let name = if found.contains(&want) { want } else { found.pop()? };
+    let name = if found.contains(&want) {
+        want
+    } else {
+        found.pop()?
+    };
     let release = name.trim_start_matches("vmlinuz-").to_string();
     let config = dir.join(format!("config-{release}"));
     Some(GuestKernel {
@@ -98,8 +124,24 @@ pub fn find(ctx: &Ctx, k: Kernel) -> Option<GuestKernel> {
 
 /// Make sure a kernel for `k` is in the cache, downloading it if needed.
 pub fn ensure(ctx: &Ctx, k: Kernel, apt: &mut Apt) -> Result<GuestKernel> {
+    if let Some(p) = std::env::var_os(k.env_override()).filter(|p| !p.is_empty()) {
+        let g = find(ctx, k).with_context(|| {
+            format!("{}={} is not a file", k.env_override(), p.to_string_lossy())
+        })?;
+        println!(
+            "ok: guest kernel {} from {} ({})",
+            k.short(),
+            k.env_override(),
+            g.vmlinuz.display()
+        );
+        return Ok(g);
+    }
     if let Some(g) = find(ctx, k) {
-        println!("ok: guest kernel {} present ({})", k.short(), g.vmlinuz.display());
+        println!(
+            "ok: guest kernel {} present ({})",
+            k.short(),
+            g.vmlinuz.display()
+        );
         return Ok(g);
     }
     for tool in ["apt-get", "apt-cache", "dpkg"] {
@@ -118,8 +160,18 @@ pub fn ensure(ctx: &Ctx, k: Kernel, apt: &mut Apt) -> Result<GuestKernel> {
     let result = download_and_extract(k, apt, &work, &dir);
     let _ = std::fs::remove_dir_all(&work);
     result?;
-    let g = find(ctx, k).with_context(|| format!("kernel {} not in {} after download", k.short(), dir.display()))?;
-    println!("installed: guest kernel {} → {}", k.short(), g.vmlinuz.display());
+    let g = find(ctx, k).with_context(|| {
+        format!(
+            "kernel {} not in {} after download",
+            k.short(),
+            dir.display()
+        )
+    })?;
+    println!(
+        "installed: guest kernel {} → {}",
+        k.short(),
+        g.vmlinuz.display()
+    );
     if let Some(lsm) = g.config_lsm() {
         println!("  CONFIG_LSM=\"{lsm}\"");
     }
@@ -129,7 +181,8 @@ pub fn ensure(ctx: &Ctx, k: Kernel, apt: &mut Apt) -> Result<GuestKernel> {
 fn apt_download(pkg: &str, work: &Path) -> bool {
     let mut cmd = Command::new("apt-get");
     // As root apt would otherwise drop to `_apt`, which cannot write into our cache dir.
-    cmd.args(["-q", "-o", "APT::Sandbox::User=root", "download", pkg]).current_dir(work);
+    cmd.args(["-q", "-o", "APT::Sandbox::User=root", "download", pkg])
+        .current_dir(work);
     util::run(&mut cmd).is_ok()
 }
 
@@ -142,9 +195,16 @@ fn download_and_extract(k: Kernel, apt: &mut Apt, work: &Path, dir: &Path) -> Re
     }
     if !ok {
         util::check_interrupted()?;
-        let pick = closest_package(k)
-            .with_context(|| format!("{want} is not downloadable and no other {} cloud kernel is known to apt", k.short()))?;
-        println!("xtask: {want} is not available; picked {pick} (newest cloud-amd64 unsigned {} in apt)", k.short());
+        let pick = closest_package(k).with_context(|| {
+            format!(
+                "{want} is not downloadable and no other {} cloud kernel is known to apt",
+                k.short()
+            )
+        })?;
+        println!(
+            "xtask: {want} is not available; picked {pick} (newest cloud-amd64 unsigned {} in apt)",
+            k.short()
+        );
         if !apt_download(&pick, work) {
             bail!("apt-get download {pick} failed");
         }
@@ -217,7 +277,10 @@ mod tests {
     #[test]
     fn releases_and_ordering() {
         assert_eq!(release_of(Kernel::V6_1.package()), "6.1.0-50-cloud-amd64");
-        assert_eq!(release_of(Kernel::V6_12.package()), "6.12.107+deb12-cloud-amd64");
+        assert_eq!(
+            release_of(Kernel::V6_12.package()),
+            "6.12.107+deb12-cloud-amd64"
+        );
         assert!(natural_key("6.1.0-9-cloud") < natural_key("6.1.0-50-cloud"));
         assert!(!"vmlinuz-6.12.1".starts_with(&Kernel::V6_1.file_prefix()));
     }

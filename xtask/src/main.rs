@@ -19,8 +19,21 @@ use std::os::unix::process::CommandExt as _;
 use std::process::Command;
 use util::{Ctx, Step};
 
+const ENV_HELP: &str = "\
+Environment:
+  CI=true                   missing prerequisites (root, qemu, guest kernel, BPF LSM) fail instead of skip
+  AIRLOCK_QEMU_ACCEL        auto (default: KVM only if a probe boot works), tcg, kvm
+  AIRLOCK_GUEST_TIMEOUT     seconds per guest kernel (default 600)
+  AIRLOCK_HOST_TIMEOUT      seconds for the host tier (default 900)
+  AIRLOCK_GUEST_MEM         guest memory in MiB (default 1024)
+  AIRLOCK_GUEST_APPEND      extra guest kernel command-line words (before the lsm= override, if any)
+  AIRLOCK_GUEST_STRIP=0     keep debug info in the guest's binaries
+  AIRLOCK_VMLINUZ_6_1, AIRLOCK_VMLINUZ_6_12   use this vmlinuz instead of the cached Debian one
+Files: guest kernels in .cache/kernels/, logs and images in target/xtask/, tests/guest-root/ (if
+present) is copied into every guest image.";
+
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "airlock build/test orchestration")]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "airlock build/test orchestration", after_help = ENV_HELP)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -93,13 +106,20 @@ fn e2e_mode(ctx: &Ctx, mode: &str, args: &[String]) -> Result<i32> {
              Run it as root (e.g. `sudo -E env PATH=\"$PATH\" cargo xtask {mode}`)."
         );
     }
-    setup::run(ctx, &setup::Opts { kernels: Vec::new() })?;
+    setup::run(
+        ctx,
+        &setup::Opts {
+            kernels: Vec::new(),
+        },
+    )?;
     let step = Step::new("build: cargo build");
     cargo::build(ctx)?;
     step.done("ok");
     let e2e = ctx.bin_dir().join("airlock-e2e");
     let mut cmd = Command::new(&e2e);
-    cmd.arg(format!("--{mode}")).args(args).current_dir(&ctx.root);
+    cmd.arg(format!("--{mode}"))
+        .args(args)
+        .current_dir(&ctx.root);
     println!("+ {}", util::render(&cmd));
     // exec: the e2e binary gets the terminal and signals directly.
     let err = cmd.exec();

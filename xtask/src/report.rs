@@ -26,7 +26,13 @@ impl Tally {
     }
     /// Add another tally, naming its entries after `tier` (unless they already are).
     pub fn add(&mut self, tier: &str, o: &Tally) {
-        let name = |m: &String| if m.starts_with(tier) { m.clone() } else { format!("{tier}: {m}") };
+        let name = |m: &String| {
+            if m.starts_with(tier) {
+                m.clone()
+            } else {
+                format!("{tier}: {m}")
+            }
+        };
         self.passed += o.passed;
         self.failed += o.failed;
         self.skipped += o.skipped;
@@ -57,7 +63,9 @@ impl Tally {
     /// `who` names the run in harness-level failures (e.g. "host", "guest 6.12").
     pub fn finish_e2e(&mut self, who: &str, exit_ok: bool) {
         match self.summary {
-            None => self.fail(format!("{who}: the e2e binary printed no `e2e: N passed, M failed` summary")),
+            None => self.fail(format!(
+                "{who}: the e2e binary printed no `e2e: N passed, M failed` summary"
+            )),
             Some((p, f, s)) => {
                 if (p, f, s) != (self.passed, self.failed, self.skipped) {
                     println!(
@@ -71,7 +79,9 @@ impl Tally {
             }
         }
         if !exit_ok && self.failed == 0 {
-            self.fail(format!("{who}: the e2e binary exited non-zero without reporting a failure"));
+            self.fail(format!(
+                "{who}: the e2e binary exited non-zero without reporting a failure"
+            ));
         }
         if exit_ok && self.failed > 0 && self.summary.is_some_and(|(_, f, _)| f > 0) {
             println!("xtask: warning: {who}: the e2e binary reported failures but exited 0");
@@ -165,7 +175,13 @@ mod tests {
     #[test]
     fn e2e_lines_and_summary() {
         let mut t = Tally::default();
-        for l in ["PASS a", "  FAIL b: nope", "SKIP c: no bpf", "noise", "e2e: 1 passed, 1 failed, 1 skipped"] {
+        for l in [
+            "PASS a",
+            "  FAIL b: nope",
+            "SKIP c: no bpf",
+            "noise",
+            "e2e: 1 passed, 1 failed, 1 skipped",
+        ] {
             t.e2e_line(l);
         }
         assert_eq!((t.passed, t.failed, t.skipped), (1, 1, 1));
@@ -189,8 +205,14 @@ mod tests {
     #[test]
     fn cargo_lines() {
         let mut t = Tally::default();
-        cargo_test_line(&mut t, "test result: ok. 5 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.01s");
-        cargo_test_line(&mut t, "test result: FAILED. 1 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out");
+        cargo_test_line(
+            &mut t,
+            "test result: ok. 5 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+        );
+        cargo_test_line(
+            &mut t,
+            "test result: FAILED. 1 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
         cargo_test_line(&mut t, "test foo::bar ... FAILED");
         assert_eq!((t.passed, t.failed, t.skipped), (6, 3, 2));
         assert_eq!(t.failures, vec!["unit: foo::bar".to_string()]);
@@ -198,8 +220,14 @@ mod tests {
 
     #[test]
     fn summary_parse() {
-        assert_eq!(parse_e2e_summary("e2e: 3 passed, 0 failed"), Some((3, 0, 0)));
-        assert_eq!(parse_e2e_summary("e2e: 3 passed, 2 failed, 1 skipped"), Some((3, 2, 1)));
+        assert_eq!(
+            parse_e2e_summary("e2e: 3 passed, 0 failed"),
+            Some((3, 0, 0))
+        );
+        assert_eq!(
+            parse_e2e_summary("e2e: 3 passed, 2 failed, 1 skipped"),
+            Some((3, 2, 1))
+        );
         assert_eq!(parse_e2e_summary("e2e: starting"), None);
     }
 }

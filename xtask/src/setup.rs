@@ -66,7 +66,10 @@ pub fn run(ctx: &Ctx, opts: &Opts) -> Result<()> {
     attempt("bpf-linker", bpf_linker());
     for &k in &opts.kernels {
         util::check_interrupted()?;
-        attempt(&format!("guest kernel {}", k.short()), kernels::ensure(ctx, k, &mut apt).map(|_| ()));
+        attempt(
+            &format!("guest kernel {}", k.short()),
+            kernels::ensure(ctx, k, &mut apt).map(|_| ()),
+        );
     }
     if !errors.is_empty() {
         step.done("FAILED");
@@ -78,7 +81,10 @@ pub fn run(ctx: &Ctx, opts: &Opts) -> Result<()> {
 
 fn apt_packages(apt: &mut Apt) -> Result<()> {
     if util::which("dpkg-query").is_none() {
-        bail!("no dpkg-query: not a Debian-like system; install by hand: {}", APT_PACKAGES.join(" "));
+        bail!(
+            "no dpkg-query: not a Debian-like system; install by hand: {}",
+            APT_PACKAGES.join(" ")
+        );
     }
     let mut missing = Vec::new();
     for &p in APT_PACKAGES {
@@ -94,7 +100,10 @@ fn apt_packages(apt: &mut Apt) -> Result<()> {
     }
     println!("installing apt packages: {}", missing.join(" "));
     if !util::is_root() {
-        bail!("not root: run `apt-get install {}` as root", missing.join(" "));
+        bail!(
+            "not root: run `apt-get install {}` as root",
+            missing.join(" ")
+        );
     }
     apt.update_once()?;
     util::run(
@@ -109,22 +118,48 @@ fn nightly_rust_src() -> Result<()> {
     if util::which("rustup").is_none() {
         bail!("no rustup in PATH (the eBPF build needs `rustup run nightly`)");
     }
-    let listed = capture(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    let listed = capture(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
     if !listed.status.success() {
         println!("installing the nightly toolchain (with rust-src)");
         util::run(Command::new("rustup").args([
-            "toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src",
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
         ]))?;
-    } else if String::from_utf8_lossy(&listed.stdout).lines().any(|l| l.trim().starts_with("rust-src")) {
+    } else if String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .any(|l| l.trim().starts_with("rust-src"))
+    {
         println!("ok: rust-src (nightly) present");
     } else {
         println!("installing rust-src for nightly");
-        util::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        util::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     let vv = stdout_of(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]))?;
-    let llvm = vv.lines().find_map(|l| l.strip_prefix("LLVM version: ")).unwrap_or("?");
+    let llvm = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .unwrap_or("?");
     if llvm.split('.').next() != Some(LLVM_MAJOR) {
-        println!("setup: warning: nightly rustc uses LLVM {llvm}, bpf-linker is built for LLVM {LLVM_MAJOR}");
+        println!(
+            "setup: warning: nightly rustc uses LLVM {llvm}, bpf-linker is built for LLVM {LLVM_MAJOR}"
+        );
     }
     Ok(())
 }
@@ -143,7 +178,9 @@ fn bpf_linker_ok() -> Result<(), String> {
     if let Ok(out) = capture(Command::new("ldd").arg(&path)) {
         let ldd = String::from_utf8_lossy(&out.stdout);
         if let Some(l) = ldd.lines().find(|l| l.contains("libLLVM")) {
-            if !l.contains(&format!("libLLVM.so.{LLVM_MAJOR}")) && !l.contains(&format!("libLLVM-{LLVM_MAJOR}")) {
+            if !l.contains(&format!("libLLVM.so.{LLVM_MAJOR}"))
+                && !l.contains(&format!("libLLVM-{LLVM_MAJOR}"))
+            {
                 return Err(format!("{v} links {}, want LLVM {LLVM_MAJOR}", l.trim()));
             }
             if l.contains("not found") {
@@ -160,18 +197,25 @@ fn bpf_linker() -> Result<()> {
             println!("ok: bpf-linker {BPF_LINKER_VERSION} (LLVM {LLVM_MAJOR}) present");
             return Ok(());
         }
-        Err(why) => println!("installing bpf-linker {BPF_LINKER_VERSION} for LLVM {LLVM_MAJOR} ({why})"),
+        Err(why) => {
+            println!("installing bpf-linker {BPF_LINKER_VERSION} for LLVM {LLVM_MAJOR} ({why})")
+        }
     }
     let prefix = format!("/usr/lib/llvm-{LLVM_MAJOR}");
     util::run(
         Command::new("cargo")
             // LLVM_PREFIX is what bpf-linker's build script reads (/usr/bin/llvm-config may be older).
             .env("LLVM_PREFIX", &prefix)
-            .args(["+nightly", "install", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
+            .args([
+                "+nightly",
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            ])
             .args(["--locked", "--force", "--no-default-features", "--features"])
             .arg(format!("llvm-{LLVM_MAJOR}")),
     )
     .context("cargo install bpf-linker")?;
-    bpf_linker_ok().map_err(|e| anyhow::anyhow!("bpf-linker still not usable after install: {e}"))?;
+    bpf_linker_ok()
+        .map_err(|e| anyhow::anyhow!("bpf-linker still not usable after install: {e}"))?;
     Ok(())
 }

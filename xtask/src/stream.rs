@@ -115,20 +115,30 @@ pub fn run(
         Some(p) => Some(File::create(p).with_context(|| format!("creating {}", p.display()))?),
         None => None,
     };
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if opts.isolate {
         cmd.process_group(0);
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
                 Ok(())
             });
         }
     }
     println!("+ {}", render(&cmd));
     let start = Instant::now();
-    let mut child = cmd.spawn().with_context(|| format!("spawning {}", render(&cmd)))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("spawning {}", render(&cmd)))?;
     let (tx, rx) = mpsc::channel();
     reader(child.stdout.take().expect("piped stdout"), tx.clone());
     reader(child.stderr.take().expect("piped stderr"), tx);
@@ -157,7 +167,11 @@ pub fn run(
             terminate(&mut child, &rx, |l| {
                 emit(l, &mut log);
             });
-            break if finishing { Outcome::KilledAfterFinish } else { Outcome::TimedOut };
+            break if finishing {
+                Outcome::KilledAfterFinish
+            } else {
+                Outcome::TimedOut
+            };
         }
         if open_streams == 0 {
             // Both pipes closed: the child is exiting (or closed them); wait a little for it.
@@ -236,7 +250,10 @@ pub fn strip_escapes(s: &str) -> String {
 mod tests {
     #[test]
     fn escapes_are_stripped() {
-        assert_eq!(super::strip_escapes("\x1bc\x1b[?7l\x1b[2JAIRLOCK x\r\n"), "AIRLOCK x\r\n");
+        assert_eq!(
+            super::strip_escapes("\x1bc\x1b[?7l\x1b[2JAIRLOCK x\r\n"),
+            "AIRLOCK x\r\n"
+        );
         assert_eq!(super::strip_escapes("a\x1b[0mb\x1b]0;title\x07c"), "abc");
     }
 }

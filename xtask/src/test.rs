@@ -37,6 +37,10 @@ pub struct Args {
     /// Skip `cargo xtask setup` (it is idempotent and takes seconds when all is installed).
     #[arg(long)]
     pub no_setup: bool,
+    /// Skip `cargo build` and use the binaries in target/debug as they are (the unit tier still
+    /// compiles what it tests).
+    #[arg(long)]
+    pub no_build: bool,
     /// Use this binary as airlock-e2e (host tier, and /bin/airlock-e2e in the guest): for
     /// testing the harness itself.
     #[arg(long, hide = true, value_name = "PATH")]
@@ -48,7 +52,10 @@ impl Args {
         self.tier == Tier::All || self.tier == t
     }
     fn kernels(&self) -> Vec<Kernel> {
-        Kernel::ALL.into_iter().filter(|k| self.kernel.is_none_or(|w| w == *k)).collect()
+        Kernel::ALL
+            .into_iter()
+            .filter(|k| self.kernel.is_none_or(|w| w == *k))
+            .collect()
     }
 }
 
@@ -71,7 +78,11 @@ pub fn guest_bins(ctx: &Ctx, e2e: Option<&Path>) -> Vec<(PathBuf, String)> {
 /// Extra guest files: `tests/guest-root/` (if present) is copied to the guest's `/`.
 pub fn guest_root_extra(ctx: &Ctx) -> Vec<(PathBuf, PathBuf)> {
     let gr = ctx.root.join("tests/guest-root");
-    if gr.is_dir() { vec![(gr, PathBuf::from("/"))] } else { Vec::new() }
+    if gr.is_dir() {
+        vec![(gr, PathBuf::from("/"))]
+    } else {
+        Vec::new()
+    }
 }
 
 /// A prerequisite is missing: a failure under CI, a skip otherwise.
@@ -90,14 +101,27 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<i32> {
     let t0 = Instant::now();
     let mut rows = Vec::new();
     let mut total = Tally::default();
-    let row = |rows: &mut Vec<Row>, total: &mut Tally, name: &str, t: Tally, time: Duration, status: Option<String>| {
-        rows.push(Row { name: name.to_string(), status: status.unwrap_or_else(|| t.counts()), time });
+    let row = |rows: &mut Vec<Row>,
+               total: &mut Tally,
+               name: &str,
+               t: Tally,
+               time: Duration,
+               status: Option<String>| {
+        rows.push(Row {
+            name: name.to_string(),
+            status: status.unwrap_or_else(|| t.counts()),
+            time,
+        });
         total.add(name, &t);
     };
 
     if !args.no_setup {
         let started = Instant::now();
-        let kernels = if args.runs(Tier::Guest) { args.kernels() } else { Vec::new() };
+        let kernels = if args.runs(Tier::Guest) {
+            args.kernels()
+        } else {
+            Vec::new()
+        };
         let mut t = Tally::default();
         let status = match setup::run(ctx, &setup::Opts { kernels }) {
             Ok(()) => "ok".to_string(),
@@ -106,23 +130,41 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<i32> {
                 "FAILED".into()
             }
             Err(e) => {
-                println!("xtask: warning: setup incomplete, carrying on (tiers check what they need): {e:#}");
+                println!(
+                    "xtask: warning: setup incomplete, carrying on (tiers check what they need): {e:#}"
+                );
                 "incomplete (see above)".into()
             }
         };
-        row(&mut rows, &mut total, "setup", t, started.elapsed(), Some(status));
+        row(
+            &mut rows,
+            &mut total,
+            "setup",
+            t,
+            started.elapsed(),
+            Some(status),
+        );
     }
     util::check_interrupted()?;
 
-    let step = Step::new("build: cargo build");
-    let built = cargo::build(ctx);
-    let mut t = Tally::default();
-    if let Err(e) = &built {
-        t.fail(format!("build: {e:#}"));
-    }
-    let status = if built.is_ok() { "ok" } else { "FAILED" };
-    let d = step.done(status);
-    row(&mut rows, &mut total, "build", t, d, Some(status.into()));
+    let built = if args.no_build {
+        println!(
+            "\n(--no-build: using the binaries in {} as they are)",
+            ctx.bin_dir().display()
+        );
+        Ok(())
+    } else {
+        let step = Step::new("build: cargo build");
+        let built = cargo::build(ctx);
+        let mut t = Tally::default();
+        if let Err(e) = &built {
+            t.fail(format!("build: {e:#}"));
+        }
+        let status = if built.is_ok() { "ok" } else { "FAILED" };
+        let d = step.done(status);
+        row(&mut rows, &mut total, "build", t, d, Some(status.into()));
+        built
+    };
     util::check_interrupted()?;
 
     if built.is_ok() {
@@ -141,7 +183,9 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<i32> {
         }
         util::check_interrupted()?;
         if args.runs(Tier::Guest) {
-            guest_tier(ctx, args, &mut |name, t, d| row(&mut rows, &mut total, name, t, d, None))?;
+            guest_tier(ctx, args, &mut |name, t, d| {
+                row(&mut rows, &mut total, name, t, d, None)
+            })?;
         }
     }
 
@@ -154,18 +198,27 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<i32> {
 fn host_tier(ctx: &Ctx, args: &Args) -> Result<Tally> {
     let mut t = Tally::default();
     if !util::is_root() {
-        missing(ctx, &mut t, "host tier: needs root (the e2e loads eBPF programs and fanotify marks)".into());
+        missing(
+            ctx,
+            &mut t,
+            "host tier: needs root (the e2e loads eBPF programs and fanotify marks)".into(),
+        );
         return Ok(t);
     }
     let bin_dir = ctx.bin_dir();
-    let e2e = args.e2e.clone().unwrap_or_else(|| bin_dir.join("airlock-e2e"));
+    let e2e = args
+        .e2e
+        .clone()
+        .unwrap_or_else(|| bin_dir.join("airlock-e2e"));
     if !e2e.is_file() {
         t.fail(format!("host: {} missing after the build", e2e.display()));
         return Ok(t);
     }
     let log = ctx.xtask_dir()?.join("host.log");
     let mut cmd = Command::new(&e2e);
-    cmd.args(["--tier", "host", "--bin-dir"]).arg(&bin_dir).current_dir(&ctx.root);
+    cmd.args(["--tier", "host", "--bin-dir"])
+        .arg(&bin_dir)
+        .current_dir(&ctx.root);
     let opts = stream::Opts {
         prefix: "[host] ",
         log: Some(&log),
@@ -179,9 +232,12 @@ fn host_tier(ctx: &Ctx, args: &Args) -> Result<Tally> {
     match outcome {
         Outcome::Exited(st) => t.finish_e2e("host", st.success()),
         Outcome::Interrupted => anyhow::bail!("interrupted"),
-        other => {
-            t.fail(format!("host: airlock-e2e {} (timeout {}s), log {}", other.describe(), args.host_timeout, log.display()))
-        }
+        other => t.fail(format!(
+            "host: airlock-e2e {} (timeout {}s), log {}",
+            other.describe(),
+            args.host_timeout,
+            log.display()
+        )),
     }
     Ok(t)
 }
@@ -191,7 +247,11 @@ fn guest_tier(ctx: &Ctx, args: &Args, row: &mut dyn FnMut(&str, Tally, Duration)
     if !guest::qemu_available() {
         for k in &kernels {
             let mut t = Tally::default();
-            missing(ctx, &mut t, format!("guest {}: {} not installed", k.short(), guest::QEMU));
+            missing(
+                ctx,
+                &mut t,
+                format!("guest {}: {} not installed", k.short(), guest::QEMU),
+            );
             row(&format!("guest {}", k.short()), t, Duration::ZERO);
         }
         return Ok(());
@@ -224,14 +284,25 @@ fn guest_tier(ctx: &Ctx, args: &Args, row: &mut dyn FnMut(&str, Tally, Duration)
             None => missing(
                 ctx,
                 &mut t,
-                format!("guest {label}: no guest kernel in {} (cargo xtask setup)", kernels::cache_dir(ctx).display()),
+                format!(
+                    "guest {label}: no guest kernel: {} (cargo xtask setup)",
+                    kernels::describe_source(ctx, k)
+                ),
             ),
             Some(gk) => {
                 let accel = match accel {
                     Some(a) => a,
                     None => *accel.insert(guest::choose_accel(&gk, &xdir)?),
                 };
-                t = run_kernel(ctx, label, &gk, &initrd, accel, Duration::from_secs(args.guest_timeout), &xdir)?;
+                t = run_kernel(
+                    ctx,
+                    label,
+                    &gk,
+                    &initrd,
+                    accel,
+                    Duration::from_secs(args.guest_timeout),
+                    &xdir,
+                )?;
             }
         }
         let d = step.done(&t.counts());
@@ -251,7 +322,9 @@ fn run_kernel(
 ) -> Result<Tally> {
     let start = Instant::now();
     // Debian's CONFIG_LSM normally has bpf: boot without lsm= first unless the config says no.
-    let mut lsm_override = gk.config_lsm().is_some_and(|l| !l.split(',').any(|x| x == "bpf"));
+    let mut lsm_override = gk
+        .config_lsm()
+        .is_some_and(|l| !l.split(',').any(|x| x == "bpf"));
     let mut attempt = 0;
     let r = loop {
         attempt += 1;
@@ -261,12 +334,18 @@ fn run_kernel(
             initrd,
             lsm_override,
             accel,
-            timeout: budget.saturating_sub(start.elapsed()).max(Duration::from_secs(1)),
+            timeout: budget
+                .saturating_sub(start.elapsed())
+                .max(Duration::from_secs(1)),
             log: xdir.join(format!("guest-{label}.log")),
         };
         let r = guest::boot(&b)?;
         if r.no_bpf_lsm && !lsm_override && attempt == 1 {
-            println!("guest {label}: bpf not in the default LSM list ({}); retrying with {}", r.lsm.as_deref().unwrap_or("?"), guest::LSM_OVERRIDE);
+            println!(
+                "guest {label}: bpf not in the default LSM list ({}); retrying with {}",
+                r.lsm.as_deref().unwrap_or("?"),
+                guest::LSM_OVERRIDE
+            );
             lsm_override = true;
             continue;
         }
@@ -282,7 +361,15 @@ fn run_kernel(
         anyhow::bail!("interrupted");
     }
     if r.no_bpf_lsm {
-        missing(ctx, &mut t, format!("guest {label}: kernel {} has no active BPF LSM even with {}", gk.release, guest::LSM_OVERRIDE));
+        missing(
+            ctx,
+            &mut t,
+            format!(
+                "guest {label}: kernel {} has no active BPF LSM even with {}",
+                gk.release,
+                guest::LSM_OVERRIDE
+            ),
+        );
         return Ok(t);
     }
     match r.rc {
@@ -298,7 +385,11 @@ fn run_kernel(
         }
     }
     if let Some(d) = r.to_init {
-        println!("guest {label}: boot-to-init {}, whole run {}", fmt_dur(d), fmt_dur(start.elapsed()));
+        println!(
+            "guest {label}: boot-to-init {}, whole run {}",
+            fmt_dur(d),
+            fmt_dur(start.elapsed())
+        );
     }
     Ok(t)
 }

@@ -32,7 +32,10 @@ impl Ctx {
             _ => root.join("target"),
         };
         let ci = matches!(
-            std::env::var("CI").unwrap_or_default().to_ascii_lowercase().as_str(),
+            std::env::var("CI")
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+                .as_str(),
             "true" | "1" | "yes"
         );
         Ok(Self { root, target, ci })
@@ -68,12 +71,16 @@ pub fn which(prog: &str) -> Option<PathBuf> {
         return p.is_file().then_some(p);
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| is_executable(p))
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// Shell-style rendering of a command, for logs.
@@ -96,14 +103,21 @@ pub fn render(cmd: &Command) -> String {
 pub fn quote(w: impl AsRef<OsStr>) -> String {
     let w = w.as_ref().to_string_lossy();
     let plain = !w.is_empty()
-        && w.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
-    if plain { w.into_owned() } else { format!("'{}'", w.replace('\'', r"'\''")) }
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        w.into_owned()
+    } else {
+        format!("'{}'", w.replace('\'', r"'\''"))
+    }
 }
 
 /// Run a command with inherited stdio, echoing it first; fail on a non-zero exit.
 pub fn run(cmd: &mut Command) -> Result<()> {
     println!("+ {}", render(cmd));
-    let st = cmd.status().with_context(|| format!("spawning {}", render(cmd)))?;
+    let st = cmd
+        .status()
+        .with_context(|| format!("spawning {}", render(cmd)))?;
     check_interrupted()?;
     if !st.success() {
         bail!("`{}` failed: {st}", render(cmd));
@@ -113,7 +127,8 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Run a command quietly and capture its output (no exit-status check).
 pub fn capture(cmd: &mut Command) -> Result<Output> {
-    cmd.output().with_context(|| format!("spawning {}", render(cmd)))
+    cmd.output()
+        .with_context(|| format!("spawning {}", render(cmd)))
 }
 
 /// Run a command quietly and return its stdout; fail on a non-zero exit (stderr in the error).
@@ -132,7 +147,11 @@ pub fn stdout_of(cmd: &mut Command) -> Result<String> {
 
 pub fn fmt_dur(d: Duration) -> String {
     let s = d.as_secs_f64();
-    if s < 60.0 { format!("{s:.1}s") } else { format!("{}m{:02}s", (s / 60.0) as u64, s as u64 % 60) }
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else {
+        format!("{}m{:02}s", (s / 60.0) as u64, s as u64 % 60)
+    }
 }
 
 /// Prints a step banner on creation and its elapsed time on `done`.
@@ -145,7 +164,10 @@ impl Step {
     pub fn new(name: impl Into<String>) -> Self {
         let name = name.into();
         println!("\n==> {name}");
-        Self { name, start: Instant::now() }
+        Self {
+            name,
+            start: Instant::now(),
+        }
     }
     pub fn done(self, what: &str) -> Duration {
         let d = self.start.elapsed();

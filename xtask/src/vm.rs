@@ -13,6 +13,7 @@ use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Guest kernel.
     #[arg(long, value_enum, default_value = "6.12")]
     pub kernel: Kernel,
     /// Keep target/xtask/initramfs-vm.cpio.gz afterwards (and print its path).
@@ -37,20 +38,29 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, args: &Args) -> Result<i32> {
-    setup::run(ctx, &setup::Opts { kernels: vec![args.kernel] })?;
+    setup::run(
+        ctx,
+        &setup::Opts {
+            kernels: vec![args.kernel],
+        },
+    )?;
     if !args.no_build {
         let step = Step::new("build: cargo build");
         cargo::build(ctx)?;
         step.done("ok");
     }
-    let gk = kernels::find(ctx, args.kernel).with_context(|| format!("no guest kernel {}", args.kernel.short()))?;
+    let gk = kernels::find(ctx, args.kernel)
+        .with_context(|| format!("no guest kernel {}", args.kernel.short()))?;
     let mut extra = guest_root_extra(ctx);
     for a in &args.add {
         let (host, guest) = match a.split_once(':') {
             Some((h, g)) => (PathBuf::from(h), PathBuf::from(g)),
             None => {
                 let h = PathBuf::from(a);
-                let name = h.file_name().with_context(|| format!("--add {a}: no file name"))?.to_owned();
+                let name = h
+                    .file_name()
+                    .with_context(|| format!("--add {a}: no file name"))?
+                    .to_owned();
                 (h.clone(), PathBuf::from("/tmp").join(name))
             }
         };
@@ -63,9 +73,16 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<i32> {
     let initrd = xdir.join("initramfs-vm.cpio.gz");
     let interactive = args.cmd.is_empty();
     let spec = Spec {
-        bins: guest_bins(ctx, None).into_iter().filter(|(p, _)| p.is_file()).collect(),
+        bins: guest_bins(ctx, None)
+            .into_iter()
+            .filter(|(p, _)| p.is_file())
+            .collect(),
         extra,
-        payload: if interactive { Payload::Shell } else { Payload::Command(initramfs::command_line(&args.cmd)) },
+        payload: if interactive {
+            Payload::Shell
+        } else {
+            Payload::Command(initramfs::command_line(&args.cmd))
+        },
         require_bpf_lsm: false,
     };
     initramfs::build(&spec, &initrd)?;

@@ -52,13 +52,27 @@
 //!
 //! # Holding for approval (next milestone)
 //!
-//! The permission event *is* the hold: the task waits in the syscall until answered. The rule
-//! lookup ([`rules::decide`]) is pure and the answer is a [`Permission`] that is `Send` and
-//! answered exactly once, so a hold parks the `Permission` and answers it later from another
-//! thread. (Keep the group fd open while any is parked; [`Drop`] of the backend should answer
-//! parked ones first.)
+//! The permission event *is* the hold: the task waits (killable, invisible to job control) in
+//! its syscall until answered, and nothing restarts, so there is nothing to de-duplicate. The
+//! listener decides in one place (`rules::decide` → `Decision`, then `permit.respond(..)` in
+//! `listener.rs`); a hold adds a third outcome there that moves the [`Permission`] (`Send`,
+//! answered exactly once, its drop answers a fallback) into a table of pending approvals and
+//! returns, so the listener keeps serving other events; whoever decides calls
+//! [`Permission::respond`] from any thread. Parked permissions keep the group fd alive; the
+//! backend's drop should answer them (with the rule's timeout verdict) before joining.
+
+//! # Inode numbers are reused at once
+//!
+//! The kernel drops an inode's marks when its last link goes, and ext4 gives the freed number
+//! to the next new file (seen here: a binary renamed over a gated one, then a new file in the
+//! same directory got the old binary's inode number). So marks are always re-added rather than
+//! trusted from bookkeeping, and the backend holds an `O_PATH` fd on every policy root object
+//! the rules name by inode: the number cannot be reused while the rules name it, and when a
+//! replaced root's link count drops to 0 its rule is dropped before the fd is closed.
 //!
 //! # Limits
+//!
+//! Verified on this host's kernel (6.18) by `agent/tests/fanotify_host.rs` where marked so.
 //!
 //! - **Fails open if airlockd dies**: the kernel allows pending and future events once the group
 //!   is closed. (The LSM backend keeps enforcing.)
@@ -66,19 +80,34 @@
 //!   mknod: fanotify has no permission events for them. An agent can therefore replace a
 //!   protected file by renaming another file over it; the new inode is marked after an inotify
 //!   round trip.
-//! - **`O_CREAT` of a new file in a protected directory**: fanotify's open permission fires
-//!   after the file is created, so a denied `open(O_CREAT)` leaves a new, empty file behind (the
-//!   caller gets EPERM and no fd). An existing file's content is untouched.
-//! - **`O_TRUNC` is checked before truncating**: a denied `O_TRUNC` open leaves the file intact.
+//! - **`O_CREAT` of a new file in a protected directory** (verified): fanotify's open
+//!   permission fires after the file is created, so a denied `open(O_CREAT|O_EXCL)` leaves a
+//!   new, empty file behind; the caller gets EPERM and no fd. An existing file is untouched.
+//! - **`O_TRUNC` is checked before truncating** (verified): a denied `O_TRUNC` open (with
+//!   `O_WRONLY`, `O_RDWR|O_CREAT`, or even `O_RDONLY`) leaves the content intact.
+//! - **FIFOs, sockets and device nodes** inside protected trees are not gated on kernels 6.14
+//!   and later (verified on 6.18: an agent's write-open of a FIFO succeeds), which send no
+//!   permission events for special files. Older kernels send them; the event fds are opened
+//!   `O_NONBLOCK` so that opening a FIFO for us cannot wait for the writer we are holding.
 //! - **Replaced binaries and new directories** are marked after an inotify round trip: an exec
 //!   or write in that short window is not gated.
 //! - **Memory**: every marked inode is pinned in the inode cache (roughly 1 KiB each); protect
 //!   trees, not whole filesystems. Non-agent processes pay one round trip to this daemon for
 //!   every open of a marked object (and every exec of a gated binary).
 //! - Other filesystems mounted inside a protected tree (btrfs subvolumes included) are not
-//!   entered unless a policy names them.
+//!   entered unless a policy names them; procfs refuses permission marks (an apply naming a
+//!   procfs path fails and the previous policy stays).
 //! - `/proc/<tid>/syscall` numbers are the native ABI's (x86_64, aarch64); other architectures
-//!   and 32-bit tasks fail closed.
+//!   and 32-bit tasks fail closed (their writable and read-only opens alike are denied when a
+//!   rule covers the file). Reading it while the thread waits works (verified, including for a
+//!   non-main thread and `openat2` through `/proc/<tid>/mem`).
+//! - A mark whose object was moved out of its tree before the next apply cannot be found to be
+//!   removed: it stays (harmless, no rule matches it, one round trip per open) until restart;
+//!   [`FanotifyCounters::stale_marks`] counts them. A file hard-linked out of a protected tree
+//!   stays gated; one moved out (link count 1) is not.
+//! - The event carries no "flags unknown" marker (GateEvent has no field for it); such opens
+//!   are logged as warnings and counted in [`FanotifyCounters::intent_unknown`].
+
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -95,28 +124,50 @@ use crate::agents::{AgentMatch, AgentSet};
 
 mod listener;
 mod marks;
-pub mod procfs;
-pub mod rules;
-pub mod sys;
+mod procfs;
+mod rules;
+mod sys;
 
 pub use sys::{Permission, Response};
 
 use marks::{MarkState, Marker, RootKind};
-use rules::{Ruleset, stricter};
+use rules::{Ruleset, merge, merge_into};
 
 /// Errors of the fanotify backend.
 #[derive(Debug, thiserror::Error)]
 pub enum FanotifyError {
+    /// Creating the fanotify group failed (not root, or a kernel without fanotify permission
+    /// events).
     #[error("fanotify_init: {0}")]
     Init(std::io::Error),
+    /// Creating the inotify instance failed.
     #[error("inotify_init: {0}")]
     Inotify(std::io::Error),
+    /// A backend thread could not be started.
     #[error("starting the {what} thread: {source}")]
-    Thread { what: &'static str, source: std::io::Error },
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A policy root exists but cannot be opened.
     #[error("{path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        /// The path as resolved.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The kernel refused a mark (e.g. a protected path on procfs, which allows no permission
+    /// events).
     #[error("cannot mark {path}: {source}")]
-    Mark { path: PathBuf, source: std::io::Error },
+    Mark {
+        /// The object's path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Decides whether a thread is an agent process. [`AgentSet`] is the real one; tests supply
@@ -226,21 +277,41 @@ impl FanotifyBackend {
             events,
         });
         let state = Arc::new(Mutex::new(MarkState::default()));
-        let mut me = FanotifyBackend { shared, state, inotify, applied: None, notes: Vec::new(), stop: Some(stop_w), threads: Vec::new() };
+        let mut me = FanotifyBackend {
+            shared,
+            state,
+            inotify,
+            applied: None,
+            notes: Vec::new(),
+            stop: Some(stop_w),
+            threads: Vec::new(),
+        };
         let thread = |what| move |source| FanotifyError::Thread { what, source };
         let stop2 = stop_r.try_clone().map_err(thread("watcher"))?;
         let l = listener::Listener::new(me.shared.clone());
-        let h = std::thread::Builder::new().name("airlock-fan".into()).spawn(move || l.run(stop_r));
+        let h = std::thread::Builder::new()
+            .name("airlock-fan".into())
+            .spawn(move || l.run(stop_r));
         me.threads.push(h.map_err(thread("listener"))?);
         let (shared, st, ino) = (me.shared.clone(), me.state.clone(), me.inotify.clone());
-        let h = std::thread::Builder::new().name("airlock-inotify".into()).spawn(move || watch_loop(&shared, &st, &ino, stop2));
+        let h = std::thread::Builder::new()
+            .name("airlock-inotify".into())
+            .spawn(move || watch_loop(&shared, &st, &ino, stop2));
         me.threads.push(h.map_err(thread("watcher"))?);
         Ok(me)
     }
 
     /// [`Backend::apply`] with an explicit scope (tests pass a fake classifier).
-    pub fn apply_scoped(&mut self, policy: &CompiledPolicy, scope: Arc<dyn Scope>) -> Result<(), FanotifyError> {
-        let targets = Targets { rules: policy.rules.clone(), exec: policy.exec.clone(), protected: policy.protected.clone() };
+    pub fn apply_scoped(
+        &mut self,
+        policy: &CompiledPolicy,
+        scope: Arc<dyn Scope>,
+    ) -> Result<(), FanotifyError> {
+        let targets = Targets {
+            rules: policy.rules.clone(),
+            exec: policy.exec.clone(),
+            protected: policy.protected.clone(),
+        };
         if self.applied.as_ref() == Some(&targets) {
             *self.shared.scope.write().unwrap_or_else(|e| e.into_inner()) = scope;
             return Ok(());
@@ -251,7 +322,12 @@ impl FanotifyBackend {
         let tree_roots = policy
             .protected
             .iter()
-            .filter_map(|t| sys::lstat(&t.canonical).ok().filter(|id| id.is_dir()).map(|id| id.key))
+            .filter_map(|t| {
+                sys::lstat(&t.canonical)
+                    .ok()
+                    .filter(|id| id.is_dir())
+                    .map(|id| id.key)
+            })
             .collect();
         let mut m = Marker::new(group, self.inotify.as_fd(), &st.marks, &tree_roots);
         let mut rs = Ruleset::default();
@@ -267,9 +343,18 @@ impl FanotifyBackend {
             return Err(e);
         }
         rs.members = std::mem::take(&mut m.members);
-        let (new_marks, new_watches, notes) = (std::mem::take(&mut m.marks), std::mem::take(&mut m.watches), std::mem::take(&mut m.notes));
+        let held = std::mem::take(&mut m.held);
+        let (new_marks, new_watches, notes) = (
+            std::mem::take(&mut m.marks),
+            std::mem::take(&mut m.watches),
+            std::mem::take(&mut m.notes),
+        );
         drop(m);
-        *self.shared.ruleset.write().unwrap_or_else(|e| e.into_inner()) = rs;
+        *self
+            .shared
+            .ruleset
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = rs;
         *self.shared.scope.write().unwrap_or_else(|e| e.into_inner()) = scope;
         for (key, rec) in &st.marks {
             let extra = rec.mask & !new_marks.get(key).map_or(0, |r| r.mask);
@@ -283,7 +368,7 @@ impl FanotifyBackend {
         for n in &notes {
             tracing::warn!(note = %n, "fanotify backend");
         }
-        (st.marks, st.watches, st.tree_roots) = (new_marks, new_watches, tree_roots);
+        (st.marks, st.watches, st.tree_roots, st.held) = (new_marks, new_watches, tree_roots, held);
         drop(guard);
         self.notes = notes;
         self.applied = Some(targets);
@@ -316,34 +401,49 @@ impl FanotifyBackend {
 }
 
 /// Marks every root of `policy` and fills `rs`.
-fn build(m: &mut Marker<'_>, policy: &CompiledPolicy, rs: &mut Ruleset) -> Result<(), FanotifyError> {
+fn build(
+    m: &mut Marker<'_>,
+    policy: &CompiledPolicy,
+    rs: &mut Ruleset,
+) -> Result<(), FanotifyError> {
     let mut protected: BTreeMap<&PathBuf, Vec<RuleRef>> = BTreeMap::new();
     for t in &policy.protected {
         protected.entry(&t.canonical).or_default().push(t.rule);
     }
     for (path, rules) in protected {
         if m.protect_root(path, &rules, rs)?.is_none() {
-            m.notes.push(format!("protected path {} does not exist; it is gated once created", path.display()));
+            m.notes.push(format!(
+                "protected path {} does not exist; it is gated once created",
+                path.display()
+            ));
         }
-        if let Some(e) = m.follow_root(path, RootKind::Protected(rules.clone())) {
-            rs.protected_entries.entry(e).or_default().extend(rules);
+        if let Some(e) = m.follow_root(path, RootKind::Protected(rules.clone()))
+            && let Some(r) = merge(rules)
+        {
+            merge_into(&mut rs.protected_entries, e, r);
         }
     }
     let mut exec: BTreeMap<&PathBuf, (RuleRef, Option<InodeKey>)> = BTreeMap::new();
     for t in &policy.exec {
-        exec.entry(&t.canonical).and_modify(|(r, _)| *r = stricter(*r, t.rule)).or_insert((t.rule, t.inode));
+        exec.entry(&t.canonical)
+            .and_modify(|(r, _)| *r = merge([*r, t.rule]).unwrap_or(t.rule))
+            .or_insert((t.rule, t.inode));
     }
     for (path, (rule, compiled)) in exec {
         match m.gate_binary(path, rule, rs)? {
-            None => m.notes.push(format!("gated binary {} is not installed; it is gated once installed", path.display())),
-            Some(k) if compiled.is_some_and(|c| c != k) => {
-                m.notes.push(format!("gated binary {} changed since the policy was compiled; gating inode {}", path.display(), k.ino))
-            }
+            None => m.notes.push(format!(
+                "gated binary {} is not installed; it is gated once installed",
+                path.display()
+            )),
+            Some(k) if compiled.is_some_and(|c| c != k) => m.notes.push(format!(
+                "gated binary {} changed since the policy was compiled; gating inode {}",
+                path.display(),
+                k.ino
+            )),
             Some(_) => {}
         }
         if let Some(e) = m.follow_root(path, RootKind::Exec(rule)) {
-            let cur = rs.exec_entries.get(&e).copied();
-            rs.exec_entries.insert(e, cur.map_or(rule, |c| stricter(c, rule)));
+            merge_into(&mut rs.exec_entries, e, rule);
         }
     }
     Ok(())
@@ -369,13 +469,32 @@ fn watch_loop(shared: &Shared, state: &Mutex<MarkState>, inotify: &OwnedFd, stop
                 st.watches.remove(&ev.wd);
             }
             let mut delta = Ruleset::default();
-            let mut m = Marker::new(shared.group.as_fd(), inotify.as_fd(), &st.marks, &st.tree_roots);
-            marks::on_inotify(&mut m, &st.watches, &events, &mut delta);
+            let mut m = Marker::new(
+                shared.group.as_fd(),
+                inotify.as_fd(),
+                &st.marks,
+                &st.tree_roots,
+            );
+            let roots_touched = marks::on_inotify(&mut m, &st.watches, &events, &mut delta);
             delta.members = std::mem::take(&mut m.members);
-            let (new_marks, new_watches, notes) = (std::mem::take(&mut m.marks), std::mem::take(&mut m.watches), std::mem::take(&mut m.notes));
+            let held = std::mem::take(&mut m.held);
+            let (new_marks, new_watches, notes) = (
+                std::mem::take(&mut m.marks),
+                std::mem::take(&mut m.watches),
+                std::mem::take(&mut m.notes),
+            );
             drop(m);
+            st.held.extend(held);
+            let dead = if roots_touched {
+                marks::sweep_dead_roots(&mut st.held)
+            } else {
+                Vec::new()
+            };
             for (k, rec) in new_marks {
-                st.marks.entry(k).and_modify(|r| (r.mask, r.path) = (r.mask | rec.mask, rec.path.clone())).or_insert(rec);
+                st.marks
+                    .entry(k)
+                    .and_modify(|r| (r.mask, r.path) = (r.mask | rec.mask, rec.path.clone()))
+                    .or_insert(rec);
             }
             for (wd, w) in new_watches {
                 st.watches
@@ -386,22 +505,28 @@ fn watch_loop(shared: &Shared, state: &Mutex<MarkState>, inotify: &OwnedFd, stop
                     })
                     .or_insert(w);
             }
-            drop(guard);
             for n in notes {
                 tracing::warn!(note = %n, "fanotify backend");
             }
-            if delta.is_empty() && delta.members.is_empty() {
+            if delta.is_empty() && delta.members.is_empty() && dead.is_empty() {
                 continue;
             }
+            // Still under the state lock: an apply cannot publish a new rule set between our
+            // marking and this update (it would get this batch's rules of the old policy).
             let mut rs = shared.ruleset.write().unwrap_or_else(|e| e.into_inner());
-            for (k, r) in delta.exec {
-                let cur = rs.exec.get(&k).copied();
-                rs.exec.insert(k, cur.map_or(r, |c| stricter(c, r)));
+            for (k, _) in &dead {
+                rs.exec.remove(k);
+                rs.protected.remove(k);
             }
-            for (k, v) in delta.protected {
-                rs.protected.entry(k).or_default().extend(v);
+            for (k, r) in delta.exec {
+                merge_into(&mut rs.exec, k, r);
+            }
+            for (k, r) in delta.protected {
+                merge_into(&mut rs.protected, k, r);
             }
             rs.members.extend(delta.members);
+            drop(rs);
+            drop(guard);
         }
     }
 }
@@ -424,6 +549,9 @@ impl Backend for FanotifyBackend {
     }
     fn stats(&self) -> BackendStats {
         let c = &self.shared.counters;
-        BackendStats { events: c.events.load(Relaxed), lost: c.lost.load(Relaxed) }
+        BackendStats {
+            events: c.events.load(Relaxed),
+            lost: c.lost.load(Relaxed),
+        }
     }
 }

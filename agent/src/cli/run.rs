@@ -44,6 +44,12 @@ pub struct RunArgs {
     /// Notes on stderr about the cgroup used.
     #[arg(long)]
     pub verbose: bool,
+    /// airlockd's state directory: CMD starts only once airlockd gates its cgroup.
+    #[arg(long, env = "AIRLOCK_STATE_DIR", default_value = "/run/airlock")]
+    pub state_dir: PathBuf,
+    /// Start CMD even when no airlockd gates its cgroup (it then runs ungated).
+    #[arg(long)]
+    pub unguarded: bool,
     /// The command to run, and its arguments.
     #[arg(
         required = true,
@@ -77,6 +83,33 @@ pub fn run_status(args: &RunArgs) -> anyhow::Result<u8> {
 }
 
 static RUN_LOCK: Mutex<()> = Mutex::new(());
+
+/// How long `airlock run` waits for airlockd to pick up a new agent cgroup (it normally takes
+/// one inotify round trip).
+const GATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until airlockd's status lists cgroup `id` among the agent cgroups it gates, so that
+/// nothing of CMD runs before the kernel side knows the cgroup.
+pub fn wait_until_gated(state_dir: &Path, id: u64, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let status = crate::paths::status_file(state_dir);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let gated = std::fs::read(&status)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<crate::daemon::Status>(&b).ok())
+            .filter(|s| nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid as i32), None).is_ok());
+        match gated {
+            Some(s) if s.agents.iter().any(|a| a.id == id) => return Ok(()),
+            None if std::time::Instant::now() > deadline => {
+                bail!("airlockd is not running (no live status in {})", status.display())
+            }
+            _ if std::time::Instant::now() > deadline => {
+                bail!("airlockd did not pick the cgroup up within {timeout:?} (does the policy define this agent?)")
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+        }
+    }
+}
 
 /// Agent names become part of cgroup and unit names, and of selector globs.
 pub fn validate_agent_name(name: &str) -> anyhow::Result<()> {
@@ -135,6 +168,11 @@ fn run_in_cgroupfs(args: &RunArgs) -> anyhow::Result<u8> {
         );
     }
 
+    if !args.unguarded {
+        let id = scope.id().context("agent cgroup id")?;
+        wait_until_gated(&args.state_dir, id, GATE_TIMEOUT)
+            .with_context(|| format!("agent cgroup {path} is not gated; refusing to start an ungated agent (--unguarded runs it anyway)"))?;
+    }
     let procs_path = scope.path().join("cgroup.procs");
     // Opened before fork: the child may only make async-signal-safe calls (write) before exec.
     let procs = std::fs::OpenOptions::new()

@@ -32,7 +32,11 @@ pub(crate) struct Listener {
 
 impl Listener {
     pub fn new(shared: Arc<Shared>) -> Listener {
-        Listener { shared, proc: ProcReader::new(PROC_DEADLINE), exec_twins: HashMap::new() }
+        Listener {
+            shared,
+            proc: ProcReader::new(PROC_DEADLINE),
+            exec_twins: HashMap::new(),
+        }
     }
 
     /// Runs until `stop` becomes readable (its write end closed).
@@ -80,7 +84,12 @@ impl Listener {
 
     fn handle(&mut self, ev: sys::RawEvent, mut permit: Permission) {
         let tid = ev.tid as u32;
-        let scope = self.shared.scope.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let scope = self
+            .shared
+            .scope
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         // Hot path: every process touching a marked object pays for this and nothing more.
         let Some(agent) = scope.classify(tid) else {
             permit.respond(Response::Allow);
@@ -89,7 +98,9 @@ impl Listener {
         };
         // From here on an agent process waits: if anything fails, fail closed.
         permit.set_fallback(Response::Deny);
-        let Ok(file) = sys::fstat(permit.fd()) else { return };
+        let Ok(file) = sys::fstat(permit.fd()) else {
+            return;
+        };
         if !ev.version_ok {
             tracing::error!("fanotify metadata version mismatch; denying agent access");
             return;
@@ -104,7 +115,11 @@ impl Listener {
     fn on_exec(&mut self, tid: u32, agent: &AgentMatch, file: FileId, permit: Permission) {
         let path = sys::fd_target(permit.fd());
         let hit = {
-            let rs = self.shared.ruleset.read().unwrap_or_else(|e| e.into_inner());
+            let rs = self
+                .shared
+                .ruleset
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
             rs.find_exec(file.key, path.as_deref(), &RealFs)
         };
         let response = match hit {
@@ -117,7 +132,8 @@ impl Listener {
         };
         if response == Response::Allow {
             if self.exec_twins.len() > 1024 {
-                self.exec_twins.retain(|_, (_, t)| t.elapsed() < EXEC_TWIN_WINDOW);
+                self.exec_twins
+                    .retain(|_, (_, t)| t.elapsed() < EXEC_TWIN_WINDOW);
             }
             self.exec_twins.insert(tid, (file.key, Instant::now()));
         }
@@ -141,7 +157,11 @@ impl Listener {
         };
         let path = sys::fd_target(permit.fd());
         let hit = {
-            let rs = self.shared.ruleset.read().unwrap_or_else(|e| e.into_inner());
+            let rs = self
+                .shared
+                .ruleset
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
             rs.find_protected(file, path.as_deref(), write_ops(open_flags), &RealFs)
         };
         let Some(h) = hit else {
@@ -157,7 +177,15 @@ impl Listener {
                 "open flags of an agent process unknown; treated as a write (fail closed)"
             );
         }
-        self.report(tid, agent, reported_op(&h.rule), &file, path.as_deref(), &h, &d);
+        self.report(
+            tid,
+            agent,
+            reported_op(&h.rule),
+            &file,
+            path.as_deref(),
+            &h,
+            &d,
+        );
         self.count(d.response);
         permit.respond(d.response);
     }
@@ -173,7 +201,16 @@ impl Listener {
     /// Sends the event before answering, while the task (and its comm) is still what it was;
     /// never blocks: a full channel counts the event as lost.
     #[allow(clippy::too_many_arguments)]
-    fn report(&self, tid: u32, agent: &AgentMatch, op: Op, file: &FileId, path: Option<&Path>, hit: &Hit, d: &Decision) {
+    fn report(
+        &self,
+        tid: u32,
+        agent: &AgentMatch,
+        op: Op,
+        file: &FileId,
+        path: Option<&Path>,
+        hit: &Hit,
+        d: &Decision,
+    ) {
         if !d.report {
             return;
         }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use airlock_common::{InodeKey, RuleRef};
 
 use super::FanotifyError;
-use super::rules::{EntryKey, Ruleset, stricter};
+use super::rules::{EntryKey, Ruleset, merge, merge_into};
 use super::sys::{self, FileId, MASK_DIR, MASK_EXEC, MASK_FILE};
 
 /// A mark in force: the events it asks for, and the path it was last seen at (used to find it
@@ -59,6 +59,11 @@ pub(crate) struct MarkState {
     pub tree_roots: HashSet<InodeKey>,
     /// Marks that could not be removed because their object moved or vanished.
     pub stale: u64,
+    /// An `O_PATH` fd on every policy root object the rules name by inode. Holding it keeps
+    /// the inode number from being reused while the rules name it (ext4 hands a deleted
+    /// inode's number to the next new file at once, and the kernel drops the marks of deleted
+    /// inodes), and its link count tells when a replaced root is gone for good.
+    pub held: HashMap<InodeKey, OwnedFd>,
 }
 
 /// Deepest directory nesting walked (deeper directories are still gated through their parent's
@@ -77,12 +82,17 @@ pub(crate) struct Marker<'a> {
     pub added: Vec<(InodeKey, u64)>,
     pub watches: HashMap<i32, WatchRec>,
     pub members: HashMap<InodeKey, InodeKey>,
+    /// Root objects resolved by this batch (see [`MarkState::held`]).
+    pub held: HashMap<InodeKey, OwnedFd>,
     pub notes: Vec<String>,
     visited: HashSet<InodeKey>,
 }
 
 fn is_gone(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP) | Some(libc::ESTALE))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP) | Some(libc::ESTALE)
+    )
 }
 
 impl<'a> Marker<'a> {
@@ -101,22 +111,36 @@ impl<'a> Marker<'a> {
             added: Vec::new(),
             watches: HashMap::new(),
             members: HashMap::new(),
+            held: HashMap::new(),
             notes: Vec::new(),
             visited: HashSet::new(),
         }
     }
 
     /// Makes sure the object `fd` refers to is marked for at least `mask`.
-    pub fn ensure(&mut self, fd: BorrowedFd<'_>, key: InodeKey, path: &Path, mask: u64) -> io::Result<()> {
-        let in_force = self.have.get(&key).map_or(0, |r| r.mask) | self.marks.get(&key).map_or(0, |r| r.mask);
+    ///
+    /// The mark is always (re)added: the kernel drops an inode's marks when the inode is
+    /// deleted, and a new file can get the same inode number, so the bookkeeping cannot tell
+    /// whether a mark is really there. `FAN_MARK_ADD` ORs into an existing mark; the whole mask
+    /// is passed so that it is never only `FAN_EVENT_ON_CHILD`.
+    pub fn ensure(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        key: InodeKey,
+        path: &Path,
+        mask: u64,
+    ) -> io::Result<()> {
+        let in_force =
+            self.have.get(&key).map_or(0, |r| r.mask) | self.marks.get(&key).map_or(0, |r| r.mask);
+        sys::mark(self.group, fd, mask, true)?;
         let need = mask & !in_force;
         if need != 0 {
-            // FAN_MARK_ADD ORs into an existing mark; pass the whole mask so that it is never
-            // only FAN_EVENT_ON_CHILD.
-            sys::mark(self.group, fd, mask, true)?;
             self.added.push((key, need));
         }
-        let rec = self.marks.entry(key).or_insert_with(|| MarkRec { mask: 0, path: path.to_owned() });
+        let rec = self.marks.entry(key).or_insert_with(|| MarkRec {
+            mask: 0,
+            path: path.to_owned(),
+        });
         rec.mask |= mask;
         rec.path = path.to_owned();
         Ok(())
@@ -124,7 +148,13 @@ impl<'a> Marker<'a> {
 
     /// Watches directory `fd`; failures (watch limit) are notes, since marks already gate the
     /// directory's children and only later additions would be missed.
-    pub fn watch(&mut self, fd: BorrowedFd<'_>, key: InodeKey, path: &Path, f: impl FnOnce(&mut WatchRec)) {
+    pub fn watch(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        key: InodeKey,
+        path: &Path,
+        f: impl FnOnce(&mut WatchRec),
+    ) {
         match sys::inotify_watch(self.inotify, fd) {
             Ok(wd) => {
                 let rec = self.watches.entry(wd).or_insert_with(|| WatchRec {
@@ -145,18 +175,38 @@ impl<'a> Marker<'a> {
 
     /// Marks and watches the protected tree below directory `fd` (a root, or a directory that
     /// appeared inside one), without following symlinks or entering other filesystems.
-    pub fn walk_tree(&mut self, fd: OwnedFd, id: FileId, path: &Path, root: InodeKey) -> Result<(), FanotifyError> {
+    pub fn walk_tree(
+        &mut self,
+        fd: OwnedFd,
+        id: FileId,
+        path: &Path,
+        root: InodeKey,
+    ) -> Result<(), FanotifyError> {
         self.visited.insert(id.key);
         self.walk_dir(fd.as_fd(), id.key, path, root, 0)
     }
 
-    fn walk_dir(&mut self, fd: BorrowedFd<'_>, key: InodeKey, path: &Path, root: InodeKey, depth: usize) -> Result<(), FanotifyError> {
-        self.ensure(fd, key, path, MASK_DIR).map_err(|source| FanotifyError::Mark { path: path.to_owned(), source })?;
+    fn walk_dir(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        key: InodeKey,
+        path: &Path,
+        root: InodeKey,
+        depth: usize,
+    ) -> Result<(), FanotifyError> {
+        self.ensure(fd, key, path, MASK_DIR)
+            .map_err(|source| FanotifyError::Mark {
+                path: path.to_owned(),
+                source,
+            })?;
         self.watch(fd, key, path, |w| w.tree = Some(root));
         let entries = match std::fs::read_dir(sys::fd_path(fd)) {
             Ok(e) => e,
             Err(e) => {
-                self.notes.push(format!("cannot list {}: {e}; its existing files are gated only through it", path.display()));
+                self.notes.push(format!(
+                    "cannot list {}: {e}; its existing files are gated only through it",
+                    path.display()
+                ));
                 return Ok(());
             }
         };
@@ -165,15 +215,22 @@ impl<'a> Marker<'a> {
             let child_path = path.join(&name);
             let Ok(ft) = entry.file_type() else { continue };
             if ft.is_dir() {
-                let child = match sys::open_at(Some(fd), Path::new(&name), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW) {
+                let child = match sys::open_at(
+                    Some(fd),
+                    Path::new(&name),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                ) {
                     Ok(c) => c,
                     Err(e) if is_gone(&e) => continue,
                     Err(e) => {
-                        self.notes.push(format!("cannot open {}: {e}", child_path.display()));
+                        self.notes
+                            .push(format!("cannot open {}: {e}", child_path.display()));
                         continue;
                     }
                 };
-                let Ok(cid) = sys::fstat(child.as_fd()) else { continue };
+                let Ok(cid) = sys::fstat(child.as_fd()) else {
+                    continue;
+                };
                 if cid.key.dev != root.dev {
                     self.notes.push(format!(
                         "not entering {}: another filesystem is mounted there; name it in a policy to protect it",
@@ -186,7 +243,10 @@ impl<'a> Marker<'a> {
                     continue;
                 }
                 if depth + 1 >= MAX_DEPTH {
-                    self.notes.push(format!("not walking below {}: deeper than {MAX_DEPTH} levels", child_path.display()));
+                    self.notes.push(format!(
+                        "not walking below {}: deeper than {MAX_DEPTH} levels",
+                        child_path.display()
+                    ));
                     continue;
                 }
                 self.walk_dir(child.as_fd(), cid.key, &child_path, root, depth + 1)?;
@@ -202,14 +262,27 @@ impl<'a> Marker<'a> {
     /// Marks a regular file of a protected tree by its own inode (so that hard links to it from
     /// elsewhere stay gated) and records it as a member of `root`. Failures are notes: the
     /// file stays gated through its directory.
-    pub fn mark_member(&mut self, dir: Option<BorrowedFd<'_>>, rel: &Path, path: &Path, root: InodeKey) {
-        let Ok(fd) = sys::open_at(dir, rel, libc::O_PATH | libc::O_NOFOLLOW) else { return };
-        let Ok(id) = sys::fstat(fd.as_fd()) else { return };
+    pub fn mark_member(
+        &mut self,
+        dir: Option<BorrowedFd<'_>>,
+        rel: &Path,
+        path: &Path,
+        root: InodeKey,
+    ) {
+        let Ok(fd) = sys::open_at(dir, rel, libc::O_PATH | libc::O_NOFOLLOW) else {
+            return;
+        };
+        let Ok(id) = sys::fstat(fd.as_fd()) else {
+            return;
+        };
         if !id.is_reg() {
             return;
         }
         if let Err(e) = self.ensure(fd.as_fd(), id.key, path, MASK_FILE) {
-            self.notes.push(format!("cannot mark {}: {e}; gated only through its directory", path.display()));
+            self.notes.push(format!(
+                "cannot mark {}: {e}; gated only through its directory",
+                path.display()
+            ));
             return;
         }
         self.members.insert(id.key, root);
@@ -218,41 +291,83 @@ impl<'a> Marker<'a> {
     /// Resolves a protected root now (following symlinks in `path`), marks it (walking it when
     /// it is a directory) and adds its rules to `rs`. Returns its inode, `None` when it does
     /// not exist.
-    pub fn protect_root(&mut self, path: &Path, rules: &[RuleRef], rs: &mut Ruleset) -> Result<Option<InodeKey>, FanotifyError> {
+    pub fn protect_root(
+        &mut self,
+        path: &Path,
+        rules: &[RuleRef],
+        rs: &mut Ruleset,
+    ) -> Result<Option<InodeKey>, FanotifyError> {
         let fd = match sys::open_at(None, path, libc::O_PATH) {
             Ok(fd) => fd,
             Err(e) if is_gone(&e) => return Ok(None),
-            Err(source) => return Err(FanotifyError::Open { path: path.to_owned(), source }),
+            Err(source) => {
+                return Err(FanotifyError::Open {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
         };
-        let id = sys::fstat(fd.as_fd()).map_err(|source| FanotifyError::Open { path: path.to_owned(), source })?;
+        let id = sys::fstat(fd.as_fd()).map_err(|source| FanotifyError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
         if id.is_dir() {
-            let dir = sys::open_at(None, &sys::fd_path(fd.as_fd()), libc::O_RDONLY | libc::O_DIRECTORY)
-                .map_err(|source| FanotifyError::Open { path: path.to_owned(), source })?;
+            let dir = sys::open_at(
+                None,
+                &sys::fd_path(fd.as_fd()),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            )
+            .map_err(|source| FanotifyError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
             self.walk_tree(dir, id, path, id.key)?;
         } else {
             self.ensure(fd.as_fd(), id.key, path, MASK_FILE)
-                .map_err(|source| FanotifyError::Mark { path: path.to_owned(), source })?;
+                .map_err(|source| FanotifyError::Mark {
+                    path: path.to_owned(),
+                    source,
+                })?;
         }
-        rs.protected.entry(id.key).or_default().extend_from_slice(rules);
+        if let Some(r) = merge(rules.iter().copied()) {
+            merge_into(&mut rs.protected, id.key, r);
+        }
+        self.held.insert(id.key, fd);
         Ok(Some(id.key))
     }
 
     /// Resolves a gated binary now (following symlinks), marks its inode and records its rule.
     /// Returns the inode, or `None` when nothing executable-looking is there.
-    pub fn gate_binary(&mut self, path: &Path, rule: RuleRef, rs: &mut Ruleset) -> Result<Option<InodeKey>, FanotifyError> {
+    pub fn gate_binary(
+        &mut self,
+        path: &Path,
+        rule: RuleRef,
+        rs: &mut Ruleset,
+    ) -> Result<Option<InodeKey>, FanotifyError> {
         let fd = match sys::open_at(None, path, libc::O_PATH) {
             Ok(fd) => fd,
             Err(e) if is_gone(&e) => return Ok(None),
-            Err(source) => return Err(FanotifyError::Open { path: path.to_owned(), source }),
+            Err(source) => {
+                return Err(FanotifyError::Open {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
         };
-        let id = sys::fstat(fd.as_fd()).map_err(|source| FanotifyError::Open { path: path.to_owned(), source })?;
+        let id = sys::fstat(fd.as_fd()).map_err(|source| FanotifyError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
         if !id.is_reg() {
             return Ok(None);
         }
         self.ensure(fd.as_fd(), id.key, path, MASK_EXEC)
-            .map_err(|source| FanotifyError::Mark { path: path.to_owned(), source })?;
-        let cur = rs.exec.get(&id.key).copied();
-        rs.exec.insert(id.key, cur.map_or(rule, |c| stricter(c, rule)));
+            .map_err(|source| FanotifyError::Mark {
+                path: path.to_owned(),
+                source,
+            })?;
+        merge_into(&mut rs.exec, id.key, rule);
+        self.held.insert(id.key, fd);
         Ok(Some(id.key))
     }
 
@@ -261,13 +376,23 @@ impl<'a> Marker<'a> {
     pub fn follow_root(&mut self, path: &Path, kind: RootKind) -> Option<EntryKey> {
         let (parent, name) = (path.parent()?, path.file_name()?);
         let Ok(dir) = sys::open_at(None, parent, libc::O_RDONLY | libc::O_DIRECTORY) else {
-            self.notes.push(format!("cannot follow {}: its directory is missing", path.display()));
+            self.notes.push(format!(
+                "cannot follow {}: its directory is missing",
+                path.display()
+            ));
             return None;
         };
         let pid = sys::fstat(dir.as_fd()).ok()?;
-        let root = RootName { name: name.to_owned(), path: path.to_owned(), kind };
+        let root = RootName {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            kind,
+        };
         self.watch(dir.as_fd(), pid.key, parent, |w| w.roots.push(root));
-        Some(EntryKey { dir: pid.key, name: name.to_owned() })
+        Some(EntryKey {
+            dir: pid.key,
+            name: name.to_owned(),
+        })
     }
 }
 
@@ -275,7 +400,9 @@ impl<'a> Marker<'a> {
 /// Returns false when the object is no longer there (a stale mark: harmless, since no rule
 /// matches it any more, but it costs a round trip per open until the daemon restarts).
 pub(crate) fn remove_bits(group: BorrowedFd<'_>, key: InodeKey, rec: &MarkRec, bits: u64) -> bool {
-    let Ok(fd) = sys::open_at(None, &rec.path, libc::O_PATH | libc::O_NOFOLLOW) else { return false };
+    let Ok(fd) = sys::open_at(None, &rec.path, libc::O_PATH | libc::O_NOFOLLOW) else {
+        return false;
+    };
     match sys::fstat(fd.as_fd()) {
         Ok(id) if id.key == key => {
             // ENOENT: no such mark (already gone); nothing to do either way.
@@ -287,48 +414,97 @@ pub(crate) fn remove_bits(group: BorrowedFd<'_>, key: InodeKey, rec: &MarkRec, b
 }
 
 /// Handles a batch of inotify events under the state lock: marks what appeared in protected
-/// trees and re-marks policy roots whose path now names another object. Returns the rules to
-/// add and notes.
-pub(crate) fn on_inotify(m: &mut Marker<'_>, watches: &HashMap<i32, WatchRec>, events: &[sys::InotifyEvent], rs: &mut Ruleset) {
+/// trees and re-marks policy roots whose path now names another object, adding their rules to
+/// `rs`. Returns whether any policy root's name was involved.
+pub(crate) fn on_inotify(
+    m: &mut Marker<'_>,
+    watches: &HashMap<i32, WatchRec>,
+    events: &[sys::InotifyEvent],
+    rs: &mut Ruleset,
+) -> bool {
+    let mut roots_touched = false;
     for ev in events {
         if ev.mask & libc::IN_Q_OVERFLOW != 0 {
             m.notes.push("inotify queue overflowed: new directories may be ungated until the policy is re-applied".into());
             continue;
         }
-        let (Some(w), Some(name)) = (watches.get(&ev.wd), ev.name.as_ref()) else { continue };
+        let (Some(w), Some(name)) = (watches.get(&ev.wd), ev.name.as_ref()) else {
+            continue;
+        };
         for root in w.roots.iter().filter(|r| &r.name == name) {
-            on_root_changed(m, root, rs);
+            roots_touched = true;
+            on_root_changed(
+                m,
+                root,
+                ev.mask & (libc::IN_CREATE | libc::IN_MOVED_TO) == 0,
+                rs,
+            );
         }
         let Some(tree) = w.tree else { continue };
         if ev.mask & (libc::IN_CREATE | libc::IN_MOVED_TO) == 0 {
             continue;
         }
         // The watch's path may be stale if the directory was renamed; check it still is it.
-        let Ok(dir) = sys::open_at(None, &w.path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW) else { continue };
+        let Ok(dir) = sys::open_at(
+            None,
+            &w.path,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        ) else {
+            continue;
+        };
         if sys::fstat(dir.as_fd()).ok().map(|d| d.key) != Some(w.key) {
             continue;
         }
         let child_path = w.path.join(name);
         if ev.mask & libc::IN_ISDIR != 0 {
-            let Ok(c) = sys::open_at(Some(dir.as_fd()), Path::new(name), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW) else { continue };
-            let Ok(cid) = sys::fstat(c.as_fd()) else { continue };
+            let Ok(c) = sys::open_at(
+                Some(dir.as_fd()),
+                Path::new(name),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            ) else {
+                continue;
+            };
+            let Ok(cid) = sys::fstat(c.as_fd()) else {
+                continue;
+            };
             if cid.key.dev != tree.dev || m.tree_roots.contains(&cid.key) {
                 continue;
             }
             m.visited.clear();
             if let Err(e) = m.walk_tree(c, cid, &child_path, tree) {
-                m.notes.push(format!("cannot gate new directory {}: {e}", child_path.display()));
+                m.notes.push(format!(
+                    "cannot gate new directory {}: {e}",
+                    child_path.display()
+                ));
             }
         } else {
             m.mark_member(Some(dir.as_fd()), Path::new(name), &child_path, tree);
         }
     }
+    roots_touched
 }
 
-fn on_root_changed(m: &mut Marker<'_>, root: &RootName, rs: &mut Ruleset) {
-    // Most events on a root's name (attribute changes, a rewrite in place) leave the same
-    // object there: nothing to do, and no re-walk of a large tree.
-    if let Ok(fd) = sys::open_at(None, &root.path, libc::O_PATH)
+/// Root objects that no longer have any link (replaced at their path and deleted), taken out
+/// of `held`. The caller drops their keys from the rules, then their fds: only then can the
+/// inode number be reused.
+pub(crate) fn sweep_dead_roots(held: &mut HashMap<InodeKey, OwnedFd>) -> Vec<(InodeKey, OwnedFd)> {
+    let dead: Vec<InodeKey> = held
+        .iter()
+        .filter(|(_, fd)| sys::fstat(fd.as_fd()).map_or(true, |f| f.nlink == 0))
+        .map(|(k, _)| *k)
+        .collect();
+    dead.into_iter()
+        .filter_map(|k| held.remove_entry(&k))
+        .collect()
+}
+
+/// Re-resolves a policy root whose name changed. `attrib_only`: only an attribute change (or a
+/// link count change) was reported, which usually leaves the same object there: then an object
+/// we already marked is not walked again. A creation or a move always re-marks, because the new
+/// object may have the inode number of a deleted one we marked.
+fn on_root_changed(m: &mut Marker<'_>, root: &RootName, attrib_only: bool, rs: &mut Ruleset) {
+    if attrib_only
+        && let Ok(fd) = sys::open_at(None, &root.path, libc::O_PATH)
         && let Ok(id) = sys::fstat(fd.as_fd())
         && m.have.get(&id.key).is_some_and(|r| {
             let want = match root.kind {
@@ -342,15 +518,21 @@ fn on_root_changed(m: &mut Marker<'_>, root: &RootName, rs: &mut Ruleset) {
         return;
     }
     let res = match &root.kind {
-        RootKind::Exec(rule) => m.gate_binary(&root.path, *rule, rs).map(|k| k.map(|k| ("gated binary", k))),
-        RootKind::Protected(rules) => m.protect_root(&root.path, rules, rs).map(|k| k.map(|k| ("protected path", k))),
+        RootKind::Exec(rule) => m
+            .gate_binary(&root.path, *rule, rs)
+            .map(|k| k.map(|k| ("gated binary", k))),
+        RootKind::Protected(rules) => m
+            .protect_root(&root.path, rules, rs)
+            .map(|k| k.map(|k| ("protected path", k))),
     };
     match res {
-        Ok(Some((what, key))) => tracing::info!(
+        Ok(Some((what, key))) if m.added.iter().any(|(k, _)| *k == key) => tracing::info!(
             path = %root.path.display(), ino = key.ino, dev = key.dev,
             "{what} now names a new inode; marked it"
         ),
-        Ok(None) => {}
-        Err(e) => m.notes.push(format!("cannot re-mark {}: {e}", root.path.display())),
+        Ok(_) => {}
+        Err(e) => m
+            .notes
+            .push(format!("cannot re-mark {}: {e}", root.path.display())),
     }
 }

@@ -34,7 +34,11 @@ pub const WRITE_BITS: u64 =
 
 /// Intent of an open with these flags.
 pub fn intent_of_flags(flags: u64) -> Intent {
-    if flags & WRITE_BITS != 0 { Intent::Write { flags } } else { Intent::Read }
+    if flags & WRITE_BITS != 0 {
+        Intent::Write { flags }
+    } else {
+        Intent::Read
+    }
 }
 
 /// A parsed `/proc/<tid>/syscall` line.
@@ -137,7 +141,9 @@ pub fn intent_from_syscall(text: &str, read_how: impl FnOnce(u64) -> Option<u64>
     match parse_syscall(text) {
         None => Intent::Unknown("unparsable /proc/<tid>/syscall"),
         Some(SyscallLine::Running) => Intent::Unknown("task running"),
-        Some(SyscallLine::NotInSyscall) => Intent::Unknown("not in a system call (kernel-internal open)"),
+        Some(SyscallLine::NotInSyscall) => {
+            Intent::Unknown("not in a system call (kernel-internal open)")
+        }
         Some(SyscallLine::Call { nr, args }) => match open_call(nr, &args) {
             OpenCall::Flags(f) => intent_of_flags(f),
             OpenCall::Exec => Intent::Exec,
@@ -145,7 +151,9 @@ pub fn intent_from_syscall(text: &str, read_how: impl FnOnce(u64) -> Option<u64>
                 Some(f) => intent_of_flags(f),
                 None => Intent::Unknown("cannot read openat2's open_how"),
             },
-            OpenCall::Other => Intent::Unknown("not an open system call (io_uring, compat task, kernel-internal)"),
+            OpenCall::Other => {
+                Intent::Unknown("not an open system call (io_uring, compat task, kernel-internal)")
+            }
         },
     }
 }
@@ -153,7 +161,8 @@ pub fn intent_from_syscall(text: &str, read_how: impl FnOnce(u64) -> Option<u64>
 /// Reads the intent of thread `tid` directly (may block: see the module docs).
 pub fn read_intent(tid: u32) -> Intent {
     let mut text = String::new();
-    let r = std::fs::File::open(format!("/proc/{tid}/syscall")).and_then(|mut f| f.read_to_string(&mut text));
+    let r = std::fs::File::open(format!("/proc/{tid}/syscall"))
+        .and_then(|mut f| f.read_to_string(&mut text));
     if r.is_err() {
         return Intent::Unknown("cannot read /proc/<tid>/syscall");
     }
@@ -179,7 +188,9 @@ pub fn parse_status(text: &str) -> Option<TaskStatus> {
     let mut s = TaskStatus::default();
     let (mut tgid, mut ppid, mut uid) = (false, false, false);
     for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         let mut nums = v.split_ascii_whitespace().map(|n| n.parse::<u32>().ok());
         match k {
             "Tgid" => (s.tgid, tgid) = (nums.next()??, true),
@@ -200,7 +211,10 @@ pub fn task_identity(tid: u32) -> (TaskStatus, String) {
     let status = std::fs::read_to_string(format!("/proc/{tid}/status"))
         .ok()
         .and_then(|t| parse_status(&t))
-        .unwrap_or(TaskStatus { tgid: tid, ..TaskStatus::default() });
+        .unwrap_or(TaskStatus {
+            tgid: tid,
+            ..TaskStatus::default()
+        });
     let comm = std::fs::read_to_string(format!("/proc/{tid}/comm"))
         .map(|c| c.trim_end_matches('\n').to_owned())
         .unwrap_or_default();
@@ -225,7 +239,11 @@ const MAX_WORKERS: usize = 4;
 
 impl ProcReader {
     pub fn new(deadline: Duration) -> ProcReader {
-        ProcReader { tx: None, deadline, alive: Arc::new(AtomicUsize::new(0)) }
+        ProcReader {
+            tx: None,
+            deadline,
+            alive: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     fn spawn(&mut self) -> Option<&mpsc::Sender<Job>> {
@@ -236,12 +254,14 @@ impl ProcReader {
             let (tx, rx) = mpsc::channel::<Job>();
             let alive = self.alive.clone();
             alive.fetch_add(1, Ordering::Relaxed);
-            let spawned = std::thread::Builder::new().name("airlock-procrd".into()).spawn(move || {
-                for (tid, reply) in rx {
-                    let _ = reply.send(read_intent(tid));
-                }
-                alive.fetch_sub(1, Ordering::Relaxed);
-            });
+            let spawned = std::thread::Builder::new()
+                .name("airlock-procrd".into())
+                .spawn(move || {
+                    for (tid, reply) in rx {
+                        let _ = reply.send(read_intent(tid));
+                    }
+                    alive.fetch_sub(1, Ordering::Relaxed);
+                });
             if spawned.is_err() {
                 self.alive.fetch_sub(1, Ordering::Relaxed);
                 return None;
@@ -266,7 +286,9 @@ impl ProcReader {
             Err(_) => {
                 // Abandon this worker: dropping its sender lets it exit after its stuck read.
                 self.tx = None;
-                Intent::Unknown("/proc/<tid>/syscall blocked (a thread of the process is in execve)")
+                Intent::Unknown(
+                    "/proc/<tid>/syscall blocked (a thread of the process is in execve)",
+                )
             }
         }
     }
@@ -281,10 +303,16 @@ mod tests {
         let l = "257 0xffffff9c 0x7ffd1000 0x241 0x1b6 0x0 0x0 0x7ffd0ff8 0x7f0012345678";
         assert_eq!(
             parse_syscall(l),
-            Some(SyscallLine::Call { nr: 257, args: [0xffffff9c, 0x7ffd1000, 0x241, 0x1b6, 0, 0] })
+            Some(SyscallLine::Call {
+                nr: 257,
+                args: [0xffffff9c, 0x7ffd1000, 0x241, 0x1b6, 0, 0]
+            })
         );
         assert_eq!(parse_syscall("running\n"), Some(SyscallLine::Running));
-        assert_eq!(parse_syscall("-1 0x7ffd0ff8 0x7f0012345678\n"), Some(SyscallLine::NotInSyscall));
+        assert_eq!(
+            parse_syscall("-1 0x7ffd0ff8 0x7f0012345678\n"),
+            Some(SyscallLine::NotInSyscall)
+        );
         assert_eq!(parse_syscall("257 0x1 0x2"), None);
         assert_eq!(parse_syscall("abc"), None);
         assert_eq!(parse_syscall(""), None);
@@ -292,10 +320,23 @@ mod tests {
 
     #[test]
     fn write_intent_is_any_write_create_truncate_or_append_bit() {
-        for f in [libc::O_WRONLY, libc::O_RDWR, libc::O_TRUNC, libc::O_CREAT, libc::O_APPEND] {
-            assert!(matches!(intent_of_flags(f as u64), Intent::Write { .. }), "{f:#o}");
+        for f in [
+            libc::O_WRONLY,
+            libc::O_RDWR,
+            libc::O_TRUNC,
+            libc::O_CREAT,
+            libc::O_APPEND,
+        ] {
+            assert!(
+                matches!(intent_of_flags(f as u64), Intent::Write { .. }),
+                "{f:#o}"
+            );
         }
-        let read = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_LARGEFILE | libc::O_NONBLOCK;
+        let read = libc::O_RDONLY
+            | libc::O_CLOEXEC
+            | libc::O_NOFOLLOW
+            | libc::O_LARGEFILE
+            | libc::O_NONBLOCK;
         assert_eq!(intent_of_flags(read as u64), Intent::Read);
     }
 
@@ -305,28 +346,63 @@ mod tests {
         let none = |_| panic!("no open_how here");
         let w = (libc::O_WRONLY | libc::O_CREAT) as u64;
         // openat(dirfd, path, flags, mode)
-        assert_eq!(intent_from_syscall("257 0xffffff9c 0x1000 0x41 0x1a4 0x0 0x0 0x0 0x0", none), Intent::Write { flags: w });
+        assert_eq!(
+            intent_from_syscall("257 0xffffff9c 0x1000 0x41 0x1a4 0x0 0x0 0x0 0x0", none),
+            Intent::Write { flags: w }
+        );
         // open(path, flags, mode)
-        assert_eq!(intent_from_syscall("2 0x1000 0x0 0x0 0x0 0x0 0x0 0x0 0x0", none), Intent::Read);
+        assert_eq!(
+            intent_from_syscall("2 0x1000 0x0 0x0 0x0 0x0 0x0 0x0 0x0", none),
+            Intent::Read
+        );
         // creat(path, mode): always write+create+truncate
-        assert!(matches!(intent_from_syscall("85 0x1000 0x1a4 0x0 0x0 0x0 0x0 0x0 0x0", none), Intent::Write { flags } if flags & libc::O_TRUNC as u64 != 0));
+        assert!(
+            matches!(intent_from_syscall("85 0x1000 0x1a4 0x0 0x0 0x0 0x0 0x0 0x0", none), Intent::Write { flags } if flags & libc::O_TRUNC as u64 != 0)
+        );
         // openat2(dirfd, path, how, size): flags read from memory at `how`
         let i = intent_from_syscall("437 0xffffff9c 0x1000 0x2000 0x18 0x0 0x0 0x0 0x0", |a| {
             assert_eq!(a, 0x2000);
             Some(libc::O_RDWR as u64)
         });
-        assert_eq!(i, Intent::Write { flags: libc::O_RDWR as u64 });
-        assert!(matches!(intent_from_syscall("437 0xffffff9c 0x1000 0x2000 0x18 0x0 0x0 0x0 0x0", |_| None), Intent::Unknown(_)));
-        assert_eq!(intent_from_syscall("59 0x1000 0x2000 0x3000 0x0 0x0 0x0 0x0 0x0", none), Intent::Exec);
+        assert_eq!(
+            i,
+            Intent::Write {
+                flags: libc::O_RDWR as u64
+            }
+        );
+        assert!(matches!(
+            intent_from_syscall("437 0xffffff9c 0x1000 0x2000 0x18 0x0 0x0 0x0 0x0", |_| {
+                None
+            }),
+            Intent::Unknown(_)
+        ));
+        assert_eq!(
+            intent_from_syscall("59 0x1000 0x2000 0x3000 0x0 0x0 0x0 0x0 0x0", none),
+            Intent::Exec
+        );
         // io_uring_enter and friends: unknown, fail closed
-        assert!(matches!(intent_from_syscall("426 0x3 0x1 0x0 0x0 0x0 0x0 0x0 0x0", none), Intent::Unknown(_)));
-        assert!(matches!(intent_from_syscall("-1 0x0 0x0", none), Intent::Unknown(_)));
+        assert!(matches!(
+            intent_from_syscall("426 0x3 0x1 0x0 0x0 0x0 0x0 0x0 0x0", none),
+            Intent::Unknown(_)
+        ));
+        assert!(matches!(
+            intent_from_syscall("-1 0x0 0x0", none),
+            Intent::Unknown(_)
+        ));
     }
 
     #[test]
     fn status_gives_tgid_ppid_and_real_and_effective_uid() {
         let t = "Name:\tbash\nTgid:\t100\nNgid:\t0\nPid:\t101\nPPid:\t1\nUid:\t1000\t0\t0\t0\nGid:\t0\t0\t0\t0\n";
-        assert_eq!(parse_status(t), Some(TaskStatus { tgid: 100, ppid: 1, uid: 1000, euid: 0 }));
+        assert_eq!(
+            parse_status(t),
+            Some(TaskStatus {
+                tgid: 100,
+                ppid: 1,
+                uid: 1000,
+                euid: 0
+            })
+        );
         assert_eq!(parse_status("Name:\tx\n"), None);
     }
 
@@ -334,12 +410,16 @@ mod tests {
     fn reader_reads_our_own_blocked_thread() {
         // A thread of ours blocked in read(2) on a pipe: not an open, so Unknown, but the read
         // itself must come back well within the deadline.
-        let (r, _w) = crate::backend::fanotify::sys::pipe().unwrap();
+        let (r, w) = crate::backend::fanotify::sys::pipe().unwrap();
         let (tx, rx) = mpsc::channel();
         let h = std::thread::spawn(move || {
             // SAFETY: gettid has no arguments.
             tx.send(unsafe { libc::gettid() } as u32).unwrap();
-            let mut pfd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&r), events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&r),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: one valid pollfd; times out after 2 s.
             unsafe { libc::poll(&mut pfd, 1, 2000) };
         });
@@ -347,6 +427,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         let mut pr = ProcReader::new(Duration::from_secs(1));
         assert!(matches!(pr.intent(tid), Intent::Unknown(why) if why.starts_with("not an open")));
+        drop(w); // wakes the poll
         h.join().unwrap();
     }
 }

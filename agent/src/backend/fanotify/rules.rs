@@ -2,10 +2,10 @@
 //! an event falls under (nearest protected ancestor wins) and what to answer.
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use airlock_common::{InodeKey, RuleRef, action, flags, op, verdict};
-use airlock_policy::strictness;
+use airlock_common::{InodeKey, RuleRef, action, op, verdict};
+use airlock_policy::{CompiledPolicy, ProtectedTarget, effective_protected_map};
 
 use super::sys::{FileId, Response};
 use crate::event::{Op, Verdict};
@@ -13,54 +13,63 @@ use crate::event::{Op, Verdict};
 /// A name in a directory, by the directory's identity (the name is not cut at `NAME_LEN`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct EntryKey {
+    /// The directory.
     pub dir: InodeKey,
+    /// The name in it.
     pub name: OsString,
 }
 
-/// Everything the listener looks up. Built by `apply`, extended by the watcher when a gated path
-/// gets a new inode or a protected tree grows.
+/// Everything the listener looks up: one merged rule per object (see [`merge`]). Built by
+/// `apply`, extended by the watcher when a policy root gets a new inode or a protected tree grows.
 #[derive(Clone, Debug, Default)]
 pub struct Ruleset {
-    /// Gated binaries by inode (merged by strictness).
+    /// Gated binaries by inode.
     pub exec: HashMap<InodeKey, RuleRef>,
     /// Gated binaries by (directory, name): whatever inode is installed at the path.
     pub exec_entries: HashMap<EntryKey, RuleRef>,
-    /// Protected trees and files by inode: every rule naming that object.
-    pub protected: HashMap<InodeKey, Vec<RuleRef>>,
+    /// Protected trees and files by inode.
+    pub protected: HashMap<InodeKey, RuleRef>,
     /// Protected trees and files by (directory, name), for when the object at the path changed.
-    pub protected_entries: HashMap<EntryKey, Vec<RuleRef>>,
+    pub protected_entries: HashMap<EntryKey, RuleRef>,
     /// Each regular file found inside a protected tree → that tree's root, so that a hard link
     /// to it from outside any protected tree is still gated.
     pub members: HashMap<InodeKey, InodeKey>,
 }
 
-/// Ordering key of a rule: stricter action first, then enforce before monitor, then the lower
-/// rule id (so that the choice does not depend on map order).
-fn rank(r: &RuleRef) -> (u8, bool, std::cmp::Reverse<u32>) {
-    (strictness(r.action), r.flags & flags::MONITOR == 0, std::cmp::Reverse(r.rule_id))
+/// The one rule that stands for several rules naming the same object, by the policy crate's
+/// precedence ([`airlock_policy::effective_protected_map`]: enforcing deny/approve, then
+/// monitoring deny/approve, then audit, then allow; ops merged within a class), so that this
+/// backend and the LSM backend decide alike.
+pub fn merge(rules: impl IntoIterator<Item = RuleRef>) -> Option<RuleRef> {
+    let one = InodeKey::default();
+    let policy = CompiledPolicy {
+        protected: rules
+            .into_iter()
+            .map(|rule| ProtectedTarget {
+                rule,
+                path: PathBuf::new(),
+                canonical: PathBuf::new(),
+                inode: one,
+                is_dir: true,
+            })
+            .collect(),
+        ..CompiledPolicy::default()
+    };
+    effective_protected_map(&policy).remove(&one)
 }
 
-/// The stricter of two rules meeting on one object (deny > approve > audit > allow).
-pub fn stricter(a: RuleRef, b: RuleRef) -> RuleRef {
-    if rank(&b) > rank(&a) { b } else { a }
-}
-
-/// Merges rules naming the same key, keeping the strictest per key.
-pub fn merge_strictest<K: std::hash::Hash + Eq>(items: impl IntoIterator<Item = (K, RuleRef)>) -> HashMap<K, RuleRef> {
-    let mut m: HashMap<K, RuleRef> = HashMap::new();
-    for (k, r) in items {
-        m.entry(k).and_modify(|cur| *cur = stricter(*cur, r)).or_insert(r);
-    }
-    m
-}
-
-/// The strictest of `rules` that covers any operation in `want` (a mask of [`op::bit`]s).
-pub fn covering(rules: &[RuleRef], want: u32) -> Option<RuleRef> {
-    rules.iter().filter(|r| r.ops & want != 0).copied().reduce(stricter)
+/// Adds `rule` to whatever `map` holds for `key`, merged.
+pub fn merge_into<K: std::hash::Hash + Eq>(map: &mut HashMap<K, RuleRef>, key: K, rule: RuleRef) {
+    let merged = match map.get(&key) {
+        Some(cur) => merge([*cur, rule]).unwrap_or(rule),
+        None => rule,
+    };
+    map.insert(key, merged);
 }
 
 /// Looks up filesystem objects by path without following the last component.
 pub trait StatFs {
+    /// Identity of the object at `path`, `None` if there is none.
     fn lstat(&self, path: &Path) -> Option<FileId>;
 }
 
@@ -76,6 +85,7 @@ impl StatFs for RealFs {
 /// The rule an event fell under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hit {
+    /// The (merged) rule.
     pub rule: RuleRef,
     /// Matched by (directory, name) rather than by inode.
     pub by_entry: bool,
@@ -84,20 +94,32 @@ pub struct Hit {
 impl Ruleset {
     /// Is nothing gated?
     pub fn is_empty(&self) -> bool {
-        self.exec.is_empty() && self.exec_entries.is_empty() && self.protected.is_empty() && self.protected_entries.is_empty()
+        self.exec.is_empty()
+            && self.exec_entries.is_empty()
+            && self.protected.is_empty()
+            && self.protected_entries.is_empty()
     }
 
     /// The exec rule for the binary `file`, opened through `path`.
     pub fn find_exec(&self, file: InodeKey, path: Option<&Path>, fs: &impl StatFs) -> Option<Hit> {
         if let Some(r) = self.exec.get(&file) {
-            return Some(Hit { rule: *r, by_entry: false });
+            return Some(Hit {
+                rule: *r,
+                by_entry: false,
+            });
         }
         if self.exec_entries.is_empty() {
             return None;
         }
         let path = path?;
-        let entry = EntryKey { dir: fs.lstat(path.parent()?)?.key, name: path.file_name()?.to_owned() };
-        self.exec_entries.get(&entry).map(|r| Hit { rule: *r, by_entry: true })
+        let entry = EntryKey {
+            dir: fs.lstat(path.parent()?)?.key,
+            name: path.file_name()?.to_owned(),
+        };
+        self.exec_entries.get(&entry).map(|r| Hit {
+            rule: *r,
+            by_entry: true,
+        })
     }
 
     /// The protected-tree rule for an open of `file` (reached through `path`) that may perform
@@ -106,36 +128,55 @@ impl Ruleset {
     /// `/etc/app`) carves an exception out of an enclosing one (`deny` on `/etc`). A file
     /// reached through no protected path but hard-linked from a protected tree falls back to that
     /// tree's rules.
-    pub fn find_protected(&self, file: FileId, path: Option<&Path>, want: u32, fs: &impl StatFs) -> Option<Hit> {
+    pub fn find_protected(
+        &self,
+        file: FileId,
+        path: Option<&Path>,
+        want: u32,
+        fs: &impl StatFs,
+    ) -> Option<Hit> {
         let use_entries = !self.protected_entries.is_empty();
         // Level 0 is the file itself, known by fstat of the event fd (its path may be stale).
         let mut level_key = Some(file.key);
         let mut level: Option<&Path> = path;
         loop {
             let parent = level.and_then(Path::parent);
-            let parent_key = if use_entries || level_key.is_none() { parent.and_then(|p| fs.lstat(p)) } else { None };
+            // The parent's identity: for the entry lookup here, and as the next level's key.
+            let parent_key = parent.and_then(|p| fs.lstat(p));
             if let Some(k) = level_key
-                && let Some(r) = self.protected.get(&k).and_then(|rs| covering(rs, want))
+                && let Some(r) = self.protected.get(&k).filter(|r| r.ops & want != 0)
             {
-                return Some(Hit { rule: r, by_entry: false });
+                return Some(Hit {
+                    rule: *r,
+                    by_entry: false,
+                });
             }
             if use_entries
                 && let (Some(pk), Some(name)) = (parent_key, level.and_then(Path::file_name))
             {
-                let e = EntryKey { dir: pk.key, name: name.to_owned() };
-                if let Some(r) = self.protected_entries.get(&e).and_then(|rs| covering(rs, want)) {
-                    return Some(Hit { rule: r, by_entry: true });
+                let e = EntryKey {
+                    dir: pk.key,
+                    name: name.to_owned(),
+                };
+                if let Some(r) = self.protected_entries.get(&e).filter(|r| r.ops & want != 0) {
+                    return Some(Hit {
+                        rule: *r,
+                        by_entry: true,
+                    });
                 }
             }
             let Some(p) = parent else { break };
             level = Some(p);
-            // Reuse the parent's stat when we already have it.
-            level_key = parent_key.map(|f| f.key).or_else(|| fs.lstat(p).map(|f| f.key));
+            // An ancestor that cannot be stat'ed (renamed meanwhile) is skipped, not the end.
+            level_key = parent_key.map(|f| f.key);
         }
         if file.nlink > 1 {
             let root = self.members.get(&file.key)?;
-            let r = self.protected.get(root).and_then(|rs| covering(rs, want))?;
-            return Some(Hit { rule: r, by_entry: false });
+            let r = self.protected.get(root).filter(|r| r.ops & want != 0)?;
+            return Some(Hit {
+                rule: *r,
+                by_entry: false,
+            });
         }
         None
     }
@@ -153,7 +194,11 @@ pub fn write_ops(open_flags: Option<u64>) -> u32 {
 
 /// The op an event reports: `OpenWrite` unless the rule only covers creation.
 pub fn reported_op(rule: &RuleRef) -> Op {
-    if rule.ops & op::bit(op::OPEN_WRITE) == 0 && rule.ops & op::bit(op::CREATE) != 0 { Op::Create } else { Op::OpenWrite }
+    if rule.ops & op::bit(op::OPEN_WRITE) == 0 && rule.ops & op::bit(op::CREATE) != 0 {
+        Op::Create
+    } else {
+        Op::OpenWrite
+    }
 }
 
 /// What to do with a gated operation.
@@ -173,8 +218,16 @@ pub struct Decision {
 pub fn decide(rule: &RuleRef) -> Decision {
     let denied = crate::event::verdict_for(rule.action, rule.flags) == verdict::DENIED;
     Decision {
-        response: if denied { Response::Deny } else { Response::Allow },
-        verdict: if denied { Verdict::Denied } else { Verdict::Allowed },
+        response: if denied {
+            Response::Deny
+        } else {
+            Response::Allow
+        },
+        verdict: if denied {
+            Verdict::Denied
+        } else {
+            Verdict::Allowed
+        },
         report: rule.action != action::ALLOW,
     }
 }
@@ -182,111 +235,222 @@ pub fn decide(rule: &RuleRef) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
+    use airlock_common::flags;
 
     fn rr(id: u32, act: u32, ops: u32) -> RuleRef {
-        RuleRef { rule_id: id, action: act, ops, flags: 0 }
+        RuleRef {
+            rule_id: id,
+            action: act,
+            ops,
+            flags: 0,
+        }
     }
     fn key(ino: u64) -> InodeKey {
-        InodeKey { ino, dev: 8 << 20, _pad: 0 }
+        InodeKey {
+            ino,
+            dev: 8 << 20,
+            _pad: 0,
+        }
     }
     fn fid(ino: u64, nlink: u64) -> FileId {
-        FileId { key: key(ino), kind: libc::S_IFREG, nlink }
+        FileId {
+            key: key(ino),
+            kind: libc::S_IFREG,
+            nlink,
+        }
     }
 
     /// Paths → inodes.
     struct FakeFs(HashMap<PathBuf, u64>);
     impl StatFs for FakeFs {
         fn lstat(&self, p: &Path) -> Option<FileId> {
-            self.0.get(p).map(|&i| FileId { key: key(i), kind: libc::S_IFDIR, nlink: 2 })
+            self.0.get(p).map(|&i| FileId {
+                key: key(i),
+                kind: libc::S_IFDIR,
+                nlink: 2,
+            })
         }
     }
     fn fs() -> FakeFs {
-        FakeFs([("/", 2), ("/etc", 10), ("/etc/app", 11), ("/etc/app/conf.d", 12), ("/tmp", 20)]
+        FakeFs(
+            [
+                ("/", 2),
+                ("/etc", 10),
+                ("/etc/app", 11),
+                ("/etc/app/conf.d", 12),
+                ("/tmp", 20),
+            ]
             .into_iter()
             .map(|(p, i)| (PathBuf::from(p), i))
-            .collect())
+            .collect(),
+        )
     }
     const W: u32 = op::bit(op::OPEN_WRITE);
 
     #[test]
     fn nearest_protected_ancestor_wins() {
         let mut rs = Ruleset::default();
-        rs.protected.insert(key(10), vec![rr(1, action::DENY, op::ALL_WRITES)]);
-        rs.protected.insert(key(11), vec![rr(2, action::ALLOW, op::ALL_WRITES)]);
+        rs.protected
+            .insert(key(10), rr(1, action::DENY, op::ALL_WRITES));
+        rs.protected
+            .insert(key(11), rr(2, action::ALLOW, op::ALL_WRITES));
         let f = fs();
-        let deep = rs.find_protected(fid(100, 1), Some(Path::new("/etc/app/conf.d/x")), W, &f).unwrap();
+        let deep = rs
+            .find_protected(fid(100, 1), Some(Path::new("/etc/app/conf.d/x")), W, &f)
+            .unwrap();
         assert_eq!((deep.rule.rule_id, deep.by_entry), (2, false));
-        let top = rs.find_protected(fid(101, 1), Some(Path::new("/etc/passwd")), W, &f).unwrap();
+        let top = rs
+            .find_protected(fid(101, 1), Some(Path::new("/etc/passwd")), W, &f)
+            .unwrap();
         assert_eq!(top.rule.rule_id, 1);
-        assert_eq!(rs.find_protected(fid(102, 1), Some(Path::new("/tmp/x")), W, &f), None);
+        assert_eq!(
+            rs.find_protected(fid(102, 1), Some(Path::new("/tmp/x")), W, &f),
+            None
+        );
     }
 
     #[test]
     fn a_nearer_rule_not_covering_the_op_is_skipped() {
         let mut rs = Ruleset::default();
-        rs.protected.insert(key(10), vec![rr(1, action::DENY, W)]);
-        rs.protected.insert(key(11), vec![rr(2, action::ALLOW, op::bit(op::UNLINK))]);
-        let hit = rs.find_protected(fid(100, 1), Some(Path::new("/etc/app/x")), W, &fs()).unwrap();
+        rs.protected.insert(key(10), rr(1, action::DENY, W));
+        rs.protected
+            .insert(key(11), rr(2, action::ALLOW, op::bit(op::UNLINK)));
+        let hit = rs
+            .find_protected(fid(100, 1), Some(Path::new("/etc/app/x")), W, &fs())
+            .unwrap();
         assert_eq!(hit.rule.rule_id, 1);
     }
 
     #[test]
     fn the_file_itself_and_entries_are_levels_too() {
         let mut rs = Ruleset::default();
-        rs.protected.insert(key(10), vec![rr(1, action::AUDIT, W)]);
-        rs.protected.insert(key(100), vec![rr(2, action::DENY, W)]);
+        rs.protected.insert(key(10), rr(1, action::AUDIT, W));
+        rs.protected.insert(key(100), rr(2, action::DENY, W));
         let f = fs();
-        assert_eq!(rs.find_protected(fid(100, 1), Some(Path::new("/etc/shadow")), W, &f).unwrap().rule.rule_id, 2);
+        assert_eq!(
+            rs.find_protected(fid(100, 1), Some(Path::new("/etc/shadow")), W, &f)
+                .unwrap()
+                .rule
+                .rule_id,
+            2
+        );
         // A protected single file replaced at its path: found by (directory, name).
-        rs.protected_entries
-            .insert(EntryKey { dir: key(11), name: "secret".into() }, vec![rr(3, action::DENY, W)]);
-        let h = rs.find_protected(fid(555, 1), Some(Path::new("/etc/app/secret")), W, &f).unwrap();
+        rs.protected_entries.insert(
+            EntryKey {
+                dir: key(11),
+                name: "secret".into(),
+            },
+            rr(3, action::DENY, W),
+        );
+        let h = rs
+            .find_protected(fid(555, 1), Some(Path::new("/etc/app/secret")), W, &f)
+            .unwrap();
         assert_eq!((h.rule.rule_id, h.by_entry), (3, true));
     }
 
     #[test]
     fn hard_links_out_of_a_tree_fall_back_to_the_tree() {
         let mut rs = Ruleset::default();
-        rs.protected.insert(key(10), vec![rr(1, action::DENY, W)]);
+        rs.protected.insert(key(10), rr(1, action::DENY, W));
         rs.members.insert(key(100), key(10));
         let f = fs();
-        assert_eq!(rs.find_protected(fid(100, 2), Some(Path::new("/tmp/link")), W, &f).unwrap().rule.rule_id, 1);
+        assert_eq!(
+            rs.find_protected(fid(100, 2), Some(Path::new("/tmp/link")), W, &f)
+                .unwrap()
+                .rule
+                .rule_id,
+            1
+        );
         // nlink 1: moved out of the tree, no longer protected.
-        assert_eq!(rs.find_protected(fid(100, 1), Some(Path::new("/tmp/moved")), W, &f), None);
+        assert_eq!(
+            rs.find_protected(fid(100, 1), Some(Path::new("/tmp/moved")), W, &f),
+            None
+        );
         // No path at all (deleted, unreachable): the inode alone decides.
-        assert_eq!(rs.find_protected(fid(100, 2), None, W, &f).unwrap().rule.rule_id, 1);
+        assert_eq!(
+            rs.find_protected(fid(100, 2), None, W, &f)
+                .unwrap()
+                .rule
+                .rule_id,
+            1
+        );
     }
 
     #[test]
     fn exec_by_inode_then_by_entry() {
         let mut rs = Ruleset::default();
         rs.exec.insert(key(100), rr(1, action::DENY, 0));
-        rs.exec_entries.insert(EntryKey { dir: key(20), name: "apt".into() }, rr(2, action::APPROVE, 0));
+        rs.exec_entries.insert(
+            EntryKey {
+                dir: key(20),
+                name: "apt".into(),
+            },
+            rr(2, action::APPROVE, 0),
+        );
         let f = fs();
-        assert_eq!(rs.find_exec(key(100), None, &f), Some(Hit { rule: rr(1, action::DENY, 0), by_entry: false }));
-        assert_eq!(rs.find_exec(key(7), Some(Path::new("/tmp/apt")), &f).map(|h| (h.rule.rule_id, h.by_entry)), Some((2, true)));
+        assert_eq!(
+            rs.find_exec(key(100), None, &f),
+            Some(Hit {
+                rule: rr(1, action::DENY, 0),
+                by_entry: false
+            })
+        );
+        assert_eq!(
+            rs.find_exec(key(7), Some(Path::new("/tmp/apt")), &f)
+                .map(|h| (h.rule.rule_id, h.by_entry)),
+            Some((2, true))
+        );
         assert_eq!(rs.find_exec(key(7), Some(Path::new("/tmp/ls")), &f), None);
     }
 
     #[test]
-    fn merge_keeps_the_strictest_and_enforce_beats_monitor() {
-        let mon = RuleRef { flags: flags::MONITOR, ..rr(1, action::DENY, 0) };
-        let m = merge_strictest([
-            (1, rr(5, action::AUDIT, 0)),
-            (1, rr(6, action::DENY, 0)),
-            (1, rr(7, action::APPROVE, 0)),
-            (2, mon),
-            (2, rr(9, action::DENY, 0)),
-            (3, rr(4, action::ALLOW, 0)),
-        ]);
-        assert_eq!(m[&1].rule_id, 6);
-        assert_eq!(m[&2].rule_id, 9);
-        assert_eq!(m[&3].rule_id, 4);
+    fn merge_follows_the_policy_crates_precedence() {
+        let mon = |r: RuleRef| RuleRef {
+            flags: flags::MONITOR,
+            ..r
+        };
+        let u = op::bit(op::UNLINK);
+        let pick = |rs: &[RuleRef]| merge(rs.iter().copied()).map(|r| (r.rule_id, r.ops));
+        assert_eq!(
+            pick(&[
+                rr(5, action::AUDIT, W),
+                rr(6, action::DENY, W),
+                rr(7, action::APPROVE, W)
+            ]),
+            Some((6, W))
+        );
+        // Enforcing beats monitoring even when the monitoring rule is stricter on paper.
+        assert_eq!(
+            pick(&[mon(rr(1, action::DENY, W)), rr(9, action::APPROVE, W)]),
+            Some((9, W))
+        );
+        // Within a class the ops add up (attributed to the winner); across classes they do not.
+        assert_eq!(
+            pick(&[rr(3, action::APPROVE, W), rr(2, action::DENY, u)]),
+            Some((2, W | u))
+        );
+        assert_eq!(
+            pick(&[rr(3, action::AUDIT, W), rr(2, action::DENY, u)]),
+            Some((2, u))
+        );
         // Equal rank: the lower id, whatever the order.
-        assert_eq!(stricter(rr(3, action::DENY, 0), rr(2, action::DENY, 0)).rule_id, 2);
-        assert_eq!(stricter(rr(2, action::DENY, 0), rr(3, action::DENY, 0)).rule_id, 2);
-        assert_eq!(covering(&[rr(1, action::DENY, op::bit(op::UNLINK)), rr(2, action::AUDIT, W)], W).unwrap().rule_id, 2);
+        assert_eq!(
+            pick(&[rr(3, action::DENY, W), rr(2, action::DENY, W)])
+                .unwrap()
+                .0,
+            2
+        );
+        assert_eq!(
+            pick(&[rr(2, action::DENY, W), rr(3, action::DENY, W)])
+                .unwrap()
+                .0,
+            2
+        );
+        assert_eq!(pick(&[]), None);
+        let mut m = HashMap::new();
+        merge_into(&mut m, 1, rr(4, action::ALLOW, W));
+        merge_into(&mut m, 1, rr(8, action::DENY, W));
+        assert_eq!(m[&1].rule_id, 8);
     }
 
     #[test]
@@ -303,18 +467,34 @@ mod tests {
             (action::DENY, true, (Allow, Allowed, true)),
             (action::APPROVE, true, (Allow, Allowed, true)),
         ] {
-            let r = RuleRef { flags: if monitor { flags::MONITOR } else { 0 }, ..rr(1, act, 0) };
+            let r = RuleRef {
+                flags: if monitor { flags::MONITOR } else { 0 },
+                ..rr(1, act, 0)
+            };
             let d = decide(&r);
-            assert_eq!((d.response, d.verdict, d.report), want, "action {act} monitor {monitor}");
+            assert_eq!(
+                (d.response, d.verdict, d.report),
+                want,
+                "action {act} monitor {monitor}"
+            );
         }
     }
 
     #[test]
     fn creating_opens_also_ask_for_create_rules() {
         assert_eq!(write_ops(Some(libc::O_WRONLY as u64)), W);
-        assert_eq!(write_ops(Some((libc::O_WRONLY | libc::O_CREAT) as u64)), W | op::bit(op::CREATE));
+        assert_eq!(
+            write_ops(Some((libc::O_WRONLY | libc::O_CREAT) as u64)),
+            W | op::bit(op::CREATE)
+        );
         assert_eq!(write_ops(None), W | op::bit(op::CREATE));
-        assert_eq!(reported_op(&rr(1, action::DENY, op::bit(op::CREATE))), Op::Create);
-        assert_eq!(reported_op(&rr(1, action::DENY, op::ALL_WRITES)), Op::OpenWrite);
+        assert_eq!(
+            reported_op(&rr(1, action::DENY, op::bit(op::CREATE))),
+            Op::Create
+        );
+        assert_eq!(
+            reported_op(&rr(1, action::DENY, op::ALL_WRITES)),
+            Op::OpenWrite
+        );
     }
 }

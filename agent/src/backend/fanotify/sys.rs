@@ -41,7 +41,11 @@ impl Response {
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
 }
 
 fn cstr(p: &OsStr) -> io::Result<CString> {
@@ -75,18 +79,37 @@ pub(crate) fn fd_path(fd: BorrowedFd<'_>) -> PathBuf {
 }
 
 /// Adds (`add`) or removes `mask` on the inode `target` refers to.
-pub(crate) fn mark(group: BorrowedFd<'_>, target: BorrowedFd<'_>, mask: u64, add: bool) -> io::Result<()> {
+pub(crate) fn mark(
+    group: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    mask: u64,
+    add: bool,
+) -> io::Result<()> {
     let path = cstr(fd_path(target).as_os_str())?;
-    let op = if add { libc::FAN_MARK_ADD } else { libc::FAN_MARK_REMOVE };
+    let op = if add {
+        libc::FAN_MARK_ADD
+    } else {
+        libc::FAN_MARK_REMOVE
+    };
     // SAFETY: valid fd and NUL-terminated path.
     cvt(unsafe {
-        libc::fanotify_mark(group.as_raw_fd(), op | libc::FAN_MARK_INODE, mask, libc::AT_FDCWD, path.as_ptr())
+        libc::fanotify_mark(
+            group.as_raw_fd(),
+            op | libc::FAN_MARK_INODE,
+            mask,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+        )
     })
     .map(drop)
 }
 
 /// `openat(dir, name, flags | O_CLOEXEC | O_NOFOLLOW?)`; `dir` `None` means the path is absolute.
-pub(crate) fn open_at(dir: Option<BorrowedFd<'_>>, name: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+pub(crate) fn open_at(
+    dir: Option<BorrowedFd<'_>>,
+    name: &Path,
+    flags: libc::c_int,
+) -> io::Result<OwnedFd> {
     let c = cstr(name.as_os_str())?;
     let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
     // SAFETY: valid dirfd and NUL-terminated path.
@@ -122,7 +145,11 @@ impl FileId {
 
 /// Converts `stat`'s `st_dev` to the kernel's `s_dev` encoding used in every key.
 pub fn inode_key(st_dev: libc::dev_t, ino: u64) -> InodeKey {
-    InodeKey { ino, dev: kernel_dev(libc::major(st_dev), libc::minor(st_dev)), _pad: 0 }
+    InodeKey {
+        ino,
+        dev: kernel_dev(libc::major(st_dev), libc::minor(st_dev)),
+        _pad: 0,
+    }
 }
 
 /// fstat.
@@ -151,10 +178,15 @@ pub(crate) fn fd_target(fd: BorrowedFd<'_>) -> Option<PathBuf> {
 
 /// CLOCK_BOOTTIME in nanoseconds, the clock the LSM backend stamps events with.
 pub(crate) fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// A pipe whose write end is closed to stop the backend's threads: closing makes the read end
@@ -170,8 +202,16 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// Waits until `fd` is readable or `stop` is readable/hung up. Returns false when stopping.
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, stop: BorrowedFd<'_>) -> bool {
     let mut pfds = [
-        libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-        libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
     ];
     loop {
         // SAFETY: valid array of two pollfds.
@@ -254,12 +294,19 @@ impl Permission {
     pub(crate) fn new(group: Arc<OwnedFd>, fd: RawFd) -> Permission {
         // SAFETY: the kernel installed `fd` for this event and nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Permission { group, fd: Some(fd), fallback: Response::Allow }
+        Permission {
+            group,
+            fd: Some(fd),
+            fallback: Response::Allow,
+        }
     }
 
     /// The event's fd: the object being opened, opened read-only for us.
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_ref().expect("answered permission has no fd").as_fd()
+        self.fd
+            .as_ref()
+            .expect("answered permission has no fd")
+            .as_fd()
     }
 
     /// What is answered if this is dropped unanswered.
@@ -274,7 +321,10 @@ impl Permission {
 
     fn finish(&mut self, r: Response) {
         if let Some(fd) = self.fd.take() {
-            let resp = libc::fanotify_response { fd: fd.as_raw_fd(), response: r.raw() };
+            let resp = libc::fanotify_response {
+                fd: fd.as_raw_fd(),
+                response: r.raw(),
+            };
             // SAFETY: writing a plain struct of the size the kernel expects. ENOENT (the task
             // was killed while waiting and the kernel dropped the event) needs no handling.
             unsafe {
@@ -337,12 +387,17 @@ pub(crate) fn parse_inotify(buf: &[u8]) -> Vec<InotifyEvent> {
     let mut off = 0;
     while off + hdr <= buf.len() {
         // SAFETY: at least `hdr` bytes remain; read_unaligned copes with any alignment.
-        let e: libc::inotify_event = unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
+        let e: libc::inotify_event =
+            unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
         let end = (off + hdr + e.len as usize).min(buf.len());
         let raw = &buf[off + hdr..end];
         let name_len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
         let name = (name_len > 0).then(|| OsStr::from_bytes(&raw[..name_len]).to_owned());
-        out.push(InotifyEvent { wd: e.wd, mask: e.mask, name });
+        out.push(InotifyEvent {
+            wd: e.wd,
+            mask: e.mask,
+            name,
+        });
         off = end;
     }
     out
@@ -367,13 +422,19 @@ mod tests {
         for _ in 0..2 {
             // SAFETY: bytes of a POD struct.
             buf.extend_from_slice(unsafe {
-                std::slice::from_raw_parts((&one as *const libc::fanotify_event_metadata).cast::<u8>(), 24)
+                std::slice::from_raw_parts(
+                    (&one as *const libc::fanotify_event_metadata).cast::<u8>(),
+                    24,
+                )
             });
         }
         buf.extend_from_slice(&[0u8; 5]); // a partial record is ignored
         let evs = parse_events(&buf);
         assert_eq!(evs.len(), 2);
-        assert!(evs.iter().all(|e| e.fd == 7 && e.tid == 42 && e.version_ok && e.mask == libc::FAN_OPEN_PERM));
+        assert!(
+            evs.iter()
+                .all(|e| e.fd == 7 && e.tid == 42 && e.version_ok && e.mask == libc::FAN_OPEN_PERM)
+        );
     }
 
     #[test]
