@@ -18,6 +18,11 @@ pub fn build(ctx: &Ctx) -> Result<()> {
     util::run(cargo(ctx).arg("build"))
 }
 
+/// `cargo build --release`: benchmarks measure optimized binaries.
+pub fn build_release(ctx: &Ctx) -> Result<()> {
+    util::run(cargo(ctx).args(["build", "--release"]))
+}
+
 /// `cargo test`, streamed; returns the counts from cargo's `test result:` lines. A failing cargo
 /// without failed tests (compile error, crashed test binary) counts as one failure.
 pub fn test(ctx: &Ctx) -> Result<Tally> {

@@ -112,10 +112,19 @@ fn e2e_mode(ctx: &Ctx, mode: &str, args: &[String]) -> Result<i32> {
             kernels: Vec::new(),
         },
     )?;
-    let step = Step::new("build: cargo build");
-    cargo::build(ctx)?;
-    step.done("ok");
-    let e2e = ctx.bin_dir().join("airlock-e2e");
+    // The benchmark measures optimized binaries; the demo runs the debug build the tests use.
+    let bin_dir = if mode == "bench" {
+        let step = Step::new("build: cargo build --release");
+        cargo::build_release(ctx)?;
+        step.done("ok");
+        ctx.root.join("target/release")
+    } else {
+        let step = Step::new("build: cargo build");
+        cargo::build(ctx)?;
+        step.done("ok");
+        ctx.bin_dir()
+    };
+    let e2e = bin_dir.join("airlock-e2e");
     let mut cmd = Command::new(&e2e);
     cmd.arg(format!("--{mode}"))
         .args(args)

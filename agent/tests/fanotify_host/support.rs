@@ -247,7 +247,9 @@ impl World {
                     unsafe { libc::_exit(125) };
                 }
             }
-            let code = f();
+            // A panic must not unwind into the test's destructors in this forked copy (they
+            // would remove the parent's cgroup and temp dir).
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(127);
             // SAFETY: _exit never returns.
             unsafe { libc::_exit(code) };
         }

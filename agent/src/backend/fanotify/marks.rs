@@ -253,8 +253,8 @@ impl<'a> Marker<'a> {
             } else if ft.is_file() {
                 self.mark_member(Some(fd), Path::new(&name), &child_path, root);
             }
-            // Symlinks, FIFOs, sockets and devices: opens through this directory are gated by
-            // its FAN_EVENT_ON_CHILD mark; symlinks lead elsewhere and are not followed.
+            // Symlinks lead elsewhere and are not followed. FIFOs, sockets and devices get no
+            // permission events on 6.14+ kernels; on older ones this directory's mark covers them.
         }
         Ok(())
     }
