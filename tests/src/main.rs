@@ -25,7 +25,7 @@ struct Args {
 fn parse() -> anyhow::Result<Args> {
     let mut tier = None;
     let mut bin_dir = None;
-    let mut rounds = 7;
+    let mut rounds = 5;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
