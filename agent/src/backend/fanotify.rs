@@ -75,7 +75,8 @@
 //! Verified on this host's kernel (6.18) by `agent/tests/fanotify_host.rs` where marked so.
 //!
 //! - **Fails open if airlockd dies**: the kernel allows pending and future events once the group
-//!   is closed. (The LSM backend keeps enforcing.)
+//!   is closed. (The LSM backend does not pin its programs yet either; pinning for fail-closed
+//!   operation comes with holds.)
 //! - **Blind to** unlink, rename, link, chmod, chown, truncate(2) by path, mkdir, rmdir, symlink,
 //!   mknod: fanotify has no permission events for them. An agent can therefore replace a
 //!   protected file by renaming another file over it; the new inode is marked after an inotify
