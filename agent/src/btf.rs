@@ -215,6 +215,8 @@ impl Btf {
             inode_i_ino: m("inode", "i_ino")?,
             inode_i_sb: m("inode", "i_sb")?,
             sb_s_dev: m("super_block", "s_dev")?,
+            binprm_filename: m("linux_binprm", "filename")?,
+            _pad: 0,
         })
     }
 }

@@ -13,6 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::agents::{AgentMatcher, AgentSet, CgroupWatcher};
+use crate::backend::exec_context::{ExecContextProbe, ExecRecord};
 use crate::backend::fanotify::FanotifyBackend;
 use crate::backend::lsm::{LsmBackend, LsmError};
 use crate::backend::{Backend, BackendError, BackendKind};
@@ -83,6 +84,8 @@ pub struct Status {
     pub lost: u64,
     pub started_unix: u64,
     pub updated_unix: u64,
+    /// Whether exec context (tp_btf `sched_process_exec`) is recorded, or why not.
+    pub exec_context: String,
     /// Set when the last reload failed (the previous policy stays in force).
     pub last_reload_error: Option<String>,
 }
@@ -131,6 +134,8 @@ struct Record<'a> {
     policy: Option<&'a str>,
     agent: Option<&'a str>,
     agent_cgroup: Option<&'a str>,
+    /// What the process executed last (file name passed to execve), from the exec tracepoint.
+    exe: Option<&'a str>,
     /// The protected tree or gated binary path of the rule that matched.
     rule_target: Option<String>,
 }
@@ -141,12 +146,32 @@ struct State {
     matcher: AgentMatcher,
     agents: AgentSet,
     backend: Box<dyn Backend>,
+    exec_probe: Option<ExecContextProbe>,
+    exec_rx: mpsc::Receiver<ExecRecord>,
+    /// Last exec per process (tgid); bounded by clearing when it grows past a limit.
+    exes: std::collections::HashMap<u32, ExecRecord>,
     status: Status,
     log: std::fs::File,
 }
 
+const MAX_EXES: usize = 65536;
+
 impl State {
+    fn note_exec(&mut self, r: ExecRecord) {
+        if self.exes.len() >= MAX_EXES {
+            self.exes.clear();
+        }
+        tracing::debug!(pid = r.pid, file = %r.filename, "agent exec");
+        self.exes.insert(r.tgid, r);
+    }
+
     fn record(&mut self, ev: &GateEvent) {
+        // Exec records come on their own channel: take what is queued so the event sees its
+        // process's latest exec.
+        while let Ok(r) = self.exec_rx.try_recv() {
+            self.note_exec(r);
+        }
+        let exe = self.exes.get(&ev.tgid).map(|r| r.filename.clone());
         let rule = self.policy.rules.get(ev.rule_id as usize);
         let m = self.agents.classify_pid(ev.pid);
         let rule_target = self
@@ -163,6 +188,7 @@ impl State {
             policy: rule.map(|r| r.policy.as_str()),
             agent: m.as_ref().map(|m| m.root.agent.as_str()),
             agent_cgroup: m.as_ref().map(|m| m.cgroup_path.as_str()),
+            exe: exe.as_deref(),
             rule_target,
         };
         let line = serde_json::to_string(&rec).unwrap_or_default();
@@ -183,7 +209,7 @@ impl State {
     fn refresh_status(&mut self) {
         let s = self.backend.stats();
         self.status.events = s.events;
-        self.status.lost = s.lost;
+        self.status.lost = s.lost + self.exec_probe.as_ref().map_or(0, |p| p.lost());
         self.status.updated_unix = now_unix();
         self.status.agents = {
             let mut v: Vec<StatusAgent> = self
@@ -220,6 +246,7 @@ impl State {
                 let diff = new.diff(&self.agents);
                 match self.backend.apply(&self.policy, &new) {
                     Ok(()) => {
+                        self.sync_exec_probe(&new);
                         for c in &diff.added {
                             tracing::info!(agent = %c.agent, cgroup = %c.path, id = c.id, "agent cgroup gated");
                         }
@@ -237,6 +264,14 @@ impl State {
         }
     }
 
+    fn sync_exec_probe(&mut self, agents: &AgentSet) {
+        if let Some(p) = self.exec_probe.as_mut() {
+            if let Err(e) = p.set_agents(agents) {
+                tracing::warn!(error = %e, "exec context: cannot update agent cgroups");
+            }
+        }
+    }
+
     fn reload(&mut self) {
         let result = load_policy(&self.cfg.policy_paths).and_then(|p| {
             let matcher = AgentMatcher::new(&p.agents)?;
@@ -247,6 +282,7 @@ impl State {
         match result {
             Ok((p, m, a)) => {
                 tracing::info!(rules = p.rules.len(), "policy reloaded");
+                self.sync_exec_probe(&a);
                 self.policy = p;
                 self.matcher = m;
                 self.agents = a;
@@ -298,7 +334,17 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     for note in &policy.notes {
         tracing::info!(note = %note, "policy note");
     }
+    let (exec_tx, exec_rx) = mpsc::channel::<ExecRecord>(65536);
+    let (exec_probe, exec_context) = match ExecContextProbe::start(exec_tx) {
+        Ok(mut p) => match p.set_agents(&agents) {
+            Ok(()) => (Some(p), "recorded (tp_btf sched_process_exec)".to_string()),
+            Err(e) => (None, format!("not recorded: {e}")),
+        },
+        Err(e) => (None, format!("not recorded: {e}")),
+    };
+    tracing::info!(exec_context = %exec_context, "exec context");
     let status = Status {
+        exec_context,
         pid: std::process::id(),
         backend: kind.as_str().to_string(),
         backend_reason: reason,
@@ -306,7 +352,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         started_unix: now_unix(),
         ..Status::default()
     };
-    let mut st = State { cfg, policy, matcher, agents, backend, status, log };
+    let mut st = State { cfg, policy, matcher, agents, backend, exec_probe, exec_rx, exes: Default::default(), status, log };
     st.refresh_status();
     sd_notify("READY=1\nSTATUS=gating");
 
@@ -317,6 +363,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     loop {
         tokio::select! {
             Some(ev) = rx.recv() => st.record(&ev),
+            Some(r) = st.exec_rx.recv() => st.note_exec(r),
             _ = hup.recv() => st.reload(),
             _ = term.recv() => break,
             _ = int.recv() => break,

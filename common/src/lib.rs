@@ -181,6 +181,24 @@ pub struct KernelOffsets {
     pub inode_i_ino: u32,
     pub inode_i_sb: u32,
     pub sb_s_dev: u32,
+    pub binprm_filename: u32,
+    pub _pad: u32,
+}
+
+/// Bytes of an exec'd file name kept in [`ExecContext`] (longer names are cut).
+pub const FILENAME_LEN: usize = 256;
+
+/// What an agent process executed, recorded by the `sched_process_exec` tracepoint after a
+/// successful exec, so that later events of that process can say which program it runs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecContext {
+    pub ktime_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    /// The file name as passed to execve (may be relative).
+    pub filename: [u8; FILENAME_LEN],
 }
 
 /// Global switches read by every program.
@@ -212,6 +230,7 @@ mod user {
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for ExecContext {}
 }
 
 /// Converts a userspace `st_dev` (glibc `makedev` encoding) to the kernel's `s_dev`.

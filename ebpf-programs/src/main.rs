@@ -13,7 +13,7 @@
 #![no_main]
 
 use airlock_common::{
-    DirEntryKey, Event, InodeKey, KernelOffsets, MAX_CGROUP_LEVEL, MAX_DENTRY_DEPTH, NAME_LEN,
+    DirEntryKey, Event, ExecContext, InodeKey, KernelOffsets, MAX_CGROUP_LEVEL, MAX_DENTRY_DEPTH, NAME_LEN,
     RuleRef, Settings, action, flags, op, verdict, FMODE_WRITE, O_TRUNC,
 };
 use aya_ebpf::{
@@ -22,9 +22,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
-    macros::{lsm, map},
+    macros::{btf_tracepoint, lsm, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::LsmContext,
+    programs::{BtfTracePointContext, LsmContext},
 };
 
 const EPERM: i32 = 1;
@@ -54,6 +54,9 @@ static PROTECTED: HashMap<InodeKey, RuleRef> = HashMap::with_max_entries(16384, 
 /// Flagged events for userspace.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+/// What agent processes executed (see [`sched_process_exec`]).
+#[map]
+static EXEC_CONTEXT: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
 /// Events that did not fit in [`EVENTS`].
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -400,6 +403,37 @@ pub fn path_chown(ctx: LsmContext) -> i32 {
     }
     let Some(o) = offsets() else { return 0 };
     gate_tree(path_dentry(o, ctx.arg(0)), op::CHOWN)
+}
+
+/// After a successful exec by an agent process: record what it now runs. Runs on every exec on
+/// the host (tp_btf: no measurable cost here); non-agents leave at the classification lookup.
+/// Works on kernels that refuse BPF LSM, so both backends get exec context.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+    let Some(cg) = in_agent_cgroup() else { return 0 };
+    let Some(o) = offsets() else { return 0 };
+    let bprm: u64 = ctx.arg(2);
+    let Some(mut entry) = EXEC_CONTEXT.reserve::<ExecContext>(0) else {
+        if let Some(n) = LOST.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe { *n += 1 };
+        }
+        return 0;
+    };
+    let e = entry.as_mut_ptr();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let name = read_u64(bprm + o.binprm_filename as u64);
+    // SAFETY: `e` points at a reserved, exclusively owned ring-buffer record.
+    unsafe {
+        (*e).ktime_ns = bpf_ktime_get_boot_ns();
+        (*e).cgroup_id = cg;
+        (*e).pid = pid_tgid as u32;
+        (*e).tgid = (pid_tgid >> 32) as u32;
+        (*e).filename = [0; airlock_common::FILENAME_LEN];
+        let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*e).filename);
+    }
+    entry.submit(0);
+    0
 }
 
 #[cfg(not(test))]

@@ -299,7 +299,9 @@ pub const CASES: &[(&str, bool, Case)] = &[
             .wait_event(|e| e["pid"].as_u64() == Some(pid as u64) && e["op"] == "open_write")
             .with_context(|| format!("no open_write event for pid {pid}"))?;
         ensure(ev["target_ino"].as_u64() == Some(ino) && ev["target_dev"].as_u64() == Some(dev), || format!("target: {ev}"))?;
-        ensure(ev["target_name"] == "conf" && ev["verdict"] == "denied" && ev["rule"] == "protected-etc", || format!("{ev}"))
+        ensure(ev["target_name"] == "conf" && ev["verdict"] == "denied" && ev["rule"] == "protected-etc", || format!("{ev}"))?;
+        // The exec tracepoint recorded what this agent process runs.
+        ensure(ev["exe"].as_str().is_some_and(|e| e.ends_with("airlock-e2e")), || format!("exe (exec context): {ev}"))
     }),
     ("audit_rule_allows_and_records", false, |c| {
         ran(c.exec(c.agent(), &c.fx.audited.path, &c.fx.audited)?, "audited exec")?;

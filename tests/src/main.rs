@@ -126,6 +126,7 @@ fn main() -> ExitCode {
     r.check("auto_selects_the_expected_backend_and_says_why", (|| {
         ensure(st["backend"] == want_backend, || format!("backend {} (want {want_backend}): {}", st["backend"], st["backend_reason"]))?;
         ensure(st["backend_reason"].as_str().is_some_and(|s| !s.is_empty()), || "no reason".into())?;
+        ensure(st["exec_context"].as_str().is_some_and(|s| s.starts_with("recorded")), || format!("exec context: {}", st["exec_context"]))?;
         let out = std::process::Command::new(a.bin_dir.join("airlock"))
             .args(["status", "--state-dir"]).arg(&daemon.state_dir).output()?;
         let text = String::from_utf8_lossy(&out.stdout);

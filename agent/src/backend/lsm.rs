@@ -56,7 +56,7 @@ pub enum LsmError {
     Io(#[from] std::io::Error),
 }
 
-fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> LsmError {
+pub(crate) fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> LsmError {
     move |source| LsmError::Map { name, source }
 }
 
@@ -66,10 +66,8 @@ pub struct LsmBackend {
     exec_inodes: HashMap<MapData, InodeKey, RuleRef>,
     exec_entries: HashMap<MapData, DirEntryKey, RuleRef>,
     protected: HashMap<MapData, InodeKey, RuleRef>,
-    agent_roots: HashMap<MapData, u64, u32>,
-    settings: Array<MapData, Settings>,
+    agents: KernelAgents,
     lost: PerCpuArray<MapData, u64>,
-    generation: u64,
     delivered: Arc<AtomicU64>,
     dropped: Arc<AtomicU64>,
     reader: tokio::task::JoinHandle<()>,
@@ -120,15 +118,12 @@ impl LsmBackend {
                 .map_err(|source| LsmError::Program { hook, source })?;
             prog.load(hook, &aya_btf).map_err(|e| explain_load_failure(hook, e))?;
         }
+        set_offsets(&mut ebpf, offsets)?;
+        let agents = KernelAgents::take(&mut ebpf)?;
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(LsmError::MissingMap(name));
-        let mut offsets_map: Array<MapData, airlock_common::KernelOffsets> =
-            Array::try_from(take("OFFSETS")?).map_err(map_err("OFFSETS"))?;
-        offsets_map.set(0, offsets, 0).map_err(map_err("OFFSETS"))?;
         let exec_inodes = HashMap::try_from(take("EXEC_INODES")?).map_err(map_err("EXEC_INODES"))?;
         let exec_entries = HashMap::try_from(take("EXEC_ENTRIES")?).map_err(map_err("EXEC_ENTRIES"))?;
         let protected = HashMap::try_from(take("PROTECTED")?).map_err(map_err("PROTECTED"))?;
-        let agent_roots = HashMap::try_from(take("AGENT_ROOTS")?).map_err(map_err("AGENT_ROOTS"))?;
-        let settings = Array::try_from(take("SETTINGS")?).map_err(map_err("SETTINGS"))?;
         let lost = PerCpuArray::try_from(take("LOST")?).map_err(map_err("LOST"))?;
         let ring = RingBuf::try_from(take("EVENTS")?).map_err(map_err("EVENTS"))?;
         // Attach only after the maps exist: the programs allow everything until `armed`.
@@ -140,16 +135,24 @@ impl LsmBackend {
         let dropped = Arc::new(AtomicU64::new(0));
         // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd until both are dropped.
         let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| LsmError::Io(e.into()))?;
-        let reader = tokio::spawn(drain(ring, events, delivered.clone(), dropped.clone()));
+        let (d, x) = (delivered.clone(), dropped.clone());
+        let reader = tokio::spawn(drain_ring(ring, move |bytes| {
+            let ok = match GateEvent::decode(BackendKind::Lsm.as_str(), bytes) {
+                Ok(ev) => events.try_send(ev).is_ok(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable event from the kernel");
+                    false
+                }
+            };
+            if ok { d.fetch_add(1, Ordering::Relaxed) } else { x.fetch_add(1, Ordering::Relaxed) };
+        }));
         Ok(LsmBackend {
             _ebpf: ebpf,
             exec_inodes,
             exec_entries,
             protected,
-            agent_roots,
-            settings,
+            agents,
             lost,
-            generation: 0,
             delivered,
             dropped,
             reader,
@@ -163,32 +166,68 @@ impl Drop for LsmBackend {
     }
 }
 
-async fn drain(mut fd: AsyncFd<RingBuf<MapData>>, tx: EventSender, delivered: Arc<AtomicU64>, dropped: Arc<AtomicU64>) {
+/// Drains a ring buffer, handing each record to `f`, until the task is aborted.
+pub(crate) async fn drain_ring(mut fd: AsyncFd<RingBuf<MapData>>, mut f: impl FnMut(&[u8]) + Send + 'static) {
     loop {
         let Ok(mut guard) = fd.readable_mut().await else { return };
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
-            match GateEvent::decode(BackendKind::Lsm.as_str(), &item) {
-                Ok(ev) => {
-                    if tx.try_send(ev).is_ok() {
-                        delivered.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "undecodable event from the kernel");
-                    dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            f(&item);
         }
         guard.clear_ready();
     }
 }
 
+/// Writes the running kernel's struct offsets into the object's `OFFSETS` map.
+pub(crate) fn set_offsets(ebpf: &mut Ebpf, offsets: airlock_common::KernelOffsets) -> Result<(), LsmError> {
+    let map = ebpf.take_map("OFFSETS").ok_or(LsmError::MissingMap("OFFSETS"))?;
+    let mut m: Array<MapData, airlock_common::KernelOffsets> = Array::try_from(map).map_err(map_err("OFFSETS"))?;
+    m.set(0, offsets, 0).map_err(map_err("OFFSETS"))
+}
+
+/// The agent-cgroup maps every program consults: `AGENT_ROOTS` and the `SETTINGS` generation
+/// that invalidates the classification cache.
+pub(crate) struct KernelAgents {
+    roots: HashMap<MapData, u64, u32>,
+    settings: Array<MapData, Settings>,
+    generation: u64,
+}
+
+impl KernelAgents {
+    /// Takes the maps out of a loaded object.
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<KernelAgents, LsmError> {
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(LsmError::MissingMap(name));
+        Ok(KernelAgents {
+            roots: HashMap::try_from(take("AGENT_ROOTS")?).map_err(map_err("AGENT_ROOTS"))?,
+            settings: Array::try_from(take("SETTINGS")?).map_err(map_err("SETTINGS"))?,
+            generation: 0,
+        })
+    }
+
+    /// Makes the kernel's agent roots equal `agents` and arms the programs.
+    pub(crate) fn sync(&mut self, agents: &AgentSet) -> Result<(), LsmError> {
+        let names: Vec<&str> = {
+            let set: HashSet<&str> = agents.roots.values().map(|c| c.agent.as_str()).collect();
+            let mut v: Vec<&str> = set.into_iter().collect();
+            v.sort();
+            v
+        };
+        let roots: StdHashMap<u64, u32> = agents
+            .roots
+            .iter()
+            .map(|(id, c)| (*id, names.iter().position(|n| *n == c.agent).unwrap_or(0) as u32))
+            .collect();
+        sync_map("AGENT_ROOTS", &mut self.roots, &roots)?;
+        // A new generation makes every cached cgroup classification stale.
+        self.generation += 1;
+        let s = Settings { armed: 1, _pad: 0, generation: self.generation };
+        self.settings.set(0, s, 0).map_err(map_err("SETTINGS"))
+    }
+}
+
 /// Makes `map` hold exactly `want`: new and changed entries first, stale ones removed last, so
 /// an object gated before and after the update is never ungated in between.
-fn sync_map<K: Pod + Eq + Hash, V: Pod + PartialEq>(
+pub(crate) fn sync_map<K: Pod + Eq + Hash, V: Pod + PartialEq>(
     name: &'static str,
     map: &mut HashMap<MapData, K, V>,
     want: &StdHashMap<K, V>,
@@ -217,22 +256,7 @@ impl Backend for LsmBackend {
         sync_map("EXEC_INODES", &mut self.exec_inodes, &inodes)?;
         sync_map("EXEC_ENTRIES", &mut self.exec_entries, &entries)?;
         sync_map("PROTECTED", &mut self.protected, &protected)?;
-        let names: Vec<&str> = {
-            let set: HashSet<&str> = agents.roots.values().map(|c| c.agent.as_str()).collect();
-            let mut v: Vec<&str> = set.into_iter().collect();
-            v.sort();
-            v
-        };
-        let roots: StdHashMap<u64, u32> = agents
-            .roots
-            .iter()
-            .map(|(id, c)| (*id, names.iter().position(|n| *n == c.agent).unwrap_or(0) as u32))
-            .collect();
-        sync_map("AGENT_ROOTS", &mut self.agent_roots, &roots)?;
-        // A new generation makes every cached cgroup classification stale.
-        self.generation += 1;
-        let s = Settings { armed: 1, _pad: 0, generation: self.generation };
-        self.settings.set(0, s, 0).map_err(map_err("SETTINGS"))?;
+        self.agents.sync(agents)?;
         Ok(())
     }
 

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use crate::agents::AgentSet;
 use crate::event::GateEvent;
 
+pub mod exec_context;
 pub mod fanotify;
 pub mod lsm;
 

@@ -37,6 +37,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     println!("airlockd   pid {} ({})", s.pid, if alive { "running" } else { "NOT running: stale status" });
     println!("backend    {}", s.backend);
     println!("why        {}", s.backend_reason);
+    println!("exec ctx   {}", s.exec_context);
     println!("policies   {} ({})", s.policies.join(", "), s.policy_paths.join(", "));
     println!("rules      {} ({} gated binaries, {} protected paths)", s.rules, s.gated_binaries, s.protected_paths);
     println!("events     {} recorded, {} lost", s.events, s.lost);
