@@ -297,20 +297,7 @@ impl<'a> Marker<'a> {
         rules: &[RuleRef],
         rs: &mut Ruleset,
     ) -> Result<Option<InodeKey>, FanotifyError> {
-        let fd = match sys::open_at(None, path, libc::O_PATH) {
-            Ok(fd) => fd,
-            Err(e) if is_gone(&e) => return Ok(None),
-            Err(source) => {
-                return Err(FanotifyError::Open {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
-        };
-        let id = sys::fstat(fd.as_fd()).map_err(|source| FanotifyError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+        let Some((fd, id)) = open_root(path)? else { return Ok(None) };
         if id.is_dir() {
             let dir = sys::open_at(
                 None,
@@ -344,20 +331,7 @@ impl<'a> Marker<'a> {
         rule: RuleRef,
         rs: &mut Ruleset,
     ) -> Result<Option<InodeKey>, FanotifyError> {
-        let fd = match sys::open_at(None, path, libc::O_PATH) {
-            Ok(fd) => fd,
-            Err(e) if is_gone(&e) => return Ok(None),
-            Err(source) => {
-                return Err(FanotifyError::Open {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
-        };
-        let id = sys::fstat(fd.as_fd()).map_err(|source| FanotifyError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+        let Some((fd, id)) = open_root(path)? else { return Ok(None) };
         if !id.is_reg() {
             return Ok(None);
         }
@@ -535,4 +509,16 @@ fn on_root_changed(m: &mut Marker<'_>, root: &RootName, attrib_only: bool, rs: &
             .notes
             .push(format!("cannot re-mark {}: {e}", root.path.display())),
     }
+}
+
+/// Opens a policy root with `O_PATH` (following symlinks) and stats it; `None` when nothing is
+/// there.
+fn open_root(path: &Path) -> Result<Option<(std::os::fd::OwnedFd, sys::FileId)>, FanotifyError> {
+    let fd = match sys::open_at(None, path, libc::O_PATH) {
+        Ok(fd) => fd,
+        Err(e) if is_gone(&e) => return Ok(None),
+        Err(source) => return Err(FanotifyError::Open { path: path.to_owned(), source }),
+    };
+    let id = sys::fstat(fd.as_fd()).map_err(|source| FanotifyError::Open { path: path.to_owned(), source })?;
+    Ok(Some((fd, id)))
 }
