@@ -171,11 +171,10 @@ impl Btf {
             }
             let inner = self.resolve(m.ty);
             let kind = self.types.get(inner as usize).map(|t| t.kind);
-            if depth < 8 && matches!(kind, Some(KIND_STRUCT | KIND_UNION)) {
-                if let Some(off) = self.find_member(inner, member, depth + 1) {
+            if depth < 8 && matches!(kind, Some(KIND_STRUCT | KIND_UNION))
+                && let Some(off) = self.find_member(inner, member, depth + 1) {
                     return Some(m.bit_offset + off);
                 }
-            }
         }
         None
     }

@@ -143,6 +143,8 @@ struct Record<'a> {
 struct State {
     cfg: DaemonConfig,
     policy: CompiledPolicy,
+    /// First path each rule names, for event records (computed once per policy, not per event).
+    rule_targets: std::collections::HashMap<u32, String>,
     matcher: AgentMatcher,
     agents: AgentSet,
     backend: Box<dyn Backend>,
@@ -174,14 +176,7 @@ impl State {
         let exe = self.exes.get(&ev.tgid).map(|r| r.filename.clone());
         let rule = self.policy.rules.get(ev.rule_id as usize);
         let m = self.agents.classify_pid(ev.pid);
-        let rule_target = self
-            .policy
-            .exec
-            .iter()
-            .map(|t| (t.rule.rule_id, &t.canonical))
-            .chain(self.policy.protected.iter().map(|t| (t.rule.rule_id, &t.canonical)))
-            .find(|(id, _)| *id == ev.rule_id)
-            .map(|(_, p)| p.display().to_string());
+        let rule_target = self.rule_targets.get(&ev.rule_id).cloned();
         let rec = Record {
             event: ev,
             rule: rule.map(|r| r.name.as_str()),
@@ -265,11 +260,10 @@ impl State {
     }
 
     fn sync_exec_probe(&mut self, agents: &AgentSet) {
-        if let Some(p) = self.exec_probe.as_mut() {
-            if let Err(e) = p.set_agents(agents) {
+        if let Some(p) = self.exec_probe.as_mut()
+            && let Err(e) = p.set_agents(agents) {
                 tracing::warn!(error = %e, "exec context: cannot update agent cgroups");
             }
-        }
     }
 
     fn reload(&mut self) {
@@ -283,6 +277,7 @@ impl State {
             Ok((p, m, a)) => {
                 tracing::info!(rules = p.rules.len(), "policy reloaded");
                 self.sync_exec_probe(&a);
+                self.rule_targets = rule_targets(&p);
                 self.policy = p;
                 self.matcher = m;
                 self.agents = a;
@@ -294,6 +289,15 @@ impl State {
             }
         }
     }
+}
+
+fn rule_targets(p: &CompiledPolicy) -> std::collections::HashMap<u32, String> {
+    let mut m = std::collections::HashMap::new();
+    let exec = p.exec.iter().map(|t| (t.rule.rule_id, &t.canonical));
+    for (id, path) in exec.chain(p.protected.iter().map(|t| (t.rule.rule_id, &t.canonical))) {
+        m.entry(id).or_insert_with(|| path.display().to_string());
+    }
+    m
 }
 
 /// Tells systemd (Type=notify) that the daemon is ready, when started by systemd.
@@ -352,7 +356,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         started_unix: now_unix(),
         ..Status::default()
     };
-    let mut st = State { cfg, policy, matcher, agents, backend, exec_probe, exec_rx, exes: Default::default(), status, log };
+    let mut st = State { cfg, rule_targets: rule_targets(&policy), policy, matcher, agents, backend, exec_probe, exec_rx, exes: Default::default(), status, log };
     st.refresh_status();
     sd_notify("READY=1\nSTATUS=gating");
 

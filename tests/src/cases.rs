@@ -18,11 +18,10 @@ pub struct Tool {
 
 fn true_impl() -> anyhow::Result<(PathBuf, Vec<String>)> {
     for p in ["/usr/bin/true", "/bin/true"] {
-        if let Ok(real) = std::fs::canonicalize(p) {
-            if real.file_name().is_some_and(|n| n != "busybox") {
+        if let Ok(real) = std::fs::canonicalize(p)
+            && real.file_name().is_some_and(|n| n != "busybox") {
                 return Ok((real, vec![]));
             }
-        }
     }
     for p in ["/bin/busybox", "/usr/bin/busybox"] {
         if Path::new(p).exists() {

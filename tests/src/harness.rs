@@ -77,16 +77,14 @@ impl Daemon {
         let mut d = Daemon { child: Some(child), state_dir: state_dir.to_path_buf(), log };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(s) = d.status() {
-                if s["pid"].as_u64() == Some(pid as u64) {
+            if let Some(s) = d.status()
+                && s["pid"].as_u64() == Some(pid as u64) {
                     return Ok(d);
                 }
-            }
-            if let Some(c) = d.child.as_mut() {
-                if let Some(st) = c.try_wait()? {
+            if let Some(c) = d.child.as_mut()
+                && let Some(st) = c.try_wait()? {
                     bail!("airlockd exited early ({st}):\n{}", d.log_text());
                 }
-            }
             if Instant::now() > deadline {
                 bail!("airlockd not ready after 30 s:\n{}", d.log_text());
             }

@@ -7,7 +7,6 @@ use crate::stream::{self, Flow, Outcome};
 use crate::util::{self, fmt_dur};
 use anyhow::{Context as _, Result, bail};
 use std::collections::VecDeque;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -209,19 +208,7 @@ pub fn boot_interactive(
     accel: Accel,
 ) -> Result<()> {
     let mut cmd = qemu_command(&kernel.vmlinuz, initrd, &append_line(lsm_override), accel);
-    // SAFETY: prctl is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            Ok(())
-        });
-    }
+    crate::util::die_with_parent(&mut cmd);
     println!(
         "+ {}\n(console attached: Ctrl-A X quits qemu)",
         util::render(&cmd)

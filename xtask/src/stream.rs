@@ -120,19 +120,7 @@ pub fn run(
         .stderr(Stdio::piped());
     if opts.isolate {
         cmd.process_group(0);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                );
-                Ok(())
-            });
-        }
+        crate::util::die_with_parent(&mut cmd);
     }
     println!("+ {}", render(&cmd));
     let start = Instant::now();

@@ -211,3 +211,15 @@ pub fn check_interrupted() -> Result<()> {
     }
     Ok(())
 }
+
+/// Makes the child get SIGKILL when xtask dies, so no qemu or test process outlives it.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            Ok(())
+        });
+    }
+}

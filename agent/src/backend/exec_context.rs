@@ -79,7 +79,7 @@ impl ExecContextProbe {
         // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd until both are dropped.
         let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| LsmError::Io(e.into()))?;
         let reader = tokio::spawn(drain_ring(ring, move |bytes| {
-            if !ExecRecord::decode(bytes).is_some_and(|r| tx.try_send(r).is_ok()) {
+            if ExecRecord::decode(bytes).is_none_or(|r| tx.try_send(r).is_err()) {
                 l.fetch_add(1, Ordering::Relaxed);
             }
         }));

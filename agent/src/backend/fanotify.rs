@@ -343,14 +343,8 @@ impl FanotifyBackend {
             }
             return Err(e);
         }
-        rs.members = std::mem::take(&mut m.members);
-        let held = std::mem::take(&mut m.held);
-        let (new_marks, new_watches, notes) = (
-            std::mem::take(&mut m.marks),
-            std::mem::take(&mut m.watches),
-            std::mem::take(&mut m.notes),
-        );
-        drop(m);
+        let marks::Batch { marks: new_marks, watches: new_watches, members, held, notes } = m.finish();
+        rs.members = members;
         *self
             .shared
             .ruleset
@@ -477,14 +471,8 @@ fn watch_loop(shared: &Shared, state: &Mutex<MarkState>, inotify: &OwnedFd, stop
                 &st.tree_roots,
             );
             let roots_touched = marks::on_inotify(&mut m, &st.watches, &events, &mut delta);
-            delta.members = std::mem::take(&mut m.members);
-            let held = std::mem::take(&mut m.held);
-            let (new_marks, new_watches, notes) = (
-                std::mem::take(&mut m.marks),
-                std::mem::take(&mut m.watches),
-                std::mem::take(&mut m.notes),
-            );
-            drop(m);
+            let marks::Batch { marks: new_marks, watches: new_watches, members, held, notes } = m.finish();
+            delta.members = members;
             st.held.extend(held);
             let dead = if roots_touched {
                 marks::sweep_dead_roots(&mut st.held)

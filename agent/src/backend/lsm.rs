@@ -81,16 +81,13 @@ fn lsm_listed() -> Option<bool> {
 
 fn explain_load_failure(hook: &'static str, e: ProgramError) -> LsmError {
     let detail = match &e {
-        ProgramError::LoadError { io_error, verifier_log } => {
-            if io_error.raw_os_error() == Some(libc::EPERM) && verifier_log.to_string().trim().is_empty() {
+        ProgramError::LoadError { io_error, verifier_log }
+            if io_error.raw_os_error() == Some(libc::EPERM) && verifier_log.to_string().trim().is_empty() => {
                 match lsm_listed() {
                     Some(false) => "bpf is not in the kernel's active LSM list (/sys/kernel/security/lsm); boot with lsm=...,bpf".to_string(),
                     _ => "the kernel refused to load a BPF LSM program (EPERM with an empty verifier log: BPF trampolines are blocked on this platform)".to_string(),
                 }
-            } else {
-                return LsmError::Program { hook, source: e };
             }
-        }
         ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EPERM) => {
             "attaching a BPF LSM program was refused (EPERM)".to_string()
         }

@@ -112,16 +112,14 @@ impl Listener {
         }
     }
 
+    /// The rules in force (a poisoned lock still holds the last published rule set).
+    fn ruleset(&self) -> std::sync::RwLockReadGuard<'_, super::rules::Ruleset> {
+        self.shared.ruleset.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn on_exec(&mut self, tid: u32, agent: &AgentMatch, file: FileId, permit: Permission) {
         let path = sys::fd_target(permit.fd());
-        let hit = {
-            let rs = self
-                .shared
-                .ruleset
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
-            rs.find_exec(file.key, path.as_deref(), &RealFs)
-        };
+        let hit = self.ruleset().find_exec(file.key, path.as_deref(), &RealFs);
         let response = match hit {
             None => Response::Allow,
             Some(h) => {
@@ -156,14 +154,7 @@ impl Listener {
             Intent::Unknown(_) => None,
         };
         let path = sys::fd_target(permit.fd());
-        let hit = {
-            let rs = self
-                .shared
-                .ruleset
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
-            rs.find_protected(file, path.as_deref(), write_ops(open_flags), &RealFs)
-        };
+        let hit = self.ruleset().find_protected(file, path.as_deref(), write_ops(open_flags), &RealFs);
         let Some(h) = hit else {
             self.count(Response::Allow);
             permit.respond(Response::Allow);

@@ -71,6 +71,15 @@ pub(crate) struct MarkState {
 const MAX_DEPTH: usize = 256;
 
 /// Builds a batch of marks and watches on top of those in force.
+/// What a finished [`Marker`] batch produced, to be merged into the backend's state.
+pub(crate) struct Batch {
+    pub marks: HashMap<InodeKey, MarkRec>,
+    pub watches: HashMap<i32, WatchRec>,
+    pub members: HashMap<InodeKey, InodeKey>,
+    pub held: HashMap<InodeKey, OwnedFd>,
+    pub notes: Vec<String>,
+}
+
 pub(crate) struct Marker<'a> {
     group: BorrowedFd<'a>,
     inotify: BorrowedFd<'a>,
@@ -96,6 +105,11 @@ fn is_gone(e: &io::Error) -> bool {
 }
 
 impl<'a> Marker<'a> {
+    /// Ends the batch, releasing the borrowed state, and hands over what it built.
+    pub fn finish(self) -> Batch {
+        Batch { marks: self.marks, watches: self.watches, members: self.members, held: self.held, notes: self.notes }
+    }
+
     pub fn new(
         group: BorrowedFd<'a>,
         inotify: BorrowedFd<'a>,
