@@ -3,7 +3,7 @@
 //! The LSM backend decodes [`airlock_common::Event`] records from its ring buffer; the fanotify
 //! backend builds the same [`GateEvent`] from a permission event and procfs. Both then go through
 //! one channel to the daemon, which enriches and records them.
-use airlock_common::{COMM_LEN, Event, NAME_LEN, action, flags, op, verdict};
+use airlock_common::{ARG_LEN, ARGV_MAX, COMM_LEN, Event, NAME_LEN, action, flags, op, verdict};
 use serde::Serialize;
 
 /// Errors decoding a kernel event record.
@@ -101,6 +101,8 @@ impl Action {
 pub enum Verdict {
     Allowed,
     Denied,
+    /// Held for a decision: the task waits inside the syscall.
+    Held,
 }
 
 impl Verdict {
@@ -109,6 +111,7 @@ impl Verdict {
         Some(match v {
             verdict::ALLOWED => Verdict::Allowed,
             verdict::DENIED => Verdict::Denied,
+            verdict::HELD => Verdict::Held,
             _ => return None,
         })
     }
@@ -145,6 +148,54 @@ pub struct GateEvent {
     pub name_truncated: bool,
     /// Matched by (directory, name) rather than inode: the binary was replaced at its path.
     pub matched_by_entry: bool,
+    /// exec only: the arguments as captured when the syscall was gated (bounded: see
+    /// [`airlock_common::ARGV_MAX`]); empty for other operations or when unknown.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub argv: Vec<String>,
+    /// Some argument was cut, or there were more than fit.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub argv_truncated: bool,
+    /// exec only: [`airlock_common::argv_hash`] of the captured arguments (binds once-grants).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub argv_hash: u64,
+    /// Which standing decision let the action through or failed it, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<DecidedBy>,
+    /// fanotify only: the parked permission event this hold waits on (see
+    /// `backend::fanotify::Parked`); never serialized.
+    #[serde(skip)]
+    pub hold_token: Option<u64>,
+}
+
+/// Which standing decision an event was decided by (rather than by the rule alone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecidedBy {
+    /// A once-decision bound to this thread's held request, consumed by this attempt.
+    Once,
+    /// An agent-wide grant (`approve --for`) or denial (`deny --always`).
+    AgentGrant,
+    /// The fallback's exec backstop (no daemon decided the exec).
+    Backstop,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// Decodes the kernel's argv slots: at most `argc` of them, each up to its first NUL.
+pub fn decode_argv(argc: u32, slots: &[[u8; ARG_LEN]; ARGV_MAX]) -> (Vec<String>, bool) {
+    let n = (argc as usize).min(ARGV_MAX);
+    let mut cut = argc as usize > ARGV_MAX;
+    let v = slots[..n]
+        .iter()
+        .map(|s| {
+            let end = s.iter().position(|&b| b == 0).unwrap_or(ARG_LEN);
+            cut |= end >= ARG_LEN - 1;
+            String::from_utf8_lossy(&s[..end]).into_owned()
+        })
+        .collect();
+    (v, cut)
 }
 
 fn c_str(bytes: &[u8]) -> String {
@@ -189,18 +240,33 @@ impl GateEvent {
             monitor: ev.flags & flags::MONITOR != 0,
             name_truncated: ev.flags & flags::NAME_TRUNCATED != 0,
             matched_by_entry: ev.flags & flags::MATCHED_BY_ENTRY != 0,
+            argv: if ev.op == op::EXEC { decode_argv(ev.argc, &ev.argv).0 } else { Vec::new() },
+            argv_truncated: ev.flags & flags::ARGV_TRUNCATED != 0
+                || (ev.op == op::EXEC && decode_argv(ev.argc, &ev.argv).1),
+            argv_hash: ev.argv_hash,
+            decided_by: if ev.flags & flags::BACKSTOP != 0 {
+                Some(DecidedBy::Backstop)
+            } else if ev.flags & flags::BY_ONCE != 0 {
+                Some(DecidedBy::Once)
+            } else if ev.flags & flags::BY_AGENT_GRANT != 0 {
+                Some(DecidedBy::AgentGrant)
+            } else {
+                None
+            },
+            hold_token: None,
         })
     }
 }
 
-/// The verdict a rule's action leads to today. `approve` is enforced as deny until holding
-/// lands; monitor mode turns every deny into an allow-with-event.
+/// The verdict a rule's action leads to when no standing decision applies: `approve` holds,
+/// `deny` denies; monitor mode turns every deny and hold into an allow-with-event.
 pub fn verdict_for(action: u32, rule_flags: u32) -> u32 {
     if rule_flags & flags::MONITOR != 0 {
         return verdict::ALLOWED;
     }
     match action {
-        action::DENY | action::APPROVE => verdict::DENIED,
+        action::DENY => verdict::DENIED,
+        action::APPROVE => verdict::HELD,
         _ => verdict::ALLOWED,
     }
 }
@@ -231,6 +297,10 @@ mod tests {
             flags: flags::MATCHED_BY_ENTRY,
             comm,
             name,
+            argv_hash: 0,
+            argc: 0,
+            _pad: 0,
+            argv: [[0; ARG_LEN]; ARGV_MAX],
         }
     }
 
@@ -250,6 +320,35 @@ mod tests {
         assert_eq!(g.verdict, Verdict::Denied);
         assert!(g.matched_by_entry && !g.monitor && !g.name_truncated);
         assert_eq!((g.target_dev, g.target_ino, g.cgroup_id, g.rule_id), ((8 << 20) | 1, 1234, 7, 3));
+    }
+
+    #[test]
+    fn argv_slots_decode_up_to_argc_and_report_cuts() {
+        let mut slots = [[0u8; ARG_LEN]; ARGV_MAX];
+        slots[0][..3].copy_from_slice(b"apt");
+        slots[1][..7].copy_from_slice(b"install");
+        slots[2] = [b'x'; ARG_LEN];
+        slots[2][ARG_LEN - 1] = 0;
+        let (v, cut) = decode_argv(2, &slots);
+        assert_eq!(v, ["apt", "install"]);
+        assert!(!cut);
+        let (v, cut) = decode_argv(3, &slots);
+        assert_eq!(v[2].len(), ARG_LEN - 1);
+        assert!(cut, "a full slot means the argument was cut");
+        let (v, cut) = decode_argv(40, &slots);
+        assert_eq!(v.len(), ARGV_MAX);
+        assert!(cut, "more arguments than slots");
+    }
+
+    #[test]
+    fn argv_hash_depends_on_every_argument_byte_and_argc() {
+        let mut slots = [[0u8; ARG_LEN]; ARGV_MAX];
+        slots[0][..3].copy_from_slice(b"apt");
+        let a = airlock_common::argv_hash(1, &slots);
+        assert_eq!(a, airlock_common::argv_hash(1, &slots));
+        assert_ne!(a, airlock_common::argv_hash(2, &slots));
+        slots[ARGV_MAX - 1][ARG_LEN - 2] = b'z';
+        assert_ne!(a, airlock_common::argv_hash(1, &slots));
     }
 
     #[test]
@@ -275,9 +374,10 @@ mod tests {
     }
 
     #[test]
-    fn monitor_mode_never_denies_and_approve_denies_until_holds_land() {
+    fn monitor_mode_never_denies_or_holds_and_approve_holds() {
         assert_eq!(verdict_for(action::DENY, flags::MONITOR), verdict::ALLOWED);
-        assert_eq!(verdict_for(action::APPROVE, 0), verdict::DENIED);
+        assert_eq!(verdict_for(action::APPROVE, flags::MONITOR), verdict::ALLOWED);
+        assert_eq!(verdict_for(action::APPROVE, 0), verdict::HELD);
         assert_eq!(verdict_for(action::DENY, 0), verdict::DENIED);
         assert_eq!(verdict_for(action::AUDIT, 0), verdict::ALLOWED);
     }

@@ -72,8 +72,7 @@ pub mod action {
     pub const AUDIT: u32 = 1;
     /// Fail the action with EPERM and record an event.
     pub const DENY: u32 = 2;
-    /// Hold the action for a human decision. Until holding is implemented this is enforced as
-    /// [`DENY`] and the event says so.
+    /// Hold the action inside its syscall until a human decides (see [`crate::verdict::HELD`]).
     pub const APPROVE: u32 = 3;
 }
 
@@ -83,6 +82,9 @@ pub mod verdict {
     pub const ALLOWED: u32 = 1;
     /// The action failed with EPERM.
     pub const DENIED: u32 = 2;
+    /// The action is held for a decision: the task waits inside its syscall (LSM: stopped with
+    /// SIGSTOP, the syscall restarts after SIGCONT; fanotify: the permission event is pending).
+    pub const HELD: u32 = 3;
 }
 
 /// Bits of [`RuleRef::flags`] and [`Event::flags`].
@@ -94,6 +96,17 @@ pub mod flags {
     /// (event only) the exec matched by directory entry (path), not by inode: the file at a gated
     /// path was replaced and userspace has not re-resolved it yet.
     pub const MATCHED_BY_ENTRY: u32 = 1 << 2;
+    /// (event only) decided by a once-grant or once-denial bound to this thread and request.
+    pub const BY_ONCE: u32 = 1 << 3;
+    /// (event only) decided by an agent-wide grant (`approve --for`) or denial (`deny --always`).
+    pub const BY_AGENT_GRANT: u32 = 1 << 4;
+    /// (event only) argv had more than [`crate::ARGV_MAX`] entries, or one was cut at
+    /// [`crate::ARG_LEN`].
+    pub const ARGV_TRUNCATED: u32 = 1 << 5;
+    /// (event only) raised by the fallback's exec backstop (tracepoint after exec): the exec
+    /// went through without a daemon decision, so the new image was stopped (approve rule) or
+    /// killed (deny rule) before its first instruction.
+    pub const BACKSTOP: u32 = 1 << 6;
 }
 
 /// Identity of a filesystem object: the kernel's `s_dev` encoding (`MAJOR << 20 | MINOR`, not
@@ -155,6 +168,96 @@ pub struct Event {
     pub comm: [u8; COMM_LEN],
     /// Last path component of the target (NUL-padded).
     pub name: [u8; NAME_LEN],
+    /// exec only: FNV-1a over `argc` and the `argv` slots as captured; binds a once-grant to
+    /// the exact arguments (0 for other operations).
+    pub argv_hash: u64,
+    /// exec only: number of arguments captured (at most [`ARGV_MAX`]).
+    pub argc: u32,
+    pub _pad: u32,
+    /// exec only: the arguments, read in the kernel from the execve caller's memory at the hook
+    /// (each NUL-terminated within its slot, cut at [`ARG_LEN`] - 1 bytes).
+    pub argv: [[u8; ARG_LEN]; ARGV_MAX],
+}
+
+/// Arguments of a held exec kept in an [`Event`].
+pub const ARGV_MAX: usize = 16;
+/// Bytes per argument slot in an [`Event`].
+pub const ARG_LEN: usize = 64;
+
+/// FNV-1a 64 offset basis and prime: the argv hash both sides compute the same way.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+/// See [`FNV_OFFSET`].
+pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// The argv hash of [`Event::argv_hash`]: FNV-1a over `argc` (as one byte-sized step) and then
+/// every byte of every slot, zeros included. Userspace uses it for the fanotify fallback, the
+/// kernel side computes the same over the same bytes.
+pub fn argv_hash(argc: u32, argv: &[[u8; ARG_LEN]; ARGV_MAX]) -> u64 {
+    let mut h = (FNV_OFFSET ^ argc as u64).wrapping_mul(FNV_PRIME);
+    let mut i = 0;
+    while i < ARGV_MAX {
+        let mut j = 0;
+        while j < ARG_LEN {
+            h = (h ^ argv[i][j] as u64).wrapping_mul(FNV_PRIME);
+            j += 1;
+        }
+        i += 1;
+    }
+    h
+}
+
+/// A decision bound to one thread and one request: `(tid, op, object, argv hash)`. Written by
+/// userspace when a request is decided once; the resumed syscall consumes (deletes) it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OnceKey {
+    /// Thread id (kernel `pid`) that was held.
+    pub tid: u32,
+    pub op: u32,
+    pub ino: u64,
+    /// Kernel `s_dev` encoding.
+    pub dev: u32,
+    pub _pad: u32,
+    /// [`Event::argv_hash`] of the held attempt (0 for non-exec operations).
+    pub argv_hash: u64,
+}
+
+/// A decision for one agent cgroup on one operation on one object (`approve --for`, `deny
+/// --always`). Never crosses cgroups: the key is the cgroup of the acting task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AgentGrantKey {
+    pub cgroup_id: u64,
+    pub ino: u64,
+    /// Kernel `s_dev` encoding.
+    pub dev: u32,
+    pub op: u32,
+}
+
+/// Value of a once or agent-wide decision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// CLOCK_BOOTTIME ns after which the decision no longer applies ([`GRANT_FOREVER`]: never
+    /// expires). The kernel compares it with `bpf_ktime_get_boot_ns`, so expiry needs no sweep.
+    pub expires_ns: u64,
+    /// [`verdict::ALLOWED`] or [`verdict::DENIED`].
+    pub verdict: u32,
+    pub _pad: u32,
+}
+
+/// [`Grant::expires_ns`] of a decision that never expires.
+pub const GRANT_FOREVER: u64 = u64::MAX;
+
+/// Backstop allowance (fallback backend): the daemon let this thread exec this binary, so the
+/// exec tracepoint must not stop it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExecAllowKey {
+    pub tid: u32,
+    /// Kernel `s_dev` encoding.
+    pub dev: u32,
+    pub ino: u64,
 }
 
 /// Byte offsets of the kernel struct fields the programs read, taken from the running kernel's
@@ -207,7 +310,9 @@ pub struct ExecContext {
 pub struct Settings {
     /// Non-zero once userspace has filled in the policy maps; until then programs allow all.
     pub armed: u32,
-    pub _pad: u32,
+    /// Non-zero on the fanotify fallback: the exec tracepoint stops (approve) or kills (deny)
+    /// an agent's exec of a gated binary that the daemon did not allow (see [`ExecAllowKey`]).
+    pub backstop: u32,
     /// Bumped by userspace whenever the agent roots change; classification cache entries of an
     /// older generation are recomputed.
     pub generation: u64,
@@ -231,6 +336,10 @@ mod user {
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for ExecContext {}
+    unsafe impl aya::Pod for OnceKey {}
+    unsafe impl aya::Pod for AgentGrantKey {}
+    unsafe impl aya::Pod for Grant {}
+    unsafe impl aya::Pod for ExecAllowKey {}
 }
 
 /// Converts a userspace `st_dev` (glibc `makedev` encoding) to the kernel's `s_dev`.

@@ -13,7 +13,7 @@
 #![no_main]
 
 use airlock_common::{
-    DirEntryKey, Event, ExecContext, InodeKey, KernelOffsets, MAX_CGROUP_LEVEL, MAX_DENTRY_DEPTH, NAME_LEN,
+    DirEntryKey, Event, InodeKey, KernelOffsets, MAX_CGROUP_LEVEL, MAX_DENTRY_DEPTH, NAME_LEN,
     RuleRef, Settings, action, flags, op, verdict, FMODE_WRITE, O_TRUNC,
 };
 use aya_ebpf::{
@@ -22,59 +22,61 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
-    macros::{btf_tracepoint, lsm, map},
+    macros::{lsm, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, LsmContext},
+    programs::LsmContext,
 };
+
+mod exec_context;
 
 const EPERM: i32 = 1;
 
 /// Field offsets of the running kernel (one entry).
 #[map]
-static OFFSETS: Array<KernelOffsets> = Array::with_max_entries(1, 0);
+pub(crate) static OFFSETS: Array<KernelOffsets> = Array::with_max_entries(1, 0);
 /// Global switches (one entry).
 #[map]
-static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+pub(crate) static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 /// Agent root cgroups: cgroup id → agent index.
 #[map]
-static AGENT_ROOTS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+pub(crate) static AGENT_ROOTS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
 /// Classification cache: cgroup id → (generation << 1) | is_agent. A stale generation means
 /// the agent roots changed since the entry was written and the cgroup must be classified again.
 #[map]
-static CGROUP_CLASS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+pub(crate) static CGROUP_CLASS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 /// Gated binaries by inode.
 #[map]
-static EXEC_INODES: HashMap<InodeKey, RuleRef> = HashMap::with_max_entries(65536, 0);
+pub(crate) static EXEC_INODES: HashMap<InodeKey, RuleRef> = HashMap::with_max_entries(65536, 0);
 /// Gated binaries by (parent directory inode, name).
 #[map]
-static EXEC_ENTRIES: HashMap<DirEntryKey, RuleRef> = HashMap::with_max_entries(65536, 0);
+pub(crate) static EXEC_ENTRIES: HashMap<DirEntryKey, RuleRef> = HashMap::with_max_entries(65536, 0);
 /// Roots of protected trees (and protected single files) by inode.
 #[map]
-static PROTECTED: HashMap<InodeKey, RuleRef> = HashMap::with_max_entries(16384, 0);
+pub(crate) static PROTECTED: HashMap<InodeKey, RuleRef> = HashMap::with_max_entries(16384, 0);
 /// Flagged events for userspace.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// What agent processes executed (see [`sched_process_exec`]).
 #[map]
-static EXEC_CONTEXT: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
+pub(crate) static EXEC_CONTEXT: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
 /// Events that did not fit in [`EVENTS`].
 #[map]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-fn read_u64(addr: u64) -> u64 {
+pub(crate) fn read_u64(addr: u64) -> u64 {
     // SAFETY: bpf_probe_read_kernel copes with any address; a fault reads as an error.
     unsafe { bpf_probe_read_kernel(addr as *const u64) }.unwrap_or(0)
 }
 
 #[inline(always)]
-fn read_u32(addr: u64) -> u32 {
+pub(crate) fn read_u32(addr: u64) -> u32 {
     // SAFETY: as above.
     unsafe { bpf_probe_read_kernel(addr as *const u32) }.unwrap_or(0)
 }
 
 #[inline(always)]
-fn offsets() -> Option<&'static KernelOffsets> {
+pub(crate) fn offsets() -> Option<&'static KernelOffsets> {
     let o = OFFSETS.get(0)?;
     if o.valid == 0 { None } else { Some(o) }
 }
@@ -82,7 +84,7 @@ fn offsets() -> Option<&'static KernelOffsets> {
 /// Is the current task in an agent cgroup (or below one)? Tasks outside agents pay one array
 /// read (inlined by the verifier) and one LRU lookup once their cgroup is classified.
 #[inline(always)]
-fn in_agent_cgroup() -> Option<u64> {
+pub(crate) fn in_agent_cgroup() -> Option<u64> {
     // SAFETY: helper without arguments.
     let cg = unsafe { bpf_get_current_cgroup_id() };
     let settings = SETTINGS.get(0)?;
@@ -117,7 +119,7 @@ fn in_agent_cgroup() -> Option<u64> {
 }
 
 #[inline(always)]
-fn inode_key(o: &KernelOffsets, inode: u64) -> InodeKey {
+pub(crate) fn inode_key(o: &KernelOffsets, inode: u64) -> InodeKey {
     let sb = read_u64(inode + o.inode_i_sb as u64);
     InodeKey {
         ino: read_u64(inode + o.inode_i_ino as u64),
@@ -403,37 +405,6 @@ pub fn path_chown(ctx: LsmContext) -> i32 {
     }
     let Some(o) = offsets() else { return 0 };
     gate_tree(path_dentry(o, ctx.arg(0)), op::CHOWN)
-}
-
-/// After a successful exec by an agent process: record what it now runs. Runs on every exec on
-/// the host (tp_btf: no measurable cost here); non-agents leave at the classification lookup.
-/// Works on kernels that refuse BPF LSM, so both backends get exec context.
-#[btf_tracepoint(function = "sched_process_exec")]
-pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
-    let Some(cg) = in_agent_cgroup() else { return 0 };
-    let Some(o) = offsets() else { return 0 };
-    let bprm: u64 = ctx.arg(2);
-    let Some(mut entry) = EXEC_CONTEXT.reserve::<ExecContext>(0) else {
-        if let Some(n) = LOST.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-            unsafe { *n += 1 };
-        }
-        return 0;
-    };
-    let e = entry.as_mut_ptr();
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let name = read_u64(bprm + o.binprm_filename as u64);
-    // SAFETY: `e` points at a reserved, exclusively owned ring-buffer record.
-    unsafe {
-        (*e).ktime_ns = bpf_ktime_get_boot_ns();
-        (*e).cgroup_id = cg;
-        (*e).pid = pid_tgid as u32;
-        (*e).tgid = (pid_tgid >> 32) as u32;
-        (*e).filename = [0; airlock_common::FILENAME_LEN];
-        let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*e).filename);
-    }
-    entry.submit(0);
-    0
 }
 
 #[cfg(not(test))]

@@ -217,7 +217,7 @@ impl KernelAgents {
         sync_map("AGENT_ROOTS", &mut self.roots, &roots)?;
         // A new generation makes every cached cgroup classification stale.
         self.generation += 1;
-        let s = Settings { armed: 1, _pad: 0, generation: self.generation };
+        let s = Settings { armed: 1, backstop: 0, generation: self.generation };
         self.settings.set(0, s, 0).map_err(map_err("SETTINGS"))
     }
 }

@@ -230,6 +230,11 @@ impl Listener {
             monitor: hit.rule.flags & flags::MONITOR != 0,
             name_truncated: false,
             matched_by_entry: hit.by_entry,
+            argv: Vec::new(),
+            argv_truncated: false,
+            argv_hash: 0,
+            decided_by: None,
+            hold_token: None,
         };
         let c = &self.shared.counters;
         match self.shared.events.try_send(ev) {

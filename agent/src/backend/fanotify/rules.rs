@@ -216,7 +216,8 @@ pub struct Decision {
 /// The decision for an operation that falls under `rule`: [`crate::event::verdict_for`] (so
 /// `approve` is enforced as deny until holds land, and monitor mode never denies).
 pub fn decide(rule: &RuleRef) -> Decision {
-    let denied = crate::event::verdict_for(rule.action, rule.flags) == verdict::DENIED;
+    let v = crate::event::verdict_for(rule.action, rule.flags);
+    let denied = v == verdict::DENIED || v == verdict::HELD;
     Decision {
         response: if denied {
             Response::Deny
