@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod daemon;
 pub mod event;
+pub mod hold;
 pub mod paths;
 
 /// The eBPF object built from `ebpf-programs/` by build.rs.

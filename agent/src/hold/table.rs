@@ -1,0 +1,321 @@
+//! The request state machine.
+//!
+//! ```text
+//!   held event ──▶ Pending ──decide──▶ Approved | Denied
+//!        ▲            │  ├──deadline──▶ TimedOut (released per onTimeout)
+//!        └─ same key ─┘  └──holders gone──▶ Abandoned
+//! ```
+//!
+//! A held event whose [`HoldKey`] matches a pending request joins it (a restart after a stray
+//! SIGCONT, another thread of the same process); anything else opens a new request. Deciding
+//! first writes the standing decision (if any), then releases every holder through the
+//! [`Gate`]; only when the gate succeeds does the request close, so a failed release leaves it
+//! pending and nothing recorded changes.
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use super::store::Store;
+use super::{
+    Approver, Decision, DecisionRecord, Gate, HoldError, HoldKey, Holder, MAX_GRANT, OnTimeout, Release,
+    Request, RequestContext, RequestState, Standing, Update,
+};
+
+/// Closed requests kept in memory for `airlock show`.
+const MAX_CLOSED: usize = 1024;
+
+/// What the daemon knows about a new hold beyond its key.
+pub struct Opening {
+    pub context: RequestContext,
+    pub timeout: Duration,
+    pub on_timeout: OnTimeout,
+}
+
+/// Result of [`HoldTable::on_held`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Joined {
+    pub id: String,
+    /// A new request was opened (rather than an attempt joining a pending one).
+    pub opened: bool,
+}
+
+/// Pending and recently closed requests.
+pub struct HoldTable {
+    pending: HashMap<String, Request>,
+    by_key: HashMap<HoldKey, String>,
+    closed: VecDeque<Request>,
+    gate: Arc<dyn Gate>,
+    store: Option<Store>,
+    updates: broadcast::Sender<Update>,
+    seq: u64,
+}
+
+impl HoldTable {
+    /// An empty table releasing holds through `gate`, persisting to `store` when given.
+    pub fn new(gate: Arc<dyn Gate>, store: Option<Store>) -> HoldTable {
+        HoldTable {
+            pending: HashMap::new(),
+            by_key: HashMap::new(),
+            closed: VecDeque::new(),
+            gate,
+            store,
+            updates: broadcast::channel(1024).0,
+            seq: 0,
+        }
+    }
+
+    /// Watchers of new and closed requests.
+    pub fn subscribe(&self) -> broadcast::Receiver<Update> {
+        self.updates.subscribe()
+    }
+
+    /// Pending requests, oldest first.
+    pub fn pending(&self) -> Vec<Request> {
+        let mut v: Vec<Request> = self.pending.values().cloned().collect();
+        v.sort_by(|a, b| (a.created_unix_ms, &a.id).cmp(&(b.created_unix_ms, &b.id)));
+        v
+    }
+
+    /// One request, pending or recently closed.
+    pub fn get(&self, id: &str) -> Result<Request, HoldError> {
+        if let Some(r) = self.pending.get(id) {
+            return Ok(r.clone());
+        }
+        self.closed
+            .iter()
+            .rev()
+            .find(|r| r.id == id)
+            .cloned()
+            .ok_or_else(|| HoldError::NotFound { id: id.to_string() })
+    }
+
+    fn persist(&self, r: &Request) {
+        if let Some(s) = &self.store
+            && let Err(e) = s.save(r)
+        {
+            // The in-memory table stays authoritative; the event log records the decision too.
+            tracing::error!(id = %r.id, error = %e, "cannot persist request");
+        }
+    }
+
+    fn new_id(&mut self, now_unix_ms: u64) -> String {
+        use std::hash::{BuildHasher, Hasher};
+        loop {
+            self.seq += 1;
+            // RandomState is seeded randomly per process: ids are unpredictable enough to not be
+            // guessed by accident, and short enough to type.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(self.seq);
+            h.write_u64(now_unix_ms);
+            h.write_u32(std::process::id());
+            let id = format!("{:08x}", h.finish() as u32);
+            if !self.pending.contains_key(&id) && !self.closed.iter().any(|r| r.id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// A held attempt arrived. Joins the pending request with the same key, or opens one with
+    /// what `open` supplies (called only then: gathering context costs procfs reads).
+    pub fn on_held(
+        &mut self,
+        key: HoldKey,
+        holder: Holder,
+        now_unix_ms: u64,
+        open: impl FnOnce() -> Opening,
+    ) -> Joined {
+        if let Some(id) = self.by_key.get(&key).cloned()
+            && let Some(r) = self.pending.get_mut(&id)
+        {
+            r.attempts += 1;
+            let new_holder = !r.holders.contains(&holder);
+            if new_holder {
+                r.holders.push(holder);
+            }
+            let snapshot = r.clone();
+            if new_holder {
+                self.persist(&snapshot);
+            }
+            return Joined { id, opened: false };
+        }
+        let o = open();
+        let id = self.new_id(now_unix_ms);
+        let r = Request {
+            id: id.clone(),
+            state: RequestState::Pending,
+            key,
+            holders: vec![holder],
+            attempts: 1,
+            created_unix_ms: now_unix_ms,
+            deadline_unix_ms: now_unix_ms.saturating_add(o.timeout.as_millis() as u64),
+            on_timeout: o.on_timeout,
+            context: o.context,
+            decision: None,
+        };
+        self.persist(&r);
+        self.by_key.insert(key, id.clone());
+        self.pending.insert(id.clone(), r.clone());
+        let _ = self.updates.send(Update::Opened(r));
+        Joined { id, opened: true }
+    }
+
+    /// Puts requests read back from the store (after a restart) into the table. Holders for
+    /// which `still_held` is false are dropped; a request left without holders is closed as
+    /// abandoned.
+    pub fn restore(&mut self, requests: Vec<Request>, closed: Vec<Request>, now_unix_ms: u64, still_held: impl Fn(&Holder) -> bool) {
+        for r in closed {
+            self.push_closed(r);
+        }
+        for mut r in requests {
+            r.holders.retain(|h| still_held(h));
+            if r.holders.is_empty() {
+                self.close(r, RequestState::Abandoned, None, now_unix_ms);
+                continue;
+            }
+            self.by_key.insert(r.key, r.id.clone());
+            self.pending.insert(r.id.clone(), r);
+        }
+    }
+
+    fn push_closed(&mut self, r: Request) {
+        if self.closed.len() >= MAX_CLOSED {
+            self.closed.pop_front();
+        }
+        self.closed.push_back(r);
+    }
+
+    fn close(&mut self, mut r: Request, state: RequestState, decision: Option<DecisionRecord>, _now: u64) -> Request {
+        self.pending.remove(&r.id);
+        if self.by_key.get(&r.key) == Some(&r.id) {
+            self.by_key.remove(&r.key);
+        }
+        r.state = state;
+        r.decision = decision;
+        self.persist(&r);
+        self.push_closed(r.clone());
+        let _ = self.updates.send(Update::Closed(r.clone()));
+        r
+    }
+
+    /// Applies a person's decision. Errors leave the request as it was.
+    pub fn decide(
+        &mut self,
+        id: &str,
+        decision: Decision,
+        by: Approver,
+        now_unix_ms: u64,
+        now_boot_ns: u64,
+    ) -> Result<Request, HoldError> {
+        let Some(r) = self.pending.get(id) else {
+            return Err(match self.get(id) {
+                Ok(c) => HoldError::Closed { id: id.to_string(), state: c.state.as_str() },
+                Err(e) => e,
+            });
+        };
+        let (release, standing, record) = match &decision {
+            Decision::Approve { for_ } => {
+                let standing = match for_ {
+                    None => None,
+                    Some(d) => {
+                        check_duration(*d)?;
+                        Some(Standing {
+                            cgroup_id: r.context.cgroup_id,
+                            op: r.key.op,
+                            dev: r.key.dev,
+                            ino: r.key.ino,
+                            release: Release::Allow,
+                            until_boot_ns: Some(now_boot_ns.saturating_add(d.as_nanos() as u64)),
+                        })
+                    }
+                };
+                (Release::Allow, standing, (for_.map(|d| d.as_millis() as u64), false, None))
+            }
+            Decision::Deny { always, reason } => {
+                let standing = always.then_some(Standing {
+                    cgroup_id: r.context.cgroup_id,
+                    op: r.key.op,
+                    dev: r.key.dev,
+                    ino: r.key.ino,
+                    release: Release::Deny,
+                    until_boot_ns: None,
+                });
+                (Release::Deny, standing, (None, *always, reason.clone()))
+            }
+        };
+        if let Some(s) = &standing {
+            self.gate.standing(s)?;
+        }
+        self.gate.release(&r.key, &r.holders, release)?;
+        let r = r.clone();
+        let state = match release {
+            Release::Allow => RequestState::Approved,
+            Release::Deny => RequestState::Denied,
+        };
+        let rec = DecisionRecord {
+            release,
+            for_ms: record.0,
+            always: record.1,
+            reason: record.2,
+            by: Some(by),
+            at_unix_ms: now_unix_ms,
+        };
+        Ok(self.close(r, state, Some(rec), now_unix_ms))
+    }
+
+    /// Times out requests past their deadline (released per their `onTimeout`) and abandons
+    /// those whose holders are all gone. Returns the requests it closed.
+    pub fn tick(&mut self, now_unix_ms: u64, alive: impl Fn(&Holder) -> bool) -> Vec<Request> {
+        let mut out = Vec::new();
+        let ids: Vec<String> = self.pending.keys().cloned().collect();
+        for id in ids {
+            let Some(r) = self.pending.get(&id) else { continue };
+            if !r.holders.iter().any(&alive) {
+                let r = r.clone();
+                out.push(self.close(r, RequestState::Abandoned, None, now_unix_ms));
+                continue;
+            }
+            if now_unix_ms < r.deadline_unix_ms {
+                continue;
+            }
+            let release = match r.on_timeout {
+                OnTimeout::Deny => Release::Deny,
+                OnTimeout::Allow => Release::Allow,
+            };
+            if let Err(e) = self.gate.release(&r.key, &r.holders, release) {
+                tracing::error!(id = %id, error = %e, "releasing a timed-out hold failed; retrying next tick");
+                continue;
+            }
+            let r = r.clone();
+            let secs = (r.deadline_unix_ms - r.created_unix_ms) / 1000;
+            let rec = DecisionRecord {
+                release,
+                for_ms: None,
+                always: false,
+                reason: Some(format!("no decision within {secs}s (onTimeout: {})", match release {
+                    Release::Allow => "allow",
+                    Release::Deny => "deny",
+                })),
+                by: None,
+                at_unix_ms: now_unix_ms,
+            };
+            out.push(self.close(r, RequestState::TimedOut, Some(rec), now_unix_ms));
+        }
+        out
+    }
+}
+
+fn check_duration(d: Duration) -> Result<(), HoldError> {
+    let value = format!("{}s", d.as_secs_f64());
+    if d.is_zero() {
+        return Err(HoldError::BadDuration { value, why: "must be longer than zero" });
+    }
+    if d > MAX_GRANT {
+        return Err(HoldError::BadDuration { value, why: "must not exceed 30 days" });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
