@@ -18,6 +18,9 @@ use crate::backend::fanotify::FanotifyBackend;
 use crate::backend::lsm::{LsmBackend, LsmError};
 use crate::backend::{Backend, BackendError, BackendKind};
 use crate::event::GateEvent;
+use crate::hold::Gate;
+
+mod holds;
 
 /// Which backend to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -34,8 +37,15 @@ pub struct DaemonConfig {
     /// Policy files or directories.
     pub policy_paths: Vec<PathBuf>,
     pub backend: BackendChoice,
-    /// Status file, event log.
+    /// Status file, event log, request store, run records.
     pub state_dir: PathBuf,
+    /// bpffs directory the LSM programs (and the fallback's exec backstop) are pinned under,
+    /// so that gating outlives this process.
+    pub pin_dir: PathBuf,
+    /// Unix socket of the local approvals API.
+    pub socket: PathBuf,
+    /// Group that may use the socket (mode 0660); `None` leaves it root's.
+    pub socket_group: Option<String>,
 }
 
 /// Errors that stop the daemon.
@@ -53,6 +63,10 @@ pub enum DaemonError {
     Watch(#[from] crate::agents::WatchError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] crate::hold::store::StoreError),
+    #[error("approvals API: {0}")]
+    Api(#[from] crate::api::ApiError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
@@ -88,6 +102,12 @@ pub struct Status {
     pub exec_context: String,
     /// Set when the last reload failed (the previous policy stays in force).
     pub last_reload_error: Option<String>,
+    /// Requests waiting for a decision.
+    #[serde(default)]
+    pub pending_requests: usize,
+    /// The approvals socket.
+    #[serde(default)]
+    pub socket: String,
 }
 
 /// One agent cgroup in [`Status`].
@@ -104,21 +124,32 @@ fn now_unix() -> u64 {
 
 /// Starts the backend the config asks for; with `auto`, falls back to fanotify when the kernel
 /// cannot run BPF LSM programs, and returns the reason.
-pub fn start_backend(
-    choice: BackendChoice,
-    tx: crate::backend::EventSender,
-) -> Result<(Box<dyn Backend>, String), DaemonError> {
+/// A started backend, the gate that releases its holds, and why it was chosen.
+pub type Started = (Box<dyn Backend>, std::sync::Arc<dyn Gate>, String);
+
+/// Starts the backend the config asks for; with `auto`, falls back to fanotify when the kernel
+/// cannot run BPF LSM programs, and returns the reason.
+pub fn start_backend(choice: BackendChoice, tx: crate::backend::EventSender, pin_dir: &Path) -> Result<Started, DaemonError> {
+    let lsm = |b: LsmBackend, why: &str| -> Started {
+        let gate = b.gate();
+        let why = if b.adopted() { format!("{why}; adopted the programs pinned in {}", pin_dir.display()) } else { why.to_string() };
+        (Box::new(b), gate, why)
+    };
+    let fan = |b: FanotifyBackend, why: String| -> Started {
+        let gate = b.gate();
+        (Box::new(b), gate, why)
+    };
     match choice {
-        BackendChoice::Lsm => Ok((Box::new(LsmBackend::start(tx).map_err(BackendError::from)?), "requested with --backend lsm".into())),
-        BackendChoice::Fanotify => Ok((
-            Box::new(FanotifyBackend::start(tx).map_err(BackendError::from)?),
+        BackendChoice::Lsm => Ok(lsm(LsmBackend::start(tx, pin_dir).map_err(BackendError::from)?, "requested with --backend lsm")),
+        BackendChoice::Fanotify => Ok(fan(
+            FanotifyBackend::start(tx).map_err(BackendError::from)?,
             "requested with --backend fanotify".into(),
         )),
-        BackendChoice::Auto => match LsmBackend::start(tx.clone()) {
-            Ok(b) => Ok((Box::new(b), "BPF LSM programs load and attach on this kernel".into())),
+        BackendChoice::Auto => match LsmBackend::start(tx.clone(), pin_dir) {
+            Ok(b) => Ok(lsm(b, "BPF LSM programs load and attach on this kernel")),
             Err(LsmError::Unavailable(why)) => {
                 let b = FanotifyBackend::start(tx).map_err(BackendError::from)?;
-                Ok((Box::new(b), format!("fallback: {why}")))
+                Ok(fan(b, format!("fallback: {why}")))
             }
             Err(e) => Err(BackendError::from(e).into()),
         },
@@ -138,6 +169,9 @@ struct Record<'a> {
     exe: Option<&'a str>,
     /// The protected tree or gated binary path of the rule that matched.
     rule_target: Option<String>,
+    /// Held events: the approval request this attempt belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<&'a str>,
 }
 
 struct State {
@@ -147,6 +181,9 @@ struct State {
     rule_targets: std::collections::HashMap<u32, String>,
     matcher: AgentMatcher,
     agents: AgentSet,
+    /// The agent set as the approvals API sees it (callers inside agents are refused).
+    shared_agents: std::sync::Arc<std::sync::RwLock<AgentSet>>,
+    holds: holds::Holds,
     backend: Box<dyn Backend>,
     exec_probe: Option<ExecContextProbe>,
     exec_rx: mpsc::Receiver<ExecRecord>,
@@ -177,7 +214,9 @@ impl State {
         let rule = self.policy.rules.get(ev.rule_id as usize);
         let m = self.agents.classify_pid(ev.pid);
         let rule_target = self.rule_targets.get(&ev.rule_id).cloned();
+        let request = self.holds.on_event(ev, &self.policy, &self.agents, exe.clone());
         let rec = Record {
+            request: request.as_deref(),
             event: ev,
             rule: rule.map(|r| r.name.as_str()),
             policy: rule.map(|r| r.policy.as_str()),
@@ -192,9 +231,8 @@ impl State {
             op = ?ev.op, verdict = ?ev.verdict, action = ?ev.action, pid = ev.pid, comm = %ev.comm,
             target = %ev.target_path.as_deref().unwrap_or(&ev.target_name),
             rule = rec.rule.unwrap_or("?"), agent = rec.agent.unwrap_or("?"), monitor = ev.monitor,
-            "{}", if ev.action == crate::event::Action::Approve && !ev.monitor {
-                "approve rule enforced as deny: holding for approval is not implemented yet"
-            } else { "flagged" }
+            request = request.as_deref().unwrap_or(""),
+            "flagged"
         );
         if let Err(e) = writeln!(self.log, "{line}") {
             tracing::error!(error = %e, "cannot append to the event log");
@@ -206,6 +244,7 @@ impl State {
         self.status.events = s.events;
         self.status.lost = s.lost + self.exec_probe.as_ref().map_or(0, |p| p.lost());
         self.status.updated_unix = now_unix();
+        self.status.pending_requests = self.holds.approvals.pending().len();
         self.status.agents = {
             let mut v: Vec<StatusAgent> = self
                 .agents
@@ -248,7 +287,7 @@ impl State {
                         for c in &diff.removed {
                             tracing::info!(agent = %c.agent, cgroup = %c.path, id = c.id, "agent cgroup gone");
                         }
-                        self.agents = new;
+                        self.set_agents(new);
                         self.refresh_status();
                     }
                     Err(e) => tracing::error!(error = %e, "applying new agent cgroups failed; previous set stays"),
@@ -257,6 +296,11 @@ impl State {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "rescanning agent cgroups failed"),
         }
+    }
+
+    fn set_agents(&mut self, a: AgentSet) {
+        *self.shared_agents.write().unwrap_or_else(|e| e.into_inner()) = a.clone();
+        self.agents = a;
     }
 
     fn sync_exec_probe(&mut self, agents: &AgentSet) {
@@ -280,7 +324,7 @@ impl State {
                 self.rule_targets = rule_targets(&p);
                 self.policy = p;
                 self.matcher = m;
-                self.agents = a;
+                self.set_agents(a);
                 self.status.last_reload_error = None;
             }
             Err(e) => {
@@ -331,9 +375,28 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let matcher = AgentMatcher::new(&policy.agents)?;
     let agents = AgentSet::resolve_with(mount, &matcher)?;
     let (tx, mut rx) = mpsc::channel::<GateEvent>(65536);
-    let (mut backend, reason) = start_backend(cfg.backend, tx)?;
+    let (mut backend, gate, reason) = start_backend(cfg.backend, tx, &cfg.pin_dir)?;
     backend.apply(&policy, &agents)?;
     let kind: BackendKind = backend.kind();
+    let holds = holds::Holds::start(&cfg.state_dir, gate, kind)?;
+    if kind == BackendKind::Lsm {
+        let n = holds::rewake_stopped_agents(&agents);
+        if n > 0 {
+            tracing::info!(processes = n, "stopped agent processes woken to re-enter the gate");
+        }
+    }
+    let shared_agents = std::sync::Arc::new(std::sync::RwLock::new(agents.clone()));
+    let classify = {
+        let a = shared_agents.clone();
+        std::sync::Arc::new(move |pid: u32| a.read().unwrap_or_else(|e| e.into_inner()).classify_pid(pid).map(|m| m.root.agent))
+    };
+    let api = crate::api::serve(
+        crate::api::ApiConfig { socket: cfg.socket.clone(), group: cfg.socket_group.clone() },
+        holds.approvals.clone(),
+        classify,
+    )
+    .await?;
+    tracing::info!(socket = %cfg.socket.display(), "approvals API listening");
     tracing::info!(backend = kind.as_str(), reason = %reason, "backend running");
     for note in &policy.notes {
         tracing::info!(note = %note, "policy note");
@@ -354,9 +417,24 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         backend_reason: reason,
         policy_paths: cfg.policy_paths.iter().map(|p| p.display().to_string()).collect(),
         started_unix: now_unix(),
+        socket: cfg.socket.display().to_string(),
         ..Status::default()
     };
-    let mut st = State { cfg, rule_targets: rule_targets(&policy), policy, matcher, agents, backend, exec_probe, exec_rx, exes: Default::default(), status, log };
+    let mut st = State {
+        cfg,
+        rule_targets: rule_targets(&policy),
+        policy,
+        matcher,
+        agents,
+        shared_agents,
+        holds,
+        backend,
+        exec_probe,
+        exec_rx,
+        exes: Default::default(),
+        status,
+        log,
+    };
     st.refresh_status();
     sd_notify("READY=1\nSTATUS=gating");
 
@@ -364,9 +442,20 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let mut term = signal(SignalKind::terminate()).map_err(io_err(Path::new("SIGTERM")))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err(Path::new("SIGINT")))?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Timeouts are checked 5 times a second: a rule's timeout is met within 200 ms.
+    let mut hold_tick = tokio::time::interval(Duration::from_millis(200));
+    let mut updates = st.holds.approvals.subscribe();
     loop {
         tokio::select! {
-            Some(ev) = rx.recv() => st.record(&ev),
+            Some(ev) = rx.recv() => {
+                st.record(&ev);
+                st.holds.drain_updates(&mut st.log);
+            }
+            _ = updates.recv() => st.holds.drain_updates(&mut st.log),
+            _ = hold_tick.tick() => {
+                st.holds.tick();
+                st.holds.drain_updates(&mut st.log);
+            }
             Some(r) = st.exec_rx.recv() => st.note_exec(r),
             _ = hup.recv() => st.reload(),
             _ = term.recv() => break,
@@ -379,7 +468,15 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         st.record(&ev);
     }
     sd_notify("STOPPING=1");
+    drop(api);
+    st.holds.drain_updates(&mut st.log);
     st.refresh_status();
-    tracing::info!("stopping; gating ends with this process");
+    match kind {
+        BackendKind::Lsm => tracing::info!(
+            pins = %st.cfg.pin_dir.display(),
+            "stopping; the pinned programs keep gating and held processes stay held until airlockd runs again"
+        ),
+        BackendKind::Fanotify => tracing::info!("stopping; fanotify gating ends with this process (the pinned exec backstop stays)"),
+    }
     Ok(())
 }

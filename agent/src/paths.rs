@@ -17,3 +17,14 @@ pub fn status_file(state_dir: &std::path::Path) -> PathBuf {
 pub fn event_log(state_dir: &std::path::Path) -> PathBuf {
     state_dir.join("events.jsonl")
 }
+
+/// Where `airlock run` records who launched the run in cgroup/scope `scope` (its directory
+/// name, e.g. `airlock-claude-123x4.scope`).
+pub fn run_record(state_dir: &std::path::Path, scope: &str) -> PathBuf {
+    state_dir.join("runs").join(format!("{scope}.json"))
+}
+
+/// Where pending and recent approval requests are kept.
+pub fn requests_dir(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("requests")
+}

@@ -15,9 +15,18 @@ struct Args {
     /// Backend: auto picks BPF LSM when the kernel allows it, else fanotify.
     #[arg(long, value_enum, default_value = "auto", env = "AIRLOCK_BACKEND")]
     backend: BackendChoice,
-    /// Runtime state (status file, event log).
+    /// Runtime state (status file, event log, pending requests, approvals socket).
     #[arg(long, env = "AIRLOCK_STATE_DIR", default_value = "/run/airlock")]
     state_dir: PathBuf,
+    /// bpffs directory for pinned programs and maps (they keep gating while airlockd is down).
+    #[arg(long, env = "AIRLOCK_PIN_DIR", default_value = "/sys/fs/bpf/airlock")]
+    pin_dir: PathBuf,
+    /// Approvals socket [default: STATE_DIR/airlock.sock].
+    #[arg(long, env = "AIRLOCK_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Group allowed to use the approvals socket (mode 0660); default: root only.
+    #[arg(long, env = "AIRLOCK_SOCKET_GROUP")]
+    socket_group: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -30,7 +39,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let cfg = DaemonConfig { policy_paths: args.policy, backend: args.backend, state_dir: args.state_dir };
+    let socket = args.socket.unwrap_or_else(|| airlock_agent::paths::socket(&args.state_dir));
+    let cfg = DaemonConfig {
+        policy_paths: args.policy,
+        backend: args.backend,
+        state_dir: args.state_dir,
+        pin_dir: args.pin_dir,
+        socket,
+        socket_group: args.socket_group,
+    };
     match rt.block_on(airlock_agent::daemon::run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

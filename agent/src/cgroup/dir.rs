@@ -405,3 +405,14 @@ mod tests {
         assert!(t.path().exists());
     }
 }
+
+/// Every process in the cgroup at `dir` and its descendants (best effort: cgroups removed
+/// meanwhile are skipped).
+pub fn procs_recursive(dir: &Path) -> Vec<u32> {
+    subtree_dirs(dir)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|d| read_procs(d).ok())
+        .flatten()
+        .collect()
+}

@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// Start CMD even when no airlockd gates its cgroup (it then runs ungated).
     #[arg(long)]
     pub unguarded: bool,
+    /// Why this agent runs; shown with every approval request of this run (an agent can give
+    /// a reason per action by setting AIRLOCK_REASON in its environment).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
     /// The command to run, and its arguments.
     #[arg(
         required = true,
@@ -157,6 +161,8 @@ fn run_in_cgroupfs(args: &RunArgs) -> anyhow::Result<u8> {
         }
     };
     scope.set_kill_on_drop(args.kill_on_exit);
+    let scope_name = path.rsplit('/').next().unwrap_or_default().to_string();
+    let _record = RunRecord::write(&args.state_dir, &scope_name, args);
     if args.verbose {
         let id = scope
             .id()
@@ -224,6 +230,7 @@ fn run_in_systemd_scope(args: &RunArgs, systemd_run: &Path) -> anyhow::Result<u8
         .collect();
     argv.extend(args.command.iter().cloned());
     let cmd = command(args, systemd_run.as_os_str(), &argv);
+    let _record = RunRecord::write(&args.state_dir, &format!("{unit}.scope"), args);
     let status = spawn_and_wait(args, cmd)?;
     if args.kill_on_exit {
         // systemd-run --scope exec'd CMD, so it is gone; leftovers keep the scope alive. Killing
@@ -248,6 +255,46 @@ pub fn systemd_run_args(unit: &str) -> Vec<String> {
         "--quiet".into(),
         "--".into(),
     ]
+}
+
+/// Who launched a run and why, for the approval requests of its agent: written to
+/// `STATE_DIR/runs/<scope>.json` before CMD starts (airlockd reads it by the scope's name),
+/// removed when the run ends. Best effort: without it requests just lack "launched by".
+struct RunRecord {
+    path: Option<PathBuf>,
+}
+
+impl RunRecord {
+    fn write(state_dir: &Path, scope: &str, args: &RunArgs) -> RunRecord {
+        let uid = nix::unistd::getuid();
+        let launcher = crate::hold::Launcher {
+            uid: uid.as_raw(),
+            user: nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name),
+            sudo_user: std::env::var("SUDO_USER").ok().filter(|s| !s.is_empty()),
+            reason: args.reason.clone(),
+        };
+        let path = crate::paths::run_record(state_dir, scope);
+        let body = serde_json::to_vec(&launcher).expect("launcher serializes");
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, body));
+        match written {
+            Ok(()) => RunRecord { path: Some(path) },
+            Err(e) => {
+                eprintln!("airlock run: warning: cannot record who launched this run ({}): {e}", path.display());
+                RunRecord { path: None }
+            }
+        }
+    }
+}
+
+impl Drop for RunRecord {
+    fn drop(&mut self) {
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 fn command(args: &RunArgs, program: impl AsRef<std::ffi::OsStr>, argv: &[OsString]) -> Command {

@@ -201,36 +201,48 @@ pub fn reported_op(rule: &RuleRef) -> Op {
     }
 }
 
+/// What the listener does with the permission event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Answer at once.
+    Now(Response),
+    /// `approve`: park the [`super::Permission`] until a person (or a standing decision)
+    /// decides; the listener moves on to other events.
+    Hold,
+}
+
 /// What to do with a gated operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
-    /// The answer to the kernel. (Holding an `approve` decision for a human will add a third
-    /// outcome here: the listener then parks the [`super::Permission`] instead of answering.)
-    pub response: Response,
+    /// What happens to the permission event.
+    pub answer: Answer,
     /// What the event records.
     pub verdict: Verdict,
     /// Whether an event is sent (every action but `allow`).
     pub report: bool,
 }
 
-/// The decision for an operation that falls under `rule`: [`crate::event::verdict_for`] (so
-/// `approve` is enforced as deny until holds land, and monitor mode never denies).
+/// The decision for an operation that falls under `rule`: [`crate::event::verdict_for`]
+/// (`approve` holds, `deny` denies, monitor mode never denies nor holds).
 pub fn decide(rule: &RuleRef) -> Decision {
-    let v = crate::event::verdict_for(rule.action, rule.flags);
-    let denied = v == verdict::DENIED || v == verdict::HELD;
+    let (answer, verdict) = match crate::event::verdict_for(rule.action, rule.flags) {
+        verdict::HELD => (Answer::Hold, Verdict::Held),
+        verdict::DENIED => (Answer::Now(Response::Deny), Verdict::Denied),
+        _ => (Answer::Now(Response::Allow), Verdict::Allowed),
+    };
     Decision {
-        response: if denied {
-            Response::Deny
-        } else {
-            Response::Allow
-        },
-        verdict: if denied {
-            Verdict::Denied
-        } else {
-            Verdict::Allowed
-        },
+        answer,
+        verdict,
         report: rule.action != action::ALLOW,
     }
+}
+
+/// Whether an allowed exec under `rule` needs an `EXEC_ALLOW` entry for the exec backstop:
+/// the tracepoint stops or kills every agent exec of a binary whose rule is an enforcing
+/// `deny` or `approve` unless the daemon allowed that exec.
+pub fn backstopped(rule: &RuleRef) -> bool {
+    (rule.action == action::DENY || rule.action == action::APPROVE)
+        && rule.flags & airlock_common::flags::MONITOR == 0
 }
 
 #[cfg(test)]
@@ -456,17 +468,17 @@ mod tests {
 
     #[test]
     fn decide_table() {
-        use Response::*;
         use Verdict::*;
-        for (act, monitor, want) in [
-            (action::ALLOW, false, (Allow, Allowed, false)),
-            (action::AUDIT, false, (Allow, Allowed, true)),
-            (action::DENY, false, (Deny, Denied, true)),
-            (action::APPROVE, false, (Deny, Denied, true)),
-            (action::ALLOW, true, (Allow, Allowed, false)),
-            (action::AUDIT, true, (Allow, Allowed, true)),
-            (action::DENY, true, (Allow, Allowed, true)),
-            (action::APPROVE, true, (Allow, Allowed, true)),
+        let (allow, deny, hold) = (Answer::Now(Response::Allow), Answer::Now(Response::Deny), Answer::Hold);
+        for (act, monitor, want, stop) in [
+            (action::ALLOW, false, (allow, Allowed, false), false),
+            (action::AUDIT, false, (allow, Allowed, true), false),
+            (action::DENY, false, (deny, Denied, true), true),
+            (action::APPROVE, false, (hold, Held, true), true),
+            (action::ALLOW, true, (allow, Allowed, false), false),
+            (action::AUDIT, true, (allow, Allowed, true), false),
+            (action::DENY, true, (allow, Allowed, true), false),
+            (action::APPROVE, true, (allow, Allowed, true), false),
         ] {
             let r = RuleRef {
                 flags: if monitor { flags::MONITOR } else { 0 },
@@ -474,10 +486,11 @@ mod tests {
             };
             let d = decide(&r);
             assert_eq!(
-                (d.response, d.verdict, d.report),
+                (d.answer, d.verdict, d.report),
                 want,
                 "action {act} monitor {monitor}"
             );
+            assert_eq!(backstopped(&r), stop, "backstop for action {act} monitor {monitor}");
         }
     }
 

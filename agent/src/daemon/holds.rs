@@ -1,0 +1,168 @@
+//! The daemon's side of holds: turns held events into requests (with context), runs timeouts,
+//! restores pending requests after a restart, and writes every request's opening and outcome
+//! to the audit log.
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use airlock_policy::CompiledPolicy;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::agents::AgentSet;
+use crate::backend::BackendKind;
+use crate::event::{DecidedBy, GateEvent, Verdict};
+use crate::hold::context::{Sources, gather};
+use crate::hold::store::Store;
+use crate::hold::table::{HoldTable, Opening};
+use crate::hold::{Approvals, DEFAULT_TIMEOUT, Gate, HoldKey, HoldKind, Holder, Launcher, OnTimeout, Update};
+
+/// Requests and their bookkeeping.
+pub(crate) struct Holds {
+    pub approvals: Approvals,
+    updates: broadcast::Receiver<Update>,
+    host: String,
+    state_dir: PathBuf,
+}
+
+/// One request line in the audit log.
+#[derive(Serialize)]
+struct RequestRecord<'a> {
+    record: &'static str,
+    change: &'static str,
+    #[serde(flatten)]
+    request: &'a crate::hold::Request,
+}
+
+fn thread_alive(h: &Holder) -> bool {
+    Path::new(&format!("/proc/{}/task/{}", h.tgid, h.tid)).exists()
+}
+
+/// Process state letter from /proc/PID/stat ('T' = stopped).
+fn proc_state(pid: u32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 2..].chars().next()
+}
+
+impl Holds {
+    /// Opens the request store and restores pending requests of a previous run. `kind` tells
+    /// which holds can have survived: LSM holds (stopped threads, pinned programs) and backstop
+    /// holds do; fanotify permission events were released by the kernel when the previous
+    /// daemon's group closed.
+    pub fn start(state_dir: &Path, gate: Arc<dyn Gate>, kind: BackendKind) -> Result<Holds, crate::hold::store::StoreError> {
+        let store = Store::open(&crate::paths::requests_dir(state_dir))?;
+        let loaded = store.load(std::time::SystemTime::now())?;
+        for e in &loaded.errors {
+            tracing::error!(error = %e, "unreadable request record kept aside");
+        }
+        let mut table = HoldTable::new(gate, Some(store));
+        let n = loaded.pending.len();
+        table.restore(loaded.pending, loaded.closed, crate::hold::approvals::now_unix_ms(), |h| match h.how {
+            HoldKind::Restart => kind == BackendKind::Lsm && thread_alive(h),
+            HoldKind::AfterExec => thread_alive(h),
+            HoldKind::Parked { .. } => false,
+        });
+        let approvals = Approvals::new(table);
+        let still = approvals.pending().len();
+        if n > 0 {
+            tracing::info!(restored = still, abandoned = n - still, "pending requests from the previous run");
+        }
+        let updates = approvals.subscribe();
+        let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(Holds { approvals, updates, host, state_dir: state_dir.to_path_buf() })
+    }
+
+    /// A held event: joins or opens its request. Returns the request id.
+    pub fn on_event(&self, ev: &GateEvent, policy: &CompiledPolicy, agents: &AgentSet, exe: Option<String>) -> Option<String> {
+        if ev.verdict != Verdict::Held {
+            return None;
+        }
+        let key = HoldKey { tgid: ev.tgid, op: ev.op, dev: ev.target_dev, ino: ev.target_ino, argv_hash: ev.argv_hash };
+        let how = match (ev.hold_token, ev.decided_by) {
+            (Some(token), _) => HoldKind::Parked { token },
+            (None, Some(DecidedBy::Backstop)) => HoldKind::AfterExec,
+            _ => HoldKind::Restart,
+        };
+        let holder = Holder { tid: ev.pid, tgid: ev.tgid, how };
+        let joined = self.approvals.on_held(key, holder, || {
+            let rule = policy.rules.get(ev.rule_id as usize);
+            let agent = agents.classify_pid(ev.pid);
+            let launched_by = agent
+                .as_ref()
+                .and_then(|m| crate::hold::context::unit_of(&m.root.path))
+                .and_then(|unit| std::fs::read(crate::paths::run_record(&self.state_dir, &unit)).ok())
+                .and_then(|b| serde_json::from_slice::<Launcher>(&b).ok());
+            let in_agent = |pid: u32| agents.classify_pid(pid).is_some();
+            let context = gather(ev, &Sources { host: &self.host, agent: agent.as_ref(), rule, exe, launched_by, in_agent: &in_agent });
+            let (timeout, on_timeout) = match rule.and_then(|r| r.approval) {
+                Some(a) => (a.timeout, match a.on_timeout {
+                    airlock_policy::OnTimeout::Allow => OnTimeout::Allow,
+                    airlock_policy::OnTimeout::Deny => OnTimeout::Deny,
+                }),
+                None => (DEFAULT_TIMEOUT, OnTimeout::Deny),
+            };
+            Opening { context, timeout, on_timeout }
+        });
+        Some(joined.id)
+    }
+
+    /// Timeouts and holders that died.
+    pub fn tick(&self) {
+        self.approvals.tick(thread_alive);
+    }
+
+    /// Writes request openings and outcomes to the audit log and the journal.
+    pub fn drain_updates(&mut self, log: &mut std::fs::File) {
+        loop {
+            let u = match self.updates.try_recv() {
+                Ok(u) => u,
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    // Each request is also on disk; the log lacks these lines only.
+                    tracing::error!(missed = n, "request updates missed by the audit log");
+                    continue;
+                }
+                Err(_) => return,
+            };
+            let (change, r) = match &u {
+                Update::Opened(r) => ("opened", r),
+                Update::Closed(r) => ("closed", r),
+            };
+            let c = &r.context;
+            let target = c.target_path.clone().unwrap_or_else(|| format!("dev {} ino {}", c.target_dev, c.target_ino));
+            match &u {
+                Update::Opened(_) => tracing::warn!(
+                    target: "airlock::request", id = %r.id, agent = c.agent.as_deref().unwrap_or("?"), op = ?c.op,
+                    target = %target, argv = ?c.argv, pid = c.pid,
+                    "held for approval: airlock approve {} | airlock deny {}", r.id, r.id
+                ),
+                Update::Closed(_) => tracing::info!(
+                    target: "airlock::request", id = %r.id, state = r.state.as_str(), op = ?c.op, target = %target,
+                    by = r.decision.as_ref().and_then(|d| d.by.as_ref()).and_then(|b| b.user.clone()).unwrap_or_default(),
+                    "request closed"
+                ),
+            }
+            let line = serde_json::to_string(&RequestRecord { record: "request", change, request: r }).unwrap_or_default();
+            if let Err(e) = writeln!(log, "{line}") {
+                tracing::error!(error = %e, "cannot append to the event log");
+            }
+        }
+    }
+}
+
+/// After a restart on the LSM backend: a thread held while no daemon ran, whose event was read
+/// but never became a request, would stay stopped with nobody asking. SIGCONT to every stopped
+/// process in an agent cgroup makes each held syscall restart into the gate, which holds it
+/// again and reports it afresh (nothing of the action happens). Returns how many were woken.
+pub(crate) fn rewake_stopped_agents(agents: &AgentSet) -> usize {
+    let mut n = 0;
+    for root in agents.roots.values() {
+        let dir = crate::cgroup::cgroup_dir(&agents.mount, &root.path);
+        for pid in crate::cgroup::procs_recursive(&dir) {
+            if proc_state(pid) == Some('T') {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT);
+                n += 1;
+            }
+        }
+    }
+    n
+}
