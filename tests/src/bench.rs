@@ -11,7 +11,7 @@ use std::time::Instant;
 use airlock_agent::cgroup::{CgroupDir, cgroup2_mount};
 use anyhow::{Context as _, bail};
 
-use crate::harness::{Daemon, run_in};
+use crate::harness::{Daemon, Pins, run_in};
 
 const GATED_BINARIES: usize = 10_000;
 const PROTECTED_TREES: usize = 1_000;
@@ -114,6 +114,7 @@ pub fn run(bin_dir: &Path, rounds_n: usize) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let cleanup = Cleanup(dir.clone());
+    let _pins = Pins;
     let top_rel = format!("airlock-bench-{}", std::process::id());
     let cg = CgroupDir::create(cgroup2_mount()?.join(&top_rel))?;
     let agent = cg.create_child("agent")?;

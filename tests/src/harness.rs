@@ -62,6 +62,7 @@ impl Daemon {
         let log = state_dir.join("airlockd.log");
         let out = std::fs::File::create(&log)?;
         let child = Command::new(bin_dir.join("airlockd"))
+            .env("AIRLOCK_PIN_DIR", pin_dir().join(state_dir.parent().and_then(|p| p.file_name()).unwrap_or_default()))
             .arg("--policy")
             .arg(policy)
             .arg("--state-dir")
@@ -123,6 +124,14 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         None
+    }
+
+    /// Kills the daemon with SIGKILL (no clean-up of its own) and reaps it.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        let Some(mut c) = self.child.take() else { bail!("already stopped") };
+        c.kill()?;
+        c.wait()?;
+        Ok(())
     }
 
     /// Stops the daemon (SIGTERM, then SIGKILL after 10 s) and returns its exit status.
@@ -194,4 +203,86 @@ pub fn kernel_id(p: &Path) -> anyhow::Result<(u64, u64)> {
     let dev = m.dev();
     let (major, minor) = (libc::major(dev) as u64, libc::minor(dev) as u64);
     Ok(((major << 20) | minor, m.ino()))
+}
+
+/// bpffs directory this test run's daemons pin their programs under (never the system's).
+pub fn pin_dir() -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/airlock-e2e-{}", std::process::id()))
+}
+
+/// Removes this run's pins on drop (unpinning detaches the programs once no daemon holds them).
+pub struct Pins;
+
+impl Pins {
+    /// Removes them now; true when nothing is left.
+    pub fn remove(&self) -> bool {
+        let d = pin_dir();
+        let _ = std::fs::remove_dir_all(&d);
+        !d.exists()
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// A child started in a cgroup that is not waited for yet (held syscalls).
+pub struct Spawned {
+    pub child: Option<Child>,
+    pub pid: u32,
+}
+
+impl Spawned {
+    /// Starts `argv` inside `cgroup` with piped stdout/stderr.
+    pub fn start(cgroup: &Path, argv: &[&str]) -> anyhow::Result<Spawned> {
+        let mut cmd = Command::new(argv[0]);
+        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes())?;
+        // SAFETY: only async-signal-safe calls (open/write/close) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if n != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("spawning {argv:?}"))?;
+        let pid = child.id();
+        Ok(Spawned { child: Some(child), pid })
+    }
+
+    /// Has it exited (without reaping)?
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Waits up to `timeout` for it to exit and returns its output.
+    pub fn finish(mut self, timeout: Duration) -> anyhow::Result<Output> {
+        let deadline = Instant::now() + timeout;
+        while self.running() {
+            if Instant::now() > deadline {
+                bail!("child {} still running after {timeout:?}", self.pid);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(self.child.take().context("reaped")?.wait_with_output()?)
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

@@ -8,6 +8,7 @@ mod bench;
 mod cases;
 mod demo;
 mod harness;
+mod holds;
 mod ops;
 
 use std::path::PathBuf;
@@ -108,6 +109,7 @@ fn main() -> ExitCode {
     let base = PathBuf::from(if a.tier == "guest" { "/tmp" } else { "/var/tmp" });
     let want_backend = if a.tier == "guest" { "lsm" } else { "fanotify" };
     r.check("bad_policy_is_refused_with_file_line_column", bad_policy_is_refused_with_location(&a, &base));
+    let pins = harness::Pins;
     let fx = match cases::Fixture::new(&base) {
         Ok(f) => f,
         Err(e) => {
@@ -145,13 +147,29 @@ fn main() -> ExitCode {
         let st = stopped?;
         ensure(st.success(), || format!("exit status {st}:\n{}", daemon.log_text()))
     })());
-    r.check("gating_ends_with_the_daemon_nothing_left_behind", (|| {
+    let exec_gated = || -> anyhow::Result<std::process::Output> {
         let me = me.to_string_lossy().to_string();
         let p = fx.gated.path.to_string_lossy().to_string();
         let mut argv = vec![me.as_str(), "--op", "exec", p.as_str()];
         argv.extend(fx.gated.args.iter().map(String::as_str));
-        let (_, out) = harness::run_in(Some(&fx.agent_cg), None, &argv)?;
-        ensure(out.status.success(), || format!("exec after stop: {}", harness::stdout(&out)))
+        Ok(harness::run_in(Some(&fx.agent_cg), None, &argv)?.1)
+    };
+    r.check("gating_outlives_the_daemon_through_pinned_programs", (|| {
+        use std::os::unix::process::ExitStatusExt as _;
+        let out = exec_gated()?;
+        if want_backend == "lsm" {
+            // The pinned LSM programs still refuse the exec.
+            ensure(harness::stdout(&out) == "errno=1", || format!("exec after stop: {:?} {}", out.status, harness::stdout(&out)))
+        } else {
+            // fanotify stopped with the daemon; the pinned exec backstop kills the new image
+            // of a deny-gated binary before its first instruction.
+            ensure(out.status.signal() == Some(libc::SIGKILL), || format!("exec after stop: {:?} {}", out.status, harness::stdout(&out)))
+        }
+    })());
+    r.check("removing_the_pins_ends_gating_nothing_left_behind", (|| {
+        ensure(pins.remove(), || format!("pins left in {}", harness::pin_dir().display()))?;
+        let out = exec_gated()?;
+        ensure(out.status.success(), || format!("exec after unpinning: {:?} {}", out.status, harness::stdout(&out)))
     })());
     if r.failed > 0 {
         println!("--- airlockd log ---\n{}", daemon.log_text());
@@ -159,7 +177,11 @@ fn main() -> ExitCode {
     drop(daemon);
     let cg = fx.agent_cg.parent().map(|p| p.to_path_buf());
     drop(fx);
-    r.check("test_cgroups_removed", ensure(cg.is_some_and(|p| !p.exists()), || "cgroup left behind".into()));
+    holds::run_all(&mut r, &a.bin_dir, &me, &base, want_backend == "lsm");
+    r.check("test_cgroups_and_pins_removed", (|| {
+        ensure(pins.remove(), || format!("pins left in {}", harness::pin_dir().display()))?;
+        ensure(cg.is_some_and(|p| !p.exists()), || "cgroup left behind".into())
+    })());
     finish(&r)
 }
 

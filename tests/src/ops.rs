@@ -68,6 +68,47 @@ pub fn run(op: &str, args: &[String]) -> ! {
             "chown" => report(libc::chown(c(a(0)).as_ptr(), 1, 1) as i64),
             "truncate" => report(libc::truncate(c(a(0)).as_ptr(), 0) as i64),
             "mkdir" => report(libc::mkdir(c(a(0)).as_ptr(), 0o755) as i64),
+            "echo" => {
+                println!("{}", args.join(" "));
+                std::process::exit(0)
+            }
+            "write-twice" => {
+                // Two separate write opens by one process: a once-grant covers only the first.
+                let mut out = Vec::new();
+                for _ in 0..2 {
+                    let fd = libc::open(c(a(0)).as_ptr(), libc::O_WRONLY | libc::O_APPEND);
+                    out.push(if fd < 0 { format!("errno={}", std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) } else { "ok".into() });
+                    if fd >= 0 {
+                        libc::close(fd);
+                    }
+                }
+                println!("{}", out.join(" "));
+                std::process::exit(0)
+            }
+            "mt-write" => {
+                // N threads open the same file for writing at the same moment.
+                let path = a(0).to_string();
+                let n: usize = a(1).parse().unwrap_or(4);
+                let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+                let hs: Vec<_> = (0..n)
+                    .map(|_| {
+                        let (b, p) = (barrier.clone(), path.clone());
+                        std::thread::spawn(move || {
+                            b.wait();
+                            let fd = libc::open(c(&p).as_ptr(), libc::O_WRONLY | libc::O_APPEND);
+                            if fd < 0 {
+                                format!("errno={}", std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+                            } else {
+                                libc::close(fd);
+                                "ok".to_string()
+                            }
+                        })
+                    })
+                    .collect();
+                let out: Vec<String> = hs.into_iter().map(|h| h.join().unwrap_or_else(|_| "panic".into())).collect();
+                println!("{}", out.join(" "));
+                std::process::exit(0)
+            }
             other => {
                 eprintln!("unknown --op {other}");
                 std::process::exit(2)

@@ -120,15 +120,19 @@ use airlock_common::{InodeKey, RuleRef};
 use airlock_policy::{CompiledPolicy, ExecTarget, ProtectedTarget, RuleInfo};
 use serde::Serialize;
 
+use super::exec_context::ExecAllow;
 use super::{Backend, BackendError, BackendKind, BackendStats, EventSender};
 use crate::agents::{AgentMatch, AgentSet};
 
+mod argv;
+mod gate;
 mod listener;
 mod marks;
 mod procfs;
 mod rules;
 mod sys;
 
+pub use gate::FanotifyGate;
 pub use sys::{Permission, Response};
 
 use marks::{MarkState, Marker, RootKind};
@@ -202,6 +206,7 @@ pub(crate) struct Counters {
     fast_allowed: AtomicU64,
     agent_allowed: AtomicU64,
     denied: AtomicU64,
+    held: AtomicU64,
     intent_unknown: AtomicU64,
     errors: AtomicU64,
 }
@@ -213,14 +218,19 @@ pub struct FanotifyCounters {
     pub events: u64,
     /// Events dropped because the channel was full.
     pub lost: u64,
-    /// Permission events answered.
+    /// Permission events received (answered, or parked now).
     pub perm_events: u64,
     /// Of those, from non-agent processes (allowed at once).
     pub fast_allowed: u64,
-    /// Of those, from agent processes and allowed.
+    /// Of those, from agent processes and allowed (at once, or released by an approval).
     pub agent_allowed: u64,
-    /// Of those, denied.
+    /// Of those, denied (at once, or released by a denial, a timeout or shutdown).
     pub denied: u64,
+    /// Holds parked so far (each is answered later and then also counted as allowed or
+    /// denied).
+    pub held: u64,
+    /// Holds parked now, waiting for a decision.
+    pub parked: u64,
     /// Agent opens whose flags could not be determined (treated as writes).
     pub intent_unknown: u64,
     /// Events whose handling panicked (answered with the fallback).
@@ -240,6 +250,7 @@ pub(crate) struct Shared {
     scope: RwLock<Arc<dyn Scope>>,
     counters: Counters,
     events: EventSender,
+    holds: gate::Holds,
 }
 
 /// What an apply marks; an apply with the same targets only swaps the scope.
@@ -276,6 +287,7 @@ impl FanotifyBackend {
             scope: RwLock::new(Arc::new(NoAgents)),
             counters: Counters::default(),
             events,
+            holds: gate::Holds::new(),
         });
         let state = Arc::new(Mutex::new(MarkState::default()));
         let mut me = FanotifyBackend {
@@ -370,6 +382,25 @@ impl FanotifyBackend {
         Ok(())
     }
 
+    /// The backend's side of holds: releases parked permission events and stopped execs,
+    /// keeps standing decisions. Holds the backend weakly (it never keeps the group open).
+    pub fn gate(&self) -> Arc<dyn crate::hold::Gate> {
+        self.fanotify_gate()
+    }
+
+    /// [`Self::gate`] as its concrete type (for [`FanotifyGate::is_parked`]).
+    pub fn fanotify_gate(&self) -> Arc<FanotifyGate> {
+        Arc::new(FanotifyGate { shared: Arc::downgrade(&self.shared) })
+    }
+
+    /// Connects the exec backstop: every agent exec this backend allows under an enforcing
+    /// `deny`/`approve` rule gets an `EXEC_ALLOW` entry first, so that the tracepoint lets it
+    /// run. Call before the first [`apply`](Backend::apply) once the probe's backstop is
+    /// armed; `None` disconnects.
+    pub fn set_backstop(&self, allow: Option<Arc<ExecAllow>>) {
+        self.shared.holds.set_backstop(allow);
+    }
+
     /// Things the last apply could not do fully (unmarked mounts, missing paths, watch limits).
     pub fn notes(&self) -> &[String] {
         &self.notes
@@ -386,6 +417,8 @@ impl FanotifyBackend {
             fast_allowed: c.fast_allowed.load(Relaxed),
             agent_allowed: c.agent_allowed.load(Relaxed),
             denied: c.denied.load(Relaxed),
+            held: c.held.load(Relaxed),
+            parked: self.shared.holds.parked_count() as u64,
             intent_unknown: c.intent_unknown.load(Relaxed),
             errors: c.errors.load(Relaxed),
             marks: st.marks.len() as u64,
@@ -521,11 +554,14 @@ fn watch_loop(shared: &Shared, state: &Mutex<MarkState>, inotify: &OwnedFd, stop
 }
 
 impl Drop for FanotifyBackend {
+    /// Stops the threads, then denies every parked hold (nobody is left to decide it), then
+    /// closes the group (with the last `Arc` of `shared`; gates hold it weakly).
     fn drop(&mut self) {
         drop(self.stop.take());
         for h in self.threads.drain(..) {
             let _ = h.join();
         }
+        self.shared.answer_all_parked(Response::Deny);
     }
 }
 

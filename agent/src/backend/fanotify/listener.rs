@@ -1,33 +1,30 @@
 //! The listener thread: reads permission events, answers non-agent processes at once, decides
-//! for agent processes, and reports flagged events.
-use std::collections::HashMap;
+//! for agent processes (answering, or parking an `approve` hold), and reports flagged events.
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use airlock_common::{InodeKey, flags};
+use airlock_common::flags;
 
 use super::Shared;
+use super::argv::read_exec_argv;
+use super::gate::Opening;
 use super::procfs::{Intent, ProcReader, task_identity};
-use super::rules::{Decision, Hit, RealFs, decide, reported_op, write_ops};
+use super::rules::{Answer, Decision, Hit, RealFs, backstopped, decide, reported_op, write_ops};
 use super::sys::{self, FileId, Permission, Response};
 use crate::agents::AgentMatch;
-use crate::event::{Action, GateEvent, Op};
+use crate::event::{Action, DecidedBy, GateEvent, Op, Verdict};
+use crate::hold::Release;
 
 /// How long a `/proc/<tid>/syscall` read may take before the open is treated as unknown.
 const PROC_DEADLINE: Duration = Duration::from_millis(200);
-/// How long an allowed exec open waits for its `FAN_OPEN_PERM` twin.
-const EXEC_TWIN_WINDOW: Duration = Duration::from_secs(1);
 
 pub(crate) struct Listener {
     shared: Arc<Shared>,
     proc: ProcReader,
-    /// Agent threads whose exec open of this inode was just allowed: the `FAN_OPEN_PERM` that
-    /// the kernel sends next for the same open is an exec, not a write.
-    exec_twins: HashMap<u32, (InodeKey, Instant)>,
 }
 
 impl Listener {
@@ -35,7 +32,6 @@ impl Listener {
         Listener {
             shared,
             proc: ProcReader::new(PROC_DEADLINE),
-            exec_twins: HashMap::new(),
         }
     }
 
@@ -120,34 +116,26 @@ impl Listener {
     fn on_exec(&mut self, tid: u32, agent: &AgentMatch, file: FileId, permit: Permission) {
         let path = sys::fd_target(permit.fd());
         let hit = self.ruleset().find_exec(file.key, path.as_deref(), &RealFs);
-        let response = match hit {
-            None => Response::Allow,
-            Some(h) => {
-                let d = decide(&h.rule);
-                self.report(tid, agent, Op::Exec, &file, path.as_deref(), &h, &d);
-                d.response
-            }
+        let mut o = Opening { tid, file: file.key, exec: true, backstop: false };
+        let Some(h) = hit else {
+            self.shared.answer(permit, Response::Allow, &o);
+            return;
         };
-        if response == Response::Allow {
-            if self.exec_twins.len() > 1024 {
-                self.exec_twins
-                    .retain(|_, (_, t)| t.elapsed() < EXEC_TWIN_WINDOW);
-            }
-            self.exec_twins.insert(tid, (file.key, Instant::now()));
-        }
-        self.count(response);
-        permit.respond(response);
+        o.backstop = backstopped(&h.rule);
+        let g = Gated { tid, agent, op: Op::Exec, file: &file, path: path.as_deref(), hit: &h };
+        self.settle(&g, decide(&h.rule), permit, o);
     }
 
     fn on_open(&mut self, tid: u32, agent: &AgentMatch, file: FileId, permit: Permission) {
-        let intent = match self.exec_twins.remove(&tid) {
-            Some((k, t)) if k == file.key && t.elapsed() < EXEC_TWIN_WINDOW => Intent::Exec,
-            _ => self.proc.intent(tid),
+        let o = Opening { tid, file: file.key, exec: false, backstop: false };
+        let intent = if self.shared.holds.take_twin(tid, file.key) {
+            Intent::Exec
+        } else {
+            self.proc.intent(tid)
         };
         let open_flags = match intent {
             Intent::Read | Intent::Exec => {
-                self.count(Response::Allow);
-                permit.respond(Response::Allow);
+                self.shared.answer(permit, Response::Allow, &o);
                 return;
             }
             Intent::Write { flags } => Some(flags),
@@ -156,11 +144,9 @@ impl Listener {
         let path = sys::fd_target(permit.fd());
         let hit = self.ruleset().find_protected(file, path.as_deref(), write_ops(open_flags), &RealFs);
         let Some(h) = hit else {
-            self.count(Response::Allow);
-            permit.respond(Response::Allow);
+            self.shared.answer(permit, Response::Allow, &o);
             return;
         };
-        let d = decide(&h.rule);
         if let Intent::Unknown(why) = intent {
             self.shared.counters.intent_unknown.fetch_add(1, Relaxed);
             tracing::warn!(
@@ -168,78 +154,115 @@ impl Listener {
                 "open flags of an agent process unknown; treated as a write (fail closed)"
             );
         }
-        self.report(
-            tid,
-            agent,
-            reported_op(&h.rule),
-            &file,
-            path.as_deref(),
-            &h,
-            &d,
-        );
-        self.count(d.response);
-        permit.respond(d.response);
+        let op = reported_op(&h.rule);
+        let g = Gated { tid, agent, op, file: &file, path: path.as_deref(), hit: &h };
+        self.settle(&g, decide(&h.rule), permit, o);
     }
 
-    fn count(&self, r: Response) {
-        let c = match r {
-            Response::Allow => &self.shared.counters.agent_allowed,
-            Response::Deny => &self.shared.counters.denied,
+    /// Carries out a decision: answer now, or (approve) apply a standing decision, or park.
+    fn settle(&mut self, g: &Gated<'_>, d: Decision, permit: Permission, o: Opening) {
+        let r = match d.answer {
+            Answer::Now(r) => {
+                if d.report {
+                    self.send(self.event(g, d.verdict));
+                }
+                r
+            }
+            Answer::Hold => match self.shared.holds.standing(g.agent.cgroup_id, g.op, g.file.key) {
+                Some(release) => {
+                    let r = match release {
+                        Release::Allow => Response::Allow,
+                        Release::Deny => Response::Deny,
+                    };
+                    let mut ev = self.event(g, if r == Response::Allow { Verdict::Allowed } else { Verdict::Denied });
+                    ev.decided_by = Some(DecidedBy::AgentGrant);
+                    self.send(ev);
+                    r
+                }
+                None => return self.hold(g, permit, o),
+            },
         };
-        c.fetch_add(1, Relaxed);
+        self.shared.answer(permit, r, &o);
     }
 
-    /// Sends the event before answering, while the task (and its comm) is still what it was;
-    /// never blocks: a full channel counts the event as lost.
-    #[allow(clippy::too_many_arguments)]
-    fn report(
-        &self,
-        tid: u32,
-        agent: &AgentMatch,
-        op: Op,
-        file: &FileId,
-        path: Option<&Path>,
-        hit: &Hit,
-        d: &Decision,
-    ) {
-        if !d.report {
-            return;
+    /// Parks the permission and reports the hold. Never blocks; if the event cannot be
+    /// delivered nobody will ever decide, so the hold is denied at once.
+    fn hold(&mut self, g: &Gated<'_>, permit: Permission, o: Opening) {
+        let argv = if g.op == Op::Exec {
+            let tid = g.tid;
+            self.proc.run(move || read_exec_argv(tid)).ok().flatten()
+        } else {
+            None
+        };
+        let mut ev = self.event(g, Verdict::Held);
+        if let Some(a) = &argv {
+            (ev.argv, ev.argv_truncated, ev.argv_hash) = (a.strings(), a.truncated, a.hash());
         }
-        let (st, comm) = task_identity(tid);
-        let ev = GateEvent {
+        // Parked before the event goes out: a decision may come back at once.
+        let token = self.shared.holds.park(permit, o);
+        ev.hold_token = Some(token);
+        self.shared.counters.held.fetch_add(1, Relaxed);
+        if !self.send(ev)
+            && let Some((permit, o)) = self.shared.holds.unpark(token)
+        {
+            tracing::warn!(tid = g.tid, "event channel full: hold denied at once");
+            self.shared.answer(permit, Response::Deny, &o);
+        }
+    }
+
+    /// The event for a gated operation, built before answering, while the task (and its comm)
+    /// is still what it was.
+    fn event(&self, g: &Gated<'_>, verdict: Verdict) -> GateEvent {
+        let (st, comm) = task_identity(g.tid);
+        let rule = &g.hit.rule;
+        GateEvent {
             backend: "fanotify",
             ktime_ns: sys::boottime_ns(),
-            pid: tid,
+            pid: g.tid,
             tgid: st.tgid,
             ppid: st.ppid,
             uid: st.uid,
             euid: st.euid,
-            cgroup_id: agent.cgroup_id,
+            cgroup_id: g.agent.cgroup_id,
             comm,
-            op,
-            target_dev: file.key.dev,
-            target_ino: file.key.ino,
-            target_name: path
+            op: g.op,
+            target_dev: g.file.key.dev,
+            target_ino: g.file.key.ino,
+            target_name: g
+                .path
                 .and_then(Path::file_name)
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            target_path: path.map(PathBuf::from).map(|p| p.display().to_string()),
-            rule_id: hit.rule.rule_id,
-            action: Action::from_raw(hit.rule.action).unwrap_or(Action::Deny),
-            verdict: d.verdict,
-            monitor: hit.rule.flags & flags::MONITOR != 0,
+            target_path: g.path.map(PathBuf::from).map(|p| p.display().to_string()),
+            rule_id: rule.rule_id,
+            action: Action::from_raw(rule.action).unwrap_or(Action::Deny),
+            verdict,
+            monitor: rule.flags & flags::MONITOR != 0,
             name_truncated: false,
-            matched_by_entry: hit.by_entry,
+            matched_by_entry: g.hit.by_entry,
             argv: Vec::new(),
             argv_truncated: false,
             argv_hash: 0,
             decided_by: None,
             hold_token: None,
-        };
-        let c = &self.shared.counters;
-        match self.shared.events.try_send(ev) {
-            Ok(()) => c.events.fetch_add(1, Relaxed),
-            Err(_) => c.lost.fetch_add(1, Relaxed),
-        };
+        }
     }
+
+    /// Sends without blocking: a full channel counts the event as lost (returns false).
+    fn send(&self, ev: GateEvent) -> bool {
+        let c = &self.shared.counters;
+        let ok = self.shared.events.try_send(ev).is_ok();
+        if ok { &c.events } else { &c.lost }.fetch_add(1, Relaxed);
+        ok
+    }
+}
+
+/// A gated operation of an agent process.
+struct Gated<'a> {
+    tid: u32,
+    agent: &'a AgentMatch,
+    op: Op,
+    file: &'a FileId,
+    path: Option<&'a Path>,
+    hit: &'a Hit,
 }

@@ -2,11 +2,14 @@
 //! (`/proc/<tid>/syscall`, and `/proc/<tid>/mem` for `openat2`'s `struct open_how`) and its
 //! identity (`/proc/<tid>/status`, `comm`).
 //!
-//! Reading `syscall` and `mem` takes the task's `cred_guard_mutex` / `exec_update_lock`. A
-//! thread in `execve` holds `cred_guard_mutex` while the kernel opens its ELF interpreter, so if
-//! another thread of the same process opens a protected file meanwhile, a read of that thread's
-//! `syscall` would wait for the exec, and the exec waits for our answer. Those reads therefore
-//! run on a [`ProcReader`] worker with a deadline; past it the intent is unknown (fail closed).
+//! Reading `syscall` and `mem` takes the task's `exec_update_lock` (before 5.7:
+//! `cred_guard_mutex`, which a thread in `execve` holds while the kernel opens the binary's
+//! interpreter, so a read could wait for an exec that waits for our answer). `exec_update_lock`
+//! is held by an exec only between `begin_new_exec` and `setup_new_exec`, where no file is
+//! opened; on this host (6.18) `syscall` and the caller's memory read fine while the thread
+//! waits in the permission event of its exec open, a script's interpreter open included
+//! (verified). The reads still run on a [`ProcReader`] worker with a deadline; past it the
+//! intent is unknown (fail closed).
 use std::io::Read as _;
 use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
@@ -221,11 +224,12 @@ pub fn task_identity(tid: u32) -> (TaskStatus, String) {
     (status, comm)
 }
 
-type Job = (u32, mpsc::Sender<Intent>);
+type Job = Box<dyn FnOnce() + Send>;
 
-/// Runs [`read_intent`] on a worker thread and waits for it with a deadline. A worker that
-/// misses the deadline is abandoned (it finishes on its own once the lock it waits for is
-/// released, which our answering the exec's events makes happen) and a fresh one takes over.
+/// Runs procfs reads (see [`read_intent`], [`super::argv::read_exec_argv`]) on a worker thread
+/// and waits for them with a deadline. A worker that misses the deadline is abandoned (it
+/// finishes on its own once the lock it waits for is released, which our answering the exec's
+/// events makes happen) and a fresh one takes over.
 pub struct ProcReader {
     tx: Option<mpsc::Sender<Job>>,
     deadline: Duration,
@@ -257,8 +261,8 @@ impl ProcReader {
             let spawned = std::thread::Builder::new()
                 .name("airlock-procrd".into())
                 .spawn(move || {
-                    for (tid, reply) in rx {
-                        let _ = reply.send(read_intent(tid));
+                    for job in rx {
+                        job();
                     }
                     alive.fetch_sub(1, Ordering::Relaxed);
                 });
@@ -271,26 +275,43 @@ impl ProcReader {
         self.tx.as_ref()
     }
 
-    /// The open intent of blocked thread `tid`, or `Unknown` past the deadline.
-    pub fn intent(&mut self, tid: u32) -> Intent {
+    /// Runs `f` on the worker; `Err(why)` past the deadline or without a worker.
+    pub fn run<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, &'static str> {
         let Some(tx) = self.spawn() else {
-            return Intent::Unknown("procfs readers all blocked");
+            return Err("procfs readers all blocked");
         };
         let (rtx, rrx) = mpsc::channel();
-        if tx.send((tid, rtx)).is_err() {
+        let job: Job = Box::new(move || {
+            let _ = rtx.send(f());
+        });
+        if tx.send(job).is_err() {
             self.tx = None;
-            return Intent::Unknown("procfs reader gone");
+            return Err("procfs reader gone");
         }
-        match rrx.recv_timeout(self.deadline) {
-            Ok(i) => i,
-            Err(_) => {
-                // Abandon this worker: dropping its sender lets it exit after its stuck read.
-                self.tx = None;
-                Intent::Unknown(
-                    "/proc/<tid>/syscall blocked (a thread of the process is in execve)",
-                )
-            }
-        }
+        rrx.recv_timeout(self.deadline).map_err(|_| {
+            // Abandon this worker: dropping its sender lets it exit after its stuck read.
+            self.tx = None;
+            "/proc/<tid>/syscall blocked (a thread of the process is in execve)"
+        })
+    }
+
+    /// The open intent of blocked thread `tid`, or `Unknown` past the deadline.
+    pub fn intent(&mut self, tid: u32) -> Intent {
+        self.run(move || read_intent(tid))
+            .unwrap_or_else(Intent::Unknown)
+    }
+}
+
+/// Where the `argv` array of an `execve` (argument 1) or `execveat` (argument 2) is, from a
+/// `/proc/<tid>/syscall` line; `None` for any other call.
+pub fn exec_argv_pointer(line: &str) -> Option<u64> {
+    match parse_syscall(line)? {
+        SyscallLine::Call { nr: nr::EXECVE, args } => Some(args[1]),
+        SyscallLine::Call { nr: nr::EXECVEAT, args } => Some(args[2]),
+        _ => None,
     }
 }
 
@@ -389,6 +410,15 @@ mod tests {
             intent_from_syscall("-1 0x0 0x0", none),
             Intent::Unknown(_)
         ));
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn exec_calls_say_where_argv_is() {
+        assert_eq!(exec_argv_pointer("59 0x1000 0x2000 0x3000 0x0 0x0 0x0 0x0 0x0"), Some(0x2000));
+        assert_eq!(exec_argv_pointer("322 0x3 0x1000 0x4000 0x0 0x0 0x0 0x0 0x0"), Some(0x4000));
+        assert_eq!(exec_argv_pointer("257 0x3 0x1000 0x4000 0x0 0x0 0x0 0x0 0x0"), None);
+        assert_eq!(exec_argv_pointer("running"), None);
     }
 
     #[test]

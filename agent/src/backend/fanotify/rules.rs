@@ -225,14 +225,14 @@ pub struct Decision {
 /// The decision for an operation that falls under `rule`: [`crate::event::verdict_for`]
 /// (`approve` holds, `deny` denies, monitor mode never denies nor holds).
 pub fn decide(rule: &RuleRef) -> Decision {
-    let (answer, verdict) = match crate::event::verdict_for(rule.action, rule.flags) {
+    let (answer, recorded) = match crate::event::verdict_for(rule.action, rule.flags) {
         verdict::HELD => (Answer::Hold, Verdict::Held),
         verdict::DENIED => (Answer::Now(Response::Deny), Verdict::Denied),
         _ => (Answer::Now(Response::Allow), Verdict::Allowed),
     };
     Decision {
         answer,
-        verdict,
+        verdict: recorded,
         report: rule.action != action::ALLOW,
     }
 }
