@@ -5,6 +5,7 @@
 //! kernel operations and reports [`event::GateEvent`]s; [`daemon`] writes them to the audit log.
 
 pub mod agents;
+pub mod api;
 pub mod backend;
 pub mod btf;
 pub mod cgroup;

@@ -28,3 +28,9 @@ pub fn run_record(state_dir: &std::path::Path, scope: &str) -> PathBuf {
 pub fn requests_dir(state_dir: &std::path::Path) -> PathBuf {
     state_dir.join("requests")
 }
+
+/// The approvals API's Unix socket (gRPC `airlock.v1.Approvals`). `AIRLOCK_SOCKET` overrides it
+/// in the CLI.
+pub fn socket(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("airlock.sock")
+}

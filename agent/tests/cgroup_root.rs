@@ -277,6 +277,7 @@ fn run_args(root: &CgroupDir, agent: &str, kill_on_exit: bool, cmd: &str) -> Run
         // These tests exercise cgroup handling, not gating: no airlockd runs.
         state_dir: std::path::PathBuf::from("/nonexistent-airlock-state"),
         unguarded: true,
+        reason: None,
         command: ["sh", "-c", cmd].iter().map(Into::into).collect(),
     }
 }

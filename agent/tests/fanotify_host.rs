@@ -16,6 +16,12 @@ use airlock_policy::ExecTarget;
 #[path = "fanotify_host/support.rs"]
 mod support;
 use support::*;
+#[path = "fanotify_host/kids.rs"]
+mod kids;
+#[path = "fanotify_host/holds.rs"]
+mod holds;
+#[path = "fanotify_host/backstop.rs"]
+mod backstop;
 
 #[test]
 fn gates_exec_and_writes_of_agent_processes_only() {
@@ -326,11 +332,12 @@ fn rule_actions_monitor_mode_and_nested_exceptions() {
     );
     assert!(w.events().is_empty(), "allow rules send no event");
     assert_eq!(w.open(true, &prot.join("audited/f"), wr).1, 0);
-    assert_eq!(
-        w.open(true, &prot.join("approve/f"), wr).1,
-        EPERM,
-        "approve is enforced as deny for now"
-    );
+    // approve parks the open until released (see holds.rs); released with deny here.
+    let mut held = kids::Kid::start(&w, true, kids::Act::Open(&prot.join("approve/f"), wr, b""), false);
+    let _audited = w.next_event();
+    let (ev, token) = w.next_hold();
+    w.release(&ev, token, airlock_agent::hold::Release::Deny);
+    assert_eq!(held.code(), EPERM, "approve released with deny");
     assert_eq!(
         w.open(true, &mon.join("f"), wr).1,
         0,
@@ -342,16 +349,16 @@ fn rule_actions_monitor_mode_and_nested_exceptions() {
         0
     );
     assert_eq!(w.open(true, &prot.join("g"), wr | libc::O_CREAT).1, EPERM);
-    let got: Vec<_> = w
-        .events()
-        .iter()
+    let got: Vec<_> = [_audited, ev]
+        .into_iter()
+        .chain(w.events())
         .map(|e| (e.rule_id, e.action, e.verdict, e.monitor))
         .collect();
     assert_eq!(
         got,
         [
             (2, Action::Audit, Verdict::Allowed, false),
-            (3, Action::Approve, Verdict::Denied, false),
+            (3, Action::Approve, Verdict::Held, false),
             (4, Action::Deny, Verdict::Allowed, true),
             (0, Action::Deny, Verdict::Denied, false),
         ]

@@ -16,31 +16,29 @@
 #![no_main]
 
 use airlock_common::{
-    ARG_LEN, ARGV_MAX, AgentGrantKey, DirEntryKey, Event, GRANT_FOREVER, Grant, InodeKey,
-    KernelOffsets, MAX_CGROUP_LEVEL, MAX_DENTRY_DEPTH, NAME_LEN, OnceKey, RuleRef, Settings,
-    action, flags, op, verdict, FMODE_WRITE, O_TRUNC,
+    AgentGrantKey, DirEntryKey, Event, Grant, InodeKey, KernelOffsets, MAX_CGROUP_LEVEL,
+    MAX_DENTRY_DEPTH, NAME_LEN, OnceKey, RuleRef, Settings, action, flags, op, verdict, FMODE_WRITE,
+    O_TRUNC,
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
-        bpf_probe_read_user, bpf_probe_read_user_str_bytes,
-        generated::{bpf_get_current_task_btf, bpf_send_signal, bpf_task_pt_regs},
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes,
     },
     macros::{lsm, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::LsmContext,
 };
 
 mod exec_context;
+mod hold;
+
+use hold::{Decision, capture_argv, decide, finish, settle, settle_unrecorded};
 
 const EPERM: i32 = 1;
 /// The kernel's ERESTARTNOINTR: with a signal pending the syscall is restarted after the signal
 /// is handled (here: after the SIGSTOP ends with SIGCONT), never failed with EINTR.
 const ERESTARTNOINTR: i32 = 513;
-/// x86_64 SIGSTOP.
-const SIGSTOP: u32 = 19;
 
 /// What a gate wants the hook to do; hooks map it to a constant return value in [`ret`].
 const GO: u32 = 0;
@@ -81,11 +79,11 @@ pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// Decisions for one held request of one thread, written by userspace before it sends SIGCONT;
 /// the restarted syscall consumes its entry.
 #[map]
-static ONCE_GRANTS: HashMap<OnceKey, Grant> = HashMap::with_max_entries(16384, 0);
+pub(crate) static ONCE_GRANTS: HashMap<OnceKey, Grant> = HashMap::with_max_entries(16384, 0);
 /// Standing decisions of an agent cgroup on an operation on an object (`approve --for`,
 /// `deny --always`); they expire by time (compared here), not by use.
 #[map]
-static AGENT_GRANTS: HashMap<AgentGrantKey, Grant> = HashMap::with_max_entries(16384, 0);
+pub(crate) static AGENT_GRANTS: HashMap<AgentGrantKey, Grant> = HashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
 pub(crate) fn read_u64(addr: u64) -> u64 {
@@ -196,222 +194,14 @@ fn protected_match(o: &KernelOffsets, dentry: u64, op_bit: u32) -> Option<TreeMa
     None
 }
 
-/// What the gate decided about one matched object, before any side effect (two-sided hooks
-/// decide both sides first and only then record, hold or consume).
-#[derive(Clone, Copy)]
-struct Decision {
-    rule: RuleRef,
-    target: InodeKey,
-    /// Dentry whose name goes into the event.
-    dentry: u64,
-    /// One of [`verdict`].
-    verdict: u32,
-    /// Event [`flags`] bits besides MONITOR (MATCHED_BY_ENTRY, BY_ONCE, ARGV_TRUNCATED, …).
-    flags: u32,
-    /// exec: the argv hash of this attempt (part of the once-grant key); 0 otherwise.
-    argv_hash: u64,
-    /// A once-grant decided it: delete the grant when the syscall goes ahead or fails.
-    consume: bool,
-}
-
+/// Matches `dentry` against the protected trees for `opv` and decides; [`Decision::none`] when
+/// nothing protects it.
 #[inline(always)]
-fn once_key(opv: u32, target: &InodeKey, argv_hash: u64) -> OnceKey {
-    OnceKey {
-        tid: bpf_get_current_pid_tgid() as u32,
-        op: opv,
-        ino: target.ino,
-        dev: target.dev,
-        _pad: 0,
-        argv_hash,
+fn decide_tree(o: &KernelOffsets, cg: u64, dentry: u64, opv: u32) -> Decision {
+    match protected_match(o, dentry, op::bit(opv)) {
+        Some(m) => decide(cg, opv, &m.rule, &m.target, dentry, 0, 0),
+        None => Decision::none(),
     }
-}
-
-/// The verdict for `rule` on `target`: deny and audit as the rule says (monitor mode: always
-/// allowed); approve consults this thread's once-grant, then the cgroup's standing grant, and
-/// otherwise holds. The verdict is always one of the constants, never a value from a map.
-#[inline(always)]
-fn decide(cg: u64, opv: u32, rule: &RuleRef, target: &InodeKey, dentry: u64, extra: u32, argv_hash: u64) -> Decision {
-    let mut d = Decision {
-        rule: *rule,
-        target: *target,
-        dentry,
-        verdict: verdict::ALLOWED,
-        flags: extra,
-        argv_hash,
-        consume: false,
-    };
-    if rule.flags & flags::MONITOR != 0 {
-        return d;
-    }
-    if rule.action == action::DENY {
-        d.verdict = verdict::DENIED;
-        return d;
-    }
-    if rule.action != action::APPROVE {
-        return d;
-    }
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let ok = once_key(opv, target, argv_hash);
-    // SAFETY: the value is copied out at once.
-    if let Some(g) = unsafe { ONCE_GRANTS.get(&ok) } {
-        let g = *g;
-        if now < g.expires_ns {
-            d.verdict = if g.verdict == verdict::ALLOWED { verdict::ALLOWED } else { verdict::DENIED };
-            d.flags |= flags::BY_ONCE;
-            d.consume = true;
-            return d;
-        }
-        // Expired: left over from a thread that died while held; never applies again.
-        let _ = ONCE_GRANTS.remove(&ok);
-    }
-    let ak = AgentGrantKey { cgroup_id: cg, ino: target.ino, dev: target.dev, op: opv };
-    // SAFETY: the value is copied out at once.
-    if let Some(g) = unsafe { AGENT_GRANTS.get(&ak) } {
-        let g = *g;
-        if g.expires_ns == GRANT_FOREVER || now < g.expires_ns {
-            d.verdict = if g.verdict == verdict::ALLOWED { verdict::ALLOWED } else { verdict::DENIED };
-            d.flags |= flags::BY_AGENT_GRANT;
-            return d;
-        }
-    }
-    d.verdict = verdict::HELD;
-    d
-}
-
-#[inline(always)]
-fn count_lost() {
-    if let Some(n) = LOST.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *n += 1 };
-    }
-}
-
-#[inline(always)]
-fn code_of(v: u32) -> u32 {
-    if v == verdict::HELD {
-        HOLD
-    } else if v == verdict::DENIED {
-        REFUSE
-    } else {
-        GO
-    }
-}
-
-/// Zeroes the argv part of a reserved record (ring memory is not zeroed). Volatile stores keep
-/// LLVM from turning the loop into a memset call, which BPF cannot make.
-#[inline(always)]
-fn zero_argv(e: *mut Event) {
-    // SAFETY: `e` is an exclusively owned ring-buffer record; the slots are 1 KiB of u8s,
-    // written as 128 u64s (the record is 8-byte aligned and so is the field).
-    unsafe {
-        let p = (*e).argv.as_mut_ptr().cast::<u64>();
-        let mut i = 0usize;
-        while i < ARGV_MAX * ARG_LEN / 8 {
-            core::ptr::write_volatile(p.add(i), 0);
-            i += 1;
-        }
-    }
-}
-
-/// Fills every field of a reserved record except the argv part (`argv_hash`, `argc`, `argv`),
-/// which the caller has written.
-#[inline(always)]
-fn fill(o: &KernelOffsets, cg: u64, opv: u32, d: &Decision, e: *mut Event) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: helper without arguments; the task pointer is only dereferenced through
-    // bpf_probe_read_kernel.
-    let task = unsafe { bpf_get_current_task() };
-    let cred = read_u64(task + o.task_cred as u64);
-    let parent = read_u64(task + o.task_real_parent as u64);
-    // SAFETY: `e` points at a reserved, exclusively owned ring-buffer record.
-    unsafe {
-        (*e).ktime_ns = bpf_ktime_get_boot_ns();
-        (*e).cgroup_id = cg;
-        (*e).target_ino = d.target.ino;
-        (*e).pid = pid_tgid as u32;
-        (*e).tgid = (pid_tgid >> 32) as u32;
-        (*e).ppid = read_u32(parent + o.task_tgid as u64);
-        (*e).uid = bpf_get_current_uid_gid() as u32;
-        (*e).euid = read_u32(cred + o.cred_euid as u64);
-        (*e).target_dev = d.target.dev;
-        (*e).op = opv;
-        (*e).rule_id = d.rule.rule_id;
-        (*e).action = d.rule.action;
-        (*e).verdict = d.verdict;
-        (*e).flags = (d.rule.flags & flags::MONITOR) | d.flags;
-        (*e)._pad = 0;
-        (*e).comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        (*e).name = [0; NAME_LEN];
-        let name_ptr = read_u64(d.dentry + (o.dentry_d_name + o.qstr_name) as u64);
-        if let Ok(s) = bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, &mut (*e).name) {
-            if s.len() >= NAME_LEN - 1 {
-                (*e).flags |= flags::NAME_TRUNCATED;
-            }
-        }
-    }
-}
-
-/// Records the decision in `entry` and carries it out. A hold sends SIGSTOP *before* the event
-/// is submitted, so userspace can never SIGCONT the task before its stop is pending; if the
-/// signal cannot be sent the hold becomes a denial (returning -ERESTARTNOINTR without a pending
-/// signal would hand error 513 to the caller).
-#[inline(always)]
-fn finish(o: &KernelOffsets, cg: u64, opv: u32, d: &Decision, mut entry: RingBufEntry<Event>) -> u32 {
-    let e = entry.as_mut_ptr();
-    fill(o, cg, opv, d, e);
-    let mut v = d.verdict;
-    if v == verdict::HELD {
-        // SAFETY: helper with a scalar argument; signals the current task.
-        if unsafe { bpf_send_signal(SIGSTOP) } != 0 {
-            v = verdict::DENIED;
-            // SAFETY: as in fill.
-            unsafe { (*e).verdict = verdict::DENIED };
-        }
-    } else if d.consume {
-        let _ = ONCE_GRANTS.remove(&once_key(opv, &d.target, d.argv_hash));
-    }
-    entry.submit(0);
-    code_of(v)
-}
-
-/// Carries out a decision that could not be recorded (ring buffer full): a hold nobody hears of
-/// would never end, so it is refused instead.
-#[inline(always)]
-fn settle_unrecorded(opv: u32, d: &Decision) -> u32 {
-    count_lost();
-    if d.consume {
-        let _ = ONCE_GRANTS.remove(&once_key(opv, &d.target, d.argv_hash));
-    }
-    if d.verdict == verdict::ALLOWED { GO } else { REFUSE }
-}
-
-/// Records (unless the rule is a plain allow) and carries out a non-exec decision.
-#[inline(always)]
-fn settle(o: &KernelOffsets, cg: u64, opv: u32, d: &Decision) -> u32 {
-    if d.rule.action == action::ALLOW {
-        return GO;
-    }
-    match EVENTS.reserve::<Event>(0) {
-        Some(mut entry) => {
-            let e = entry.as_mut_ptr();
-            zero_argv(e);
-            // SAFETY: exclusively owned record.
-            unsafe {
-                (*e).argv_hash = 0;
-                (*e).argc = 0;
-            }
-            finish(o, cg, opv, d, entry)
-        }
-        None => settle_unrecorded(opv, d),
-    }
-}
-
-/// Matches `dentry` against the protected trees for `opv` and decides.
-#[inline(always)]
-fn decide_tree(o: &KernelOffsets, cg: u64, dentry: u64, opv: u32) -> Option<Decision> {
-    let m = protected_match(o, dentry, op::bit(opv))?;
-    Some(decide(cg, opv, &m.rule, &m.target, dentry, 0, 0))
 }
 
 /// Gate on the protected tree containing `dentry` for `opv`.
@@ -419,57 +209,34 @@ fn decide_tree(o: &KernelOffsets, cg: u64, dentry: u64, opv: u32) -> Option<Deci
 fn gate_tree(dentry: u64, opv: u32) -> u32 {
     let Some(cg) = in_agent_cgroup() else { return GO };
     let Some(o) = offsets() else { return GO };
-    match decide_tree(o, cg, dentry, opv) {
-        Some(d) => settle(o, cg, opv, &d),
-        None => GO,
-    }
+    settle(o, cg, opv, &decide_tree(o, cg, dentry, opv))
 }
 
 /// Gate on two objects of one syscall (link: source and new name; rename: both sides). Both are
 /// decided before anything happens: a denial on either side wins; else a hold on either side
 /// holds without consuming the other side's once-grant, so that after both requests were
 /// approved one restart finds both grants; else both are recorded.
+///
+/// Plain booleans pick what to record, and each side is carried out by one inlined `settle`:
+/// the verifier walks every inlined copy, and `Option`s of decisions made LLVM copy
+/// uninitialised registers, which the verifier refuses.
 #[inline(always)]
 fn gate_pair(a: u64, b: u64, opv: u32) -> u32 {
     let Some(cg) = in_agent_cgroup() else { return GO };
     let Some(o) = offsets() else { return GO };
     let da = decide_tree(o, cg, a, opv);
-    if let Some(d) = &da {
-        if d.verdict == verdict::DENIED {
-            return settle(o, cg, opv, d);
-        }
-    }
-    let db = decide_tree(o, cg, b, opv);
-    if let Some(d) = &db {
-        if d.verdict == verdict::DENIED {
-            if let Some(x) = &da {
-                if x.verdict != verdict::HELD {
-                    settle(o, cg, opv, x);
-                }
-            }
-            return settle(o, cg, opv, d);
-        }
-    }
-    if let Some(d) = &da {
-        if d.verdict == verdict::HELD {
-            return settle(o, cg, opv, d);
-        }
-    }
-    if let Some(d) = &db {
-        if d.verdict == verdict::HELD {
-            return settle(o, cg, opv, d);
-        }
-    }
-    let mut code = GO;
-    if let Some(d) = &da {
-        code = settle(o, cg, opv, d);
-    }
-    if let Some(d) = &db {
-        if settle(o, cg, opv, d) != GO {
-            code = REFUSE;
-        }
-    }
-    code
+    let a_denied = da.verdict == verdict::DENIED;
+    let a_held = da.verdict == verdict::HELD;
+    // A denied source ends it before the destination is looked at.
+    let db = if a_denied { Decision::none() } else { decide_tree(o, cg, b, opv) };
+    let b_denied = db.verdict == verdict::DENIED;
+    let b_held = db.verdict == verdict::HELD;
+    // a denied: a | b denied: a (unless held) and b | a held: a | b held: b | else: a and b.
+    let record_a = a_denied || (b_denied && !a_held) || (!b_denied && (a_held || !b_held));
+    let record_b = !a_denied && (b_denied || !a_held);
+    let c1 = if record_a { settle(o, cg, opv, &da) } else { GO };
+    let c2 = if record_b { settle(o, cg, opv, &db) } else { GO };
+    if c2 != GO { c2 } else { c1 }
 }
 
 /// Hook return value for a gate's answer: constants only (6.12 checks the range).
@@ -489,68 +256,6 @@ fn ret(code: u32) -> i32 {
 #[inline(always)]
 fn chained(prev: u64) -> i32 {
     if prev as i32 == -ERESTARTNOINTR { -ERESTARTNOINTR } else { -EPERM }
-}
-
-/// x86_64 `struct pt_regs` offsets (a stable ABI, the same on every kernel).
-const REGS_ORIG_AX: u64 = 120;
-const REGS_SI: u64 = 104;
-const REGS_DX: u64 = 96;
-const NR_EXECVE: u64 = 59;
-const NR_EXECVEAT: u64 = 322;
-
-/// Reads the exec caller's argv from its memory (still the old image at bprm_check_security)
-/// into the record: argv of execve is the second syscall argument, of execveat the third.
-/// Returns (argc, flags): at most [`ARGV_MAX`] arguments, ARGV_TRUNCATED when there were more,
-/// one filled its slot, or a read failed.
-#[inline(always)]
-fn capture_argv(e: *mut Event) -> (u32, u32) {
-    zero_argv(e);
-    // SAFETY: helpers on the current task; the regs pointer is only read through
-    // bpf_probe_read_kernel.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    let nr = read_u64(regs + REGS_ORIG_AX);
-    let argv = if nr == NR_EXECVE {
-        read_u64(regs + REGS_SI)
-    } else if nr == NR_EXECVEAT {
-        read_u64(regs + REGS_DX)
-    } else {
-        return (0, 0);
-    };
-    if argv == 0 {
-        return (0, 0);
-    }
-    let mut argc = 0u32;
-    let mut fl = 0u32;
-    let mut i = 0usize;
-    while i < ARGV_MAX {
-        // SAFETY: bpf_probe_read_user copes with any address.
-        let Ok(p) = (unsafe { bpf_probe_read_user((argv + 8 * i as u64) as *const u64) }) else {
-            fl = flags::ARGV_TRUNCATED;
-            break;
-        };
-        if p == 0 {
-            break;
-        }
-        // SAFETY: bounded user string read into the record's slot `i` (< ARGV_MAX).
-        match unsafe { bpf_probe_read_user_str_bytes(p as *const u8, &mut (*e).argv[i]) } {
-            Ok(s) => {
-                if s.len() >= ARG_LEN - 1 {
-                    fl = flags::ARGV_TRUNCATED;
-                }
-            }
-            Err(_) => fl = flags::ARGV_TRUNCATED,
-        }
-        argc += 1;
-        i += 1;
-    }
-    if i == ARGV_MAX {
-        // SAFETY: as above.
-        let next = unsafe { bpf_probe_read_user((argv + 8 * ARGV_MAX as u64) as *const u64) }.unwrap_or(1);
-        if next != 0 {
-            fl = flags::ARGV_TRUNCATED;
-        }
-    }
-    (argc, fl)
 }
 
 #[inline(always)]

@@ -18,6 +18,9 @@ const PROTECTED_TREES: usize = 1_000;
 
 /// `--bench-worker exec|open N`: runs the loop and prints nanoseconds per operation.
 pub fn worker(kind: &str, n: usize, file: &str) -> ! {
+    if kind == "hold" {
+        crate::bench_holds::worker(n, file);
+    }
     // Pin the measured loop (and the children it forks) to the last CPU: less scheduler noise
     // than letting it bounce between the two cores this machine has.
     // SAFETY: plain affinity syscalls on this process.
@@ -179,10 +182,10 @@ pub fn run(bin_dir: &Path, rounds_n: usize) -> anyhow::Result<()> {
         ro, verdict(ro <= 1.005), ri, verdict(ri <= 1.01), dopen_o, verdict(dopen_o <= 40.0));
     drop(cg);
     drop(cleanup);
-    Ok(())
+    crate::bench_holds::run(bin_dir, &me)
 }
 
-struct Cleanup(PathBuf);
+pub(crate) struct Cleanup(pub(crate) PathBuf);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);

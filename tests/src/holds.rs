@@ -17,7 +17,6 @@ pub struct HoldFixture {
     pub held: PathBuf,
     /// Copy under an approve rule with a 2 s timeout.
     pub short: PathBuf,
-    pub etc: PathBuf,
     pub conf: PathBuf,
     pub policy: PathBuf,
     pub agent_cg: PathBuf,
@@ -58,7 +57,7 @@ impl HoldFixture {
                 etc.display()
             ),
         )?;
-        Ok(HoldFixture { dir, held, short, etc, conf, policy, agent_cg, outside_cg, _cg: cg })
+        Ok(HoldFixture { dir, held, short, conf, policy, agent_cg, outside_cg, _cg: cg })
     }
 }
 
@@ -368,18 +367,23 @@ pub const CASES: &[(&str, Case)] = &[
 /// kernel releases the exec when the group dies; the pinned exec backstop stops the new image
 /// before its first instruction and the restarted daemon asks again.
 pub fn killed_daemon_mid_hold_then_restart_then_approve(
-    c: &HoldCtx,
+    fx: &HoldFixture,
+    me: &Path,
+    bin_dir: &Path,
+    lsm: bool,
     restart: &dyn Fn() -> anyhow::Result<Daemon>,
     daemon: &mut Daemon,
 ) -> anyhow::Result<Daemon> {
+    let c = HoldCtx { fx, daemon, me: me.to_path_buf(), bin_dir: bin_dir.to_path_buf(), lsm };
     let child = c.spawn_exec(&c.fx.held, "after-restart")?;
     c.wait_pending(child.pid)?;
+    drop(c);
     daemon.kill9()?;
     std::thread::sleep(Duration::from_millis(300));
     let exe = HoldCtx::exe_of(child.pid);
     let held_still = !exe.ends_with("airlock-e2e-held") || std::fs::read_to_string(format!("/proc/{}/stat", child.pid)).unwrap_or_default().contains(") T ");
     let d = restart()?;
-    let cx = HoldCtx { fx: c.fx, daemon: &d, me: c.me.clone(), bin_dir: c.bin_dir.clone(), lsm: c.lsm };
+    let cx = HoldCtx { fx, daemon: &d, me: me.to_path_buf(), bin_dir: bin_dir.to_path_buf(), lsm };
     ensure(held_still, || format!("the exec ran unstopped while no daemon ran (exe {exe})"))?;
     let id = cx.wait_pending(child.pid)?;
     cx.cli_ok(&["approve", &id])?;
@@ -408,8 +412,7 @@ pub fn run_all(r: &mut Report, bin_dir: &Path, me: &Path, base: &Path, lsm: bool
             r.check(name, f(&ctx));
         }
     }
-    let ctx = HoldCtx { fx: &fx, daemon: &daemon, me: me.to_path_buf(), bin_dir: bin_dir.to_path_buf(), lsm };
-    let res = killed_daemon_mid_hold_then_restart_then_approve(&ctx, &start, &mut daemon);
+    let res = killed_daemon_mid_hold_then_restart_then_approve(&fx, me, bin_dir, lsm, &start, &mut daemon);
     let failed = res.is_err();
     match res {
         Ok(d) => {

@@ -5,6 +5,7 @@
 //! `e2e: N passed, M failed, K skipped`; exits non-zero on any failure. `--op` is the child
 //! helper the scenarios run inside agent cgroups.
 mod bench;
+mod bench_holds;
 mod cases;
 mod demo;
 mod harness;

@@ -124,7 +124,7 @@ use super::exec_context::ExecAllow;
 use super::{Backend, BackendError, BackendKind, BackendStats, EventSender};
 use crate::agents::{AgentMatch, AgentSet};
 
-mod argv;
+pub(crate) mod argv;
 mod gate;
 mod listener;
 mod marks;
@@ -133,6 +133,7 @@ mod rules;
 mod sys;
 
 pub use gate::FanotifyGate;
+pub(crate) use sys::boottime_ns;
 pub use sys::{Permission, Response};
 
 use marks::{MarkState, Marker, RootKind};

@@ -2,16 +2,20 @@
 //!
 //! Userspace loads and attaches the programs, fills the offset map from the running kernel's
 //! BTF, writes the compiled policy into the rule maps and the agent roots into `AGENT_ROOTS`,
-//! and drains the event ring buffer. Programs are not pinned yet: when airlockd exits they are
-//! detached and gating stops (fail-closed pinning comes with holds).
+//! and drains the event ring buffer. Programs and maps are pinned in bpffs ([`pin`]): when
+//! airlockd dies they keep gating and held tasks stay held (fail closed), and the next airlockd
+//! adopts them, including the events recorded meanwhile. Holds are released through
+//! [`gate::LsmGate`].
 use std::collections::{HashMap as StdHashMap, HashSet};
 use std::hash::Hash;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use airlock_common::{DirEntryKey, InodeKey, RuleRef, Settings};
 use airlock_policy::CompiledPolicy;
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
+use aya::programs::links::FdLink;
 use aya::programs::{Lsm, ProgramError};
 use aya::{Btf as AyaBtf, Ebpf, EbpfLoader, Pod};
 use tokio::io::unix::AsyncFd;
@@ -19,6 +23,12 @@ use tokio::io::unix::AsyncFd;
 use super::{Backend, BackendError, BackendKind, BackendStats, EventSender};
 use crate::agents::AgentSet;
 use crate::event::GateEvent;
+
+pub mod gate;
+pub mod pin;
+
+pub use gate::LsmGate;
+pub use pin::{remove_pins, version_dir};
 
 /// The LSM hooks airlock attaches, by program name (= hook name).
 pub const HOOKS: &[&str] = &[
@@ -54,23 +64,60 @@ pub enum LsmError {
     Btf(#[from] crate::btf::BtfError),
     #[error("ring buffer: {0}")]
     Io(#[from] std::io::Error),
+    /// Pinning, adopting or removing pins in bpffs failed.
+    #[error("bpffs pins: {0}")]
+    Pin(String),
 }
 
 pub(crate) fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> LsmError {
     move |source| LsmError::Map { name, source }
 }
 
-/// Running LSM backend. Dropping it detaches every program.
+/// Running LSM backend. Dropping it leaves the programs attached and the maps in place (they
+/// are pinned): gating goes on, and only [`remove_pins`] ends it.
 pub struct LsmBackend {
-    _ebpf: Ebpf,
     exec_inodes: HashMap<MapData, InodeKey, RuleRef>,
     exec_entries: HashMap<MapData, DirEntryKey, RuleRef>,
     protected: HashMap<MapData, InodeKey, RuleRef>,
     agents: KernelAgents,
     lost: PerCpuArray<MapData, u64>,
+    gate: Arc<LsmGate>,
     delivered: Arc<AtomicU64>,
     dropped: Arc<AtomicU64>,
     reader: tokio::task::JoinHandle<()>,
+    adopted: bool,
+    /// Pins of other airlock versions: removed (detached) only after the first policy is in
+    /// force here, so that something gates all the time during an upgrade.
+    stale: Vec<PathBuf>,
+}
+
+/// The maps userspace keeps, however the programs came to be (loaded now, or adopted).
+struct Maps {
+    exec_inodes: HashMap<MapData, InodeKey, RuleRef>,
+    exec_entries: HashMap<MapData, DirEntryKey, RuleRef>,
+    protected: HashMap<MapData, InodeKey, RuleRef>,
+    agents: KernelAgents,
+    lost: PerCpuArray<MapData, u64>,
+    gate: LsmGate,
+    ring: RingBuf<MapData>,
+}
+
+impl Maps {
+    /// Builds the typed maps from a source of untyped ones (`Ebpf::take_map`, or pins).
+    fn from(mut take: impl FnMut(&'static str) -> Result<Map, LsmError>, agents: KernelAgents) -> Result<Maps, LsmError> {
+        Ok(Maps {
+            exec_inodes: HashMap::try_from(take("EXEC_INODES")?).map_err(map_err("EXEC_INODES"))?,
+            exec_entries: HashMap::try_from(take("EXEC_ENTRIES")?).map_err(map_err("EXEC_ENTRIES"))?,
+            protected: HashMap::try_from(take("PROTECTED")?).map_err(map_err("PROTECTED"))?,
+            lost: PerCpuArray::try_from(take("LOST")?).map_err(map_err("LOST"))?,
+            gate: LsmGate::new(
+                HashMap::try_from(take("ONCE_GRANTS")?).map_err(map_err("ONCE_GRANTS"))?,
+                HashMap::try_from(take("AGENT_GRANTS")?).map_err(map_err("AGENT_GRANTS"))?,
+            ),
+            ring: RingBuf::try_from(take("EVENTS")?).map_err(map_err("EVENTS"))?,
+            agents,
+        })
+    }
 }
 
 fn lsm_listed() -> Option<bool> {
@@ -97,41 +144,36 @@ fn explain_load_failure(hook: &'static str, e: ProgramError) -> LsmError {
 }
 
 impl LsmBackend {
-    /// Loads, configures and attaches every program, and starts draining events into `events`.
-    /// Must run inside a tokio runtime. Returns [`LsmError::Unavailable`] when this kernel cannot
-    /// run BPF LSM programs, so the caller can fall back.
-    pub fn start(events: EventSender) -> Result<LsmBackend, LsmError> {
-        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+    /// Starts gating with the programs pinned under `pin_dir` (see [`pin`]): adopts them when a
+    /// complete set from this build is pinned there (a restart, also after kill -9), else loads,
+    /// attaches and pins them. Starts draining events into `events` (on adoption, first the ones
+    /// recorded while no daemon ran). Mounts bpffs at /sys/fs/bpf when `pin_dir` is below it
+    /// and nothing is mounted. Must run inside a tokio runtime. Returns
+    /// [`LsmError::Unavailable`] when this kernel cannot run BPF LSM programs, so the caller can
+    /// fall back.
+    pub fn start(events: EventSender, pin_dir: &Path) -> Result<LsmBackend, LsmError> {
+        if !Path::new("/sys/kernel/btf/vmlinux").exists() {
             return Err(LsmError::Unavailable("the kernel has no BTF (/sys/kernel/btf/vmlinux)".into()));
         }
-        let offsets = crate::btf::Btf::from_sys_fs()?.kernel_offsets()?;
-        let aya_btf = AyaBtf::from_sys_fs().map_err(|e| LsmError::Unavailable(format!("kernel BTF: {e}")))?;
-        let mut ebpf = EbpfLoader::new().btf(Some(&aya_btf)).load(crate::EBPF_OBJECT)?;
-        for &hook in HOOKS {
-            let prog: &mut Lsm = ebpf
-                .program_mut(hook)
-                .ok_or(LsmError::Unavailable(format!("program {hook} missing from the object")))?
-                .try_into()
-                .map_err(|source| LsmError::Program { hook, source })?;
-            prog.load(hook, &aya_btf).map_err(|e| explain_load_failure(hook, e))?;
-        }
-        set_offsets(&mut ebpf, offsets)?;
-        let agents = KernelAgents::take(&mut ebpf)?;
-        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(LsmError::MissingMap(name));
-        let exec_inodes = HashMap::try_from(take("EXEC_INODES")?).map_err(map_err("EXEC_INODES"))?;
-        let exec_entries = HashMap::try_from(take("EXEC_ENTRIES")?).map_err(map_err("EXEC_ENTRIES"))?;
-        let protected = HashMap::try_from(take("PROTECTED")?).map_err(map_err("PROTECTED"))?;
-        let lost = PerCpuArray::try_from(take("LOST")?).map_err(map_err("LOST"))?;
-        let ring = RingBuf::try_from(take("EVENTS")?).map_err(map_err("EVENTS"))?;
-        // Attach only after the maps exist: the programs allow everything until `armed`.
-        for &hook in HOOKS {
-            let prog: &mut Lsm = ebpf.program_mut(hook).expect("loaded above").try_into().expect("lsm");
-            prog.attach().map_err(|e| explain_load_failure(hook, e))?;
-        }
+        pin::ensure_bpffs(pin_dir)?;
+        let ver = pin::version_dir(pin_dir, crate::EBPF_OBJECT);
+        let adopted = pin::complete(&ver);
+        let maps = if adopted {
+            tracing::info!(pins = %ver.display(), "adopting the pinned LSM programs");
+            adopt(&ver)?
+        } else {
+            // Leftovers of an attempt that died half-way through pinning.
+            pin::remove_version(&ver)?;
+            load_and_pin(&ver).inspect_err(|_| {
+                // Nothing half-pinned stays behind (it would hold maps, or gate unarmed).
+                let _ = pin::remove_version(&ver);
+            })?
+        };
+        let stale = pin::other_versions(pin_dir, &ver);
         let delivered = Arc::new(AtomicU64::new(0));
         let dropped = Arc::new(AtomicU64::new(0));
         // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd until both are dropped.
-        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| LsmError::Io(e.into()))?;
+        let ring = unsafe { AsyncFd::register(maps.ring) }.map_err(|e| LsmError::Io(e.into()))?;
         let (d, x) = (delivered.clone(), dropped.clone());
         let reader = tokio::spawn(drain_ring(ring, move |bytes| {
             let ok = match GateEvent::decode(BackendKind::Lsm.as_str(), bytes) {
@@ -144,17 +186,68 @@ impl LsmBackend {
             if ok { d.fetch_add(1, Ordering::Relaxed) } else { x.fetch_add(1, Ordering::Relaxed) };
         }));
         Ok(LsmBackend {
-            _ebpf: ebpf,
-            exec_inodes,
-            exec_entries,
-            protected,
-            agents,
-            lost,
+            exec_inodes: maps.exec_inodes,
+            exec_entries: maps.exec_entries,
+            protected: maps.protected,
+            agents: maps.agents,
+            lost: maps.lost,
+            gate: Arc::new(maps.gate),
             delivered,
             dropped,
             reader,
+            adopted,
+            stale,
         })
     }
+
+    /// Whether [`LsmBackend::start`] adopted programs a previous airlockd had pinned (rather
+    /// than loading them).
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The gate that releases this backend's holds and writes standing decisions.
+    pub fn gate(&self) -> Arc<dyn crate::hold::Gate> {
+        self.gate.clone()
+    }
+}
+
+/// Loads, configures and attaches every program, pinning maps and links into `ver`. The links
+/// are not kept open here: once pinned, only removing the pin detaches them.
+fn load_and_pin(ver: &Path) -> Result<Maps, LsmError> {
+    let offsets = crate::btf::Btf::from_sys_fs()?.kernel_offsets()?;
+    let aya_btf = AyaBtf::from_sys_fs().map_err(|e| LsmError::Unavailable(format!("kernel BTF: {e}")))?;
+    let mut ebpf = EbpfLoader::new().btf(Some(&aya_btf)).load(crate::EBPF_OBJECT)?;
+    for &hook in HOOKS {
+        let prog: &mut Lsm = ebpf
+            .program_mut(hook)
+            .ok_or(LsmError::Unavailable(format!("program {hook} missing from the object")))?
+            .try_into()
+            .map_err(|source| LsmError::Program { hook, source })?;
+        prog.load(hook, &aya_btf).map_err(|e| explain_load_failure(hook, e))?;
+    }
+    pin::pin_maps(&ebpf, ver)?;
+    set_offsets(&mut ebpf, offsets)?;
+    let agents = KernelAgents::take(&mut ebpf)?;
+    let maps = Maps::from(|name| ebpf.take_map(name).ok_or(LsmError::MissingMap(name)), agents)?;
+    // Attach only after the maps exist: the programs allow everything until `armed`.
+    for &hook in HOOKS {
+        let prog: &mut Lsm = ebpf.program_mut(hook).expect("loaded above").try_into().expect("lsm");
+        let id = prog.attach().map_err(|e| explain_load_failure(hook, e))?;
+        let link = prog.take_link(id).map_err(|source| LsmError::Program { hook, source })?;
+        let link = FdLink::try_from(link).map_err(|e| LsmError::Pin(format!("the {hook} link is not an fd link: {e}")))?;
+        pin::pin_link(ver, hook, link)?;
+    }
+    Ok(maps)
+}
+
+/// Opens the maps of programs pinned in `ver`; the programs themselves stay as they are.
+fn adopt(ver: &Path) -> Result<Maps, LsmError> {
+    let agents = KernelAgents::from_maps(
+        HashMap::try_from(pin::open_map(ver, "AGENT_ROOTS")?).map_err(map_err("AGENT_ROOTS"))?,
+        Array::try_from(pin::open_map(ver, "SETTINGS")?).map_err(map_err("SETTINGS"))?,
+    );
+    Maps::from(|name| pin::open_map(ver, name), agents)
 }
 
 impl Drop for LsmBackend {
@@ -199,6 +292,13 @@ impl KernelAgents {
             settings: Array::try_from(take("SETTINGS")?).map_err(map_err("SETTINGS"))?,
             generation: 0,
         })
+    }
+
+    /// Wraps maps opened from pins, continuing from the generation the programs were last given
+    /// (starting again at 0 would leave cache entries of a later generation looking current).
+    pub(crate) fn from_maps(roots: HashMap<MapData, u64, u32>, settings: Array<MapData, Settings>) -> KernelAgents {
+        let generation = settings.get(&0, 0).map(|s| s.generation).unwrap_or(0);
+        KernelAgents { roots, settings, generation }
     }
 
     /// Makes the kernel's agent roots equal `agents` and arms the programs.
@@ -254,6 +354,13 @@ impl Backend for LsmBackend {
         sync_map("EXEC_ENTRIES", &mut self.exec_entries, &entries)?;
         sync_map("PROTECTED", &mut self.protected, &protected)?;
         self.agents.sync(agents)?;
+        // This build's programs are armed now: older versions can go (unpinning detaches them).
+        for ver in std::mem::take(&mut self.stale) {
+            match pin::remove_version(&ver) {
+                Ok(()) => tracing::info!(pins = %ver.display(), "removed the pins of another airlock build"),
+                Err(e) => tracing::warn!(error = %e, "could not remove the pins of another airlock build"),
+            }
+        }
         Ok(())
     }
 

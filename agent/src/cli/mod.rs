@@ -3,10 +3,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod approve;
+pub mod deny;
 pub mod events;
+pub mod pending;
 pub mod policy;
 pub mod run;
+pub mod show;
 pub mod status;
+pub mod watch;
 
 /// Operator CLI for airlock.
 #[derive(Parser, Debug)]
@@ -27,6 +32,16 @@ pub enum Command {
     Events(events::EventsArgs),
     /// Policy tools.
     Policy(policy::PolicyArgs),
+    /// List held actions waiting for a decision.
+    Pending(pending::PendingArgs),
+    /// Show everything about one request.
+    Show(show::ShowArgs),
+    /// Let a held action happen (once, or for a while).
+    Approve(approve::ApproveArgs),
+    /// Make a held action fail with EPERM (once, or always).
+    Deny(deny::DenyArgs),
+    /// Print requests as they open and close.
+    Watch(watch::WatchArgs),
 }
 
 /// Runs one parsed command line.
@@ -36,6 +51,57 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(a) => status::run(a),
         Command::Events(a) => events::run(a),
         Command::Policy(a) => policy::run(a),
+        Command::Pending(a) => pending::run(a),
+        Command::Show(a) => show::run(a),
+        Command::Approve(a) => approve::run(a),
+        Command::Deny(a) => deny::run(a),
+        Command::Watch(a) => watch::run(a),
+    }
+}
+
+/// Where the approvals commands (pending, show, approve, deny, watch) reach airlockd.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// airlockd's state directory; the socket is STATE_DIR/airlock.sock.
+    #[arg(long, env = "AIRLOCK_STATE_DIR", default_value = "/run/airlock")]
+    pub state_dir: std::path::PathBuf,
+    /// airlockd's approvals socket (overrides --state-dir).
+    #[arg(long, env = "AIRLOCK_SOCKET", value_name = "PATH")]
+    pub socket: Option<std::path::PathBuf>,
+}
+
+impl ApiArgs {
+    /// The socket to connect to.
+    pub fn socket_path(&self) -> std::path::PathBuf {
+        self.socket.clone().unwrap_or_else(|| crate::paths::socket(&self.state_dir))
+    }
+}
+
+/// Connects to airlockd and runs one approvals command on a single-threaded runtime.
+///
+/// Exit codes: what `f` returns; 1 when airlockd refused or failed the call (its message is
+/// printed as `airlock: MESSAGE`, nothing added, so scripts can match it); errors before or
+/// around the call (cannot connect, cannot decode the answer) propagate and exit 2.
+pub fn with_client<F, Fut>(api: &ApiArgs, f: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(airlock_proto::ApprovalsClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    use anyhow::Context as _;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    let socket = api.socket_path();
+    let res = rt.block_on(async {
+        let client = crate::api::connect(&socket).await?;
+        f(client).await
+    });
+    match res {
+        Err(e) if e.downcast_ref::<tonic::Status>().is_some() => {
+            let s = e.downcast_ref::<tonic::Status>().expect("checked above");
+            let msg = if s.message().is_empty() { s.code().description() } else { s.message() };
+            eprintln!("airlock: {msg}");
+            Ok(ExitCode::from(1))
+        }
+        other => other,
     }
 }
 

@@ -11,8 +11,10 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airlock_agent::agents::{AgentCgroup, AgentMatch};
+use airlock_agent::agents::{AgentCgroup, AgentMatch, AgentSet};
 use airlock_agent::backend::fanotify::{FanotifyBackend, FanotifyError, Scope};
+use airlock_agent::cgroup::CgroupDir;
+use airlock_agent::hold::{Gate, HoldKey, HoldKind, Holder, Release};
 use airlock_agent::event::GateEvent;
 use airlock_common::{InodeKey, RuleRef, flags, kernel_dev, op};
 use airlock_policy::{CompiledPolicy, ExecTarget, Mode, ProtectedTarget, RuleInfo};
@@ -29,50 +31,36 @@ pub fn skip_or_fail(why: &str) -> bool {
     false
 }
 
-/// A cgroup whose members the fake scope treats as agents. Removed on drop.
+/// A cgroup whose members the fake scope treats as agents. On drop, whatever is still in it
+/// (a test's children only) is killed and it is removed ([`CgroupDir`]).
 pub struct MarkerCgroup {
-    pub dir: PathBuf,
+    pub dir: CgroupDir,
+    pub mount: PathBuf,
     pub rel: String,
     pub id: u64,
 }
 
 impl MarkerCgroup {
     pub fn create(tag: &str) -> io::Result<MarkerCgroup> {
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
-        let mount = mountinfo
-            .lines()
-            .find_map(|l| {
-                let (pre, post) = l.split_once(" - ")?;
-                (post.split(' ').next() == Some("cgroup2"))
-                    .then(|| pre.split(' ').nth(4).map(PathBuf::from))?
-            })
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 mount"))?;
+        let mount = airlock_agent::cgroup::cgroup2_mount().map_err(io::Error::other)?;
         let rel = format!("/airlock-fanotify-test-{}-{tag}", std::process::id());
-        let dir = mount.join(&rel[1..]);
-        fs::create_dir(&dir)?;
-        let id = fs::metadata(&dir)?.ino();
-        Ok(MarkerCgroup { dir, rel, id })
+        let dir = CgroupDir::create(mount.join(&rel[1..])).map_err(io::Error::other)?;
+        let id = fs::metadata(dir.path())?.ino();
+        Ok(MarkerCgroup { dir, mount, rel, id })
     }
 
     /// An fd on cgroup.procs; a child writes "0" to it to join.
     pub fn procs(&self) -> fs::File {
         fs::OpenOptions::new()
             .write(true)
-            .open(self.dir.join("cgroup.procs"))
+            .open(self.dir.path().join("cgroup.procs"))
             .expect("open cgroup.procs")
     }
-}
 
-impl Drop for MarkerCgroup {
-    fn drop(&mut self) {
-        // Exited children leave the cgroup asynchronously: retry a little.
-        for _ in 0..100 {
-            if fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("could not remove test cgroup {}", self.dir.display());
+    /// The agent set the exec probe is pointed at: this cgroup as the one agent root.
+    pub fn agent_set(&self) -> AgentSet {
+        let root = AgentCgroup { agent: "test-agent".into(), path: self.rel.clone(), id: self.id };
+        AgentSet { mount: self.mount.clone(), roots: [(self.id, root)].into_iter().collect() }
     }
 }
 
@@ -221,6 +209,37 @@ impl World {
     pub fn apply(&mut self, p: &Policy) -> Result<(), FanotifyError> {
         let scope = self.scope();
         self.backend.as_mut().unwrap().apply_scoped(&p.0, scope)
+    }
+
+    /// The backend's gate.
+    pub fn gate(&self) -> Arc<dyn Gate> {
+        self.backend.as_ref().expect("backend running").gate()
+    }
+
+    /// Waits (up to 5 s) for the next event.
+    pub fn next_event(&mut self) -> GateEvent {
+        let t = Instant::now();
+        loop {
+            if let Ok(e) = self.rx.try_recv() {
+                return e;
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "no event within 5 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for a hold's event and returns it with its token.
+    pub fn next_hold(&mut self) -> (GateEvent, u64) {
+        let e = self.next_event();
+        let token = e.hold_token.unwrap_or_else(|| panic!("not a parked hold: {e:#?}"));
+        (e, token)
+    }
+
+    /// Releases the parked permission event of `ev` through the backend's gate.
+    pub fn release(&self, ev: &GateEvent, token: u64, how: Release) {
+        let key = HoldKey { tgid: ev.tgid, op: ev.op, dev: ev.target_dev, ino: ev.target_ino, argv_hash: ev.argv_hash };
+        let h = Holder { tid: ev.pid, tgid: ev.tgid, how: HoldKind::Parked { token } };
+        self.gate().release(&key, &[h], how).expect("release");
     }
 
     pub fn events(&mut self) -> Vec<GateEvent> {

@@ -1,0 +1,317 @@
+//! Holds and the argv of held execs: what the gates do once a rule matched.
+//!
+//! `decide` turns a rule plus the grant maps into a verdict without side effects; `finish`
+//! records it in a reserved event and carries it out (a hold: SIGSTOP, then -ERESTARTNOINTR in
+//! the hook, so the syscall runs again after SIGCONT and comes back here). Exec events carry
+//! the arguments, read from the caller's memory, and their hash keys the once-grant.
+use airlock_common::{
+    ARG_LEN, ARGV_MAX, AgentGrantKey, Event, GRANT_FOREVER, InodeKey, KernelOffsets, NAME_LEN,
+    OnceKey, RuleRef, action, flags, verdict,
+};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
+        bpf_probe_read_user_str_bytes,
+        generated::{bpf_get_current_task_btf, bpf_send_signal, bpf_task_pt_regs},
+    },
+    maps::ring_buf::RingBufEntry,
+};
+
+use crate::{AGENT_GRANTS, EVENTS, GO, HOLD, LOST, ONCE_GRANTS, REFUSE, read_u32, read_u64};
+
+/// x86_64 SIGSTOP.
+const SIGSTOP: u32 = 19;
+
+/// What the gate decided about one matched object, before any side effect (two-sided hooks
+/// decide both sides first and only then record, hold or consume).
+#[derive(Clone, Copy)]
+pub(crate) struct Decision {
+    pub(crate) rule: RuleRef,
+    pub(crate) target: InodeKey,
+    /// Dentry whose name goes into the event.
+    pub(crate) dentry: u64,
+    /// One of [`verdict`].
+    pub(crate) verdict: u32,
+    /// Event [`flags`] bits besides MONITOR (MATCHED_BY_ENTRY, BY_ONCE, ARGV_TRUNCATED, …).
+    pub(crate) flags: u32,
+    /// exec: the argv hash of this attempt (part of the once-grant key); 0 otherwise.
+    pub(crate) argv_hash: u64,
+    /// Non-zero: a once-grant decided it; delete the grant when the syscall goes ahead or
+    /// fails. (u32 and explicit padding: no uninitialised bytes for LLVM to copy around.)
+    pub(crate) consume: u32,
+    pub(crate) _pad: u32,
+}
+
+impl Decision {
+    /// Nothing matched: an allow that records nothing.
+    #[inline(always)]
+    pub(crate) fn none() -> Decision {
+        Decision {
+            rule: RuleRef { rule_id: 0, action: action::ALLOW, ops: 0, flags: 0 },
+            target: InodeKey { ino: 0, dev: 0, _pad: 0 },
+            dentry: 0,
+            verdict: verdict::ALLOWED,
+            flags: 0,
+            argv_hash: 0,
+            consume: 0,
+            _pad: 0,
+        }
+    }
+}
+
+#[inline(always)]
+fn once_key(opv: u32, target: &InodeKey, argv_hash: u64) -> OnceKey {
+    OnceKey {
+        tid: bpf_get_current_pid_tgid() as u32,
+        op: opv,
+        ino: target.ino,
+        dev: target.dev,
+        _pad: 0,
+        argv_hash,
+    }
+}
+
+/// The verdict for `rule` on `target`: deny and audit as the rule says (monitor mode: always
+/// allowed); approve consults this thread's once-grant, then the cgroup's standing grant, and
+/// otherwise holds. The verdict is always one of the constants, never a value from a map.
+#[inline(always)]
+pub(crate) fn decide(cg: u64, opv: u32, rule: &RuleRef, target: &InodeKey, dentry: u64, extra: u32, argv_hash: u64) -> Decision {
+    let mut d = Decision {
+        rule: *rule,
+        target: *target,
+        dentry,
+        verdict: verdict::ALLOWED,
+        flags: extra,
+        argv_hash,
+        consume: 0,
+        _pad: 0,
+    };
+    if rule.flags & flags::MONITOR != 0 {
+        return d;
+    }
+    if rule.action == action::DENY {
+        d.verdict = verdict::DENIED;
+        return d;
+    }
+    if rule.action != action::APPROVE {
+        return d;
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let ok = once_key(opv, target, argv_hash);
+    // SAFETY: the value is copied out at once.
+    if let Some(g) = unsafe { ONCE_GRANTS.get(&ok) } {
+        let g = *g;
+        if now < g.expires_ns {
+            d.verdict = if g.verdict == verdict::ALLOWED { verdict::ALLOWED } else { verdict::DENIED };
+            d.flags |= flags::BY_ONCE;
+            d.consume = 1;
+            return d;
+        }
+        // Expired: left over from a thread that died while held; never applies again.
+        let _ = ONCE_GRANTS.remove(&ok);
+    }
+    let ak = AgentGrantKey { cgroup_id: cg, ino: target.ino, dev: target.dev, op: opv };
+    // SAFETY: the value is copied out at once.
+    if let Some(g) = unsafe { AGENT_GRANTS.get(&ak) } {
+        let g = *g;
+        if g.expires_ns == GRANT_FOREVER || now < g.expires_ns {
+            d.verdict = if g.verdict == verdict::ALLOWED { verdict::ALLOWED } else { verdict::DENIED };
+            d.flags |= flags::BY_AGENT_GRANT;
+            return d;
+        }
+    }
+    d.verdict = verdict::HELD;
+    d
+}
+
+#[inline(always)]
+fn count_lost() {
+    if let Some(n) = LOST.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *n += 1 };
+    }
+}
+
+#[inline(always)]
+fn code_of(v: u32) -> u32 {
+    if v == verdict::HELD {
+        HOLD
+    } else if v == verdict::DENIED {
+        REFUSE
+    } else {
+        GO
+    }
+}
+
+/// Zeroes the argv part of a reserved record (ring memory is not zeroed). Volatile stores keep
+/// LLVM from turning the loop into a memset call, which BPF cannot make.
+#[inline(always)]
+fn zero_argv(e: *mut Event) {
+    // SAFETY: `e` is an exclusively owned ring-buffer record; the slots are 1 KiB of u8s,
+    // written as 128 u64s (the record is 8-byte aligned and so is the field).
+    unsafe {
+        let p = (*e).argv.as_mut_ptr().cast::<u64>();
+        let mut i = 0usize;
+        while i < ARGV_MAX * ARG_LEN / 8 {
+            core::ptr::write_volatile(p.add(i), 0);
+            i += 1;
+        }
+    }
+}
+
+/// Fills every field of a reserved record except the argv part (`argv_hash`, `argc`, `argv`),
+/// which the caller has written.
+#[inline(always)]
+fn fill(o: &KernelOffsets, cg: u64, opv: u32, d: &Decision, e: *mut Event) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: helper without arguments; the task pointer is only dereferenced through
+    // bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    let cred = read_u64(task + o.task_cred as u64);
+    let parent = read_u64(task + o.task_real_parent as u64);
+    // SAFETY: `e` points at a reserved, exclusively owned ring-buffer record.
+    unsafe {
+        (*e).ktime_ns = bpf_ktime_get_boot_ns();
+        (*e).cgroup_id = cg;
+        (*e).target_ino = d.target.ino;
+        (*e).pid = pid_tgid as u32;
+        (*e).tgid = (pid_tgid >> 32) as u32;
+        (*e).ppid = read_u32(parent + o.task_tgid as u64);
+        (*e).uid = bpf_get_current_uid_gid() as u32;
+        (*e).euid = read_u32(cred + o.cred_euid as u64);
+        (*e).target_dev = d.target.dev;
+        (*e).op = opv;
+        (*e).rule_id = d.rule.rule_id;
+        (*e).action = d.rule.action;
+        (*e).verdict = d.verdict;
+        (*e).flags = (d.rule.flags & flags::MONITOR) | d.flags;
+        (*e)._pad = 0;
+        (*e).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*e).name = [0; NAME_LEN];
+        let name_ptr = read_u64(d.dentry + (o.dentry_d_name + o.qstr_name) as u64);
+        if let Ok(s) = bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, &mut (*e).name) {
+            if s.len() >= NAME_LEN - 1 {
+                (*e).flags |= flags::NAME_TRUNCATED;
+            }
+        }
+    }
+}
+
+/// Records the decision in `entry` and carries it out. A hold sends SIGSTOP *before* the event
+/// is submitted, so userspace can never SIGCONT the task before its stop is pending; if the
+/// signal cannot be sent the hold becomes a denial (returning -ERESTARTNOINTR without a pending
+/// signal would hand error 513 to the caller).
+#[inline(always)]
+pub(crate) fn finish(o: &KernelOffsets, cg: u64, opv: u32, d: &Decision, mut entry: RingBufEntry<Event>) -> u32 {
+    let e = entry.as_mut_ptr();
+    fill(o, cg, opv, d, e);
+    let mut v = d.verdict;
+    if v == verdict::HELD {
+        // SAFETY: helper with a scalar argument; signals the current task.
+        if unsafe { bpf_send_signal(SIGSTOP) } != 0 {
+            v = verdict::DENIED;
+            // SAFETY: as in fill.
+            unsafe { (*e).verdict = verdict::DENIED };
+        }
+    } else if d.consume != 0 {
+        let _ = ONCE_GRANTS.remove(&once_key(opv, &d.target, d.argv_hash));
+    }
+    entry.submit(0);
+    code_of(v)
+}
+
+/// Carries out a decision that could not be recorded (ring buffer full): a hold nobody hears of
+/// would never end, so it is refused instead.
+#[inline(always)]
+pub(crate) fn settle_unrecorded(opv: u32, d: &Decision) -> u32 {
+    count_lost();
+    if d.consume != 0 {
+        let _ = ONCE_GRANTS.remove(&once_key(opv, &d.target, d.argv_hash));
+    }
+    if d.verdict == verdict::ALLOWED { GO } else { REFUSE }
+}
+
+/// Records (unless the rule is a plain allow) and carries out a non-exec decision.
+#[inline(always)]
+pub(crate) fn settle(o: &KernelOffsets, cg: u64, opv: u32, d: &Decision) -> u32 {
+    if d.rule.action == action::ALLOW {
+        return GO;
+    }
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            let e = entry.as_mut_ptr();
+            zero_argv(e);
+            // SAFETY: exclusively owned record.
+            unsafe {
+                (*e).argv_hash = 0;
+                (*e).argc = 0;
+            }
+            finish(o, cg, opv, d, entry)
+        }
+        None => settle_unrecorded(opv, d),
+    }
+}
+
+/// x86_64 `struct pt_regs` offsets (a stable ABI, the same on every kernel).
+const REGS_ORIG_AX: u64 = 120;
+const REGS_SI: u64 = 104;
+const REGS_DX: u64 = 96;
+const NR_EXECVE: u64 = 59;
+const NR_EXECVEAT: u64 = 322;
+
+/// Reads the exec caller's argv from its memory (still the old image at bprm_check_security)
+/// into the record: argv of execve is the second syscall argument, of execveat the third.
+/// Returns (argc, flags): at most [`ARGV_MAX`] arguments, ARGV_TRUNCATED when there were more,
+/// one filled its slot, or a read failed.
+#[inline(always)]
+pub(crate) fn capture_argv(e: *mut Event) -> (u32, u32) {
+    zero_argv(e);
+    // SAFETY: helpers on the current task; the regs pointer is only read through
+    // bpf_probe_read_kernel.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let nr = read_u64(regs + REGS_ORIG_AX);
+    let argv = if nr == NR_EXECVE {
+        read_u64(regs + REGS_SI)
+    } else if nr == NR_EXECVEAT {
+        read_u64(regs + REGS_DX)
+    } else {
+        return (0, 0);
+    };
+    if argv == 0 {
+        return (0, 0);
+    }
+    let mut argc = 0u32;
+    let mut fl = 0u32;
+    let mut i = 0usize;
+    while i < ARGV_MAX {
+        // SAFETY: bpf_probe_read_user copes with any address.
+        let Ok(p) = (unsafe { bpf_probe_read_user((argv + 8 * i as u64) as *const u64) }) else {
+            fl = flags::ARGV_TRUNCATED;
+            break;
+        };
+        if p == 0 {
+            break;
+        }
+        // SAFETY: bounded user string read into the record's slot `i` (< ARGV_MAX).
+        match unsafe { bpf_probe_read_user_str_bytes(p as *const u8, &mut (*e).argv[i]) } {
+            Ok(s) => {
+                if s.len() >= ARG_LEN - 1 {
+                    fl = flags::ARGV_TRUNCATED;
+                }
+            }
+            Err(_) => fl = flags::ARGV_TRUNCATED,
+        }
+        argc += 1;
+        i += 1;
+    }
+    if i == ARGV_MAX {
+        // SAFETY: as above.
+        let next = unsafe { bpf_probe_read_user((argv + 8 * ARGV_MAX as u64) as *const u64) }.unwrap_or(1);
+        if next != 0 {
+            fl = flags::ARGV_TRUNCATED;
+        }
+    }
+    (argc, fl)
+}

@@ -1,0 +1,202 @@
+//! `airlock-e2e --bench` (second part): the cost of a hold itself. 1,000 write opens of a file
+//! under an `approve` rule, each decided at once by an auto-approving client on the local
+//! socket (gRPC Watch + Decide, the path a person's CLI or a broker takes). For each hold:
+//!
+//! - *visible*: from the agent entering open(2) to the client seeing the request;
+//! - *release*: from the client sending its decision to open(2) returning in the agent.
+//!
+//! Both clocks are CLOCK_MONOTONIC, read by the agent and by the client. Also: the CPU a held
+//! process uses while it waits (schedstat of all its threads over a 2 s hold), and the baseline
+//! of an unheld open of the same file, measured in the same run.
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use airlock_agent::cgroup::{CgroupDir, cgroup2_mount};
+use airlock_proto::v1::{DecideRequest, WatchRequest, decide_request, watch_event};
+use anyhow::{Context as _, bail};
+
+use crate::harness::{Daemon, Spawned, run_in};
+
+const HOLDS: usize = 1000;
+
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `--bench-worker hold N FILE`: N write opens; prints "start end" (monotonic ns) per open.
+pub fn worker(n: usize, file: &str) -> ! {
+    let p = std::ffi::CString::new(file).expect("path");
+    let mut out = String::new();
+    for _ in 0..n {
+        let t0 = mono_ns();
+        // SAFETY: open/close of a NUL-terminated path.
+        let fd = unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_APPEND) };
+        let t1 = mono_ns();
+        if fd < 0 {
+            eprintln!("open {file}: {}", std::io::Error::last_os_error());
+            std::process::exit(1);
+        }
+        // SAFETY: closing the fd we opened.
+        unsafe { libc::close(fd) };
+        out.push_str(&format!("{t0} {t1}\n"));
+    }
+    print!("{out}");
+    std::process::exit(0)
+}
+
+fn pct(v: &mut [u64], p: f64) -> u64 {
+    v.sort_unstable();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// (request seen, decision sent) per approved request, in order.
+type Seen = Arc<Mutex<Vec<(u64, u64)>>>;
+
+/// Approves every request the Watch stream announces, recording the times; requests of `skip`
+/// (a pid) are left alone.
+fn auto_approver(socket: PathBuf, seen: Seen, skip: Arc<Mutex<u32>>, stop: tokio::sync::oneshot::Receiver<()>) -> std::thread::JoinHandle<anyhow::Result<()>> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async move {
+            let mut client = airlock_agent::api::connect(&socket).await?;
+            let mut decider = client.clone();
+            let mut stream = client.watch(WatchRequest {}).await?.into_inner();
+            tokio::pin!(stop);
+            loop {
+                let ev = tokio::select! {
+                    _ = &mut stop => return Ok(()),
+                    m = stream.message() => match m? { Some(ev) => ev, None => return Ok(()) },
+                };
+                let t_seen = mono_ns();
+                if ev.kind != watch_event::Kind::Opened as i32 {
+                    continue;
+                }
+                let Some(r) = ev.request else { continue };
+                if r.context.as_ref().is_some_and(|c| c.tgid == *skip.lock().unwrap()) {
+                    continue;
+                }
+                let t_dec = mono_ns();
+                decider
+                    .decide(DecideRequest { id: r.id.clone(), decision: Some(decide_request::Decision::Approve(decide_request::Approve { for_ms: None })) })
+                    .await?;
+                seen.lock().unwrap().push((t_seen, t_dec));
+            }
+        })
+    })
+}
+
+/// CPU time (ns) all threads of `pid` have used (schedstat).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    rd.flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
+/// Runs the hold benchmark and prints its table.
+pub fn run(bin_dir: &Path, me: &Path) -> anyhow::Result<()> {
+    let dir = PathBuf::from(format!("/var/tmp/airlock-bench-holds-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("held"))?;
+    let _cleanup = super::bench::Cleanup(dir.clone());
+    let file = dir.join("held/file");
+    std::fs::write(&file, b"")?;
+    let top = format!("airlock-bench-holds-{}", std::process::id());
+    let cg = CgroupDir::create(cgroup2_mount()?.join(&top))?;
+    let agent = cg.create_child("agent")?;
+    let outside = cg.create_child("outside")?;
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, format!(
+        "apiVersion: airlock.dev/v1\nkind: Policy\nmetadata:\n  name: bench-holds\nmode: enforce\nagents:\n  - name: bench\n    cgroup: \"/{top}/agent\"\nrules:\n  - name: held\n    action: approve\n    paths: [\"{}\"]\n",
+        dir.join("held").display()))?;
+    let state = dir.join("state");
+    let daemon = Daemon::start(bin_dir, &policy, &state, "auto")?;
+    let socket = state.join("airlock.sock");
+    let st = daemon.status().unwrap_or_default();
+
+    let me_s = me.to_string_lossy().to_string();
+    let f = file.to_string_lossy().to_string();
+    // Baseline: the same open, not held (outside the agent).
+    let (_, base) = run_in(Some(&outside), None, &[&me_s, "--bench-worker", "hold", &HOLDS.to_string(), &f])?;
+    let mut base_ns: Vec<u64> = parse_pairs(&base.stdout)?.iter().map(|(a, b)| b - a).collect();
+
+    // A held process waits without using CPU: hold one open for 2 s, unanswered.
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+    let skip = Arc::new(Mutex::new(0u32));
+    let idle = Spawned::start(&agent, &[&me_s, "--bench-worker", "hold", "1", &f])?;
+    *skip.lock().unwrap() = idle.pid;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let approver = auto_approver(socket.clone(), seen.clone(), skip.clone(), stop_rx);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_dir(state.join("requests")).is_ok_and(|mut d| d.next().is_some()) {
+        if std::time::Instant::now() > deadline {
+            bail!("the idle hold never became a request");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let c0 = cpu_ns(idle.pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let held_cpu = cpu_ns(idle.pid).saturating_sub(c0);
+    let id = std::fs::read_dir(state.join("requests"))?.flatten().next().context("request file")?.path();
+    let id = id.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+    let o = std::process::Command::new(bin_dir.join("airlock")).args(["approve", &id]).env("AIRLOCK_STATE_DIR", &state).output()?;
+    if !o.status.success() {
+        bail!("approving the idle hold: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    idle.finish(Duration::from_secs(10))?;
+
+    // 1,000 holds, each approved by the client as soon as it sees it.
+    let (_, out) = run_in(Some(&agent), None, &[&me_s, "--bench-worker", "hold", &HOLDS.to_string(), &f])?;
+    if !out.status.success() {
+        bail!("hold worker failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let pairs = parse_pairs(&out.stdout)?;
+    let _ = stop_tx.send(());
+    approver.join().map_err(|_| anyhow::anyhow!("approver panicked"))??;
+    let seen = seen.lock().unwrap().clone();
+    if seen.len() != pairs.len() {
+        bail!("{} holds but {} decisions", pairs.len(), seen.len());
+    }
+    let mut visible: Vec<u64> = pairs.iter().zip(&seen).map(|((t0, _), (s, _))| s.saturating_sub(*t0)).collect();
+    let mut release: Vec<u64> = pairs.iter().zip(&seen).map(|((_, t1), (_, d))| t1.saturating_sub(*d)).collect();
+    let mut total: Vec<u64> = pairs.iter().map(|(a, b)| b - a).collect();
+    drop(daemon);
+    drop(cg);
+
+    let us = |ns: u64| ns as f64 / 1e3;
+    let (v50, v99) = (pct(&mut visible, 0.5), pct(&mut visible, 0.99));
+    let (r50, r99) = (pct(&mut release, 0.5), pct(&mut release, 0.99));
+    let (t50, t99) = (pct(&mut total, 0.5), pct(&mut total, 0.99));
+    let (b50, b99) = (pct(&mut base_ns, 0.5), pct(&mut base_ns, 0.99));
+    println!();
+    println!("holds: {HOLDS} write opens under an approve rule, each approved at once by a gRPC client on the socket ({} backend)", st["backend"].as_str().unwrap_or("?"));
+    println!();
+    println!("| measurement                                   | p50         | p99         | p50 / baseline | target               |");
+    println!("|-----------------------------------------------|-------------|-------------|----------------|----------------------|");
+    println!("| baseline: the same open, not held             | {:>8.1} µs | {:>8.1} µs | 1.0×           |                      |", us(b50), us(b99));
+    println!("| syscall → request visible to the client       | {:>8.1} µs | {:>8.1} µs | {:>10.1}×    | p50 ≤ 1 ms, p99 ≤ 5 ms |", us(v50), us(v99), v50 as f64 / b50.max(1) as f64);
+    println!("| decision sent → syscall returns               | {:>8.1} µs | {:>8.1} µs | {:>10.1}×    | p50 ≤ 1 ms, p99 ≤ 5 ms |", us(r50), us(r99), r50 as f64 / b50.max(1) as f64);
+    println!("| whole held open (incl. the client's round trip)| {:>8.1} µs | {:>8.1} µs | {:>10.1}×    |                      |", us(t50), us(t99), t50 as f64 / b50.max(1) as f64);
+    println!("| CPU used by a held process over 2 s           | {:>8.1} µs |             |                | 0                    |", us(held_cpu));
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!();
+    println!("visible p50/p99 {}/{} ({}), release p50/p99 {}/{} ({}), held CPU {} µs",
+        us(v50), us(v99), verdict(v50 <= 1_000_000 && v99 <= 5_000_000),
+        us(r50), us(r99), verdict(r50 <= 1_000_000 && r99 <= 5_000_000), us(held_cpu));
+    Ok(())
+}
+
+fn parse_pairs(out: &[u8]) -> anyhow::Result<Vec<(u64, u64)>> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| {
+            let mut it = l.split_whitespace().map(|v| v.parse::<u64>());
+            Ok((it.next().context("start")??, it.next().context("end")??))
+        })
+        .collect()
+}
