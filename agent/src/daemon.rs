@@ -468,7 +468,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         st.record(&ev);
     }
     sd_notify("STOPPING=1");
-    drop(api);
+    if let Err(e) = api.shutdown().await {
+        tracing::warn!(error = %e, "approvals API did not stop cleanly");
+    }
     st.holds.drain_updates(&mut st.log);
     st.refresh_status();
     match kind {
