@@ -156,6 +156,44 @@ pub fn start_backend(choice: BackendChoice, tx: crate::backend::EventSender, pin
     }
 }
 
+/// Starts the exec-context tracepoint. On the fanotify fallback it is pinned under `dir` and
+/// armed as the exec backstop (execs of gated binaries that no daemon allowed are stopped or
+/// killed before their first instruction, also while airlockd is down); the backend records
+/// the execs it allows before the first apply. On the LSM backend the pinned LSM programs are
+/// the fail-closed part: a backstop left pinned by an earlier fallback run is removed.
+fn start_exec_probe(
+    kind: BackendKind,
+    exec_tx: mpsc::Sender<ExecRecord>,
+    events: crate::backend::EventSender,
+    dir: &Path,
+    policy: &CompiledPolicy,
+    agents: &AgentSet,
+    backend: &dyn Backend,
+) -> (Option<ExecContextProbe>, String) {
+    let started = match kind {
+        BackendKind::Lsm => {
+            if let Err(e) = crate::backend::exec_context::remove_pins(dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a stale exec backstop");
+            }
+            ExecContextProbe::start(exec_tx).and_then(|mut p| p.set_agents(agents).map(|()| (p, "recorded (tp_btf sched_process_exec)".to_string())))
+        }
+        BackendKind::Fanotify => ExecContextProbe::start_pinned(exec_tx, dir).and_then(|mut p| {
+            p.set_agents(agents)?;
+            p.set_rules(policy)?;
+            let allow = p.arm_backstop(events)?;
+            backend.set_backstop(Some(allow));
+            let how = if p.adopted() { "adopted" } else { "pinned" };
+            Ok((p, format!("recorded (tp_btf sched_process_exec); exec backstop armed, {how} in {}", dir.display())))
+        }),
+    };
+    match started {
+        Ok((p, what)) => (Some(p), what),
+        Err(e) => (None, format!("not recorded: {e}")),
+    }
+}
+
 /// One recorded event: the backend's event plus what userspace knows about it.
 #[derive(Serialize)]
 struct Record<'a> {
@@ -310,6 +348,15 @@ impl State {
             }
     }
 
+    fn sync_exec_rules(&mut self) {
+        if self.backend.kind() == BackendKind::Fanotify
+            && let Some(p) = self.exec_probe.as_mut()
+            && let Err(e) = p.set_rules(&self.policy)
+        {
+            tracing::warn!(error = %e, "exec backstop: cannot update gated binaries");
+        }
+    }
+
     fn reload(&mut self) {
         let result = load_policy(&self.cfg.policy_paths).and_then(|p| {
             let matcher = AgentMatcher::new(&p.agents)?;
@@ -323,6 +370,7 @@ impl State {
                 self.sync_exec_probe(&a);
                 self.rule_targets = rule_targets(&p);
                 self.policy = p;
+                self.sync_exec_rules();
                 self.matcher = m;
                 self.set_agents(a);
                 self.status.last_reload_error = None;
@@ -375,9 +423,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let matcher = AgentMatcher::new(&policy.agents)?;
     let agents = AgentSet::resolve_with(mount, &matcher)?;
     let (tx, mut rx) = mpsc::channel::<GateEvent>(65536);
-    let (mut backend, gate, reason) = start_backend(cfg.backend, tx, &cfg.pin_dir)?;
-    backend.apply(&policy, &agents)?;
+    let (mut backend, gate, reason) = start_backend(cfg.backend, tx.clone(), &cfg.pin_dir)?;
     let kind: BackendKind = backend.kind();
+    let (exec_tx, exec_rx) = mpsc::channel::<ExecRecord>(65536);
+    let (exec_probe, exec_context) = start_exec_probe(kind, exec_tx, tx, &cfg.pin_dir.join("exec"), &policy, &agents, backend.as_ref());
+    backend.apply(&policy, &agents)?;
     let holds = holds::Holds::start(&cfg.state_dir, gate, kind)?;
     if kind == BackendKind::Lsm {
         let n = holds::rewake_stopped_agents(&agents);
@@ -401,14 +451,6 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     for note in &policy.notes {
         tracing::info!(note = %note, "policy note");
     }
-    let (exec_tx, exec_rx) = mpsc::channel::<ExecRecord>(65536);
-    let (exec_probe, exec_context) = match ExecContextProbe::start(exec_tx) {
-        Ok(mut p) => match p.set_agents(&agents) {
-            Ok(()) => (Some(p), "recorded (tp_btf sched_process_exec)".to_string()),
-            Err(e) => (None, format!("not recorded: {e}")),
-        },
-        Err(e) => (None, format!("not recorded: {e}")),
-    };
     tracing::info!(exec_context = %exec_context, "exec context");
     let status = Status {
         exec_context,

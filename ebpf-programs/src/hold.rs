@@ -5,20 +5,20 @@
 //! the hook, so the syscall runs again after SIGCONT and comes back here). Exec events carry
 //! the arguments, read from the caller's memory, and their hash keys the once-grant.
 use airlock_common::{
-    ARG_LEN, ARGV_MAX, AgentGrantKey, Event, GRANT_FOREVER, InodeKey, KernelOffsets, NAME_LEN,
+    ARG_LEN, ARGV_MAX, AgentGrantKey, COMM_LEN, Event, GRANT_FOREVER, InodeKey, KernelOffsets, NAME_LEN,
     OnceKey, RuleRef, action, flags, verdict,
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, bpf_probe_read_user,
         bpf_probe_read_user_str_bytes,
-        generated::{bpf_get_current_task_btf, bpf_send_signal, bpf_task_pt_regs},
+        generated::{self as raw, bpf_get_current_task_btf, bpf_send_signal, bpf_task_pt_regs},
     },
     maps::ring_buf::RingBufEntry,
 };
 
-use crate::{AGENT_GRANTS, EVENTS, GO, HOLD, LOST, ONCE_GRANTS, REFUSE, read_u32, read_u64};
+use crate::{AGENT_GRANTS, EVENTS, GO, HOLD, LOST, ONCE_GRANTS, REFUSE, ZEROES, read_u32, read_u64};
 
 /// x86_64 SIGSTOP.
 const SIGSTOP: u32 = 19;
@@ -61,7 +61,7 @@ impl Decision {
 }
 
 #[inline(always)]
-fn once_key(opv: u32, target: &InodeKey, argv_hash: u64) -> OnceKey {
+pub(crate) fn once_key(opv: u32, target: &InodeKey, argv_hash: u64) -> OnceKey {
     OnceKey {
         tid: bpf_get_current_pid_tgid() as u32,
         op: opv,
@@ -145,20 +145,23 @@ fn code_of(v: u32) -> u32 {
     }
 }
 
-/// Zeroes the argv part of a reserved record (ring memory is not zeroed). Volatile stores keep
-/// LLVM from turning the loop into a memset call, which BPF cannot make.
+/// Zeroes `len` (at most 1 KiB) bytes of a reserved record (ring memory is not zeroed) with
+/// one helper call copying from the all-zero [`ZEROES`] map: a store loop would be walked by
+/// the verifier on every path (too many on 6.1 for the two-sided hooks). Were the map missing,
+/// the read from address 0 fails, and a failed `bpf_probe_read_kernel` zero-fills too.
+#[inline(always)]
+fn zero_from_map(dst: *mut u8, len: u32) {
+    let src = ZEROES.get_ptr(0).map_or(core::ptr::null(), |p| p as *const core::ffi::c_void);
+    // SAFETY: `dst` points into an exclusively owned ring-buffer record with `len` bytes left.
+    unsafe { raw::bpf_probe_read_kernel(dst.cast(), len, src) };
+}
+
+/// Zeroes the argv part of a reserved record.
 #[inline(always)]
 fn zero_argv(e: *mut Event) {
-    // SAFETY: `e` is an exclusively owned ring-buffer record; the slots are 1 KiB of u8s,
-    // written as 128 u64s (the record is 8-byte aligned and so is the field).
-    unsafe {
-        let p = (*e).argv.as_mut_ptr().cast::<u64>();
-        let mut i = 0usize;
-        while i < ARGV_MAX * ARG_LEN / 8 {
-            core::ptr::write_volatile(p.add(i), 0);
-            i += 1;
-        }
-    }
+    // SAFETY: `e` is an exclusively owned ring-buffer record.
+    let dst = unsafe { (*e).argv.as_mut_ptr().cast::<u8>() };
+    zero_from_map(dst, (ARGV_MAX * ARG_LEN) as u32);
 }
 
 /// Fills every field of a reserved record except the argv part (`argv_hash`, `argc`, `argv`),
@@ -188,13 +191,15 @@ fn fill(o: &KernelOffsets, cg: u64, opv: u32, d: &Decision, e: *mut Event) {
         (*e).verdict = d.verdict;
         (*e).flags = (d.rule.flags & flags::MONITOR) | d.flags;
         (*e)._pad = 0;
-        (*e).comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        (*e).name = [0; NAME_LEN];
+        // Raw helpers with the record as destination: both zero-fill it on failure, and no
+        // byte-wise memset loop lands in every path the verifier walks.
+        raw::bpf_get_current_comm((*e).comm.as_mut_ptr().cast(), COMM_LEN as u32);
+        zero_from_map((*e).name.as_mut_ptr(), NAME_LEN as u32);
         let name_ptr = read_u64(d.dentry + (o.dentry_d_name + o.qstr_name) as u64);
-        if let Ok(s) = bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, &mut (*e).name) {
-            if s.len() >= NAME_LEN - 1 {
-                (*e).flags |= flags::NAME_TRUNCATED;
-            }
+        // Length with the NUL; a full buffer means the name was cut.
+        let n = raw::bpf_probe_read_kernel_str((*e).name.as_mut_ptr().cast(), NAME_LEN as u32, name_ptr as *const _);
+        if n >= NAME_LEN as i64 {
+            (*e).flags |= flags::NAME_TRUNCATED;
         }
     }
 }
@@ -261,6 +266,28 @@ const REGS_DX: u64 = 96;
 const NR_EXECVE: u64 = 59;
 const NR_EXECVEAT: u64 = 322;
 
+/// x86_64 numbers of the syscalls that open files (open, creat, openat, openat2).
+const NR_OPEN: u64 = 2;
+const NR_CREAT: u64 = 85;
+const NR_OPENAT: u64 = 257;
+const NR_OPENAT2: u64 = 437;
+
+/// The current task's user registers (x86_64 `struct pt_regs`), as an address for
+/// `bpf_probe_read_kernel`.
+#[inline(always)]
+fn user_regs() -> u64 {
+    // SAFETY: helpers on the current task; the result is only read through
+    // bpf_probe_read_kernel.
+    unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) as u64 }
+}
+
+/// Whether the current task is inside an open-family syscall.
+#[inline(always)]
+pub(crate) fn in_open_syscall() -> bool {
+    let nr = read_u64(user_regs() + REGS_ORIG_AX);
+    nr == NR_OPEN || nr == NR_CREAT || nr == NR_OPENAT || nr == NR_OPENAT2
+}
+
 /// Reads the exec caller's argv from its memory (still the old image at bprm_check_security)
 /// into the record: argv of execve is the second syscall argument, of execveat the third.
 /// Returns (argc, flags): at most [`ARGV_MAX`] arguments, ARGV_TRUNCATED when there were more,
@@ -268,9 +295,7 @@ const NR_EXECVEAT: u64 = 322;
 #[inline(always)]
 pub(crate) fn capture_argv(e: *mut Event) -> (u32, u32) {
     zero_argv(e);
-    // SAFETY: helpers on the current task; the regs pointer is only read through
-    // bpf_probe_read_kernel.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let regs = user_regs();
     let nr = read_u64(regs + REGS_ORIG_AX);
     let argv = if nr == NR_EXECVE {
         read_u64(regs + REGS_SI)

@@ -16,7 +16,7 @@
 #![no_main]
 
 use airlock_common::{
-    AgentGrantKey, DirEntryKey, Event, Grant, InodeKey, KernelOffsets, MAX_CGROUP_LEVEL,
+    ARG_LEN, ARGV_MAX, AgentGrantKey, DirEntryKey, Event, Grant, InodeKey, KernelOffsets, MAX_CGROUP_LEVEL,
     MAX_DENTRY_DEPTH, NAME_LEN, OnceKey, RuleRef, Settings, action, flags, op, verdict, FMODE_WRITE,
     O_TRUNC,
 };
@@ -84,6 +84,9 @@ pub(crate) static ONCE_GRANTS: HashMap<OnceKey, Grant> = HashMap::with_max_entri
 /// `deny --always`); they expire by time (compared here), not by use.
 #[map]
 pub(crate) static AGENT_GRANTS: HashMap<AgentGrantKey, Grant> = HashMap::with_max_entries(16384, 0);
+/// 1 KiB of zeroes (never written): the source for clearing the argv part of event records.
+#[map]
+pub(crate) static ZEROES: Array<[u8; ARGV_MAX * ARG_LEN]> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 pub(crate) fn read_u64(addr: u64) -> u64 {
@@ -150,18 +153,22 @@ pub(crate) fn inode_key(o: &KernelOffsets, inode: u64) -> InodeKey {
     }
 }
 
-/// Where a protected-tree match was found.
+/// Where a protected-tree match was found. Every field is always initialised (no `Option`):
+/// LLVM may otherwise copy uninitialised registers around, which the verifier refuses.
 struct TreeMatch {
     rule: RuleRef,
     /// The object itself, or for a not-yet-existing one its nearest existing ancestor.
     target: InodeKey,
+    /// Non-zero when a protected inode covering the operation was found.
+    found: u32,
+    _pad: u32,
 }
 
 /// Walks from `dentry` up its parents to the nearest protected inode whose rule covers `op`.
 /// Identity is the dentry chain, so symlinks, hardlinked names, relative paths, /proc/self/fd
 /// and bind mounts all end at the same protected inode.
 #[inline(always)]
-fn protected_match(o: &KernelOffsets, dentry: u64, op_bit: u32) -> Option<TreeMatch> {
+fn protected_match(o: &KernelOffsets, dentry: u64, op_bit: u32) -> TreeMatch {
     let mut d = dentry;
     let mut target = InodeKey::default();
     let mut have_target = false;
@@ -180,7 +187,7 @@ fn protected_match(o: &KernelOffsets, dentry: u64, op_bit: u32) -> Option<TreeMa
             // SAFETY: the value is copied out at once.
             if let Some(r) = unsafe { PROTECTED.get(&key) } {
                 if r.ops & op_bit != 0 {
-                    return Some(TreeMatch { rule: *r, target });
+                    return TreeMatch { rule: *r, target, found: 1, _pad: 0 };
                 }
             }
         }
@@ -191,17 +198,16 @@ fn protected_match(o: &KernelOffsets, dentry: u64, op_bit: u32) -> Option<TreeMa
         d = parent;
         depth += 1;
     }
-    None
+    TreeMatch { rule: RuleRef::default(), target: InodeKey::default(), found: 0, _pad: 0 }
 }
 
-/// Matches `dentry` against the protected trees for `opv` and decides; [`Decision::none`] when
-/// nothing protects it.
+/// The decision for a protected-tree match; [`Decision::none`] when nothing protects it.
 #[inline(always)]
-fn decide_tree(o: &KernelOffsets, cg: u64, dentry: u64, opv: u32) -> Decision {
-    match protected_match(o, dentry, op::bit(opv)) {
-        Some(m) => decide(cg, opv, &m.rule, &m.target, dentry, 0, 0),
-        None => Decision::none(),
+fn decide_match(cg: u64, opv: u32, m: &TreeMatch, dentry: u64) -> Decision {
+    if m.found == 0 {
+        return Decision::none();
     }
+    decide(cg, opv, &m.rule, &m.target, dentry, 0, 0)
 }
 
 /// Gate on the protected tree containing `dentry` for `opv`.
@@ -209,34 +215,40 @@ fn decide_tree(o: &KernelOffsets, cg: u64, dentry: u64, opv: u32) -> Decision {
 fn gate_tree(dentry: u64, opv: u32) -> u32 {
     let Some(cg) = in_agent_cgroup() else { return GO };
     let Some(o) = offsets() else { return GO };
-    settle(o, cg, opv, &decide_tree(o, cg, dentry, opv))
+    let m = protected_match(o, dentry, op::bit(opv));
+    settle(o, cg, opv, &decide_match(cg, opv, &m, dentry))
 }
 
-/// Gate on two objects of one syscall (link: source and new name; rename: both sides). Both are
-/// decided before anything happens: a denial on either side wins; else a hold on either side
-/// holds without consuming the other side's once-grant, so that after both requests were
-/// approved one restart finds both grants; else both are recorded.
+/// Gate on two objects of one syscall (link: source and new name; rename: both sides), one
+/// after the other as before holds: a denial or hold on the first side ends it. A once-grant
+/// that lets the first side through is only consumed once the second side does not hold:
+/// a hold there restarts the syscall, and the restart must find the first side's grant again
+/// (otherwise approving both sides would never be enough).
 ///
-/// Plain booleans pick what to record, and each side is carried out by one inlined `settle`:
-/// the verifier walks every inlined copy, and `Option`s of decisions made LLVM copy
-/// uninitialised registers, which the verifier refuses.
+/// Shaped for the verifier (6.1 gives up at a million instructions): between the sides only
+/// the return code, one flag and the first target stay live, so the second walk is explored
+/// from few states.
 #[inline(always)]
 fn gate_pair(a: u64, b: u64, opv: u32) -> u32 {
     let Some(cg) = in_agent_cgroup() else { return GO };
     let Some(o) = offsets() else { return GO };
-    let da = decide_tree(o, cg, a, opv);
-    let a_denied = da.verdict == verdict::DENIED;
-    let a_held = da.verdict == verdict::HELD;
-    // A denied source ends it before the destination is looked at.
-    let db = if a_denied { Decision::none() } else { decide_tree(o, cg, b, opv) };
-    let b_denied = db.verdict == verdict::DENIED;
-    let b_held = db.verdict == verdict::HELD;
-    // a denied: a | b denied: a (unless held) and b | a held: a | b held: b | else: a and b.
-    let record_a = a_denied || (b_denied && !a_held) || (!b_denied && (a_held || !b_held));
-    let record_b = !a_denied && (b_denied || !a_held);
-    let c1 = if record_a { settle(o, cg, opv, &da) } else { GO };
-    let c2 = if record_b { settle(o, cg, opv, &db) } else { GO };
-    if c2 != GO { c2 } else { c1 }
+    let ma = protected_match(o, a, op::bit(opv));
+    let mut da = decide_match(cg, opv, &ma, a);
+    let keep = da.verdict == verdict::ALLOWED && da.consume != 0;
+    if keep {
+        da.consume = 0;
+    }
+    let ca = settle(o, cg, opv, &da);
+    if ca != GO {
+        return ca;
+    }
+    let first = da.target;
+    let mb = protected_match(o, b, op::bit(opv));
+    let cb = settle(o, cg, opv, &decide_match(cg, opv, &mb, b));
+    if keep && cb != HOLD {
+        let _ = ONCE_GRANTS.remove(&hold::once_key(opv, &first, 0));
+    }
+    cb
 }
 
 /// Hook return value for a gate's answer: constants only (6.12 checks the range).
@@ -332,11 +344,18 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     ret(gate_tree(read_u64(file + (o.file_f_path + o.path_dentry) as u64), op::OPEN_WRITE))
 }
 
+/// truncate(2), and on kernels before 6.2 also ftruncate(2) and the truncation of an open with
+/// O_TRUNC. That last one is skipped: `file_open` already gated the open with its O_TRUNC, and
+/// a second request for the same write would make a person approve it twice.
 #[lsm(hook = "path_truncate")]
 pub fn path_truncate(ctx: LsmContext) -> i32 {
     let prev: u64 = ctx.arg(1);
     if prev as i32 != 0 {
         return chained(prev);
+    }
+    // Agents only: the syscall check costs two helper calls.
+    if in_agent_cgroup().is_none() || hold::in_open_syscall() {
+        return 0;
     }
     let Some(o) = offsets() else { return 0 };
     ret(gate_tree(path_dentry(o, ctx.arg(0)), op::TRUNCATE))

@@ -28,19 +28,19 @@ impl HoldFixture {
     pub fn new(base: &Path) -> anyhow::Result<HoldFixture> {
         let dir = base.join(format!("airlock-e2e-holds-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("held"))?;
+        std::fs::create_dir_all(dir.join("held")).with_context(|| format!("mkdir {}", dir.display()))?;
         std::fs::create_dir_all(dir.join("short"))?;
         let me = std::env::current_exe()?;
         let held = dir.join("held/airlock-e2e-held");
         let short = dir.join("short/airlock-e2e-short");
-        std::fs::copy(&me, &held)?;
-        std::fs::copy(&me, &short)?;
+        std::fs::copy(&me, &held).with_context(|| format!("copy {} to {}", me.display(), held.display()))?;
+        std::fs::copy(&me, &short).with_context(|| format!("copy {} to {}", me.display(), short.display()))?;
         let etc = dir.join("etc");
         std::fs::create_dir_all(&etc)?;
         let conf = etc.join("conf");
         std::fs::write(&conf, "original\n")?;
         let top = format!("airlock-e2e-holds-{}", std::process::id());
-        let cg = CgroupDir::create(cgroup2_mount()?.join(&top))?;
+        let cg = CgroupDir::create(cgroup2_mount()?.join(&top)).context("hold fixture cgroup")?;
         let agent_cg = cg.create_child("agent")?;
         let outside_cg = cg.create_child("outside")?;
         let policy = dir.join("policy.yaml");

@@ -7,18 +7,30 @@
 //!
 //! # Backstop (fanotify fallback)
 //!
-//! With [`ExecContextProbe::arm_backstop`] the same program stops (`approve`) or kills (`deny`)
-//! an agent's exec of a gated binary that the daemon did not allow (see
-//! `ebpf-programs/src/exec_context.rs`): the fanotify listener writes an `EXEC_ALLOW` entry
-//! through [`ExecAllow`] right before it answers `FAN_ALLOW`, so only execs nobody decided are
-//! caught, which happens when airlockd is gone. For that the probe is **pinned** (its link and
-//! the maps it uses, under `<pin_dir>/<object hash>/`): it stays attached after the daemon
-//! exits or is killed, and a restarted daemon **adopts** it (opens the maps from their pins,
-//! never detaching the program), so a gated exec never runs unstopped in between. Its
-//! backstop events wait in the pinned `EVENTS` ring until the restarted daemon drains them. A
-//! daemon built from another eBPF object **replaces** it: loads its own, copies the agent
-//! roots, rules and settings over, attaches, pins, and only then unpins the old one and drains
-//! the old ring. [`remove_pins`] detaches for good.
+//! With [`ExecContextProbe::arm_backstop`] the same program stops (`approve`: SIGSTOP) or kills
+//! (`deny`: SIGKILL) an agent's exec of a gated binary that the daemon did not allow, after the
+//! exec and before the new image's first instruction (see `ebpf-programs/src/exec_context.rs`).
+//! The fanotify listener writes an `EXEC_ALLOW` (thread, binary) entry through [`ExecAllow`]
+//! right before it answers `FAN_ALLOW`, so only execs nobody decided are caught: those that
+//! run while airlockd is gone, including held execs the kernel allowed when its fanotify group
+//! closed (verified with a `kill -9`). The event (`flags::BACKSTOP`, verdict held or denied)
+//! waits in the probe's `EVENTS` ring; the daemon's gate resumes (SIGCONT) or kills the stopped
+//! process.
+//!
+//! For that the probe is **pinned** ([`ExecContextProbe::start_pinned`]; its link and the maps
+//! it uses under `<dir>/<object hash>/`): it stays attached after the daemon exits or is
+//! killed. A restarted daemon of the same build **adopts** it (opens the maps from their pins;
+//! the program is never detached) and drains what the ring collected meanwhile. A daemon of
+//! another build **replaces** it: loads its own object into `<hash>_new/`, copies the agent
+//! roots, rules and settings over, attaches and pins it, and only then unpins the old instance
+//! (draining its ring) and renames the new one into place; so a gated exec never runs
+//! unstopped in between (both programs may stop the same exec for an instant). [`remove_pins`]
+//! detaches for good. Verified on this host (6.18) by `agent/tests/fanotify_host/backstop.rs`.
+//!
+//! Not covered by the backstop: scripts (`#!`: `bprm->file` is the interpreter by then),
+//! binaries matched only by (directory, name) after a replacement (`EXEC_INODES` holds the
+//! compiled inodes), monitor mode; a stopped process can be resumed by anything allowed to
+//! signal it (the agent itself).
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,7 +136,7 @@ fn object_tag() -> String {
 }
 
 fn is_bpffs(p: &Path) -> bool {
-    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == libc::BPF_FS_MAGIC as i64)
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as u64 == libc::BPF_FS_MAGIC as u64)
 }
 
 /// Creates `dir` on bpffs, mounting bpffs at `/sys/fs/bpf` first if `dir` is under it and it
@@ -141,18 +153,34 @@ pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes every pinned probe instance under `dir` (the link first: that detaches the program
-/// once no process holds it) and `dir` itself. Missing `dir` is fine.
+/// Is this a probe instance directory (named by [`object_tag`]; `_new` appended while staged:
+/// bpffs refuses dots in names)?
+/// Anything else under the pin directory is left alone.
+fn is_instance(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let tag = name.strip_suffix("_new").unwrap_or(name);
+    p.is_dir() && tag.len() == 16 && tag.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn instances(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    Ok(std::fs::read_dir(dir)?.flatten().map(|e| e.path()).filter(|p| is_instance(p)).collect())
+}
+
+/// Removes every pinned probe instance under `dir` (each link first: that detaches the program
+/// once no process holds it), then `dir` if nothing else is in it. Missing `dir` is fine.
 pub fn remove_pins(dir: &Path) -> io::Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
+    let insts = match instances(dir) {
+        Ok(i) => i,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    for inst in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+    for inst in insts {
         remove_instance(&inst)?;
     }
-    std::fs::remove_dir(dir)
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
+        r => r,
+    }
 }
 
 fn remove_instance(inst: &Path) -> io::Result<()> {
@@ -208,33 +236,40 @@ impl ExecContextProbe {
     pub fn start_pinned(tx: mpsc::Sender<ExecRecord>, dir: &Path) -> Result<ExecContextProbe, LsmError> {
         ensure_bpffs(dir)?;
         let inst = dir.join(object_tag());
+        let stage = dir.join(format!("{}_new", object_tag()));
+        if !inst.exists() && stage.join(LINK).exists() {
+            std::fs::rename(&stage, &inst)?; // a start interrupted after its attach: finish it
+        }
         if inst.join(LINK).exists() {
             match Self::adopt(tx.clone(), &inst) {
-                Ok(p) => {
-                    // Leftovers of an interrupted replace: ours is attached, drop theirs.
-                    let mut p = p;
+                Ok(mut p) => {
+                    // Leftovers of an interrupted replace: ours is attached, retire theirs.
                     p.retire_others(dir, &inst);
                     return Ok(p);
                 }
                 Err(e) => tracing::warn!(error = %e, pins = %inst.display(), "exec probe: pinned instance not adoptable; replacing it"),
             }
         }
-        if inst.exists() {
-            remove_instance(&inst)?;
+        if inst.exists() && !inst.join(LINK).exists() {
+            remove_instance(&inst)?; // incomplete: nothing of it is attached
         }
-        let old = std::fs::read_dir(dir)?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p != &inst && p.join(LINK).exists());
-        std::fs::create_dir(&inst)?;
-        let mut p = match Self::load(tx, Some(&inst), old.as_deref()) {
+        // Load into a staging directory and retire the old instances (an unadoptable one of
+        // our own build included) only once the new program is attached.
+        if stage.exists() {
+            remove_instance(&stage)?;
+        }
+        let old = instances(dir)?.into_iter().find(|p| p != &stage && p.join(LINK).exists());
+        std::fs::create_dir(&stage)?;
+        let mut p = match Self::load(tx, Some(&stage), old.as_deref()) {
             Ok(p) => p,
             Err(e) => {
-                let _ = remove_instance(&inst);
+                let _ = remove_instance(&stage);
                 return Err(e);
             }
         };
-        p.retire_others(dir, &inst);
+        p.retire_others(dir, &stage);
+        std::fs::rename(&stage, &inst)?;
+        p.pinned = Some(inst);
         Ok(p)
     }
 
@@ -335,8 +370,8 @@ impl ExecContextProbe {
     /// Unpins every other instance under `dir` (after ours is attached), keeping the backstop
     /// events still in their rings for [`Self::arm_backstop`].
     fn retire_others(&mut self, dir: &Path, ours: &Path) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        for old in entries.flatten().map(|e| e.path()).filter(|p| p != ours && p.is_dir()) {
+        let Ok(insts) = instances(dir) else { return };
+        for old in insts.into_iter().filter(|p| p != ours) {
             let ring = open_pinned(&old, "EVENTS").and_then(|m| RingBuf::try_from(m).map_err(map_err("EVENTS")));
             // Detach first, so nothing is added to the ring after it is drained.
             let _ = std::fs::remove_file(old.join(LINK));

@@ -40,26 +40,47 @@
 //!   the flags cannot be determined (io_uring, kernel-internal opens, a 32-bit task, procfs
 //!   blocked past 200 ms) the open counts as a write: fail closed, with a warning in the log.
 //!
-//! The verdict is [`crate::event::verdict_for`] (`approve` is enforced as deny until holds land;
-//! monitor mode never denies); `audit` allows with an event, `allow` allows silently. Events go
-//! out with `try_send` before the answer (lost ones are counted). Every permission event is
-//! answered on every path, including panics (see [`Permission`]), and its fd closed.
+//! The verdict is [`crate::event::verdict_for`] (`approve` holds, `deny` denies, monitor mode
+//! never denies nor holds); `audit` allows with an event, `allow` allows silently. Events go out
+//! with `try_send` before the answer (lost ones are counted). Every permission event is answered
+//! on every path, including panics (see [`Permission`]), and its fd closed.
 //!
 //! [`FanotifyBackend::apply`](Backend::apply) builds the new mark set on top of the old (adding
 //! marks first), then publishes the new rules, then removes marks no longer needed, so an object
 //! gated by both policies is never ungated in between. On error the marks it added are removed
 //! and the old rules stay in force. An apply that only changes the agent set swaps the scope.
 //!
-//! # Holding for approval (next milestone)
+//! # Holding for approval
 //!
-//! The permission event *is* the hold: the task waits (killable, invisible to job control) in
-//! its syscall until answered, and nothing restarts, so there is nothing to de-duplicate. The
-//! listener decides in one place (`rules::decide` → `Decision`, then `permit.respond(..)` in
-//! `listener.rs`); a hold adds a third outcome there that moves the [`Permission`] (`Send`,
-//! answered exactly once, its drop answers a fallback) into a table of pending approvals and
-//! returns, so the listener keeps serving other events; whoever decides calls
-//! [`Permission::respond`] from any thread. Parked permissions keep the group fd alive; the
-//! backend's drop should answer them (with the rule's timeout verdict) before joining.
+//! The permission event *is* the hold (`gate.rs`): for `approve` the listener first consults
+//! the standing decisions (agent cgroup, op, object → allow/deny until a CLOCK_BOOTTIME
+//! deadline; written by [`FanotifyGate`]'s [`standing`](crate::hold::Gate::standing)); a live
+//! one decides at once (event `decided_by: agent_grant`). Otherwise it moves the [`Permission`]
+//! into the table of parked permissions under a fresh token (unique across daemon restarts in
+//! one boot), sends the event with verdict `held` and `hold_token`, and returns to other
+//! events. If the event cannot be delivered the hold is denied at once (nobody would ever
+//! decide it). The task waits in its syscall (state D: killable, invisible to job control, and
+//! SIGCONT/SIGSTOP do nothing to it: verified). Nothing restarts, so every parked event is its
+//! own holder; the request table de-duplicates. [`FanotifyGate::release`](crate::hold::Gate::release)
+//! answers parked tokens (a token no longer parked is a no-op), sends SIGCONT (allow) or
+//! SIGKILL (deny) to a process the exec backstop stopped (only if it still runs the held
+//! image), and refuses `Restart` holders. Dropping the backend stops the threads, then denies
+//! every parked permission, then closes the group; gates hold the backend weakly.
+//!
+//! A held exec carries its arguments: `/proc/<tid>/syscall` gives execve's `argv` pointer and
+//! `process_vm_readv` reads up to [`airlock_common::ARGV_MAX`] × [`airlock_common::ARG_LEN`]
+//! (`argv.rs`; readable while the exec waits on 6.8+ and verified on 6.18, run with the 200 ms
+//! procfs deadline; `argv_hash` as the kernel side computes it).
+//!
+//! # Exec backstop
+//!
+//! When airlockd dies the kernel allows every pending permission event and closing the group
+//! removes every mark. The pinned exec probe (`super::exec_context`) keeps watching agent
+//! execs: a binary under an enforcing `deny`/`approve` rule that runs without an `EXEC_ALLOW`
+//! entry is killed (deny) or stopped before its first instruction (approve), with an event in
+//! the pinned ring for the restarted daemon. The listener writes `EXEC_ALLOW` (thread, binary)
+//! right before it answers `FAN_ALLOW` for such an exec (an approved hold or a standing grant;
+//! [`FanotifyBackend::set_backstop`]).
 
 //! # Inode numbers are reused at once
 //!
@@ -74,9 +95,15 @@
 //!
 //! Verified on this host's kernel (6.18) by `agent/tests/fanotify_host.rs` where marked so.
 //!
-//! - **Fails open if airlockd dies**: the kernel allows pending and future events once the group
-//!   is closed. (The LSM backend does not pin its programs yet either; pinning for fail-closed
-//!   operation comes with holds.)
+//! - **What airlockd's death leaves open**: writes and opens of protected files are ungated
+//!   until it restarts (the marks go with the group), and pending held opens are *allowed* by
+//!   the kernel as the group closes (held execs too, but see below). Execs of gated binaries
+//!   stay covered by the pinned backstop (verified): `deny` binaries are SIGKILLed,
+//!   `approve` binaries stopped (SIGSTOP) before their first instruction until a restarted
+//!   daemon's decision sends SIGCONT or SIGKILL. The backstop does not cover: scripts (`#!`:
+//!   the tracepoint sees the interpreter's inode), binaries matched only by (directory, name)
+//!   after a replacement, monitor mode, and a stopped process that anyone allowed to signal it
+//!   (the agent itself) resumes with SIGCONT; while stopped it is visible to job control.
 //! - **Blind to** unlink, rename, link, chmod, chown, truncate(2) by path, mkdir, rmdir, symlink,
 //!   mknod: fanotify has no permission events for them. An agent can therefore replace a
 //!   protected file by renaming another file over it; the new inode is marked after an inotify
@@ -106,6 +133,9 @@
 //!   removed: it stays (harmless, no rule matches it, one round trip per open) until restart;
 //!   [`FanotifyCounters::stale_marks`] counts them. A file hard-linked out of a protected tree
 //!   stays gated; one moved out (link count 1) is not.
+//! - Forked children inherit the group fd and the threads' stop pipe until they exec: a test
+//!   (or any in-process user) that forks agents from the daemon's own process keeps the group
+//!   alive while such a child waits; the stop pipe is poked, never merely closed, for that.
 //! - The event carries no "flags unknown" marker (GateEvent has no field for it); such opens
 //!   are logged as warnings and counted in [`FanotifyCounters::intent_unknown`].
 
@@ -131,6 +161,7 @@ mod marks;
 mod procfs;
 mod rules;
 mod sys;
+mod watch;
 
 pub use gate::FanotifyGate;
 pub(crate) use sys::boottime_ns;
@@ -270,7 +301,7 @@ pub struct FanotifyBackend {
     inotify: Arc<OwnedFd>,
     applied: Option<Targets>,
     notes: Vec<String>,
-    /// Write end of the stop pipe: closing it stops the threads.
+    /// Write end of the stop pipe: a byte written to it stops the threads.
     stop: Option<OwnedFd>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -310,7 +341,7 @@ impl FanotifyBackend {
         let (shared, st, ino) = (me.shared.clone(), me.state.clone(), me.inotify.clone());
         let h = std::thread::Builder::new()
             .name("airlock-inotify".into())
-            .spawn(move || watch_loop(&shared, &st, &ino, stop2));
+            .spawn(move || watch::watch_loop(&shared, &st, &ino, stop2));
         me.threads.push(h.map_err(thread("watcher"))?);
         Ok(me)
     }
@@ -478,87 +509,13 @@ fn build(
     Ok(())
 }
 
-/// The watcher thread: follows protected trees and policy roots through inotify.
-fn watch_loop(shared: &Shared, state: &Mutex<MarkState>, inotify: &OwnedFd, stop: OwnedFd) {
-    let mut buf = vec![0u8; 64 * 1024];
-    while sys::wait_readable(inotify.as_fd(), stop.as_fd()) {
-        loop {
-            let n = match sys::read_some(inotify.as_fd(), &mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::error!(error = %e, "reading inotify events failed");
-                    break;
-                }
-            };
-            let events = sys::parse_inotify(&buf[..n]);
-            let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
-            let st = &mut *guard;
-            for ev in events.iter().filter(|e| e.mask & libc::IN_IGNORED != 0) {
-                st.watches.remove(&ev.wd);
-            }
-            let mut delta = Ruleset::default();
-            let mut m = Marker::new(
-                shared.group.as_fd(),
-                inotify.as_fd(),
-                &st.marks,
-                &st.tree_roots,
-            );
-            let roots_touched = marks::on_inotify(&mut m, &st.watches, &events, &mut delta);
-            let marks::Batch { marks: new_marks, watches: new_watches, members, held, notes } = m.finish();
-            delta.members = members;
-            st.held.extend(held);
-            let dead = if roots_touched {
-                marks::sweep_dead_roots(&mut st.held)
-            } else {
-                Vec::new()
-            };
-            for (k, rec) in new_marks {
-                st.marks
-                    .entry(k)
-                    .and_modify(|r| (r.mask, r.path) = (r.mask | rec.mask, rec.path.clone()))
-                    .or_insert(rec);
-            }
-            for (wd, w) in new_watches {
-                st.watches
-                    .entry(wd)
-                    .and_modify(|o| {
-                        (o.path, o.key) = (w.path.clone(), w.key);
-                        o.tree = o.tree.or(w.tree);
-                    })
-                    .or_insert(w);
-            }
-            for n in notes {
-                tracing::warn!(note = %n, "fanotify backend");
-            }
-            if delta.is_empty() && delta.members.is_empty() && dead.is_empty() {
-                continue;
-            }
-            // Still under the state lock: an apply cannot publish a new rule set between our
-            // marking and this update (it would get this batch's rules of the old policy).
-            let mut rs = shared.ruleset.write().unwrap_or_else(|e| e.into_inner());
-            for (k, _) in &dead {
-                rs.exec.remove(k);
-                rs.protected.remove(k);
-            }
-            for (k, r) in delta.exec {
-                merge_into(&mut rs.exec, k, r);
-            }
-            for (k, r) in delta.protected {
-                merge_into(&mut rs.protected, k, r);
-            }
-            rs.members.extend(delta.members);
-            drop(rs);
-            drop(guard);
-        }
-    }
-}
-
 impl Drop for FanotifyBackend {
     /// Stops the threads, then denies every parked hold (nobody is left to decide it), then
     /// closes the group (with the last `Arc` of `shared`; gates hold it weakly).
     fn drop(&mut self) {
-        drop(self.stop.take());
+        if let Some(stop) = self.stop.take() {
+            sys::poke(stop.as_fd());
+        }
         for h in self.threads.drain(..) {
             let _ = h.join();
         }
@@ -569,6 +526,9 @@ impl Drop for FanotifyBackend {
 impl Backend for FanotifyBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Fanotify
+    }
+    fn set_backstop(&self, allow: Option<Arc<ExecAllow>>) {
+        FanotifyBackend::set_backstop(self, allow);
     }
     fn apply(&mut self, policy: &CompiledPolicy, agents: &AgentSet) -> Result<(), BackendError> {
         Ok(self.apply_scoped(policy, Arc::new(agents.clone()))?)

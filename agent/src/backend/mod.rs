@@ -55,6 +55,9 @@ pub trait Backend: Send {
     fn apply(&mut self, policy: &CompiledPolicy, agents: &AgentSet) -> Result<(), BackendError>;
     /// Current counters.
     fn stats(&self) -> BackendStats;
+    /// The fallback's exec backstop: execs this backend lets through must be recorded in
+    /// `allow` first (see `exec_context`). Backends that decide in the kernel ignore it.
+    fn set_backstop(&self, _allow: Option<std::sync::Arc<exec_context::ExecAllow>>) {}
 }
 
 /// Errors starting or updating a backend.

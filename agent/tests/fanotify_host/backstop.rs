@@ -1,9 +1,12 @@
 //! The exec backstop: the pinned tp_btf program stops (approve) or kills (deny) an agent's exec
 //! of a gated binary that no daemon allowed, and keeps doing so after the daemon is gone.
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use airlock_agent::agents::{AgentCgroup, AgentSet};
 use airlock_agent::backend::exec_context::{ExecContextProbe, ExecRecord, remove_pins};
 use airlock_agent::backend::fanotify::FanotifyBackend;
 use airlock_agent::event::{Action, DecidedBy, GateEvent, Op, Verdict};
@@ -48,15 +51,14 @@ fn collect(rx: &mut mpsc::Receiver<GateEvent>, n: usize) -> Vec<GateEvent> {
     v
 }
 
-/// Starts the pinned probe, or says why the test cannot run here.
+/// Starts the pinned probe; `None` (skip) only on a kernel without BTF, where tp_btf cannot
+/// load. Any other error fails the test.
 fn start_probe(tx: mpsc::Sender<ExecRecord>, pins: &Pins) -> Option<ExecContextProbe> {
-    match ExecContextProbe::start_pinned(tx, &pins.0) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            skip_or_fail(&format!("the exec probe does not load here: {e}"));
-            None
-        }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        skip_or_fail("no kernel BTF: the exec probe cannot load");
+        return None;
     }
+    Some(ExecContextProbe::start_pinned(tx, &pins.0).unwrap_or_else(|e| panic!("exec probe: {e}")))
 }
 
 fn exe_ino(pid: i32) -> Option<u64> {
@@ -160,6 +162,104 @@ fn the_pinned_backstop_stops_or_kills_gated_execs_once_the_daemon_is_gone() {
     assert_eq!(free.code(), 0, "nothing stops execs once the pins are removed");
 }
 
+/// Stands in for airlockd in a process of its own (so the test can kill -9 it): the pinned
+/// probe with its backstop, and the fanotify backend gating `AIRLOCK_STANDIN`'s approve binary
+/// for its marker cgroup. Prints READY, then waits to be killed.
+#[test]
+#[ignore = "helper process of a_held_exec_released_by_a_killed_daemon_is_stopped_by_the_backstop"]
+fn stand_in_daemon() {
+    let Ok(spec) = std::env::var("AIRLOCK_STANDIN") else { return };
+    let [pins, rel, id, mount, binary]: [&str; 5] = spec.split('|').collect::<Vec<_>>().try_into().unwrap();
+    let id: u64 = id.parse().unwrap();
+    let rt = runtime();
+    let _rt = rt.enter();
+    let (xtx, _xrx) = mpsc::channel(1024);
+    let mut probe = ExecContextProbe::start_pinned(xtx, Path::new(pins)).unwrap();
+    let root = AgentCgroup { agent: "test-agent".into(), path: rel.into(), id };
+    probe.set_agents(&AgentSet { mount: mount.into(), roots: [(id, root)].into_iter().collect() }).unwrap();
+    let policy = Policy::default().exec(Path::new(binary), action::APPROVE);
+    probe.set_rules(&policy.0).unwrap();
+    let (btx, _brx) = mpsc::channel(64);
+    let allow = probe.arm_backstop(btx).unwrap();
+    let (tx, _rx) = mpsc::channel(64);
+    let mut backend = FanotifyBackend::start(tx).unwrap();
+    backend.set_backstop(Some(allow));
+    backend.apply_scoped(&policy.0, marker_scope(rel, id)).unwrap();
+    println!("READY");
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn a_held_exec_released_by_a_killed_daemon_is_stopped_by_the_backstop() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut w) = World::new("kill9") else {
+        return;
+    };
+    w.backend = None;
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        skip_or_fail("no kernel BTF: the exec probe cannot load");
+        return;
+    }
+    let rt = runtime();
+    let _rt = rt.enter();
+    let pins = Pins::new("kill9");
+    let held = w.path("gated-echo");
+    copy_exe("/bin/echo", &held);
+    let h = held.to_str().unwrap();
+    let spec = format!("{}|{}|{}|{}|{h}", pins.0.display(), w.cg.rel, w.cg.id, w.cg.mount.display());
+    let mut daemon = Daemon(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "backstop::stand_in_daemon", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env("AIRLOCK_STANDIN", spec)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(daemon.0.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("READY") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the stand-in daemon did not start (see its output above)");
+    }
+    let mut kid = Kid::start(&w, true, Act::Exec(&held, &[h, "unattended"]), false);
+    assert!(kid.wait_state('D'), "held by the stand-in daemon: state {:?}", kid.state());
+    // kill -9 airlockd: the kernel allows the pending exec as the group closes.
+    daemon.0.kill().unwrap();
+    daemon.0.wait().unwrap();
+    assert!(kid.wait_state('T'), "the released exec is stopped by the backstop: state {:?}", kid.state());
+    assert_eq!(exe_ino(kid.pid), Some(key_of(&held).ino));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(kid.output().is_empty(), "stopped before its first instruction");
+
+    // The restarted daemon finds the event in the pinned ring and denies: SIGKILL.
+    let (xtx, _xrx) = mpsc::channel(1024);
+    let mut probe = start_probe(xtx, &pins).expect("adopt");
+    assert!(probe.adopted());
+    let (btx, mut brx) = mpsc::channel(64);
+    probe.arm_backstop(btx).unwrap();
+    let evs = collect(&mut brx, 1);
+    assert_eq!(evs.len(), 1, "{evs:#?}");
+    assert_eq!((evs[0].tgid, evs[0].verdict, evs[0].decided_by), (kid.pid as u32, Verdict::Held, Some(DecidedBy::Backstop)));
+    let (tx, _rx) = mpsc::channel(16);
+    let (key, holder) = after_exec(&evs[0]);
+    FanotifyBackend::start(tx).unwrap().gate().release(&key, &[holder], Release::Deny).unwrap();
+    let s = kid.wait();
+    assert!(libc::WIFSIGNALED(s) && libc::WTERMSIG(s) == libc::SIGKILL, "status {s:#x}");
+    drop(probe);
+}
+
+/// The stand-in daemon process; killed (by its pid: our child) and reaped on drop.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_pinned_probe_of_another_build_is_replaced_without_a_gap_and_its_events_handed_over() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -191,7 +291,7 @@ fn a_pinned_probe_of_another_build_is_replaced_without_a_gap_and_its_events_hand
     let mut probe = start_probe(xtx, &pins).expect("replace");
     assert!(!probe.adopted(), "another build: replaced");
     let left: Vec<PathBuf> = std::fs::read_dir(&pins.0).unwrap().flatten().map(|e| e.path()).collect();
-    assert_eq!(left, [ours.clone()], "the old instance was unpinned");
+    assert_eq!(left, std::slice::from_ref(&ours), "the old instance was unpinned");
     // Agents, rules and the backstop switch were copied: still gating without any set_*.
     let second = Kid::start(&w, true, Act::Exec(&held, &[h, "second"]), false);
     assert!(second.wait_state('T'), "the new program gates from its first exec");

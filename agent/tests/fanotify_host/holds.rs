@@ -191,3 +191,29 @@ fn dropping_the_backend_denies_every_parked_hold() {
     gate.release(&key, &[h], Release::Allow).unwrap();
     assert_eq!(w.exec(true, &gated).unwrap(), 0, "no gate once the backend is dropped");
 }
+
+#[test]
+fn a_holder_killed_while_parked_is_gone_and_its_permission_dropped() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut w) = World::new("hold-killed") else {
+        return;
+    };
+    let gated = w.path("gated");
+    copy_exe("/bin/true", &gated);
+    w.apply(&Policy::default().exec(&gated, action::APPROVE)).unwrap();
+    let mut kid = Kid::start(&w, true, Act::Exec(&gated, &[gated.to_str().unwrap()]), false);
+    let (ev, token) = w.next_hold();
+    let gate = w.backend.as_ref().unwrap().fanotify_gate();
+    let key = HoldKey { tgid: ev.tgid, op: ev.op, dev: ev.target_dev, ino: ev.target_ino, argv_hash: ev.argv_hash };
+    let h = Holder { tid: ev.pid, tgid: ev.tgid, how: HoldKind::Parked { token } };
+    assert!(gate.holder_alive(&key, &h));
+    // SAFETY: signalling our own child; the permission wait is killable.
+    assert_eq!(unsafe { libc::kill(kid.pid, libc::SIGKILL) }, 0);
+    let s = kid.wait();
+    assert!(libc::WIFSIGNALED(s), "killed while waiting: status {s:#x}");
+    assert!(!gate.holder_alive(&key, &h), "a killed holder is gone");
+    assert!(!gate.is_parked(token), "and its parked permission dropped");
+    assert_eq!(w.backend.as_ref().unwrap().counters().parked, 0);
+    let stale = Holder { how: HoldKind::Parked { token: token + 1000 }, ..h };
+    assert!(!gate.holder_alive(&key, &stale), "a token never parked here (e.g. before a restart)");
+}

@@ -86,6 +86,11 @@ impl Scope for MarkerScope {
     }
 }
 
+/// The fake scope for the marker cgroup `rel` (relative to the cgroup2 mount) with id `id`.
+pub fn marker_scope(rel: &str, id: u64) -> Arc<dyn Scope> {
+    Arc::new(MarkerScope { rel: rel.into(), id })
+}
+
 pub fn key_of(p: &Path) -> InodeKey {
     let m = fs::metadata(p).unwrap();
     let dev = m.dev();
@@ -200,10 +205,7 @@ impl World {
     }
 
     pub fn scope(&self) -> Arc<dyn Scope> {
-        Arc::new(MarkerScope {
-            rel: self.cg.rel.clone(),
-            id: self.cg.id,
-        })
+        marker_scope(&self.cg.rel, self.cg.id)
     }
 
     pub fn apply(&mut self, p: &Policy) -> Result<(), FanotifyError> {

@@ -92,6 +92,14 @@ impl Holds {
         lock(&self.parked).len()
     }
 
+    /// Takes out the parked permissions whose thread is gone (killed while it waited: the
+    /// kernel dropped the event, and no request will ever be released for it).
+    fn take_dead(&self) -> Vec<(Permission, Opening)> {
+        let mut t = lock(&self.parked);
+        let dead: Vec<u64> = t.iter().filter(|(_, p)| !thread_alive(p.opening.tid)).map(|(k, _)| *k).collect();
+        dead.into_iter().filter_map(|k| t.remove(&k)).map(|p| (p.permit, p.opening)).collect()
+    }
+
     /// Every parked permission, emptying the table.
     fn drain(&self) -> Vec<(Permission, Opening)> {
         lock(&self.parked).drain().map(|(_, p)| (p.permit, p.opening)).collect()
@@ -161,6 +169,14 @@ impl Shared {
         permit.respond(r);
     }
 
+    /// Drops parked permissions whose thread is gone (answered with deny, which the kernel
+    /// ignores). The listener calls it when the table grows.
+    pub(crate) fn sweep_dead_parked(&self) {
+        for (p, o) in self.holds.take_dead() {
+            self.answer(p, Response::Deny, &o);
+        }
+    }
+
     /// Answers every parked permission with `r` (the backend is going away).
     pub(crate) fn answer_all_parked(&self, r: Response) {
         for (p, o) in self.holds.drain() {
@@ -185,10 +201,41 @@ pub struct FanotifyGate {
 }
 
 impl FanotifyGate {
-    /// Is the permission event `token` still parked (its task waiting)?
+    /// Is the permission event `token` still parked (not answered yet)?
     pub fn is_parked(&self, token: u64) -> bool {
         self.shared.upgrade().is_some_and(|s| s.holds.is_parked(token))
     }
+
+    /// Does `h` still wait on request `key` (for the request table's `alive` / `still_held`)?
+    /// Parked: its permission event is parked here and its thread lives (a dead one's is
+    /// dropped); after a daemon restart every old token reads as gone (the kernel allowed those
+    /// events when the old group closed). AfterExec: the process still runs the held image.
+    /// Restart holders never exist on this backend.
+    pub fn holder_alive(&self, key: &HoldKey, h: &Holder) -> bool {
+        match h.how {
+            HoldKind::Parked { token } => {
+                let Some(shared) = self.shared.upgrade() else { return false };
+                if !shared.holds.is_parked(token) {
+                    return false;
+                }
+                if thread_alive(h.tid) {
+                    return true;
+                }
+                shared.sweep_dead_parked();
+                false
+            }
+            HoldKind::AfterExec => runs_image(h.tgid, key),
+            HoldKind::Restart => false,
+        }
+    }
+}
+
+/// Is thread `tid` there and not a zombie?
+fn thread_alive(tid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{tid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').and_then(|i| s[i + 1..].trim_start().chars().next()))
+        .is_some_and(|c| c != 'Z' && c != 'X')
 }
 
 /// Is process `tgid` still running the image the backstop stopped (so that a signal meant for

@@ -198,6 +198,9 @@ impl Listener {
         if let Some(a) = &argv {
             (ev.argv, ev.argv_truncated, ev.argv_hash) = (a.strings(), a.truncated, a.hash());
         }
+        if self.shared.holds.parked_count() >= 64 {
+            self.shared.sweep_dead_parked();
+        }
         // Parked before the event goes out: a decision may come back at once.
         let token = self.shared.holds.park(permit, o);
         ev.hold_token = Some(token);

@@ -199,6 +199,14 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Makes the read end of a [`pipe`] readable for every poller without closing the write end:
+/// a forked child may hold a copy of the write end (until its exec), which would keep a mere
+/// close from ever reading as EOF.
+pub(crate) fn poke(fd: BorrowedFd<'_>) {
+    // SAFETY: writing one byte from a static buffer.
+    unsafe { libc::write(fd.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+}
+
 /// Waits until `fd` is readable or `stop` is readable/hung up. Returns false when stopping.
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, stop: BorrowedFd<'_>) -> bool {
     let mut pfds = [
