@@ -5,15 +5,14 @@
 //! the hook, so the syscall runs again after SIGCONT and comes back here). Exec events carry
 //! the arguments, read from the caller's memory, and their hash keys the once-grant.
 use airlock_common::{
-    ARG_LEN, ARGV_MAX, AgentGrantKey, COMM_LEN, Event, GRANT_FOREVER, InodeKey, KernelOffsets, NAME_LEN,
-    OnceKey, RuleRef, action, flags, verdict,
+    ARG_LEN, ARGV_MAX, AgentGrantKey, COMM_LEN, Event, GRANT_FOREVER, InodeKey, KernelOffsets,
+    NAME_LEN, OnceKey, RuleRef, action, flags, verdict,
 };
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
-        bpf_ktime_get_boot_ns, bpf_probe_read_user,
-        bpf_probe_read_user_str_bytes,
-        generated::{self as raw, bpf_get_current_task_btf, bpf_send_signal, bpf_task_pt_regs},
+        bpf_ktime_get_boot_ns, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+        generated::{self as raw, bpf_get_current_task_btf, bpf_send_signal_thread, bpf_task_pt_regs},
     },
     maps::ring_buf::RingBufEntry,
 };
@@ -23,8 +22,8 @@ use crate::{AGENT_GRANTS, EVENTS, GO, HOLD, LOST, ONCE_GRANTS, REFUSE, ZEROES, r
 /// x86_64 SIGSTOP.
 const SIGSTOP: u32 = 19;
 
-/// What the gate decided about one matched object, before any side effect (two-sided hooks
-/// decide both sides first and only then record, hold or consume).
+/// What the gate decided about one matched object, before any side effect: [`settle`] or
+/// [`finish`] records and carries it out.
 #[derive(Clone, Copy)]
 pub(crate) struct Decision {
     pub(crate) rule: RuleRef,
@@ -60,6 +59,7 @@ impl Decision {
     }
 }
 
+/// The once-grant key of the current thread's request on `target` (see [`OnceKey`]).
 #[inline(always)]
 pub(crate) fn once_key(opv: u32, target: &InodeKey, argv_hash: u64) -> OnceKey {
     OnceKey {
@@ -208,6 +208,12 @@ fn fill(o: &KernelOffsets, cg: u64, opv: u32, d: &Decision, e: *mut Event) {
 /// is submitted, so userspace can never SIGCONT the task before its stop is pending; if the
 /// signal cannot be sent the hold becomes a denial (returning -ERESTARTNOINTR without a pending
 /// signal would hand error 513 to the caller).
+///
+/// The stop is sent to this thread, not to the process: a SIGSTOP for the process that is
+/// already pending (another thread of it was held a moment earlier) is not queued again and
+/// wakes nobody, so this thread would return to user space without a signal to handle and
+/// without restarting: `errno` 513. A thread-directed stop is always queued on this thread
+/// and still stops the whole process.
 #[inline(always)]
 pub(crate) fn finish(o: &KernelOffsets, cg: u64, opv: u32, d: &Decision, mut entry: RingBufEntry<Event>) -> u32 {
     let e = entry.as_mut_ptr();
@@ -215,7 +221,7 @@ pub(crate) fn finish(o: &KernelOffsets, cg: u64, opv: u32, d: &Decision, mut ent
     let mut v = d.verdict;
     if v == verdict::HELD {
         // SAFETY: helper with a scalar argument; signals the current task.
-        if unsafe { bpf_send_signal(SIGSTOP) } != 0 {
+        if unsafe { bpf_send_signal_thread(SIGSTOP) } != 0 {
             v = verdict::DENIED;
             // SAFETY: as in fill.
             unsafe { (*e).verdict = verdict::DENIED };

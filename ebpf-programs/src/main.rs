@@ -22,8 +22,8 @@ use airlock_common::{
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
     macros::{lsm, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -84,6 +84,10 @@ pub(crate) static ONCE_GRANTS: HashMap<OnceKey, Grant> = HashMap::with_max_entri
 /// `deny --always`); they expire by time (compared here), not by use.
 #[map]
 pub(crate) static AGENT_GRANTS: HashMap<AgentGrantKey, Grant> = HashMap::with_max_entries(16384, 0);
+/// First-side objects of two-sided hooks (link, rename) whose once-grant is consumed only when
+/// the second side does not hold: thread id → object (see [`gate_pair`]).
+#[map]
+pub(crate) static PAIR_KEPT: LruHashMap<u32, InodeKey> = LruHashMap::with_max_entries(4096, 0);
 /// 1 KiB of zeroes (never written): the source for clearing the argv part of event records.
 #[map]
 pub(crate) static ZEROES: Array<[u8; ARGV_MAX * ARG_LEN]> = Array::with_max_entries(1, 0);
@@ -220,33 +224,40 @@ fn gate_tree(dentry: u64, opv: u32) -> u32 {
 }
 
 /// Gate on two objects of one syscall (link: source and new name; rename: both sides), one
-/// after the other as before holds: a denial or hold on the first side ends it. A once-grant
-/// that lets the first side through is only consumed once the second side does not hold:
-/// a hold there restarts the syscall, and the restart must find the first side's grant again
-/// (otherwise approving both sides would never be enough).
+/// after the other: a denial or a hold on the first side ends it (the second side is decided
+/// on the restart). A once-grant that lets the first side through is only consumed once the
+/// second side does not hold: a hold there restarts the syscall, and the restart must find the
+/// first side's grant again (otherwise approving both sides would never be enough).
 ///
-/// Shaped for the verifier (6.1 gives up at a million instructions): between the sides only
-/// the return code, one flag and the first target stay live, so the second walk is explored
-/// from few states.
+/// Which grant to consume at the end is kept in [`PAIR_KEPT`] (by thread), not in locals: a
+/// flag and a target live across the second walk multiplied the states 6.1's verifier explores
+/// to near its million-instruction limit; a map value is one unknown to it.
 #[inline(always)]
 fn gate_pair(a: u64, b: u64, opv: u32) -> u32 {
     let Some(cg) = in_agent_cgroup() else { return GO };
     let Some(o) = offsets() else { return GO };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // Left over from an earlier syscall of this thread that ended held and never restarted.
+    let _ = PAIR_KEPT.remove(&tid);
     let ma = protected_match(o, a, op::bit(opv));
     let mut da = decide_match(cg, opv, &ma, a);
-    let keep = da.verdict == verdict::ALLOWED && da.consume != 0;
-    if keep {
+    if da.verdict == verdict::ALLOWED && da.consume != 0 {
         da.consume = 0;
+        let _ = PAIR_KEPT.insert(&tid, &da.target, 0);
     }
     let ca = settle(o, cg, opv, &da);
     if ca != GO {
         return ca;
     }
-    let first = da.target;
     let mb = protected_match(o, b, op::bit(opv));
     let cb = settle(o, cg, opv, &decide_match(cg, opv, &mb, b));
-    if keep && cb != HOLD {
-        let _ = ONCE_GRANTS.remove(&hold::once_key(opv, &first, 0));
+    if cb != HOLD {
+        // SAFETY: the value is copied out at once.
+        if let Some(t) = unsafe { PAIR_KEPT.get(&tid) } {
+            let t = *t;
+            let _ = ONCE_GRANTS.remove(&hold::once_key(opv, &t, 0));
+            let _ = PAIR_KEPT.remove(&tid);
+        }
     }
     cb
 }

@@ -235,8 +235,7 @@ fn load_and_pin(ver: &Path) -> Result<Maps, LsmError> {
         let prog: &mut Lsm = ebpf.program_mut(hook).expect("loaded above").try_into().expect("lsm");
         let id = prog.attach().map_err(|e| explain_load_failure(hook, e))?;
         let link = prog.take_link(id).map_err(|source| LsmError::Program { hook, source })?;
-        let link = FdLink::try_from(link).map_err(|e| LsmError::Pin(format!("the {hook} link is not an fd link: {e}")))?;
-        pin::pin_link(ver, hook, link)?;
+        pin::pin_link(ver, hook, FdLink::from(link))?;
     }
     Ok(maps)
 }

@@ -154,10 +154,13 @@ impl HoldTable {
             context: o.context,
             decision: None,
         };
-        self.persist(&r);
         self.by_key.insert(key, id.clone());
         self.pending.insert(id.clone(), r.clone());
-        let _ = self.updates.send(Update::Opened(r));
+        // Announce first: the person deciding waits on this; the disk copy only matters if the
+        // daemon dies, and then the held thread re-reports itself (LSM: pinned ring and the
+        // restart's SIGCONT; fallback: the backstop).
+        let _ = self.updates.send(Update::Opened(r.clone()));
+        self.persist(&r);
         Joined { id, opened: true }
     }
 

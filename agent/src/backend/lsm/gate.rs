@@ -4,6 +4,12 @@
 //! once-grant for exactly that thread and request into `ONCE_GRANTS`, then sends SIGCONT: the
 //! restarted syscall finds the grant at the gate, consumes it and completes (or fails with
 //! EPERM). The grant is written before the signal, so the restart can never miss it.
+//!
+//! SIGSTOP stops the whole process, so threads of it that were about to do the same thing
+//! reach the gate only after SIGCONT, when the request is already decided. They are part of
+//! the same request (one request per process, op, object and arguments): each thread of the
+//! process that is not a holder gets the same decision once, for [`JOIN_GRACE`] only, so that
+//! it is neither held again as a new request nor able to use the decision later.
 use std::collections::HashSet;
 use std::sync::Mutex;
 
@@ -20,6 +26,11 @@ pub struct LsmGate {
     once: Mutex<HashMap<MapData, OnceKey, Grant>>,
     agent: Mutex<HashMap<MapData, AgentGrantKey, Grant>>,
 }
+
+/// How long threads of a released process that were not held themselves may use the decision
+/// (once each): enough for stopped threads to be scheduled again after SIGCONT, short enough
+/// that it never stands in for a later decision.
+pub const JOIN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// CLOCK_BOOTTIME in ns: what the programs compare grant expiries with (`bpf_ktime_get_boot_ns`).
 fn boottime_ns() -> u64 {
@@ -78,6 +89,24 @@ pub(crate) fn once_keys(key: &HoldKey, holders: &[Holder]) -> Result<Vec<OnceKey
         .collect()
 }
 
+/// Threads of process `tgid` (from /proc; empty when it is gone).
+fn threads_of(tgid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{tgid}/task"))
+        .map(|rd| rd.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Once-keys for the threads of the holders' processes that are not holders themselves.
+pub(crate) fn sibling_keys(key: &HoldKey, holders: &[Holder], threads: impl Fn(u32) -> Vec<u32>) -> Vec<OnceKey> {
+    let held: HashSet<u32> = holders.iter().map(|h| h.tid).collect();
+    processes(holders)
+        .into_iter()
+        .flat_map(&threads)
+        .filter(|tid| !held.contains(tid))
+        .map(|tid| OnceKey { tid, op: key.op.raw(), ino: key.ino, dev: key.dev, _pad: 0, argv_hash: key.argv_hash })
+        .collect()
+}
+
 /// Distinct processes of `holders`, in order: each gets one SIGCONT (it resumes every thread).
 pub(crate) fn processes(holders: &[Holder]) -> Vec<u32> {
     let mut seen = HashSet::new();
@@ -88,13 +117,18 @@ impl Gate for LsmGate {
     fn release(&self, key: &HoldKey, holders: &[Holder], how: Release) -> Result<(), GateError> {
         // Every holder is checked before anything is written: an unsupported one changes nothing.
         let keys = once_keys(key, holders)?;
+        let siblings = sibling_keys(key, holders, threads_of);
         let now = boottime_ns();
         let grant = Grant { expires_ns: now + ONCE_GRACE.as_nanos() as u64, verdict: verdict_of(how), _pad: 0 };
+        let join = Grant { expires_ns: now + JOIN_GRACE.as_nanos() as u64, ..grant };
         {
             let mut once = self.once.lock().unwrap_or_else(|p| p.into_inner());
             sweep(&mut once, now);
             for k in &keys {
                 once.insert(k, grant, 0).map_err(map_err("ONCE_GRANTS"))?;
+            }
+            for k in &siblings {
+                once.insert(k, join, 0).map_err(map_err("ONCE_GRANTS"))?;
             }
         }
         for tgid in processes(holders) {
@@ -152,6 +186,14 @@ mod tests {
         assert!(matches!(once_keys(&key(), &parked), Err(GateError::Unsupported { backend: "lsm", .. })));
         let after = [Holder { tid: 11, tgid: 10, how: HoldKind::AfterExec }];
         assert!(matches!(once_keys(&key(), &after), Err(GateError::Unsupported { .. })));
+    }
+
+    #[test]
+    fn threads_that_were_not_held_get_the_same_key_and_holders_are_not_repeated() {
+        let holders = [Holder { tid: 11, tgid: 10, how: HoldKind::Restart }];
+        let keys = sibling_keys(&key(), &holders, |tgid| if tgid == 10 { vec![10, 11, 12] } else { vec![] });
+        assert_eq!(keys.iter().map(|k| k.tid).collect::<Vec<_>>(), vec![10, 12]);
+        assert!(keys.iter().all(|k| k.op == airlock_common::op::EXEC && k.ino == 77 && k.argv_hash == 0xfeed));
     }
 
     #[test]
