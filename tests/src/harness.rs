@@ -217,6 +217,12 @@ impl Pins {
     /// Removes them now; true when nothing is left.
     pub fn remove(&self) -> bool {
         let d = pin_dir();
+        // The kernel detaches unpinned programs asynchronously (about 1.5 s under emulation):
+        // the backends' removers wait until they are gone.
+        for sub in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let _ = airlock_agent::backend::lsm::remove_pins(&sub.path());
+            let _ = airlock_agent::backend::exec_context::remove_pins(&sub.path().join("exec"));
+        }
         let _ = std::fs::remove_dir_all(&d);
         !d.exists()
     }
