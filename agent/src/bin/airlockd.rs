@@ -24,7 +24,7 @@ struct Args {
     /// Approvals socket [default: STATE_DIR/airlock.sock].
     #[arg(long, env = "AIRLOCK_SOCKET")]
     socket: Option<PathBuf>,
-    /// Group allowed to use the approvals socket (mode 0660); default: root only.
+    /// Group allowed to use the approvals socket (mode 0660); default (or empty): root only.
     #[arg(long, env = "AIRLOCK_SOCKET_GROUP")]
     socket_group: Option<String>,
 }
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         state_dir: args.state_dir,
         pin_dir: args.pin_dir,
         socket,
-        socket_group: args.socket_group,
+        socket_group: args.socket_group.filter(|g| !g.is_empty()),
     };
     match rt.block_on(airlock_agent::daemon::run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
