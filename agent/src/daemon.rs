@@ -252,7 +252,11 @@ impl State {
         let rule = self.policy.rules.get(ev.rule_id as usize);
         let m = self.agents.classify_pid(ev.pid);
         let rule_target = self.rule_targets.get(&ev.rule_id).cloned();
-        let request = self.holds.on_event(ev, &self.policy, &self.agents, exe.clone());
+        let request = self.holds.on_event(ev, &self.policy, &self.agents, m.clone(), exe.clone());
+        if request.is_some() {
+            let waited = crate::hold::approvals::now_boot_ns().saturating_sub(ev.ktime_ns);
+            tracing::debug!(us = waited / 1000, "held event to request");
+        }
         let rec = Record {
             request: request.as_deref(),
             event: ev,

@@ -113,6 +113,10 @@ fn write_policy(dir: &Path, top_rel: &str) -> anyhow::Result<PathBuf> {
 /// Runs the benchmark and prints the table.
 pub fn run(bin_dir: &Path, rounds_n: usize) -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
+    if rounds_n == 0 {
+        // `--rounds 0`: only the hold benchmark.
+        return crate::bench_holds::run(bin_dir, &me);
+    }
     let dir = PathBuf::from(format!("/var/tmp/airlock-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;

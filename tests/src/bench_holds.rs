@@ -165,6 +165,9 @@ pub fn run(bin_dir: &Path, me: &Path) -> anyhow::Result<()> {
     let mut visible: Vec<u64> = pairs.iter().zip(&seen).map(|((t0, _), (s, _))| s.saturating_sub(*t0)).collect();
     let mut release: Vec<u64> = pairs.iter().zip(&seen).map(|((_, t1), (_, d))| t1.saturating_sub(*d)).collect();
     let mut total: Vec<u64> = pairs.iter().map(|(a, b)| b - a).collect();
+    if std::env::var_os("AIRLOCK_E2E_DAEMON_LOG").is_some() {
+        let _ = std::fs::write("/tmp/airlock-bench-holds-daemon.log", daemon.log_text());
+    }
     drop(daemon);
     drop(cg);
 

@@ -69,7 +69,7 @@ impl Daemon {
             .arg(state_dir)
             .arg("--backend")
             .arg(backend)
-            .env("AIRLOCK_LOG", "info")
+            .env("AIRLOCK_LOG", std::env::var("AIRLOCK_E2E_DAEMON_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()

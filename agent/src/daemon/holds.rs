@@ -73,7 +73,15 @@ impl Holds {
     }
 
     /// A held event: joins or opens its request. Returns the request id.
-    pub fn on_event(&self, ev: &GateEvent, policy: &CompiledPolicy, agents: &AgentSet, exe: Option<String>) -> Option<String> {
+    /// `agent` is the event's process classified by the caller (saves a second procfs walk).
+    pub fn on_event(
+        &self,
+        ev: &GateEvent,
+        policy: &CompiledPolicy,
+        agents: &AgentSet,
+        agent: Option<crate::agents::AgentMatch>,
+        exe: Option<String>,
+    ) -> Option<String> {
         if ev.verdict != Verdict::Held {
             return None;
         }
@@ -86,7 +94,6 @@ impl Holds {
         let holder = Holder { tid: ev.pid, tgid: ev.tgid, how };
         let joined = self.approvals.on_held(key, holder, || {
             let rule = policy.rules.get(ev.rule_id as usize);
-            let agent = agents.classify_pid(ev.pid);
             let launched_by = agent
                 .as_ref()
                 .and_then(|m| crate::hold::context::unit_of(&m.root.path))

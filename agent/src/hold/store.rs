@@ -55,7 +55,7 @@ impl Store {
     pub fn save(&self, r: &Request) -> Result<(), StoreError> {
         let path = self.path(&r.id);
         let tmp = self.dir.join(format!(".{}.tmp", r.id));
-        let body = serde_json::to_vec_pretty(r).expect("requests serialize");
+        let body = serde_json::to_vec(r).expect("requests serialize");
         std::fs::write(&tmp, body)
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|source| StoreError::Io { path, source })
