@@ -22,6 +22,22 @@ pub struct EventsArgs {
 
 fn summary(line: &str) -> String {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { return line.to_string() };
+    if v.get("record").and_then(|x| x.as_str()) == Some("request") {
+        // A request line (opened / closed) from the hold table.
+        let c = &v["context"];
+        let by = v["decision"]["by"]["user"].as_str().map(|u| format!(" by={u}")).unwrap_or_default();
+        let reason = v["decision"]["reason"].as_str().map(|r| format!(" reason={r:?}")).unwrap_or_default();
+        return format!(
+            "request {:<6} id={} state={} op={} agent={} pid={} target={}{by}{reason}",
+            v["change"].as_str().unwrap_or("-"),
+            v["id"].as_str().unwrap_or("-"),
+            v["state"].as_str().unwrap_or("-"),
+            c["op"].as_str().unwrap_or("-"),
+            c["agent"].as_str().unwrap_or("-"),
+            c["pid"].as_u64().unwrap_or(0),
+            c["target_path"].as_str().unwrap_or("-"),
+        );
+    }
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
     let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
     let target = v.get("target_path").and_then(|x| x.as_str()).map(str::to_string).unwrap_or_else(|| s("target_name"));
@@ -62,5 +78,20 @@ pub fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
         }
         let l = line.trim_end();
         if args.json { println!("{l}") } else { println!("{}", summary(l)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summary;
+
+    #[test]
+    fn request_lines_are_summarised_as_requests_not_as_empty_events() {
+        let l = r#"{"record":"request","change":"closed","id":"1234abcd","state":"denied","context":{"op":"open_write","agent":"demo","pid":7,"target_path":"/etc/hosts"},"decision":{"by":{"user":"root"},"reason":"no"}}"#;
+        let s = summary(l);
+        assert!(s.starts_with("request closed id=1234abcd state=denied op=open_write agent=demo pid=7 target=/etc/hosts"), "{s}");
+        assert!(s.contains("by=root") && s.contains("reason=\"no\""), "{s}");
+        let e = summary(r#"{"verdict":"held","op":"exec","action":"approve","agent":"a","pid":3,"comm":"sh","target_name":"apt","rule":"r"}"#);
+        assert!(e.starts_with("held"), "{e}");
     }
 }
