@@ -16,7 +16,7 @@ use airlock_agent::cgroup::{CgroupDir, cgroup2_mount};
 use airlock_proto::v1::{DecideRequest, WatchRequest, decide_request, watch_event};
 use anyhow::{Context as _, bail};
 
-use crate::harness::{Daemon, Spawned, run_in};
+use crate::harness::{Daemon, Pins, Spawned, run_in};
 
 const HOLDS: usize = 1000;
 
@@ -104,6 +104,8 @@ pub fn run(bin_dir: &Path, me: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("held"))?;
     let _cleanup = super::bench::Cleanup(dir.clone());
+    // The daemon's pinned backstop outlives it by design; this run's pins go with the run.
+    let _pins = Pins;
     let file = dir.join("held/file");
     std::fs::write(&file, b"")?;
     let top = format!("airlock-bench-holds-{}", std::process::id());
