@@ -168,27 +168,33 @@ pub fn run_in(cgroup: Option<&Path>, cwd: Option<&Path>, argv: &[&str]) -> anyho
         cmd.current_dir(d);
     }
     if let Some(cg) = cgroup {
-        let procs = std::ffi::CString::new(cg.join("cgroup.procs").into_os_string().into_encoded_bytes())?;
-        // SAFETY: only async-signal-safe calls (open/write/close) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-                if n != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        join_cgroup(&mut cmd, cg)?;
     }
     let child = cmd.spawn().with_context(|| format!("spawning {argv:?}"))?;
     let pid = child.id();
     let out = child.wait_with_output()?;
     Ok((pid, out))
+}
+
+/// Makes `cmd`'s child move itself into `cgroup` before exec, so nothing of it runs outside.
+fn join_cgroup(cmd: &mut Command, cgroup: &Path) -> anyhow::Result<()> {
+    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes())?;
+    // SAFETY: only async-signal-safe calls (open/write/close) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if n != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// stdout of an `--op` child, trimmed.
@@ -245,22 +251,7 @@ impl Spawned {
     pub fn start(cgroup: &Path, argv: &[&str]) -> anyhow::Result<Spawned> {
         let mut cmd = Command::new(argv[0]);
         cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes())?;
-        // SAFETY: only async-signal-safe calls (open/write/close) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-                if n != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        join_cgroup(&mut cmd, cgroup)?;
         let child = cmd.spawn().with_context(|| format!("spawning {argv:?}"))?;
         let pid = child.id();
         Ok(Spawned { child: Some(child), pid })

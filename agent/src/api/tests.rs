@@ -2,7 +2,7 @@
 //! directory, a real request table behind it (releasing through a fake gate), the real client.
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_proto::v1 as pb;
@@ -14,33 +14,10 @@ use super::*;
 use crate::event::Op;
 use crate::hold::table::{HoldTable, Opening};
 use crate::hold::{
-    Approvals, Gate, GateError, HoldKey, HoldKind, Holder, OnTimeout, Release, RequestContext, RequestState, Standing,
+    Approvals, HoldKey, HoldKind, Holder, OnTimeout, Release, RequestContext, RequestState,
 };
 
-/// Records what the table asked the backend to do; can be told to fail (as in hold/table/tests.rs).
-#[derive(Default)]
-struct FakeGate {
-    released: Mutex<Vec<(HoldKey, Vec<Holder>, Release)>>,
-    standing: Mutex<Vec<Standing>>,
-    fail: Mutex<bool>,
-}
-
-impl Gate for FakeGate {
-    fn release(&self, key: &HoldKey, holders: &[Holder], how: Release) -> Result<(), GateError> {
-        if *self.fail.lock().unwrap() {
-            return Err(GateError::NotParked { token: 1 });
-        }
-        self.released.lock().unwrap().push((*key, holders.to_vec(), how));
-        Ok(())
-    }
-    fn standing(&self, s: &Standing) -> Result<(), GateError> {
-        if *self.fail.lock().unwrap() {
-            return Err(GateError::NotParked { token: 2 });
-        }
-        self.standing.lock().unwrap().push(*s);
-        Ok(())
-    }
-}
+use crate::hold::testing::FakeGate;
 
 fn ctx() -> RequestContext {
     RequestContext {

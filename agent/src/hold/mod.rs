@@ -21,6 +21,8 @@ pub mod approvals;
 pub mod context;
 pub mod store;
 pub mod table;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use approvals::Approvals;
 

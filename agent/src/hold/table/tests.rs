@@ -1,33 +1,9 @@
-use std::sync::Mutex;
 
 use super::*;
 use crate::event::Op;
-use crate::hold::{GateError, HoldKind, RequestContext};
+use crate::hold::{HoldKind, RequestContext};
 
-/// Records what the table asked the backend to do; can be told to fail.
-#[derive(Default)]
-struct FakeGate {
-    released: Mutex<Vec<(HoldKey, Vec<Holder>, Release)>>,
-    standing: Mutex<Vec<Standing>>,
-    fail: Mutex<bool>,
-}
-
-impl Gate for FakeGate {
-    fn release(&self, key: &HoldKey, holders: &[Holder], how: Release) -> Result<(), GateError> {
-        if *self.fail.lock().unwrap() {
-            return Err(GateError::NotParked { token: 1 });
-        }
-        self.released.lock().unwrap().push((*key, holders.to_vec(), how));
-        Ok(())
-    }
-    fn standing(&self, s: &Standing) -> Result<(), GateError> {
-        if *self.fail.lock().unwrap() {
-            return Err(GateError::NotParked { token: 2 });
-        }
-        self.standing.lock().unwrap().push(*s);
-        Ok(())
-    }
-}
+use crate::hold::testing::FakeGate;
 
 fn key(tgid: u32) -> HoldKey {
     HoldKey { tgid, op: Op::Exec, dev: 8 << 20, ino: 42, argv_hash: 7 }
