@@ -1,12 +1,10 @@
 //! The exec backstop: the pinned tp_btf program stops (approve) or kills (deny) an agent's exec
 //! of a gated binary that no daemon allowed, and keeps doing so after the daemon is gone.
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use airlock_agent::agents::{AgentCgroup, AgentSet};
 use airlock_agent::backend::exec_context::{ExecContextProbe, ExecRecord, remove_pins};
 use airlock_agent::backend::fanotify::FanotifyBackend;
 use airlock_agent::event::{Action, DecidedBy, GateEvent, Op, Verdict};
@@ -28,9 +26,15 @@ impl Pins {
 
 impl Drop for Pins {
     fn drop(&mut self) {
-        if let Err(e) = remove_pins(&self.0) {
-            eprintln!("removing test pins {}: {e}", self.0.display());
+        // airlockd itself pins its probe one level down, under PIN_DIR/exec.
+        for dir in [self.0.join("exec"), self.0.clone()] {
+            if let Err(e) = remove_pins(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                eprintln!("removing test pins {}: {e}", dir.display());
+            }
         }
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -162,35 +166,6 @@ fn the_pinned_backstop_stops_or_kills_gated_execs_once_the_daemon_is_gone() {
     assert_eq!(free.code(), 0, "nothing stops execs once the pins are removed");
 }
 
-/// Stands in for airlockd in a process of its own (so the test can kill -9 it): the pinned
-/// probe with its backstop, and the fanotify backend gating `AIRLOCK_STANDIN`'s approve binary
-/// for its marker cgroup. Prints READY, then waits to be killed.
-#[test]
-#[ignore = "helper process of a_held_exec_released_by_a_killed_daemon_is_stopped_by_the_backstop"]
-fn stand_in_daemon() {
-    let Ok(spec) = std::env::var("AIRLOCK_STANDIN") else { return };
-    let [pins, rel, id, mount, binary]: [&str; 5] = spec.split('|').collect::<Vec<_>>().try_into().unwrap();
-    let id: u64 = id.parse().unwrap();
-    let rt = runtime();
-    let _rt = rt.enter();
-    let (xtx, _xrx) = mpsc::channel(1024);
-    let mut probe = ExecContextProbe::start_pinned(xtx, Path::new(pins)).unwrap();
-    let root = AgentCgroup { agent: "test-agent".into(), path: rel.into(), id };
-    probe.set_agents(&AgentSet { mount: mount.into(), roots: [(id, root)].into_iter().collect() }).unwrap();
-    let policy = Policy::default().exec(Path::new(binary), action::APPROVE);
-    probe.set_rules(&policy.0).unwrap();
-    let (btx, _brx) = mpsc::channel(64);
-    let allow = probe.arm_backstop(btx).unwrap();
-    let (tx, _rx) = mpsc::channel(64);
-    let mut backend = FanotifyBackend::start(tx).unwrap();
-    backend.set_backstop(Some(allow));
-    backend.apply_scoped(&policy.0, marker_scope(rel, id)).unwrap();
-    println!("READY");
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
 #[test]
 fn a_held_exec_released_by_a_killed_daemon_is_stopped_by_the_backstop() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -208,20 +183,44 @@ fn a_held_exec_released_by_a_killed_daemon_is_stopped_by_the_backstop() {
     let held = w.path("gated-echo");
     copy_exe("/bin/echo", &held);
     let h = held.to_str().unwrap();
-    let spec = format!("{}|{}|{}|{}|{h}", pins.0.display(), w.cg.rel, w.cg.id, w.cg.mount.display());
+    // The real airlockd (fanotify backend), in a process of its own so the test can kill -9 it.
+    let policy = w.path("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: airlock.dev/v1\nkind: Policy\nmetadata:\n  name: kill9\nmode: enforce\n\
+             agents:\n  - name: test-agent\n    cgroup: \"{}\"\n\
+             rules:\n  - name: held\n    action: approve\n    exec: [\"{h}\"]\n",
+            w.cg.rel
+        ),
+    )
+    .unwrap();
+    let state = w.path("state");
     let mut daemon = Daemon(
-        Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "backstop::stand_in_daemon", "--ignored", "--nocapture", "--test-threads", "1"])
-            .env("AIRLOCK_STANDIN", spec)
-            .stdout(Stdio::piped())
+        Command::new(env!("CARGO_BIN_EXE_airlockd"))
+            .args(["--backend", "fanotify", "--policy"])
+            .arg(&policy)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--pin-dir")
+            .arg(&pins.0)
+            .stdout(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let mut out = BufReader::new(daemon.0.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("READY") {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "the stand-in daemon did not start (see its output above)");
+    // Ready once its status lists our cgroup as gated.
+    let t = Instant::now();
+    loop {
+        let gated = std::fs::read(state.join("status.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|s| s["agents"].as_array().is_some_and(|a| a.iter().any(|c| c["id"].as_u64() == Some(w.cg.id))));
+        if gated {
+            break;
+        }
+        assert!(daemon.0.try_wait().unwrap().is_none(), "airlockd exited early (see its output above)");
+        assert!(t.elapsed() < Duration::from_secs(30), "airlockd did not gate the test cgroup within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
     }
     let mut kid = Kid::start(&w, true, Act::Exec(&held, &[h, "unattended"]), false);
     assert!(kid.wait_state('D'), "held by the stand-in daemon: state {:?}", kid.state());
@@ -233,9 +232,10 @@ fn a_held_exec_released_by_a_killed_daemon_is_stopped_by_the_backstop() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(kid.output().is_empty(), "stopped before its first instruction");
 
-    // The restarted daemon finds the event in the pinned ring and denies: SIGKILL.
+    // The restarted daemon finds the event in the pinned ring (airlockd pins its probe under
+    // PIN_DIR/exec) and denies: SIGKILL.
     let (xtx, _xrx) = mpsc::channel(1024);
-    let mut probe = start_probe(xtx, &pins).expect("adopt");
+    let mut probe = ExecContextProbe::start_pinned(xtx, &pins.0.join("exec")).expect("adopt");
     assert!(probe.adopted());
     let (btx, mut brx) = mpsc::channel(64);
     probe.arm_backstop(btx).unwrap();
@@ -250,7 +250,7 @@ fn a_held_exec_released_by_a_killed_daemon_is_stopped_by_the_backstop() {
     drop(probe);
 }
 
-/// The stand-in daemon process; killed (by its pid: our child) and reaped on drop.
+/// The airlockd process; killed (by its pid: our child) and reaped on drop.
 struct Daemon(std::process::Child);
 
 impl Drop for Daemon {
