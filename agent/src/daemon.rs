@@ -286,7 +286,7 @@ impl State {
         self.status.events = s.events;
         self.status.lost = s.lost + self.exec_probe.as_ref().map_or(0, |p| p.lost());
         self.status.updated_unix = now_unix();
-        self.status.pending_requests = self.holds.approvals.pending().len();
+        self.status.pending_requests = self.holds.approvals.pending_count();
         self.status.agents = {
             let mut v: Vec<StatusAgent> = self
                 .agents

@@ -9,10 +9,10 @@
 //! went through without a decision. The new image is stopped (`approve`: SIGSTOP, the daemon
 //! can resume it with SIGCONT) or killed (`deny`: SIGKILL) before its first instruction, and an
 //! event with [`flags::BACKSTOP`] goes to [`EVENTS`], where a restarted daemon finds it.
-use airlock_common::{Event, ExecAllowKey, ExecContext, InodeKey, KernelOffsets, NAME_LEN, RuleRef, action, flags, op, verdict};
+use airlock_common::{Event, ExecAllowKey, ExecContext, InodeKey, KernelOffsets, RuleRef, action, flags, op, verdict};
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+        bpf_get_current_pid_tgid,
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes, bpf_send_signal,
     },
     macros::{btf_tracepoint, map},
@@ -20,7 +20,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 
-use crate::{EVENTS, EXEC_CONTEXT, EXEC_INODES, LOST, SETTINGS, in_agent_cgroup, inode_key, offsets, read_u32, read_u64};
+use crate::hold::Decision;
+use crate::{EVENTS, EXEC_CONTEXT, EXEC_INODES, LOST, SETTINGS, in_agent_cgroup, inode_key, offsets, read_u64};
 
 const SIGKILL: u32 = 9;
 const SIGSTOP: u32 = 19;
@@ -112,6 +113,9 @@ fn backstop(o: &KernelOffsets, cg: u64, old_pid: u32, bprm: u64) {
     unsafe { bpf_send_signal(if held { SIGSTOP } else { SIGKILL }) };
 }
 
+/// Records a backstop event: the same record the LSM gates write (see `hold::fill`), flagged
+/// BACKSTOP. Arguments are not read here (the offsets of mm->arg_start are not in OFFSETS);
+/// userspace reads /proc/<pid>/cmdline of the stopped process instead.
 #[inline(always)]
 fn emit(o: &KernelOffsets, cg: u64, rule: &RuleRef, target: &InodeKey, dentry: u64, v: u32) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
@@ -119,40 +123,13 @@ fn emit(o: &KernelOffsets, cg: u64, rule: &RuleRef, target: &InodeKey, dentry: u
         return;
     };
     let e = entry.as_mut_ptr();
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: helper without arguments; the task is only read through bpf_probe_read_kernel.
-    let task = unsafe { bpf_get_current_task() };
-    let cred = read_u64(task + o.task_cred as u64);
-    let parent = read_u64(task + o.task_real_parent as u64);
+    let d = Decision { rule: *rule, target: *target, dentry, verdict: v, flags: flags::BACKSTOP, ..Decision::none() };
+    crate::hold::fill(o, cg, op::EXEC, &d, e);
+    crate::hold::zero_argv(e);
     // SAFETY: `e` points at a reserved, exclusively owned ring-buffer record.
     unsafe {
-        (*e).ktime_ns = bpf_ktime_get_boot_ns();
-        (*e).cgroup_id = cg;
-        (*e).target_ino = target.ino;
-        (*e).pid = pid_tgid as u32;
-        (*e).tgid = (pid_tgid >> 32) as u32;
-        (*e).ppid = read_u32(parent + o.task_tgid as u64);
-        (*e).uid = bpf_get_current_uid_gid() as u32;
-        (*e).euid = read_u32(cred + o.cred_euid as u64);
-        (*e).target_dev = target.dev;
-        (*e).op = op::EXEC;
-        (*e).rule_id = rule.rule_id;
-        (*e).action = rule.action;
-        (*e).verdict = v;
-        (*e).flags = flags::BACKSTOP;
-        (*e).comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        (*e).name = [0; NAME_LEN];
-        let name_ptr = read_u64(dentry + (o.dentry_d_name + o.qstr_name) as u64);
-        if let Ok(s) = bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, &mut (*e).name) {
-            if s.len() >= NAME_LEN - 1 {
-                (*e).flags |= flags::NAME_TRUNCATED;
-            }
-        }
-        // Arguments are not read here (the offsets of mm->arg_start are not in OFFSETS);
-        // userspace reads /proc/<pid>/cmdline of the stopped process instead.
         (*e).argv_hash = 0;
         (*e).argc = 0;
-        (*e)._pad = 0;
     }
     entry.submit(0);
 }

@@ -158,7 +158,7 @@ fn zero_from_map(dst: *mut u8, len: u32) {
 
 /// Zeroes the argv part of a reserved record.
 #[inline(always)]
-fn zero_argv(e: *mut Event) {
+pub(crate) fn zero_argv(e: *mut Event) {
     // SAFETY: `e` is an exclusively owned ring-buffer record.
     let dst = unsafe { (*e).argv.as_mut_ptr().cast::<u8>() };
     zero_from_map(dst, (ARGV_MAX * ARG_LEN) as u32);
@@ -167,7 +167,7 @@ fn zero_argv(e: *mut Event) {
 /// Fills every field of a reserved record except the argv part (`argv_hash`, `argc`, `argv`),
 /// which the caller has written.
 #[inline(always)]
-fn fill(o: &KernelOffsets, cg: u64, opv: u32, d: &Decision, e: *mut Event) {
+pub(crate) fn fill(o: &KernelOffsets, cg: u64, opv: u32, d: &Decision, e: *mut Event) {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: helper without arguments; the task pointer is only dereferenced through
     // bpf_probe_read_kernel.

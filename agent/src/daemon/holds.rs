@@ -63,7 +63,7 @@ impl Holds {
             HoldKind::Parked { .. } => false,
         });
         let approvals = Approvals::new(table);
-        let still = approvals.pending().len();
+        let still = approvals.pending_count();
         if n > 0 {
             tracing::info!(restored = still, abandoned = n - still, "pending requests from the previous run");
         }

@@ -44,6 +44,11 @@ impl Approvals {
         self.lock().pending()
     }
 
+    /// How many requests are pending (for status; no copies).
+    pub fn pending_count(&self) -> usize {
+        self.lock().pending_count()
+    }
+
     /// One request, pending or recently closed.
     pub fn get(&self, id: &str) -> Result<Request, HoldError> {
         self.lock().get(id)

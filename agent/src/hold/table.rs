@@ -78,6 +78,11 @@ impl HoldTable {
         v
     }
 
+    /// How many requests are pending.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
     /// One request, pending or recently closed.
     pub fn get(&self, id: &str) -> Result<Request, HoldError> {
         if let Some(r) = self.pending.get(id) {
