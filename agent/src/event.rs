@@ -15,62 +15,7 @@ pub enum EventError {
     Unknown { field: &'static str, value: u32 },
 }
 
-/// A gated operation, by name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Op {
-    Exec,
-    OpenWrite,
-    Create,
-    Unlink,
-    Rename,
-    Truncate,
-    Link,
-    Chmod,
-    Chown,
-    Mkdir,
-    Rmdir,
-    Symlink,
-}
-
-impl Op {
-    /// Decodes an [`airlock_common::op`] value.
-    pub fn from_raw(v: u32) -> Option<Op> {
-        Some(match v {
-            op::EXEC => Op::Exec,
-            op::OPEN_WRITE => Op::OpenWrite,
-            op::CREATE => Op::Create,
-            op::UNLINK => Op::Unlink,
-            op::RENAME => Op::Rename,
-            op::TRUNCATE => Op::Truncate,
-            op::LINK => Op::Link,
-            op::CHMOD => Op::Chmod,
-            op::CHOWN => Op::Chown,
-            op::MKDIR => Op::Mkdir,
-            op::RMDIR => Op::Rmdir,
-            op::SYMLINK => Op::Symlink,
-            _ => return None,
-        })
-    }
-
-    /// The [`airlock_common::op`] value.
-    pub fn raw(self) -> u32 {
-        match self {
-            Op::Exec => op::EXEC,
-            Op::OpenWrite => op::OPEN_WRITE,
-            Op::Create => op::CREATE,
-            Op::Unlink => op::UNLINK,
-            Op::Rename => op::RENAME,
-            Op::Truncate => op::TRUNCATE,
-            Op::Link => op::LINK,
-            Op::Chmod => op::CHMOD,
-            Op::Chown => op::CHOWN,
-            Op::Mkdir => op::MKDIR,
-            Op::Rmdir => op::RMDIR,
-            Op::Symlink => op::SYMLINK,
-        }
-    }
-}
+pub use airlock_approval::Op;
 
 /// The action a rule asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

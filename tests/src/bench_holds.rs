@@ -64,7 +64,7 @@ fn auto_approver(socket: PathBuf, seen: Seen, skip: Arc<Mutex<u32>>, stop: tokio
         rt.block_on(async move {
             let mut client = airlock_agent::api::connect(&socket).await?;
             let mut decider = client.clone();
-            let mut stream = client.watch(WatchRequest {}).await?.into_inner();
+            let mut stream = client.watch(WatchRequest::default()).await?.into_inner();
             tokio::pin!(stop);
             loop {
                 let ev = tokio::select! {

@@ -18,6 +18,8 @@ pub struct HoldFixture {
     /// Copy under an approve rule with a 2 s timeout.
     pub short: PathBuf,
     pub conf: PathBuf,
+    /// Files inside the approve-protected tree that agents only read.
+    pub reads: Vec<PathBuf>,
     pub policy: PathBuf,
     pub agent_cg: PathBuf,
     pub outside_cg: PathBuf,
@@ -39,6 +41,12 @@ impl HoldFixture {
         std::fs::create_dir_all(&etc)?;
         let conf = etc.join("conf");
         std::fs::write(&conf, "original\n")?;
+        // Created before airlockd starts, so that the fanotify backend marks them at its apply.
+        std::fs::create_dir_all(etc.join("reads"))?;
+        let reads: Vec<PathBuf> = (0..8).map(|i| etc.join(format!("reads/r{i}"))).collect();
+        for (i, f) in reads.iter().enumerate() {
+            std::fs::write(f, format!("read me {i}\n"))?;
+        }
         let top = format!("airlock-e2e-holds-{}", std::process::id());
         let cg = CgroupDir::create(cgroup2_mount()?.join(&top)).context("hold fixture cgroup")?;
         let agent_cg = cg.create_child("agent")?;
@@ -57,7 +65,7 @@ impl HoldFixture {
                 etc.display()
             ),
         )?;
-        Ok(HoldFixture { dir, held, short, conf, policy, agent_cg, outside_cg, _cg: cg })
+        Ok(HoldFixture { dir, held, short, conf, reads, policy, agent_cg, outside_cg, _cg: cg })
     }
 }
 
@@ -335,6 +343,7 @@ pub const CASES: &[(&str, Case)] = &[
         let r = c.requests().into_iter().find(|r| r["id"] == id.as_str()).context("record")?;
         ensure(r["state"] == "denied", || format!("record changed: {r}"))
     }),
+    ("concurrent_reads_never_held", concurrent_reads_never_held),
     ("airlock_run_does_not_stop_while_its_agent_is_held", |c| {
         // An interactive shell reports a stopped child as a "Stopped" job; `airlock run` is that
         // child and must keep running (waiting) while its agent is held.
@@ -361,6 +370,60 @@ pub const CASES: &[(&str, Case)] = &[
         out_is(&o, "via-run", "agent under airlock run")
     }),
 ];
+
+/// What airlockd logs when it treats an open whose flags it could not read as a write.
+const FAIL_CLOSED_LINE: &str = "open flags of an agent process unknown";
+
+/// Issue 7: many agent processes reading an approve-protected tree at once. On the fanotify
+/// backend their permission events reach the listener while some of the tasks are still on a
+/// CPU (`/proc/TID/syscall` says `running`); failing closed there held plain reads as write
+/// requests. Every read must pass at once: no request, no failed read.
+fn concurrent_reads_never_held(c: &HoldCtx) -> anyhow::Result<()> {
+    // Lighter in the guests: BPF LSM never asks userspace about a read, and TCG is slow.
+    let (procs, rounds, passes) = if c.lsm { (8, 1, 2) } else { (24, 4, 4) };
+    let ids = |rs: Vec<serde_json::Value>| -> Vec<String> { rs.iter().filter_map(|r| r["id"].as_str().map(String::from)).collect() };
+    let before = ids(c.requests());
+    let new_requests = || c.requests().into_iter().filter(|r| !before.iter().any(|id| r["id"] == id.as_str())).collect::<Vec<_>>();
+    let fail_closed_before = c.daemon.log_text().matches(FAIL_CLOSED_LINE).count();
+    let passes = passes.to_string();
+    let files: Vec<String> = c.fx.reads.iter().map(|p| p.to_string_lossy().to_string()).collect();
+    let mut args = vec![passes.as_str()];
+    args.extend(files.iter().map(String::as_str));
+    let mut failed = Vec::new();
+    for round in 0..rounds {
+        let mut kids = (0..procs).map(|_| c.spawn_op("read-all", &args)).collect::<anyhow::Result<Vec<_>>>()?;
+        let deadline = Instant::now() + WAIT;
+        while kids.iter_mut().any(Spawned::running) && Instant::now() < deadline {
+            // A held read would wait for the request's 5 m timeout: deny it (the read then
+            // fails with EPERM and is reported below) so that the round ends.
+            for r in new_requests().iter().filter(|r| r["state"] == "pending") {
+                let _ = c.cli(&["deny", r["id"].as_str().unwrap_or_default(), "--reason", "a read was held"]);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for k in kids {
+            let pid = k.pid;
+            match k.finish(Duration::ZERO) {
+                Ok(o) if stdout(&o) == "ok" => {}
+                Ok(o) => failed.push(format!("round {round} pid {pid}: {}", stdout(&o))),
+                Err(e) => failed.push(format!("round {round} pid {pid}: {e:#}")),
+            }
+        }
+    }
+    let made: Vec<String> = new_requests()
+        .iter()
+        .map(|r| format!("{} {} {} ({})", r["id"], r["context"]["op"], r["context"]["target_path"], r["state"]))
+        .collect();
+    let fail_closed = c.daemon.log_text().matches(FAIL_CLOSED_LINE).count() - fail_closed_before;
+    let total = procs * rounds;
+    ensure(made.is_empty() && failed.is_empty(), || {
+        format!(
+            "{} of {total} reading processes failed: {failed:?}; {} request(s) for reads: {made:?}; {fail_closed} open(s) failed closed",
+            failed.len(),
+            made.len()
+        )
+    })
+}
 
 /// kill -9 of airlockd while a process is held, restart, approve: the action completes.
 /// LSM: the pinned programs keep it held and the request comes back from disk. fanotify: the

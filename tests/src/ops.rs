@@ -72,6 +72,19 @@ pub fn run(op: &str, args: &[String]) -> ! {
                 println!("{}", args.join(" "));
                 std::process::exit(0)
             }
+            "read-all" => {
+                // Reads every file (args 1..) to the end, all of them `args[0]` times over.
+                let passes: usize = a(0).parse().unwrap_or(1);
+                for _ in 0..passes {
+                    for f in &args[1..] {
+                        if let Err(e) = std::fs::read(f) {
+                            println!("errno={} {f}", e.raw_os_error().unwrap_or(0));
+                            std::process::exit(0)
+                        }
+                    }
+                }
+                report(0)
+            }
             "write-twice" => {
                 // Two separate write opens by one process: a once-grant covers only the first.
                 let mut out = Vec::new();

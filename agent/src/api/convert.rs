@@ -1,112 +1,19 @@
-//! `crate::hold` types ↔ `airlock.v1` messages.
+//! The host's hold table entries ↔ `airlock.v1` messages. The approval domain's own
+//! conversions (context, decisions, votes, enums) live in `airlock_approval::convert`.
 //!
 //! Server → wire is total. Wire → `hold` is checked: a zero (UNSPECIFIED) or unknown enum value
 //! means the peer speaks a newer `airlock.v1` than this build, and is reported as such rather
 //! than guessed at (see the compatibility rules in `approvals.proto`). Decide requests are
 //! validated here, naming the offending field.
-use std::time::Duration;
-
+use airlock_approval::convert as ac;
+pub use airlock_approval::convert::{ConvertError, MAX_REASON_LEN, decide_to_proto, op_to_proto};
 use airlock_proto::v1 as pb;
-use pb::decide_request::{self, Decision as PbDecision};
 
 use super::error::Fault;
-use crate::event::Op;
-use crate::hold::{
-    Ancestor, Approver, Decision, DecisionRecord, HoldKey, HoldKind, Holder, Launcher, OnTimeout, Release, Request,
-    RequestContext, RequestState,
-};
-
-/// Longest request id accepted (ids are 8 hex digits today; the bound keeps error messages short).
-const MAX_ID_LEN: usize = 64;
-/// Longest deny reason accepted: it is persisted with the request and shown to people.
-pub const MAX_REASON_LEN: usize = 1024;
-
-/// A message from the peer that this build cannot represent.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConvertError {
-    /// An enum value this build does not know (or UNSPECIFIED, which is never sent).
-    #[error("{field} has value {value}, unknown to this airlock (is the other side newer?)")]
-    UnknownEnum { field: &'static str, value: i32 },
-    /// A message field that is always set was absent.
-    #[error("{field} is missing")]
-    Missing { field: &'static str },
-}
+use crate::hold::{Decision, HoldKey, HoldKind, Holder, Request};
 
 fn unknown(field: &'static str, value: i32) -> ConvertError {
     ConvertError::UnknownEnum { field, value }
-}
-
-/// The wire enum for an operation.
-pub fn op_to_proto(op: Op) -> pb::Op {
-    match op {
-        Op::Exec => pb::Op::Exec,
-        Op::OpenWrite => pb::Op::OpenWrite,
-        Op::Create => pb::Op::Create,
-        Op::Unlink => pb::Op::Unlink,
-        Op::Rename => pb::Op::Rename,
-        Op::Truncate => pb::Op::Truncate,
-        Op::Link => pb::Op::Link,
-        Op::Chmod => pb::Op::Chmod,
-        Op::Chown => pb::Op::Chown,
-        Op::Mkdir => pb::Op::Mkdir,
-        Op::Rmdir => pb::Op::Rmdir,
-        Op::Symlink => pb::Op::Symlink,
-    }
-}
-
-fn op_from_proto(field: &'static str, v: i32) -> Result<Op, ConvertError> {
-    Ok(match pb::Op::try_from(v).map_err(|_| unknown(field, v))? {
-        pb::Op::Unspecified => return Err(unknown(field, v)),
-        pb::Op::Exec => Op::Exec,
-        pb::Op::OpenWrite => Op::OpenWrite,
-        pb::Op::Create => Op::Create,
-        pb::Op::Unlink => Op::Unlink,
-        pb::Op::Rename => Op::Rename,
-        pb::Op::Truncate => Op::Truncate,
-        pb::Op::Link => Op::Link,
-        pb::Op::Chmod => Op::Chmod,
-        pb::Op::Chown => Op::Chown,
-        pb::Op::Mkdir => Op::Mkdir,
-        pb::Op::Rmdir => Op::Rmdir,
-        pb::Op::Symlink => Op::Symlink,
-    })
-}
-
-fn state_to_proto(s: RequestState) -> pb::RequestState {
-    match s {
-        RequestState::Pending => pb::RequestState::Pending,
-        RequestState::Approved => pb::RequestState::Approved,
-        RequestState::Denied => pb::RequestState::Denied,
-        RequestState::TimedOut => pb::RequestState::TimedOut,
-        RequestState::Abandoned => pb::RequestState::Abandoned,
-    }
-}
-
-fn state_from_proto(v: i32) -> Result<RequestState, ConvertError> {
-    Ok(match pb::RequestState::try_from(v).map_err(|_| unknown("state", v))? {
-        pb::RequestState::Unspecified => return Err(unknown("state", v)),
-        pb::RequestState::Pending => RequestState::Pending,
-        pb::RequestState::Approved => RequestState::Approved,
-        pb::RequestState::Denied => RequestState::Denied,
-        pb::RequestState::TimedOut => RequestState::TimedOut,
-        pb::RequestState::Abandoned => RequestState::Abandoned,
-    })
-}
-
-fn on_timeout_from_proto(v: i32) -> Result<OnTimeout, ConvertError> {
-    match pb::OnTimeout::try_from(v) {
-        Ok(pb::OnTimeout::Deny) => Ok(OnTimeout::Deny),
-        Ok(pb::OnTimeout::Allow) => Ok(OnTimeout::Allow),
-        _ => Err(unknown("on_timeout", v)),
-    }
-}
-
-fn release_from_proto(v: i32) -> Result<Release, ConvertError> {
-    match pb::Release::try_from(v) {
-        Ok(pb::Release::Allow) => Ok(Release::Allow),
-        Ok(pb::Release::Deny) => Ok(Release::Deny),
-        _ => Err(unknown("decision.release", v)),
-    }
 }
 
 fn holder_to_proto(h: &Holder) -> pb::Holder {
@@ -128,88 +35,11 @@ fn holder_from_proto(h: pb::Holder) -> Result<Holder, ConvertError> {
     Ok(Holder { tid: h.tid, tgid: h.tgid, how })
 }
 
-fn approver_to_proto(a: &Approver) -> pb::Approver {
-    pb::Approver { uid: a.uid, pid: a.pid, user: a.user.clone(), via: a.via.clone() }
-}
-
-fn approver_from_proto(a: pb::Approver) -> Approver {
-    Approver { uid: a.uid, pid: a.pid, user: a.user, via: a.via }
-}
-
-fn context_to_proto(c: &RequestContext) -> pb::RequestContext {
-    pb::RequestContext {
-        host: c.host.clone(),
-        agent: c.agent.clone(),
-        agent_cgroup: c.agent_cgroup.clone(),
-        cgroup_id: c.cgroup_id,
-        unit: c.unit.clone(),
-        launched_by: c.launched_by.as_ref().map(|l| pb::Launcher {
-            uid: l.uid,
-            user: l.user.clone(),
-            sudo_user: l.sudo_user.clone(),
-            reason: l.reason.clone(),
-        }),
-        pid: c.pid,
-        tgid: c.tgid,
-        uid: c.uid,
-        euid: c.euid,
-        comm: c.comm.clone(),
-        exe: c.exe.clone(),
-        ancestry: c
-            .ancestry
-            .iter()
-            .map(|a| pb::Ancestor { pid: a.pid, comm: a.comm.clone(), exe: a.exe.clone() })
-            .collect(),
-        argv: c.argv.clone(),
-        argv_truncated: c.argv_truncated,
-        cwd: c.cwd.clone(),
-        op: op_to_proto(c.op) as i32,
-        target_path: c.target_path.clone(),
-        target_dev: c.target_dev,
-        target_ino: c.target_ino,
-        rule: c.rule.clone(),
-        policy: c.policy.clone(),
-        reason: c.reason.clone(),
-        backend: c.backend.clone(),
-    }
-}
-
-fn context_from_proto(c: pb::RequestContext) -> Result<RequestContext, ConvertError> {
-    Ok(RequestContext {
-        host: c.host,
-        agent: c.agent,
-        agent_cgroup: c.agent_cgroup,
-        cgroup_id: c.cgroup_id,
-        unit: c.unit,
-        launched_by: c
-            .launched_by
-            .map(|l| Launcher { uid: l.uid, user: l.user, sudo_user: l.sudo_user, reason: l.reason }),
-        pid: c.pid,
-        tgid: c.tgid,
-        uid: c.uid,
-        euid: c.euid,
-        comm: c.comm,
-        exe: c.exe,
-        ancestry: c.ancestry.into_iter().map(|a| Ancestor { pid: a.pid, comm: a.comm, exe: a.exe }).collect(),
-        argv: c.argv,
-        argv_truncated: c.argv_truncated,
-        cwd: c.cwd,
-        op: op_from_proto("context.op", c.op)?,
-        target_path: c.target_path,
-        target_dev: c.target_dev,
-        target_ino: c.target_ino,
-        rule: c.rule,
-        policy: c.policy,
-        reason: c.reason,
-        backend: c.backend,
-    })
-}
-
-/// A request as sent on the wire.
+/// A request as sent on the host's own socket: everything, holders included.
 pub fn request_to_proto(r: &Request) -> pb::HoldRequest {
     pb::HoldRequest {
         id: r.id.clone(),
-        state: state_to_proto(r.state) as i32,
+        state: ac::state_to_proto(r.state) as i32,
         key: Some(pb::HoldKey {
             tgid: r.key.tgid,
             op: op_to_proto(r.key.op) as i32,
@@ -221,35 +51,36 @@ pub fn request_to_proto(r: &Request) -> pb::HoldRequest {
         attempts: r.attempts,
         created_unix_ms: r.created_unix_ms,
         deadline_unix_ms: r.deadline_unix_ms,
-        on_timeout: match r.on_timeout {
-            OnTimeout::Deny => pb::OnTimeout::Deny,
-            OnTimeout::Allow => pb::OnTimeout::Allow,
-        } as i32,
-        context: Some(context_to_proto(&r.context)),
-        decision: r.decision.as_ref().map(|d| pb::DecisionRecord {
-            release: match d.release {
-                Release::Allow => pb::Release::Allow,
-                Release::Deny => pb::Release::Deny,
-            } as i32,
-            for_ms: d.for_ms,
-            always: d.always,
-            reason: d.reason.clone(),
-            by: d.by.as_ref().map(approver_to_proto),
-            at_unix_ms: d.at_unix_ms,
-        }),
+        on_timeout: ac::on_timeout_to_proto(r.on_timeout) as i32,
+        context: Some(ac::context_to_proto(&r.context)),
+        decision: r.decision.as_ref().map(ac::decision_record_to_proto),
+        votes: Vec::new(),
+        route: None,
+        threshold: 0,
     }
 }
 
-/// A request received from the wire.
+/// A request as sent to airlock-server over the host link: the backend internals (which
+/// threads wait, fanotify tokens, the argv hash) stay on the host.
+pub fn request_to_link(r: &Request) -> pb::HoldRequest {
+    let mut w = request_to_proto(r);
+    w.holders.clear();
+    if let Some(k) = w.key.as_mut() {
+        k.argv_hash = 0;
+    }
+    w
+}
+
+/// A request received from the wire. A request from airlock-server carries no holders.
 pub fn request_from_proto(r: pb::HoldRequest) -> Result<Request, ConvertError> {
     let key = r.key.ok_or(ConvertError::Missing { field: "key" })?;
     let context = r.context.ok_or(ConvertError::Missing { field: "context" })?;
     Ok(Request {
         id: r.id,
-        state: state_from_proto(r.state)?,
+        state: ac::state_from_proto(r.state)?,
         key: HoldKey {
             tgid: key.tgid,
-            op: op_from_proto("key.op", key.op)?,
+            op: ac::op_from_proto("key.op", key.op)?,
             dev: key.dev,
             ino: key.ino,
             argv_hash: key.argv_hash,
@@ -258,77 +89,28 @@ pub fn request_from_proto(r: pb::HoldRequest) -> Result<Request, ConvertError> {
         attempts: r.attempts,
         created_unix_ms: r.created_unix_ms,
         deadline_unix_ms: r.deadline_unix_ms,
-        on_timeout: on_timeout_from_proto(r.on_timeout)?,
-        context: context_from_proto(context)?,
-        decision: match r.decision {
-            None => None,
-            Some(d) => Some(DecisionRecord {
-                release: release_from_proto(d.release)?,
-                for_ms: d.for_ms,
-                always: d.always,
-                reason: d.reason,
-                by: d.by.map(approver_from_proto),
-                at_unix_ms: d.at_unix_ms,
-            }),
-        },
+        on_timeout: ac::on_timeout_from_proto(r.on_timeout)?,
+        context: ac::context_from_proto(context)?,
+        decision: r.decision.map(ac::decision_record_from_proto).transpose()?,
     })
 }
 
-/// Checks a request id from the wire: 1 to 64 characters of `[0-9a-f]`.
+/// Checks a request id from the wire (see [`airlock_approval::check_id`]).
 pub(crate) fn check_id(id: &str) -> Result<(), Fault> {
-    if id.is_empty() {
-        return Err(Fault::invalid("id", "must not be empty"));
-    }
-    if id.len() > MAX_ID_LEN {
-        return Err(Fault::invalid("id", format!("longer than {MAX_ID_LEN} characters")));
-    }
-    if !id.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')) {
-        return Err(Fault::invalid("id", format!("{id:?} is not a request id (lowercase hexadecimal, e.g. 1234abcd)")));
-    }
-    Ok(())
+    airlock_approval::check_id(id).map_err(|e| Fault::invalid("id", e.to_string()))
 }
 
-/// A decide request as the client sends it.
-pub fn decide_to_proto(id: &str, d: &Decision) -> pb::DecideRequest {
-    let decision = match d {
-        Decision::Approve { for_ } => PbDecision::Approve(decide_request::Approve {
-            for_ms: for_.map(|d| d.as_millis().min(u64::MAX as u128) as u64),
-        }),
-        Decision::Deny { always, reason } => PbDecision::Deny(decide_request::Deny {
-            always: *always,
-            reason: reason.clone().unwrap_or_default(),
-        }),
-    };
-    pb::DecideRequest { id: id.to_string(), decision: Some(decision) }
-}
-
-/// Validates a decide request from the wire. The duration's upper bound is the table's to check
-/// (it owns [`crate::hold::MAX_GRANT`] and reports it as a bad duration).
+/// Validates a decide request from the wire.
 pub(crate) fn decide_from_proto(req: pb::DecideRequest) -> Result<(String, Decision), Fault> {
-    check_id(&req.id)?;
-    let decision = match req.decision {
-        None => return Err(Fault::invalid("decision", "required: approve or deny")),
-        Some(PbDecision::Approve(a)) => match a.for_ms {
-            None => Decision::Approve { for_: None },
-            Some(0) => {
-                return Err(Fault::invalid("approve.for_ms", "must be more than zero (omit it to approve once)"));
-            }
-            Some(ms) => Decision::Approve { for_: Some(Duration::from_millis(ms)) },
-        },
-        Some(PbDecision::Deny(d)) => {
-            if d.reason.len() > MAX_REASON_LEN {
-                return Err(Fault::invalid("deny.reason", format!("longer than {MAX_REASON_LEN} bytes")));
-            }
-            let reason = Some(d.reason).filter(|r| !r.trim().is_empty());
-            Decision::Deny { always: d.always, reason }
-        }
-    };
-    Ok((req.id, decision))
+    ac::decide_from_proto(req).map_err(|e| Fault::invalid(e.field, e.why))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Op;
+    use crate::hold::{Ancestor, Approver, DecisionRecord, Launcher, OnTimeout, Release, RequestContext, RequestState};
+    use std::time::Duration;
     use tonic::{Code, Status};
 
     fn full_request() -> Request {
@@ -381,7 +163,7 @@ mod tests {
                 for_ms: Some(600_000),
                 always: false,
                 reason: Some("ok".into()),
-                by: Some(Approver { uid: 0, pid: 5, user: None, via: "cli".into() }),
+                by: Some(Approver { uid: 0, pid: 5, user: None, via: "cli".into(), principal: None }),
                 at_unix_ms: 2_000,
             }),
         }
@@ -402,7 +184,7 @@ mod tests {
             Op::Link, Op::Chmod, Op::Chown, Op::Mkdir, Op::Rmdir, Op::Symlink,
         ];
         for op in ops {
-            assert_eq!(op_from_proto("op", op_to_proto(op) as i32).unwrap(), op);
+            assert_eq!(airlock_approval::convert::op_from_proto("op", op_to_proto(op) as i32).unwrap(), op);
         }
     }
 

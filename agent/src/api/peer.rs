@@ -97,5 +97,5 @@ pub(crate) fn caller(info: Option<&PeerInfo>, classify: &Classify) -> Result<App
     }
     let uid = cred.uid();
     let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name);
-    Ok(Approver { uid, pid, user, via: "cli".to_string() })
+    Ok(Approver { uid, pid, user, via: "cli".to_string(), principal: None })
 }

@@ -102,7 +102,7 @@ async fn list_pending_returns_every_waiting_request_oldest_first() {
     let a = f.hold(10);
     tokio::time::sleep(Duration::from_millis(2)).await;
     let b = f.hold(11);
-    let got = f.client().await.list_pending(pb::ListPendingRequest {}).await.unwrap().into_inner();
+    let got = f.client().await.list_pending(pb::ListPendingRequest::default()).await.unwrap().into_inner();
     let ids: Vec<_> = got.requests.iter().map(|r| r.id.clone()).collect();
     assert_eq!(ids, [a.clone(), b.clone()]);
     let table = crate::cli::pending::table(&got.requests.into_iter().map(|r| request_from_proto(r).unwrap()).collect::<Vec<_>>(), 0);
@@ -232,11 +232,11 @@ async fn assert_every_rpc_refused(f: &Fixture, id: &str) {
     let mut c = f.client().await;
     let want = format!("caller pid {} is in agent cgroup of agent evil: agents cannot approve or list requests", me());
     let errs = [
-        c.list_pending(pb::ListPendingRequest {}).await.unwrap_err(),
+        c.list_pending(pb::ListPendingRequest::default()).await.unwrap_err(),
         c.get_request(pb::GetRequestRequest { id: id.into() }).await.unwrap_err(),
         c.decide(approve(id, None)).await.unwrap_err(),
         c.decide(deny(id, true, "")).await.unwrap_err(),
-        c.watch(pb::WatchRequest {}).await.unwrap_err(),
+        c.watch(pb::WatchRequest::default()).await.unwrap_err(),
     ];
     for e in errs {
         assert_eq!((e.code(), e.message()), (Code::PermissionDenied, want.as_str()));
@@ -317,7 +317,7 @@ async fn a_stale_socket_is_replaced_but_a_live_one_or_a_file_is_not() {
     let live = serve(cfg.clone(), approvals.clone(), none.clone()).await.unwrap();
     let e = serve(cfg.clone(), approvals.clone(), none.clone()).await.err().unwrap();
     assert!(matches!(e, ApiError::InUse { .. }), "{e}");
-    connect(&socket).await.unwrap().list_pending(pb::ListPendingRequest {}).await.expect("the first server still serves");
+    connect(&socket).await.unwrap().list_pending(pb::ListPendingRequest::default()).await.expect("the first server still serves");
     drop(live);
     assert!(!socket.exists(), "dropping the server removes its socket");
     std::fs::write(&socket, b"keep me").unwrap();
@@ -343,7 +343,7 @@ async fn next(s: &mut tonic::Streaming<pb::WatchEvent>) -> Result<Option<pb::Wat
 async fn watch_reports_a_request_opening_then_closing() {
     let f = Fixture::plain().await;
     let mut c = f.client().await;
-    let mut s = c.watch(pb::WatchRequest {}).await.unwrap().into_inner();
+    let mut s = c.watch(pb::WatchRequest::default()).await.unwrap().into_inner();
     let id = f.hold(10);
     let ev = next(&mut s).await.unwrap().unwrap();
     assert_eq!((ev.kind, ev.request.as_ref().unwrap().id.as_str()), (pb::watch_event::Kind::Opened as i32, id.as_str()));
@@ -358,7 +358,7 @@ async fn watch_reports_a_request_opening_then_closing() {
 #[tokio::test]
 async fn shutdown_ends_open_watches_with_unavailable_and_removes_the_socket() {
     let mut f = Fixture::plain().await;
-    let mut s = f.client().await.watch(pb::WatchRequest {}).await.unwrap().into_inner();
+    let mut s = f.client().await.watch(pb::WatchRequest::default()).await.unwrap().into_inner();
     let server = f.server.take().unwrap();
     tokio::time::timeout(Duration::from_secs(3), server.shutdown()).await.expect("no hang on open watches").unwrap();
     let e = next(&mut s).await.unwrap_err();

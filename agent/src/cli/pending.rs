@@ -27,7 +27,7 @@ pub struct PendingArgs {
 /// Lists pending requests, oldest first.
 pub fn run(args: PendingArgs) -> anyhow::Result<ExitCode> {
     super::with_client(&args.api, |mut c| async move {
-        let resp = c.list_pending(pb::ListPendingRequest {}).await?.into_inner();
+        let resp = c.list_pending(pb::ListPendingRequest::default()).await?.into_inner();
         let reqs = resp
             .requests
             .into_iter()

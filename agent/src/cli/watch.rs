@@ -23,7 +23,7 @@ pub struct WatchArgs {
 /// Prints events until airlockd ends the stream (exit 1 with its reason) or the user stops it.
 pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     super::with_client(&args.api, |mut c| async move {
-        let mut stream = c.watch(pb::WatchRequest {}).await?.into_inner();
+        let mut stream = c.watch(pb::WatchRequest::default()).await?.into_inner();
         let mut out = std::io::stdout();
         while let Some(ev) = stream.message().await? {
             let kind = pb::watch_event::Kind::try_from(ev.kind).unwrap_or(pb::watch_event::Kind::Unspecified);

@@ -17,6 +17,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Op;
 
+// The approval domain (context, decisions, who decided) is shared with airlock-server; the hold
+// table, its key and its holders are this host's own.
+pub use airlock_approval::{
+    Ancestor, Approver, Decision, DecisionRecord, Launcher, MAX_GRANT, OnTimeout, Release, RequestContext, RequestState,
+};
+
 pub mod approvals;
 pub mod context;
 pub mod store;
@@ -33,9 +39,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// syscall consumes it within microseconds; the bound keeps a decision for a thread that died
 /// from ever applying to a later thread with the same id.
 pub const ONCE_GRACE: Duration = Duration::from_secs(60);
-
-/// The longest `approve --for` accepted.
-pub const MAX_GRANT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// What identifies one held action for de-duplication: the same process doing the same
 /// operation on the same object with the same arguments is one request, whichever thread and
@@ -71,16 +74,6 @@ pub struct Holder {
     pub tid: u32,
     pub tgid: u32,
     pub how: HoldKind,
-}
-
-/// Which way a hold is released.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Release {
-    /// The syscall completes as if it had never waited.
-    Allow,
-    /// The syscall fails with EPERM.
-    Deny,
 }
 
 /// A decision that outlives one request: this agent cgroup may (or may not) do `op` on the
@@ -121,134 +114,6 @@ pub trait Gate: Send + Sync {
     /// Writes a standing decision; later attempts of the cgroup on the object are decided by it
     /// in the kernel (LSM) or the listener (fanotify) without a new request.
     fn standing(&self, s: &Standing) -> Result<(), GateError>;
-}
-
-/// What a person decided.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// Approve this request only (`for_: None`), or this agent cgroup's operation on this
-    /// object until the duration has passed.
-    Approve { for_: Option<Duration> },
-    /// Deny this request only, or (`always`) this agent cgroup's operation on this object for
-    /// the rest of its life.
-    Deny { always: bool, reason: Option<String> },
-}
-
-/// Who decided (from the API caller's peer credentials).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Approver {
-    pub uid: u32,
-    pub pid: u32,
-    /// User name of `uid`, when it has one.
-    pub user: Option<String>,
-    /// How the decision arrived ("cli", "grpc", "timeout").
-    pub via: String,
-}
-
-/// Where a request is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RequestState {
-    /// Waiting for a decision; its holders wait in their syscalls.
-    Pending,
-    /// Approved; holders released to complete.
-    Approved,
-    /// Denied; holders failed with EPERM.
-    Denied,
-    /// Nobody decided in time; released per the rule's `onTimeout`.
-    TimedOut,
-    /// Every holder is gone (killed while waiting).
-    Abandoned,
-}
-
-impl RequestState {
-    /// Lowercase name, as in JSON and the CLI.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RequestState::Pending => "pending",
-            RequestState::Approved => "approved",
-            RequestState::Denied => "denied",
-            RequestState::TimedOut => "timed_out",
-            RequestState::Abandoned => "abandoned",
-        }
-    }
-}
-
-/// What the rule says happens when nobody decides in time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum OnTimeout {
-    #[default]
-    Deny,
-    Allow,
-}
-
-/// One process in a request's ancestry (the held process first, up to the agent root).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ancestor {
-    pub pid: u32,
-    pub comm: String,
-    pub exe: Option<String>,
-}
-
-/// Who launched the agent (recorded by `airlock run`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Launcher {
-    pub uid: u32,
-    pub user: Option<String>,
-    /// `SUDO_USER` when `airlock run` ran under sudo.
-    pub sudo_user: Option<String>,
-    /// `airlock run --reason`.
-    pub reason: Option<String>,
-}
-
-/// Everything a person needs to decide, gathered when the request opens.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RequestContext {
-    pub host: String,
-    pub agent: Option<String>,
-    pub agent_cgroup: Option<String>,
-    pub cgroup_id: u64,
-    /// systemd unit of the cgroup (a `.scope` or `.service` path component), if any.
-    pub unit: Option<String>,
-    pub launched_by: Option<Launcher>,
-    pub pid: u32,
-    pub tgid: u32,
-    pub uid: u32,
-    pub euid: u32,
-    pub comm: String,
-    /// What the process runs (from the exec tracepoint, else /proc/PID/exe).
-    pub exe: Option<String>,
-    pub ancestry: Vec<Ancestor>,
-    /// exec: arguments captured in the kernel at the hook.
-    pub argv: Vec<String>,
-    pub argv_truncated: bool,
-    pub cwd: Option<String>,
-    pub op: Op,
-    pub target_path: Option<String>,
-    pub target_dev: u32,
-    pub target_ino: u64,
-    pub rule: Option<String>,
-    pub policy: Option<String>,
-    /// The reason the agent gives: `AIRLOCK_REASON` in its environment, else `airlock run
-    /// --reason`.
-    pub reason: Option<String>,
-    /// Which backend holds it.
-    pub backend: String,
-}
-
-/// A decision as recorded on a closed request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DecisionRecord {
-    pub release: Release,
-    /// `approve --for`: milliseconds the standing grant lasts.
-    pub for_ms: Option<u64>,
-    /// `deny --always`.
-    pub always: bool,
-    pub reason: Option<String>,
-    /// `None` for a timeout.
-    pub by: Option<Approver>,
-    pub at_unix_ms: u64,
 }
 
 /// One held action waiting for (or having had) a decision.

@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 
 use super::store::Store;
 use super::{
-    Approver, Decision, DecisionRecord, Gate, HoldError, HoldKey, Holder, MAX_GRANT, OnTimeout, Release,
+    Approver, Decision, DecisionRecord, Gate, HoldError, HoldKey, Holder, OnTimeout, Release,
     Request, RequestContext, RequestState, Standing, Update,
 };
 
@@ -49,7 +49,6 @@ pub struct HoldTable {
     gate: Arc<dyn Gate>,
     store: Option<Store>,
     updates: broadcast::Sender<Update>,
-    seq: u64,
 }
 
 impl HoldTable {
@@ -62,7 +61,6 @@ impl HoldTable {
             gate,
             store,
             updates: broadcast::channel(1024).0,
-            seq: 0,
         }
     }
 
@@ -106,16 +104,10 @@ impl HoldTable {
     }
 
     fn new_id(&mut self, now_unix_ms: u64) -> String {
-        use std::hash::{BuildHasher, Hasher};
         loop {
-            self.seq += 1;
-            // RandomState is seeded randomly per process: ids are unpredictable enough to not be
-            // guessed by accident, and short enough to type.
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(self.seq);
-            h.write_u64(now_unix_ms);
-            h.write_u32(std::process::id());
-            let id = format!("{:08x}", h.finish() as u32);
+            // Unique across the fleet without asking anyone (see airlock_approval::id); the loop
+            // only guards against this table's own (astronomically unlikely) repeat.
+            let id = airlock_approval::new_request_id(now_unix_ms);
             if !self.pending.contains_key(&id) && !self.closed.iter().any(|r| r.id == id) {
                 return id;
             }
@@ -315,14 +307,8 @@ impl HoldTable {
 }
 
 fn check_duration(d: Duration) -> Result<(), HoldError> {
-    let value = format!("{}s", d.as_secs_f64());
-    if d.is_zero() {
-        return Err(HoldError::BadDuration { value, why: "must be longer than zero" });
-    }
-    if d > MAX_GRANT {
-        return Err(HoldError::BadDuration { value, why: "must not exceed 30 days" });
-    }
-    Ok(())
+    airlock_approval::check_grant(d)
+        .map_err(|why| HoldError::BadDuration { value: format!("{}s", d.as_secs_f64()), why })
 }
 
 #[cfg(test)]

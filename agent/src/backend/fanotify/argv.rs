@@ -7,7 +7,7 @@
 //! is [`airlock_common::argv_hash`] over the same bytes.
 use airlock_common::{ARG_LEN, ARGV_MAX, argv_hash};
 
-use super::procfs::exec_argv_pointer;
+use super::procfs::{exec_argv_pointer, syscall_settled};
 
 /// Captured arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,9 +59,10 @@ fn read_remote(pid: u32, addr: u64, buf: &mut [u8]) -> usize {
 
 /// The arguments of thread `tid`, blocked in `execve`/`execveat`; `None` if it is not in one
 /// or its memory cannot be read. May block (see the module docs): run it on a
-/// [`super::procfs::ProcReader`].
+/// [`super::procfs::ProcReader`]. Like the open flags, the `argv` pointer can be read only
+/// once the thread sleeps in its event (see [`super::procfs::SETTLE_BOUND`]).
 pub fn read_exec_argv(tid: u32) -> Option<Argv> {
-    let line = std::fs::read_to_string(format!("/proc/{tid}/syscall")).ok()?;
+    let line = syscall_settled(tid).ok()?.line;
     let at = exec_argv_pointer(&line)?;
     let mut raw = [0u8; 8 * (ARGV_MAX + 1)];
     let got = read_remote(tid, at, &mut raw) / 8;

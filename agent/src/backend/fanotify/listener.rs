@@ -12,14 +12,16 @@ use airlock_common::flags;
 use super::Shared;
 use super::argv::read_exec_argv;
 use super::gate::Opening;
-use super::procfs::{Intent, ProcReader, task_identity};
+use super::procfs::{Intent, ProcReader, Reading, task_identity};
 use super::rules::{Answer, Decision, Hit, RealFs, backstopped, decide, reported_op, write_ops};
 use super::sys::{self, FileId, Permission, Response};
 use crate::agents::AgentMatch;
 use crate::event::{Action, DecidedBy, GateEvent, Op, Verdict};
 use crate::hold::Release;
 
-/// How long a `/proc/<tid>/syscall` read may take before the open is treated as unknown.
+/// How long a `/proc/<tid>/syscall` read may take before the open is treated as unknown
+/// (well above [`super::procfs::SETTLE_BOUND`], the wait for a task still on its way to
+/// sleep, which is part of the read).
 const PROC_DEADLINE: Duration = Duration::from_millis(200);
 
 pub(crate) struct Listener {
@@ -128,11 +130,20 @@ impl Listener {
 
     fn on_open(&mut self, tid: u32, agent: &AgentMatch, file: FileId, permit: Permission) {
         let o = Opening { tid, file: file.key, exec: false, backstop: false };
-        let intent = if self.shared.holds.take_twin(tid, file.key) {
-            Intent::Exec
+        // Reading the flags may wait (bounded) for the task to fall asleep in its event: see
+        // `procfs::SETTLE_BOUND` for why and why the events behind it wait too.
+        let reading = if self.shared.holds.take_twin(tid, file.key) {
+            Reading::known(Intent::Exec)
         } else {
             self.proc.intent(tid)
         };
+        if reading.rereads > 0 {
+            tracing::debug!(
+                tid, waited_us = reading.waited.as_micros() as u64, rereads = reading.rereads,
+                "agent task was still running when its open event arrived; waited for it"
+            );
+        }
+        let intent = reading.intent;
         let open_flags = match intent {
             Intent::Read | Intent::Exec => {
                 self.shared.answer(permit, Response::Allow, &o);
@@ -151,7 +162,9 @@ impl Listener {
             self.shared.counters.intent_unknown.fetch_add(1, Relaxed);
             tracing::warn!(
                 tid, path = %path.as_deref().unwrap_or(Path::new("?")).display(), reason = why,
-                "open flags of an agent process unknown; treated as a write (fail closed)"
+                rereads = reading.rereads,
+                "open flags of an agent process unknown after waiting {} µs; treated as a write (fail closed)",
+                reading.waited.as_micros()
             );
         }
         let op = reported_op(&h.rule);

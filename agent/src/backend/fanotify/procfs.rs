@@ -10,12 +10,23 @@
 //! waits in the permission event of its exec open, a script's interpreter open included
 //! (verified). The reads still run on a [`ProcReader`] worker with a deadline; past it the
 //! intent is unknown (fail closed).
+//!
+//! `syscall` reads `running` unless the task is off the CPU in the state it was in when the
+//! read began (the kernel's `task_current_syscall` → `wait_task_inactive`), and a task in a
+//! permission event is briefly on it more often than one would think: the kernel queues the
+//! event and wakes the listener *before* the task goes to sleep in `fanotify_get_response`,
+//! and every answer to any event of the group wakes *all* tasks waiting in the group
+//! (`access_waitq` is one wait queue, woken non-exclusively), each of which runs, rechecks its
+//! own event and sleeps again. With several agent processes opening at once the first read
+//! of a task's line therefore often says `running`; [`read_settled`] re-reads it for a short
+//! bounded time ([`SETTLE_BOUND`]) before the intent counts as unknown. Failing closed at the
+//! first `running` turned concurrent plain reads into write requests (issue 7).
 use std::io::Read as _;
 use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What an open asked for, as far as procfs tells.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +58,8 @@ pub fn intent_of_flags(flags: u64) -> Intent {
 /// A parsed `/proc/<tid>/syscall` line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyscallLine {
-    /// `running`: the task was not stopped (cannot happen while it waits for us).
+    /// `running`: the task was on a CPU, or runnable, or changed state while it was read
+    /// (transient for a task in a permission event: see the module docs).
     Running,
     /// `-1 sp pc`: blocked, but not in a system call.
     NotInSyscall,
@@ -161,20 +173,101 @@ pub fn intent_from_syscall(text: &str, read_how: impl FnOnce(u64) -> Option<u64>
     }
 }
 
-/// Reads the intent of thread `tid` directly (may block: see the module docs).
-pub fn read_intent(tid: u32) -> Intent {
-    let mut text = String::new();
-    let r = std::fs::File::open(format!("/proc/{tid}/syscall"))
-        .and_then(|mut f| f.read_to_string(&mut text));
-    if r.is_err() {
-        return Intent::Unknown("cannot read /proc/<tid>/syscall");
+/// How long a task whose `syscall` line reads `running` is re-read before its intent counts
+/// as unknown. The listener answers events one at a time, so this is also the longest the
+/// events behind this one wait for it; a task in a permission event normally settles within
+/// a few hundred microseconds even with dozens of agents opening at once (measured on the
+/// 2-vCPU CI host). Waiting in line, rather than setting the event aside and answering others
+/// meanwhile, is deliberate: each answer wakes every waiter of the group, this one included.
+pub const SETTLE_BOUND: Duration = Duration::from_millis(20);
+
+/// The first re-reads only yield the CPU (the task usually runs on the other CPU and needs
+/// microseconds to fall asleep); later ones sleep, so that a task waiting for *our* CPU gets
+/// it.
+const YIELDS: u32 = 3;
+/// Sleeps between later re-reads grow from the first to the last value.
+const FIRST_SLEEP: Duration = Duration::from_micros(50);
+const MAX_SLEEP: Duration = Duration::from_micros(200);
+
+/// Pause before re-read number `attempt` (0-based).
+fn pause(attempt: u32) -> Option<Duration> {
+    let n = attempt.checked_sub(YIELDS)?;
+    Some(FIRST_SLEEP.saturating_mul(1 << n.min(8)).min(MAX_SLEEP))
+}
+
+/// A `/proc/<tid>/syscall` line and how long the task took to be off the CPU for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settled {
+    pub line: String,
+    /// From the first `running` to the line that was not (zero if the first read was not):
+    /// how long the task stayed running after its event reached us.
+    pub waited: Duration,
+    /// Re-reads after the first.
+    pub rereads: u32,
+}
+
+/// Reads a `syscall` line with `read` until it is not `running` or `bound` has passed since
+/// the first read; the last line read is returned either way (a caller sees `running` only
+/// past the bound).
+pub fn read_settled(
+    bound: Duration,
+    mut read: impl FnMut() -> std::io::Result<String>,
+) -> std::io::Result<Settled> {
+    let t0 = Instant::now();
+    let mut rereads = 0;
+    loop {
+        let line = read()?;
+        let running = parse_syscall(&line) == Some(SyscallLine::Running);
+        if !running || t0.elapsed() >= bound {
+            let waited = if rereads == 0 { Duration::ZERO } else { t0.elapsed() };
+            return Ok(Settled { line, waited, rereads });
+        }
+        match pause(rereads) {
+            None => std::thread::yield_now(),
+            Some(d) => std::thread::sleep(d),
+        }
+        rereads += 1;
     }
-    intent_from_syscall(&text, |addr| {
+}
+
+/// `/proc/<tid>/syscall` of a thread waiting in a permission event, read once it sleeps
+/// there (within [`SETTLE_BOUND`]). May block: see the module docs.
+pub fn syscall_settled(tid: u32) -> std::io::Result<Settled> {
+    let path = format!("/proc/{tid}/syscall");
+    read_settled(SETTLE_BOUND, || {
+        let mut text = String::new();
+        std::fs::File::open(&path)?.read_to_string(&mut text)?;
+        Ok(text)
+    })
+}
+
+/// The intent of an open and how long its task had to be waited for (see [`Settled`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reading {
+    pub intent: Intent,
+    pub waited: Duration,
+    pub rereads: u32,
+}
+
+impl Reading {
+    /// An intent known without reading procfs.
+    pub fn known(intent: Intent) -> Reading {
+        Reading { intent, waited: Duration::ZERO, rereads: 0 }
+    }
+}
+
+/// Reads the intent of thread `tid` directly (may block: see the module docs).
+pub fn read_intent(tid: u32) -> Reading {
+    let Ok(s) = syscall_settled(tid) else {
+        return Reading::known(Intent::Unknown("cannot read /proc/<tid>/syscall"));
+    };
+    let intent = intent_from_syscall(&s.line, |addr| {
         let f = std::fs::File::open(format!("/proc/{tid}/mem")).ok()?;
         let mut b = [0u8; 8];
         f.read_exact_at(&mut b, addr).ok()?;
         Some(u64::from_ne_bytes(b))
-    })
+    });
+    Reading { intent, waited: s.waited, rereads: s.rereads }
 }
 
 /// Fields of `/proc/<tid>/status` that events carry.
@@ -299,9 +392,13 @@ impl ProcReader {
     }
 
     /// The open intent of blocked thread `tid`, or `Unknown` past the deadline.
-    pub fn intent(&mut self, tid: u32) -> Intent {
-        self.run(move || read_intent(tid))
-            .unwrap_or_else(Intent::Unknown)
+    pub fn intent(&mut self, tid: u32) -> Reading {
+        let t0 = Instant::now();
+        self.run(move || read_intent(tid)).unwrap_or_else(|why| Reading {
+            intent: Intent::Unknown(why),
+            waited: t0.elapsed(),
+            rereads: 0,
+        })
     }
 }
 
@@ -422,6 +519,38 @@ mod tests {
     }
 
     #[test]
+    fn a_running_task_is_reread_until_it_sleeps_in_its_call() {
+        let open = "257 0xffffff9c 0x1000 0x0 0x0 0x0 0x0 0x0 0x0\n";
+        let mut lines = ["running\n"; 6].into_iter().chain([open]);
+        let s = read_settled(Duration::from_secs(5), || Ok(lines.next().unwrap().to_string())).unwrap();
+        assert_eq!((s.line.as_str(), s.rereads), (open, 6));
+        assert!(s.waited > Duration::ZERO);
+        assert_eq!(intent_from_syscall(&s.line, |_| None), Intent::Read);
+        let s = read_settled(Duration::from_secs(5), || Ok(open.to_string())).unwrap();
+        assert_eq!((s.rereads, s.waited), (0, Duration::ZERO), "a sleeping task: one read");
+    }
+
+    #[test]
+    fn a_task_running_past_the_bound_stays_unknown_and_says_how_long() {
+        let bound = Duration::from_millis(5);
+        let t0 = Instant::now();
+        let s = read_settled(bound, || Ok("running\n".to_string())).unwrap();
+        assert!(s.waited >= bound && t0.elapsed() < bound * 20, "{s:?} in {:?}", t0.elapsed());
+        assert_eq!(intent_from_syscall(&s.line, |_| None), Intent::Unknown("task running"));
+        // A read error ends the wait at once.
+        let e = read_settled(bound, || Err(std::io::Error::from_raw_os_error(libc::ESRCH)));
+        assert!(e.is_err());
+    }
+
+    #[test]
+    fn rereads_yield_first_then_sleep_briefly() {
+        assert_eq!((0..YIELDS).map(pause).collect::<Vec<_>>(), vec![None; YIELDS as usize]);
+        assert_eq!(pause(YIELDS), Some(FIRST_SLEEP));
+        assert_eq!(pause(YIELDS + 1), Some(FIRST_SLEEP * 2));
+        assert_eq!(pause(YIELDS + 40), Some(MAX_SLEEP));
+    }
+
+    #[test]
     fn status_gives_tgid_ppid_and_real_and_effective_uid() {
         let t = "Name:\tbash\nTgid:\t100\nNgid:\t0\nPid:\t101\nPPid:\t1\nUid:\t1000\t0\t0\t0\nGid:\t0\t0\t0\t0\n";
         assert_eq!(
@@ -456,7 +585,9 @@ mod tests {
         let tid = rx.recv().unwrap();
         std::thread::sleep(Duration::from_millis(50));
         let mut pr = ProcReader::new(Duration::from_secs(1));
-        assert!(matches!(pr.intent(tid), Intent::Unknown(why) if why.starts_with("not an open")));
+        let r = pr.intent(tid);
+        assert!(matches!(r.intent, Intent::Unknown(why) if why.starts_with("not an open")), "{r:?}");
+        assert_eq!(r.rereads, 0, "a sleeping thread is read at once");
         drop(w); // wakes the poll
         h.join().unwrap();
     }

@@ -1,7 +1,7 @@
 
 use super::*;
 use crate::event::Op;
-use crate::hold::{HoldKind, RequestContext};
+use crate::hold::{HoldKind, MAX_GRANT, RequestContext};
 
 use crate::hold::testing::FakeGate;
 
@@ -47,7 +47,7 @@ fn opening(timeout_ms: u64, on_timeout: OnTimeout) -> Opening {
 }
 
 fn who() -> Approver {
-    Approver { uid: 0, pid: 1, user: Some("root".into()), via: "cli".into() }
+    Approver { uid: 0, pid: 1, user: Some("root".into()), via: "cli".into(), principal: None }
 }
 
 fn table() -> (HoldTable, Arc<FakeGate>) {

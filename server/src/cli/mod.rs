@@ -1,0 +1,2 @@
+//! TODO(skeleton): cli
+pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }

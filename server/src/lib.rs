@@ -1,0 +1,18 @@
+//! airlock-server: every host keeps one mTLS gRPC stream to it ([`link`]); it stores each
+//! request ([`store`], SQLite or PostgreSQL), routes it to approvers ([`config`], [`route`]),
+//! collects their votes ([`broker`]) from the CLI and other channels ([`approvals`]), and sends
+//! the decision down the host's stream. Hosts get their certificates from the server's CA
+//! ([`pki`]) in exchange for a one-time token ([`enroll`]).
+//!
+//! The flow and the file that owns each step are in docs/ARCHITECTURE.md.
+pub mod approvals;
+pub mod auth;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod enroll;
+pub mod error;
+pub mod link;
+pub mod pki;
+pub mod route;
+pub mod store;
