@@ -3,7 +3,6 @@
 //!
 //! A policy that fails to load at start stops the daemon with the policy's diagnostics; one
 //! that fails on reload is logged and the policy in force stays in force.
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +20,9 @@ use crate::event::GateEvent;
 use crate::hold::Gate;
 
 mod holds;
+pub mod records;
+
+use records::{EventRecord, Record, Records};
 
 /// Which backend to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -46,6 +48,10 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     /// Group that may use the socket (mode 0660); `None` leaves it root's.
     pub socket_group: Option<String>,
+    /// airlock-server to link to; `None`: decisions are made on this host's socket only.
+    pub link: Option<crate::link::client::LinkConfig>,
+    /// With a link: whether a decision on the local socket (break-glass) is allowed.
+    pub break_glass: bool,
 }
 
 /// Errors that stop the daemon.
@@ -67,6 +73,10 @@ pub enum DaemonError {
     Store(#[from] crate::hold::store::StoreError),
     #[error("approvals API: {0}")]
     Api(#[from] crate::api::ApiError),
+    #[error("record stream: {0}")]
+    Records(#[from] records::RecordsError),
+    #[error("server link: {0}")]
+    Link(#[from] crate::link::client::LinkError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
@@ -108,6 +118,21 @@ pub struct Status {
     /// The approvals socket.
     #[serde(default)]
     pub socket: String,
+    /// The link to airlock-server, when configured.
+    #[serde(default)]
+    pub link: Option<StatusLink>,
+    /// Records that could not be written to the record stream.
+    #[serde(default)]
+    pub records_failed: u64,
+}
+
+/// The server link in [`Status`].
+#[derive(Serialize, serde::Deserialize, Debug, Clone, Default)]
+pub struct StatusLink {
+    pub server: String,
+    pub connected: bool,
+    /// Local decisions: "break-glass" or "forbidden".
+    pub local_decisions: String,
 }
 
 /// One agent cgroup in [`Status`].
@@ -194,24 +219,6 @@ fn start_exec_probe(
     }
 }
 
-/// One recorded event: the backend's event plus what userspace knows about it.
-#[derive(Serialize)]
-struct Record<'a> {
-    #[serde(flatten)]
-    event: &'a GateEvent,
-    rule: Option<&'a str>,
-    policy: Option<&'a str>,
-    agent: Option<&'a str>,
-    agent_cgroup: Option<&'a str>,
-    /// What the process executed last (file name passed to execve), from the exec tracepoint.
-    exe: Option<&'a str>,
-    /// The protected tree or gated binary path of the rule that matched.
-    rule_target: Option<String>,
-    /// Held events: the approval request this attempt belongs to.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request: Option<&'a str>,
-}
-
 struct State {
     cfg: DaemonConfig,
     policy: CompiledPolicy,
@@ -228,7 +235,8 @@ struct State {
     /// Last exec per process (tgid); bounded by clearing when it grows past a limit.
     exes: std::collections::HashMap<u32, ExecRecord>,
     status: Status,
-    log: std::fs::File,
+    records: Records,
+    link: Option<crate::link::client::LinkHandle>,
 }
 
 const MAX_EXES: usize = 65536;
@@ -257,7 +265,7 @@ impl State {
             let waited = crate::hold::approvals::now_boot_ns().saturating_sub(ev.ktime_ns);
             tracing::debug!(us = waited / 1000, "held event to request");
         }
-        let rec = Record {
+        let rec = EventRecord {
             request: request.as_deref(),
             event: ev,
             rule: rule.map(|r| r.name.as_str()),
@@ -267,7 +275,6 @@ impl State {
             exe: exe.as_deref(),
             rule_target,
         };
-        let line = serde_json::to_string(&rec).unwrap_or_default();
         tracing::info!(
             target: "airlock::event",
             op = ?ev.op, verdict = ?ev.verdict, action = ?ev.action, pid = ev.pid, comm = %ev.comm,
@@ -276,9 +283,24 @@ impl State {
             request = request.as_deref().unwrap_or(""),
             "flagged"
         );
-        if let Err(e) = writeln!(self.log, "{line}") {
-            tracing::error!(error = %e, "cannot append to the event log");
+        self.records.write(&Record::Event(rec));
+    }
+
+    fn drain_updates(&mut self) {
+        let link = self.link.as_ref().map(|l| &l.updates);
+        self.holds.drain_updates(&mut self.records, link);
+    }
+
+    fn link_change(&mut self, change: records::LinkChange) {
+        match &change {
+            records::LinkChange::Up { server, resent } => tracing::info!(server = %server, resent, "server link up"),
+            records::LinkChange::Down { server, error, retry_in_ms } => {
+                tracing::warn!(server = %server, error = %error, retry_in_ms, "server link down")
+            }
+            _ => {}
         }
+        self.records.write(&Record::Link { at_unix_ms: crate::hold::approvals::now_unix_ms(), change: &change });
+        self.refresh_status();
     }
 
     fn refresh_status(&mut self) {
@@ -287,6 +309,10 @@ impl State {
         self.status.lost = s.lost + self.exec_probe.as_ref().map_or(0, |p| p.lost());
         self.status.updated_unix = now_unix();
         self.status.pending_requests = self.holds.approvals.pending_count();
+        self.status.records_failed = self.records.failed;
+        if let (Some(l), Some(s)) = (&self.link, self.status.link.as_mut()) {
+            s.connected = *l.connected.borrow();
+        }
         self.status.agents = {
             let mut v: Vec<StatusAgent> = self
                 .agents
@@ -419,8 +445,7 @@ fn sd_notify(msg: &str) {
 pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let policy = load_policy(&cfg.policy_paths)?;
     std::fs::create_dir_all(&cfg.state_dir).map_err(io_err(&cfg.state_dir))?;
-    let log_path = crate::paths::event_log(&cfg.state_dir);
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
+    let records = Records::open(&crate::paths::event_log(&cfg.state_dir))?;
     let mount = crate::cgroup::cgroup2_mount()?;
     // Watch before the first resolve so that no cgroup created in between goes unnoticed.
     let mut watcher = CgroupWatcher::spawn(mount.clone())?;
@@ -444,8 +469,14 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         let a = shared_agents.clone();
         std::sync::Arc::new(move |pid: u32| a.read().unwrap_or_else(|e| e.into_inner()).classify_pid(pid).map(|m| m.root.agent))
     };
+    let link = cfg.link.clone().map(|l| crate::link::client::spawn(l, holds.approvals.clone())).transpose()?;
+    let local = match (&link, cfg.break_glass) {
+        (None, _) => crate::api::LocalDecisions::Primary,
+        (Some(_), true) => crate::api::LocalDecisions::BreakGlass,
+        (Some(_), false) => crate::api::LocalDecisions::Forbidden,
+    };
     let api = crate::api::serve(
-        crate::api::ApiConfig { socket: cfg.socket.clone(), group: cfg.socket_group.clone() },
+        crate::api::ApiConfig { socket: cfg.socket.clone(), group: cfg.socket_group.clone(), local },
         holds.approvals.clone(),
         classify,
     )
@@ -464,6 +495,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         policy_paths: cfg.policy_paths.iter().map(|p| p.display().to_string()).collect(),
         started_unix: now_unix(),
         socket: cfg.socket.display().to_string(),
+        link: cfg.link.as_ref().map(|l| StatusLink {
+            server: l.server.clone(),
+            connected: false,
+            local_decisions: if cfg.break_glass { "break-glass" } else { "forbidden" }.to_string(),
+        }),
         ..Status::default()
     };
     let mut st = State {
@@ -479,7 +515,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         exec_rx,
         exes: Default::default(),
         status,
-        log,
+        records,
+        link,
     };
     st.refresh_status();
     sd_notify("READY=1\nSTATUS=gating");
@@ -490,17 +527,26 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // Timeouts are checked 5 times a second: a rule's timeout is met within 200 ms.
     let mut hold_tick = tokio::time::interval(Duration::from_millis(200));
-    let mut updates = st.holds.approvals.subscribe();
     loop {
+        let link_change = async {
+            match st.link.as_mut() {
+                Some(l) => l.changes.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             Some(ev) = rx.recv() => {
                 st.record(&ev);
-                st.holds.drain_updates(&mut st.log);
+                st.drain_updates();
             }
-            _ = updates.recv() => st.holds.drain_updates(&mut st.log),
+            Some(u) = st.holds.journal.recv() => {
+                let link = st.link.as_ref().map(|l| &l.updates);
+                holds::on_update(u, &mut st.records, link);
+            }
+            Some(ch) = link_change => st.link_change(ch),
             _ = hold_tick.tick() => {
                 st.holds.tick();
-                st.holds.drain_updates(&mut st.log);
+                st.drain_updates();
             }
             Some(r) = st.exec_rx.recv() => st.note_exec(r),
             _ = hup.recv() => st.reload(),
@@ -517,7 +563,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     if let Err(e) = api.shutdown().await {
         tracing::warn!(error = %e, "approvals API did not stop cleanly");
     }
-    st.holds.drain_updates(&mut st.log);
+    st.drain_updates();
     st.refresh_status();
     match kind {
         BackendKind::Lsm => tracing::info!(

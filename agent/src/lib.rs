@@ -13,6 +13,7 @@ pub mod cli;
 pub mod daemon;
 pub mod event;
 pub mod hold;
+pub mod link;
 pub mod paths;
 
 /// The eBPF object built from `ebpf-programs/` by build.rs.

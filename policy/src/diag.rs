@@ -64,6 +64,11 @@ pub enum Problem {
     /// Policies loaded together contradict each other (duplicate names, unknown agents).
     #[error(transparent)]
     Set(#[from] SetError),
+    /// A problem found by another reader of the located YAML tree (airlock-server's config)
+    /// in its own error type, so its files report `file:line:col: field: message` like policies.
+    /// `downcast_ref` recovers the original.
+    #[error("{0}")]
+    Other(Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 /// One problem at one place.
@@ -124,7 +129,8 @@ impl Diagnostics {
         self.0.iter()
     }
 
-    pub(crate) fn push(&mut self, d: Diagnostic) {
+    /// Adds one.
+    pub fn push(&mut self, d: Diagnostic) {
         self.0.push(d);
     }
 
@@ -134,7 +140,7 @@ impl Diagnostics {
 
     /// Sorted by file, then position, so output follows the files regardless of which check
     /// found what first.
-    pub(crate) fn sort(&mut self) {
+    pub fn sort(&mut self) {
         self.0.sort_by(|a, b| {
             (&a.location.file, a.location.line, a.location.column).cmp(&(
                 &b.location.file,

@@ -22,7 +22,8 @@ mod schema;
 mod validate;
 mod values;
 mod walk;
-mod yaml;
+/// The located YAML tree policies are read from; airlock-server reads its config with it too.
+pub mod yaml;
 
 #[cfg(test)]
 mod tests;

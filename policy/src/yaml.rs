@@ -7,8 +7,10 @@ use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
 /// A 1-based line and column (ordered by line, then column).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub(crate) struct Pos {
+pub struct Pos {
+    /// 1-based line.
     pub line: usize,
+    /// 1-based column, in characters.
     pub column: usize,
 }
 
@@ -23,17 +25,24 @@ impl Pos {
 
 /// A node and where it starts.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Node {
+pub struct Node {
+    /// Where the node starts (for a mapping or list: its first key or item, or its `{`/`[`).
     pub pos: Pos,
+    /// What the node holds.
     pub kind: Kind,
 }
 
+/// What a [`Node`] holds.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Kind {
+pub enum Kind {
+    /// A scalar as written (YAML types are not resolved: `true` and `5` stay text).
     Scalar {
+        /// The text, unescaped.
         value: String,
+        /// Written in quotes or as a block scalar (so `"true"` is not the boolean).
         quoted: bool,
     },
+    /// A list, in document order.
     Seq(Vec<Node>),
     /// Keys in document order, duplicates kept (the schema reports them).
     Map(Vec<(Node, Node)>),
@@ -74,15 +83,17 @@ pub enum YamlError {
 
 /// A located YAML error.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Located {
+pub struct Located {
+    /// Where the parser stopped, or the refused alias or tag.
     pub pos: Pos,
+    /// What is wrong.
     pub error: YamlError,
 }
 
 /// Parses every document of `src`. Empty documents (a lone `---`, a file of comments) are left
 /// out. On a syntax error the documents before it are discarded too: the caller reports the one
 /// error, since everything after the parser gave up is unknown.
-pub(crate) fn parse_documents(src: &str) -> Result<Vec<Node>, Vec<Located>> {
+pub fn parse_documents(src: &str) -> Result<Vec<Node>, Vec<Located>> {
     let mut builder = Builder {
         src,
         stack: Vec::new(),

@@ -1,1 +1,71 @@
-//! TODO(skeleton): auth
+//! Who is calling: approvers present an API token (`authorization: Bearer …`), hosts their
+//! client certificate (checked in `link.rs`).
+//!
+//! Tokens are 32 random bytes shown once at `airlock-server tokens issue`; the database keeps
+//! only their SHA-256, an expiry and a revocation time, so a copy of the database does not
+//! hand out working tokens.
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::error::Fault;
+use crate::store::{Store, TokenRow};
+
+/// Prefix of API tokens, so a leaked one is recognisable (secret scanners, logs).
+pub const TOKEN_PREFIX: &str = "airlock_tok_";
+
+/// Lowercase hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// SHA-256 of `s`, lowercase hex.
+pub fn sha256_hex(s: &[u8]) -> String {
+    hex(digest::digest(&digest::SHA256, s).as_ref())
+}
+
+/// Random bytes from the system RNG.
+pub fn random<const N: usize>() -> Result<[u8; N], Fault> {
+    let mut b = [0u8; N];
+    SystemRandom::new().fill(&mut b).map_err(|_| Fault::Internal("the system random number generator failed".into()))?;
+    Ok(b)
+}
+
+/// A new API token for `principal`, valid for `ttl_ms`. Returns the secret (shown once) and
+/// the row stored.
+pub async fn issue(store: &Store, principal: &str, ttl_ms: u64, now: u64) -> Result<(String, TokenRow), Fault> {
+    let secret = format!("{TOKEN_PREFIX}{}", hex(&random::<32>()?));
+    let row = TokenRow {
+        id: hex(&random::<4>()?),
+        principal: principal.to_string(),
+        created_unix_ms: now,
+        expires_unix_ms: now.saturating_add(ttl_ms),
+        revoked_unix_ms: None,
+    };
+    store.add_token(&row, &sha256_hex(secret.as_bytes())).await?;
+    Ok((secret, row))
+}
+
+/// The principal behind the bearer token in `meta`, if it is known, unexpired and unrevoked.
+/// Errors say which of those failed, never anything about other tokens.
+pub async fn principal(store: &Store, meta: &tonic::metadata::MetadataMap, now: u64) -> Result<String, Fault> {
+    let Some(v) = meta.get("authorization") else {
+        return Err(Fault::Unauthenticated("no API token: pass --token or AIRLOCK_TOKEN (airlock-server tokens issue PRINCIPAL)".into()));
+    };
+    let v = v.to_str().map_err(|_| Fault::Unauthenticated("authorization header is not text".into()))?;
+    let Some(token) = v.strip_prefix("Bearer ") else {
+        return Err(Fault::Unauthenticated("authorization header: expected `Bearer TOKEN`".into()));
+    };
+    if token.len() > 256 {
+        return Err(Fault::Unauthenticated("API token longer than 256 bytes".into()));
+    }
+    let Some(row) = store.token_by_hash(&sha256_hex(token.trim().as_bytes())).await? else {
+        return Err(Fault::Unauthenticated("unknown API token".into()));
+    };
+    if row.revoked_unix_ms.is_some() {
+        return Err(Fault::Unauthenticated(format!("API token {} was revoked", row.id)));
+    }
+    if now >= row.expires_unix_ms {
+        return Err(Fault::Unauthenticated(format!("API token {} expired", row.id)));
+    }
+    Ok(row.principal)
+}

@@ -1,1 +1,247 @@
-//! TODO(skeleton): broker
+//! The server's core: what happens when a host opens or closes a request and when an approver
+//! votes, independent of the transport.
+//!
+//! ```text
+//!  host link ── opened ──▶ route (config) ─▶ store.upsert_opened ─▶ watchers (CLI, channels)
+//!  approver ── vote ──▶ check_vote (route rules) ─▶ store.vote (one transaction, tally)
+//!                                                     └─ decided ─▶ hub ─▶ the host's stream
+//!  host link ── outcome ──▶ store.close ─▶ watchers
+//! ```
+//!
+//! The [`Hub`] delivers a decision at once to the host's stream when that stream is on this
+//! replica; a stream on another replica finds it by polling the store (see `link.rs`).
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use airlock_approval::{Decision, Release, RequestState, Vote};
+use airlock_proto::v1 as pb;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::config::ServerConfig;
+use crate::error::{Fault, code_name};
+use crate::route::{self, Subject};
+use crate::store::{Attempt, RequestFilter, Store, StoredRequest, Upserted};
+use crate::wire;
+
+/// Request changes watchers see (the approvals API's Watch; channels later).
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// A new request (or one a host re-sent that this server had not seen).
+    Opened(StoredRequest),
+    /// A vote was cast, or the server decided (the host has not applied it yet).
+    Voted(StoredRequest),
+    /// The host reported the outcome.
+    Closed(StoredRequest),
+}
+
+impl Change {
+    /// The request as of this change.
+    pub fn request(&self) -> &StoredRequest {
+        match self {
+            Change::Opened(r) | Change::Voted(r) | Change::Closed(r) => r,
+        }
+    }
+}
+
+/// Connected host streams on this replica, and watchers.
+pub struct Hub {
+    links: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<pb::ServerMessage>)>>,
+    next_session: std::sync::atomic::AtomicU64,
+    changes: broadcast::Sender<Change>,
+}
+
+impl Hub {
+    fn new() -> Hub {
+        Hub { links: Mutex::new(HashMap::new()), next_session: 0.into(), changes: broadcast::channel(4096).0 }
+    }
+
+    /// Registers a host's stream; a newer stream of the same host replaces an older one (the
+    /// host reconnected; the old stream's sender is dropped, which ends it). Returns the
+    /// session number for [`Hub::detach`].
+    pub fn attach(&self, host: &str, tx: mpsc::UnboundedSender<pb::ServerMessage>) -> u64 {
+        let n = self.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.links.lock().unwrap_or_else(|e| e.into_inner()).insert(host.to_string(), (n, tx));
+        n
+    }
+
+    /// Removes a host's stream if it is still session `n`.
+    pub fn detach(&self, host: &str, n: u64) {
+        let mut l = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if l.get(host).is_some_and(|(m, _)| *m == n) {
+            l.remove(host);
+        }
+    }
+
+    /// Sends to a host's stream on this replica; false when it has none here.
+    pub fn send(&self, host: &str, m: pb::ServerMessage) -> bool {
+        let l = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        l.get(host).is_some_and(|(_, tx)| tx.send(m).is_ok())
+    }
+
+    /// Hosts with a stream on this replica.
+    pub fn connected(&self) -> Vec<String> {
+        self.links.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
+    /// Watches request changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    fn publish(&self, c: Change) {
+        let _ = self.changes.send(c);
+    }
+}
+
+/// The server's state shared by every service.
+pub struct Broker {
+    pub store: Store,
+    config: RwLock<Arc<ServerConfig>>,
+    pub hub: Hub,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Broker {
+    /// A broker over `store` with `config`.
+    pub fn new(store: Store, config: ServerConfig) -> Arc<Broker> {
+        Arc::new(Broker { store, config: RwLock::new(Arc::new(config)), hub: Hub::new() })
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the config (only with one that loaded cleanly; see `cli/serve.rs`).
+    pub fn set_config(&self, c: ServerConfig) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(c);
+    }
+
+    /// Records an attempt (refused or notable). A failure to record is logged, never hidden.
+    pub async fn record(&self, who: &str, channel: &str, action: &str, id: Option<&str>, result: tonic::Code, message: &str) {
+        let a = Attempt {
+            at_unix_ms: now_ms(),
+            who: who.to_string(),
+            channel: channel.to_string(),
+            request_id: id.map(str::to_string),
+            action: action.to_string(),
+            result: code_name(result).to_string(),
+            message: message.to_string(),
+        };
+        if result != tonic::Code::Ok {
+            tracing::warn!(who, channel, action, id = id.unwrap_or(""), result = a.result, message, "refused");
+        }
+        if let Err(e) = self.store.record_attempt(&a).await {
+            tracing::error!(error = %e, who, action, "cannot record an attempt");
+        }
+    }
+
+    /// A host opened a request (or re-sent it after a reconnect). Returns the decision to
+    /// send back when the server already decided it (a decision made while the host was away).
+    pub async fn opened(&self, host: &str, r: pb::HoldRequest) -> Result<Option<pb::ServerMessage>, Fault> {
+        let now = now_ms();
+        let mut s = wire::stored_from_opened(host, r, now)?;
+        let cfg = self.config();
+        let labels = self.store.host(host).await?.map(|h| h.labels).unwrap_or_default();
+        let b = wire::body(&s)?;
+        if let Some(route) = cfg.route_for(&Subject { host, labels: &labels, context: &b.context }) {
+            s.route = Some(route.name.clone());
+            s.threshold = route.threshold;
+        } else {
+            s.route = None;
+            s.threshold = 0;
+        }
+        match self.store.upsert_opened(&s).await? {
+            Upserted::New => {
+                tracing::info!(id = %s.id, host, route = s.route.as_deref().unwrap_or("-"), "request opened");
+                self.hub.publish(Change::Opened(s));
+                Ok(None)
+            }
+            Upserted::Existing(cur) => Ok(if cur.state == RequestState::Pending { wire::decision_message(&cur) } else { None }),
+        }
+    }
+
+    /// A host closed a request: resumed, denied, timed out, abandoned, or break-glass.
+    pub async fn outcome(&self, host: &str, r: pb::HoldRequest) -> Result<(), Fault> {
+        let (id, state, decision) = wire::outcome_from_proto(r)?;
+        let cur = self.store.request(&id).await?.ok_or_else(|| {
+            Fault::OutOfOrder(format!("outcome for request {id}, which this host never opened on the link"))
+        })?;
+        if cur.host != host {
+            return Err(crate::store::StoreError::OtherHost { id }.into());
+        }
+        let closed = self.store.close(&id, host, state, decision.as_ref(), now_ms()).await?;
+        if cur.state == RequestState::Pending {
+            if let Some(by) = decision.as_ref().and_then(|d| d.by.as_ref())
+                && by.via == "cli-break-glass"
+            {
+                tracing::warn!(id = %id, host, user = ?by.user, "request decided by break-glass on the host");
+            }
+            self.hub.publish(Change::Closed(closed));
+        }
+        Ok(())
+    }
+
+    /// An approver's vote. Checks the route's rules, then votes in one transaction; when the
+    /// vote completes a decision, sends it to the host's stream if that is on this replica.
+    pub async fn vote(&self, principal: &str, via: &str, id: &str, decision: Decision) -> Result<StoredRequest, Fault> {
+        let now = now_ms();
+        let cur = self.store.request(id).await?.ok_or_else(|| crate::store::StoreError::NotFound { id: id.to_string() })?;
+        let cfg = self.config();
+        let b = wire::body(&cur)?;
+        let labels = self.store.host(&cur.host).await?.map(|h| h.labels).unwrap_or_default();
+        let subject = Subject { host: &cur.host, labels: &labels, context: &b.context };
+        // The route chosen when the request arrived decides, as long as the config still has
+        // it; after a reload that removed it, the current config routes the request afresh.
+        let route = cur
+            .route
+            .as_deref()
+            .and_then(|n| cfg.routes.iter().find(|r| r.name == n))
+            .or_else(|| cfg.route_for(&subject))
+            .ok_or(route::Refusal::NoRoute)?;
+        let threshold = if cur.threshold > 0 { cur.threshold } else { route.threshold };
+        let vote = match decision {
+            Decision::Approve { for_ } => Vote {
+                principal: principal.to_string(),
+                release: Release::Allow,
+                for_ms: for_.map(|d| d.as_millis() as u64),
+                always: false,
+                reason: None,
+                via: via.to_string(),
+                at_unix_ms: now,
+            },
+            Decision::Deny { always, reason } => Vote {
+                principal: principal.to_string(),
+                release: Release::Deny,
+                for_ms: None,
+                always,
+                reason,
+                via: via.to_string(),
+                at_unix_ms: now,
+            },
+        };
+        route::check_vote(&cfg, route, principal, &vote, &subject, cur.created_unix_ms, now)?;
+        let res = self.store.vote(id, &vote, now, |_, votes| route::tally(threshold, votes, now)).await?;
+        if res.decided.is_some() {
+            tracing::info!(id, host = %cur.host, principal, "request decided");
+            if let Some(m) = wire::decision_message(&res.request) {
+                self.hub.send(&cur.host, m);
+            }
+        }
+        self.hub.publish(Change::Voted(res.request.clone()));
+        self.record(principal, via, &format!("{:?}", vote.release).to_lowercase(), Some(id), tonic::Code::Ok, if res.decided.is_some() { "decided" } else { "vote counted" }).await;
+        Ok(res.request)
+    }
+
+    /// Pending requests (filters ANDed), oldest first.
+    pub async fn pending(&self, host: Option<String>, agent: Option<String>) -> Result<Vec<StoredRequest>, Fault> {
+        Ok(self
+            .store
+            .list_requests(&RequestFilter { host, agent, state: Some(RequestState::Pending), ..Default::default() })
+            .await?)
+    }
+}

@@ -1,1 +1,111 @@
-//! TODO(skeleton): error
+//! Why one RPC failed, and the one place where that becomes a gRPC status code.
+//!
+//! Every service (host link, enrolment, approvals) returns [`Fault`]; its `From` impl below is
+//! the only mapping to [`tonic::Status`], so the codes documented in `link.proto` and
+//! `approvals.proto` are decided here.
+use tonic::{Code, Status};
+
+use crate::route::Refusal;
+use crate::store::StoreError;
+
+/// Why one call (or one message on the host link) was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Fault {
+    /// No credential, or one this server does not know (token, client certificate).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Known caller, not allowed to do this (revoked host, host credential on the approvals API).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The approver rules refuse this vote (not an approver, self-approval, reason required).
+    #[error("{0}")]
+    Refused(#[from] Refusal),
+    /// A malformed request; `field` is the proto field path.
+    #[error("{field}: {why}")]
+    Invalid { field: &'static str, why: String },
+    /// A message that is valid on its own but not now (e.g. an outcome before the request, a
+    /// second Hello).
+    #[error("{0}")]
+    OutOfOrder(String),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A watcher fell behind.
+    #[error("watch fell behind and {missed} events were dropped; list pending requests and watch again")]
+    Lagged { missed: u64 },
+    /// The server is stopping.
+    #[error("airlock-server is shutting down")]
+    ShuttingDown,
+    /// Something on this side broke (certificate signing, encoding).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Fault {
+    /// A malformed field.
+    pub fn invalid(field: &'static str, why: impl Into<String>) -> Fault {
+        Fault::Invalid { field, why: why.into() }
+    }
+
+    /// The status code this fault maps to.
+    pub fn code(&self) -> Code {
+        match self {
+            Fault::Unauthenticated(_) => Code::Unauthenticated,
+            Fault::Forbidden(_) => Code::PermissionDenied,
+            Fault::Refused(r) => match r {
+                Refusal::ReasonRequired { .. } => Code::InvalidArgument,
+                Refusal::NoRoute { .. } => Code::FailedPrecondition,
+                _ => Code::PermissionDenied,
+            },
+            Fault::Invalid { .. } => Code::InvalidArgument,
+            Fault::OutOfOrder(_) => Code::FailedPrecondition,
+            Fault::Store(e) => match e {
+                StoreError::NotFound { .. } | StoreError::NoSuch { .. } => Code::NotFound,
+                StoreError::Closed { .. } | StoreError::AlreadyVoted { .. } => Code::FailedPrecondition,
+                // Another host's request id: the caller may not even learn it exists.
+                StoreError::OtherHost { .. } => Code::PermissionDenied,
+                StoreError::BadEnrollment => Code::Unauthenticated,
+                _ => Code::Internal,
+            },
+            Fault::Lagged { .. } => Code::DataLoss,
+            Fault::ShuttingDown => Code::Unavailable,
+            Fault::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+/// The code's name as recorded with refused attempts ("PERMISSION_DENIED").
+pub fn code_name(c: Code) -> &'static str {
+    match c {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+impl From<Fault> for Status {
+    fn from(f: Fault) -> Status {
+        // Internal details (SQL errors) are logged, not sent to callers.
+        if let Fault::Store(e) = &f
+            && f.code() == Code::Internal
+        {
+            tracing::error!(error = %e, "store failure");
+            return Status::internal("airlock-server could not read or write its database; nothing changed, retry");
+        }
+        Status::new(f.code(), f.to_string())
+    }
+}

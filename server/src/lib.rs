@@ -16,3 +16,4 @@ pub mod link;
 pub mod pki;
 pub mod route;
 pub mod store;
+pub mod wire;

@@ -1,8 +1,10 @@
-//! `airlock-e2e --demo` (run by `cargo xtask demo`): starts airlockd with policies/demo.yaml and
-//! runs a small agent script under `airlock run --agent demo`. The script asks for a package
-//! install (simulated: nothing is installed) and appends to /etc/hosts. Both syscalls are held
-//! in the kernel; this program plays the human at the CLI: it shows each request, approves the
-//! package manager and denies the /etc write.
+//! `airlock-e2e --demo` (run by `cargo xtask demo`): starts airlock-server (SQLite, TLS) in a
+//! temporary directory, enrols this host to it, starts airlockd with policies/demo.yaml linked
+//! to the server, and runs a small agent script under `airlock run --agent demo`. The script
+//! asks for a package install (simulated: nothing is installed) and appends to /etc/hosts. Both
+//! syscalls are held in the kernel; this program plays the remote approver with `airlock
+//! --server URL --token TOKEN`: it shows each request, approves the package manager and denies
+//! the /etc write; the decisions travel down the host's link and release the holds.
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -34,17 +36,112 @@ fn requests(state: &Path) -> Vec<serde_json::Value> {
     v
 }
 
-fn airlock(bin_dir: &Path, state: &Path, args: &[&str]) -> anyhow::Result<String> {
-    println!("[human] $ airlock {}", args.join(" "));
-    let o = Command::new(bin_dir.join("airlock")).args(args).env("AIRLOCK_STATE_DIR", state).output()?;
+/// The approver's side: `airlock ARGS` against the server (URL, token and CA in the environment,
+/// as an approver would set them).
+fn airlock(bin_dir: &Path, remote: &Remote, args: &[&str]) -> anyhow::Result<String> {
+    println!("[alice@laptop] $ airlock {}", args.join(" "));
+    let o = Command::new(bin_dir.join("airlock"))
+        .args(args)
+        .env("AIRLOCK_SERVER", &remote.url)
+        .env("AIRLOCK_TOKEN", &remote.token)
+        .env("AIRLOCK_CA", remote.dir.join("ca.pem"))
+        .output()?;
     let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     for l in text.lines() {
-        println!("[human]   {l}");
+        println!("[alice@laptop]   {l}");
     }
     if !o.status.success() {
         bail!("airlock {args:?} failed");
     }
     Ok(text)
+}
+
+/// The demo's airlock-server: its directory, URL, an approver's token, the child process.
+struct Remote {
+    dir: std::path::PathBuf,
+    url: String,
+    token: String,
+    child: std::process::Child,
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
+    let o = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !o.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// Initialises and starts airlock-server, issues alice's token, enrols this host.
+fn start_server(bin_dir: &Path, identity: &Path) -> anyhow::Result<Remote> {
+    let dir = std::path::PathBuf::from(format!("/var/tmp/airlock-demo-server-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = bin_dir.join("airlock-server");
+    println!("[admin] $ airlock-server init --dir {} --listen {listen}", dir.display());
+    run_ok(Command::new(&server).args(["init", "--dir"]).arg(&dir).args(["--listen", &listen]))?;
+    std::fs::write(
+        dir.join("server.yaml"),
+        format!(
+            "listen: {listen}
+principals:
+  alice:
+    groups: [sre]
+  root-at-host:
+    groups: [sre]
+    host_users: [root]
+             routes:
+  - name: default
+    approvers: [sre]
+    deny_requires_reason: true
+"
+        ),
+    )?;
+    println!("[admin]   server.yaml: principals alice (sre) and root-at-host (sre, is `root` on hosts); route default: sre approves");
+    let log = std::fs::File::create(dir.join("server.log"))?;
+    let child = Command::new(&server).args(["serve", "--dir"]).arg(&dir).stdout(log.try_clone()?).stderr(log).spawn()?;
+    let url = format!("https://{listen}");
+    let mut remote = Remote { dir: dir.clone(), url: url.clone(), token: String::new(), child };
+    println!("[admin] $ airlock-server tokens issue alice");
+    remote.token = run_ok(Command::new(&server).args(["tokens", "issue", "alice", "--dir"]).arg(&dir))?;
+    println!("[admin] $ airlock-server hosts enroll demo-host --labels env=demo");
+    let token = run_ok(Command::new(&server).args(["hosts", "enroll", "demo-host", "--labels", "env=demo", "--dir"]).arg(&dir))?;
+    println!("[root@host] $ airlock enroll --server {url} --token {}…", &token[..token.len().min(16)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match run_ok(Command::new(bin_dir.join("airlock")).args(["enroll", "--server", &url, "--token", &token, "--identity-dir"]).arg(identity)) {
+            Ok(out) => {
+                for l in out.lines() {
+                    println!("[root@host]   {l}");
+                }
+                break;
+            }
+            // The server may still be starting.
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(e.context(std::fs::read_to_string(dir.join("server.log")).unwrap_or_default())),
+        }
+    }
+    Ok(remote)
+}
+
+/// `airlock ARGS` against the server without echoing it (polling).
+fn airlock_quiet(bin_dir: &Path, remote: &Remote, args: &[&str]) -> anyhow::Result<String> {
+    let o = Command::new(bin_dir.join("airlock"))
+        .args(args)
+        .env("AIRLOCK_SERVER", &remote.url)
+        .env("AIRLOCK_TOKEN", &remote.token)
+        .env("AIRLOCK_CA", remote.dir.join("ca.pem"))
+        .output()?;
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 /// Runs the demo.
@@ -53,13 +150,26 @@ pub fn run(bin_dir: &Path, repo: &Path) -> anyhow::Result<()> {
     let state = std::path::PathBuf::from(format!("/run/airlock-demo-{}", std::process::id()));
     let _pins = Pins;
     let hosts_before = std::fs::read("/etc/hosts").unwrap_or_default();
-    println!("== airlock demo ==");
+    println!("== airlock demo: remote approval through airlock-server ==");
+    let identity = state.join("identity");
+    std::fs::create_dir_all(&state)?;
+    let remote = start_server(bin_dir, &identity)?;
     println!("policy: {}", policy.display());
-    let mut daemon = Daemon::start(bin_dir, &policy, &state, "auto").context("starting airlockd")?;
+    let idp = identity.to_string_lossy().to_string();
+    let mut daemon = Daemon::start_with(bin_dir, &policy, &state, "auto", &["--server", &remote.url, "--identity-dir", &idp])
+        .context("starting airlockd")?;
     let st = daemon.status().unwrap_or_default();
     println!("airlockd is gating with the {} backend ({})", st["backend"].as_str().unwrap_or("?"), st["backend_reason"].as_str().unwrap_or(""));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.status().is_none_or(|s| s["link"]["connected"] != true) {
+        if Instant::now() > deadline {
+            bail!("airlockd did not link to the server:\n{}", daemon.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("airlockd is linked to {} (mTLS, the host's certificate from enrolment)", remote.url);
     println!();
-    println!("the agent script runs under `airlock run --agent demo -- sh -c …`; this demo answers its requests:");
+    println!("the agent script runs under `airlock run --agent demo -- sh -c …`; alice answers its requests from her laptop, through the server:");
     let mut agent = Command::new(bin_dir.join("airlock"))
         .args(["run", "--agent", "demo", "--reason", "demo: set up a build host", "--state-dir"])
         .arg(&state)
@@ -79,15 +189,22 @@ pub fn run(bin_dir: &Path, repo: &Path) -> anyhow::Result<()> {
         }
         for r in requests(&state) {
             let id = r["id"].as_str().unwrap_or_default().to_string();
-            if r["state"] != "pending" || !seen.insert(id.clone()) {
+            if r["state"] != "pending" || seen.contains(&id) {
                 continue;
             }
-            airlock(bin_dir, &state, &["show", &id])?;
+            // The request reaches the server over the host's link; alice sees it there.
+            let listed = airlock_quiet(bin_dir, &remote, &["pending"])?;
+            if !listed.contains(&id) {
+                continue;
+            }
+            seen.insert(id.clone());
+            airlock(bin_dir, &remote, &["pending"])?;
+            airlock(bin_dir, &remote, &["show", &id])?;
             if r["context"]["op"] == "exec" {
-                airlock(bin_dir, &state, &["approve", &id])?;
+                airlock(bin_dir, &remote, &["approve", &id])?;
                 approved += 1;
             } else {
-                airlock(bin_dir, &state, &["deny", &id, "--reason", "agents do not edit /etc/hosts"])?;
+                airlock(bin_dir, &remote, &["deny", &id, "--reason", "agents do not edit /etc/hosts"])?;
                 denied += 1;
             }
         }
@@ -99,7 +216,11 @@ pub fn run(bin_dir: &Path, repo: &Path) -> anyhow::Result<()> {
     println!("what airlockd recorded (`airlock events`):");
     let ev = Command::new(bin_dir.join("airlock")).args(["events", "--state-dir"]).arg(&state).output()?;
     print!("{}", String::from_utf8_lossy(&ev.stdout));
+    println!("the server's view (`airlock-server hosts list`):");
+    let hosts = run_ok(Command::new(bin_dir.join("airlock-server")).args(["hosts", "list", "--dir"]).arg(&remote.dir))?;
+    println!("{hosts}");
     daemon.stop()?;
+    drop(remote);
     let _ = std::fs::remove_dir_all(&state);
     if std::fs::read("/etc/hosts").unwrap_or_default() != hosts_before {
         bail!("/etc/hosts changed: the denied write happened");
@@ -108,6 +229,6 @@ pub fn run(bin_dir: &Path, repo: &Path) -> anyhow::Result<()> {
     if approved == 0 || denied == 0 {
         bail!("expected a held package install (approved) and a held /etc write (denied); saw {approved} approved, {denied} denied");
     }
-    println!("the package manager waited inside execve until approved, then ran; the /etc/hosts write waited inside open(2) and failed with EPERM when denied; /etc/hosts is unchanged.");
+    println!("the package manager waited inside execve until alice approved it through airlock-server, then ran; the /etc/hosts write waited inside open(2) and failed with EPERM when she denied it; /etc/hosts is unchanged.");
     Ok(())
 }

@@ -58,6 +58,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts airlockd and waits until its status file names its pid.
     pub fn start(bin_dir: &Path, policy: &Path, state_dir: &Path, backend: &str) -> anyhow::Result<Daemon> {
+        Daemon::start_with(bin_dir, policy, state_dir, backend, &[])
+    }
+
+    /// [`Daemon::start`] with extra airlockd arguments (e.g. `--server URL`).
+    pub fn start_with(bin_dir: &Path, policy: &Path, state_dir: &Path, backend: &str, extra: &[&str]) -> anyhow::Result<Daemon> {
         std::fs::create_dir_all(state_dir)?;
         let log = state_dir.join("airlockd.log");
         let out = std::fs::File::create(&log)?;
@@ -69,6 +74,7 @@ impl Daemon {
             .arg(state_dir)
             .arg("--backend")
             .arg(backend)
+            .args(extra)
             .env("AIRLOCK_LOG", std::env::var("AIRLOCK_E2E_DAEMON_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(out.try_clone()?)
             .stderr(out)

@@ -418,9 +418,11 @@ fn concurrent_reads_never_held(c: &HoldCtx) -> anyhow::Result<()> {
     let total = procs * rounds;
     ensure(made.is_empty() && failed.is_empty(), || {
         format!(
-            "{} of {total} reading processes failed: {failed:?}; {} request(s) for reads: {made:?}; {fail_closed} open(s) failed closed",
+            "{} of {total} reading processes failed (first: {:?}); {} request(s) for reads (first: {:?}); {fail_closed} open(s) failed closed",
             failed.len(),
-            made.len()
+            &failed[..failed.len().min(3)],
+            made.len(),
+            &made[..made.len().min(3)]
         )
     })
 }

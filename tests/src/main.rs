@@ -11,6 +11,7 @@ mod demo;
 mod harness;
 mod holds;
 mod ops;
+mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -179,6 +180,7 @@ fn main() -> ExitCode {
     let cg = fx.agent_cg.parent().map(|p| p.to_path_buf());
     drop(fx);
     holds::run_all(&mut r, &a.bin_dir, &me, &base, want_backend == "lsm");
+    server::run_all(&mut r, &a.bin_dir, &me, &base, a.tier == "host");
     r.check("test_cgroups_and_pins_removed", (|| {
         ensure(pins.remove(), || format!("pins left in {}", harness::pin_dir().display()))?;
         ensure(cg.is_some_and(|p| !p.exists()), || "cgroup left behind".into())

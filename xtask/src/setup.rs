@@ -14,6 +14,9 @@ const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    // airlock-server's storage suite and replica tests run against a real PostgreSQL; the test
+    // harness starts throwaway clusters itself (nothing is started by the package here).
+    "postgresql",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker's LLVM must match the nightly rustc's LLVM major.

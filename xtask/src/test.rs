@@ -62,7 +62,7 @@ impl Args {
 /// The guest tier's payload: the e2e binary, output on the console.
 pub const GUEST_E2E: &str = "/bin/airlock-e2e --tier guest --bin-dir /bin";
 /// Binaries every guest image carries (from target/debug), as `/bin/<name>`.
-pub const GUEST_BINS: [&str; 3] = ["airlockd", "airlock", "airlock-e2e"];
+pub const GUEST_BINS: [&str; 4] = ["airlockd", "airlock", "airlock-e2e", "airlock-server"];
 
 /// `(host path, guest name)` for GUEST_BINS, with an optional replacement airlock-e2e.
 pub fn guest_bins(ctx: &Ctx, e2e: Option<&Path>) -> Vec<(PathBuf, String)> {

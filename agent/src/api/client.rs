@@ -11,6 +11,11 @@ use super::error::ApiError;
 /// Connects to the approvals API on `socket`. Errors name the socket and the likely cause
 /// (airlockd not running, no permission on the socket).
 pub async fn connect(socket: &Path) -> Result<ApprovalsClient<Channel>, ApiError> {
+    Ok(ApprovalsClient::new(connect_channel(socket).await?))
+}
+
+/// A channel to airlockd's socket (for clients that wrap it, see `remote.rs`).
+pub async fn connect_channel(socket: &Path) -> Result<Channel, ApiError> {
     // The URI only fills HTTP/2's :authority; the connector below ignores it and dials the
     // socket (tonic's Unix socket pattern).
     let endpoint = Endpoint::from_static("http://[::]:50051");
@@ -22,5 +27,5 @@ pub async fn connect(socket: &Path) -> Result<ApprovalsClient<Channel>, ApiError
         }))
         .await
         .map_err(|e| ApiError::connect(socket, &e))?;
-    Ok(ApprovalsClient::new(channel))
+    Ok(channel)
 }

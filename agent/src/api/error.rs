@@ -90,6 +90,8 @@ pub(crate) enum Fault {
     Lagged { missed: u64 },
     /// The server is stopping.
     ShuttingDown,
+    /// The host is linked to airlock-server and local decisions (break-glass) are forbidden.
+    BreakGlassForbidden,
 }
 
 impl Fault {
@@ -128,6 +130,10 @@ impl From<Fault> for Status {
                 "watch fell behind and {missed} events were dropped; list pending requests and watch again"
             )),
             Fault::ShuttingDown => Status::unavailable("airlockd is shutting down"),
+            Fault::BreakGlassForbidden => Status::permission_denied(
+                "this host takes decisions from airlock-server and local break-glass decisions are forbidden \
+                 (airlockd --break-glass=false); decide through the server",
+            ),
         }
     }
 }

@@ -25,9 +25,10 @@ mod client;
 pub mod convert;
 mod error;
 mod peer;
+pub mod remote;
 mod service;
 
-pub use client::connect;
+pub use client::{connect, connect_channel};
 pub use error::ApiError;
 pub use peer::{Classify, PeerInfo};
 
@@ -44,6 +45,22 @@ pub struct ApiConfig {
     pub socket: PathBuf,
     /// Group given access to the socket (mode 0660); `None`: only the daemon's user (root).
     pub group: Option<String>,
+    /// Whether decisions on this socket are allowed, and how they are recorded.
+    pub local: LocalDecisions,
+}
+
+/// Decisions made on the host's own socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LocalDecisions {
+    /// No server link: the socket is where decisions are made (recorded `via: "cli"`).
+    #[default]
+    Primary,
+    /// The host is linked to airlock-server: a local decision is break-glass (for when the
+    /// server is unreachable), recorded `via: "cli-break-glass"` and reported to the server.
+    BreakGlass,
+    /// The host is linked and break-glass is forbidden: local Decide calls are refused with
+    /// PERMISSION_DENIED (listing and watching still work).
+    Forbidden,
 }
 
 /// A running approvals server. Dropping it stops serving at once (open connections are cut)
@@ -165,7 +182,7 @@ pub async fn serve(
     };
 
     let (stop, stop_rx) = watch::channel(false);
-    let svc = service::Service { approvals, classify: classify.clone(), stop: stop_rx.clone() };
+    let svc = service::Service { approvals, classify: classify.clone(), stop: stop_rx.clone(), local: cfg.local };
     let incoming = UnixListenerStream::new(listener).map(move |s| s.map(|s| peer::PeerStream::accept(s, &classify)));
     let mut stop_server = stop_rx;
     let task = tokio::spawn(async move {

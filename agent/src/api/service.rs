@@ -24,6 +24,8 @@ pub(crate) struct Service {
     /// Becomes true when the server shuts down; ends Watch streams so a graceful shutdown does
     /// not wait forever for streams that never end on their own.
     pub(crate) stop: watch::Receiver<bool>,
+    /// Whether local decisions are the normal path, break-glass, or forbidden.
+    pub(crate) local: super::LocalDecisions,
 }
 
 impl Service {
@@ -82,12 +84,17 @@ impl pb::approvals_server::Approvals for Service {
     }
 
     async fn decide(&self, req: Request<pb::DecideRequest>) -> Result<Response<pb::HoldRequest>, Status> {
-        let by = self.caller(&req)?;
+        let mut by = self.caller(&req)?;
+        match self.local {
+            super::LocalDecisions::Primary => {}
+            super::LocalDecisions::BreakGlass => by.via = "cli-break-glass".to_string(),
+            super::LocalDecisions::Forbidden => return Err(Fault::BreakGlassForbidden.into()),
+        }
         let (id, decision) = decide_from_proto(req.into_inner())?;
         // Runs on the async worker: the table lock is held only for map updates and signals,
         // never across I/O that can stall.
         let r = self.approvals.decide(&id, decision.clone(), by.clone()).map_err(Fault::from)?;
-        tracing::info!(id = %r.id, state = r.state.as_str(), uid = by.uid, pid = by.pid, user = ?by.user, ?decision, "request decided");
+        tracing::info!(id = %r.id, state = r.state.as_str(), uid = by.uid, pid = by.pid, user = ?by.user, via = %by.via, ?decision, "request decided");
         Ok(Response::new(request_to_proto(&r)))
     }
 

@@ -62,7 +62,7 @@ impl Fixture {
         let socket = crate::paths::socket(dir.path());
         let gate = Arc::new(FakeGate::default());
         let approvals = Approvals::new(HoldTable::new(gate.clone(), None));
-        let server = serve(ApiConfig { socket: socket.clone(), group: None }, approvals.clone(), classify).await.unwrap();
+        let server = serve(ApiConfig { socket: socket.clone(), group: None, local: Default::default() }, approvals.clone(), classify).await.unwrap();
         Fixture { dir, socket, server: Some(server), approvals, gate }
     }
 
@@ -105,7 +105,7 @@ async fn list_pending_returns_every_waiting_request_oldest_first() {
     let got = f.client().await.list_pending(pb::ListPendingRequest::default()).await.unwrap().into_inner();
     let ids: Vec<_> = got.requests.iter().map(|r| r.id.clone()).collect();
     assert_eq!(ids, [a.clone(), b.clone()]);
-    let table = crate::cli::pending::table(&got.requests.into_iter().map(|r| request_from_proto(r).unwrap()).collect::<Vec<_>>(), 0);
+    let table = crate::cli::pending::table(&got.requests.into_iter().map(|r| request_from_proto(r).unwrap()).collect::<Vec<_>>(), 0, false);
     assert!(table.starts_with("ID") && table.contains(&a) && table.contains("apt install x"), "{table}");
 }
 
@@ -292,7 +292,7 @@ async fn a_socket_group_is_applied_and_an_unknown_one_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let approvals = Approvals::new(HoldTable::new(Arc::new(FakeGate::default()), None));
     let socket = dir.path().join("g.sock");
-    let cfg = |group: &str| ApiConfig { socket: socket.clone(), group: Some(group.to_string()) };
+    let cfg = |group: &str| ApiConfig { socket: socket.clone(), group: Some(group.to_string()), local: Default::default() };
     let none: Classify = Arc::new(|_| None);
     let e = serve(cfg("airlock-no-such-group"), approvals.clone(), none.clone()).await.err().unwrap();
     assert!(matches!(e, ApiError::UnknownGroup { .. }));
@@ -311,7 +311,7 @@ async fn a_stale_socket_is_replaced_but_a_live_one_or_a_file_is_not() {
     let approvals = Approvals::new(HoldTable::new(Arc::new(FakeGate::default()), None));
     let none: Classify = Arc::new(|_| None);
     let socket = dir.path().join("s.sock");
-    let cfg = ApiConfig { socket: socket.clone(), group: None };
+    let cfg = ApiConfig { socket: socket.clone(), group: None, local: Default::default() };
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     assert!(socket.exists(), "a dead listener leaves its socket file");
     let live = serve(cfg.clone(), approvals.clone(), none.clone()).await.unwrap();

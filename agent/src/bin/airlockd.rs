@@ -27,6 +27,17 @@ struct Args {
     /// Group allowed to use the approvals socket (mode 0660); default (or empty): root only.
     #[arg(long, env = "AIRLOCK_SOCKET_GROUP")]
     socket_group: Option<String>,
+    /// airlock-server to take decisions from (https://HOST:PORT); the host must be enrolled
+    /// first (`airlock enroll`). Without it, decisions are made on this host's socket only.
+    #[arg(long, env = "AIRLOCK_SERVER")]
+    server: Option<String>,
+    /// The host identity made by `airlock enroll`.
+    #[arg(long, env = "AIRLOCK_IDENTITY_DIR", default_value = "/var/lib/airlock/identity")]
+    identity_dir: PathBuf,
+    /// With --server: allow decisions on the local socket as break-glass (recorded as such and
+    /// reported to the server). `--break-glass=false` refuses them.
+    #[arg(long, env = "AIRLOCK_BREAK_GLASS", default_value_t = true, action = clap::ArgAction::Set)]
+    break_glass: bool,
 }
 
 fn main() -> ExitCode {
@@ -47,6 +58,11 @@ fn main() -> ExitCode {
         pin_dir: args.pin_dir,
         socket,
         socket_group: args.socket_group.filter(|g| !g.is_empty()),
+        link: args
+            .server
+            .filter(|s| !s.is_empty())
+            .map(|server| airlock_agent::link::client::LinkConfig { server, identity_dir: args.identity_dir.clone() }),
+        break_glass: args.break_glass,
     };
     match rt.block_on(airlock_agent::daemon::run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,

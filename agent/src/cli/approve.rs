@@ -27,7 +27,13 @@ pub fn run(args: ApproveArgs) -> anyhow::Result<ExitCode> {
     let req = decide_to_proto(&id, &Decision::Approve { for_: args.for_ });
     super::with_client(&args.api, |mut c| async move {
         let r = c.decide(req).await?.into_inner();
-        let r = request_from_proto(r).context("decoding airlockd's answer")?;
+        // airlock-server on an N-of-M route: the vote counted, the decision waits for others.
+        if r.decision.is_none() && r.threshold > 0 {
+            let approvals = r.votes.iter().filter(|v| v.release == airlock_proto::v1::Release::Allow as i32).count();
+            println!("approval recorded for {} ({approvals} of {} needed); waiting for other approvers", r.id, r.threshold);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let r = request_from_proto(r).context("decoding the answer")?;
         println!("{}", said(&r));
         Ok(ExitCode::SUCCESS)
     })

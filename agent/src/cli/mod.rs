@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 pub mod approve;
 pub mod deny;
+pub mod enroll;
 pub mod events;
 pub mod pending;
 pub mod policy;
@@ -42,6 +43,8 @@ pub enum Command {
     Deny(deny::DenyArgs),
     /// Print requests as they open and close.
     Watch(watch::WatchArgs),
+    /// Enrol this host with airlock-server (one-time token from `airlock-server hosts enroll`).
+    Enroll(enroll::EnrollArgs),
 }
 
 /// Runs one parsed command line.
@@ -56,10 +59,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Approve(a) => approve::run(a),
         Command::Deny(a) => deny::run(a),
         Command::Watch(a) => watch::run(a),
+        Command::Enroll(a) => enroll::run(a),
     }
 }
 
-/// Where the approvals commands (pending, show, approve, deny, watch) reach airlockd.
+/// Where the approvals commands (pending, show, approve, deny, watch) reach airlockd, or
+/// airlock-server with `--server`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ApiArgs {
     /// airlockd's state directory; the socket is STATE_DIR/airlock.sock.
@@ -68,6 +73,15 @@ pub struct ApiArgs {
     /// airlockd's approvals socket (overrides --state-dir).
     #[arg(long, env = "AIRLOCK_SOCKET", value_name = "PATH")]
     pub socket: Option<std::path::PathBuf>,
+    /// Ask airlock-server (https://HOST:PORT) instead of this host's airlockd: the whole fleet.
+    #[arg(long, env = "AIRLOCK_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// API token for --server (`airlock-server tokens issue PRINCIPAL`).
+    #[arg(long, env = "AIRLOCK_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The server's CA certificate (PEM) for --server [default: the enrolled host's ca.pem].
+    #[arg(long, env = "AIRLOCK_CA", value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl ApiArgs {
@@ -84,14 +98,16 @@ impl ApiArgs {
 /// around the call (cannot connect, cannot decode the answer) propagate and exit 2.
 pub fn with_client<F, Fut>(api: &ApiArgs, f: F) -> anyhow::Result<ExitCode>
 where
-    F: FnOnce(airlock_proto::ApprovalsClient<tonic::transport::Channel>) -> Fut,
+    F: FnOnce(crate::api::remote::Client) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
 {
     use anyhow::Context as _;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
-    let socket = api.socket_path();
     let res = rt.block_on(async {
-        let client = crate::api::connect(&socket).await?;
+        let client = match api.server.as_deref().filter(|s| !s.is_empty()) {
+            Some(url) => crate::api::remote::connect_server(url, api.token.as_deref(), api.ca.as_deref()).await?,
+            None => crate::api::remote::local(crate::api::connect_channel(&api.socket_path()).await?),
+        };
         f(client).await
     });
     match res {

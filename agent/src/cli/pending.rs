@@ -22,12 +22,20 @@ pub struct PendingArgs {
     /// Print the requests as a JSON array (the records airlockd stores).
     #[arg(long)]
     pub json: bool,
+    /// Only requests from this host (with --server).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only requests of this agent.
+    #[arg(long)]
+    pub agent: Option<String>,
 }
 
 /// Lists pending requests, oldest first.
 pub fn run(args: PendingArgs) -> anyhow::Result<ExitCode> {
+    let with_host = args.api.server.is_some();
     super::with_client(&args.api, |mut c| async move {
-        let resp = c.list_pending(pb::ListPendingRequest::default()).await?.into_inner();
+        let filter = pb::ListPendingRequest { host: args.host.clone(), agent: args.agent.clone() };
+        let resp = c.list_pending(filter).await?.into_inner();
         let reqs = resp
             .requests
             .into_iter()
@@ -39,7 +47,7 @@ pub fn run(args: PendingArgs) -> anyhow::Result<ExitCode> {
         } else if reqs.is_empty() {
             println!("no requests pending");
         } else {
-            print!("{}", table(&reqs, now_unix_ms()));
+            print!("{}", table(&reqs, now_unix_ms(), with_host));
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -59,12 +67,14 @@ fn cut(s: &str, max: usize, keep_end: bool) -> String {
 }
 
 /// The table `airlock pending` prints: a header and one aligned row per request.
-pub fn table(reqs: &[Request], now_ms: u64) -> String {
-    let mut rows = vec![["ID", "AGE", "AGENT", "OP", "TARGET", "COMMAND", "RULE", "LEFT"].map(String::from)];
+/// With `with_host` (airlock-server answers for a fleet) the second column is the host.
+pub fn table(reqs: &[Request], now_ms: u64, with_host: bool) -> String {
+    let mut rows = vec![["ID", "HOST", "AGE", "AGENT", "OP", "TARGET", "COMMAND", "RULE", "LEFT"].map(String::from).to_vec()];
     for r in reqs {
         let c = &r.context;
-        rows.push([
+        rows.push(vec![
             r.id.clone(),
+            c.host.clone(),
             span(now_ms.saturating_sub(r.created_unix_ms)),
             agent(c),
             op_name(c.op).to_string(),
@@ -74,7 +84,12 @@ pub fn table(reqs: &[Request], now_ms: u64) -> String {
             if now_ms >= r.deadline_unix_ms { "due".into() } else { span(r.deadline_unix_ms - now_ms) },
         ]);
     }
-    let mut widths = [0usize; 8];
+    if !with_host {
+        for row in &mut rows {
+            row.remove(1);
+        }
+    }
+    let mut widths = [0usize; 9];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());

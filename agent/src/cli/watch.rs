@@ -18,12 +18,20 @@ pub struct WatchArgs {
     /// Print one JSON object per event: `{"event":"opened"|"closed","request":{...}}`.
     #[arg(long)]
     pub json: bool,
+    /// Only requests from this host (with --server).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only requests of this agent.
+    #[arg(long)]
+    pub agent: Option<String>,
 }
 
 /// Prints events until airlockd ends the stream (exit 1 with its reason) or the user stops it.
 pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
+    let remote = args.api.server.is_some();
     super::with_client(&args.api, |mut c| async move {
-        let mut stream = c.watch(pb::WatchRequest::default()).await?.into_inner();
+        let filter = pb::WatchRequest { host: args.host.clone(), agent: args.agent.clone() };
+        let mut stream = c.watch(filter).await?.into_inner();
         let mut out = std::io::stdout();
         while let Some(ev) = stream.message().await? {
             let kind = pb::watch_event::Kind::try_from(ev.kind).unwrap_or(pb::watch_event::Kind::Unspecified);
@@ -36,8 +44,8 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
                     let name = if k == pb::watch_event::Kind::Opened { "opened" } else { "closed" };
                     serde_json::json!({ "event": name, "request": r }).to_string()
                 }
-                (pb::watch_event::Kind::Opened, false) => opened(&r, now_unix_ms()),
-                (pb::watch_event::Kind::Closed, false) => closed(&r),
+                (pb::watch_event::Kind::Opened, false) => with_host(remote, &r, opened(&r, now_unix_ms())),
+                (pb::watch_event::Kind::Closed, false) => with_host(remote, &r, closed(&r)),
             };
             // Flushed per line: watch is read live, often through a pipe.
             writeln!(out, "{text}").and_then(|()| out.flush()).context("writing to stdout")?;
@@ -45,6 +53,14 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("airlock: airlockd ended the watch");
         Ok(ExitCode::from(1))
     })
+}
+
+/// Adds `host=NAME` after the request id when watching a fleet.
+fn with_host(remote: bool, r: &Request, line: String) -> String {
+    if !remote {
+        return line;
+    }
+    line.replacen(&r.id, &format!("{} host={}", r.id, r.context.host), 1)
 }
 
 /// `12:00:01 opened   1234abcd agent=X exec /usr/bin/apt: apt install foo (rule r, 5m left)`.

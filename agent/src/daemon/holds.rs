@@ -1,13 +1,11 @@
 //! The daemon's side of holds: turns held events into requests (with context), runs timeouts,
 //! restores pending requests after a restart, and writes every request's opening and outcome
 //! to the audit log.
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use airlock_policy::CompiledPolicy;
-use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 
 use crate::agents::AgentSet;
 use crate::backend::BackendKind;
@@ -15,23 +13,16 @@ use crate::event::{DecidedBy, GateEvent, Verdict};
 use crate::hold::context::{Sources, gather};
 use crate::hold::store::Store;
 use crate::hold::table::{HoldTable, Opening};
+use super::records::{Record, RequestChange, Records};
 use crate::hold::{Approvals, DEFAULT_TIMEOUT, Gate, HoldKey, HoldKind, Holder, Launcher, OnTimeout, Update};
 
 /// Requests and their bookkeeping.
 pub(crate) struct Holds {
     pub approvals: Approvals,
-    updates: broadcast::Receiver<Update>,
+    /// Every request update, losslessly (the table's journal): records and the server link.
+    pub journal: mpsc::UnboundedReceiver<Update>,
     host: String,
     state_dir: PathBuf,
-}
-
-/// One request line in the audit log.
-#[derive(Serialize)]
-struct RequestRecord<'a> {
-    record: &'static str,
-    change: &'static str,
-    #[serde(flatten)]
-    request: &'a crate::hold::Request,
 }
 
 fn thread_alive(h: &Holder) -> bool {
@@ -56,6 +47,8 @@ impl Holds {
             tracing::error!(error = %e, "unreadable request record kept aside");
         }
         let mut table = HoldTable::new(gate, Some(store));
+        let (journal_tx, journal) = mpsc::unbounded_channel();
+        table.set_journal(journal_tx);
         let n = loaded.pending.len();
         table.restore(loaded.pending, loaded.closed, crate::hold::approvals::now_unix_ms(), |h| match h.how {
             HoldKind::Restart => kind == BackendKind::Lsm && thread_alive(h),
@@ -67,9 +60,8 @@ impl Holds {
         if n > 0 {
             tracing::info!(restored = still, abandoned = n - still, "pending requests from the previous run");
         }
-        let updates = approvals.subscribe();
         let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(Holds { approvals, updates, host, state_dir: state_dir.to_path_buf() })
+        Ok(Holds { approvals, journal, host, state_dir: state_dir.to_path_buf() })
     }
 
     /// A held event: joins or opens its request. Returns the request id.
@@ -118,41 +110,39 @@ impl Holds {
         self.approvals.tick(thread_alive);
     }
 
-    /// Writes request openings and outcomes to the audit log and the journal.
-    pub fn drain_updates(&mut self, log: &mut std::fs::File) {
-        loop {
-            let u = match self.updates.try_recv() {
-                Ok(u) => u,
-                Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    // Each request is also on disk; the log lacks these lines only.
-                    tracing::error!(missed = n, "request updates missed by the audit log");
-                    continue;
-                }
-                Err(_) => return,
-            };
-            let (change, r) = match &u {
-                Update::Opened(r) => ("opened", r),
-                Update::Closed(r) => ("closed", r),
-            };
-            let c = &r.context;
-            let target = c.target_path.clone().unwrap_or_else(|| format!("dev {} ino {}", c.target_dev, c.target_ino));
-            match &u {
-                Update::Opened(_) => tracing::warn!(
-                    target: "airlock::request", id = %r.id, agent = c.agent.as_deref().unwrap_or("?"), op = ?c.op,
-                    target = %target, argv = ?c.argv, pid = c.pid,
-                    "held for approval: airlock approve {} | airlock deny {}", r.id, r.id
-                ),
-                Update::Closed(_) => tracing::info!(
-                    target: "airlock::request", id = %r.id, state = r.state.as_str(), op = ?c.op, target = %target,
-                    by = r.decision.as_ref().and_then(|d| d.by.as_ref()).and_then(|b| b.user.clone()).unwrap_or_default(),
-                    "request closed"
-                ),
-            }
-            let line = serde_json::to_string(&RequestRecord { record: "request", change, request: r }).unwrap_or_default();
-            if let Err(e) = writeln!(log, "{line}") {
-                tracing::error!(error = %e, "cannot append to the event log");
-            }
+    /// Writes every queued request update to the record stream and the log, and hands it to
+    /// the server link when there is one.
+    pub fn drain_updates(&mut self, records: &mut Records, link: Option<&mpsc::UnboundedSender<Update>>) {
+        while let Ok(u) = self.journal.try_recv() {
+            on_update(u, records, link);
         }
+    }
+}
+
+/// One request update: log line, record, link.
+pub(crate) fn on_update(u: Update, records: &mut Records, link: Option<&mpsc::UnboundedSender<Update>>) {
+    let (change, r) = match &u {
+        Update::Opened(r) => (RequestChange::Opened, r),
+        Update::Closed(r) => (RequestChange::Closed, r),
+    };
+    let c = &r.context;
+    let target = c.target_path.clone().unwrap_or_else(|| format!("dev {} ino {}", c.target_dev, c.target_ino));
+    match change {
+        RequestChange::Opened => tracing::warn!(
+            target: "airlock::request", id = %r.id, agent = c.agent.as_deref().unwrap_or("?"), op = ?c.op,
+            target = %target, argv = ?c.argv, pid = c.pid,
+            "held for approval: airlock approve {} | airlock deny {}", r.id, r.id
+        ),
+        RequestChange::Closed => tracing::info!(
+            target: "airlock::request", id = %r.id, state = r.state.as_str(), op = ?c.op, target = %target,
+            by = r.decision.as_ref().and_then(|d| d.by.as_ref()).and_then(|b| b.principal.clone().or_else(|| b.user.clone())).unwrap_or_default(),
+            via = r.decision.as_ref().and_then(|d| d.by.as_ref()).map(|b| b.via.as_str()).unwrap_or(""),
+            "request closed"
+        ),
+    }
+    records.write(&Record::Request { change, request: r });
+    if let Some(l) = link {
+        let _ = l.send(u);
     }
 }
 

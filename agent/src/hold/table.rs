@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use super::store::Store;
 use super::{
@@ -49,6 +49,10 @@ pub struct HoldTable {
     gate: Arc<dyn Gate>,
     store: Option<Store>,
     updates: broadcast::Sender<Update>,
+    /// Every update, unbounded: the daemon's record writer and the server link read this one,
+    /// because a record or an outcome must never be skipped (the broadcast above may lag and
+    /// drop for slow watchers; they are told with DATA_LOSS).
+    journal: Option<mpsc::UnboundedSender<Update>>,
 }
 
 impl HoldTable {
@@ -61,7 +65,20 @@ impl HoldTable {
             gate,
             store,
             updates: broadcast::channel(1024).0,
+            journal: None,
         }
+    }
+
+    /// Sends every later update to `tx` too, losslessly (see the field's comment).
+    pub fn set_journal(&mut self, tx: mpsc::UnboundedSender<Update>) {
+        self.journal = Some(tx);
+    }
+
+    fn announce(&self, u: Update) {
+        if let Some(j) = &self.journal {
+            let _ = j.send(u.clone());
+        }
+        let _ = self.updates.send(u);
     }
 
     /// Watchers of new and closed requests.
@@ -156,7 +173,7 @@ impl HoldTable {
         // Announce first: the person deciding waits on this; the disk copy only matters if the
         // daemon dies, and then the held thread re-reports itself (LSM: pinned ring and the
         // restart's SIGCONT; fallback: the backstop).
-        let _ = self.updates.send(Update::Opened(r.clone()));
+        self.announce(Update::Opened(r.clone()));
         self.persist(&r);
         Joined { id, opened: true }
     }
@@ -195,7 +212,7 @@ impl HoldTable {
         r.decision = decision;
         self.persist(&r);
         self.push_closed(r.clone());
-        let _ = self.updates.send(Update::Closed(r.clone()));
+        self.announce(Update::Closed(r.clone()));
         r
     }
 

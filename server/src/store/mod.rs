@@ -7,9 +7,29 @@
 //! takes the row lock, in SQLite the database write lock, so concurrent votes on two replicas
 //! are serialised and exactly one of them can complete the decision.
 //!
-//! SKELETON (lead engineer): signatures are the contract other modules code against; the
-//! storage helper fills the bodies and may add functions, not change these without telling.
+//! Conventions of every query here:
+//! - Parameters are `$1`, `$2`, …: PostgreSQL's native form, and SQLite reads `$NNN` as the
+//!   parameter named `$NNN`, which sqlx binds to argument NNN (`sqlx-sqlite`'s
+//!   `arguments.rs`; checked by the `placeholders` test of `tests/store_suite.rs`). Never write
+//!   a PostgreSQL cast on a parameter (`$1::text`): SQLite would take `$1::text` as one
+//!   parameter name. On SQLite an unbound `$N` is NULL rather than an error.
+//! - Only TEXT and BIGINT columns, because the Any driver carries only a few value types:
+//!   times are Unix milliseconds (u64 saturated into i64), JSON is TEXT, flags are 0/1.
+//! - A write transaction starts with its write (never a read), so SQLite takes the write lock
+//!   at its first statement, where the busy timeout applies, instead of failing with
+//!   `SQLITE_BUSY_SNAPSHOT` when upgrading a read snapshot.
+//!
+//! The methods live by topic, one file each: `open.rs` (connecting, pragmas, migrations),
+//! `hosts.rs` (enrolment, hosts), `tokens.rs`, `requests.rs`, `votes.rs`, `attempts.rs`.
+mod attempts;
+mod hosts;
+mod open;
+mod requests;
+mod tokens;
+mod votes;
+
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use airlock_approval::{DecisionRecord, RequestState, Vote};
 
@@ -46,10 +66,14 @@ pub enum StoreError {
     /// No such host / token.
     #[error("no {what} named {name:?}")]
     NoSuch { what: &'static str, name: String },
+    /// [`Store::close`] was asked to close a request to `pending`, which is not an outcome
+    /// (the host link refuses such messages before they get here).
+    #[error("request {id}: pending is not an outcome")]
+    NotAnOutcome { id: String },
 }
 
 /// Which database.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DbKind {
     Sqlite,
     Postgres,
@@ -101,7 +125,7 @@ pub struct StoredRequest {
 }
 
 /// Filters for [`Store::list_requests`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestFilter {
     pub host: Option<String>,
     pub agent: Option<String>,
@@ -145,9 +169,64 @@ pub struct Attempt {
     pub message: String,
 }
 
-/// The server's database.
+/// The server's database. Cheap to clone (a pool handle).
 #[derive(Clone)]
 pub struct Store {
     pub(crate) pool: sqlx::AnyPool,
     pub kind: DbKind,
+    /// SQLite only: writers of this process queue here instead of in SQLite's busy handler,
+    /// which polls with sleeps of 1 to 100 ms and would add them to the latency of every
+    /// contended write. Other processes (or a second `Store` on the same file) still meet at
+    /// SQLite's write lock, with the busy timeout.
+    writer: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("kind", &self.kind).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Held around every write transaction (SQLite only; `None` on PostgreSQL, where the row
+    /// locks do the queueing).
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.writer {
+            Some(m) => Some(m.lock().await),
+            None => None,
+        }
+    }
+}
+
+/// Milliseconds as stored: BIGINT is signed, so values past `i64::MAX` saturate (no clock or
+/// deadline gets there).
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Milliseconds as read back (a negative value, which this code never writes, reads as 0).
+fn ms_out(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// [`ms_out`] of a nullable column.
+fn opt_ms_out(v: Option<i64>) -> Option<u64> {
+    v.map(ms_out)
+}
+
+/// Parses a stored JSON column, naming what and whose it is when it does not parse.
+fn from_json<T: serde::de::DeserializeOwned>(what: &'static str, id: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|source| StoreError::Corrupt { what, id: id.to_string(), source })
+}
+
+/// Parses a stored enum name (`RequestState`, `Release`) through its serde form, so the
+/// error is the same `Corrupt` as for JSON columns.
+fn from_name<T: serde::de::DeserializeOwned>(what: &'static str, id: &str, name: &str) -> Result<T, StoreError> {
+    serde_json::from_value(serde_json::Value::String(name.to_string()))
+        .map_err(|source| StoreError::Corrupt { what, id: id.to_string(), source })
+}
+
+/// JSON of a value this crate defines; serialising those cannot fail.
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("serialising a plain data type to JSON")
 }

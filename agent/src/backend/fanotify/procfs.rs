@@ -174,12 +174,21 @@ pub fn intent_from_syscall(text: &str, read_how: impl FnOnce(u64) -> Option<u64>
 }
 
 /// How long a task whose `syscall` line reads `running` is re-read before its intent counts
-/// as unknown. The listener answers events one at a time, so this is also the longest the
-/// events behind this one wait for it; a task in a permission event normally settles within
-/// a few hundred microseconds even with dozens of agents opening at once (measured on the
-/// 2-vCPU CI host). Waiting in line, rather than setting the event aside and answering others
-/// meanwhile, is deliberate: each answer wakes every waiter of the group, this one included.
-pub const SETTLE_BOUND: Duration = Duration::from_millis(20);
+/// as unknown (and the open is treated as a write). The listener answers events one at a
+/// time, so this is also how long the events behind this one may wait for it; but the bound
+/// is only reached when the task cannot get a CPU to fall asleep on: a task that got one has
+/// settled and ends the wait at once. Measured on the 2-vCPU CI host (6.18) with 24 agents
+/// starting at once: about one agent open in eight needs a re-read; those settle after
+/// ~0.8 ms (median), 4-8 ms (p90), 16-18 ms (p99), 26 ms at the most (the listener's own
+/// reads and sleeps overrun under that load too). A read must never become a request, so
+/// the bound is well above that, and it is also never reached before [`MIN_REREADS`]
+/// re-reads (our own thread may be the one that could not run). Waiting in line rather
+/// than setting the event aside and answering others meanwhile is deliberate: each answer
+/// wakes every waiter of the group, this one included, and puts it back on a run queue.
+pub const SETTLE_BOUND: Duration = Duration::from_millis(50);
+
+/// Re-reads before [`SETTLE_BOUND`] may end the wait.
+pub const MIN_REREADS: u32 = 20;
 
 /// The first re-reads only yield the CPU (the task usually runs on the other CPU and needs
 /// microseconds to fall asleep); later ones sleep, so that a task waiting for *our* CPU gets
@@ -206,11 +215,12 @@ pub struct Settled {
     pub rereads: u32,
 }
 
-/// Reads a `syscall` line with `read` until it is not `running` or `bound` has passed since
-/// the first read; the last line read is returned either way (a caller sees `running` only
-/// past the bound).
+/// Reads a `syscall` line with `read` until it is not `running`, or until `bound` has passed
+/// since the first read and at least `min_rereads` re-reads were made; the last line read is
+/// returned either way (a caller sees `running` only past the bound).
 pub fn read_settled(
     bound: Duration,
+    min_rereads: u32,
     mut read: impl FnMut() -> std::io::Result<String>,
 ) -> std::io::Result<Settled> {
     let t0 = Instant::now();
@@ -218,7 +228,7 @@ pub fn read_settled(
     loop {
         let line = read()?;
         let running = parse_syscall(&line) == Some(SyscallLine::Running);
-        if !running || t0.elapsed() >= bound {
+        if !running || (t0.elapsed() >= bound && rereads >= min_rereads) {
             let waited = if rereads == 0 { Duration::ZERO } else { t0.elapsed() };
             return Ok(Settled { line, waited, rereads });
         }
@@ -231,10 +241,10 @@ pub fn read_settled(
 }
 
 /// `/proc/<tid>/syscall` of a thread waiting in a permission event, read once it sleeps
-/// there (within [`SETTLE_BOUND`]). May block: see the module docs.
+/// there (within [`SETTLE_BOUND`] and [`MIN_REREADS`]). May block: see the module docs.
 pub fn syscall_settled(tid: u32) -> std::io::Result<Settled> {
     let path = format!("/proc/{tid}/syscall");
-    read_settled(SETTLE_BOUND, || {
+    read_settled(SETTLE_BOUND, MIN_REREADS, || {
         let mut text = String::new();
         std::fs::File::open(&path)?.read_to_string(&mut text)?;
         Ok(text)
@@ -522,11 +532,14 @@ mod tests {
     fn a_running_task_is_reread_until_it_sleeps_in_its_call() {
         let open = "257 0xffffff9c 0x1000 0x0 0x0 0x0 0x0 0x0 0x0\n";
         let mut lines = ["running\n"; 6].into_iter().chain([open]);
-        let s = read_settled(Duration::from_secs(5), || Ok(lines.next().unwrap().to_string())).unwrap();
+        let s = read_settled(Duration::from_secs(5), 0, || {
+            Ok(lines.next().unwrap().to_string())
+        })
+        .unwrap();
         assert_eq!((s.line.as_str(), s.rereads), (open, 6));
         assert!(s.waited > Duration::ZERO);
         assert_eq!(intent_from_syscall(&s.line, |_| None), Intent::Read);
-        let s = read_settled(Duration::from_secs(5), || Ok(open.to_string())).unwrap();
+        let s = read_settled(Duration::from_secs(5), 0, || Ok(open.to_string())).unwrap();
         assert_eq!((s.rereads, s.waited), (0, Duration::ZERO), "a sleeping task: one read");
     }
 
@@ -534,11 +547,16 @@ mod tests {
     fn a_task_running_past_the_bound_stays_unknown_and_says_how_long() {
         let bound = Duration::from_millis(5);
         let t0 = Instant::now();
-        let s = read_settled(bound, || Ok("running\n".to_string())).unwrap();
+        let s = read_settled(bound, 0, || Ok("running\n".to_string())).unwrap();
         assert!(s.waited >= bound && t0.elapsed() < bound * 20, "{s:?} in {:?}", t0.elapsed());
         assert_eq!(intent_from_syscall(&s.line, |_| None), Intent::Unknown("task running"));
+        // The bound alone does not end the wait before the minimum number of re-reads.
+        let s = read_settled(Duration::ZERO, 5, || Ok("running\n".to_string())).unwrap();
+        assert_eq!(s.rereads, 5);
         // A read error ends the wait at once.
-        let e = read_settled(bound, || Err(std::io::Error::from_raw_os_error(libc::ESRCH)));
+        let e = read_settled(bound, 5, || {
+            Err(std::io::Error::from_raw_os_error(libc::ESRCH))
+        });
         assert!(e.is_err());
     }
 

@@ -1,0 +1,70 @@
+//! `airlock enroll`: trade a one-time token from `airlock-server hosts enroll NAME` for this
+//! host's certificate, and store the identity airlockd uses to reach the server.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use crate::link::enroll::{EnrollError, enroll};
+use crate::link::identity::{Identity, IdentityError};
+
+/// Arguments of `airlock enroll`.
+#[derive(clap::Args, Debug)]
+pub struct EnrollArgs {
+    /// The server, `https://HOST[:PORT]` (port 443 when left out).
+    #[arg(long, env = "AIRLOCK_SERVER", value_name = "URL")]
+    pub server: String,
+    /// The one-time token `airlock-server hosts enroll NAME` printed (from the environment, it
+    /// stays out of the process list).
+    #[arg(
+        long,
+        env = "AIRLOCK_ENROLL_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: String,
+    /// Where to write the host key, certificate, server CA and server URL.
+    #[arg(long, value_name = "DIR")]
+    pub identity_dir: Option<PathBuf>,
+}
+
+/// Enrols the host; prints its name and where the identity went. Exit 1 when the server
+/// refused (bad, used or expired token); other failures propagate (exit 2).
+pub fn run(args: EnrollArgs) -> anyhow::Result<ExitCode> {
+    let explicit_dir = args.identity_dir.is_some();
+    let dir = args.identity_dir.unwrap_or_else(Identity::dir_default);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match rt.block_on(enroll(&args.server, &args.token, &dir)) {
+        Ok(out) => {
+            println!("enrolled as {}", out.host);
+            println!(
+                "identity   {} (host.key, host.pem, ca.pem, server)",
+                out.dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(EnrollError::Refused { message, .. }) => {
+            eprintln!("airlock: {message}");
+            Ok(ExitCode::from(1))
+        }
+        // The default directory is root's: say so instead of a bare EACCES.
+        Err(EnrollError::Identity(IdentityError::Write { path, source }))
+            if source.kind() == std::io::ErrorKind::PermissionDenied
+                && !explicit_dir
+                && !is_root() =>
+        {
+            anyhow::bail!(
+                "cannot write {}: permission denied; run as root, or pass --identity-dir with a directory you can write",
+                path.display()
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}

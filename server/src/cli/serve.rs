@@ -1,0 +1,115 @@
+//! `airlock-server serve --dir DIR [--database URL] [--listen ADDR]`: runs the server until
+//! SIGTERM or SIGINT; SIGHUP reloads server.yaml (a config with errors is refused and the one
+//! in force stays).
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::broker::Broker;
+
+/// Largest message accepted from a host or a client (a request's context is a few KiB; the
+/// bound keeps a broken or hostile peer from making the server buffer megabytes).
+pub const MAX_MESSAGE: usize = 256 * 1024;
+
+/// Arguments of `airlock-server serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub dir: super::DirArgs,
+    /// Listen address [default: from server.yaml].
+    #[arg(long, env = "AIRLOCK_LISTEN")]
+    pub listen: Option<String>,
+}
+
+/// Runs the server.
+pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    super::block_on(async move {
+        let (cfg, store) = a.dir.open().await?;
+        for n in &cfg.notes {
+            tracing::warn!(note = %n, "config");
+        }
+        let listen = a.listen.clone().or_else(|| cfg.listen.clone()).unwrap_or_else(|| "127.0.0.1:7443".into());
+        let addr: SocketAddr = listen.parse().with_context(|| format!("listen address {listen:?}: expected IP:PORT"))?;
+        let tls = crate::pki::server_tls(&a.dir.dir).context("loading the server's TLS identity")?;
+        let ca = Arc::new(crate::pki::Ca::load(&a.dir.dir).context("loading the CA")?);
+        let broker = Broker::new(store.clone(), cfg);
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let bound = listener.local_addr()?;
+        serve(broker, ca, tls, listener, a.dir.dir.clone()).await?;
+        tracing::info!(%bound, "stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Serves on `listener` until SIGTERM/SIGINT. Public for tests and benchmarks that start the
+/// server in-process.
+pub async fn serve(
+    broker: Arc<Broker>,
+    ca: Arc<crate::pki::Ca>,
+    tls: tonic::transport::ServerTlsConfig,
+    listener: tokio::net::TcpListener,
+    dir: std::path::PathBuf,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let reload_broker = broker.clone();
+    let reloader = tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let path = super::config_path(&dir);
+            match crate::config::load(&path) {
+                Ok(c) => {
+                    reload_broker.set_config(c);
+                    tracing::info!(path = %path.display(), "config reloaded");
+                    reload_broker.record("admin", "signal", "config_reload", None, tonic::Code::Ok, "reloaded").await;
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "config reload refused; the config in force stays");
+                    reload_broker.record("admin", "signal", "config_reload", None, tonic::Code::InvalidArgument, &e.to_string()).await;
+                }
+            }
+        }
+    });
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping");
+    };
+    tracing::info!(%addr, "airlock-server listening");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    router(broker, ca, tls)?
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("serving")?;
+    reloader.abort();
+    Ok(())
+}
+
+/// The gRPC services behind TLS.
+pub fn router(
+    broker: Arc<Broker>,
+    ca: Arc<crate::pki::Ca>,
+    tls: tonic::transport::ServerTlsConfig,
+) -> anyhow::Result<tonic::transport::server::Router> {
+    let link = airlock_proto::HostLinkServer::new(crate::link::LinkService { broker: broker.clone() })
+        .max_decoding_message_size(MAX_MESSAGE);
+    let approvals = airlock_proto::ApprovalsServer::new(crate::approvals::ApprovalsService { broker: broker.clone() })
+        .max_decoding_message_size(MAX_MESSAGE);
+    let enroll = airlock_proto::EnrollmentServer::new(crate::enroll::EnrollService { store: broker.store.clone(), ca })
+        .max_decoding_message_size(MAX_MESSAGE);
+    Ok(tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .tcp_nodelay(true)
+        .add_service(link)
+        .add_service(approvals)
+        .add_service(enroll))
+}

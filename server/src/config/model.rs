@@ -1,0 +1,229 @@
+//! The server config as the rest of the server uses it: checked, defaults filled in.
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use airlock_approval::Op;
+
+/// The parsed `server.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerConfig {
+    /// Address the gRPC (TLS) listener binds, `IP:PORT`; `None` leaves it to the command line
+    /// (`serve` has its own default).
+    pub listen: Option<String>,
+    /// Database URL (`postgres://…` for replicas, `sqlite://PATH`); `None` means the SQLite
+    /// file `airlock.db` in the server's directory.
+    pub database: Option<String>,
+    /// Whether linked hosts may still take decisions on their own local socket
+    /// ("break-glass", recorded as `via: cli-break-glass`). Default true.
+    pub break_glass: bool,
+    /// The people who may vote, by principal name (the name API tokens are issued to).
+    pub principals: BTreeMap<String, Principal>,
+    /// Routes in file order; the first whose match fits a request decides who may vote on it.
+    pub routes: Vec<Route>,
+    /// Warnings that do not stop the server (`file:line:col: message`), e.g. no catch-all
+    /// route. `config check` and `serve` print them.
+    pub notes: Vec<String>,
+}
+
+/// One person (or service identity) who may vote.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Principal {
+    /// Groups this principal belongs to; routes name groups, never principals, so that
+    /// staffing changes touch only this list.
+    pub groups: Vec<String>,
+    /// Host user names that are this person, so that the server can refuse a vote by the
+    /// person who launched the agent (see `route::check_vote`).
+    pub host_users: Vec<HostUser>,
+}
+
+/// A `host_users` entry: `user` (on any host) or `user@host-glob`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostUser {
+    /// The user name on the host, compared with the launcher's user and `SUDO_USER`.
+    pub user: String,
+    /// Host names this entry is limited to; `None` for every host.
+    pub hosts: Option<Glob>,
+}
+
+impl HostUser {
+    /// Whether `user` on `host` is this entry.
+    pub fn matches(&self, user: &str, host: &str) -> bool {
+        self.user == user && self.hosts.as_ref().is_none_or(|g| g.is_match(host))
+    }
+}
+
+impl fmt::Display for HostUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.hosts {
+            None => write!(f, "{}", self.user),
+            Some(g) => write!(f, "{}@{}", self.user, g.as_str()),
+        }
+    }
+}
+
+/// Who may decide one class of requests, and how.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    /// Unique name; stored with each request it routed.
+    pub name: String,
+    /// Which requests this route is for (`match:` in the file).
+    pub matching: Match,
+    /// Groups whose members may vote from the start.
+    pub approvers: Vec<String>,
+    /// Distinct approvals needed (N of the M principals in `approvers`). Default 1; checked to
+    /// be at least 1 and at most M.
+    pub threshold: u32,
+    /// Whether a deny must carry a reason (for the agent's operator and the audit trail).
+    pub deny_requires_reason: bool,
+    /// Remind the approvers this long before the request's deadline.
+    pub reminder: Option<Duration>,
+    /// Widens the approver set when nobody decided in time.
+    pub escalation: Option<Escalation>,
+    /// Channels that announce this route's requests. Default `[cli]`.
+    pub channels: Vec<Channel>,
+}
+
+/// `escalation: { after, to }`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Escalation {
+    /// Delay after the request opened.
+    pub after: Duration,
+    /// Groups whose members may vote (and are notified) once the delay has passed.
+    pub to: Vec<String>,
+}
+
+/// A route's `match:`. Each criterion left out (empty here) matches every request; the given
+/// ones must all match; within a list, any entry may match.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Match {
+    /// Host name globs (the host's enrolled name, not what it reports).
+    pub hosts: Vec<Glob>,
+    /// Host labels (from enrolment) that must all be present with these values.
+    pub labels: BTreeMap<String, String>,
+    /// Agent name globs; a request without an agent name matches none.
+    pub agents: Vec<Glob>,
+    /// Policy rule name globs.
+    pub rules: Vec<Glob>,
+    /// Operations.
+    pub operations: Vec<Op>,
+    /// Target path globs (`*` stays within one path component, `**` crosses them).
+    pub paths: Vec<Glob>,
+    /// Binary globs, for exec requests only (the target, or the executable).
+    pub binaries: Vec<Glob>,
+}
+
+impl Match {
+    /// True when no criterion is given: the route takes every request.
+    pub fn is_catch_all(&self) -> bool {
+        let Match {
+            hosts,
+            labels,
+            agents,
+            rules,
+            operations,
+            paths,
+            binaries,
+        } = self;
+        hosts.is_empty()
+            && labels.is_empty()
+            && agents.is_empty()
+            && rules.is_empty()
+            && operations.is_empty()
+            && paths.is_empty()
+            && binaries.is_empty()
+    }
+}
+
+/// A notification channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// `airlock-server` approvals API clients (`airlock pending`/`watch` against the server).
+    Cli,
+    /// The web UI.
+    Web,
+    /// Slack.
+    Slack,
+    /// Microsoft Teams.
+    Teams,
+    /// A generic HTTP webhook.
+    Webhook,
+}
+
+impl Channel {
+    /// Every channel, in the order the config documents them.
+    pub const ALL: [Channel; 5] = [
+        Channel::Cli,
+        Channel::Web,
+        Channel::Slack,
+        Channel::Teams,
+        Channel::Webhook,
+    ];
+
+    /// The config spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Channel::Cli => "cli",
+            Channel::Web => "web",
+            Channel::Slack => "slack",
+            Channel::Teams => "teams",
+            Channel::Webhook => "webhook",
+        }
+    }
+
+    /// Parses [`Channel::as_str`]'s spellings.
+    pub fn parse(s: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// A glob as written, with its compiled matcher (`*` and `?` do not cross `/`, `**` does, as
+/// in policy selectors).
+#[derive(Clone, Debug)]
+pub struct Glob {
+    text: String,
+    matcher: globset::GlobMatcher,
+}
+
+impl Glob {
+    /// Compiles `text`.
+    pub fn new(text: &str) -> Result<Glob, globset::ErrorKind> {
+        Ok(Glob {
+            text: text.to_owned(),
+            matcher: airlock_policy::build_glob(text)?,
+        })
+    }
+
+    /// Whether `s` matches.
+    pub fn is_match(&self, s: &str) -> bool {
+        self.matcher.is_match(s)
+    }
+
+    /// The glob as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl PartialEq for Glob {
+    fn eq(&self, other: &Glob) -> bool {
+        // The matcher is a function of the text.
+        self.text == other.text
+    }
+}
+
+/// The config's operation names: [`Op`]'s snake_case serde names, as on the wire.
+pub const OPERATIONS: [(&str, Op); 12] = [
+    ("exec", Op::Exec),
+    ("open_write", Op::OpenWrite),
+    ("create", Op::Create),
+    ("unlink", Op::Unlink),
+    ("rename", Op::Rename),
+    ("truncate", Op::Truncate),
+    ("link", Op::Link),
+    ("chmod", Op::Chmod),
+    ("chown", Op::Chown),
+    ("mkdir", Op::Mkdir),
+    ("rmdir", Op::Rmdir),
+    ("symlink", Op::Symlink),
+];

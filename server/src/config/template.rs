@@ -1,0 +1,73 @@
+//! The commented config `airlock-server init` writes.
+
+/// The listen address `init` writes when given none.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
+
+/// The config text with `@LISTEN@` where the listen address goes. Every example beyond the
+/// one admin and the catch-all route is commented out, so a new server runs as is and the
+/// operator uncomments what they need.
+pub const TEMPLATE: &str = r#"# airlock-server configuration. Check it after editing with:
+#   airlock-server config check server.yaml
+# (every problem is reported as file:line:column).
+
+# Address the gRPC listener binds (TLS; hosts and approvers connect to it), IP:PORT.
+listen: @LISTEN@
+
+# Database. Default: the SQLite file airlock.db in the server's directory. Several replicas
+# share one PostgreSQL database:
+# database: postgres://airlock@db.example.com/airlock
+
+# May a linked host still decide its own requests on its local socket (break-glass)? Such
+# decisions are recorded as break-glass and reported to this server. false makes the server
+# the only way to decide.
+break_glass: true
+
+# The people who may vote. API tokens are issued to these names
+# (airlock-server tokens create NAME). Names: a-z, 0-9, ., _, - and @.
+principals:
+  admin:
+    groups: [admins]
+    # Host user names that are this person: they may not approve a request of an agent they
+    # launched (as that user, or through sudo). "user" counts on every host, "user@host-glob"
+    # on matching hosts only. Without it the server cannot tell who launched what.
+    # host_users: [admin, "admin@build-*"]
+  # alice:
+  #   groups: [sre, dba]
+  #   host_users: [alice]
+  # bob: { groups: [sre] }
+  # carol: { groups: [oncall] }
+
+# Who may vote on which requests. The first route whose match fits a request decides. A
+# request that no route matches cannot be decided through the server: it waits on its host
+# and times out per its rule's onTimeout. Keep a catch-all route (no match criteria) last.
+routes:
+  # - name: prod-etc
+  #   match:                     # every key optional; all given keys must match;
+  #                              # in a list, any entry
+  #     hosts: ["web-*"]         # host name globs (the name the host enrolled with)
+  #     labels: { env: prod }    # host labels (given at enrolment), all must be equal
+  #     agents: [claude]         # agent name globs
+  #     rules: ["etc-*"]         # policy rule name globs
+  #     operations: [open_write, create]  # exec, open_write, create, unlink, rename, truncate,
+  #                              # link, chmod, chown, mkdir, rmdir, symlink
+  #     paths: ["/etc/**"]       # target path globs: * within a component, ** across
+  #     binaries: ["/usr/bin/kubectl"]  # exec requests only: the binary run
+  #   approvers: [sre]           # groups whose members may vote
+  #   threshold: 2               # distinct approvals needed (default 1; at most the number
+  #                              # of principals in the approver groups); one deny decides
+  #   deny_requires_reason: true # default false
+  #   reminder: 2m               # remind approvers this long before the deadline (s, m, h, d)
+  #   escalation: { after: 5m, to: [oncall] }  # these groups may vote too after the delay
+  #   channels: [cli]            # where requests are announced: cli, web, slack, teams,
+  #                              # webhook (default [cli])
+  - name: default
+    match: {}                    # no criteria: every request
+    approvers: [admins]
+"#;
+
+/// The config `init` writes, listening on `listen` (an `IP:PORT`, quoted so that an IPv6
+/// `[::]:7443` is not read as a YAML list).
+pub fn template(listen: &str) -> String {
+    // Debug quoting escapes `"` and `\` as YAML double-quoted scalars do.
+    TEMPLATE.replace("@LISTEN@", &format!("{listen:?}"))
+}

@@ -1,0 +1,132 @@
+//! Connecting: the URL, SQLite's pragmas, the pools, the migrations.
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection, Executor};
+
+use super::{DbKind, Store, StoreError};
+
+/// `server/migrations/`, embedded at build time and applied by [`Store::open`].
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How long a SQLite writer waits for another process's write lock before failing. Writes
+/// are a few statements long, so this is only reached when something holds the file for
+/// far longer than any request should wait (a backup tool, a stuck replica).
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
+
+/// Connections per pool. SQLite has one writer at a time anyway (readers run beside it in
+/// WAL mode); PostgreSQL gets enough for the link's polls plus concurrent votes.
+const SQLITE_POOL: u32 = 8;
+const POSTGRES_POOL: u32 = 16;
+
+/// Run on every new SQLite connection (these settings are per connection):
+/// - `synchronous = FULL`: in WAL mode, NORMAL only syncs the WAL at checkpoints, so a
+///   committed decision could be lost to a power cut while the host has already been told to
+///   release (or the approver told "decided"). FULL syncs the WAL at every commit: one fsync
+///   per write transaction, which the store's transactions are few and short enough to afford.
+/// - `busy_timeout`: see [`SQLITE_BUSY_TIMEOUT_MS`].
+/// - `foreign_keys = ON`: SQLite leaves them off unless asked, per connection (sqlx already
+///   asks; repeated here so the setting does not depend on the driver's defaults).
+fn sqlite_pragmas() -> String {
+    format!("PRAGMA synchronous = FULL; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA foreign_keys = ON;")
+}
+
+impl Store {
+    /// Opens `sqlite://PATH` (the file is created when missing, and put in WAL mode) or
+    /// `postgres://…` / `postgresql://…`, and applies the migrations that are not applied yet.
+    ///
+    /// Several servers may open one PostgreSQL database at once (the migrator takes an
+    /// advisory lock). SQLite serves one server process: two `Store`s on one file work (the
+    /// tests do it), but only open them one after the other while the schema may be migrated.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        // Idempotent (a `Once` inside sqlx).
+        sqlx::any::install_default_drivers();
+        let kind = kind_of(url)?;
+        let (pool, writer) = match kind {
+            DbKind::Sqlite => {
+                let url = with_create_mode(url);
+                prepare_sqlite(&url).await?;
+                let pool = AnyPoolOptions::new()
+                    .max_connections(SQLITE_POOL)
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            conn.execute(sqlite_pragmas().as_str()).await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await?;
+                (pool, Some(Arc::new(tokio::sync::Mutex::new(()))))
+            }
+            DbKind::Postgres => (AnyPoolOptions::new().max_connections(POSTGRES_POOL).connect(url).await?, None),
+        };
+        MIGRATOR.run(&pool).await?;
+        Ok(Store { pool, kind, writer })
+    }
+
+    /// The URL of a SQLite file, for [`Store::open`]. Characters a URL would misread (`%`,
+    /// `?`, `#`, spaces, non-ASCII) are percent-encoded; sqlx decodes them again.
+    pub fn sqlite_url(path: &Path) -> String {
+        let text = path.to_string_lossy();
+        let mut enc = String::with_capacity(text.len());
+        for b in text.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+                enc.push(char::from(b));
+            } else {
+                enc.push_str(&format!("%{b:02X}"));
+            }
+        }
+        // `sqlite://rel.db` would make `rel.db` the URL's host: relative paths use the
+        // `sqlite:PATH` form, which sqlx reads the same way.
+        if path.is_absolute() { format!("sqlite://{enc}") } else { format!("sqlite:{enc}") }
+    }
+
+    /// Closes the pool: waits for connections in use to come back, then closes them all (on
+    /// SQLite the last one checkpoints the WAL).
+    pub async fn close_pool(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The database a URL names. In-memory SQLite is refused: the Any driver re-reads the URL for
+/// every pooled connection, so each would get its own empty database.
+fn kind_of(url: &str) -> Result<DbKind, StoreError> {
+    if url.starts_with("sqlite:") {
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            return Err(StoreError::BadUrl(url.to_string()));
+        }
+        Ok(DbKind::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(DbKind::Postgres)
+    } else {
+        Err(StoreError::BadUrl(url.to_string()))
+    }
+}
+
+/// Adds `mode=rwc` (create when missing) unless the URL chose a mode.
+fn with_create_mode(url: &str) -> String {
+    match url.split_once('?') {
+        Some((_, query)) if query.split('&').any(|p| p.starts_with("mode=")) => url.to_string(),
+        Some(_) => format!("{url}&mode=rwc"),
+        None => format!("{url}?mode=rwc"),
+    }
+}
+
+/// Creates the file if needed and switches it to WAL (a property of the file, so once is
+/// enough; readers then never block the writer). Done on a plain SQLite connection because
+/// the Any driver builds its SQLite options from the URL alone, which cannot ask for WAL.
+async fn prepare_sqlite(url: &str) -> Result<(), StoreError> {
+    let conn = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_millis(u64::from(SQLITE_BUSY_TIMEOUT_MS)))
+        .connect()
+        .await?;
+    conn.close().await?;
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! Remote approvals end to end: a real airlock-server (SQLite, TLS), a host enrolled to it, a
+//! real airlockd linked to it, agents started with `airlock run`, and decisions made with
+//! `airlock --server URL --token TOKEN`. Same cases on both tiers (fanotify on the host; the
+//! guest tier runs the server inside the guest next to the BPF LSM backend).
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use airlock_agent::cgroup::{CgroupDir, cgroup2_mount};
+use anyhow::{Context as _, bail};
+
+use crate::harness::{Daemon, Report, Spawned, ensure, stdout};
+
+const WAIT: Duration = Duration::from_secs(15);
+/// The host name the server knows this host by (not its real host name: the certificate
+/// decides, whatever the host calls itself).
+const HOST: &str = "e2e-host";
+
+/// A running airlock-server; killed by PID (SIGKILL) and reaped on drop.
+pub struct ServerProc {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl ServerProc {
+    fn start(bin_dir: &Path, dir: &Path) -> anyhow::Result<ServerProc> {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log"))?;
+        let child = Command::new(bin_dir.join("airlock-server"))
+            .args(["serve", "--dir"])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .context("spawning airlock-server")?;
+        Ok(ServerProc { child: Some(child), log: dir.join("server.log") })
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Server directory, tokens, policy, binaries and cgroups of these scenarios.
+pub struct Fixture {
+    pub dir: PathBuf,
+    pub sdir: PathBuf,
+    pub url: String,
+    pub held: PathBuf,
+    pub pair: PathBuf,
+    pub short: PathBuf,
+    pub policy: PathBuf,
+    pub outside_cg: PathBuf,
+    pub tokens: std::collections::HashMap<&'static str, String>,
+    pub _cg: CgroupDir,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
+    let o = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    ensure(o.status.success(), || format!("{cmd:?} failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr)))?;
+    Ok(stdout(&o))
+}
+
+impl Fixture {
+    fn new(base: &Path, bin_dir: &Path) -> anyhow::Result<Fixture> {
+        let dir = base.join(format!("airlock-e2e-server-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for d in ["held", "pair", "short"] {
+            std::fs::create_dir_all(dir.join(d))?;
+        }
+        let me = std::env::current_exe()?;
+        let copy = |name: &str| -> anyhow::Result<PathBuf> {
+            let p = dir.join(name).join(format!("airlock-e2e-{name}"));
+            std::fs::copy(&me, &p).with_context(|| format!("copy to {}", p.display()))?;
+            Ok(p)
+        };
+        let (held, pair, short) = (copy("held")?, copy("pair")?, copy("short")?);
+        let top = format!("airlock-e2e-server-{}", std::process::id());
+        let cg = CgroupDir::create(cgroup2_mount()?.join(&top)).context("server fixture cgroup")?;
+        let outside_cg = cg.create_child("outside")?;
+        let policy = dir.join("policy.yaml");
+        std::fs::write(
+            &policy,
+            format!(
+                "apiVersion: airlock.dev/v1\nkind: Policy\nmetadata:\n  name: e2e-server\nmode: enforce\n\
+                 agents:\n  - name: e2esrv\n\
+                 rules:\n  - name: held-tool\n    action: approve\n    exec: [\"{}\"]\n\
+                 \x20 - name: pair-tool\n    action: approve\n    exec: [\"{}\"]\n\
+                 \x20 - name: short-tool\n    action: approve\n    timeout: 3s\n    onTimeout: deny\n    exec: [\"{}\"]\n",
+                held.display(),
+                pair.display(),
+                short.display()
+            ),
+        )?;
+        let sdir = dir.join("server");
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let server = bin_dir.join("airlock-server");
+        run_ok(Command::new(&server).args(["init", "--dir"]).arg(&sdir).args(["--listen", &listen]))?;
+        // Approvers: alice and bob (sre), carol (dba: not an approver here), and the person
+        // who launches the agents (root on this host) who is an sre too but may not approve
+        // their own agent's requests.
+        std::fs::write(
+            sdir.join("server.yaml"),
+            format!(
+                "listen: {listen}\n\
+                 principals:\n  alice:\n    groups: [sre]\n  bob:\n    groups: [sre]\n  carol:\n    groups: [dba]\n\
+                 \x20 operator:\n    groups: [sre]\n    host_users: [root]\n\
+                 routes:\n  - name: pair\n    match:\n      rules: [pair-tool]\n    approvers: [sre]\n    threshold: 2\n\
+                 \x20 - name: default\n    approvers: [sre]\n"
+            ),
+        )?;
+        let mut tokens = std::collections::HashMap::new();
+        for p in ["alice", "bob", "carol", "operator"] {
+            let t = run_ok(Command::new(&server).args(["tokens", "issue", p, "--dir"]).arg(&sdir))?;
+            tokens.insert(p, t);
+        }
+        Ok(Fixture { dir, sdir, url: format!("https://{listen}"), held, pair, short, policy, outside_cg, tokens, _cg: cg })
+    }
+
+    fn enroll(&self, bin_dir: &Path) -> anyhow::Result<PathBuf> {
+        let server = bin_dir.join("airlock-server");
+        let token = run_ok(Command::new(&server).args(["hosts", "enroll", HOST, "--labels", "env=e2e", "--dir"]).arg(&self.sdir))?;
+        let id = self.dir.join("identity");
+        run_ok(Command::new(bin_dir.join("airlock")).args(["enroll", "--server", &self.url, "--token", &token, "--identity-dir"]).arg(&id))?;
+        Ok(id)
+    }
+}
+
+/// What every case gets.
+pub struct Ctx<'a> {
+    pub fx: &'a Fixture,
+    pub daemon: &'a Daemon,
+    pub server: std::cell::RefCell<ServerProc>,
+    pub me: PathBuf,
+    pub bin_dir: PathBuf,
+}
+
+impl Ctx<'_> {
+    /// `airlock --server URL --token T ARGS` as `who`.
+    fn remote(&self, who: &str, args: &[&str]) -> anyhow::Result<Output> {
+        let token = self.fx.tokens.get(who).context("no such principal")?;
+        Ok(Command::new(self.bin_dir.join("airlock"))
+            .args(args)
+            .args(["--server", &self.fx.url, "--token", token, "--ca"])
+            .arg(self.fx.sdir.join("ca.pem"))
+            .output()?)
+    }
+
+    fn remote_ok(&self, who: &str, args: &[&str]) -> anyhow::Result<String> {
+        let o = self.remote(who, args)?;
+        ensure(o.status.success(), || format!("{who}: airlock {args:?}: {}", String::from_utf8_lossy(&o.stderr)))?;
+        Ok(stdout(&o))
+    }
+
+    /// Starts `airlock run --agent e2esrv -- airlock-e2e --op exec TOOL --op echo WORD`.
+    fn spawn(&self, tool: &Path, word: &str) -> anyhow::Result<Spawned> {
+        let airlock = self.bin_dir.join("airlock").to_string_lossy().to_string();
+        let sd = self.daemon.state_dir.to_string_lossy().to_string();
+        let me = self.me.to_string_lossy().to_string();
+        let t = tool.to_string_lossy().to_string();
+        Spawned::start(
+            &self.fx.outside_cg,
+            &[&airlock, "run", "--agent", "e2esrv", "--state-dir", &sd, "--reason", "e2e remote", "--", &me, "--op", "exec", &t, "--op", "echo", word],
+        )
+    }
+
+    /// The request of `rule` pending at the server (waits for it to arrive there).
+    fn wait_pending_at_server(&self, rule: &str) -> anyhow::Result<serde_json::Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let o = self.remote("alice", &["pending", "--json"])?;
+            if o.status.success()
+                && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                && let Some(r) = v.as_array().and_then(|a| a.iter().find(|r| r["context"]["rule"] == rule).cloned())
+            {
+                return Ok(r);
+            }
+            if Instant::now() > deadline {
+                bail!("no request of rule {rule} at the server after {WAIT:?}: {}", String::from_utf8_lossy(&o.stderr));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The host's own record of request `id`.
+    fn local(&self, id: &str) -> Option<serde_json::Value> {
+        let b = std::fs::read(self.daemon.state_dir.join("requests").join(format!("{id}.json"))).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    fn link_up(&self, want: bool) -> anyhow::Result<()> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let st = self.daemon.status().unwrap_or_default();
+            if st["link"]["connected"].as_bool() == Some(want) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("link connected != {want} after {WAIT:?}: {}", st["link"]);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn restart_server(&self) -> anyhow::Result<()> {
+        let s = ServerProc::start(&self.bin_dir, &self.fx.sdir)?;
+        *self.server.borrow_mut() = s;
+        self.link_up(true)
+    }
+}
+
+fn said(o: &Output) -> String {
+    format!("{} {}", stdout(o), String::from_utf8_lossy(&o.stderr))
+}
+
+type Case = fn(&Ctx) -> anyhow::Result<()>;
+
+/// The remote-approval scenarios, in order.
+pub const CASES: &[(&str, Case)] = &[
+    ("server_approved_exec_resumes_with_its_output", |c| {
+        let child = c.spawn(&c.fx.held, "remote-ok")?;
+        let r = c.wait_pending_at_server("held-tool")?;
+        let id = r["id"].as_str().unwrap_or_default().to_string();
+        ensure(r["context"]["host"] == HOST, || format!("host is the certificate's: {}", r["context"]["host"]))?;
+        ensure(r["holders"].as_array().is_none_or(|h| h.is_empty()), || format!("holders reached the server: {r}"))?;
+        ensure(id.len() == 26, || format!("fleet-unique id: {id}"))?;
+        let listed = c.remote_ok("alice", &["pending", "--host", HOST])?;
+        ensure(listed.contains(&id) && listed.contains(HOST), || format!("pending table: {listed}"))?;
+        c.remote_ok("alice", &["approve", &id])?;
+        let o = child.finish(WAIT)?;
+        ensure(stdout(&o).ends_with("remote-ok") && o.status.success(), || format!("approved: {}", said(&o)))?;
+        let l = c.local(&id).context("local record")?;
+        ensure(l["decision"]["by"]["principal"] == "alice" && l["decision"]["by"]["via"] == "server", || format!("local record: {l}"))
+    }),
+    ("server_denied_exec_fails_with_eperm", |c| {
+        let child = c.spawn(&c.fx.held, "must-not-run")?;
+        let id = c.wait_pending_at_server("held-tool")?["id"].as_str().unwrap_or_default().to_string();
+        c.remote_ok("bob", &["deny", &id, "--reason", "not from here"])?;
+        let o = child.finish(WAIT)?;
+        ensure(stdout(&o).ends_with("errno=1"), || format!("denied: {}", said(&o)))
+    }),
+    ("two_of_two_route_needs_two_different_principals", |c| {
+        let mut child = c.spawn(&c.fx.pair, "pair-ok")?;
+        let id = c.wait_pending_at_server("pair-tool")?["id"].as_str().unwrap_or_default().to_string();
+        let first = c.remote_ok("alice", &["approve", &id])?;
+        ensure(first.contains("1 of 2"), || format!("first vote: {first}"))?;
+        std::thread::sleep(Duration::from_millis(500));
+        ensure(child.running(), || "released after one approval of two".into())?;
+        let again = c.remote("alice", &["approve", &id])?;
+        ensure(!again.status.success() && said(&again).contains("already voted"), || format!("same principal twice: {}", said(&again)))?;
+        ensure(child.running(), || "released after the same principal voted twice".into())?;
+        c.remote_ok("bob", &["approve", &id])?;
+        let o = child.finish(WAIT)?;
+        ensure(stdout(&o).ends_with("pair-ok"), || format!("after two approvals: {}", said(&o)))
+    }),
+    ("the_agents_launcher_cannot_approve_and_a_wrong_group_token_is_refused", |c| {
+        let mut child = c.spawn(&c.fx.held, "self-ok")?;
+        let id = c.wait_pending_at_server("held-tool")?["id"].as_str().unwrap_or_default().to_string();
+        let own = c.remote("operator", &["approve", &id])?;
+        ensure(!own.status.success() && said(&own).to_lowercase().contains("launch"), || format!("launcher's approval: {}", said(&own)))?;
+        let wrong = c.remote("carol", &["approve", &id])?;
+        ensure(!wrong.status.success() && said(&wrong).contains("carol"), || format!("dba's approval: {}", said(&wrong)))?;
+        std::thread::sleep(Duration::from_millis(300));
+        ensure(child.running(), || "released by a refused approval".into())?;
+        c.remote_ok("alice", &["approve", &id])?;
+        let o = child.finish(WAIT)?;
+        ensure(stdout(&o).ends_with("self-ok"), || format!("after alice: {}", said(&o)))
+    }),
+    ("server_killed_mid_hold_then_restarted_delivers_the_decision", |c| {
+        let child = c.spawn(&c.fx.held, "survived")?;
+        let id = c.wait_pending_at_server("held-tool")?["id"].as_str().unwrap_or_default().to_string();
+        c.server.borrow_mut().kill();
+        c.link_up(false)?;
+        c.restart_server()?;
+        c.remote_ok("alice", &["approve", &id])?;
+        let o = child.finish(WAIT)?;
+        ensure(stdout(&o).ends_with("survived"), || format!("after the restart: {}", said(&o)))
+    }),
+    ("server_unreachable_past_the_deadline_applies_on_timeout_and_reports_it_later", |c| {
+        c.server.borrow_mut().kill();
+        c.link_up(false)?;
+        let t0 = Instant::now();
+        let child = c.spawn(&c.fx.short, "must-not-run")?;
+        let o = child.finish(WAIT)?;
+        ensure(stdout(&o).ends_with("errno=1") && t0.elapsed() >= Duration::from_secs(3), || format!("timed out: {} after {:?}", said(&o), t0.elapsed()))?;
+        c.restart_server()?;
+        // The host re-sends the outcome it could not deliver.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let o = c.remote("alice", &["pending", "--json"])?;
+            let still = String::from_utf8_lossy(&o.stdout).contains("short-tool");
+            if o.status.success() && !still {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the server still lists the timed-out request as pending");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }),
+    ("local_break_glass_works_while_the_server_is_down_and_is_recorded_as_such", |c| {
+        c.server.borrow_mut().kill();
+        c.link_up(false)?;
+        let child = c.spawn(&c.fx.held, "glass")?;
+        let deadline = Instant::now() + WAIT;
+        let id = loop {
+            let o = Command::new(c.bin_dir.join("airlock")).args(["pending", "--json", "--state-dir"]).arg(&c.daemon.state_dir).output()?;
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            if let Some(id) = v.as_array().and_then(|a| a.first()).and_then(|r| r["id"].as_str()) {
+                break id.to_string();
+            }
+            if Instant::now() > deadline {
+                bail!("no local pending request");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let o = Command::new(c.bin_dir.join("airlock")).args(["approve", &id, "--state-dir"]).arg(&c.daemon.state_dir).output()?;
+        ensure(o.status.success(), || format!("break-glass approve: {}", said(&o)))?;
+        let out = child.finish(WAIT)?;
+        ensure(stdout(&out).ends_with("glass"), || format!("after break-glass: {}", said(&out)))?;
+        let l = c.local(&id).context("local record")?;
+        ensure(l["decision"]["by"]["via"] == "cli-break-glass", || format!("recorded as: {}", l["decision"]["by"]))?;
+        c.restart_server()
+    }),
+    ("a_revoked_host_is_cut_off_and_refused", |c| {
+        run_ok(Command::new(c.bin_dir.join("airlock-server")).args(["hosts", "revoke", HOST, "--dir"]).arg(&c.fx.sdir))?;
+        c.link_up(false)?;
+        // It stays refused: the daemon's reconnects are turned away.
+        std::thread::sleep(Duration::from_secs(2));
+        c.link_up(false)?;
+        let log = c.daemon.log_text();
+        ensure(log.contains("revoked") || log.contains("PermissionDenied"), || format!("daemon log lacks the refusal:\n{log}"))
+    }),
+];
+
+/// Runs the remote-approval scenarios with their own server, daemon and cgroups.
+/// `all: false` (the guest tier, where every second of TCG counts) runs only the first two.
+pub fn run_all(r: &mut Report, bin_dir: &Path, me: &Path, base: &Path, all: bool) {
+    let fx = match Fixture::new(base, bin_dir) {
+        Ok(f) => f,
+        Err(e) => return r.check("server_fixture", Err(e)),
+    };
+    let server = match ServerProc::start(bin_dir, &fx.sdir) {
+        Ok(s) => s,
+        Err(e) => return r.check("airlock_server_starts", Err(e)),
+    };
+    let id = match fx.enroll(bin_dir) {
+        Ok(id) => id,
+        Err(e) => {
+            println!("--- airlock-server log ---\n{}", server.log_text());
+            return r.check("host_enrolls_with_a_one_time_token", Err(e));
+        }
+    };
+    r.check("host_enrolls_with_a_one_time_token", Ok(()));
+    let idp = id.to_string_lossy().to_string();
+    let state = fx.dir.join("state");
+    let daemon = match Daemon::start_with(bin_dir, &fx.policy, &state, "auto", &["--server", &fx.url, "--identity-dir", &idp]) {
+        Ok(d) => d,
+        Err(e) => return r.check("airlockd_starts_linked", Err(e)),
+    };
+    let ctx = Ctx { fx: &fx, daemon: &daemon, server: std::cell::RefCell::new(server), me: me.to_path_buf(), bin_dir: bin_dir.to_path_buf() };
+    r.check("airlockd_links_to_the_server", ctx.link_up(true));
+    let before = r.failed;
+    for (name, f) in CASES.iter().take(if all { CASES.len() } else { 2 }) {
+        r.check(name, f(&ctx));
+    }
+    if r.failed > before {
+        println!("--- airlockd (server) log ---\n{}", daemon.log_text());
+        println!("--- airlock-server log ---\n{}", ctx.server.borrow().log_text());
+    }
+}
