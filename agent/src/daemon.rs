@@ -312,6 +312,11 @@ impl State {
         self.status.records_failed = self.records.failed;
         if let (Some(l), Some(s)) = (&self.link, self.status.link.as_mut()) {
             s.connected = *l.connected.borrow();
+            s.local_decisions = match l.local.get() {
+                crate::api::LocalDecisions::Forbidden => "forbidden",
+                _ => "break-glass",
+            }
+            .to_string();
         }
         self.status.agents = {
             let mut v: Vec<StatusAgent> = self
@@ -469,12 +474,16 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         let a = shared_agents.clone();
         std::sync::Arc::new(move |pid: u32| a.read().unwrap_or_else(|e| e.into_inner()).classify_pid(pid).map(|m| m.root.agent))
     };
-    let link = cfg.link.clone().map(|l| crate::link::client::spawn(l, holds.approvals.clone())).transpose()?;
-    let local = match (&link, cfg.break_glass) {
+    let local = crate::api::LocalPolicy::new(match (&cfg.link, cfg.break_glass) {
         (None, _) => crate::api::LocalDecisions::Primary,
         (Some(_), true) => crate::api::LocalDecisions::BreakGlass,
         (Some(_), false) => crate::api::LocalDecisions::Forbidden,
-    };
+    });
+    let link = cfg
+        .link
+        .clone()
+        .map(|l| crate::link::client::spawn(l, holds.approvals.clone(), local.clone(), cfg.break_glass))
+        .transpose()?;
     let api = crate::api::serve(
         crate::api::ApiConfig { socket: cfg.socket.clone(), group: cfg.socket_group.clone(), local },
         holds.approvals.clone(),

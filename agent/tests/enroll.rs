@@ -241,6 +241,8 @@ async fn a_server_certificate_without_the_dialled_name_fails_tls_despite_the_rig
         matches!(r, Err(EnrollError::Connect(TlsError::Handshake { .. }))),
         "{r:?}"
     );
+    let msg = r.unwrap_err().to_string();
+    assert!(msg.contains("not valid for name"), "{msg}");
     assert_eq!(f.calls.load(Ordering::SeqCst), 0);
 }
 
@@ -287,4 +289,22 @@ async fn the_client_certificate_the_server_sees_is_the_one_stored_at_redeem() {
         .domain_name("localhost")
         .ca_certificate(Certificate::from_pem(ca_pem));
     assert_eq!(call(anonymous).await, "none");
+}
+
+#[tokio::test]
+async fn an_identity_whose_certificate_is_not_for_its_key_does_not_load() {
+    let f = fixture().await;
+    for (host, dir) in [("web-1", "a"), ("web-2", "b")] {
+        let token = f.token(host, now_ms() + HOUR_MS).await;
+        enroll(&f.url(), &token, &f.dir(dir)).await.unwrap();
+    }
+    std::fs::copy(f.dir("b").join("host.key"), f.dir("a").join("host.key")).unwrap();
+    let r = Identity::load(&f.dir("a"));
+    assert!(
+        matches!(
+            r,
+            Err(airlock_agent::link::identity::IdentityError::KeyMismatch { .. })
+        ),
+        "{r:?}"
+    );
 }

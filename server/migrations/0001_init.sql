@@ -58,9 +58,11 @@ CREATE INDEX requests_host_state ON requests (host, state, created_ms, id);
 -- Listing every pending request, oldest first.
 CREATE INDEX requests_state ON requests (state, created_ms, id);
 -- The link polls each connected host for decided-but-undelivered requests several times a
--- second; this index holds only those rows, so the (usually empty) answer is one probe.
--- Queries must spell the condition literally (not as parameters) for SQLite to use it.
-CREATE INDEX requests_undelivered ON requests (host, created_ms, id)
+-- second; this index holds only those rows, so the (usually empty) answer is one probe
+-- however many requests wait for approvers. Queries must spell the condition literally (not
+-- as parameters) for SQLite to use it; `state` is a key column too, so that SQLite, matching
+-- as many equality terms here as in requests_host_state, prefers this smaller index.
+CREATE INDEX requests_undelivered ON requests (host, state, created_ms, id)
     WHERE state = 'pending' AND decision IS NOT NULL;
 
 -- Votes; one per principal and request. `seq` is the request's version the vote created,

@@ -54,7 +54,7 @@ impl Fault {
             Fault::Forbidden(_) => Code::PermissionDenied,
             Fault::Refused(r) => match r {
                 Refusal::ReasonRequired { .. } => Code::InvalidArgument,
-                Refusal::NoRoute { .. } => Code::FailedPrecondition,
+                Refusal::NoRoute => Code::FailedPrecondition,
                 _ => Code::PermissionDenied,
             },
             Fault::Invalid { .. } => Code::InvalidArgument,

@@ -75,9 +75,13 @@ impl airlock_proto::HostLink for LinkService {
         let (end_tx, end_rx) = mpsc::unbounded_channel::<Status>();
         let (deliver_tx, deliver_rx) = mpsc::unbounded_channel::<pb::ServerMessage>();
         let session = b.hub.attach(&name, deliver_tx);
+        // Settings first: the host applies the server's break-glass policy from now on.
+        let _ = tx.send(pb::ServerMessage {
+            body: Some(pb::server_message::Body::Settings(pb::Settings { break_glass: b.config().break_glass })),
+        });
         tracing::info!(host = %name, "host link up");
         let inbound = req.into_inner();
-        tokio::spawn(run(b, name, fp, session, inbound, deliver_rx, tx, end_tx));
+        tokio::spawn(run(Session { b, host: name, fp, id: session, tx, end: end_tx }, inbound, deliver_rx));
         // The outbound stream: messages from the session, then (if it ends with one) a status.
         let out = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
             .map(Ok)
@@ -86,18 +90,25 @@ impl airlock_proto::HostLink for LinkService {
     }
 }
 
+/// What one host's session works with.
+struct Session {
+    b: Arc<Broker>,
+    /// The host's name, from its certificate.
+    host: String,
+    /// SHA-256 of its certificate (re-checked every second: revocation).
+    fp: String,
+    /// The hub's session number.
+    id: u64,
+    /// Messages to the host.
+    tx: mpsc::UnboundedSender<pb::ServerMessage>,
+    /// The status that ends the stream, when it ends with one.
+    end: mpsc::UnboundedSender<Status>,
+}
+
 /// One host's session: reads its messages, delivers decisions made elsewhere, watches for
 /// revocation. Ends when the host goes away, is revoked, or breaks the protocol.
-async fn run(
-    b: Arc<Broker>,
-    host: String,
-    fp: String,
-    session: u64,
-    mut inbound: Streaming<pb::HostMessage>,
-    mut deliveries: mpsc::UnboundedReceiver<pb::ServerMessage>,
-    tx: mpsc::UnboundedSender<pb::ServerMessage>,
-    end: mpsc::UnboundedSender<Status>,
-) {
+async fn run(s: Session, mut inbound: Streaming<pb::HostMessage>, mut deliveries: mpsc::UnboundedReceiver<pb::ServerMessage>) {
+    let Session { b, host, fp, id: session, tx, end } = s;
     let who = format!("host:{host}");
     let mut hello = false;
     // Decisions already sent on this stream (the poll must not repeat them every 250 ms; a
@@ -105,6 +116,8 @@ async fn run(
     let mut sent: HashSet<String> = HashSet::new();
     let mut poll = tokio::time::interval(POLL);
     let mut check = tokio::time::interval(HOST_CHECK);
+    // The break-glass setting the host last got (sent again when a reload changes it).
+    let mut break_glass = b.config().break_glass;
     let reason = loop {
         tokio::select! {
             m = inbound.next() => match m {
@@ -193,7 +206,15 @@ async fn run(
                 }
             }
             _ = check.tick() => match b.store.host_by_cert(&fp).await {
-                Ok(Some(h)) if h.revoked_unix_ms.is_none() => {}
+                Ok(Some(h)) if h.revoked_unix_ms.is_none() => {
+                    let now = b.config().break_glass;
+                    if now != break_glass {
+                        break_glass = now;
+                        let _ = tx.send(pb::ServerMessage {
+                            body: Some(pb::server_message::Body::Settings(pb::Settings { break_glass })),
+                        });
+                    }
+                }
                 Ok(_) => {
                     let f = Fault::Forbidden(format!("host {host} was revoked"));
                     b.record(&who, "link", "link", None, f.code(), "stream cut: host revoked").await;

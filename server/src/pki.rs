@@ -205,15 +205,15 @@ impl Ca {
             }
         }
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
         let first = names.first().map(|s| s.trim()).unwrap_or("localhost");
-        params.distinguished_name = cn(first);
-        params.subject_alt_names = sans;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.use_authority_key_identifier_extension = true;
-        validity(&mut params, SystemTime::now(), SERVER_VALIDITY);
-        params.serial_number = Some(serial()?);
+        let now = SystemTime::now();
+        let params = leaf(
+            first,
+            sans,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            now,
+            SERVER_VALIDITY,
+        )?;
         let cert = params.signed_by(&key, &self.issuer()?)?;
         let chain = format!("{}{}", cert.pem(), self.cert_pem);
         write_atomic(&dir.join(SERVER_KEY), key.serialize_pem().as_bytes(), 0o600)?;
@@ -234,21 +234,12 @@ impl Ca {
             return Err(PkiError::BadHostName(host.to_string()));
         }
         let csr = check_csr(csr_der)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = cn(host);
-        params.subject_alt_names = vec![SanType::DnsName(
-            host.try_into()
-                .map_err(|_| PkiError::BadHostName(host.to_string()))?,
-        )];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
-        validity(
-            &mut params,
-            SystemTime::UNIX_EPOCH + Duration::from_millis(now_unix_ms),
-            HOST_VALIDITY,
-        );
-        params.serial_number = Some(serial()?);
+        let san = host
+            .try_into()
+            .map_err(|_| PkiError::BadHostName(host.to_string()))?;
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_unix_ms);
+        let eku = ExtendedKeyUsagePurpose::ClientAuth;
+        let params = leaf(host, vec![SanType::DnsName(san)], eku, now, HOST_VALIDITY)?;
         let cert = params.signed_by(&csr.public_key, &self.issuer()?)?;
         let cert_der = cert.der().to_vec();
         Ok(Issued {
@@ -264,8 +255,8 @@ fn check_csr(csr_der: &[u8]) -> Result<CertificateSigningRequestParams, PkiError
     let (_, parsed) =
         x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
             .map_err(|e| PkiError::InvalidCsr(format!("not a DER PKCS#10 request: {e}")))?;
-    // rcgen encodes the key with the algorithm of the CSR's *signature*; an ecdsa-with-SHA256
-    // signature says nothing about the curve, so the key itself is checked here.
+    // rcgen encodes the key with the algorithm of the CSR's *signature*, which says nothing
+    // about the curve (ecdsa-with-SHA256 fits a P-384 key), so the key itself is checked here.
     let alg = &parsed.certification_request_info.subject_pki.algorithm;
     let p256 = alg.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY
         && alg
@@ -282,16 +273,15 @@ fn check_csr(csr_der: &[u8]) -> Result<CertificateSigningRequestParams, PkiError
     }
     let csr = CertificateSigningRequestParams::from_der(&csr_der.into())
         .map_err(|e| PkiError::InvalidCsr(e.to_string()))?;
-    let sig_ok = if p256 {
-        csr.public_key.algorithm() == &PKCS_ECDSA_P256_SHA256
+    // The signature algorithm must be the key's usual one too: rcgen encodes the key with it.
+    let want = if p256 {
+        &PKCS_ECDSA_P256_SHA256
     } else {
-        csr.public_key.algorithm() == &rcgen::PKCS_ED25519
+        &rcgen::PKCS_ED25519
     };
-    if !sig_ok {
-        return Err(PkiError::InvalidCsr(
-            "signature algorithm does not match the key (expected ecdsa-with-SHA256 or Ed25519)"
-                .into(),
-        ));
+    if csr.public_key.algorithm() != want {
+        let why = "signature algorithm is not ecdsa-with-SHA256 (P-256 key) or Ed25519";
+        return Err(PkiError::InvalidCsr(why.into()));
     }
     Ok(csr)
 }
@@ -384,6 +374,25 @@ fn cn(name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
     dn
+}
+
+/// A leaf certificate's parameters: `name` as CN, these SANs, one extended key usage.
+fn leaf(
+    name: &str,
+    sans: Vec<SanType>,
+    eku: ExtendedKeyUsagePurpose,
+    now: SystemTime,
+    lifetime: Duration,
+) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = cn(name);
+    params.subject_alt_names = sans;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![eku];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, now, lifetime);
+    params.serial_number = Some(serial()?);
+    Ok(params)
 }
 
 fn validity(params: &mut CertificateParams, now: SystemTime, lifetime: Duration) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use airlock_approval::{Approver, DecisionRecord, Op, Release, RequestContext, Vote};
 
-use crate::config::{Match, Principal, Route, ServerConfig};
+use crate::config::{Glob, Match, Principal, Route, ServerConfig};
 
 /// What a route is matched against.
 #[derive(Clone, Copy, Debug)]
@@ -36,7 +36,7 @@ impl Match {
     /// Whether every criterion given matches `s` (any entry of a list will do).
     pub fn matches(&self, s: &Subject) -> bool {
         let c = s.context;
-        let any = |globs: &[crate::config::Glob], value: Option<&str>| {
+        let any = |globs: &[Glob], value: Option<&str>| {
             globs.is_empty() || value.is_some_and(|v| globs.iter().any(|g| g.is_match(v)))
         };
         any(&self.hosts, Some(s.host))

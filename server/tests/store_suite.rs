@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use airlock_approval::{Approver, DecisionRecord, Release, RequestState, Vote};
-use airlock_server::store::{Attempt, DbKind, RequestFilter, Store, StoreError, StoredRequest, TokenRow, Upserted};
+use airlock_server::store::{
+    Attempt, DbKind, RequestFilter, Store, StoreError, StoredRequest, TokenRow, Upserted,
+};
 use support::pg::PgCluster;
 
 const NOW: u64 = 1_700_000_000_000;
@@ -24,6 +26,8 @@ struct Db {
     _keep: Keep,
 }
 
+/// Held only for its `Drop` (deletes the file / releases the cluster).
+#[allow(dead_code)]
 enum Keep {
     Dir(tempfile::TempDir),
     Pg(Arc<PgCluster>),
@@ -33,17 +37,27 @@ impl Db {
     fn sqlite() -> Db {
         let dir = tempfile::tempdir().unwrap();
         let url = Store::sqlite_url(&dir.path().join("airlock.db"));
-        Db { url, kind: DbKind::Sqlite, _keep: Keep::Dir(dir) }
+        Db {
+            url,
+            kind: DbKind::Sqlite,
+            _keep: Keep::Dir(dir),
+        }
     }
 
     fn postgres() -> Option<Db> {
         let c = PgCluster::shared()?;
-        Some(Db { url: c.create_database(), kind: DbKind::Postgres, _keep: Keep::Pg(c) })
+        Some(Db {
+            url: c.create_database(),
+            kind: DbKind::Postgres,
+            _keep: Keep::Pg(c),
+        })
     }
 
     /// A new pool on this database (a second call = a second replica).
     async fn open(&self) -> Store {
-        let s = Store::open(&self.url).await.unwrap_or_else(|e| panic!("open {}: {e}", self.url));
+        let s = Store::open(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.url));
         assert_eq!(s.kind, self.kind);
         s
     }
@@ -93,7 +107,10 @@ cases!(
 // Helpers
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn req(id: &str, host: &str, agent: Option<&str>, created: u64) -> StoredRequest {
@@ -117,7 +134,11 @@ fn vote(principal: &str, release: Release, at: u64) -> Vote {
     Vote {
         principal: principal.to_string(),
         release,
-        for_ms: if release == Release::Allow { Some(3_600_000) } else { None },
+        for_ms: if release == Release::Allow {
+            Some(3_600_000)
+        } else {
+            None
+        },
         always: release == Release::Deny,
         reason: (release == Release::Deny).then(|| "not today".to_string()),
         via: "cli".to_string(),
@@ -143,7 +164,10 @@ fn record_of(v: &Vote, at: u64) -> DecisionRecord {
 }
 
 /// Decides when `n` votes agree (the last vote's terms); never on fewer.
-fn n_of(n: usize, at: u64) -> impl FnOnce(&StoredRequest, &[Vote]) -> Option<DecisionRecord> + Send {
+fn n_of(
+    n: usize,
+    at: u64,
+) -> impl FnOnce(&StoredRequest, &[Vote]) -> Option<DecisionRecord> + Send {
     move |_, votes| {
         let last = votes.last()?;
         let agreeing = votes.iter().filter(|v| v.release == last.release).count();
@@ -198,43 +222,75 @@ async fn migrations_idempotent(db: Db) {
     assert_eq!(b.token_by_hash("h1").await.unwrap(), Some(row.clone()));
     assert_eq!(c.tokens().await.unwrap(), vec![row]);
     // Not a URL of ours.
-    assert!(matches!(Store::open("mysql://x/y").await, Err(StoreError::BadUrl(_))));
-    assert!(matches!(Store::open("sqlite::memory:").await, Err(StoreError::BadUrl(_))));
+    assert!(matches!(
+        Store::open("mysql://x/y").await,
+        Err(StoreError::BadUrl(_))
+    ));
+    assert!(matches!(
+        Store::open("sqlite::memory:").await,
+        Err(StoreError::BadUrl(_))
+    ));
 }
 
 async fn enrollment(db: Db) {
     let s = db.open().await;
     let l = labels(&[("env", "prod")]);
-    s.add_enrollment("web-1", &l, "tok-a", NOW + 1000, NOW).await.unwrap();
+    s.add_enrollment("web-1", &l, "tok-a", NOW + 1000, NOW)
+        .await
+        .unwrap();
     let h = s.host("web-1").await.unwrap().unwrap();
-    assert_eq!((h.cert_sha256.clone(), h.enrolled_unix_ms, h.labels.clone()), (None, None, l.clone()));
+    assert_eq!(
+        (h.cert_sha256.clone(), h.enrolled_unix_ms, h.labels.clone()),
+        (None, None, l.clone())
+    );
 
     // Unknown, expired (the expiry instant itself is expired), then good, then used.
-    assert!(matches!(s.redeem_enrollment("nope", "c1", NOW).await, Err(StoreError::BadEnrollment)));
-    assert!(matches!(s.redeem_enrollment("tok-a", "c1", NOW + 1000).await, Err(StoreError::BadEnrollment)));
+    assert!(matches!(
+        s.redeem_enrollment("nope", "c1", NOW).await,
+        Err(StoreError::BadEnrollment)
+    ));
+    assert!(matches!(
+        s.redeem_enrollment("tok-a", "c1", NOW + 1000).await,
+        Err(StoreError::BadEnrollment)
+    ));
     let h = s.redeem_enrollment("tok-a", "c1", NOW + 999).await.unwrap();
     assert_eq!(h.name, "web-1");
     assert_eq!(h.cert_sha256.as_deref(), Some("c1"));
     assert_eq!(h.enrolled_unix_ms, Some(NOW + 999));
     assert_eq!(h.labels, l);
-    assert!(matches!(s.redeem_enrollment("tok-a", "c2", NOW + 1).await, Err(StoreError::BadEnrollment)));
+    assert!(matches!(
+        s.redeem_enrollment("tok-a", "c2", NOW + 1).await,
+        Err(StoreError::BadEnrollment)
+    ));
     assert_eq!(s.host_by_cert("c1").await.unwrap(), Some(h.clone()));
     assert_eq!(s.host_by_cert("c2").await.unwrap(), None);
 
     // A new token replaces the unused one; labels are updated.
     let l2 = labels(&[("env", "staging"), ("team", "db")]);
-    s.add_enrollment("db-1", &l, "tok-b", NOW + 5000, NOW).await.unwrap();
-    s.add_enrollment("db-1", &l2, "tok-c", NOW + 5000, NOW).await.unwrap();
-    assert!(matches!(s.redeem_enrollment("tok-b", "c3", NOW).await, Err(StoreError::BadEnrollment)));
+    s.add_enrollment("db-1", &l, "tok-b", NOW + 5000, NOW)
+        .await
+        .unwrap();
+    s.add_enrollment("db-1", &l2, "tok-c", NOW + 5000, NOW)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.redeem_enrollment("tok-b", "c3", NOW).await,
+        Err(StoreError::BadEnrollment)
+    ));
     let h = s.redeem_enrollment("tok-c", "c3", NOW).await.unwrap();
     assert_eq!((h.name.as_str(), h.labels.clone()), ("db-1", l2));
     assert_eq!(ids_of(&s.hosts().await.unwrap()), vec!["db-1", "web-1"]);
 
     // A token redeemed on one replica is used on the other.
-    s.add_enrollment("db-2", &l, "tok-d", NOW + 5000, NOW).await.unwrap();
+    s.add_enrollment("db-2", &l, "tok-d", NOW + 5000, NOW)
+        .await
+        .unwrap();
     let other = db.open().await;
     other.redeem_enrollment("tok-d", "c4", NOW).await.unwrap();
-    assert!(matches!(s.redeem_enrollment("tok-d", "c5", NOW).await, Err(StoreError::BadEnrollment)));
+    assert!(matches!(
+        s.redeem_enrollment("tok-d", "c5", NOW).await,
+        Err(StoreError::BadEnrollment)
+    ));
 }
 
 fn ids_of(hosts: &[airlock_server::store::HostRow]) -> Vec<&str> {
@@ -243,27 +299,59 @@ fn ids_of(hosts: &[airlock_server::store::HostRow]) -> Vec<&str> {
 
 async fn host_revoke_and_reenroll(db: Db) {
     let s = db.open().await;
-    s.add_enrollment("h", &labels(&[]), "t1", NOW + 1000, NOW).await.unwrap();
+    s.add_enrollment("h", &labels(&[]), "t1", NOW + 1000, NOW)
+        .await
+        .unwrap();
     s.redeem_enrollment("t1", "cert-old", NOW).await.unwrap();
     s.touch_host("h", NOW + 5).await.unwrap();
-    assert_eq!(s.host("h").await.unwrap().unwrap().last_seen_unix_ms, Some(NOW + 5));
-    assert!(matches!(s.touch_host("ghost", NOW).await, Err(StoreError::NoSuch { what: "host", .. })));
+    assert_eq!(
+        s.host("h").await.unwrap().unwrap().last_seen_unix_ms,
+        Some(NOW + 5)
+    );
+    assert!(matches!(
+        s.touch_host("ghost", NOW).await,
+        Err(StoreError::NoSuch { what: "host", .. })
+    ));
 
     s.revoke_host("h", NOW + 10).await.unwrap();
     s.revoke_host("h", NOW + 20).await.unwrap(); // keeps the first time
     let h = s.host_by_cert("cert-old").await.unwrap().unwrap();
     assert_eq!(h.revoked_unix_ms, Some(NOW + 10));
-    assert!(matches!(s.revoke_host("ghost", NOW).await, Err(StoreError::NoSuch { what: "host", .. })));
+    assert!(matches!(
+        s.revoke_host("ghost", NOW).await,
+        Err(StoreError::NoSuch { what: "host", .. })
+    ));
 
     // Revoking deletes an unused token; a fresh enrolment brings the host back with a new
     // certificate, and the old certificate is unknown from then on.
-    s.add_enrollment("h", &labels(&[]), "t2", NOW + 1000, NOW + 30).await.unwrap();
-    assert!(s.host("h").await.unwrap().unwrap().revoked_unix_ms.is_some(), "revoked until redeemed");
+    s.add_enrollment("h", &labels(&[]), "t2", NOW + 1000, NOW + 30)
+        .await
+        .unwrap();
+    assert!(
+        s.host("h")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_unix_ms
+            .is_some(),
+        "revoked until redeemed"
+    );
     s.revoke_host("h", NOW + 40).await.unwrap();
-    assert!(matches!(s.redeem_enrollment("t2", "cert-new", NOW + 41).await, Err(StoreError::BadEnrollment)));
-    s.add_enrollment("h", &labels(&[]), "t3", NOW + 1000, NOW + 50).await.unwrap();
-    let h = s.redeem_enrollment("t3", "cert-new", NOW + 60).await.unwrap();
-    assert_eq!((h.revoked_unix_ms, h.cert_sha256.as_deref()), (None, Some("cert-new")));
+    assert!(matches!(
+        s.redeem_enrollment("t2", "cert-new", NOW + 41).await,
+        Err(StoreError::BadEnrollment)
+    ));
+    s.add_enrollment("h", &labels(&[]), "t3", NOW + 1000, NOW + 50)
+        .await
+        .unwrap();
+    let h = s
+        .redeem_enrollment("t3", "cert-new", NOW + 60)
+        .await
+        .unwrap();
+    assert_eq!(
+        (h.revoked_unix_ms, h.cert_sha256.as_deref()),
+        (None, Some("cert-new"))
+    );
     assert_eq!(s.host_by_cert("cert-old").await.unwrap(), None);
     assert_eq!(s.host_by_cert("cert-new").await.unwrap().unwrap().name, "h");
 }
@@ -277,20 +365,51 @@ async fn tokens(db: Db) {
         expires_unix_ms: created + 86_400_000,
         revoked_unix_ms: None,
     };
-    s.add_token(&t("b2", "bob", NOW + 1), "hash-b").await.unwrap();
+    s.add_token(&t("b2", "bob", NOW + 1), "hash-b")
+        .await
+        .unwrap();
     s.add_token(&t("a1", "alice", NOW), "hash-a").await.unwrap();
-    assert_eq!(s.token_by_hash("hash-a").await.unwrap(), Some(t("a1", "alice", NOW)));
+    assert_eq!(
+        s.token_by_hash("hash-a").await.unwrap(),
+        Some(t("a1", "alice", NOW))
+    );
     assert_eq!(s.token_by_hash("hash-x").await.unwrap(), None);
-    let all: Vec<String> = s.tokens().await.unwrap().into_iter().map(|r| r.id).collect();
+    let all: Vec<String> = s
+        .tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
     assert_eq!(all, ["a1", "b2"]);
     // Same hash again: refused by the database.
-    assert!(matches!(s.add_token(&t("c3", "carol", NOW), "hash-a").await, Err(StoreError::Db(_))));
+    assert!(matches!(
+        s.add_token(&t("c3", "carol", NOW), "hash-a").await,
+        Err(StoreError::Db(_))
+    ));
 
     s.revoke_token("a1", NOW + 7).await.unwrap();
     s.revoke_token("a1", NOW + 9).await.unwrap();
-    assert_eq!(s.token_by_hash("hash-a").await.unwrap().unwrap().revoked_unix_ms, Some(NOW + 7));
-    assert_eq!(s.token_by_hash("hash-b").await.unwrap().unwrap().revoked_unix_ms, None);
-    assert!(matches!(s.revoke_token("zz", NOW).await, Err(StoreError::NoSuch { what: "token", .. })));
+    assert_eq!(
+        s.token_by_hash("hash-a")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_unix_ms,
+        Some(NOW + 7)
+    );
+    assert_eq!(
+        s.token_by_hash("hash-b")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_unix_ms,
+        None
+    );
+    assert!(matches!(
+        s.revoke_token("zz", NOW).await,
+        Err(StoreError::NoSuch { what: "token", .. })
+    ));
 }
 
 async fn upsert_idempotent_and_other_host(db: Db) {
@@ -303,18 +422,32 @@ async fn upsert_idempotent_and_other_host(db: Db) {
     let mut again = r.clone();
     again.updated_unix_ms = NOW + 99;
     again.body = "{}".into();
-    assert_eq!(s.upsert_opened(&again).await.unwrap(), Upserted::Existing(r.clone()));
+    assert_eq!(
+        s.upsert_opened(&again).await.unwrap(),
+        Upserted::Existing(r.clone())
+    );
 
     // Another host using the id: refused, nothing changes.
     let mut stolen = r.clone();
     stolen.host = "evil".into();
-    assert!(matches!(s.upsert_opened(&stolen).await, Err(StoreError::OtherHost { id }) if id == "r1"));
+    assert!(
+        matches!(s.upsert_opened(&stolen).await, Err(StoreError::OtherHost { id }) if id == "r1")
+    );
     assert_eq!(s.request("r1").await.unwrap(), Some(r.clone()));
     assert_eq!(s.request("nope").await.unwrap(), None);
 
     // A decided request re-sent: Existing carries the decision (to deliver again).
-    s.vote("r1", &vote("alice", Release::Allow, NOW + 1), NOW + 1, n_of(1, NOW + 1)).await.unwrap();
-    let Upserted::Existing(cur) = s.upsert_opened(&r).await.unwrap() else { panic!("expected Existing") };
+    s.vote(
+        "r1",
+        &vote("alice", Release::Allow, NOW + 1),
+        NOW + 1,
+        n_of(1, NOW + 1),
+    )
+    .await
+    .unwrap();
+    let Upserted::Existing(cur) = s.upsert_opened(&r).await.unwrap() else {
+        panic!("expected Existing")
+    };
     assert_eq!(cur.decision.unwrap().release, Release::Allow);
     assert_eq!(cur.votes.len(), 1);
 }
@@ -332,44 +465,124 @@ async fn list_filters(db: Db) {
         s.upsert_opened(&r).await.unwrap();
     }
     let all = RequestFilter::default();
-    assert_eq!(ids(&s.list_requests(&all).await.unwrap()), ["r1", "r2", "r3", "r4", "r5"]);
-    let f = |host: Option<&str>, agent: Option<&str>, state: Option<RequestState>, du: bool, limit: Option<u32>| RequestFilter {
+    assert_eq!(
+        ids(&s.list_requests(&all).await.unwrap()),
+        ["r1", "r2", "r3", "r4", "r5"]
+    );
+    let f = |host: Option<&str>,
+             agent: Option<&str>,
+             state: Option<RequestState>,
+             du: bool,
+             limit: Option<u32>| RequestFilter {
         host: host.map(str::to_string),
         agent: agent.map(str::to_string),
         state,
         decided_undelivered: du,
         limit,
     };
-    assert_eq!(ids(&s.list_requests(&f(Some("web-1"), None, None, false, None)).await.unwrap()), ["r1", "r3", "r5"]);
-    assert_eq!(ids(&s.list_requests(&f(None, Some("claude"), None, false, None)).await.unwrap()), ["r2", "r3", "r5"]);
-    assert_eq!(ids(&s.list_requests(&f(Some("web-1"), Some("claude"), None, false, Some(1))).await.unwrap()), ["r3"]);
-    assert_eq!(ids(&s.list_requests(&f(None, None, None, false, Some(2))).await.unwrap()), ["r1", "r2"]);
+    assert_eq!(
+        ids(&s
+            .list_requests(&f(Some("web-1"), None, None, false, None))
+            .await
+            .unwrap()),
+        ["r1", "r3", "r5"]
+    );
+    assert_eq!(
+        ids(&s
+            .list_requests(&f(None, Some("claude"), None, false, None))
+            .await
+            .unwrap()),
+        ["r2", "r3", "r5"]
+    );
+    assert_eq!(
+        ids(&s
+            .list_requests(&f(Some("web-1"), Some("claude"), None, false, Some(1)))
+            .await
+            .unwrap()),
+        ["r3"]
+    );
+    assert_eq!(
+        ids(&s
+            .list_requests(&f(None, None, None, false, Some(2)))
+            .await
+            .unwrap()),
+        ["r1", "r2"]
+    );
 
     // r3: two votes of a 2-of-2, decided, undelivered. r5: one vote, undecided. r1 closed.
-    s.vote("r3", &vote("alice", Release::Allow, NOW + 40), NOW + 40, n_of(2, NOW + 40)).await.unwrap();
-    s.vote("r3", &vote("bob", Release::Allow, NOW + 41), NOW + 41, n_of(2, NOW + 41)).await.unwrap();
-    s.vote("r5", &vote("carol", Release::Deny, NOW + 42), NOW + 42, n_of(2, NOW + 42)).await.unwrap();
-    s.close("r1", "web-1", RequestState::Denied, None, NOW + 43).await.unwrap();
+    s.vote(
+        "r3",
+        &vote("alice", Release::Allow, NOW + 40),
+        NOW + 40,
+        n_of(2, NOW + 40),
+    )
+    .await
+    .unwrap();
+    s.vote(
+        "r3",
+        &vote("bob", Release::Allow, NOW + 41),
+        NOW + 41,
+        n_of(2, NOW + 41),
+    )
+    .await
+    .unwrap();
+    s.vote(
+        "r5",
+        &vote("carol", Release::Deny, NOW + 42),
+        NOW + 42,
+        n_of(2, NOW + 42),
+    )
+    .await
+    .unwrap();
+    s.close("r1", "web-1", RequestState::Denied, None, NOW + 43)
+        .await
+        .unwrap();
 
     let pending = f(None, None, Some(RequestState::Pending), false, None);
-    assert_eq!(ids(&s.list_requests(&pending).await.unwrap()), ["r2", "r3", "r4", "r5"]);
+    assert_eq!(
+        ids(&s.list_requests(&pending).await.unwrap()),
+        ["r2", "r3", "r4", "r5"]
+    );
     let denied = f(None, None, Some(RequestState::Denied), false, None);
     assert_eq!(ids(&s.list_requests(&denied).await.unwrap()), ["r1"]);
     let undelivered = |h: &str| f(Some(h), None, None, true, None);
     let got = s.list_requests(&undelivered("web-1")).await.unwrap();
     assert_eq!(ids(&got), ["r3"]);
-    assert!(s.list_requests(&undelivered("web-2")).await.unwrap().is_empty());
+    assert!(
+        s.list_requests(&undelivered("web-2"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Votes come along, in the order cast; a limit counts requests, not votes.
     let principals: Vec<&str> = got[0].votes.iter().map(|v| v.principal.as_str()).collect();
     assert_eq!(principals, ["alice", "bob"]);
     assert_eq!(got[0].votes[0], vote("alice", Release::Allow, NOW + 40));
-    let page = s.list_requests(&f(Some("web-1"), None, None, false, Some(2))).await.unwrap();
+    let page = s
+        .list_requests(&f(Some("web-1"), None, None, false, Some(2)))
+        .await
+        .unwrap();
     assert_eq!((ids(&page), page[1].votes.len()), (vec!["r1", "r3"], 2));
-    let r5 = s.list_requests(&f(None, None, None, false, None)).await.unwrap().pop().unwrap();
-    assert_eq!((r5.id.as_str(), r5.votes.len(), r5.decision.is_none()), ("r5", 1, true));
+    let r5 = s
+        .list_requests(&f(None, None, None, false, None))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        (r5.id.as_str(), r5.votes.len(), r5.decision.is_none()),
+        ("r5", 1, true)
+    );
     // Delivered (closed by the host): no longer listed as undelivered.
-    s.close("r3", "web-1", RequestState::Approved, None, NOW + 50).await.unwrap();
-    assert!(s.list_requests(&undelivered("web-1")).await.unwrap().is_empty());
+    s.close("r3", "web-1", RequestState::Approved, None, NOW + 50)
+        .await
+        .unwrap();
+    assert!(
+        s.list_requests(&undelivered("web-1"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn votes_and_already_voted(db: Db) {
@@ -391,7 +604,10 @@ async fn votes_and_already_voted(db: Db) {
         Err(StoreError::AlreadyVoted { id, principal }) if id == "r1" && principal == "alice"
     ));
     let cur = s.request("r1").await.unwrap().unwrap();
-    assert_eq!((cur.votes.clone(), cur.updated_unix_ms), (vec![a.clone()], NOW + 1));
+    assert_eq!(
+        (cur.votes.clone(), cur.updated_unix_ms),
+        (vec![a.clone()], NOW + 1)
+    );
 
     // The tally sees the request and every vote so far, in order.
     let b = vote("bob", Release::Allow, NOW + 3);
@@ -406,7 +622,11 @@ async fn votes_and_already_voted(db: Db) {
     let d = res.decided.clone().expect("the second approval decides");
     assert_eq!(d, record_of(&b, NOW + 3));
     assert_eq!(res.request.decision, Some(d.clone()));
-    assert_eq!(res.request.state, RequestState::Pending, "decided, not yet closed by the host");
+    assert_eq!(
+        res.request.state,
+        RequestState::Pending,
+        "decided, not yet closed by the host"
+    );
     assert_eq!(s.request("r1").await.unwrap().unwrap(), res.request);
 
     assert!(matches!(
@@ -419,13 +639,22 @@ async fn vote_on_decided_or_closed(db: Db) {
     let s = db.open().await;
     s.upsert_opened(&req("d", "h", None, NOW)).await.unwrap();
     s.upsert_opened(&req("c", "h", None, NOW)).await.unwrap();
-    s.vote("d", &vote("alice", Release::Deny, NOW + 1), NOW + 1, n_of(1, NOW + 1)).await.unwrap();
+    s.vote(
+        "d",
+        &vote("alice", Release::Deny, NOW + 1),
+        NOW + 1,
+        n_of(1, NOW + 1),
+    )
+    .await
+    .unwrap();
     let late = vote("bob", Release::Allow, NOW + 2);
     assert!(matches!(
         s.vote("d", &late, NOW + 2, |_, _| None).await,
         Err(StoreError::Closed { state, .. }) if state == "decided"
     ));
-    s.close("c", "h", RequestState::TimedOut, None, NOW + 3).await.unwrap();
+    s.close("c", "h", RequestState::TimedOut, None, NOW + 3)
+        .await
+        .unwrap();
     assert!(matches!(
         s.vote("c", &late, NOW + 4, |_, _| None).await,
         Err(StoreError::Closed { state, .. }) if state == "timed_out"
@@ -437,21 +666,51 @@ async fn vote_on_decided_or_closed(db: Db) {
 
 async fn close_idempotent(db: Db) {
     let s = db.open().await;
-    s.upsert_opened(&req("r1", "web-1", None, NOW)).await.unwrap();
-    let server = s.vote("r1", &vote("alice", Release::Allow, NOW + 1), NOW + 1, n_of(1, NOW + 1)).await.unwrap();
+    s.upsert_opened(&req("r1", "web-1", None, NOW))
+        .await
+        .unwrap();
+    let server = s
+        .vote(
+            "r1",
+            &vote("alice", Release::Allow, NOW + 1),
+            NOW + 1,
+            n_of(1, NOW + 1),
+        )
+        .await
+        .unwrap();
     let decided = server.decided.unwrap();
 
-    assert!(matches!(s.close("nope", "web-1", RequestState::Approved, None, NOW).await, Err(StoreError::NotFound { .. })));
-    assert!(matches!(s.close("r1", "evil", RequestState::Denied, None, NOW).await, Err(StoreError::OtherHost { .. })));
-    assert!(matches!(s.close("r1", "web-1", RequestState::Pending, None, NOW).await, Err(StoreError::NotAnOutcome { .. })));
+    assert!(matches!(
+        s.close("nope", "web-1", RequestState::Approved, None, NOW)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.close("r1", "evil", RequestState::Denied, None, NOW).await,
+        Err(StoreError::OtherHost { .. })
+    ));
+    assert!(matches!(
+        s.close("r1", "web-1", RequestState::Pending, None, NOW)
+            .await,
+        Err(StoreError::NotAnOutcome { .. })
+    ));
 
     // No record from the host: the server's decision stays.
-    let closed = s.close("r1", "web-1", RequestState::Approved, None, NOW + 5).await.unwrap();
-    assert_eq!((closed.state, closed.updated_unix_ms), (RequestState::Approved, NOW + 5));
+    let closed = s
+        .close("r1", "web-1", RequestState::Approved, None, NOW + 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        (closed.state, closed.updated_unix_ms),
+        (RequestState::Approved, NOW + 5)
+    );
     assert_eq!(closed.decision, Some(decided));
     assert_eq!(closed.votes.len(), 1);
     // Same outcome again (a re-sent message): Ok, nothing changes.
-    let again = s.close("r1", "web-1", RequestState::Approved, None, NOW + 9).await.unwrap();
+    let again = s
+        .close("r1", "web-1", RequestState::Approved, None, NOW + 9)
+        .await
+        .unwrap();
     assert_eq!(again, closed);
     // Another outcome for a closed request: refused.
     assert!(matches!(
@@ -460,17 +719,35 @@ async fn close_idempotent(db: Db) {
     ));
 
     // The host's own record (break-glass deny) replaces the server's.
-    s.upsert_opened(&req("r2", "web-1", None, NOW)).await.unwrap();
-    s.vote("r2", &vote("alice", Release::Allow, NOW + 1), NOW + 1, n_of(1, NOW + 1)).await.unwrap();
+    s.upsert_opened(&req("r2", "web-1", None, NOW))
+        .await
+        .unwrap();
+    s.vote(
+        "r2",
+        &vote("alice", Release::Allow, NOW + 1),
+        NOW + 1,
+        n_of(1, NOW + 1),
+    )
+    .await
+    .unwrap();
     let glass = DecisionRecord {
         release: Release::Deny,
         for_ms: None,
         always: false,
         reason: Some("break glass".into()),
-        by: Some(Approver { uid: 0, pid: 42, user: Some("root".into()), via: "cli-break-glass".into(), principal: None }),
+        by: Some(Approver {
+            uid: 0,
+            pid: 42,
+            user: Some("root".into()),
+            via: "cli-break-glass".into(),
+            principal: None,
+        }),
         at_unix_ms: NOW + 2,
     };
-    let closed = s.close("r2", "web-1", RequestState::Denied, Some(&glass), NOW + 3).await.unwrap();
+    let closed = s
+        .close("r2", "web-1", RequestState::Denied, Some(&glass), NOW + 3)
+        .await
+        .unwrap();
     assert_eq!(closed.decision, Some(glass));
 }
 
@@ -486,10 +763,17 @@ async fn attempts_recorded(db: Db) {
         message: "not an approver".into(),
     };
     // Two in the same millisecond: the later-recorded one is newer.
-    for x in [a(NOW, "alice", Some("r1")), a(NOW + 5, "bob", None), a(NOW + 5, "carol", Some("r2"))] {
+    for x in [
+        a(NOW, "alice", Some("r1")),
+        a(NOW + 5, "bob", None),
+        a(NOW + 5, "carol", Some("r2")),
+    ] {
         s.record_attempt(&x).await.unwrap();
     }
-    assert_eq!(s.attempts(2).await.unwrap(), vec![a(NOW + 5, "carol", Some("r2")), a(NOW + 5, "bob", None)]);
+    assert_eq!(
+        s.attempts(2).await.unwrap(),
+        vec![a(NOW + 5, "carol", Some("r2")), a(NOW + 5, "bob", None)]
+    );
     let all = s.attempts(100).await.unwrap();
     assert_eq!(all.len(), 3);
     assert_eq!(all[2], a(NOW, "alice", Some("r1")));
@@ -504,14 +788,23 @@ async fn replica_conflict_first_vote_decides(db: Db) {
     let replicas = [db.open().await, db.open().await];
     for round in 0..ROUNDS {
         let id = format!("race-{round}");
-        replicas[round % 2].upsert_opened(&req(&id, "h", None, NOW)).await.unwrap();
+        replicas[round % 2]
+            .upsert_opened(&req(&id, "h", None, NOW))
+            .await
+            .unwrap();
         let mut tasks = Vec::new();
         for i in 0..VOTERS {
             let s = replicas[i % 2].clone();
             let id = id.clone();
-            let release = if i % 2 == 0 { Release::Allow } else { Release::Deny };
+            let release = if i % 2 == 0 {
+                Release::Allow
+            } else {
+                Release::Deny
+            };
             let v = vote(&format!("p{i}"), release, NOW + i as u64);
-            tasks.push(tokio::spawn(async move { s.vote(&id, &v, NOW + 1, n_of(1, NOW + 1)).await }));
+            tasks.push(tokio::spawn(async move {
+                s.vote(&id, &v, NOW + 1, n_of(1, NOW + 1)).await
+            }));
         }
         let mut decided = Vec::new();
         for t in tasks {
@@ -522,9 +815,17 @@ async fn replica_conflict_first_vote_decides(db: Db) {
             }
         }
         assert_eq!(decided.len(), 1, "round {round}: exactly one vote decides");
-        let stored = replicas[(round + 1) % 2].request(&id).await.unwrap().unwrap();
+        let stored = replicas[(round + 1) % 2]
+            .request(&id)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(stored.decision.as_ref(), Some(&decided[0]), "round {round}");
-        assert_eq!(stored.votes.len(), 1, "round {round}: only the deciding vote is kept");
+        assert_eq!(
+            stored.votes.len(),
+            1,
+            "round {round}: only the deciding vote is kept"
+        );
         assert_eq!(stored.votes[0].release, decided[0].release);
     }
 }
@@ -544,11 +845,16 @@ async fn replica_two_of_two(db: Db) {
             let s = s.clone();
             let id = id.clone();
             let v = vote(["alice", "bob"][i], Release::Allow, NOW + i as u64);
-            tasks.push(tokio::spawn(async move { s.vote(&id, &v, NOW + 1, n_of(2, NOW + 1)).await }));
+            tasks.push(tokio::spawn(async move {
+                s.vote(&id, &v, NOW + 1, n_of(2, NOW + 1)).await
+            }));
         }
         let mut decided = Vec::new();
         for t in tasks {
-            let res = t.await.unwrap().unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+            let res = t
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
             decided.extend(res.decided);
         }
         assert_eq!(decided.len(), 1, "round {round}: decided exactly once");
@@ -563,15 +869,26 @@ async fn replica_two_of_two(db: Db) {
 async fn round_trip_timing(db: Db) {
     const N: usize = 300;
     let s = db.open().await;
-    let poll = RequestFilter { host: Some("h".into()), decided_undelivered: true, ..Default::default() };
+    let poll = RequestFilter {
+        host: Some("h".into()),
+        decided_undelivered: true,
+        ..Default::default()
+    };
     let mut cycle = Vec::with_capacity(N);
     let mut polls = Vec::with_capacity(N);
     for i in 0..N {
         let id = format!("t{i}");
         let t0 = Instant::now();
-        s.upsert_opened(&req(&id, "h", None, NOW + i as u64)).await.unwrap();
-        let res = s.vote(&id, &vote("alice", Release::Allow, NOW), NOW, n_of(1, NOW)).await.unwrap();
-        s.close(&id, "h", RequestState::Approved, res.decided.as_ref(), NOW).await.unwrap();
+        s.upsert_opened(&req(&id, "h", None, NOW + i as u64))
+            .await
+            .unwrap();
+        let res = s
+            .vote(&id, &vote("alice", Release::Allow, NOW), NOW, n_of(1, NOW))
+            .await
+            .unwrap();
+        s.close(&id, "h", RequestState::Approved, res.decided.as_ref(), NOW)
+            .await
+            .unwrap();
         cycle.push(t0.elapsed());
         let t1 = Instant::now();
         assert!(s.list_requests(&poll).await.unwrap().is_empty());
@@ -587,5 +904,9 @@ async fn round_trip_timing(db: Db) {
         polls[N / 2],
         polls[N * 9 / 10]
     );
-    assert!(cycle[N / 2].as_millis() < 50, "open+vote+close median {:?}", cycle[N / 2]);
+    assert!(
+        cycle[N / 2].as_millis() < 50,
+        "open+vote+close median {:?}",
+        cycle[N / 2]
+    );
 }

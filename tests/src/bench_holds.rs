@@ -8,6 +8,11 @@
 //! Both clocks are CLOCK_MONOTONIC, read by the agent and by the client. Also: the CPU a held
 //! process uses while it waits (schedstat of all its threads over a 2 s hold), and the baseline
 //! of an unheld open of the same file, measured in the same run.
+//!
+//! Then the same 1,000 holds once more with airlockd linked to a real airlock-server (SQLite,
+//! TLS, loopback) and the auto-approver deciding through the server (`airlock --server` path):
+//! the request goes up the host's link, the decision comes down it. Both rows are printed side
+//! by side, from the same run.
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,13 +61,23 @@ fn pct(v: &mut [u64], p: f64) -> u64 {
 /// (request seen, decision sent) per approved request, in order.
 type Seen = Arc<Mutex<Vec<(u64, u64)>>>;
 
+/// Where the auto-approver decides: the host's socket, or airlock-server.
+#[derive(Clone)]
+enum Approver {
+    Socket(PathBuf),
+    Server { url: String, token: String, ca: PathBuf },
+}
+
 /// Approves every request the Watch stream announces, recording the times; requests of `skip`
 /// (a pid) are left alone.
-fn auto_approver(socket: PathBuf, seen: Seen, skip: Arc<Mutex<u32>>, stop: tokio::sync::oneshot::Receiver<()>) -> std::thread::JoinHandle<anyhow::Result<()>> {
+fn auto_approver(at: Approver, seen: Seen, skip: Arc<Mutex<u32>>, stop: tokio::sync::oneshot::Receiver<()>) -> std::thread::JoinHandle<anyhow::Result<()>> {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async move {
-            let mut client = airlock_agent::api::connect(&socket).await?;
+            let mut client = match at {
+                Approver::Socket(socket) => airlock_agent::api::remote::local(airlock_agent::api::connect_channel(&socket).await?),
+                Approver::Server { url, token, ca } => airlock_agent::api::remote::connect_server(&url, Some(&token), Some(&ca)).await?,
+            };
             let mut decider = client.clone();
             let mut stream = client.watch(WatchRequest::default()).await?.into_inner();
             tokio::pin!(stop);
@@ -98,8 +113,40 @@ fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
-/// Runs the hold benchmark and prints its table.
+/// p50/p99 (ns) of the whole held open, decided through one path.
+struct Whole {
+    p50: u64,
+    p99: u64,
+}
+
+/// Runs the hold benchmark (socket, then server) and prints its tables.
 pub fn run(bin_dir: &Path, me: &Path) -> anyhow::Result<()> {
+    let local = run_one(bin_dir, me, false)?;
+    let remote = run_one(bin_dir, me, true)?;
+    let ms = |ns: u64| ns as f64 / 1e6;
+    println!();
+    println!("holds decided locally vs through airlock-server (same run, {HOLDS} each):");
+    println!();
+    println!("| path                                          | p50         | p99         | p50 / socket |");
+    println!("|-----------------------------------------------|-------------|-------------|--------------|");
+    println!("| socket: airlock approve on the host           | {:>8.3} ms | {:>8.3} ms | 1.0×         |", ms(local.p50), ms(local.p99));
+    println!("| server: host link + airlock --server approve  | {:>8.3} ms | {:>8.3} ms | {:>10.1}×  |", ms(remote.p50), ms(remote.p99), remote.p50 as f64 / local.p50.max(1) as f64);
+    Ok(())
+}
+
+/// Starts airlock-server (SQLite) in `dir`, enrols this host; returns the server, the host's
+/// identity directory and an approver.
+fn start_server(bin_dir: &Path, dir: &Path) -> anyhow::Result<(crate::server::ServerProc, PathBuf, Approver)> {
+    let sdir = dir.join("server");
+    let (url, _) = crate::server::init_server(bin_dir, &sdir, "principals:\n  bot:\n    groups: [bots]\nroutes:\n  - name: all\n    approvers: [bots]\n")?;
+    let token = crate::server::issue_token(bin_dir, &sdir, "bot")?;
+    let server = crate::server::ServerProc::start(bin_dir, &sdir)?;
+    let id = dir.join("identity");
+    crate::server::enroll(bin_dir, &sdir, &url, "bench-host", &id)?;
+    Ok((server, id, Approver::Server { url, token, ca: sdir.join("ca.pem") }))
+}
+
+fn run_one(bin_dir: &Path, me: &Path, through_server: bool) -> anyhow::Result<Whole> {
     let dir = PathBuf::from(format!("/var/tmp/airlock-bench-holds-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("held"))?;
@@ -117,8 +164,25 @@ pub fn run(bin_dir: &Path, me: &Path) -> anyhow::Result<()> {
         "apiVersion: airlock.dev/v1\nkind: Policy\nmetadata:\n  name: bench-holds\nmode: enforce\nagents:\n  - name: bench\n    cgroup: \"/{top}/agent\"\nrules:\n  - name: held\n    action: approve\n    paths: [\"{}\"]\n",
         dir.join("held").display()))?;
     let state = dir.join("state");
-    let daemon = Daemon::start(bin_dir, &policy, &state, "auto")?;
-    let socket = state.join("airlock.sock");
+    let (_server, approver_at, daemon) = if through_server {
+        let (server, id, at) = start_server(bin_dir, &dir)?;
+        let (url, idp) = match &at {
+            Approver::Server { url, .. } => (url.clone(), id.to_string_lossy().to_string()),
+            Approver::Socket(_) => unreachable!("start_server returns a server approver"),
+        };
+        let daemon = Daemon::start_with(bin_dir, &policy, &state, "auto", &["--server", &url, "--identity-dir", &idp])?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while daemon.status().is_none_or(|s| s["link"]["connected"] != true) {
+            if std::time::Instant::now() > deadline {
+                bail!("airlockd did not link to the server:\n{}", daemon.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (Some(server), at, daemon)
+    } else {
+        let daemon = Daemon::start(bin_dir, &policy, &state, "auto")?;
+        (None, Approver::Socket(state.join("airlock.sock")), daemon)
+    };
     let st = daemon.status().unwrap_or_default();
 
     let me_s = me.to_string_lossy().to_string();
@@ -133,7 +197,7 @@ pub fn run(bin_dir: &Path, me: &Path) -> anyhow::Result<()> {
     let idle = Spawned::start(&agent, &[&me_s, "--bench-worker", "hold", "1", &f])?;
     *skip.lock().unwrap() = idle.pid;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-    let approver = auto_approver(socket.clone(), seen.clone(), skip.clone(), stop_rx);
+    let approver = auto_approver(approver_at, seen.clone(), skip.clone(), stop_rx);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !std::fs::read_dir(state.join("requests")).is_ok_and(|mut d| d.next().is_some()) {
         if std::time::Instant::now() > deadline {
@@ -179,7 +243,8 @@ pub fn run(bin_dir: &Path, me: &Path) -> anyhow::Result<()> {
     let (t50, t99) = (pct(&mut total, 0.5), pct(&mut total, 0.99));
     let (b50, b99) = (pct(&mut base_ns, 0.5), pct(&mut base_ns, 0.99));
     println!();
-    println!("holds: {HOLDS} write opens under an approve rule, each approved at once by a gRPC client on the socket ({} backend)", st["backend"].as_str().unwrap_or("?"));
+    let via = if through_server { "through airlock-server (host link + TLS API)" } else { "on the socket" };
+    println!("holds: {HOLDS} write opens under an approve rule, each approved at once by a gRPC client {via} ({} backend)", st["backend"].as_str().unwrap_or("?"));
     println!();
     println!("| measurement                                   | p50         | p99         | p50 / baseline | target               |");
     println!("|-----------------------------------------------|-------------|-------------|----------------|----------------------|");
@@ -193,7 +258,7 @@ pub fn run(bin_dir: &Path, me: &Path) -> anyhow::Result<()> {
     println!("visible p50/p99 {}/{} ({}), release p50/p99 {}/{} ({}), held CPU {} µs",
         us(v50), us(v99), verdict(v50 <= 1_000_000 && v99 <= 5_000_000),
         us(r50), us(r99), verdict(r50 <= 1_000_000 && r99 <= 5_000_000), us(held_cpu));
-    Ok(())
+    Ok(Whole { p50: t50, p99: t99 })
 }
 
 fn parse_pairs(out: &[u8]) -> anyhow::Result<Vec<(u64, u64)>> {

@@ -381,9 +381,8 @@ const FAIL_CLOSED_LINE: &str = "open flags of an agent process unknown";
 fn concurrent_reads_never_held(c: &HoldCtx) -> anyhow::Result<()> {
     // Lighter in the guests: BPF LSM never asks userspace about a read, and TCG is slow.
     let (procs, rounds, passes) = if c.lsm { (8, 1, 2) } else { (24, 4, 4) };
-    let ids = |rs: Vec<serde_json::Value>| -> Vec<String> { rs.iter().filter_map(|r| r["id"].as_str().map(String::from)).collect() };
-    let before = ids(c.requests());
-    let new_requests = || c.requests().into_iter().filter(|r| !before.iter().any(|id| r["id"] == id.as_str())).collect::<Vec<_>>();
+    let before: Vec<serde_json::Value> = c.requests().into_iter().map(|r| r["id"].clone()).collect();
+    let new_requests = || c.requests().into_iter().filter(|r| !before.contains(&r["id"])).collect::<Vec<_>>();
     let fail_closed_before = c.daemon.log_text().matches(FAIL_CLOSED_LINE).count();
     let passes = passes.to_string();
     let files: Vec<String> = c.fx.reads.iter().map(|p| p.to_string_lossy().to_string()).collect();
@@ -414,7 +413,7 @@ fn concurrent_reads_never_held(c: &HoldCtx) -> anyhow::Result<()> {
         .iter()
         .map(|r| format!("{} {} {} ({})", r["id"], r["context"]["op"], r["context"]["target_path"], r["state"]))
         .collect();
-    let fail_closed = c.daemon.log_text().matches(FAIL_CLOSED_LINE).count() - fail_closed_before;
+    let fail_closed = c.daemon.log_text().matches(FAIL_CLOSED_LINE).count().saturating_sub(fail_closed_before);
     let total = procs * rounds;
     ensure(made.is_empty() && failed.is_empty(), || {
         format!(

@@ -24,7 +24,8 @@ pub struct ServerProc {
 }
 
 impl ServerProc {
-    fn start(bin_dir: &Path, dir: &Path) -> anyhow::Result<ServerProc> {
+    /// Starts `airlock-server serve --dir DIR` (log in DIR/server.log).
+    pub fn start(bin_dir: &Path, dir: &Path) -> anyhow::Result<ServerProc> {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log"))?;
         let child = Command::new(bin_dir.join("airlock-server"))
             .args(["serve", "--dir"])
@@ -86,6 +87,34 @@ fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(stdout(&o))
 }
 
+/// `airlock-server init` in `sdir` on a free loopback port, then `server.yaml` = `listen:` +
+/// `config`. Returns the URL and the listen address.
+pub fn init_server(bin_dir: &Path, sdir: &Path, config: &str) -> anyhow::Result<(String, String)> {
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    run_ok(Command::new(bin_dir.join("airlock-server")).args(["init", "--dir"]).arg(sdir).args(["--listen", &listen]))?;
+    std::fs::write(sdir.join("server.yaml"), format!("listen: {listen}\n{config}"))?;
+    Ok((format!("https://{listen}"), listen))
+}
+
+/// `airlock-server tokens issue PRINCIPAL`.
+pub fn issue_token(bin_dir: &Path, sdir: &Path, principal: &str) -> anyhow::Result<String> {
+    run_ok(Command::new(bin_dir.join("airlock-server")).args(["tokens", "issue", principal, "--dir"]).arg(sdir))
+}
+
+/// `airlock-server hosts enroll HOST` then `airlock enroll` into `identity` (retried while the
+/// server starts).
+pub fn enroll(bin_dir: &Path, sdir: &Path, url: &str, host: &str, identity: &Path) -> anyhow::Result<()> {
+    let token = run_ok(Command::new(bin_dir.join("airlock-server")).args(["hosts", "enroll", host, "--labels", "env=e2e", "--dir"]).arg(sdir))?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match run_ok(Command::new(bin_dir.join("airlock")).args(["enroll", "--server", url, "--token", &token, "--identity-dir"]).arg(identity)) {
+            Ok(_) => return Ok(()),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Fixture {
     fn new(base: &Path, bin_dir: &Path) -> anyhow::Result<Fixture> {
         let dir = base.join(format!("airlock-e2e-server-{}", std::process::id()));
@@ -118,36 +147,27 @@ impl Fixture {
             ),
         )?;
         let sdir = dir.join("server");
-        let port = free_port()?;
-        let listen = format!("127.0.0.1:{port}");
-        let server = bin_dir.join("airlock-server");
-        run_ok(Command::new(&server).args(["init", "--dir"]).arg(&sdir).args(["--listen", &listen]))?;
         // Approvers: alice and bob (sre), carol (dba: not an approver here), and the person
         // who launches the agents (root on this host) who is an sre too but may not approve
         // their own agent's requests.
-        std::fs::write(
-            sdir.join("server.yaml"),
-            format!(
-                "listen: {listen}\n\
-                 principals:\n  alice:\n    groups: [sre]\n  bob:\n    groups: [sre]\n  carol:\n    groups: [dba]\n\
+        let (url, _) = init_server(
+            bin_dir,
+            &sdir,
+                "principals:\n  alice:\n    groups: [sre]\n  bob:\n    groups: [sre]\n  carol:\n    groups: [dba]\n\
                  \x20 operator:\n    groups: [sre]\n    host_users: [root]\n\
                  routes:\n  - name: pair\n    match:\n      rules: [pair-tool]\n    approvers: [sre]\n    threshold: 2\n\
-                 \x20 - name: default\n    approvers: [sre]\n"
-            ),
+                 \x20 - name: default\n    approvers: [sre]\n",
         )?;
         let mut tokens = std::collections::HashMap::new();
         for p in ["alice", "bob", "carol", "operator"] {
-            let t = run_ok(Command::new(&server).args(["tokens", "issue", p, "--dir"]).arg(&sdir))?;
-            tokens.insert(p, t);
+            tokens.insert(p, issue_token(bin_dir, &sdir, p)?);
         }
-        Ok(Fixture { dir, sdir, url: format!("https://{listen}"), held, pair, short, policy, outside_cg, tokens, _cg: cg })
+        Ok(Fixture { dir, sdir, url, held, pair, short, policy, outside_cg, tokens, _cg: cg })
     }
 
     fn enroll(&self, bin_dir: &Path) -> anyhow::Result<PathBuf> {
-        let server = bin_dir.join("airlock-server");
-        let token = run_ok(Command::new(&server).args(["hosts", "enroll", HOST, "--labels", "env=e2e", "--dir"]).arg(&self.sdir))?;
         let id = self.dir.join("identity");
-        run_ok(Command::new(bin_dir.join("airlock")).args(["enroll", "--server", &self.url, "--token", &token, "--identity-dir"]).arg(&id))?;
+        enroll(bin_dir, &self.sdir, &self.url, HOST, &id)?;
         Ok(id)
     }
 }

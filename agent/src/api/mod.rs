@@ -45,8 +45,41 @@ pub struct ApiConfig {
     pub socket: PathBuf,
     /// Group given access to the socket (mode 0660); `None`: only the daemon's user (root).
     pub group: Option<String>,
-    /// Whether decisions on this socket are allowed, and how they are recorded.
-    pub local: LocalDecisions,
+    /// Whether decisions on this socket are allowed, and how they are recorded (shared with
+    /// the server link, which applies the server's break-glass setting).
+    pub local: LocalPolicy,
+}
+
+/// The current [`LocalDecisions`], shared between the API and the server link.
+#[derive(Clone, Debug, Default)]
+pub struct LocalPolicy(Arc<std::sync::atomic::AtomicU8>);
+
+impl LocalPolicy {
+    /// A policy starting at `d`.
+    pub fn new(d: LocalDecisions) -> LocalPolicy {
+        let p = LocalPolicy::default();
+        p.set(d);
+        p
+    }
+
+    /// The policy now.
+    pub fn get(&self) -> LocalDecisions {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => LocalDecisions::Primary,
+            1 => LocalDecisions::BreakGlass,
+            _ => LocalDecisions::Forbidden,
+        }
+    }
+
+    /// Changes it.
+    pub fn set(&self, d: LocalDecisions) {
+        let v = match d {
+            LocalDecisions::Primary => 0,
+            LocalDecisions::BreakGlass => 1,
+            LocalDecisions::Forbidden => 2,
+        };
+        self.0.store(v, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Decisions made on the host's own socket.

@@ -25,7 +25,7 @@ pub(crate) struct Service {
     /// not wait forever for streams that never end on their own.
     pub(crate) stop: watch::Receiver<bool>,
     /// Whether local decisions are the normal path, break-glass, or forbidden.
-    pub(crate) local: super::LocalDecisions,
+    pub(crate) local: super::LocalPolicy,
 }
 
 impl Service {
@@ -85,7 +85,7 @@ impl pb::approvals_server::Approvals for Service {
 
     async fn decide(&self, req: Request<pb::DecideRequest>) -> Result<Response<pb::HoldRequest>, Status> {
         let mut by = self.caller(&req)?;
-        match self.local {
+        match self.local.get() {
             super::LocalDecisions::Primary => {}
             super::LocalDecisions::BreakGlass => by.via = "cli-break-glass".to_string(),
             super::LocalDecisions::Forbidden => return Err(Fault::BreakGlassForbidden.into()),

@@ -62,7 +62,7 @@ impl Fixture {
         let socket = crate::paths::socket(dir.path());
         let gate = Arc::new(FakeGate::default());
         let approvals = Approvals::new(HoldTable::new(gate.clone(), None));
-        let server = serve(ApiConfig { socket: socket.clone(), group: None, local: Default::default() }, approvals.clone(), classify).await.unwrap();
+        let server = serve(ApiConfig { socket: socket.clone(), group: None, local: crate::api::LocalPolicy::default() }, approvals.clone(), classify).await.unwrap();
         Fixture { dir, socket, server: Some(server), approvals, gate }
     }
 
@@ -292,7 +292,7 @@ async fn a_socket_group_is_applied_and_an_unknown_one_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let approvals = Approvals::new(HoldTable::new(Arc::new(FakeGate::default()), None));
     let socket = dir.path().join("g.sock");
-    let cfg = |group: &str| ApiConfig { socket: socket.clone(), group: Some(group.to_string()), local: Default::default() };
+    let cfg = |group: &str| ApiConfig { socket: socket.clone(), group: Some(group.to_string()), local: crate::api::LocalPolicy::default() };
     let none: Classify = Arc::new(|_| None);
     let e = serve(cfg("airlock-no-such-group"), approvals.clone(), none.clone()).await.err().unwrap();
     assert!(matches!(e, ApiError::UnknownGroup { .. }));
@@ -311,7 +311,7 @@ async fn a_stale_socket_is_replaced_but_a_live_one_or_a_file_is_not() {
     let approvals = Approvals::new(HoldTable::new(Arc::new(FakeGate::default()), None));
     let none: Classify = Arc::new(|_| None);
     let socket = dir.path().join("s.sock");
-    let cfg = ApiConfig { socket: socket.clone(), group: None, local: Default::default() };
+    let cfg = ApiConfig { socket: socket.clone(), group: None, local: crate::api::LocalPolicy::default() };
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     assert!(socket.exists(), "a dead listener leaves its socket file");
     let live = serve(cfg.clone(), approvals.clone(), none.clone()).await.unwrap();

@@ -360,6 +360,18 @@ pub fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
     Ok(())
 }
 
+
+/// Every process in the cgroup at `dir` and its descendants (best effort: cgroups removed
+/// meanwhile are skipped).
+pub fn procs_recursive(dir: &Path) -> Vec<u32> {
+    subtree_dirs(dir)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|d| read_procs(d).ok())
+        .flatten()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,15 +416,4 @@ mod tests {
         assert!(matches!(err, CgroupError::Exists { .. }), "{err}");
         assert!(t.path().exists());
     }
-}
-
-/// Every process in the cgroup at `dir` and its descendants (best effort: cgroups removed
-/// meanwhile are skipped).
-pub fn procs_recursive(dir: &Path) -> Vec<u32> {
-    subtree_dirs(dir)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|d| read_procs(d).ok())
-        .flatten()
-        .collect()
 }

@@ -61,10 +61,44 @@ pub fn run(args: EnrollArgs) -> anyhow::Result<ExitCode> {
                 path.display()
             )
         }
-        Err(e) => Err(e.into()),
+        // Our messages already name the cause; anyhow's `{:#}` would repeat the source chain.
+        Err(e) => anyhow::bail!("{e}"),
     }
 }
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn enroll_takes_server_token_and_an_optional_identity_dir() {
+        let cli = Cli::try_parse_from([
+            "airlock",
+            "enroll",
+            "--server",
+            "https://s:7443",
+            "--token",
+            "T",
+            "--identity-dir",
+            "/tmp/id",
+        ])
+        .unwrap();
+        let Command::Enroll(a) = cli.cmd else {
+            panic!("not enroll")
+        };
+        assert_eq!(
+            (a.server.as_str(), a.token.as_str()),
+            ("https://s:7443", "T")
+        );
+        assert_eq!(
+            a.identity_dir.as_deref(),
+            Some(std::path::Path::new("/tmp/id"))
+        );
+    }
 }

@@ -69,6 +69,8 @@ pub struct LinkHandle {
     pub changes: mpsc::UnboundedReceiver<LinkChange>,
     /// Whether the stream is up right now.
     pub connected: watch::Receiver<bool>,
+    /// The local socket's policy (the server's break-glass setting applied).
+    pub local: crate::api::LocalPolicy,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -79,7 +81,14 @@ impl Drop for LinkHandle {
 }
 
 /// Loads the identity, then keeps the link up in a task until the handle is dropped.
-pub fn spawn(cfg: LinkConfig, approvals: Approvals) -> Result<LinkHandle, LinkError> {
+/// `local` is the local socket's policy: the server's break-glass setting is applied to it,
+/// unless `host_allows_break_glass` is false (then it stays forbidden).
+pub fn spawn(
+    cfg: LinkConfig,
+    approvals: Approvals,
+    local: crate::api::LocalPolicy,
+    host_allows_break_glass: bool,
+) -> Result<LinkHandle, LinkError> {
     let endpoint = endpoint(&cfg)?;
     let (updates, updates_rx) = mpsc::unbounded_channel();
     let (changes_tx, changes) = mpsc::unbounded_channel();
@@ -94,9 +103,11 @@ pub fn spawn(cfg: LinkConfig, approvals: Approvals) -> Result<LinkHandle, LinkEr
         sent: HashSet::new(),
         outbox: VecDeque::new(),
         recent: VecDeque::new(),
+        local: local.clone(),
+        host_allows_break_glass,
     };
     let task = tokio::spawn(link.run());
-    Ok(LinkHandle { updates, changes, connected, task })
+    Ok(LinkHandle { updates, changes, connected, local, task })
 }
 
 fn endpoint(cfg: &LinkConfig) -> Result<Endpoint, LinkError> {
@@ -135,6 +146,8 @@ struct Link {
     outbox: VecDeque<Request>,
     /// Outcomes sent recently, with when: re-sent after a reconnect (see RESEND_WINDOW).
     recent: VecDeque<(Instant, Request)>,
+    local: crate::api::LocalPolicy,
+    host_allows_break_glass: bool,
 }
 
 /// Why a session ended.
@@ -256,6 +269,14 @@ impl Link {
                     Some(Ok(pb::ServerMessage { body: Some(Down::Rejected(r)) })) => {
                         tracing::warn!(id = %r.id, code = r.code, message = %r.message, "airlock-server refused a message");
                         let _ = self.changes.send(LinkChange::Rejected { id: r.id, code: r.code, message: r.message });
+                    }
+                    Some(Ok(pb::ServerMessage { body: Some(Down::Settings(s)) })) => {
+                        use crate::api::LocalDecisions::{BreakGlass, Forbidden};
+                        let want = if s.break_glass && self.host_allows_break_glass { BreakGlass } else { Forbidden };
+                        if self.local.get() != want {
+                            tracing::info!(break_glass = want == BreakGlass, "local decisions set by airlock-server");
+                            self.local.set(want);
+                        }
                     }
                     // A message kind from a newer server: nothing to apply.
                     Some(Ok(pb::ServerMessage { body: None })) => {}

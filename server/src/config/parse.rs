@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use airlock_policy::yaml::{Kind, Node, YamlError, parse_documents};
+use airlock_policy::yaml::{Kind, Node, Pos, YamlError, parse_documents};
 use airlock_policy::{Diagnostic, Diagnostics, Location};
 
 use super::model::{Channel, Escalation, Match, OPERATIONS, Principal, Route, ServerConfig};
@@ -305,13 +305,7 @@ impl Walker<'_> {
     }
 
     /// N of M: more approvals than approvers would leave every request to time out.
-    fn check_threshold(
-        &mut self,
-        route: &Route,
-        pos: airlock_policy::yaml::Pos,
-        field: &str,
-        members: &Members,
-    ) {
+    fn check_threshold(&mut self, route: &Route, pos: Pos, field: &str, members: &Members) {
         let m: BTreeSet<&String> = route
             .approvers
             .iter()

@@ -3,15 +3,15 @@
 /// The listen address `init` writes when given none.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
 
-/// The config text with `@LISTEN@` where the listen address goes. Every example beyond the
-/// one admin and the catch-all route is commented out, so a new server runs as is and the
-/// operator uncomments what they need.
+/// The config `init` writes, listening on [`DEFAULT_LISTEN`]. Every example beyond the one
+/// admin and the catch-all route is commented out, so a new server runs as is and the operator
+/// uncomments what they need.
 pub const TEMPLATE: &str = r#"# airlock-server configuration. Check it after editing with:
 #   airlock-server config check server.yaml
 # (every problem is reported as file:line:column).
 
 # Address the gRPC listener binds (TLS; hosts and approvers connect to it), IP:PORT.
-listen: @LISTEN@
+listen: "127.0.0.1:7443"
 
 # Database. Default: the SQLite file airlock.db in the server's directory. Several replicas
 # share one PostgreSQL database:
@@ -69,5 +69,9 @@ routes:
 /// `[::]:7443` is not read as a YAML list).
 pub fn template(listen: &str) -> String {
     // Debug quoting escapes `"` and `\` as YAML double-quoted scalars do.
-    TEMPLATE.replace("@LISTEN@", &format!("{listen:?}"))
+    TEMPLATE.replacen(
+        &format!("\nlisten: {DEFAULT_LISTEN:?}\n"),
+        &format!("\nlisten: {listen:?}\n"),
+        1,
+    )
 }

@@ -118,16 +118,37 @@ fn template_parses_cleanly_with_an_admin_and_a_catch_all() {
 }
 
 #[test]
+fn template_const_is_the_default_and_template_replaces_only_listen() {
+    assert_eq!(template(DEFAULT_LISTEN), TEMPLATE);
+    let other = template("10.0.0.1:9000");
+    assert_eq!(
+        other.replace("\"10.0.0.1:9000\"", "\"127.0.0.1:7443\""),
+        TEMPLATE
+    );
+    assert!(other.contains("\nlisten: \"10.0.0.1:9000\"\n"));
+}
+
+#[test]
 fn template_examples_parse_when_uncommented() {
     // The commented examples document the format; they must be valid once uncommented.
+    // Examples are the indented comments that start with a key (`name:`, `- name:`); prose
+    // and the top-level `database` example stay comments.
+    let is_example = |rest: &str| {
+        let key = rest.strip_prefix("- ").unwrap_or(rest);
+        key.split_once(':').is_some_and(|(k, _)| {
+            !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        })
+    };
     let text: String = template(DEFAULT_LISTEN)
         .lines()
-        .map(|l| match l.trim_start().strip_prefix("# ") {
-            Some(rest) if l.starts_with("  #") => {
-                let indent = l.len() - l.trim_start().len();
-                format!("{}{rest}\n", " ".repeat(indent))
+        .map(|l| {
+            let body = l.trim_start();
+            match body.strip_prefix("# ") {
+                Some(rest) if l.starts_with(' ') && is_example(rest.trim_start()) => {
+                    format!("{}{rest}\n", &l[..l.len() - body.len()])
+                }
+                _ => format!("{l}\n"),
             }
-            _ => format!("{l}\n"),
         })
         .collect();
     let c = parse(&text, "server.yaml").unwrap_or_else(|e| panic!("{e}\n{text}"));

@@ -68,7 +68,12 @@ impl Store {
     /// One transaction: token unknown, used or expired → [`StoreError::BadEnrollment`] (which
     /// of them is not told, so a guesser learns nothing); else marks it used, sets the host's
     /// `cert_sha256` and enrolled time, clears `revoked`; returns the host.
-    pub async fn redeem_enrollment(&self, token_sha256: &str, cert_sha256: &str, now: u64) -> Result<HostRow, StoreError> {
+    pub async fn redeem_enrollment(
+        &self,
+        token_sha256: &str,
+        cert_sha256: &str,
+        now: u64,
+    ) -> Result<HostRow, StoreError> {
         let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         // The conditional UPDATE is the check: two concurrent redeems of one token cannot
@@ -100,10 +105,12 @@ impl Store {
     /// The host holding the certificate with this fingerprint (revoked or not: the caller
     /// decides, and can say why it refuses).
     pub async fn host_by_cert(&self, cert_sha256: &str) -> Result<Option<HostRow>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {HOST_COLS} FROM hosts WHERE cert_sha256 = $1"))
-            .bind(cert_sha256)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {HOST_COLS} FROM hosts WHERE cert_sha256 = $1"
+        ))
+        .bind(cert_sha256)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(host_from_row).transpose()
     }
 
@@ -118,7 +125,9 @@ impl Store {
 
     /// Every host, by name.
     pub async fn hosts(&self) -> Result<Vec<HostRow>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {HOST_COLS} FROM hosts ORDER BY name")).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&format!("SELECT {HOST_COLS} FROM hosts ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(host_from_row).collect()
     }
 
@@ -129,13 +138,17 @@ impl Store {
     pub async fn revoke_host(&self, name: &str, now: u64) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("UPDATE hosts SET revoked_ms = COALESCE(revoked_ms, $2) WHERE name = $1")
-            .bind(name)
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await?;
+        let done =
+            sqlx::query("UPDATE hosts SET revoked_ms = COALESCE(revoked_ms, $2) WHERE name = $1")
+                .bind(name)
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NoSuch { what: "host", name: name.to_string() });
+            return Err(StoreError::NoSuch {
+                what: "host",
+                name: name.to_string(),
+            });
         }
         sqlx::query("DELETE FROM enrollments WHERE host = $1 AND used_ms IS NULL")
             .bind(name)
@@ -155,7 +168,10 @@ impl Store {
             .execute(&self.pool)
             .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NoSuch { what: "host", name: name.to_string() });
+            return Err(StoreError::NoSuch {
+                what: "host",
+                name: name.to_string(),
+            });
         }
         Ok(())
     }

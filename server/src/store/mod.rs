@@ -28,6 +28,9 @@ mod requests;
 mod tokens;
 mod votes;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -44,7 +47,11 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A stored JSON column does not parse (written by a newer server?).
     #[error("stored {what} of {id} is unreadable: {source}")]
-    Corrupt { what: &'static str, id: String, source: serde_json::Error },
+    Corrupt {
+        what: &'static str,
+        id: String,
+        source: serde_json::Error,
+    },
     /// The database URL is neither sqlite: nor postgres:.
     #[error("database URL {0:?}: expected sqlite://PATH or postgres://…")]
     BadUrl(String),
@@ -137,6 +144,9 @@ pub struct RequestFilter {
 
 /// What [`Store::upsert_opened`] did.
 #[derive(Clone, Debug, PartialEq)]
+// One value per call, returned and matched at once, never kept in bulk: boxing would only add
+// an allocation and change the type callers match on.
+#[allow(clippy::large_enum_variant)]
 pub enum Upserted {
     /// A new request.
     New,
@@ -183,7 +193,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("kind", &self.kind).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
     }
 }
 
@@ -215,15 +227,32 @@ fn opt_ms_out(v: Option<i64>) -> Option<u64> {
 }
 
 /// Parses a stored JSON column, naming what and whose it is when it does not parse.
-fn from_json<T: serde::de::DeserializeOwned>(what: &'static str, id: &str, text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|source| StoreError::Corrupt { what, id: id.to_string(), source })
+fn from_json<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    id: &str,
+    text: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
+        what,
+        id: id.to_string(),
+        source,
+    })
 }
 
 /// Parses a stored enum name (`RequestState`, `Release`) through its serde form, so the
 /// error is the same `Corrupt` as for JSON columns.
-fn from_name<T: serde::de::DeserializeOwned>(what: &'static str, id: &str, name: &str) -> Result<T, StoreError> {
-    serde_json::from_value(serde_json::Value::String(name.to_string()))
-        .map_err(|source| StoreError::Corrupt { what, id: id.to_string(), source })
+fn from_name<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    id: &str,
+    name: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).map_err(|source| {
+        StoreError::Corrupt {
+            what,
+            id: id.to_string(),
+            source,
+        }
+    })
 }
 
 /// JSON of a value this crate defines; serialising those cannot fail.

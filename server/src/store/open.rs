@@ -32,7 +32,9 @@ const POSTGRES_POOL: u32 = 16;
 /// - `foreign_keys = ON`: SQLite leaves them off unless asked, per connection (sqlx already
 ///   asks; repeated here so the setting does not depend on the driver's defaults).
 fn sqlite_pragmas() -> String {
-    format!("PRAGMA synchronous = FULL; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA foreign_keys = ON;")
+    format!(
+        "PRAGMA synchronous = FULL; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA foreign_keys = ON;"
+    )
 }
 
 impl Store {
@@ -62,7 +64,13 @@ impl Store {
                     .await?;
                 (pool, Some(Arc::new(tokio::sync::Mutex::new(()))))
             }
-            DbKind::Postgres => (AnyPoolOptions::new().max_connections(POSTGRES_POOL).connect(url).await?, None),
+            DbKind::Postgres => (
+                AnyPoolOptions::new()
+                    .max_connections(POSTGRES_POOL)
+                    .connect(url)
+                    .await?,
+                None,
+            ),
         };
         MIGRATOR.run(&pool).await?;
         Ok(Store { pool, kind, writer })
@@ -82,7 +90,11 @@ impl Store {
         }
         // `sqlite://rel.db` would make `rel.db` the URL's host: relative paths use the
         // `sqlite:PATH` form, which sqlx reads the same way.
-        if path.is_absolute() { format!("sqlite://{enc}") } else { format!("sqlite:{enc}") }
+        if path.is_absolute() {
+            format!("sqlite://{enc}")
+        } else {
+            format!("sqlite:{enc}")
+        }
     }
 
     /// Closes the pool: waits for connections in use to come back, then closes them all (on
@@ -94,7 +106,7 @@ impl Store {
 
 /// The database a URL names. In-memory SQLite is refused: the Any driver re-reads the URL for
 /// every pooled connection, so each would get its own empty database.
-fn kind_of(url: &str) -> Result<DbKind, StoreError> {
+pub(super) fn kind_of(url: &str) -> Result<DbKind, StoreError> {
     if url.starts_with("sqlite:") {
         if url.contains(":memory:") || url.contains("mode=memory") {
             return Err(StoreError::BadUrl(url.to_string()));
@@ -108,7 +120,7 @@ fn kind_of(url: &str) -> Result<DbKind, StoreError> {
 }
 
 /// Adds `mode=rwc` (create when missing) unless the URL chose a mode.
-fn with_create_mode(url: &str) -> String {
+pub(super) fn with_create_mode(url: &str) -> String {
     match url.split_once('?') {
         Some((_, query)) if query.split('&').any(|p| p.starts_with("mode=")) => url.to_string(),
         Some(_) => format!("{url}&mode=rwc"),

@@ -3,7 +3,10 @@ use airlock_approval::{DecisionRecord, RequestState, Vote};
 use sqlx::any::{Any, AnyRow};
 use sqlx::{AnyConnection, Row};
 
-use super::{RequestFilter, Store, StoreError, StoredRequest, Upserted, from_json, from_name, ms, ms_out, to_json};
+use super::{
+    RequestFilter, Store, StoreError, StoredRequest, Upserted, from_json, from_name, ms, ms_out,
+    to_json,
+};
 
 /// The request columns [`request_from_row`] reads (also usable in `RETURNING`).
 pub(super) const REQUEST_COLS: &str =
@@ -35,7 +38,9 @@ pub(super) fn request_from_row(row: &AnyRow) -> Result<StoredRequest, StoreError
         route: row.try_get("route")?,
         threshold: u32::try_from(threshold).unwrap_or(u32::MAX),
         body,
-        decision: decision.map(|d| from_json::<DecisionRecord>("decision", &id, &d)).transpose()?,
+        decision: decision
+            .map(|d| from_json::<DecisionRecord>("decision", &id, &d))
+            .transpose()?,
         votes: Vec::new(),
         updated_unix_ms: ms_out(row.try_get("updated_ms")?),
         id,
@@ -61,29 +66,81 @@ pub(super) fn vote_from_row(row: &AnyRow, request_id: &str) -> Result<Option<Vot
     }))
 }
 
-/// Requests matching `cond` (a WHERE clause over `requests`, or empty), oldest first, at
-/// most `limit`, each with its votes: ONE statement (the limited request query joined with
-/// the votes), so a page costs the same whatever its number of votes, and requests and votes
-/// come from one snapshot.
+/// The SELECT of [`select_requests`]: requests matching `cond` (a WHERE clause over
+/// `requests`, or empty), oldest first, at most `limit` (a parameter number), joined with
+/// their votes.
+fn select_sql(cond: &str, limit: Option<usize>) -> String {
+    let limit = limit.map(|n| format!(" LIMIT ${n}")).unwrap_or_default();
+    format!(
+        "SELECT r.*, v.principal, v.verdict, v.for_ms, v.deny_always, v.reason, v.via, v.at_ms \
+         FROM (SELECT {REQUEST_COLS} FROM requests {cond} ORDER BY created_ms, id{limit}) r \
+         LEFT JOIN votes v ON v.request_id = r.id \
+         ORDER BY r.created_ms, r.id, v.seq"
+    )
+}
+
+/// The WHERE clause and parameters of a [`RequestFilter`]. `decided_undelivered` is spelled
+/// literally, not as parameters, so that SQLite (which only uses a partial index when the
+/// query's terms match the index's) and PostgreSQL use `requests_undelivered`: the link polls
+/// it per host, several times a second.
+fn filter_sql(f: &RequestFilter) -> (String, Vec<Arg>) {
+    let mut conds: Vec<String> = Vec::new();
+    let mut args = Vec::new();
+    if let Some(h) = &f.host {
+        args.push(Arg::Text(h.clone()));
+        conds.push(format!("host = ${}", args.len()));
+    }
+    if let Some(a) = &f.agent {
+        args.push(Arg::Text(a.clone()));
+        conds.push(format!("agent = ${}", args.len()));
+    }
+    if let Some(s) = f.state {
+        args.push(Arg::Text(s.as_str().to_string()));
+        conds.push(format!("state = ${}", args.len()));
+    }
+    if f.decided_undelivered {
+        conds.push("state = 'pending' AND decision IS NOT NULL".to_string());
+    }
+    let cond = if conds.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conds.join(" AND "))
+    };
+    (cond, args)
+}
+
+/// The SQL and parameters [`Store::list_requests`] runs (for the query-plan test).
+#[cfg(test)]
+pub(super) fn list_sql(f: &RequestFilter) -> (String, Vec<String>) {
+    let (cond, mut args) = filter_sql(f);
+    let limit = f.limit.map(|n| {
+        args.push(Arg::Int(i64::from(n)));
+        args.len()
+    });
+    let shown = args
+        .into_iter()
+        .map(|a| match a {
+            Arg::Text(s) => s,
+            Arg::Int(i) => i.to_string(),
+        })
+        .collect();
+    (select_sql(&cond, limit), shown)
+}
+
+/// Requests matching `cond` (see [`select_sql`]) with their votes: ONE statement (the
+/// limited request query joined with the votes), so a page costs the same whatever its
+/// number of votes, and requests and votes come from one snapshot.
 async fn select_requests(
     conn: &mut AnyConnection,
     cond: &str,
     mut args: Vec<Arg>,
     limit: Option<u32>,
 ) -> Result<Vec<StoredRequest>, StoreError> {
-    let limit = match limit {
-        Some(n) => {
-            args.push(Arg::Int(i64::from(n)));
-            format!(" LIMIT ${}", args.len())
-        }
-        None => String::new(),
-    };
-    let sql = format!(
-        "SELECT r.*, v.principal, v.verdict, v.for_ms, v.deny_always, v.reason, v.via, v.at_ms \
-         FROM (SELECT {REQUEST_COLS} FROM requests {cond} ORDER BY created_ms, id{limit}) r \
-         LEFT JOIN votes v ON v.request_id = r.id \
-         ORDER BY r.created_ms, r.id, v.seq"
-    );
+    let limit = limit.map(|n| {
+        args.push(Arg::Int(i64::from(n)));
+        args.len()
+    });
+    let sql = select_sql(cond, limit);
     let mut q = sqlx::query::<Any>(&sql);
     for a in args {
         q = match a {
@@ -141,7 +198,10 @@ impl Store {
             return Ok(Upserted::New);
         }
         // Rows are never deleted, so the conflicting row is still there.
-        let cur = self.request(&r.id).await?.ok_or_else(|| StoreError::NotFound { id: r.id.clone() })?;
+        let cur = self
+            .request(&r.id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound { id: r.id.clone() })?;
         if cur.host != r.host {
             return Err(StoreError::OtherHost { id: r.id.clone() });
         }
@@ -151,33 +211,19 @@ impl Store {
     /// One request with its votes.
     pub async fn request(&self, id: &str) -> Result<Option<StoredRequest>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        let mut found = select_requests(&mut conn, "WHERE id = $1", vec![Arg::Text(id.to_string())], None).await?;
+        let mut found = select_requests(
+            &mut conn,
+            "WHERE id = $1",
+            vec![Arg::Text(id.to_string())],
+            None,
+        )
+        .await?;
         Ok(found.pop())
     }
 
     /// Requests matching every filter given, oldest first (created, id), with their votes.
-    /// `decided_undelivered` is spelled literally in the SQL so that SQLite and PostgreSQL use
-    /// the partial index `requests_undelivered` (the link polls it per host, several times a
-    /// second).
     pub async fn list_requests(&self, f: &RequestFilter) -> Result<Vec<StoredRequest>, StoreError> {
-        let mut conds: Vec<String> = Vec::new();
-        let mut args = Vec::new();
-        if let Some(h) = &f.host {
-            args.push(Arg::Text(h.clone()));
-            conds.push(format!("host = ${}", args.len()));
-        }
-        if let Some(a) = &f.agent {
-            args.push(Arg::Text(a.clone()));
-            conds.push(format!("agent = ${}", args.len()));
-        }
-        if let Some(s) = f.state {
-            args.push(Arg::Text(s.as_str().to_string()));
-            conds.push(format!("state = ${}", args.len()));
-        }
-        if f.decided_undelivered {
-            conds.push("state = 'pending' AND decision IS NOT NULL".to_string());
-        }
-        let cond = if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
+        let (cond, args) = filter_sql(f);
         let mut conn = self.pool.acquire().await?;
         select_requests(&mut conn, &cond, args, f.limit).await
     }
@@ -219,12 +265,18 @@ impl Store {
             .execute(&self.pool)
             .await?;
         }
-        let cur = self.request(id).await?.ok_or_else(|| StoreError::NotFound { id: id.to_string() })?;
+        let cur = self
+            .request(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound { id: id.to_string() })?;
         if cur.host != host {
             return Err(StoreError::OtherHost { id: id.to_string() });
         }
         if cur.state != state {
-            return Err(StoreError::Closed { id: id.to_string(), state: cur.state.as_str().to_string() });
+            return Err(StoreError::Closed {
+                id: id.to_string(),
+                state: cur.state.as_str().to_string(),
+            });
         }
         Ok(cur)
     }
@@ -232,10 +284,12 @@ impl Store {
 
 /// Reads every vote of one request, in the order they were cast.
 pub(super) async fn votes_of(conn: &mut AnyConnection, id: &str) -> Result<Vec<Vote>, StoreError> {
-    let rows = sqlx::query(&format!("SELECT {VOTE_COLS} FROM votes WHERE request_id = $1 ORDER BY seq"))
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {VOTE_COLS} FROM votes WHERE request_id = $1 ORDER BY seq"
+    ))
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
     let mut votes = Vec::with_capacity(rows.len());
     for row in &rows {
         votes.extend(vote_from_row(row, id)?);

@@ -40,18 +40,22 @@ impl Store {
     /// The token with this secret's hash, revoked and expired ones included (the caller says
     /// which it is).
     pub async fn token_by_hash(&self, token_sha256: &str) -> Result<Option<TokenRow>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {TOKEN_COLS} FROM api_tokens WHERE token_sha256 = $1"))
-            .bind(token_sha256)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {TOKEN_COLS} FROM api_tokens WHERE token_sha256 = $1"
+        ))
+        .bind(token_sha256)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(token_from_row).transpose()
     }
 
     /// Every token, oldest first.
     pub async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {TOKEN_COLS} FROM api_tokens ORDER BY created_ms, id"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {TOKEN_COLS} FROM api_tokens ORDER BY created_ms, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(token_from_row).collect()
     }
 
@@ -59,13 +63,18 @@ impl Store {
     /// [`StoreError::NoSuch`].
     pub async fn revoke_token(&self, id: &str, now: u64) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
-        let done = sqlx::query("UPDATE api_tokens SET revoked_ms = COALESCE(revoked_ms, $2) WHERE id = $1")
-            .bind(id)
-            .bind(ms(now))
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_ms = COALESCE(revoked_ms, $2) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(ms(now))
+        .execute(&self.pool)
+        .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NoSuch { what: "token", name: id.to_string() });
+            return Err(StoreError::NoSuch {
+                what: "token",
+                name: id.to_string(),
+            });
         }
         Ok(())
     }

@@ -65,7 +65,10 @@ impl Store {
         .rows_affected();
         if inserted == 0 {
             tx.rollback().await?;
-            return Err(StoreError::AlreadyVoted { id: id.to_string(), principal: vote.principal.clone() });
+            return Err(StoreError::AlreadyVoted {
+                id: id.to_string(),
+                principal: vote.principal.clone(),
+            });
         }
         request.votes = votes_of(&mut tx, id).await?;
         let decided = tally(&request, &request.votes);
@@ -83,18 +86,25 @@ impl Store {
 
     /// Why request `id` took no vote: it does not exist, is closed, or is decided.
     async fn why_not_votable(&self, id: &str) -> Result<StoreError, StoreError> {
-        let row: Option<(String, Option<String>)> = sqlx::query_as("SELECT state, decision FROM requests WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT state, decision FROM requests WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(match row {
             None => StoreError::NotFound { id: id.to_string() },
             Some((state, decision)) => {
                 let state: airlock_approval::RequestState = from_name("state", id, &state)?;
                 if state.is_closed() {
-                    StoreError::Closed { id: id.to_string(), state: state.as_str().to_string() }
+                    StoreError::Closed {
+                        id: id.to_string(),
+                        state: state.as_str().to_string(),
+                    }
                 } else if decision.is_some() {
-                    StoreError::Closed { id: id.to_string(), state: "decided".to_string() }
+                    StoreError::Closed {
+                        id: id.to_string(),
+                        state: "decided".to_string(),
+                    }
                 } else {
                     // Pending and undecided now, yet the UPDATE matched nothing: decisions and
                     // closed states never revert, so the request was opened after the vote's

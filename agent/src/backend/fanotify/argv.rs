@@ -7,7 +7,7 @@
 //! is [`airlock_common::argv_hash`] over the same bytes.
 use airlock_common::{ARG_LEN, ARGV_MAX, argv_hash};
 
-use super::procfs::{exec_argv_pointer, syscall_settled};
+use super::procfs::{Patience, exec_argv_pointer, syscall_settled};
 
 /// Captured arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,9 +60,9 @@ fn read_remote(pid: u32, addr: u64, buf: &mut [u8]) -> usize {
 /// The arguments of thread `tid`, blocked in `execve`/`execveat`; `None` if it is not in one
 /// or its memory cannot be read. May block (see the module docs): run it on a
 /// [`super::procfs::ProcReader`]. Like the open flags, the `argv` pointer can be read only
-/// once the thread sleeps in its event (see [`super::procfs::SETTLE_BOUND`]).
-pub fn read_exec_argv(tid: u32) -> Option<Argv> {
-    let line = syscall_settled(tid).ok()?.line;
+/// once the thread sleeps in its event: re-read with patience `p` (see the procfs module).
+pub fn read_exec_argv(tid: u32, p: Patience) -> Option<Argv> {
+    let line = syscall_settled(tid, p).ok()?.line;
     let at = exec_argv_pointer(&line)?;
     let mut raw = [0u8; 8 * (ARGV_MAX + 1)];
     let got = read_remote(tid, at, &mut raw) / 8;
@@ -112,6 +112,6 @@ mod tests {
     fn our_own_arguments_cannot_be_read_outside_an_exec() {
         // SAFETY: gettid has no arguments.
         let tid = unsafe { libc::gettid() } as u32;
-        assert_eq!(read_exec_argv(tid), None, "a running thread is in no execve");
+        assert_eq!(read_exec_argv(tid, Patience::ONCE), None, "a running thread is in no execve");
     }
 }

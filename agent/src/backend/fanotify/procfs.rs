@@ -13,20 +13,24 @@
 //!
 //! `syscall` reads `running` unless the task is off the CPU in the state it was in when the
 //! read began (the kernel's `task_current_syscall` → `wait_task_inactive`), and a task in a
-//! permission event is briefly on it more often than one would think: the kernel queues the
-//! event and wakes the listener *before* the task goes to sleep in `fanotify_get_response`,
-//! and every answer to any event of the group wakes *all* tasks waiting in the group
-//! (`access_waitq` is one wait queue, woken non-exclusively), each of which runs, rechecks its
-//! own event and sleeps again. With several agent processes opening at once the first read
-//! of a task's line therefore often says `running`; [`read_settled`] re-reads it for a short
-//! bounded time ([`SETTLE_BOUND`]) before the intent counts as unknown. Failing closed at the
-//! first `running` turned concurrent plain reads into write requests (issue 7).
+//! permission event is on a CPU, or waiting for one, more often than one would think: the
+//! kernel queues the event and wakes the listener *before* the task goes to sleep in
+//! `fanotify_get_response`, and every answer to any event of the group wakes *all* tasks
+//! waiting in the group (`access_waitq` is one wait queue, woken non-exclusively), each of
+//! which must run again to recheck its own event and go back to sleep. With several agent
+//! processes opening at once the first read of a task's line therefore often says `running`.
+//! Failing closed on that turned concurrent plain reads into write requests (issue 7); the
+//! line is re-read instead ([`read_settled`], with a [`Patience`]) until the task sleeps, the
+//! longer waits off the listener's thread (see the listener module).
 use std::io::Read as _;
 use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+mod settle;
+pub use settle::{Patience, Settled, read_settled};
 
 /// What an open asked for, as far as procfs tells.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,7 +159,7 @@ pub fn open_call(nr: i64, args: &[u64; 6]) -> OpenCall {
 pub fn intent_from_syscall(text: &str, read_how: impl FnOnce(u64) -> Option<u64>) -> Intent {
     match parse_syscall(text) {
         None => Intent::Unknown("unparsable /proc/<tid>/syscall"),
-        Some(SyscallLine::Running) => Intent::Unknown("task running"),
+        Some(SyscallLine::Running) => Intent::Unknown(TASK_RUNNING),
         Some(SyscallLine::NotInSyscall) => {
             Intent::Unknown("not in a system call (kernel-internal open)")
         }
@@ -173,78 +177,14 @@ pub fn intent_from_syscall(text: &str, read_how: impl FnOnce(u64) -> Option<u64>
     }
 }
 
-/// How long a task whose `syscall` line reads `running` is re-read before its intent counts
-/// as unknown (and the open is treated as a write). The listener answers events one at a
-/// time, so this is also how long the events behind this one may wait for it; but the bound
-/// is only reached when the task cannot get a CPU to fall asleep on: a task that got one has
-/// settled and ends the wait at once. Measured on the 2-vCPU CI host (6.18) with 24 agents
-/// starting at once: about one agent open in eight needs a re-read; those settle after
-/// ~0.8 ms (median), 4-8 ms (p90), 16-18 ms (p99), 26 ms at the most (the listener's own
-/// reads and sleeps overrun under that load too). A read must never become a request, so
-/// the bound is well above that, and it is also never reached before [`MIN_REREADS`]
-/// re-reads (our own thread may be the one that could not run). Waiting in line rather
-/// than setting the event aside and answering others meanwhile is deliberate: each answer
-/// wakes every waiter of the group, this one included, and puts it back on a run queue.
-pub const SETTLE_BOUND: Duration = Duration::from_millis(50);
-
-/// Re-reads before [`SETTLE_BOUND`] may end the wait.
-pub const MIN_REREADS: u32 = 20;
-
-/// The first re-reads only yield the CPU (the task usually runs on the other CPU and needs
-/// microseconds to fall asleep); later ones sleep, so that a task waiting for *our* CPU gets
-/// it.
-const YIELDS: u32 = 3;
-/// Sleeps between later re-reads grow from the first to the last value.
-const FIRST_SLEEP: Duration = Duration::from_micros(50);
-const MAX_SLEEP: Duration = Duration::from_micros(200);
-
-/// Pause before re-read number `attempt` (0-based).
-fn pause(attempt: u32) -> Option<Duration> {
-    let n = attempt.checked_sub(YIELDS)?;
-    Some(FIRST_SLEEP.saturating_mul(1 << n.min(8)).min(MAX_SLEEP))
-}
-
-/// A `/proc/<tid>/syscall` line and how long the task took to be off the CPU for it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Settled {
-    pub line: String,
-    /// From the first `running` to the line that was not (zero if the first read was not):
-    /// how long the task stayed running after its event reached us.
-    pub waited: Duration,
-    /// Re-reads after the first.
-    pub rereads: u32,
-}
-
-/// Reads a `syscall` line with `read` until it is not `running`, or until `bound` has passed
-/// since the first read and at least `min_rereads` re-reads were made; the last line read is
-/// returned either way (a caller sees `running` only past the bound).
-pub fn read_settled(
-    bound: Duration,
-    min_rereads: u32,
-    mut read: impl FnMut() -> std::io::Result<String>,
-) -> std::io::Result<Settled> {
-    let t0 = Instant::now();
-    let mut rereads = 0;
-    loop {
-        let line = read()?;
-        let running = parse_syscall(&line) == Some(SyscallLine::Running);
-        if !running || (t0.elapsed() >= bound && rereads >= min_rereads) {
-            let waited = if rereads == 0 { Duration::ZERO } else { t0.elapsed() };
-            return Ok(Settled { line, waited, rereads });
-        }
-        match pause(rereads) {
-            None => std::thread::yield_now(),
-            Some(d) => std::thread::sleep(d),
-        }
-        rereads += 1;
-    }
-}
+/// Why the intent is unknown when the task never stopped reading as `running`.
+pub const TASK_RUNNING: &str = "task running";
 
 /// `/proc/<tid>/syscall` of a thread waiting in a permission event, read once it sleeps
-/// there (within [`SETTLE_BOUND`] and [`MIN_REREADS`]). May block: see the module docs.
-pub fn syscall_settled(tid: u32) -> std::io::Result<Settled> {
+/// there (or once `p` ran out). May block: see the module docs.
+pub fn syscall_settled(tid: u32, p: Patience) -> std::io::Result<Settled> {
     let path = format!("/proc/{tid}/syscall");
-    read_settled(SETTLE_BOUND, MIN_REREADS, || {
+    read_settled(p, || {
         let mut text = String::new();
         std::fs::File::open(&path)?.read_to_string(&mut text)?;
         Ok(text)
@@ -264,11 +204,16 @@ impl Reading {
     pub fn known(intent: Intent) -> Reading {
         Reading { intent, waited: Duration::ZERO, rereads: 0 }
     }
+
+    /// The task was still `running` at the last read: a later read may tell.
+    pub fn task_running(&self) -> bool {
+        self.intent == Intent::Unknown(TASK_RUNNING)
+    }
 }
 
 /// Reads the intent of thread `tid` directly (may block: see the module docs).
-pub fn read_intent(tid: u32) -> Reading {
-    let Ok(s) = syscall_settled(tid) else {
+pub fn read_intent(tid: u32, p: Patience) -> Reading {
+    let Ok(s) = syscall_settled(tid, p) else {
         return Reading::known(Intent::Unknown("cannot read /proc/<tid>/syscall"));
     };
     let intent = intent_from_syscall(&s.line, |addr| {
@@ -402,9 +347,9 @@ impl ProcReader {
     }
 
     /// The open intent of blocked thread `tid`, or `Unknown` past the deadline.
-    pub fn intent(&mut self, tid: u32) -> Reading {
+    pub fn intent(&mut self, tid: u32, p: Patience) -> Reading {
         let t0 = Instant::now();
-        self.run(move || read_intent(tid)).unwrap_or_else(|why| Reading {
+        self.run(move || read_intent(tid, p)).unwrap_or_else(|why| Reading {
             intent: Intent::Unknown(why),
             waited: t0.elapsed(),
             rereads: 0,
@@ -529,46 +474,6 @@ mod tests {
     }
 
     #[test]
-    fn a_running_task_is_reread_until_it_sleeps_in_its_call() {
-        let open = "257 0xffffff9c 0x1000 0x0 0x0 0x0 0x0 0x0 0x0\n";
-        let mut lines = ["running\n"; 6].into_iter().chain([open]);
-        let s = read_settled(Duration::from_secs(5), 0, || {
-            Ok(lines.next().unwrap().to_string())
-        })
-        .unwrap();
-        assert_eq!((s.line.as_str(), s.rereads), (open, 6));
-        assert!(s.waited > Duration::ZERO);
-        assert_eq!(intent_from_syscall(&s.line, |_| None), Intent::Read);
-        let s = read_settled(Duration::from_secs(5), 0, || Ok(open.to_string())).unwrap();
-        assert_eq!((s.rereads, s.waited), (0, Duration::ZERO), "a sleeping task: one read");
-    }
-
-    #[test]
-    fn a_task_running_past_the_bound_stays_unknown_and_says_how_long() {
-        let bound = Duration::from_millis(5);
-        let t0 = Instant::now();
-        let s = read_settled(bound, 0, || Ok("running\n".to_string())).unwrap();
-        assert!(s.waited >= bound && t0.elapsed() < bound * 20, "{s:?} in {:?}", t0.elapsed());
-        assert_eq!(intent_from_syscall(&s.line, |_| None), Intent::Unknown("task running"));
-        // The bound alone does not end the wait before the minimum number of re-reads.
-        let s = read_settled(Duration::ZERO, 5, || Ok("running\n".to_string())).unwrap();
-        assert_eq!(s.rereads, 5);
-        // A read error ends the wait at once.
-        let e = read_settled(bound, 5, || {
-            Err(std::io::Error::from_raw_os_error(libc::ESRCH))
-        });
-        assert!(e.is_err());
-    }
-
-    #[test]
-    fn rereads_yield_first_then_sleep_briefly() {
-        assert_eq!((0..YIELDS).map(pause).collect::<Vec<_>>(), vec![None; YIELDS as usize]);
-        assert_eq!(pause(YIELDS), Some(FIRST_SLEEP));
-        assert_eq!(pause(YIELDS + 1), Some(FIRST_SLEEP * 2));
-        assert_eq!(pause(YIELDS + 40), Some(MAX_SLEEP));
-    }
-
-    #[test]
     fn status_gives_tgid_ppid_and_real_and_effective_uid() {
         let t = "Name:\tbash\nTgid:\t100\nNgid:\t0\nPid:\t101\nPPid:\t1\nUid:\t1000\t0\t0\t0\nGid:\t0\t0\t0\t0\n";
         assert_eq!(
@@ -603,8 +508,9 @@ mod tests {
         let tid = rx.recv().unwrap();
         std::thread::sleep(Duration::from_millis(50));
         let mut pr = ProcReader::new(Duration::from_secs(1));
-        let r = pr.intent(tid);
-        assert!(matches!(r.intent, Intent::Unknown(why) if why.starts_with("not an open")), "{r:?}");
+        let r = pr.intent(tid, Patience { bound: Duration::from_secs(1), min_rereads: 0 });
+        let not_open = matches!(r.intent, Intent::Unknown(why) if why.starts_with("not an open"));
+        assert!(not_open, "{r:?}");
         assert_eq!(r.rereads, 0, "a sleeping thread is read at once");
         drop(w); // wakes the poll
         h.join().unwrap();

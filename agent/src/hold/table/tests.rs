@@ -222,7 +222,7 @@ fn pending_requests_survive_a_restart_through_the_store() {
     let mut t2 = HoldTable::new(g.clone(), Some(store));
     // Thread 11 died while no daemon ran.
     t2.restore(loaded.pending, loaded.closed, 2, |h| h.tid != 11);
-    assert_eq!(t2.pending().iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [a.id.clone()]);
+    assert_eq!(t2.pending().iter().map(|r| r.id.clone()).collect::<Vec<_>>(), std::slice::from_ref(&a.id));
     assert_eq!(t2.get(&b.id).unwrap().state, RequestState::Abandoned);
     assert_eq!(t2.get(&c.id).unwrap().state, RequestState::Denied);
     // The restored request still de-duplicates and can be decided.
