@@ -16,4 +16,5 @@ pub mod link;
 pub mod pki;
 pub mod route;
 pub mod store;
+pub mod testing;
 pub mod wire;

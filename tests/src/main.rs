@@ -110,6 +110,14 @@ fn main() -> ExitCode {
     }
     let base = PathBuf::from(if a.tier == "guest" { "/tmp" } else { "/var/tmp" });
     let want_backend = if a.tier == "guest" { "lsm" } else { "fanotify" };
+    // Development shortcut: only the remote-approval scenarios (never set by xtask or CI).
+    if std::env::var("AIRLOCK_E2E_ONLY").as_deref() == Ok("server") {
+        let me = std::env::current_exe().unwrap_or_default();
+        let pins = harness::Pins;
+        server::run_all(&mut r, &a.bin_dir, &me, &base, a.tier == "host");
+        r.check("test_pins_removed", ensure(pins.remove(), || "pins left".into()));
+        return finish(&r);
+    }
     r.check("bad_policy_is_refused_with_file_line_column", bad_policy_is_refused_with_location(&a, &base));
     let pins = harness::Pins;
     let fx = match cases::Fixture::new(&base) {

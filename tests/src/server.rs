@@ -46,6 +46,13 @@ impl ServerProc {
         }
     }
 
+    /// SIGHUP (config reload), by PID.
+    fn hup(&self) -> anyhow::Result<()> {
+        let pid = self.child.as_ref().context("server not running")?.id();
+        // SAFETY: signalling our own child by PID.
+        ensure(unsafe { libc::kill(pid as i32, libc::SIGHUP) } == 0, || "kill -HUP failed".into())
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -367,6 +374,38 @@ pub const CASES: &[(&str, Case)] = &[
         let l = c.local(&id).context("local record")?;
         ensure(l["decision"]["by"]["via"] == "cli-break-glass", || format!("recorded as: {}", l["decision"]["by"]))?;
         c.restart_server()
+    }),
+    ("config_reload_refuses_a_bad_config_and_applies_a_good_one_to_linked_hosts", |c| {
+        let path = c.fx.sdir.join("server.yaml");
+        let good = std::fs::read_to_string(&path)?;
+        // A typo: refused on SIGHUP; the config in force (alice approves) stays.
+        std::fs::write(&path, good.replace("approvers: [sre]", "aprovers: [sre]"))?;
+        c.server.borrow().hup()?;
+        std::thread::sleep(Duration::from_millis(500));
+        let log = c.server.borrow().log_text();
+        ensure(log.contains("config reload refused") && log.contains("aprovers"), || format!("server log:\n{log}"))?;
+        let child = c.spawn(&c.fx.held, "still-good")?;
+        let id = c.wait_pending_at_server("held-tool")?["id"].as_str().unwrap_or_default().to_string();
+        c.remote_ok("alice", &["approve", &id])?;
+        ensure(stdout(&child.finish(WAIT)?).ends_with("still-good"), || "approval under the kept config".into())?;
+        // A good change: break-glass forbidden by the server reaches the host.
+        std::fs::write(&path, format!("break_glass: false\n{good}"))?;
+        c.server.borrow().hup()?;
+        let deadline = Instant::now() + WAIT;
+        while c.daemon.status().unwrap_or_default()["link"]["local_decisions"] != "forbidden" {
+            if Instant::now() > deadline {
+                bail!("the host did not apply break_glass: false: {}", c.daemon.status().unwrap_or_default()["link"]);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let child = c.spawn(&c.fx.held, "must-not-run")?;
+        let id = c.wait_pending_at_server("held-tool")?["id"].as_str().unwrap_or_default().to_string();
+        let o = Command::new(c.bin_dir.join("airlock")).args(["approve", &id, "--state-dir"]).arg(&c.daemon.state_dir).output()?;
+        ensure(!o.status.success() && said(&o).contains("break-glass"), || format!("local approve with break-glass forbidden: {}", said(&o)))?;
+        c.remote_ok("alice", &["deny", &id, "--reason", "cleanup"])?;
+        ensure(stdout(&child.finish(WAIT)?).ends_with("errno=1"), || "denied".into())?;
+        std::fs::write(&path, good)?;
+        c.server.borrow().hup()
     }),
     ("a_revoked_host_is_cut_off_and_refused", |c| {
         run_ok(Command::new(c.bin_dir.join("airlock-server")).args(["hosts", "revoke", HOST, "--dir"]).arg(&c.fx.sdir))?;

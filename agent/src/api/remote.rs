@@ -68,11 +68,13 @@ pub async fn connect_server(url: &str, token: Option<&str>, ca: Option<&Path>) -
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|e| RemoteError::Connect { url: url.to_string(), detail: chain(&e) })?;
+        .map_err(|e| RemoteError::Connect { url: url.to_string(), detail: error_chain(&e) })?;
     Ok(ApprovalsClient::with_interceptor(channel, Auth(Some(value))))
 }
 
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// An error and its sources, joined with ": " (transport errors hide the useful part, e.g.
+/// "connection refused" or a certificate problem, several sources deep).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

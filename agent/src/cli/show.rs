@@ -28,15 +28,31 @@ pub struct ShowArgs {
 pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
     let id = args.id.trim().to_ascii_lowercase();
     super::with_client(&args.api, |mut c| async move {
-        let r = c.get_request(pb::GetRequestRequest { id }).await?.into_inner();
-        let r = request_from_proto(r).context("decoding airlockd's answer")?;
+        let w = c.get_request(pb::GetRequestRequest { id }).await?.into_inner();
+        let votes = votes(&w);
+        let r = request_from_proto(w).context("decoding the answer")?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&r)?);
         } else {
-            print!("{}", render(&r, now_unix_ms()));
+            print!("{}{votes}", render(&r, now_unix_ms()));
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// airlock-server's route and votes (empty for a host's own socket).
+fn votes(w: &pb::HoldRequest) -> String {
+    let mut o = String::new();
+    if let Some(route) = &w.route {
+        let approvals = w.votes.iter().filter(|v| v.release == pb::Release::Allow as i32).count();
+        let _ = writeln!(o, "{:<10}{route} ({approvals} of {} approvals)", "route", w.threshold.max(1));
+    }
+    for (i, v) in w.votes.iter().enumerate() {
+        let how = if v.release == pb::Release::Allow as i32 { "approve" } else { "deny" };
+        let why = v.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+        let _ = writeln!(o, "{:<10}{} {how} via {} at {}{why}", if i == 0 { "votes" } else { "" }, v.principal, v.via, local_time(v.at_unix_ms, true));
+    }
+    o
 }
 
 /// The operation as people write it.
@@ -212,13 +228,24 @@ pub fn render(r: &Request, now_ms: u64) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    line("holders", format!("{holders}; {} attempt(s)", r.attempts));
+    if holders.is_empty() {
+        // airlock-server: which threads wait stays on the host.
+        line("attempts", r.attempts.to_string());
+    } else {
+        line("holders", format!("{holders}; {} attempt(s)", r.attempts));
+    }
     line("created", format!("{} ({} ago)", local_time(r.created_unix_ms, true), span(now_ms.saturating_sub(r.created_unix_ms))));
     line("deadline", local_time(r.deadline_unix_ms, true));
     if let Some(d) = &r.decision {
         let mut v = format!("at {}", local_time(d.at_unix_ms, true));
-        if let Some(by) = &d.by {
-            let _ = write!(v, " by {} (uid {}, pid {}, via {})", by.user.as_deref().unwrap_or("?"), by.uid, by.pid, by.via);
+        match &d.by {
+            Some(by) if by.principal.is_some() => {
+                let _ = write!(v, " by {} (via {})", by.principal.as_deref().unwrap_or("?"), by.via);
+            }
+            Some(by) => {
+                let _ = write!(v, " by {} (uid {}, pid {}, via {})", by.user.as_deref().unwrap_or("?"), by.uid, by.pid, by.via);
+            }
+            None => {}
         }
         line("decided", v);
     }

@@ -28,6 +28,7 @@ use tokio_stream::StreamExt as _;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::api::convert::request_to_link;
+use crate::api::remote::error_chain;
 use crate::daemon::records::LinkChange;
 use crate::hold::{Approvals, Approver, HoldError, Request, Update};
 
@@ -337,17 +338,6 @@ fn jitter(d: Duration) -> Duration {
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     let f = u16::from_le_bytes(b) as f64 / u16::MAX as f64;
     d.mul_f64(0.5 + 0.5 * f)
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn code_name(c: tonic::Code) -> String {

@@ -8,13 +8,15 @@
 //! Not installed (no `/usr/lib/postgresql/*/bin/initdb`): with `CI=true` the test fails,
 //! otherwise it prints a loud SKIP line and gets `None`.
 use std::fs::File;
+use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-/// Where Debian puts each major version's binaries (not on PATH).
+/// Where Debian puts each major version's binaries (not on PATH); `AIRLOCK_PG_ROOT` overrides
+/// it (another layout, or a missing directory to try the SKIP path).
 const PG_ROOT: &str = "/usr/lib/postgresql";
 /// Ports to try: the free-port probe releases its port before postgres binds it.
 const START_ATTEMPTS: usize = 5;
@@ -37,20 +39,29 @@ impl PgCluster {
     /// `CI` is not `true`. Panics, with the server's log, when it is installed but will not
     /// start.
     pub fn start() -> Option<PgCluster> {
-        let Some(bin) = find_bin() else {
+        let root = pg_root();
+        let Some(bin) = find_bin(&root) else {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!(
-                    "PostgreSQL is not installed (no {PG_ROOT}/*/bin/initdb) and CI=true: the PostgreSQL \
+                    "PostgreSQL is not installed (no {}/*/bin/initdb) and CI=true: the PostgreSQL \
                      half of the storage suite cannot run. Install it: apt-get install -y \
-                     --no-install-recommends postgresql-15"
+                     --no-install-recommends postgresql-15",
+                    root.display()
                 );
             }
-            eprintln!(
-                "\n************************************************************\n\
-                 SKIP: PostgreSQL is not installed (no {PG_ROOT}/*/bin/initdb);\n\
-                 the PostgreSQL cases did NOT run. CI=true makes this a failure.\n\
-                 ************************************************************\n"
-            );
+            // Straight to stderr, not through eprintln!, which the test harness captures
+            // (and hides for passing tests). Once per process.
+            static SKIP: std::sync::Once = std::sync::Once::new();
+            SKIP.call_once(|| {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n************************************************************\n\
+                     SKIP: PostgreSQL is not installed (no {}/*/bin/initdb);\n\
+                     the PostgreSQL cases did NOT run. CI=true makes this a failure.\n\
+                     ************************************************************\n",
+                    root.display()
+                );
+            });
             return None;
         };
         let t0 = std::time::Instant::now();
@@ -117,7 +128,12 @@ impl PgCluster {
                 .expect("running pg_ctl start");
             if status.success() {
                 c.started = true;
-                eprintln!("PostgreSQL ({}) started on 127.0.0.1:{} in {:?}", c.bin.display(), c.port, t0.elapsed());
+                eprintln!(
+                    "PostgreSQL ({}) started on 127.0.0.1:{} in {:?}",
+                    c.bin.display(),
+                    c.port,
+                    t0.elapsed()
+                );
                 return Some(c);
             }
             let log_text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -236,10 +252,14 @@ impl Drop for PgCluster {
     }
 }
 
-/// The bin directory of the highest PostgreSQL version installed.
-fn find_bin() -> Option<PathBuf> {
+fn pg_root() -> PathBuf {
+    std::env::var_os("AIRLOCK_PG_ROOT").map_or_else(|| PathBuf::from(PG_ROOT), PathBuf::from)
+}
+
+/// The bin directory of the highest PostgreSQL version installed under `root`.
+fn find_bin(root: &Path) -> Option<PathBuf> {
     let mut best: Option<(u32, PathBuf)> = None;
-    for entry in std::fs::read_dir(PG_ROOT).ok()?.flatten() {
+    for entry in std::fs::read_dir(root).ok()?.flatten() {
         let Ok(version) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
