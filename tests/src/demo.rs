@@ -92,18 +92,8 @@ fn start_server(bin_dir: &Path, identity: &Path) -> anyhow::Result<Remote> {
     std::fs::write(
         dir.join("server.yaml"),
         format!(
-            "listen: {listen}
-principals:
-  alice:
-    groups: [sre]
-  root-at-host:
-    groups: [sre]
-    host_users: [root]
-             routes:
-  - name: default
-    approvers: [sre]
-    deny_requires_reason: true
-"
+            "listen: {listen}\nprincipals:\n  alice:\n    groups: [sre]\n  root-at-host:\n    groups: [sre]\n    host_users: [root]\n\
+             routes:\n  - name: default\n    approvers: [sre]\n    deny_requires_reason: true\n"
         ),
     )?;
     println!("[admin]   server.yaml: principals alice (sre) and root-at-host (sre, is `root` on hosts); route default: sre approves");

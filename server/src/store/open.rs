@@ -42,8 +42,9 @@ impl Store {
     /// `postgres://…` / `postgresql://…`, and applies the migrations that are not applied yet.
     ///
     /// Several servers may open one PostgreSQL database at once (the migrator takes an
-    /// advisory lock). SQLite serves one server process: two `Store`s on one file work (the
-    /// tests do it), but only open them one after the other while the schema may be migrated.
+    /// advisory lock). SQLite serves one server process, plus the admin commands: two
+    /// `Store`s on one file work (the tests do it), and two first opens racing on the
+    /// migration are sorted out by retrying it (see `migrate`).
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         // Idempotent (a `Once` inside sqlx).
         sqlx::any::install_default_drivers();
@@ -72,7 +73,7 @@ impl Store {
                 None,
             ),
         };
-        MIGRATOR.run(&pool).await?;
+        migrate(&pool, kind).await?;
         Ok(Store { pool, kind, writer })
     }
 
@@ -101,6 +102,26 @@ impl Store {
     /// SQLite the last one checkpoints the WAL).
     pub async fn close_pool(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Applies the migrations. PostgreSQL: the migrator's advisory lock serialises servers. SQLite
+/// has no such lock, and the admin commands (`hosts enroll`, `tokens issue`) open the file
+/// while `serve` may be opening it too: the loser of that race fails its migration with "table
+/// already exists" (its transaction rolled back whole), and a retry sees the migration
+/// applied. Retried a few times, then the error is reported.
+async fn migrate(pool: &sqlx::AnyPool, kind: DbKind) -> Result<(), StoreError> {
+    let mut attempt = 0;
+    loop {
+        match MIGRATOR.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) if kind == DbKind::Sqlite && attempt < 10 => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "migration raced with another process; retrying");
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -32,7 +32,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(&format!(
             "UPDATE requests SET version = version + 1, updated_ms = $2 \
-             WHERE id = $1 AND state = 'pending' RETURNING {REQUEST_COLS}, version"
+             WHERE id = $1 AND state = 'pending' AND decision IS NULL RETURNING {REQUEST_COLS}, version"
         ))
         .bind(id)
         .bind(ms(now))
