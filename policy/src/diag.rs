@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use crate::load::LoadError;
 use crate::schema::SchemaError;
 use crate::validate::SetError;
+use crate::values::ValueError;
+use crate::walk::WalkError;
 use crate::yaml::YamlError;
 
 /// A position in a policy file. `line` and `column` are 1-based; both are 0 when the problem
@@ -58,6 +60,13 @@ pub enum Problem {
     /// The file is not well-formed YAML, or uses YAML features policies do not allow.
     #[error(transparent)]
     Yaml(#[from] YamlError),
+    /// A document's shape is not what its reader expects (wrong type, unknown or duplicate
+    /// key, missing key, empty list): found by the shared [`Walker`](crate::walk::Walker).
+    #[error(transparent)]
+    Walk(#[from] WalkError),
+    /// A name, glob or duration its rule does not accept ([`crate::values`]).
+    #[error(transparent)]
+    Value(#[from] ValueError),
     /// A document does not follow the policy schema.
     #[error(transparent)]
     Schema(#[from] SchemaError),

@@ -8,6 +8,9 @@
 //! - [`effective_exec_map`], [`effective_exec_entry_map`], [`effective_protected_map`]: the one
 //!   rule per object that the kernel maps hold.
 //! - [`load_and_compile`]: all of it, for `airlock policy check` and `airlockd` alike.
+//! - [`yaml`], [`walk`], [`values`]: the located YAML tree, typed access to it that reports
+//!   every problem, and the name, duration and glob rules; airlock-server reads its config
+//!   with them, so its problems read like a policy's.
 //!
 //! The format is documented in `policies/README.md`.
 mod check;
@@ -20,8 +23,8 @@ mod model;
 mod resolve;
 mod schema;
 mod validate;
-mod values;
-mod walk;
+pub mod values;
+pub mod walk;
 /// The located YAML tree policies are read from; airlock-server reads its config with it too.
 pub mod yaml;
 
@@ -41,5 +44,6 @@ pub use model::{
 pub use resolve::{FileId, HostResolver, Resolver, inode_key};
 pub use schema::{DEFAULT_TIMEOUT, SchemaError};
 pub use validate::SetError;
-pub use values::{MAX_EXEC_NAME_LEN, MAX_NAME_LEN, MAX_TIMEOUT, NameKind, build_glob};
+pub use values::{Glob, MAX_EXEC_NAME_LEN, MAX_NAME_LEN, MAX_TIMEOUT, ValueError, build_glob};
+pub use walk::WalkError;
 pub use yaml::YamlError;

@@ -78,12 +78,11 @@ fn finish(policies: Vec<Policy>, mut diags: Diagnostics) -> Result<Vec<Policy>, 
 
 /// The policies of one file, as far as they could be read; problems go to `diags`.
 fn parse_file(file: &Path, src: &str, diags: &mut Diagnostics) -> Vec<Policy> {
-    let docs = match parse_documents(src) {
+    let docs = match parse_documents(src, "policy files") {
         Ok(docs) => docs,
         Err(errors) => {
             for e in errors {
-                let loc = Location::new(file, e.pos.line, e.pos.column);
-                diags.push(Diagnostic::new(loc, "", e.error));
+                diags.push(e.diagnostic(file));
             }
             return Vec::new();
         }

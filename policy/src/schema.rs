@@ -11,8 +11,8 @@ use crate::diag::Diagnostics;
 use crate::model::{
     ACTIONS, API_VERSION, AgentSpec, KIND, OPERATIONS, PathSpec, Policy, Rule, Target,
 };
-use crate::values::{self, NameKind, PathUse};
-use crate::walk::{Fields, Text, Walker, join};
+use crate::values::{self, AGENT_NAME, POLICY_NAME, PathUse, RULE_NAME, TIMEOUT, check_name};
+use crate::walk::{Fields, Text, WalkError, Walker, join, one_of};
 use crate::yaml::{Node, Pos};
 
 /// Approval timeout when a rule gives none.
@@ -40,30 +40,11 @@ const RULE_KEYS: &[&str] = &[
     "onTimeout",
 ];
 
-/// A document that does not follow the policy schema.
+/// A document that does not follow the policy schema, beyond the shape problems every reader
+/// of the tree reports ([`crate::walk::WalkError`]) and the value rules it shares with
+/// airlock-server's config ([`crate::values::ValueError`]).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SchemaError {
-    /// A value of the wrong shape (a list where a string belongs).
-    #[error("expected {expected}, found {found}")]
-    WrongType {
-        expected: &'static str,
-        found: &'static str,
-    },
-    /// A key the schema does not have at this level.
-    #[error("unknown key {key:?} (expected {})", one_of(.expected))]
-    UnknownKey {
-        key: String,
-        expected: &'static [&'static str],
-    },
-    /// A key given twice in one mapping.
-    #[error("duplicate key {key:?} (first at line {first_line})")]
-    DuplicateKey { key: String, first_line: usize },
-    /// A mapping key that is a list, a mapping or null.
-    #[error("mapping keys must be strings")]
-    NonStringKey,
-    /// A required key is absent from this mapping.
-    #[error("missing required key {key:?}")]
-    MissingKey { key: &'static str },
     /// Another `apiVersion`: the rest of the document is not checked.
     #[error("unsupported apiVersion {found:?} (expected {API_VERSION})")]
     ApiVersion { found: String },
@@ -82,9 +63,6 @@ pub enum SchemaError {
     /// `onTimeout` is not `deny` or `allow`.
     #[error("unknown onTimeout {found:?} (expected deny or allow)")]
     UnknownOnTimeout { found: String },
-    /// A policy, agent or rule name outside its character set or length.
-    #[error("invalid {} {name:?} (expected 1 to 63 characters of {})", .kind.what(), .kind.charset())]
-    BadName { name: String, kind: NameKind },
     /// Two rules of one policy share a name.
     #[error("duplicate rule name {name:?} (first at line {first_line})")]
     DuplicateRule { name: String, first_line: usize },
@@ -94,45 +72,15 @@ pub enum SchemaError {
     /// A rule with neither `exec` nor `paths`.
     #[error("a rule needs exec (binaries to gate) or paths (trees and files to protect)")]
     NoTarget,
-    /// An empty list where leaving the key out is the way to say "none" or "all".
-    #[error("must not be empty{hint}")]
-    EmptyList { hint: &'static str },
-    /// A list entry given twice.
-    #[error("{value:?} is listed twice (first at line {first_line})")]
-    Duplicate { value: String, first_line: usize },
     /// A path that is relative, not normal, or unusable for its purpose.
     #[error("path {path:?} {reason}")]
     BadPath { path: String, reason: &'static str },
-    /// A selector glob that compiles but cannot be meant (selects every process, wrong form).
-    #[error("bad glob {glob:?}: {reason}")]
-    BadGlob { glob: String, reason: &'static str },
-    /// A selector glob that does not compile.
-    #[error("bad glob {glob:?}: {kind}")]
-    GlobSyntax {
-        glob: String,
-        kind: globset::ErrorKind,
-    },
-    /// A `timeout` that is not number-unit pairs.
-    #[error("invalid duration {found:?} (expected a number with a unit: 30s, 5m, 1h, 1h30m)")]
-    BadDuration { found: String },
-    /// A `timeout` of zero or beyond [`crate::MAX_TIMEOUT`].
-    #[error("duration {found:?} out of range (expected more than 0s and at most 24h)")]
-    DurationOutOfRange { found: String },
     /// `timeout` or `onTimeout` on a rule whose action is not `approve`.
     #[error("only valid with action approve")]
     ApprovalOnly,
     /// `operations` on an `exec` rule.
     #[error("only valid with paths; an exec rule gates execution only")]
     OperationsOnExec,
-}
-
-/// "a, b or c".
-fn one_of(items: &[&str]) -> String {
-    match items {
-        [] => String::new(),
-        [one] => (*one).to_owned(),
-        [init @ .., last] => format!("{} or {last}", init.join(", ")),
-    }
 }
 
 /// Checks one document. Returns the policy as far as it could be read, even when problems were
@@ -142,12 +90,8 @@ fn one_of(items: &[&str]) -> String {
 pub(crate) fn policy_from_node(doc: &Node, file: &Path, diags: &mut Diagnostics) -> Option<Policy> {
     // Key problems are held back until the header says this is a policy at all.
     let mut key_diags = Diagnostics::default();
-    let top = Walker {
-        file,
-        diags: &mut key_diags,
-    }
-    .mapping(doc, "", TOP_KEYS);
-    let mut w = Walker { file, diags };
+    let top = Walker::new(file, &mut key_diags).mapping(doc, "", TOP_KEYS);
+    let mut w = Walker::new(file, diags);
     let Some(top) = top else {
         w.diags.extend(key_diags);
         return None;
@@ -185,7 +129,7 @@ pub(crate) fn policy_from_node(doc: &Node, file: &Path, diags: &mut Diagnostics)
     {
         if let Some(v) = w.required_string(&meta, "metadata", "name") {
             name_location = w.loc(v.pos);
-            match values::check_name(&v.text, NameKind::Policy) {
+            match check_name(&v.text, &POLICY_NAME) {
                 Ok(()) => name = v.text,
                 Err(e) => w.err(v.pos, "metadata.name", e),
             }
@@ -245,6 +189,7 @@ pub(crate) fn policy_from_node(doc: &Node, file: &Path, diags: &mut Diagnostics)
     })
 }
 
+/// The policy's parts, read on top of the shared walker.
 impl Walker<'_> {
     fn agent(&mut self, node: &Node, field: &str) -> Option<AgentSpec> {
         let f = self.mapping(node, field, AGENT_KEYS)?;
@@ -253,7 +198,7 @@ impl Walker<'_> {
         let mut location = self.loc(f.pos);
         if let Some(t) = name_text {
             location = self.loc(t.pos);
-            match values::check_name(&t.text, NameKind::Agent) {
+            match check_name(&t.text, &AGENT_NAME) {
                 Ok(()) => name = t.text,
                 Err(e) => self.err(t.pos, &join(field, "name"), e),
             }
@@ -305,7 +250,7 @@ impl Walker<'_> {
         let mut name_pos = f.pos;
         if let Some(t) = self.required_string(&f, field, "name") {
             name_pos = t.pos;
-            match values::check_name(&t.text, NameKind::Rule) {
+            match check_name(&t.text, &RULE_NAME) {
                 Ok(()) => name = t.text,
                 Err(e) => self.err(t.pos, &join(field, "name"), e),
             }
@@ -367,7 +312,7 @@ impl Walker<'_> {
         if let Some(n) = f.get("agents") {
             let hint = " (leave it out to apply the rule to every agent)";
             for (t, item_field) in self.string_list(n, &join(field, "agents"), hint) {
-                match values::check_name(&t.text, NameKind::Agent) {
+                match check_name(&t.text, &AGENT_NAME) {
                     Ok(()) => agents.push((t.text, self.loc(t.pos))),
                     Err(e) => self.err(t.pos, &item_field, e),
                 }
@@ -408,14 +353,11 @@ impl Walker<'_> {
             timeout: DEFAULT_TIMEOUT,
             on_timeout: OnTimeout::Deny,
         };
-        if let Some(n) = f.get("timeout") {
-            let timeout_field = join(field, "timeout");
-            if let Some(t) = self.string(n, &timeout_field) {
-                match values::parse_duration(&t.text) {
-                    Ok(d) => approval.timeout = d,
-                    Err(e) => self.err(t.pos, &timeout_field, e),
-                }
-            }
+        if let Some(d) = f
+            .get("timeout")
+            .and_then(|n| self.duration(n, &join(field, "timeout"), &TIMEOUT))
+        {
+            approval.timeout = d;
         }
         if let Some(n) = f.get("onTimeout") {
             let on_field = join(field, "onTimeout");
@@ -442,7 +384,7 @@ impl Walker<'_> {
                 Ok(path) => {
                     // `/etc` and `/etc/` are one tree; string_list only caught exact repeats.
                     if let Some(first) = out.iter().find(|p| p.path == path) {
-                        let e = SchemaError::Duplicate {
+                        let e = WalkError::Duplicate {
                             value: t.text,
                             first_line: first.location.line,
                         };

@@ -72,7 +72,9 @@ impl KeyHint {
     fn describe(self, key: &str, expected: &[&str]) -> String {
         match self {
             KeyHint::Expected => format!("expected {}", one_of(expected)),
-            KeyHint::DidYouMean => did_you_mean_or_list(closest(key, expected.iter().copied()), expected),
+            KeyHint::DidYouMean => {
+                did_you_mean_or_list(closest(key, expected.iter().copied()), expected)
+            }
         }
     }
 }

@@ -3,7 +3,11 @@
 //! Built from `saphyr-parser` events rather than through serde so that semantic checks (duplicate
 //! names, unknown agents) can point at the offending node, and so that duplicate mapping keys are
 //! visible (a map type would keep only the last one, silently).
+use std::path::Path;
+
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+
+use crate::diag::{Diagnostic, Location};
 
 /// A 1-based line and column (ordered by line, then column).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -66,7 +70,7 @@ impl Node {
     }
 }
 
-/// Why a file is not acceptable YAML for a policy.
+/// Why a file is not acceptable YAML for a policy (or the other files read this way).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum YamlError {
     /// The parser gave up; nothing after this point was read.
@@ -74,11 +78,21 @@ pub enum YamlError {
     Syntax(String),
     /// Aliases would let one node stand for another elsewhere in the file; a policy should read
     /// the same to a human as to airlock, so they are refused.
-    #[error("aliases (*{0}) are not supported in policy files; write the value out")]
-    Alias(String),
+    #[error("aliases (*{name}) are not supported in {what}; write the value out")]
+    Alias {
+        /// The anchor the alias names.
+        name: String,
+        /// The kind of file, as given to [`parse_documents`] (`policy files`).
+        what: &'static str,
+    },
     /// Tags change how a value is interpreted, which nothing in a policy needs.
-    #[error("tag {0} is not supported in policy files (only !!str)")]
-    Tag(String),
+    #[error("tag {tag} is not supported in {what} (only !!str)")]
+    Tag {
+        /// The tag as resolved (`tag:yaml.org,2002:int`).
+        tag: String,
+        /// The kind of file, as given to [`parse_documents`].
+        what: &'static str,
+    },
 }
 
 /// A located YAML error.
@@ -90,12 +104,22 @@ pub struct Located {
     pub error: YamlError,
 }
 
-/// Parses every document of `src`. Empty documents (a lone `---`, a file of comments) are left
-/// out. On a syntax error the documents before it are discarded too: the caller reports the one
-/// error, since everything after the parser gave up is unknown.
-pub fn parse_documents(src: &str) -> Result<Vec<Node>, Vec<Located>> {
+impl Located {
+    /// The error as a diagnostic of `file`, concerning no field.
+    pub fn diagnostic(self, file: &Path) -> Diagnostic {
+        let loc = Location::new(file, self.pos.line, self.pos.column);
+        Diagnostic::new(loc, "", self.error)
+    }
+}
+
+/// Parses every document of `src`; `what` names the kind of file in messages (`policy files`,
+/// `the server config`). Empty documents (a lone `---`, a file of comments) are left out. On a
+/// syntax error the documents before it are discarded too: the caller reports the one error,
+/// since everything after the parser gave up is unknown.
+pub fn parse_documents(src: &str, what: &'static str) -> Result<Vec<Node>, Vec<Located>> {
     let mut builder = Builder {
         src,
+        what,
         stack: Vec::new(),
         docs: Vec::new(),
         errors: Vec::new(),
@@ -131,6 +155,7 @@ enum Open {
 
 struct Builder<'s> {
     src: &'s str,
+    what: &'static str,
     stack: Vec<Open>,
     docs: Vec<Node>,
     errors: Vec<Located>,
@@ -144,10 +169,11 @@ impl Builder<'_> {
                 if let Some(tag) = tag {
                     let is_str = tag.handle == "tag:yaml.org,2002:" && tag.suffix == "str";
                     if !is_str {
-                        let name = format!("{}{}", tag.handle, tag.suffix);
+                        let tag = format!("{}{}", tag.handle, tag.suffix);
+                        let what = self.what;
                         self.errors.push(Located {
                             pos,
-                            error: YamlError::Tag(name),
+                            error: YamlError::Tag { tag, what },
                         });
                     }
                 }
@@ -184,15 +210,16 @@ impl Builder<'_> {
             }
             Event::Alias(_) => {
                 // The event carries the anchor id only; the name is in the source under the span.
-                let text: String = self
+                let name: String = self
                     .src
                     .chars()
                     .skip(span.start.index() + 1)
                     .take(span.len().saturating_sub(1))
                     .collect();
+                let what = self.what;
                 self.errors.push(Located {
                     pos,
-                    error: YamlError::Alias(text),
+                    error: YamlError::Alias { name, what },
                 });
                 // Keep the tree shape so later checks still see a value here.
                 self.add(Node {
@@ -213,10 +240,11 @@ impl Builder<'_> {
 
     fn check_collection_tag(&mut self, pos: Pos, tag: Option<&saphyr_parser::Tag>) {
         if let Some(tag) = tag {
-            let name = format!("{}{}", tag.handle, tag.suffix);
+            let tag = format!("{}{}", tag.handle, tag.suffix);
+            let what = self.what;
             self.errors.push(Located {
                 pos,
-                error: YamlError::Tag(name),
+                error: YamlError::Tag { tag, what },
             });
         }
     }
@@ -240,6 +268,10 @@ impl Builder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_documents(src: &str) -> Result<Vec<Node>, Vec<Located>> {
+        super::parse_documents(src, "policy files")
+    }
 
     fn scalar(n: &Node) -> &str {
         match &n.kind {
@@ -293,8 +325,16 @@ mod tests {
         let errs = parse_documents("a: &x b\nc: *x\nd: !!int 5\ne: !!str 5\n").unwrap_err();
         assert_eq!(errs.len(), 2);
         assert_eq!(errs[0].pos, Pos { line: 2, column: 4 });
-        assert_eq!(errs[0].error, YamlError::Alias("x".into()));
+        let alias = YamlError::Alias {
+            name: "x".into(),
+            what: "policy files",
+        };
+        assert_eq!(errs[0].error, alias);
+        assert_eq!(
+            alias.to_string(),
+            "aliases (*x) are not supported in policy files; write the value out"
+        );
         assert_eq!(errs[1].pos, Pos { line: 3, column: 4 });
-        assert!(matches!(errs[1].error, YamlError::Tag(_)));
+        assert!(matches!(errs[1].error, YamlError::Tag { .. }));
     }
 }

@@ -120,7 +120,8 @@ impl Drop for TempDir {
 /// certificate (for localhost, 127.0.0.1 and ::1) and `server.yaml` holding `config`.
 pub fn init_dir(dir: &Path, config: &str) -> anyhow::Result<Arc<Ca>> {
     let ca = Ca::create(dir).context("creating the CA")?;
-    ca.issue_server(dir, &[]).context("issuing the server certificate")?;
+    ca.issue_server(dir, &[])
+        .context("issuing the server certificate")?;
     std::fs::write(crate::cli::config_path(dir), config).context("writing server.yaml")?;
     Ok(Arc::new(ca))
 }
@@ -141,7 +142,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Options {
-        Options { config: DEFAULT_CONFIG.to_string(), database: None, pki_dir: None, base: None }
+        Options {
+            config: DEFAULT_CONFIG.to_string(),
+            database: None,
+            pki_dir: None,
+            base: None,
+        }
     }
 }
 
@@ -184,13 +190,22 @@ impl TestServer {
             None => TempDir::new("airlock-test-server")?,
         };
         let (ca, pki_dir) = match &o.pki_dir {
-            Some(p) => (Arc::new(Ca::load(p).context("loading the shared CA")?), p.clone()),
+            Some(p) => (
+                Arc::new(Ca::load(p).context("loading the shared CA")?),
+                p.clone(),
+            ),
             None => (init_dir(dir.path(), &o.config)?, dir.path().to_path_buf()),
         };
         let tls = crate::pki::server_tls(&pki_dir).context("server TLS")?;
-        let config = crate::config::parse(&o.config, "server.yaml").map_err(|e| anyhow::anyhow!("test config: {e}"))?;
-        let database = o.database.clone().unwrap_or_else(|| Store::sqlite_url(&dir.path().join("airlock.db")));
-        let store = Store::open(&database).await.with_context(|| format!("opening {database}"))?;
+        let config = crate::config::parse(&o.config, "server.yaml")
+            .map_err(|e| anyhow::anyhow!("test config: {e}"))?;
+        let database = o
+            .database
+            .clone()
+            .unwrap_or_else(|| Store::sqlite_url(&dir.path().join("airlock.db")));
+        let store = Store::open(&database)
+            .await
+            .with_context(|| format!("opening {database}"))?;
         let broker = Broker::new(store.clone(), config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -254,8 +269,15 @@ impl TestServer {
 
     /// An API token for `principal` issued at `now` (Unix ms) for `ttl_ms` (an expired one:
     /// a `now` in the past); the secret and its row (for revoking it by id).
-    pub async fn issue_token_at(&self, principal: &str, ttl_ms: u64, now: u64) -> anyhow::Result<(String, TokenRow)> {
-        crate::auth::issue(&self.store, principal, ttl_ms, now).await.map_err(|e| anyhow::anyhow!("issuing a token: {e}"))
+    pub async fn issue_token_at(
+        &self,
+        principal: &str,
+        ttl_ms: u64,
+        now: u64,
+    ) -> anyhow::Result<(String, TokenRow)> {
+        crate::auth::issue(&self.store, principal, ttl_ms, now)
+            .await
+            .map_err(|e| anyhow::anyhow!("issuing a token: {e}"))
     }
 
     /// An approvals client presenting `token`.
@@ -268,7 +290,10 @@ impl TestServer {
         self.shutdown();
         if let Some(t) = self.task.take() {
             let abort = t.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), t).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -278,7 +303,12 @@ impl TestServer {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        for fd in self.conns.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for fd in self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             // SAFETY: shutdown(2) of a socket descriptor we own (a dup of the accepted one);
             // it ends the connection for every descriptor of the socket.
             unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
@@ -308,14 +338,23 @@ pub struct HostIdentity {
 /// Enrols host `name` the way `airlock-server hosts enroll` + `airlock enroll` do, without
 /// the network: stores a one-time token, signs a CSR made for a fresh P-256 key (as airlockd
 /// makes it, with rcgen) and redeems the token with the certificate's fingerprint.
-pub async fn enroll(store: &Store, ca: &Ca, name: &str, labels: &BTreeMap<String, String>) -> anyhow::Result<HostIdentity> {
+pub async fn enroll(
+    store: &Store,
+    ca: &Ca,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> anyhow::Result<HostIdentity> {
     let now = now_ms();
     let (_token, hash) = crate::pki::new_enrollment_token(ca)?;
-    store.add_enrollment(name, labels, &hash, now + 3_600_000, now).await?;
+    store
+        .add_enrollment(name, labels, &hash, now + 3_600_000, now)
+        .await?;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let csr = rcgen::CertificateParams::new(vec![name.to_string()])?.serialize_request(&key)?;
     let issued = ca.sign_host(csr.der(), name, now)?;
-    store.redeem_enrollment(&hash, &issued.sha256_hex, now).await?;
+    store
+        .redeem_enrollment(&hash, &issued.sha256_hex, now)
+        .await?;
     Ok(HostIdentity {
         name: name.to_string(),
         cert_pem: pem("CERTIFICATE", &issued.cert_der),
@@ -329,7 +368,10 @@ pub fn pem(label: &str, der: &[u8]) -> String {
     const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut b64 = String::with_capacity(der.len().div_ceil(3) * 4);
     for chunk in der.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
         for i in 0..4 {
             if i <= chunk.len() {
                 b64.push(char::from(B64[(n >> (18 - 6 * i) & 63) as usize]));
@@ -349,10 +391,19 @@ pub fn pem(label: &str, der: &[u8]) -> String {
 
 /// A TLS channel to `url` trusting `ca_pem` (server name `localhost`), presenting `identity`'s
 /// certificate when given.
-pub async fn channel(url: &str, ca_pem: &str, identity: Option<&HostIdentity>) -> Result<Channel, tonic::transport::Error> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("localhost");
+pub async fn channel(
+    url: &str,
+    ca_pem: &str,
+    identity: Option<&HostIdentity>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
     if let Some(id) = identity {
-        tls = tls.identity(tonic::transport::Identity::from_pem(&id.cert_pem, &id.key_pem));
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            &id.cert_pem,
+            &id.key_pem,
+        ));
     }
     Endpoint::from_shared(url.to_string())?
         .tls_config(tls)?
@@ -383,13 +434,23 @@ impl tonic::service::Interceptor for Bearer {
 }
 
 /// An approvals client as [`approvals_client`] makes it.
-pub type ApproverClient = pb::approvals_client::ApprovalsClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+pub type ApproverClient = pb::approvals_client::ApprovalsClient<
+    tonic::service::interceptor::InterceptedService<Channel, Bearer>,
+>;
 
 /// An approvals client for `url`: `token` as the bearer token, and `identity`'s certificate
 /// as client certificate when given (the server must refuse that: hosts never decide).
-pub async fn approvals_client(url: &str, ca_pem: &str, identity: Option<&HostIdentity>, token: Option<&str>) -> Result<ApproverClient, tonic::transport::Error> {
+pub async fn approvals_client(
+    url: &str,
+    ca_pem: &str,
+    identity: Option<&HostIdentity>,
+    token: Option<&str>,
+) -> Result<ApproverClient, tonic::transport::Error> {
     let ch = channel(url, ca_pem, identity).await?;
-    Ok(pb::approvals_client::ApprovalsClient::with_interceptor(ch, Bearer::new(token)))
+    Ok(pb::approvals_client::ApprovalsClient::with_interceptor(
+        ch,
+        Bearer::new(token),
+    ))
 }
 
 /// Why [`FakeHost::recv`] returned no message.
@@ -408,7 +469,12 @@ impl std::fmt::Display for RecvError {
         match self {
             RecvError::Timeout => write!(f, "nothing from the server in time"),
             RecvError::Ended => write!(f, "the server ended the stream (OK)"),
-            RecvError::Status(s) => write!(f, "the server ended the stream: {:?} {}", s.code(), s.message()),
+            RecvError::Status(s) => write!(
+                f,
+                "the server ended the stream: {:?} {}",
+                s.code(),
+                s.message()
+            ),
         }
     }
 }
@@ -429,12 +495,26 @@ impl FakeHost {
     /// Opens the stream (client certificate of `id`) without sending anything: the first
     /// message is the caller's. Err: the server refused the stream (or could not be reached:
     /// `UNAVAILABLE`).
-    pub async fn connect_raw(url: &str, ca_pem: &str, id: &HostIdentity) -> Result<FakeHost, Status> {
-        let ch = channel(url, ca_pem, Some(id)).await.map_err(|e| Status::unavailable(format!("connecting to {url}: {e:?}")))?;
+    pub async fn connect_raw(
+        url: &str,
+        ca_pem: &str,
+        id: &HostIdentity,
+    ) -> Result<FakeHost, Status> {
+        let ch = channel(url, ca_pem, Some(id))
+            .await
+            .map_err(|e| Status::unavailable(format!("connecting to {url}: {e:?}")))?;
         let mut client = pb::host_link_client::HostLinkClient::new(ch);
         let (tx, rx) = mpsc::unbounded_channel();
-        let rx = client.link(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await?.into_inner();
-        Ok(FakeHost { name: id.name.clone(), settings: None, tx, rx })
+        let rx = client
+            .link(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(FakeHost {
+            name: id.name.clone(),
+            settings: None,
+            tx,
+            rx,
+        })
     }
 
     /// Opens the stream, sends `Hello` (no pending requests) and waits for the server's
@@ -444,15 +524,25 @@ impl FakeHost {
     }
 
     /// [`FakeHost::connect`] with `pending` ids in the `Hello` (a host reconnecting).
-    pub async fn connect_with_pending(url: &str, ca_pem: &str, id: &HostIdentity, pending: Vec<String>) -> Result<FakeHost, Status> {
+    pub async fn connect_with_pending(
+        url: &str,
+        ca_pem: &str,
+        id: &HostIdentity,
+        pending: Vec<String>,
+    ) -> Result<FakeHost, Status> {
         let mut h = FakeHost::connect_raw(url, ca_pem, id).await?;
-        h.hello(pending).map_err(|e| Status::unavailable(e.to_string()))?;
+        h.hello(pending)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         match h.recv_raw(Duration::from_secs(5)).await {
-            Ok(pb::ServerMessage { body: Some(pb::server_message::Body::Settings(s)) }) => {
+            Ok(pb::ServerMessage {
+                body: Some(pb::server_message::Body::Settings(s)),
+            }) => {
                 h.settings = Some(s);
                 Ok(h)
             }
-            Ok(other) => Err(Status::internal(format!("expected Settings first, got {other:?}"))),
+            Ok(other) => Err(Status::internal(format!(
+                "expected Settings first, got {other:?}"
+            ))),
             Err(RecvError::Status(s)) => Err(s),
             Err(e) => Err(Status::unavailable(e.to_string())),
         }
@@ -460,24 +550,37 @@ impl FakeHost {
 
     /// Sends any message.
     pub fn send(&self, m: pb::HostMessage) -> anyhow::Result<()> {
-        self.tx.send(m).map_err(|_| anyhow::anyhow!("the link of {} is closed", self.name))
+        self.tx
+            .send(m)
+            .map_err(|_| anyhow::anyhow!("the link of {} is closed", self.name))
     }
 
     /// Sends `Hello` with `pending` ids.
     pub fn hello(&self, pending: Vec<String>) -> anyhow::Result<()> {
         self.send(pb::HostMessage {
-            body: Some(pb::host_message::Body::Hello(pb::Hello { version: FAKE_VERSION.into(), pending })),
+            body: Some(pb::host_message::Body::Hello(pb::Hello {
+                version: FAKE_VERSION.into(),
+                pending,
+            })),
         })
     }
 
     /// Sends `Opened` for `r`.
     pub fn opened(&self, r: pb::HoldRequest) -> anyhow::Result<()> {
-        self.send(pb::HostMessage { body: Some(pb::host_message::Body::Opened(pb::Opened { request: Some(r) })) })
+        self.send(pb::HostMessage {
+            body: Some(pb::host_message::Body::Opened(pb::Opened {
+                request: Some(r),
+            })),
+        })
     }
 
     /// Sends `Outcome` for `r`.
     pub fn outcome(&self, r: pb::HoldRequest) -> anyhow::Result<()> {
-        self.send(pb::HostMessage { body: Some(pb::host_message::Body::Outcome(pb::Outcome { request: Some(r) })) })
+        self.send(pb::HostMessage {
+            body: Some(pb::host_message::Body::Outcome(pb::Outcome {
+                request: Some(r),
+            })),
+        })
     }
 
     /// The next message, whatever it is.
@@ -497,7 +600,9 @@ impl FakeHost {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.recv_raw(left).await? {
-                pb::ServerMessage { body: Some(pb::server_message::Body::Settings(s)) } => self.settings = Some(s),
+                pb::ServerMessage {
+                    body: Some(pb::server_message::Body::Settings(s)),
+                } => self.settings = Some(s),
                 m => return Ok(m),
             }
         }
@@ -506,7 +611,9 @@ impl FakeHost {
     /// The next message, which must be a `Decision`.
     pub async fn decision(&mut self, timeout: Duration) -> anyhow::Result<pb::Decision> {
         match self.recv(timeout).await? {
-            pb::ServerMessage { body: Some(pb::server_message::Body::Decision(d)) } => Ok(d),
+            pb::ServerMessage {
+                body: Some(pb::server_message::Body::Decision(d)),
+            } => Ok(d),
             other => anyhow::bail!("{}: expected a Decision, got {other:?}", self.name),
         }
     }
@@ -514,7 +621,9 @@ impl FakeHost {
     /// The next message, which must be a `Rejected`.
     pub async fn rejected(&mut self, timeout: Duration) -> anyhow::Result<pb::Rejected> {
         match self.recv(timeout).await? {
-            pb::ServerMessage { body: Some(pb::server_message::Body::Rejected(r)) } => Ok(r),
+            pb::ServerMessage {
+                body: Some(pb::server_message::Body::Rejected(r)),
+            } => Ok(r),
             other => anyhow::bail!("{}: expected a Rejected, got {other:?}", self.name),
         }
     }
@@ -529,7 +638,9 @@ impl FakeHost {
                 Ok(_) => continue,
                 Err(RecvError::Ended) => return Ok(None),
                 Err(RecvError::Status(s)) => return Ok(Some(s)),
-                Err(RecvError::Timeout) => anyhow::bail!("{}: the stream is still open after {timeout:?}", self.name),
+                Err(RecvError::Timeout) => {
+                    anyhow::bail!("{}: the stream is still open after {timeout:?}", self.name)
+                }
             }
         }
     }
@@ -558,7 +669,12 @@ pub fn context(host: &str) -> RequestContext {
         agent_cgroup: Some("/agents.slice/claude-1234.scope".into()),
         cgroup_id: 4242,
         unit: Some("claude-1234.scope".into()),
-        launched_by: Some(Launcher { uid: 1001, user: Some("dave".into()), sudo_user: None, reason: Some("deploy the fix".into()) }),
+        launched_by: Some(Launcher {
+            uid: 1001,
+            user: Some("dave".into()),
+            sudo_user: None,
+            reason: Some("deploy the fix".into()),
+        }),
         pid: 31337,
         tgid: 31337,
         uid: 1001,
@@ -566,11 +682,28 @@ pub fn context(host: &str) -> RequestContext {
         comm: "kubectl".into(),
         exe: Some("/usr/bin/kubectl".into()),
         ancestry: vec![
-            Ancestor { pid: 31337, comm: "kubectl".into(), exe: Some("/usr/bin/kubectl".into()) },
-            Ancestor { pid: 31300, comm: "bash".into(), exe: Some("/usr/bin/bash".into()) },
-            Ancestor { pid: 31000, comm: "claude".into(), exe: Some("/usr/bin/node".into()) },
+            Ancestor {
+                pid: 31337,
+                comm: "kubectl".into(),
+                exe: Some("/usr/bin/kubectl".into()),
+            },
+            Ancestor {
+                pid: 31300,
+                comm: "bash".into(),
+                exe: Some("/usr/bin/bash".into()),
+            },
+            Ancestor {
+                pid: 31000,
+                comm: "claude".into(),
+                exe: Some("/usr/bin/node".into()),
+            },
         ],
-        argv: vec!["kubectl".into(), "apply".into(), "-f".into(), "deploy/prod.yaml".into()],
+        argv: vec![
+            "kubectl".into(),
+            "apply".into(),
+            "-f".into(),
+            "deploy/prod.yaml".into(),
+        ],
         argv_truncated: false,
         cwd: Some("/home/dave/src/app".into()),
         op: Op::Exec,
@@ -596,7 +729,13 @@ pub fn request_with(id: &str, c: &RequestContext) -> pb::HoldRequest {
     pb::HoldRequest {
         id: id.to_string(),
         state: pb::RequestState::Pending as i32,
-        key: Some(pb::HoldKey { tgid: c.tgid, op: ac::op_to_proto(c.op) as i32, dev: c.target_dev, ino: c.target_ino, argv_hash: 0x5eed }),
+        key: Some(pb::HoldKey {
+            tgid: c.tgid,
+            op: ac::op_to_proto(c.op) as i32,
+            dev: c.target_dev,
+            ino: c.target_ino,
+            argv_hash: 0x5eed,
+        }),
         holders: Vec::new(),
         attempts: 1,
         created_unix_ms: now,
@@ -613,16 +752,31 @@ pub fn request_with(id: &str, c: &RequestContext) -> pb::HoldRequest {
 /// `r` as the host reports it closed after applying `d` (approved or denied, with the
 /// decision record), for `Outcome`.
 pub fn closed_by(r: &pb::HoldRequest, d: &pb::Decision) -> pb::HoldRequest {
-    let allow = matches!(d.decide.as_ref().and_then(|x| x.decision.as_ref()), Some(pb::decide_request::Decision::Approve(_)));
+    let allow = matches!(
+        d.decide.as_ref().and_then(|x| x.decision.as_ref()),
+        Some(pb::decide_request::Decision::Approve(_))
+    );
     let (for_ms, always, reason) = match d.decide.as_ref().and_then(|x| x.decision.as_ref()) {
         Some(pb::decide_request::Decision::Approve(a)) => (a.for_ms, false, None),
-        Some(pb::decide_request::Decision::Deny(n)) => (None, n.always, Some(n.reason.clone()).filter(|r| !r.is_empty())),
+        Some(pb::decide_request::Decision::Deny(n)) => (
+            None,
+            n.always,
+            Some(n.reason.clone()).filter(|r| !r.is_empty()),
+        ),
         None => (None, false, None),
     };
     pb::HoldRequest {
-        state: if allow { pb::RequestState::Approved } else { pb::RequestState::Denied } as i32,
+        state: if allow {
+            pb::RequestState::Approved
+        } else {
+            pb::RequestState::Denied
+        } as i32,
         decision: Some(pb::DecisionRecord {
-            release: if allow { pb::Release::Allow } else { pb::Release::Deny } as i32,
+            release: if allow {
+                pb::Release::Allow
+            } else {
+                pb::Release::Deny
+            } as i32,
             for_ms,
             always,
             reason,
@@ -640,11 +794,21 @@ pub fn approve(id: &str) -> pb::DecideRequest {
 
 /// A deny decision for `id` with `reason`.
 pub fn deny(id: &str, reason: &str) -> pb::DecideRequest {
-    ac::decide_to_proto(id, &airlock_approval::Decision::Deny { always: false, reason: Some(reason.to_string()) })
+    ac::decide_to_proto(
+        id,
+        &airlock_approval::Decision::Deny {
+            always: false,
+            reason: Some(reason.to_string()),
+        },
+    )
 }
 
 /// Waits until `id` is in `store` (a host's `Opened` is handled asynchronously).
-pub async fn wait_stored(store: &Store, id: &str, timeout: Duration) -> anyhow::Result<crate::store::StoredRequest> {
+pub async fn wait_stored(
+    store: &Store,
+    id: &str,
+    timeout: Duration,
+) -> anyhow::Result<crate::store::StoredRequest> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some(r) = store.request(id).await? {

@@ -13,8 +13,8 @@ use airlock_proto::v1 as pb;
 use airlock_server::broker::now_ms;
 use airlock_server::store::{HostRow, RequestFilter, Store, StoredRequest};
 use airlock_server::testing::{
-    self, FakeHost, TestServer, approvals_client, approve, closed_by, context, deny, new_id, request,
-    request_with, wait_stored,
+    self, FakeHost, TestServer, approvals_client, approve, closed_by, context, deny, new_id,
+    request, request_with, wait_stored,
 };
 use pb::decide_request::Decision as D;
 use tonic::Code;
@@ -26,7 +26,10 @@ const QUIET: Duration = Duration::from_millis(400);
 
 /// Everything the store holds besides attempts: requests (with votes and decisions) and hosts.
 async fn snapshot(s: &Store) -> (Vec<StoredRequest>, Vec<HostRow>) {
-    (s.list_requests(&RequestFilter::default()).await.unwrap(), s.hosts().await.unwrap())
+    (
+        s.list_requests(&RequestFilter::default()).await.unwrap(),
+        s.hosts().await.unwrap(),
+    )
 }
 
 /// Asserts that an attempt by `who` doing `action` (on `id`, when given) was recorded with
@@ -34,7 +37,12 @@ async fn snapshot(s: &Store) -> (Vec<StoredRequest>, Vec<HostRow>) {
 async fn recorded(s: &Store, who: &str, action: &str, id: Option<&str>, result: &str) -> String {
     let all = s.attempts(200).await.unwrap();
     all.iter()
-        .find(|a| a.who == who && a.action == action && a.result == result && (id.is_none() || a.request_id.as_deref() == id))
+        .find(|a| {
+            a.who == who
+                && a.action == action
+                && a.result == result
+                && (id.is_none() || a.request_id.as_deref() == id)
+        })
         .unwrap_or_else(|| panic!("no attempt {who} {action} {id:?} {result} among {all:#?}"))
         .message
         .clone()
@@ -57,21 +65,39 @@ async fn one_pending() -> (TestServer, FakeHost, pb::HoldRequest) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_through_the_server_reaches_the_host_as_a_decision() {
     let (srv, mut host, r) = one_pending().await;
-    let mut alice = srv.approver(&srv.issue_token("alice").await.unwrap()).await.unwrap();
+    let mut alice = srv
+        .approver(&srv.issue_token("alice").await.unwrap())
+        .await
+        .unwrap();
     let answered = alice.decide(approve(&r.id)).await.unwrap().into_inner();
     assert_eq!(answered.id, r.id);
     assert_eq!(answered.votes.len(), 1);
     assert_eq!(answered.route.as_deref(), Some("default"));
-    assert!(answered.decision.is_some(), "a 1-of-M route is decided by one approval");
+    assert!(
+        answered.decision.is_some(),
+        "a 1-of-M route is decided by one approval"
+    );
 
     let d = host.decision(T).await.unwrap();
     let decide = d.decide.clone().unwrap();
     assert_eq!(decide.id, r.id);
-    assert!(matches!(decide.decision, Some(D::Approve(pb::decide_request::Approve { for_ms: None }))), "{decide:?}");
+    assert!(
+        matches!(
+            decide.decision,
+            Some(D::Approve(pb::decide_request::Approve { for_ms: None }))
+        ),
+        "{decide:?}"
+    );
     let by = d.by.clone().unwrap();
     assert_eq!(by.principal.as_deref(), Some("alice"));
     assert_eq!(by.via, "server");
-    assert_eq!(d.votes.iter().map(|v| v.principal.as_str()).collect::<Vec<_>>(), ["alice"]);
+    assert_eq!(
+        d.votes
+            .iter()
+            .map(|v| v.principal.as_str())
+            .collect::<Vec<_>>(),
+        ["alice"]
+    );
 
     // The host applies it and reports the outcome: the request closes as approved.
     host.outcome(closed_by(&r, &d)).unwrap();
@@ -79,10 +105,16 @@ async fn an_approval_through_the_server_reaches_the_host_as_a_decision() {
     loop {
         let s = srv.store.request(&r.id).await.unwrap().unwrap();
         if s.state == RequestState::Approved {
-            assert_eq!(s.decision.unwrap().by.unwrap().principal.as_deref(), Some("alice"));
+            assert_eq!(
+                s.decision.unwrap().by.unwrap().principal.as_deref(),
+                Some("alice")
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "the outcome never closed the request: {s:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the outcome never closed the request: {s:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     recorded(&srv.store, "alice", "allow", Some(&r.id), "OK").await;
@@ -91,8 +123,13 @@ async fn an_approval_through_the_server_reaches_the_host_as_a_decision() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denial_reaches_the_host_with_its_reason_and_principal() {
     let (srv, mut host, r) = one_pending().await;
-    let mut bob = srv.approver(&srv.issue_token("bob").await.unwrap()).await.unwrap();
-    bob.decide(deny(&r.id, "not during the freeze")).await.unwrap();
+    let mut bob = srv
+        .approver(&srv.issue_token("bob").await.unwrap())
+        .await
+        .unwrap();
+    bob.decide(deny(&r.id, "not during the freeze"))
+        .await
+        .unwrap();
     let d = host.decision(T).await.unwrap();
     let decide = d.decide.unwrap();
     assert_eq!(decide.id, r.id);
@@ -117,19 +154,45 @@ async fn a_two_of_two_route_needs_two_distinct_principals() {
     let r = request_with(&new_id(), &c);
     host.opened(r.clone()).unwrap();
     let stored = wait_stored(&srv.store, &r.id, T).await.unwrap();
-    assert_eq!((stored.route.as_deref(), stored.threshold), (Some("pair"), 2));
-    let mut alice = srv.approver(&srv.issue_token("alice").await.unwrap()).await.unwrap();
-    let mut bob = srv.approver(&srv.issue_token("bob").await.unwrap()).await.unwrap();
+    assert_eq!(
+        (stored.route.as_deref(), stored.threshold),
+        (Some("pair"), 2)
+    );
+    let mut alice = srv
+        .approver(&srv.issue_token("alice").await.unwrap())
+        .await
+        .unwrap();
+    let mut bob = srv
+        .approver(&srv.issue_token("bob").await.unwrap())
+        .await
+        .unwrap();
 
     let first = alice.decide(approve(&r.id)).await.unwrap().into_inner();
-    assert!(first.decision.is_none(), "one approval of two decided: {first:?}");
-    assert!(host.quiet(QUIET).await.unwrap().is_none(), "the host got a decision after one of two approvals");
+    assert!(
+        first.decision.is_none(),
+        "one approval of two decided: {first:?}"
+    );
+    assert!(
+        host.quiet(QUIET).await.unwrap().is_none(),
+        "the host got a decision after one of two approvals"
+    );
     // The same principal again is not a second approver.
     let again = alice.decide(approve(&r.id)).await.unwrap_err();
     assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
     assert!(again.message().contains("already voted"), "{again:?}");
-    assert!(host.quiet(QUIET).await.unwrap().is_none(), "the host got a decision after alice voted twice");
-    assert!(srv.store.request(&r.id).await.unwrap().unwrap().decision.is_none());
+    assert!(
+        host.quiet(QUIET).await.unwrap().is_none(),
+        "the host got a decision after alice voted twice"
+    );
+    assert!(
+        srv.store
+            .request(&r.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .decision
+            .is_none()
+    );
 
     bob.decide(approve(&r.id)).await.unwrap();
     let d = host.decision(T).await.unwrap();
@@ -150,34 +213,76 @@ async fn the_launcher_may_not_approve_their_own_agents_request() {
     let r = request_with(&new_id(), &c);
     host.opened(r.clone()).unwrap();
     wait_stored(&srv.store, &r.id, T).await.unwrap();
-    let mut alice = srv.approver(&srv.issue_token("alice").await.unwrap()).await.unwrap();
+    let mut alice = srv
+        .approver(&srv.issue_token("alice").await.unwrap())
+        .await
+        .unwrap();
     let e = alice.decide(approve(&r.id)).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("launched this agent"), "{e:?}");
     let s = srv.store.request(&r.id).await.unwrap().unwrap();
-    assert!(s.decision.is_none() && s.votes.is_empty(), "a refused vote was stored: {s:?}");
-    recorded(&srv.store, "alice", "approve", Some(&r.id), "PERMISSION_DENIED").await;
+    assert!(
+        s.decision.is_none() && s.votes.is_empty(),
+        "a refused vote was stored: {s:?}"
+    );
+    recorded(
+        &srv.store,
+        "alice",
+        "approve",
+        Some(&r.id),
+        "PERMISSION_DENIED",
+    )
+    .await;
     assert!(host.quiet(QUIET).await.unwrap().is_none());
 
     // Another approver may.
-    let mut bob = srv.approver(&srv.issue_token("bob").await.unwrap()).await.unwrap();
+    let mut bob = srv
+        .approver(&srv.issue_token("bob").await.unwrap())
+        .await
+        .unwrap();
     bob.decide(approve(&r.id)).await.unwrap();
-    assert_eq!(host.decision(T).await.unwrap().by.unwrap().principal.as_deref(), Some("bob"));
+    assert_eq!(
+        host.decision(T)
+            .await
+            .unwrap()
+            .by
+            .unwrap()
+            .principal
+            .as_deref(),
+        Some("bob")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_principal_outside_the_routes_groups_is_refused() {
     let (srv, mut host, r) = one_pending().await;
     let before = snapshot(&srv.store).await;
-    let mut carol = srv.approver(&srv.issue_token("carol").await.unwrap()).await.unwrap();
+    let mut carol = srv
+        .approver(&srv.issue_token("carol").await.unwrap())
+        .await
+        .unwrap();
     for d in [approve(&r.id), deny(&r.id, "no")] {
         let e = carol.decide(d).await.unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
         assert!(e.message().contains("only members of"), "{e:?}");
     }
     assert_eq!(snapshot(&srv.store).await, before);
-    recorded(&srv.store, "carol", "approve", Some(&r.id), "PERMISSION_DENIED").await;
-    recorded(&srv.store, "carol", "deny", Some(&r.id), "PERMISSION_DENIED").await;
+    recorded(
+        &srv.store,
+        "carol",
+        "approve",
+        Some(&r.id),
+        "PERMISSION_DENIED",
+    )
+    .await;
+    recorded(
+        &srv.store,
+        "carol",
+        "deny",
+        Some(&r.id),
+        "PERMISSION_DENIED",
+    )
+    .await;
     assert!(host.quiet(QUIET).await.unwrap().is_none());
 }
 
@@ -186,20 +291,38 @@ async fn missing_unknown_and_expired_tokens_are_unauthenticated() {
     let (srv, _host, r) = one_pending().await;
     let before = snapshot(&srv.store).await;
     // Issued two hours ago for one hour.
-    let (expired, _) = srv.issue_token_at("alice", 3_600_000, now_ms() - 7_200_000).await.unwrap();
+    let (expired, _) = srv
+        .issue_token_at("alice", 3_600_000, now_ms() - 7_200_000)
+        .await
+        .unwrap();
     let cases = [
         (Some(expired.as_str()), "expired"),
-        (Some("airlock_tok_0000000000000000000000000000000000000000000000000000000000000000"), "unknown API token"),
+        (
+            Some("airlock_tok_0000000000000000000000000000000000000000000000000000000000000000"),
+            "unknown API token",
+        ),
         (None, "no API token"),
     ];
     for (token, why) in cases {
-        let mut c = approvals_client(&srv.url, &srv.ca_pem, None, token).await.unwrap();
+        let mut c = approvals_client(&srv.url, &srv.ca_pem, None, token)
+            .await
+            .unwrap();
         let e = c.decide(approve(&r.id)).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{why}: {e:?}");
         assert!(e.message().contains(why), "{why}: {e:?}");
-        let e = c.list_pending(pb::ListPendingRequest::default()).await.unwrap_err();
+        let e = c
+            .list_pending(pb::ListPendingRequest::default())
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{why}: {e:?}");
-        let m = recorded(&srv.store, "unknown", "approve", Some(&r.id), "UNAUTHENTICATED").await;
+        let m = recorded(
+            &srv.store,
+            "unknown",
+            "approve",
+            Some(&r.id),
+            "UNAUTHENTICATED",
+        )
+        .await;
         assert!(!m.is_empty());
     }
     assert_eq!(snapshot(&srv.store).await, before);
@@ -208,9 +331,16 @@ async fn missing_unknown_and_expired_tokens_are_unauthenticated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_stops_working_on_an_open_connection() {
     let (srv, mut host, r) = one_pending().await;
-    let (token, row) = srv.issue_token_at("alice", 3_600_000, now_ms()).await.unwrap();
+    let (token, row) = srv
+        .issue_token_at("alice", 3_600_000, now_ms())
+        .await
+        .unwrap();
     let mut alice = srv.approver(&token).await.unwrap();
-    let listed = alice.list_pending(pb::ListPendingRequest::default()).await.unwrap().into_inner();
+    let listed = alice
+        .list_pending(pb::ListPendingRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(listed.requests.len(), 1);
     srv.store.revoke_token(&row.id, now_ms()).await.unwrap();
     let e = alice.decide(approve(&r.id)).await.unwrap_err();
@@ -235,7 +365,10 @@ async fn a_revoked_host_is_cut_off_within_two_seconds_and_cannot_reconnect() {
     assert!(took < Duration::from_millis(2_200), "cut after {took:?}");
     recorded(&srv.store, "host:web-1", "link", None, "PERMISSION_DENIED").await;
 
-    let e = FakeHost::connect(&srv.url, &srv.ca_pem, &id).await.err().expect("a revoked host linked again");
+    let e = FakeHost::connect(&srv.url, &srv.ca_pem, &id)
+        .await
+        .err()
+        .expect("a revoked host linked again");
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("revoked"), "{e:?}");
     assert!(srv.broker.hub.connected().is_empty());
@@ -252,16 +385,33 @@ async fn a_host_certificate_cannot_list_or_decide_even_with_a_valid_token() {
     let before = snapshot(&srv.store).await;
     let token = srv.issue_token("alice").await.unwrap();
     for token in [None, Some(token.as_str())] {
-        let mut c = approvals_client(&srv.url, &srv.ca_pem, Some(&id), token).await.unwrap();
+        let mut c = approvals_client(&srv.url, &srv.ca_pem, Some(&id), token)
+            .await
+            .unwrap();
         let e = c.decide(approve(&r.id)).await.unwrap_err();
-        assert_eq!(e.code(), Code::PermissionDenied, "token {}: {e:?}", token.is_some());
+        assert_eq!(
+            e.code(),
+            Code::PermissionDenied,
+            "token {}: {e:?}",
+            token.is_some()
+        );
         assert!(e.message().contains("host certificate"), "{e:?}");
-        let e = c.list_pending(pb::ListPendingRequest::default()).await.unwrap_err();
+        let e = c
+            .list_pending(pb::ListPendingRequest::default())
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     }
     assert_eq!(snapshot(&srv.store).await, before);
     let who = format!("cert:{}", &id.cert_sha256[..16]);
-    recorded(&srv.store, &who, "approve", Some(&r.id), "PERMISSION_DENIED").await;
+    recorded(
+        &srv.store,
+        &who,
+        "approve",
+        Some(&r.id),
+        "PERMISSION_DENIED",
+    )
+    .await;
     assert!(host.quiet(QUIET).await.unwrap().is_none());
 }
 
@@ -269,16 +419,29 @@ async fn a_host_certificate_cannot_list_or_decide_even_with_a_valid_token() {
 async fn a_first_message_other_than_hello_ends_the_stream_invalid_argument() {
     let srv = TestServer::start().await.unwrap();
     let id = srv.enroll("web-1").await.unwrap();
-    let mut host = FakeHost::connect_raw(&srv.url, &srv.ca_pem, &id).await.unwrap();
+    let mut host = FakeHost::connect_raw(&srv.url, &srv.ca_pem, &id)
+        .await
+        .unwrap();
     let before = snapshot(&srv.store).await;
     let r = request("web-1", &new_id());
     host.opened(r.clone()).unwrap();
-    let s = host.ended(T).await.unwrap().expect("the stream ended without a status");
+    let s = host
+        .ended(T)
+        .await
+        .unwrap()
+        .expect("the stream ended without a status");
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
     assert!(s.message().contains("Hello"), "{s:?}");
     assert_eq!(snapshot(&srv.store).await, before);
     assert!(srv.store.request(&r.id).await.unwrap().is_none());
-    recorded(&srv.store, "host:web-1", "message", None, "INVALID_ARGUMENT").await;
+    recorded(
+        &srv.store,
+        "host:web-1",
+        "message",
+        None,
+        "INVALID_ARGUMENT",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,33 +449,67 @@ async fn a_second_hello_is_rejected_and_the_stream_stays_usable() {
     let srv = TestServer::start().await.unwrap();
     let mut host = srv.host("web-1").await.unwrap();
     let before = snapshot(&srv.store).await;
-    host.hello(vec!["0123456789abcdefghjkmnpqrs".into()]).unwrap();
+    host.hello(vec!["0123456789abcdefghjkmnpqrs".into()])
+        .unwrap();
     let rej = host.rejected(T).await.unwrap();
     assert_eq!(code_of(&rej), Code::FailedPrecondition, "{rej:?}");
     assert!(rej.message.contains("second Hello"), "{rej:?}");
     assert_eq!(snapshot(&srv.store).await, before);
-    recorded(&srv.store, "host:web-1", "hello", None, "FAILED_PRECONDITION").await;
+    recorded(
+        &srv.store,
+        "host:web-1",
+        "hello",
+        None,
+        "FAILED_PRECONDITION",
+    )
+    .await;
     // Still linked: a request opened now is stored and decided.
     let r = request("web-1", &new_id());
     host.opened(r.clone()).unwrap();
     wait_stored(&srv.store, &r.id, T).await.unwrap();
-    let mut bob = srv.approver(&srv.issue_token("bob").await.unwrap()).await.unwrap();
+    let mut bob = srv
+        .approver(&srv.issue_token("bob").await.unwrap())
+        .await
+        .unwrap();
     bob.decide(approve(&r.id)).await.unwrap();
     assert_eq!(host.decision(T).await.unwrap().decide.unwrap().id, r.id);
 }
 
 /// Sends `r` as Opened and expects it rejected with `code`, naming `field`, the stream still
 /// open, nothing stored and the attempt recorded.
-async fn opened_is_rejected(srv: &TestServer, host: &mut FakeHost, r: pb::HoldRequest, code: Code, field: &str) {
+async fn opened_is_rejected(
+    srv: &TestServer,
+    host: &mut FakeHost,
+    r: pb::HoldRequest,
+    code: Code,
+    field: &str,
+) {
     let before = snapshot(&srv.store).await;
     host.opened(r.clone()).unwrap();
-    let rej = host.rejected(T).await.unwrap_or_else(|e| panic!("{field}: {e}"));
+    let rej = host
+        .rejected(T)
+        .await
+        .unwrap_or_else(|e| panic!("{field}: {e}"));
     assert_eq!(code_of(&rej), code, "{field}: {rej:?}");
     assert_eq!(rej.id, r.id, "{rej:?}");
-    assert!(rej.message.contains(field), "message should name {field}: {rej:?}");
-    assert_eq!(snapshot(&srv.store).await, before, "{field}: the store changed");
+    assert!(
+        rej.message.contains(field),
+        "message should name {field}: {rej:?}"
+    );
+    assert_eq!(
+        snapshot(&srv.store).await,
+        before,
+        "{field}: the store changed"
+    );
     let id = (!r.id.is_empty()).then_some(r.id.as_str());
-    let m = recorded(&srv.store, &format!("host:{}", host.name), "opened", id, airlock_server::error::code_name(code)).await;
+    let m = recorded(
+        &srv.store,
+        &format!("host:{}", host.name),
+        "opened",
+        id,
+        airlock_server::error::code_name(code),
+    )
+    .await;
     assert_eq!(m, rej.message);
 }
 
@@ -320,7 +517,12 @@ async fn opened_is_rejected(srv: &TestServer, host: &mut FakeHost, r: pb::HoldRe
 async fn an_opened_request_with_a_malformed_id_is_rejected() {
     let srv = TestServer::start().await.unwrap();
     let mut host = srv.host("web-1").await.unwrap();
-    for bad in ["", "NOT-AN-ID", "0123456789abcdefghjkmnpqrs/../x", &"a".repeat(65)] {
+    for bad in [
+        "",
+        "NOT-AN-ID",
+        "0123456789abcdefghjkmnpqrs/../x",
+        &"a".repeat(65),
+    ] {
         let r = request("web-1", bad);
         opened_is_rejected(&srv, &mut host, r, Code::InvalidArgument, "request.id").await;
     }
@@ -335,7 +537,10 @@ async fn an_opened_request_without_context_or_request_is_rejected() {
     opened_is_rejected(&srv, &mut host, r, Code::InvalidArgument, "request.context").await;
     // An Opened without its request at all.
     let before = snapshot(&srv.store).await;
-    host.send(pb::HostMessage { body: Some(pb::host_message::Body::Opened(pb::Opened { request: None })) }).unwrap();
+    host.send(pb::HostMessage {
+        body: Some(pb::host_message::Body::Opened(pb::Opened { request: None })),
+    })
+    .unwrap();
     let rej = host.rejected(T).await.unwrap();
     assert_eq!(code_of(&rej), Code::InvalidArgument);
     assert!(rej.message.contains("opened.request"), "{rej:?}");
@@ -358,7 +563,14 @@ async fn an_opened_request_with_an_unknown_enum_value_is_rejected() {
     opened_is_rejected(&srv, &mut host, r, Code::InvalidArgument, "request.state").await;
     let mut r = request("web-1", &new_id());
     r.on_timeout = 7;
-    opened_is_rejected(&srv, &mut host, r, Code::InvalidArgument, "request.on_timeout").await;
+    opened_is_rejected(
+        &srv,
+        &mut host,
+        r,
+        Code::InvalidArgument,
+        "request.on_timeout",
+    )
+    .await;
     // Known values that make no sense for an opened request.
     let mut r = request("web-1", &new_id());
     r.state = pb::RequestState::Approved as i32;
@@ -371,13 +583,34 @@ async fn an_opened_request_with_oversized_argv_is_rejected() {
     let mut host = srv.host("web-1").await.unwrap();
     let mut r = request("web-1", &new_id());
     r.context.as_mut().unwrap().argv = (0..257).map(|i| format!("arg{i}")).collect();
-    opened_is_rejected(&srv, &mut host, r, Code::InvalidArgument, "request.context.argv").await;
+    opened_is_rejected(
+        &srv,
+        &mut host,
+        r,
+        Code::InvalidArgument,
+        "request.context.argv",
+    )
+    .await;
     let mut r = request("web-1", &new_id());
     r.context.as_mut().unwrap().argv.push("x".repeat(4097));
-    opened_is_rejected(&srv, &mut host, r, Code::InvalidArgument, "request.context.argv").await;
+    opened_is_rejected(
+        &srv,
+        &mut host,
+        r,
+        Code::InvalidArgument,
+        "request.context.argv",
+    )
+    .await;
     let mut r = request("web-1", &new_id());
     r.context.as_mut().unwrap().target_path = Some(format!("/{}", "p".repeat(4096)));
-    opened_is_rejected(&srv, &mut host, r, Code::InvalidArgument, "request.context.target_path").await;
+    opened_is_rejected(
+        &srv,
+        &mut host,
+        r,
+        Code::InvalidArgument,
+        "request.context.target_path",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,7 +626,14 @@ async fn an_outcome_for_an_unknown_request_is_rejected() {
     assert_eq!(code_of(&rej), Code::FailedPrecondition, "{rej:?}");
     assert_eq!(rej.id, r.id);
     assert_eq!(snapshot(&srv.store).await, before);
-    recorded(&srv.store, "host:web-1", "outcome", Some(&r.id), "FAILED_PRECONDITION").await;
+    recorded(
+        &srv.store,
+        "host:web-1",
+        "outcome",
+        Some(&r.id),
+        "FAILED_PRECONDITION",
+    )
+    .await;
     // A pending "outcome" is malformed whatever the id.
     let mut pending = r.clone();
     pending.id = new_id();
@@ -417,7 +657,13 @@ async fn a_host_cannot_close_or_reopen_another_hosts_request() {
     // web-2 claims web-1's request was approved (with a forged decision record).
     let forged = pb::Decision {
         decide: Some(approve(&r.id)),
-        by: Some(pb::Approver { uid: 0, pid: 0, user: None, via: "server".into(), principal: Some("alice".into()) }),
+        by: Some(pb::Approver {
+            uid: 0,
+            pid: 0,
+            user: None,
+            via: "server".into(),
+            principal: Some("alice".into()),
+        }),
         votes: vec![],
     };
     b.outcome(closed_by(&r, &forged)).unwrap();
@@ -428,17 +674,44 @@ async fn a_host_cannot_close_or_reopen_another_hosts_request() {
     b.opened(request("web-2", &r.id)).unwrap();
     let rej = b.rejected(T).await.unwrap();
     assert_eq!(code_of(&rej), Code::PermissionDenied, "{rej:?}");
-    assert_eq!(snapshot(&srv.store).await, before, "another host's request changed");
-    recorded(&srv.store, "host:web-2", "outcome", Some(&r.id), "PERMISSION_DENIED").await;
-    recorded(&srv.store, "host:web-2", "opened", Some(&r.id), "PERMISSION_DENIED").await;
+    assert_eq!(
+        snapshot(&srv.store).await,
+        before,
+        "another host's request changed"
+    );
+    recorded(
+        &srv.store,
+        "host:web-2",
+        "outcome",
+        Some(&r.id),
+        "PERMISSION_DENIED",
+    )
+    .await;
+    recorded(
+        &srv.store,
+        "host:web-2",
+        "opened",
+        Some(&r.id),
+        "PERMISSION_DENIED",
+    )
+    .await;
     let s = srv.store.request(&r.id).await.unwrap().unwrap();
-    assert_eq!((s.host.as_str(), s.state, s.decision.is_none()), ("web-1", RequestState::Pending, true));
+    assert_eq!(
+        (s.host.as_str(), s.state, s.decision.is_none()),
+        ("web-1", RequestState::Pending, true)
+    );
 
     // web-1's request is still decided normally, and only web-1 hears about it.
-    let mut alice = srv.approver(&srv.issue_token("alice").await.unwrap()).await.unwrap();
+    let mut alice = srv
+        .approver(&srv.issue_token("alice").await.unwrap())
+        .await
+        .unwrap();
     alice.decide(approve(&r.id)).await.unwrap();
     assert_eq!(a.decision(T).await.unwrap().decide.unwrap().id, r.id);
-    assert!(b.quiet(QUIET).await.unwrap().is_none(), "web-2 heard of web-1's decision");
+    assert!(
+        b.quiet(QUIET).await.unwrap().is_none(),
+        "web-2 heard of web-1's decision"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -454,13 +727,17 @@ async fn an_oversized_message_ends_that_stream_and_the_server_keeps_serving_othe
     let end = big.ended(T).await.unwrap();
     let s = end.expect("the oversized message's stream ended with OK");
     assert!(
-        matches!(s.code(), Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument | Code::Internal),
+        matches!(
+            s.code(),
+            Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument | Code::Internal
+        ),
         "{s:?}"
     );
     assert_eq!(snapshot(&srv.store).await, before);
     let all = srv.store.attempts(50).await.unwrap();
     assert!(
-        all.iter().any(|a| a.who == "host:web-1" && a.action == "message" && a.result != "OK"),
+        all.iter()
+            .any(|a| a.who == "host:web-1" && a.action == "message" && a.result != "OK"),
         "no attempt recorded for the oversized message: {all:#?}"
     );
 
@@ -468,11 +745,16 @@ async fn an_oversized_message_ends_that_stream_and_the_server_keeps_serving_othe
     let r2 = request("web-2", &new_id());
     other.opened(r2.clone()).unwrap();
     wait_stored(&srv.store, &r2.id, T).await.unwrap();
-    let mut bob = srv.approver(&srv.issue_token("bob").await.unwrap()).await.unwrap();
+    let mut bob = srv
+        .approver(&srv.issue_token("bob").await.unwrap())
+        .await
+        .unwrap();
     bob.decide(approve(&r2.id)).await.unwrap();
     assert_eq!(other.decision(T).await.unwrap().decide.unwrap().id, r2.id);
     // And the host whose stream ended can link again.
-    let id = testing::enroll(&srv.store, &srv.ca, "web-3", &Default::default()).await.unwrap();
+    let id = testing::enroll(&srv.store, &srv.ca, "web-3", &Default::default())
+        .await
+        .unwrap();
     FakeHost::connect(&srv.url, &srv.ca_pem, &id).await.unwrap();
 }
 
@@ -480,8 +762,15 @@ async fn an_oversized_message_ends_that_stream_and_the_server_keeps_serving_othe
 async fn a_resent_opened_request_is_the_same_request() {
     let srv = TestServer::start().await.unwrap();
     let mut host = srv.host("web-1").await.unwrap();
-    let mut alice = srv.approver(&srv.issue_token("alice").await.unwrap()).await.unwrap();
-    let mut watch = alice.watch(pb::WatchRequest::default()).await.unwrap().into_inner();
+    let mut alice = srv
+        .approver(&srv.issue_token("alice").await.unwrap())
+        .await
+        .unwrap();
+    let mut watch = alice
+        .watch(pb::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let r = request("web-1", &new_id());
     host.opened(r.clone()).unwrap();
     let first = wait_stored(&srv.store, &r.id, T).await.unwrap();
@@ -490,13 +779,25 @@ async fn a_resent_opened_request_is_the_same_request() {
     let mut changed = r.clone();
     changed.context.as_mut().unwrap().reason = Some("something else".into());
     host.opened(changed).unwrap();
-    assert!(host.quiet(QUIET).await.unwrap().is_none(), "a re-sent Opened was answered");
-    let all = srv.store.list_requests(&RequestFilter::default()).await.unwrap();
+    assert!(
+        host.quiet(QUIET).await.unwrap().is_none(),
+        "a re-sent Opened was answered"
+    );
+    let all = srv
+        .store
+        .list_requests(&RequestFilter::default())
+        .await
+        .unwrap();
     assert_eq!(all, vec![first], "a re-sent request changed the store");
     // Watchers heard of it once.
     let mut opened = 0;
-    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(200), watch.message()).await.unwrap_or(Ok(None)) {
-        if ev.kind == pb::watch_event::Kind::Opened as i32 && ev.request.is_some_and(|q| q.id == r.id) {
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(200), watch.message())
+        .await
+        .unwrap_or(Ok(None))
+    {
+        if ev.kind == pb::watch_event::Kind::Opened as i32
+            && ev.request.is_some_and(|q| q.id == r.id)
+        {
             opened += 1;
         }
     }
@@ -516,20 +817,37 @@ async fn a_decision_made_while_the_host_was_away_is_delivered_once_when_it_recon
     drop(host);
     let deadline = Instant::now() + T;
     while !srv.broker.hub.connected().is_empty() {
-        assert!(Instant::now() < deadline, "the host's session outlived its stream");
+        assert!(
+            Instant::now() < deadline,
+            "the host's session outlived its stream"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut alice = srv.approver(&srv.issue_token("alice").await.unwrap()).await.unwrap();
-    alice.decide(deny(&r.id, "while you were out")).await.unwrap();
+    let mut alice = srv
+        .approver(&srv.issue_token("alice").await.unwrap())
+        .await
+        .unwrap();
+    alice
+        .decide(deny(&r.id, "while you were out"))
+        .await
+        .unwrap();
 
     // The host comes back, lists the request as pending and re-sends it, as airlockd does.
-    let mut host = FakeHost::connect_with_pending(&srv.url, &srv.ca_pem, &id, vec![r.id.clone()]).await.unwrap();
+    let mut host = FakeHost::connect_with_pending(&srv.url, &srv.ca_pem, &id, vec![r.id.clone()])
+        .await
+        .unwrap();
     host.opened(r.clone()).unwrap();
     let d = host.decision(T).await.unwrap();
     let decide = d.decide.unwrap();
     assert_eq!(decide.id, r.id);
-    assert!(matches!(&decide.decision, Some(D::Deny(n)) if n.reason == "while you were out"), "{decide:?}");
+    assert!(
+        matches!(&decide.decision, Some(D::Deny(n)) if n.reason == "while you were out"),
+        "{decide:?}"
+    );
     // Once: neither the re-sent Opened nor the poll for decisions made elsewhere repeats it.
     let extra = host.quiet(Duration::from_millis(700)).await.unwrap();
-    assert!(extra.is_none(), "the decision was delivered twice: {extra:?}");
+    assert!(
+        extra.is_none(),
+        "the decision was delivered twice: {extra:?}"
+    );
 }

@@ -14,7 +14,9 @@ use airlock_approval::Release;
 use airlock_proto::v1 as pb;
 use airlock_server::store::Store;
 use airlock_server::testing::pg::PgCluster;
-use airlock_server::testing::{FakeHost, Options, TempDir, TestServer, approve, deny, new_id, request, wait_stored};
+use airlock_server::testing::{
+    FakeHost, Options, TempDir, TestServer, approve, deny, new_id, request, wait_stored,
+};
 use tonic::Code;
 
 const T: Duration = Duration::from_secs(5);
@@ -30,18 +32,29 @@ struct Shared {
 impl Shared {
     fn postgres() -> Option<Shared> {
         let c = PgCluster::shared()?;
-        Some(Shared { url: c.create_database(), _keep: (Some(c), None) })
+        Some(Shared {
+            url: c.create_database(),
+            _keep: (Some(c), None),
+        })
     }
 
     fn sqlite() -> Shared {
         let d = TempDir::new("airlock-replicas").unwrap();
-        Shared { url: Store::sqlite_url(&d.path().join("shared.db")), _keep: (None, Some(d)) }
+        Shared {
+            url: Store::sqlite_url(&d.path().join("shared.db")),
+            _keep: (None, Some(d)),
+        }
     }
 
     /// Replica A (new CA) and replica B (A's CA and server certificate), one after the other
     /// (the first applies the migrations).
     async fn replicas(&self) -> (TestServer, TestServer) {
-        let a = TestServer::with(Options { database: Some(self.url.clone()), ..Options::default() }).await.unwrap();
+        let a = TestServer::with(Options {
+            database: Some(self.url.clone()),
+            ..Options::default()
+        })
+        .await
+        .unwrap();
         let b = TestServer::with(Options {
             database: Some(self.url.clone()),
             pki_dir: Some(a.pki_dir().to_path_buf()),
@@ -59,14 +72,21 @@ async fn decision_on_b_reaches_host_on_a(db: Shared) {
     let mut host = FakeHost::connect(&a.url, &a.ca_pem, &id).await.unwrap();
     assert_eq!(a.broker.hub.connected(), ["web-1"]);
     assert!(b.broker.hub.connected().is_empty());
-    let mut bob = b.approver(&b.issue_token("bob").await.unwrap()).await.unwrap();
+    let mut bob = b
+        .approver(&b.issue_token("bob").await.unwrap())
+        .await
+        .unwrap();
     let mut worst = Duration::ZERO;
     for i in 0..5 {
         let r = request("web-1", &new_id());
         host.opened(r.clone()).unwrap();
         wait_stored(&b.store, &r.id, T).await.unwrap();
         let t = Instant::now();
-        let decided = if i % 2 == 0 { bob.decide(approve(&r.id)).await } else { bob.decide(deny(&r.id, "no")).await };
+        let decided = if i % 2 == 0 {
+            bob.decide(approve(&r.id)).await
+        } else {
+            bob.decide(deny(&r.id, "no")).await
+        };
         decided.unwrap();
         let d = host.decision(T).await.unwrap();
         let took = t.elapsed();
@@ -75,54 +95,109 @@ async fn decision_on_b_reaches_host_on_a(db: Shared) {
         worst = worst.max(took);
         eprintln!("decision on B → host on A: {took:?}");
     }
-    assert!(worst < Duration::from_secs(1), "slowest delivery across replicas took {worst:?}");
-    assert!(host.quiet(Duration::from_millis(700)).await.unwrap().is_none(), "a decision was delivered twice");
+    assert!(
+        worst < Duration::from_secs(1),
+        "slowest delivery across replicas took {worst:?}"
+    );
+    assert!(
+        host.quiet(Duration::from_millis(700))
+            .await
+            .unwrap()
+            .is_none(),
+        "a decision was delivered twice"
+    );
 }
 
 async fn conflicting_votes_on_two_replicas_make_one_decision(db: Shared) {
     let (a, b) = db.replicas().await;
     let id = a.enroll("web-1").await.unwrap();
     let mut host = FakeHost::connect(&a.url, &a.ca_pem, &id).await.unwrap();
-    let mut alice = a.approver(&a.issue_token("alice").await.unwrap()).await.unwrap();
-    let mut bob = b.approver(&b.issue_token("bob").await.unwrap()).await.unwrap();
+    let mut alice = a
+        .approver(&a.issue_token("alice").await.unwrap())
+        .await
+        .unwrap();
+    let mut bob = b
+        .approver(&b.issue_token("bob").await.unwrap())
+        .await
+        .unwrap();
     let mut wins = [0usize; 2];
     let mut ids = Vec::new();
     for _ in 0..CONFLICTS {
         let r = request("web-1", &new_id());
         host.opened(r.clone()).unwrap();
         wait_stored(&a.store, &r.id, T).await.unwrap();
-        let (ra, rb) = tokio::join!(alice.decide(approve(&r.id)), bob.decide(deny(&r.id, "conflict")));
+        let (ra, rb) = tokio::join!(
+            alice.decide(approve(&r.id)),
+            bob.decide(deny(&r.id, "conflict"))
+        );
         let (winner, release) = match (&ra, &rb) {
             (Ok(_), Err(e)) => {
-                assert_eq!(e.code(), Code::FailedPrecondition, "the losing deny on B: {e:?}");
+                assert_eq!(
+                    e.code(),
+                    Code::FailedPrecondition,
+                    "the losing deny on B: {e:?}"
+                );
                 wins[0] += 1;
                 ("alice", Release::Allow)
             }
             (Err(e), Ok(_)) => {
-                assert_eq!(e.code(), Code::FailedPrecondition, "the losing approve on A: {e:?}");
+                assert_eq!(
+                    e.code(),
+                    Code::FailedPrecondition,
+                    "the losing approve on A: {e:?}"
+                );
                 wins[1] += 1;
                 ("bob", Release::Deny)
             }
-            _ => panic!("request {}: exactly one of two conflicting votes must win: A {ra:?}, B {rb:?}", r.id),
+            _ => panic!(
+                "request {}: exactly one of two conflicting votes must win: A {ra:?}, B {rb:?}",
+                r.id
+            ),
         };
         let d = host.decision(T).await.unwrap();
         let decide = d.decide.unwrap();
-        assert_eq!(decide.id, r.id, "a decision for an earlier request arrived again (delivered twice)");
-        let allow = matches!(decide.decision, Some(pb::decide_request::Decision::Approve(_)));
-        assert_eq!(allow, release == Release::Allow, "the host got the losing vote's decision");
+        assert_eq!(
+            decide.id, r.id,
+            "a decision for an earlier request arrived again (delivered twice)"
+        );
+        let allow = matches!(
+            decide.decision,
+            Some(pb::decide_request::Decision::Approve(_))
+        );
+        assert_eq!(
+            allow,
+            release == Release::Allow,
+            "the host got the losing vote's decision"
+        );
         assert_eq!(d.by.unwrap().principal.as_deref(), Some(winner));
         let s = a.store.request(&r.id).await.unwrap().unwrap();
         let dec = s.decision.expect("no decision stored");
-        assert_eq!((dec.release, dec.by.unwrap().principal.as_deref()), (release, Some(winner)));
-        assert_eq!(s.votes.iter().map(|v| v.principal.as_str()).collect::<Vec<_>>(), [winner], "the losing vote was stored");
+        assert_eq!(
+            (dec.release, dec.by.unwrap().principal.as_deref()),
+            (release, Some(winner))
+        );
+        assert_eq!(
+            s.votes
+                .iter()
+                .map(|v| v.principal.as_str())
+                .collect::<Vec<_>>(),
+            [winner],
+            "the losing vote was stored"
+        );
         ids.push(r.id);
     }
-    eprintln!("{CONFLICTS} conflicts: approve on A won {}, deny on B won {}", wins[0], wins[1]);
+    eprintln!(
+        "{CONFLICTS} conflicts: approve on A won {}, deny on B won {}",
+        wins[0], wins[1]
+    );
     let extra = host.quiet(Duration::from_millis(700)).await.unwrap();
     assert!(extra.is_none(), "a decision was delivered twice: {extra:?}");
     // Both replicas read the same single decision for every request.
     for id in &ids {
-        let (x, y) = (a.store.request(id).await.unwrap().unwrap(), b.store.request(id).await.unwrap().unwrap());
+        let (x, y) = (
+            a.store.request(id).await.unwrap().unwrap(),
+            b.store.request(id).await.unwrap().unwrap(),
+        );
         assert_eq!(x.decision, y.decision);
         assert_eq!(x.votes.len(), 1);
     }

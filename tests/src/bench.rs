@@ -13,6 +13,10 @@ use anyhow::{Context as _, bail};
 
 use crate::harness::{Daemon, Pins, run_in};
 
+// Declared here rather than in main.rs: the server part is reached only through `run`.
+#[path = "bench_server.rs"]
+mod bench_server;
+
 const GATED_BINARIES: usize = 10_000;
 const PROTECTED_TREES: usize = 1_000;
 
@@ -113,9 +117,14 @@ fn write_policy(dir: &Path, top_rel: &str) -> anyhow::Result<PathBuf> {
 /// Runs the benchmark and prints the table.
 pub fn run(bin_dir: &Path, rounds_n: usize) -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
+    if std::env::var("AIRLOCK_BENCH_ONLY").as_deref() == Ok("server") {
+        // `AIRLOCK_BENCH_ONLY=server`: only airlock-server's benchmark (no kernel parts).
+        return bench_server::run(bin_dir);
+    }
     if rounds_n == 0 {
-        // `--rounds 0`: only the hold benchmark.
-        return crate::bench_holds::run(bin_dir, &me);
+        // `--rounds 0`: only the hold benchmark, then the server's.
+        crate::bench_holds::run(bin_dir, &me)?;
+        return bench_server::run(bin_dir);
     }
     let dir = PathBuf::from(format!("/var/tmp/airlock-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -186,7 +195,8 @@ pub fn run(bin_dir: &Path, rounds_n: usize) -> anyhow::Result<()> {
         ro, verdict(ro <= 1.005), ri, verdict(ri <= 1.01), dopen_o, verdict(dopen_o <= 40.0));
     drop(cg);
     drop(cleanup);
-    crate::bench_holds::run(bin_dir, &me)
+    crate::bench_holds::run(bin_dir, &me)?;
+    bench_server::run(bin_dir)
 }
 
 pub(crate) struct Cleanup(pub(crate) PathBuf);

@@ -10,7 +10,6 @@ mod parse;
 mod problem;
 mod template;
 mod values;
-mod walk;
 
 #[cfg(test)]
 mod tests;

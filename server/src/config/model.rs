@@ -4,6 +4,9 @@ use std::fmt;
 use std::time::Duration;
 
 use airlock_approval::Op;
+/// Match globs are the policy crate's: as written, with a matcher where `*` and `?` do not
+/// cross `/` and `**` does, as in policy selectors.
+pub use airlock_policy::Glob;
 
 /// The parsed `server.yaml`.
 #[derive(Clone, Debug, PartialEq)]
@@ -174,41 +177,6 @@ impl Channel {
     /// Parses [`Channel::as_str`]'s spellings.
     pub fn parse(s: &str) -> Option<Channel> {
         Channel::ALL.into_iter().find(|c| c.as_str() == s)
-    }
-}
-
-/// A glob as written, with its compiled matcher (`*` and `?` do not cross `/`, `**` does, as
-/// in policy selectors).
-#[derive(Clone, Debug)]
-pub struct Glob {
-    text: String,
-    matcher: globset::GlobMatcher,
-}
-
-impl Glob {
-    /// Compiles `text`.
-    pub fn new(text: &str) -> Result<Glob, globset::ErrorKind> {
-        Ok(Glob {
-            text: text.to_owned(),
-            matcher: airlock_policy::build_glob(text)?,
-        })
-    }
-
-    /// Whether `s` matches.
-    pub fn is_match(&self, s: &str) -> bool {
-        self.matcher.is_match(s)
-    }
-
-    /// The glob as written.
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-}
-
-impl PartialEq for Glob {
-    fn eq(&self, other: &Glob) -> bool {
-        // The matcher is a function of the text.
-        self.text == other.text
     }
 }
 

@@ -1,15 +1,17 @@
 //! The schema check: the YAML document to a [`ServerConfig`], reporting every problem with its
 //! position rather than stopping at the first.
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 
-use airlock_policy::yaml::{Kind, Node, Pos, YamlError, parse_documents};
+use airlock_policy::values::check_name;
+use airlock_policy::walk::{Fields, KeyHint, Text, WalkError, Walker, closest, join};
+use airlock_policy::yaml::{Kind, Node, Pos, parse_documents};
 use airlock_policy::{Diagnostic, Diagnostics, Location};
 
 use super::model::{Channel, Escalation, Match, OPERATIONS, Principal, Route, ServerConfig};
-use super::problem::{ConfigProblem, closest};
-use super::values::{self, GlobUse, NameKind};
-use super::walk::{Fields, Text, Walker, join};
+use super::problem::ConfigProblem;
+use super::values::{self, DELAY, GROUP_NAME, GlobUse, PRINCIPAL_NAME, ROUTE_NAME};
 
 const TOP_KEYS: &[&str] = &["listen", "database", "break_glass", "principals", "routes"];
 const PRINCIPAL_KEYS: &[&str] = &["groups", "host_users"];
@@ -64,48 +66,54 @@ type Members = BTreeMap<String, BTreeSet<String>>;
 
 /// Parses and checks one config file's text; `file` only names it in messages.
 pub(crate) fn config(src: &str, file: &Path) -> Result<ServerConfig, Diagnostics> {
-    let mut w = Walker {
-        file,
-        diags: Diagnostics::default(),
-    };
-    let docs = match parse_documents(src) {
+    let mut diags = Diagnostics::default();
+    let docs = match parse_documents(src, "the server config") {
         Ok(docs) => docs,
         Err(errors) => {
             for e in errors {
-                let loc = w.loc(e.pos);
-                // Alias and tag messages name policy files; say what they mean here instead.
-                let d = match e.error {
-                    YamlError::Alias(a) => Diagnostic::new(loc, "", ConfigProblem::Alias(a)),
-                    YamlError::Tag(t) => Diagnostic::new(loc, "", ConfigProblem::Tag(t)),
-                    syntax @ YamlError::Syntax(_) => Diagnostic::new(loc, "", syntax),
-                };
-                w.diags.push(d);
+                diags.push(e.diagnostic(file));
             }
-            return Err(w.diags);
+            return Err(diags);
         }
     };
     let Some(doc) = docs.first() else {
-        w.diags.push(Diagnostic::new(
-            Location::whole_file(file),
-            "",
-            ConfigProblem::NoDocument,
-        ));
-        return Err(w.diags);
+        let whole = Location::whole_file(file);
+        diags.push(Diagnostic::new(whole, "", ConfigProblem::NoDocument));
+        return Err(diags);
     };
+    let mut r = Reader(Walker::new(file, &mut diags).with_key_hint(KeyHint::DidYouMean));
     if let Some(second) = docs.get(1) {
-        w.err(second.pos, "", ConfigProblem::ManyDocuments);
+        r.err(second.pos, "", ConfigProblem::ManyDocuments);
     }
-    let cfg = w.top(doc);
-    match cfg {
-        Some(cfg) if w.diags.is_empty() => Ok(cfg),
+    match r.top(doc) {
+        Some(cfg) if diags.is_empty() => Ok(cfg),
         _ => {
-            w.diags.sort();
-            Err(w.diags)
+            diags.sort();
+            Err(diags)
         }
     }
 }
 
-impl Walker<'_> {
+/// Reads the config: the policy crate's [`Walker`] (types, keys, strings, lists, durations,
+/// reported as in policies but with "did you mean" for unknown keys) and the server's own
+/// parts on top.
+struct Reader<'a>(Walker<'a>);
+
+impl<'a> Deref for Reader<'a> {
+    type Target = Walker<'a>;
+
+    fn deref(&self) -> &Walker<'a> {
+        &self.0
+    }
+}
+
+impl DerefMut for Reader<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Reader<'_> {
     fn top(&mut self, doc: &Node) -> Option<ServerConfig> {
         let top = self.mapping(doc, "", TOP_KEYS)?;
         let mut cfg = ServerConfig {
@@ -158,7 +166,7 @@ impl Walker<'_> {
         let mut out = BTreeMap::new();
         for (name, value) in self.entries(node, "principals").unwrap_or_default() {
             let field = join("principals", &name.text);
-            if let Err(e) = values::check_name(&name.text, NameKind::Principal) {
+            if let Err(e) = check_name(&name.text, &PRINCIPAL_NAME) {
                 self.err(name.pos, "principals", e);
             }
             let Some(f) = self.mapping(value, &field, PRINCIPAL_KEYS) else {
@@ -168,7 +176,7 @@ impl Walker<'_> {
             if let Some(n) = f.get("groups") {
                 let hint = " (leave it out for a principal in no group)";
                 for (t, item_field) in self.string_list(n, &join(&field, "groups"), hint) {
-                    match values::check_name(&t.text, NameKind::Group) {
+                    match check_name(&t.text, &GROUP_NAME) {
                         Ok(()) => p.groups.push(t.text),
                         Err(e) => self.err(t.pos, &item_field, e),
                     }
@@ -188,12 +196,8 @@ impl Walker<'_> {
     }
 
     fn routes(&mut self, node: &Node, members: &Members) -> Vec<Route> {
-        let items = match &node.kind {
-            Kind::Seq(items) => items.as_slice(),
-            _ => {
-                self.wrong_type(node, "routes", "a list");
-                return Vec::new();
-            }
+        let Some(items) = self.seq(node, "routes") else {
+            return Vec::new();
         };
         let mut out = Vec::new();
         let mut names: BTreeMap<String, usize> = BTreeMap::new();
@@ -238,7 +242,7 @@ impl Walker<'_> {
         };
         let mut name = None;
         if let Some(t) = self.required_string(&f, field, "name") {
-            match values::check_name(&t.text, NameKind::Route) {
+            match check_name(&t.text, &ROUTE_NAME) {
                 Ok(()) => {
                     route.name = t.text.clone();
                     name = Some(t);
@@ -279,7 +283,7 @@ impl Walker<'_> {
             route.deny_requires_reason = self.bool(n, &b_field).unwrap_or(false);
         }
         if let Some(n) = f.get("reminder") {
-            route.reminder = self.duration(n, &join(field, "reminder"));
+            route.reminder = self.duration(n, &join(field, "reminder"), &DELAY);
         }
         if let Some(n) = f.get("escalation") {
             route.escalation = self.escalation(n, &join(field, "escalation"), members);
@@ -331,7 +335,7 @@ impl Walker<'_> {
             all_known = false;
         }
         for (t, item_field) in items {
-            if let Err(e) = values::check_name(&t.text, NameKind::Group) {
+            if let Err(e) = check_name(&t.text, &GROUP_NAME) {
                 self.err(t.pos, &item_field, e);
                 all_known = false;
             } else if members.contains_key(&t.text) {
@@ -353,7 +357,7 @@ impl Walker<'_> {
         let f = self.mapping(node, field, ESCALATION_KEYS)?;
         let after = self
             .required(&f, field, "after")
-            .and_then(|n| self.duration(n, &join(field, "after")));
+            .and_then(|n| self.duration(n, &join(field, "after"), &DELAY));
         let to = self
             .required(&f, field, "to")
             .map(|n| self.groups(n, &join(field, "to"), members).0);
@@ -415,7 +419,7 @@ impl Walker<'_> {
             return out;
         };
         if entries.is_empty() {
-            let e = ConfigProblem::Empty { hint: MATCH_HINT };
+            let e = WalkError::EmptyList { hint: MATCH_HINT };
             self.err(node.pos, field, e);
         }
         for (key, value) in entries {
@@ -425,26 +429,6 @@ impl Walker<'_> {
             }
         }
         out
-    }
-
-    fn duration(&mut self, node: &Node, field: &str) -> Option<std::time::Duration> {
-        let t = self.string(node, field)?;
-        values::duration(&t.text)
-            .map_err(|e| self.err(t.pos, field, e))
-            .ok()
-    }
-
-    fn required<'n>(&mut self, f: &Fields<'n>, field: &str, key: &'static str) -> Option<&'n Node> {
-        let node = f.get(key);
-        if node.is_none() {
-            self.err(f.pos, field, ConfigProblem::MissingKey { key });
-        }
-        node
-    }
-
-    fn required_string(&mut self, f: &Fields<'_>, field: &str, key: &'static str) -> Option<Text> {
-        let node = self.required(f, field, key)?;
-        self.string(node, &join(field, key))
     }
 
     /// Warnings: no catch-all route, and routes a catch-all above them hides.

@@ -1,64 +1,45 @@
-//! Checks of single scalar values: names, globs, durations, host users.
+//! The config's value rules: name kinds, where globs must be able to match, delays, and
+//! `host_users` entries. Checking them is the policy crate's ([`airlock_policy::values`]), so
+//! names, globs and durations are read and reported as in policies.
 use std::time::Duration;
 
-use super::model::{Glob, HostUser};
+use airlock_policy::Problem;
+use airlock_policy::values::{DurationRule, Glob, NameRule, ValueError};
+
+use super::model::HostUser;
 use super::problem::ConfigProblem;
 
-/// Which kind of name, for the message and the allowed characters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum NameKind {
-    /// `[a-z0-9._@-]`, up to 128: principals are often e-mail addresses.
-    Principal,
-    /// `[a-z0-9._-]`, up to 63.
-    Group,
-    /// `[a-z0-9._-]`, up to 63.
-    Route,
-}
+/// Principal names: `[a-z0-9._@-]`, up to 128, since principals are often e-mail addresses.
+pub(crate) const PRINCIPAL_NAME: NameRule = NameRule {
+    what: "principal name",
+    max: 128,
+    extra: &['.', '_', '-', '@'],
+};
 
-impl NameKind {
-    fn what(self) -> &'static str {
-        match self {
-            NameKind::Principal => "principal name",
-            NameKind::Group => "group name",
-            NameKind::Route => "route name",
-        }
-    }
+/// Group names: `[a-z0-9._-]`, up to 63.
+pub(crate) const GROUP_NAME: NameRule = NameRule {
+    what: "group name",
+    max: 63,
+    extra: &['.', '_', '-'],
+};
 
-    fn max(self) -> usize {
-        match self {
-            NameKind::Principal => 128,
-            NameKind::Group | NameKind::Route => 63,
-        }
-    }
+/// Route names: `[a-z0-9._-]`, up to 63.
+pub(crate) const ROUTE_NAME: NameRule = NameRule {
+    what: "route name",
+    max: 63,
+    extra: &['.', '_', '-'],
+};
 
-    fn charset(self) -> &'static str {
-        match self {
-            NameKind::Principal => "a-z, 0-9, ., _, - and @",
-            NameKind::Group | NameKind::Route => "a-z, 0-9, ., _ and -",
-        }
-    }
+/// Longest reminder or escalation delay: no hold waits longer (policy timeouts are at most
+/// 24h), so a longer one would never take effect.
+pub(crate) const MAX_DELAY: Duration = airlock_policy::MAX_TIMEOUT;
 
-    fn allows(self, c: char) -> bool {
-        c.is_ascii_lowercase()
-            || c.is_ascii_digit()
-            || matches!(c, '.' | '_' | '-')
-            || (c == '@' && self == NameKind::Principal)
-    }
-}
-
-/// Checks a name's length and characters. Names appear in tokens, logs and the audit trail,
-/// so they are kept to characters that need no quoting anywhere.
-pub(crate) fn check_name(name: &str, kind: NameKind) -> Result<(), ConfigProblem> {
-    if name.is_empty() || name.len() > kind.max() || !name.chars().all(|c| kind.allows(c)) {
-        return Err(ConfigProblem::BadName {
-            what: kind.what(),
-            name: name.to_owned(),
-            max: kind.max(),
-            charset: kind.charset(),
-        });
-    }
-    Ok(())
-}
+/// Reminder and escalation delays: `30s`, `5m`, `1h30m`, `1d`, at most [`MAX_DELAY`].
+pub(crate) const DELAY: DurationRule = DurationRule {
+    units: &[('d', 86_400), ('h', 3600), ('m', 60), ('s', 1)],
+    max: MAX_DELAY,
+    expected: "a number with a unit s, m, h or d: 30s, 5m, 1h30m",
+};
 
 /// What a glob is compared with, for the checks that catch globs that can never match.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,8 +53,8 @@ pub(crate) enum GlobUse {
 }
 
 /// Compiles a glob after checking it can match something of its kind.
-pub(crate) fn glob(text: &str, usage: GlobUse) -> Result<Glob, ConfigProblem> {
-    let bad = |reason| ConfigProblem::BadGlob {
+pub(crate) fn glob(text: &str, usage: GlobUse) -> Result<Glob, ValueError> {
+    let bad = |reason| ValueError::BadGlob {
         glob: text.to_owned(),
         reason,
     };
@@ -91,15 +72,12 @@ pub(crate) fn glob(text: &str, usage: GlobUse) -> Result<Glob, ConfigProblem> {
         }
         _ => {}
     }
-    Glob::new(text).map_err(|kind| ConfigProblem::GlobSyntax {
-        glob: text.to_owned(),
-        kind,
-    })
+    Glob::new(text)
 }
 
 /// Parses a `host_users` entry: `user` or `user@host-glob`. Host user names never contain `@`,
 /// so the first one separates the two.
-pub(crate) fn host_user(entry: &str) -> Result<HostUser, ConfigProblem> {
+pub(crate) fn host_user(entry: &str) -> Result<HostUser, Problem> {
     let bad = |reason| ConfigProblem::BadHostUser {
         entry: entry.to_owned(),
         reason,
@@ -109,20 +87,18 @@ pub(crate) fn host_user(entry: &str) -> Result<HostUser, ConfigProblem> {
         Some((user, hosts)) => (user, Some(hosts)),
     };
     if user.is_empty() {
-        return Err(bad("the user name is empty"));
+        return Err(bad("the user name is empty").into());
     }
     if user
         .chars()
         .any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == '/')
     {
-        return Err(bad("a user name has no spaces, :, or /"));
+        return Err(bad("a user name has no spaces, :, or /").into());
     }
     let hosts = match hosts {
         None => None,
         Some("") => {
-            return Err(bad(
-                "the host glob after @ is empty (leave out @ for every host)",
-            ));
+            return Err(bad("the host glob after @ is empty (leave out @ for every host)").into());
         }
         Some(h) => Some(glob(h, GlobUse::Host)?),
     };
@@ -132,55 +108,15 @@ pub(crate) fn host_user(entry: &str) -> Result<HostUser, ConfigProblem> {
     })
 }
 
-/// Longest reminder or escalation delay: no hold waits longer (policy timeouts are at most
-/// 24h), so a longer one would never take effect.
-pub(crate) const MAX_DELAY: Duration = airlock_policy::MAX_TIMEOUT;
-
-/// Parses `30s`, `5m`, `1h30m`, `1d`: number-unit pairs, units `d`, `h`, `m`, `s`.
-pub(crate) fn duration(text: &str) -> Result<Duration, ConfigProblem> {
-    let bad = || ConfigProblem::BadDuration {
-        found: text.to_owned(),
-    };
-    if text.is_empty() {
-        return Err(bad());
-    }
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit = match c {
-            'd' => 86_400,
-            'h' => 3600,
-            'm' => 60,
-            's' => 1,
-            _ => return Err(bad()),
-        };
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        digits.clear();
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-    }
-    if !digits.is_empty() {
-        // A bare number: seconds or minutes? Refuse rather than guess.
-        return Err(bad());
-    }
-    let d = Duration::from_secs(total);
-    if d.is_zero() || d > MAX_DELAY {
-        return Err(ConfigProblem::DurationOutOfRange {
-            found: text.to_owned(),
-        });
-    }
-    Ok(d)
-}
-
 #[cfg(test)]
 mod tests {
+    use airlock_policy::values::{check_name, parse_duration};
+
     use super::*;
+
+    fn duration(text: &str) -> Result<Duration, ValueError> {
+        parse_duration(text, &DELAY)
+    }
 
     #[test]
     fn durations_take_s_m_h_d_and_refuse_bare_numbers_zero_and_beyond_a_day() {
@@ -190,13 +126,13 @@ mod tests {
         assert_eq!(duration("1d"), Ok(Duration::from_secs(86_400)));
         for bad in ["", "5", "5 m", "m", "5w", "99999999999999999999d"] {
             assert!(
-                matches!(duration(bad), Err(ConfigProblem::BadDuration { .. })),
+                matches!(duration(bad), Err(ValueError::BadDuration { .. })),
                 "{bad}"
             );
         }
         for out in ["0s", "25h", "2d"] {
             assert!(
-                matches!(duration(out), Err(ConfigProblem::DurationOutOfRange { .. })),
+                matches!(duration(out), Err(ValueError::DurationOutOfRange { .. })),
                 "{out}"
             );
         }
@@ -204,13 +140,15 @@ mod tests {
 
     #[test]
     fn names_by_kind() {
-        assert!(check_name("alice@example.com", NameKind::Principal).is_ok());
-        assert!(check_name("alice@example.com", NameKind::Group).is_err());
-        assert!(check_name("prod-etc.v2", NameKind::Route).is_ok());
-        assert!(check_name("Alice", NameKind::Principal).is_err());
-        assert!(check_name("", NameKind::Group).is_err());
-        assert!(check_name(&"a".repeat(64), NameKind::Route).is_err());
-        assert!(check_name(&"a".repeat(128), NameKind::Principal).is_ok());
+        assert_eq!(PRINCIPAL_NAME.charset(), "a-z, 0-9, ., _, - and @");
+        assert_eq!(GROUP_NAME.charset(), "a-z, 0-9, ., _ and -");
+        assert!(check_name("alice@example.com", &PRINCIPAL_NAME).is_ok());
+        assert!(check_name("alice@example.com", &GROUP_NAME).is_err());
+        assert!(check_name("prod-etc.v2", &ROUTE_NAME).is_ok());
+        assert!(check_name("Alice", &PRINCIPAL_NAME).is_err());
+        assert!(check_name("", &GROUP_NAME).is_err());
+        assert!(check_name(&"a".repeat(64), &ROUTE_NAME).is_err());
+        assert!(check_name(&"a".repeat(128), &PRINCIPAL_NAME).is_ok());
     }
 
     #[test]
@@ -248,7 +186,7 @@ mod tests {
         );
         assert!(matches!(
             glob("[a", GlobUse::Name),
-            Err(ConfigProblem::GlobSyntax { .. })
+            Err(ValueError::GlobSyntax { .. })
         ));
     }
 }

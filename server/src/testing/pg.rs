@@ -74,13 +74,27 @@ impl PgCluster {
             dir,
         };
         if as_postgres {
-            check(&run(Command::new("chown").arg("postgres:postgres").arg(c.dir.path())), "chown postgres");
+            check(
+                &run(Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(c.dir.path())),
+                "chown postgres",
+            );
         }
         let out = c
             .server_cmd("initdb")
             .arg("-D")
             .arg(&c.data)
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-instructions"])
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-instructions",
+            ])
             .output();
         check(&out.expect("running initdb"), "initdb");
         for attempt in 1..=START_ATTEMPTS {
@@ -107,16 +121,29 @@ impl PgCluster {
                 .expect("running pg_ctl start");
             if status.success() {
                 c.started = true;
-                eprintln!("PostgreSQL ({}) started on 127.0.0.1:{} in {:?}", c.bin.display(), c.port, t0.elapsed());
+                eprintln!(
+                    "PostgreSQL ({}) started on 127.0.0.1:{} in {:?}",
+                    c.bin.display(),
+                    c.port,
+                    t0.elapsed()
+                );
                 return Some(c);
             }
             let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-            let taken = log_text.contains("could not bind") || log_text.contains("Address already in use");
+            let taken =
+                log_text.contains("could not bind") || log_text.contains("Address already in use");
             if !taken || attempt == START_ATTEMPTS {
-                let ctl = std::fs::read_to_string(c.dir.path().join("pg_ctl.out")).unwrap_or_default();
-                panic!("pg_ctl start failed ({status}) on port {}:\n{ctl}\n--- server.log ---\n{log_text}", c.port);
+                let ctl =
+                    std::fs::read_to_string(c.dir.path().join("pg_ctl.out")).unwrap_or_default();
+                panic!(
+                    "pg_ctl start failed ({status}) on port {}:\n{ctl}\n--- server.log ---\n{log_text}",
+                    c.port
+                );
             }
-            eprintln!("port {} was taken; retrying PostgreSQL on another port", c.port);
+            eprintln!(
+                "port {} was taken; retrying PostgreSQL on another port",
+                c.port
+            );
         }
         unreachable!("the loop returns or panics")
     }
@@ -127,7 +154,9 @@ impl PgCluster {
     /// weak reference.
     pub fn shared() -> Option<Arc<PgCluster>> {
         static SHARED: Mutex<Weak<PgCluster>> = Mutex::new(Weak::new());
-        let mut slot = SHARED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slot = SHARED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(c) = slot.upgrade() {
             return Some(c);
         }
@@ -140,7 +169,18 @@ impl PgCluster {
     pub fn create_database(&self) -> String {
         let name = format!("t{}", self.next_db.fetch_add(1, Ordering::Relaxed));
         let out = Command::new(self.bin.join("psql"))
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
             .arg("-p")
             .arg(self.port.to_string())
             .arg("-c")
@@ -186,10 +226,19 @@ impl Drop for PgCluster {
         if !self.started {
             return;
         }
-        let out = self.server_cmd("pg_ctl").arg("-D").arg(&self.data).args(["-m", "fast", "-w", "stop"]).output();
+        let out = self
+            .server_cmd("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "stop"])
+            .output();
         match out {
             Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!("pg_ctl stop failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr)),
+            Ok(o) => eprintln!(
+                "pg_ctl stop failed ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            ),
             Err(e) => eprintln!("running pg_ctl stop: {e}"),
         }
         // `dir` (a TempDir) is removed after this, when the fields drop.
@@ -204,7 +253,9 @@ fn find_bin() -> Option<PathBuf> {
             continue;
         };
         let bin = entry.path().join("bin");
-        let complete = ["initdb", "pg_ctl", "postgres", "psql"].iter().all(|b| bin.join(b).is_file());
+        let complete = ["initdb", "pg_ctl", "postgres", "psql"]
+            .iter()
+            .all(|b| bin.join(b).is_file());
         if complete && best.as_ref().is_none_or(|(v, _)| version > *v) {
             best = Some((version, bin));
         }
@@ -218,7 +269,8 @@ fn free_port() -> u16 {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
 fn check(out: &Output, what: &str) {
