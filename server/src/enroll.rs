@@ -20,7 +20,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::error::{Fault, code_name};
 use crate::pki::{Ca, EnrollmentToken, PkiError};
-use crate::store::{Attempt, Store, StoreError};
+use crate::store::{Attempt, Store};
 
 /// Longest token accepted (a real one is 138 bytes).
 pub const MAX_TOKEN_BYTES: usize = 256;
@@ -114,7 +114,7 @@ impl EnrollService {
             ));
         }
         let hash = token.secret_hash();
-        let host = host_for_token(&self.store, &hash, now).await?;
+        let host = self.store.enrollment_host(&hash, now).await?;
         *who = format!("host:{host}");
         let issued = self
             .ca
@@ -150,23 +150,3 @@ impl EnrollService {
     }
 }
 
-/// The host a token was made for, without spending the token; `BadEnrollment` if it is
-/// unknown, used or expired (the same conditions as `Store::redeem_enrollment`, which stays the
-/// authority: this read only tells us which name to sign for).
-///
-/// TODO(store): belongs in `store/hosts.rs` as `Store::enrollment_host`; it reads the store's
-/// `enrollments` table here only because that method does not exist yet.
-async fn host_for_token(
-    store: &Store,
-    token_sha256_hex: &str,
-    now: u64,
-) -> Result<String, StoreError> {
-    let host: Option<String> = sqlx::query_scalar(
-        "SELECT host FROM enrollments WHERE token_sha256 = $1 AND used_ms IS NULL AND expires_ms > $2",
-    )
-    .bind(token_sha256_hex)
-    .bind(i64::try_from(now).unwrap_or(i64::MAX))
-    .fetch_optional(&store.pool)
-    .await?;
-    host.ok_or(StoreError::BadEnrollment)
-}

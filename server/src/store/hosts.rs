@@ -65,9 +65,23 @@ impl Store {
         Ok(())
     }
 
-    /// One transaction: token unknown, used or expired → [`StoreError::BadEnrollment`] (which
-    /// of them is not told, so a guesser learns nothing); else marks it used, sets the host's
-    /// `cert_sha256` and enrolled time, clears `revoked`; returns the host.
+    /// The host an unused, unexpired enrolment token was made for, without spending it (the
+    /// enrolment service signs the certificate first, so a bad CSR does not burn the token;
+    /// [`Store::redeem_enrollment`] alone spends it). [`StoreError::BadEnrollment`] otherwise.
+    pub async fn enrollment_host(&self, token_sha256: &str, now: u64) -> Result<String, StoreError> {
+        let host: Option<String> = sqlx::query_scalar(
+            "SELECT host FROM enrollments WHERE token_sha256 = $1 AND used_ms IS NULL AND expires_ms > $2",
+        )
+        .bind(token_sha256)
+        .bind(i64::try_from(now).unwrap_or(i64::MAX))
+        .fetch_optional(&self.pool)
+        .await?;
+        host.ok_or(StoreError::BadEnrollment)
+    }
+
+    /// One transaction: token unknown/used/expired → BadEnrollment (which of them is not
+    /// told); else marks it used, sets the host's `cert_sha256` and enrolled time, clears
+    /// `revoked`; returns the host.
     pub async fn redeem_enrollment(
         &self,
         token_sha256: &str,
