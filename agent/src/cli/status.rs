@@ -41,6 +41,19 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     println!("policies   {} ({})", s.policies.join(", "), s.policy_paths.join(", "));
     println!("rules      {} ({} gated binaries, {} protected paths)", s.rules, s.gated_binaries, s.protected_paths);
     println!("events     {} recorded, {} lost", s.events, s.lost);
+    println!("requests   {} pending", s.pending_requests);
+    match &s.link {
+        Some(l) => println!(
+            "server     {} ({}; local decisions: {})",
+            l.server,
+            if l.connected { "linked" } else { "NOT linked: reconnecting" },
+            l.local_decisions
+        ),
+        None => println!("server     none (decisions on this host's socket)"),
+    }
+    if s.records_failed > 0 {
+        println!("RECORDS FAILED: {} records could not be written", s.records_failed);
+    }
     if s.agents.is_empty() {
         println!("agents     none running");
     }
