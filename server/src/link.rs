@@ -123,9 +123,10 @@ async fn run(s: Session, mut inbound: Streaming<pb::HostMessage>, mut deliveries
             m = inbound.next() => match m {
                 None => break None,
                 Some(Err(s)) => {
-                    // Malformed or oversized frames end the stream (tonic decoded nothing).
+                    // Malformed or oversized frames end the stream with tonic's status
+                    // (OUT_OF_RANGE for an oversized message); nothing was decoded or changed.
                     b.record(&who, "link", "message", None, s.code(), s.message()).await;
-                    break None;
+                    break Some(s);
                 }
                 Some(Ok(pb::HostMessage { body: None })) => {
                     let f = Fault::invalid("body", "empty message (from a newer host?)");
@@ -157,9 +158,11 @@ async fn run(s: Session, mut inbound: Streaming<pb::HostMessage>, mut deliveries
                     };
                     let id = r.id.clone();
                     match b.opened(&host, r).await {
+                        // Decided while the host was away; the poll may have sent it already.
                         Ok(Some(decision)) => {
-                            sent.insert(id);
-                            let _ = tx.send(decision);
+                            if sent.insert(id) {
+                                let _ = tx.send(decision);
+                            }
                         }
                         Ok(None) => {}
                         Err(f) => {
