@@ -168,12 +168,15 @@ fn gates_exec_and_writes_of_agent_processes_only() {
     );
     assert_eq!(c.lost, 0);
 
-    // After drop: marks gone, threads gone.
+    // After drop: marks gone, threads gone. A previous test's backend may still be finishing
+    // its own threads (a listener waits for its settler thread), so the count is awaited and
+    // compared as "at most": this backend's two threads must be among those that ended.
     w.backend = None;
-    assert_eq!(
+    assert!(
+        eventually(|| backend_threads() <= threads_before.saturating_sub(2)),
+        "listener and watcher ended: {} backend threads, {} before",
         backend_threads(),
-        threads_before.saturating_sub(2),
-        "listener and watcher ended"
+        threads_before
     );
     assert_eq!(
         w.exec(true, &gated).unwrap(),

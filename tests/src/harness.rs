@@ -82,7 +82,9 @@ impl Daemon {
             .context("spawning airlockd")?;
         let pid = child.id();
         let mut d = Daemon { child: Some(child), state_dir: state_dir.to_path_buf(), log };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Under software emulation on a loaded 2-core machine, loading and verifying the LSM
+        // programs took over 30 s on the 6.1 guest: wait longer (it costs nothing when quick).
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(s) = d.status()
                 && s["pid"].as_u64() == Some(pid as u64) {
@@ -93,7 +95,7 @@ impl Daemon {
                     bail!("airlockd exited early ({st}):\n{}", d.log_text());
                 }
             if Instant::now() > deadline {
-                bail!("airlockd not ready after 30 s:\n{}", d.log_text());
+                bail!("airlockd not ready after 120 s:\n{}", d.log_text());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
