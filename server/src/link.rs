@@ -186,12 +186,15 @@ async fn run(s: Session, mut inbound: Streaming<pb::HostMessage>, mut deliveries
                 }
             },
             Some(m) = deliveries.recv() => {
-                if let Some(pb::server_message::Body::Decision(d)) = &m.body
-                    && let Some(decide) = &d.decide
-                {
-                    sent.insert(decide.id.clone());
+                // The poll may have found this decision first (its commit is visible before
+                // the hub's push is handled here): each decision goes to the host once.
+                let fresh = match &m.body {
+                    Some(pb::server_message::Body::Decision(pb::Decision { decide: Some(d), .. })) => sent.insert(d.id.clone()),
+                    _ => true,
+                };
+                if fresh {
+                    let _ = tx.send(m);
                 }
-                let _ = tx.send(m);
             }
             _ = poll.tick() => {
                 let f = RequestFilter { host: Some(host.clone()), decided_undelivered: true, ..Default::default() };

@@ -213,6 +213,10 @@ impl TestServer {
         let seen = conns.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |r| {
             r.inspect(|s| {
+                // tonic ignores its builder's `tcp_nodelay(true)` for connections it did not
+                // accept itself (`serve_with_incoming*`), so it is set here: without it every
+                // small HTTP/2 frame can wait ~40 ms for a delayed ACK (Nagle).
+                let _ = s.set_nodelay(true);
                 if let Ok(fd) = s.as_fd().try_clone_to_owned() {
                     seen.lock().unwrap_or_else(|e| e.into_inner()).push(fd);
                 }

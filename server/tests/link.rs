@@ -849,3 +849,64 @@ async fn a_decision_made_while_the_host_was_away_is_delivered_once_when_it_recon
         "the decision was delivered twice: {extra:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_every_decision_reaches_its_host_exactly_once() {
+    const HOSTS: usize = 20;
+    const EACH: usize = 15;
+    let srv = TestServer::start().await.unwrap();
+    // A bot approves every request as soon as Watch announces it.
+    let mut bot = srv
+        .approver(&srv.issue_token("bot").await.unwrap())
+        .await
+        .unwrap();
+    let mut watch = bot
+        .watch(pb::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let approver = tokio::spawn(async move {
+        while let Ok(Some(ev)) = watch.message().await {
+            if ev.kind == pb::watch_event::Kind::Opened as i32
+                && let Some(r) = ev.request
+            {
+                let mut c = bot.clone();
+                tokio::spawn(async move { c.decide(approve(&r.id)).await.unwrap() });
+            }
+        }
+    });
+    let mut tasks = Vec::new();
+    for i in 0..HOSTS {
+        let mut h = srv.host(&format!("web-{i}")).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut repeats = Vec::new();
+            for _ in 0..EACH {
+                let r = request(&h.name, &new_id());
+                h.opened(r.clone()).unwrap();
+                let d = loop {
+                    let d = h.decision(T).await.unwrap();
+                    match d.decide.as_ref() {
+                        Some(x) if x.id == r.id => break d,
+                        other => repeats.push(other.map(|x| x.id.clone())),
+                    }
+                };
+                h.outcome(closed_by(&r, &d)).unwrap();
+            }
+            if let Some(m) = h.quiet(QUIET).await.unwrap() {
+                repeats.push(Some(format!("after the last: {m:?}")));
+            }
+            repeats
+        }));
+    }
+    let mut repeats = Vec::new();
+    for t in tasks {
+        repeats.extend(t.await.unwrap());
+    }
+    approver.abort();
+    assert!(
+        repeats.is_empty(),
+        "{} of {} decisions were delivered again: {repeats:?}",
+        repeats.len(),
+        HOSTS * EACH
+    );
+}

@@ -218,15 +218,15 @@ async fn auto_approver(
             let mut c = client.clone();
             let failures = failures.clone();
             tokio::spawn(async move {
-                if let Err(e) = c.decide(testing::approve(&r.id)).await {
-                    if failures.fetch_add(1, Ordering::Relaxed) < 3 {
-                        eprintln!(
-                            "bench: bot's decide of {} failed: {:?} {}",
-                            r.id,
-                            e.code(),
-                            e.message()
-                        );
-                    }
+                if let Err(e) = c.decide(testing::approve(&r.id)).await
+                    && failures.fetch_add(1, Ordering::Relaxed) < 3
+                {
+                    eprintln!(
+                        "bench: bot's decide of {} failed: {:?} {}",
+                        r.id,
+                        e.code(),
+                        e.message()
+                    );
                 }
             });
         }
@@ -332,6 +332,9 @@ async fn round_trips(database: Option<String>) -> anyhow::Result<(Pass, Pass)> {
     if failed > 0 {
         bail!("{what}: {failed} of the bot's decisions failed");
     }
+    // Let the bot's last Decide calls get their answers (the server records each vote after
+    // it has sent the decision) before the server stops.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     approver.abort();
     drop(hosts);
     srv.stop().await;

@@ -83,7 +83,13 @@ pub async fn serve(
         tracing::info!("stopping");
     };
     tracing::info!(%addr, "airlock-server listening");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // tonic's `tcp_nodelay` applies only to listeners it binds itself: set it on each accepted
+    // connection, or Nagle delays small replies (measured: ~49 ms per round trip instead of ~4).
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |r| {
+        r.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
     router(broker, ca, tls)?
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
