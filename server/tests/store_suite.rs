@@ -1,11 +1,11 @@
 //! The storage layer (`airlock_server::store`) against both databases: every case below runs
 //! once on SQLite (a temporary file) and once on a real PostgreSQL (a throwaway cluster,
-//! `support/pg.rs`, one fresh database per case). Test names are `sqlite::CASE` and
+//! `airlock_server::testing::pg`, one fresh database per case). Test names are `sqlite::CASE` and
 //! `postgres::CASE`.
 //!
 //! The replica cases open two `Store`s (two pools) on one database, as two server replicas
 //! would, and race votes through both.
-mod support;
+
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use airlock_approval::{Approver, DecisionRecord, Release, RequestState, Vote};
 use airlock_server::store::{
     Attempt, DbKind, RequestFilter, Store, StoreError, StoredRequest, TokenRow, Upserted,
 };
-use support::pg::PgCluster;
+use airlock_server::testing::pg::PgCluster;
 
 const NOW: u64 = 1_700_000_000_000;
 

@@ -291,3 +291,14 @@ impl Drop for Spawned {
         }
     }
 }
+
+/// Removes an empty directory (a cgroup) on drop, when one is given.
+pub struct RemoveIfCreated(pub Option<PathBuf>);
+
+impl Drop for RemoveIfCreated {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_dir(p);
+        }
+    }
+}

@@ -87,6 +87,11 @@ fn main() -> ExitCode {
         }
     };
     let mut r = Report::default();
+    // `airlock run` makes /airlock.slice in cgroupfs when systemd does not run; remove it at the
+    // end when this run made it (and it is empty), so the tiers leave no cgroup behind.
+    let slice = airlock_agent::cgroup::cgroup2_mount().ok().map(|m| m.join("airlock.slice"));
+    let slice_was_there = slice.as_ref().is_some_and(|s| s.exists());
+    let _slice = harness::RemoveIfCreated(if slice_was_there { None } else { slice });
     // SAFETY: getuid has no preconditions.
     let root = unsafe { libc::getuid() } == 0;
     if a.tier == "demo" || a.tier == "bench" {

@@ -45,7 +45,7 @@ pub fn local(channel: Channel) -> Client {
 
 /// The CA the CLI trusts for airlock-server: `--ca`, else the enrolled host's.
 fn ca_file(ca: Option<&Path>) -> std::path::PathBuf {
-    ca.map(Path::to_path_buf).unwrap_or_else(|| Path::new("/var/lib/airlock/identity/ca.pem").to_path_buf())
+    ca.map(Path::to_path_buf).unwrap_or_else(|| crate::link::identity::Identity::dir_default().join("ca.pem"))
 }
 
 /// Connects to airlock-server at `url` (https://HOST:PORT) with `token`.
