@@ -13,7 +13,10 @@ use airlock_common::KernelOffsets;
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error("reading {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("BTF data is malformed: {0}")]
     Malformed(&'static str),
     #[error("BTF has no struct {0}")]
@@ -73,8 +76,10 @@ impl Btf {
 
     /// Reads BTF from a raw `.BTF` blob file.
     pub fn from_file(path: &Path) -> Result<Btf, BtfError> {
-        let data = std::fs::read(path)
-            .map_err(|source| BtfError::Read { path: path.display().to_string(), source })?;
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::parse(&data)
     }
 
@@ -96,7 +101,12 @@ impl Btf {
             .ok_or(BtfError::Malformed("string section out of bounds"))?
             .to_vec();
         // Type id 0 is void.
-        let mut types = vec![Type { name: 0, kind: 0, ty: 0, members: Vec::new() }];
+        let mut types = vec![Type {
+            name: 0,
+            kind: 0,
+            ty: 0,
+            members: Vec::new(),
+        }];
         let mut p = 0usize;
         while p < types_bytes.len() {
             let name = u32_at(types_bytes, p)?;
@@ -127,9 +137,18 @@ impl Btf {
                 _ => 0,
             };
             p += extra;
-            types.push(Type { name, kind, ty, members });
+            types.push(Type {
+                name,
+                kind,
+                ty,
+                members,
+            });
         }
-        let mut btf = Btf { types, strings, structs_by_name: HashMap::new() };
+        let mut btf = Btf {
+            types,
+            strings,
+            structs_by_name: HashMap::new(),
+        };
         for (id, t) in btf.types.iter().enumerate() {
             if t.kind == KIND_STRUCT && !t.members.is_empty() {
                 let n = btf.str_at(t.name).to_string();
@@ -171,10 +190,12 @@ impl Btf {
             }
             let inner = self.resolve(m.ty);
             let kind = self.types.get(inner as usize).map(|t| t.kind);
-            if depth < 8 && matches!(kind, Some(KIND_STRUCT | KIND_UNION))
-                && let Some(off) = self.find_member(inner, member, depth + 1) {
-                    return Some(m.bit_offset + off);
-                }
+            if depth < 8
+                && matches!(kind, Some(KIND_STRUCT | KIND_UNION))
+                && let Some(off) = self.find_member(inner, member, depth + 1)
+            {
+                return Some(m.bit_offset + off);
+            }
         }
         None
     }
@@ -185,10 +206,12 @@ impl Btf {
             .structs_by_name
             .get(strukt)
             .ok_or_else(|| BtfError::NoStruct(strukt.to_string()))?;
-        let bits = self.find_member(id, member, 0).ok_or_else(|| BtfError::NoMember {
-            strukt: strukt.to_string(),
-            member: member.to_string(),
-        })?;
+        let bits = self
+            .find_member(id, member, 0)
+            .ok_or_else(|| BtfError::NoMember {
+                strukt: strukt.to_string(),
+                member: member.to_string(),
+            })?;
         Ok(bits / 8)
     }
 
@@ -229,7 +252,10 @@ mod tests {
     #[test]
     fn host_btf_yields_plausible_offsets_for_every_field() {
         let Ok(btf) = Btf::from_sys_fs() else {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "no /sys/kernel/btf/vmlinux in CI");
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "no /sys/kernel/btf/vmlinux in CI"
+            );
             eprintln!("skip: /sys/kernel/btf/vmlinux not readable");
             return;
         };
@@ -243,7 +269,10 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected_not_panicking() {
-        assert!(matches!(Btf::parse(&[0u8; 10]), Err(BtfError::Malformed(_))));
+        assert!(matches!(
+            Btf::parse(&[0u8; 10]),
+            Err(BtfError::Malformed(_))
+        ));
         let mut hdr = vec![0x9f, 0xeb, 1, 0];
         hdr.extend_from_slice(&24u32.to_le_bytes());
         hdr.extend_from_slice(&[0xff; 16]);
@@ -253,7 +282,9 @@ mod tests {
     #[test]
     fn missing_struct_is_named_in_the_error() {
         let Ok(btf) = Btf::from_sys_fs() else { return };
-        let e = btf.member_offset("no_such_struct_airlock", "x").unwrap_err();
+        let e = btf
+            .member_offset("no_such_struct_airlock", "x")
+            .unwrap_err();
         assert!(e.to_string().contains("no_such_struct_airlock"));
     }
 }

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 mod dir;
 
-pub use dir::{CgroupDir, KILL_TIMEOUT, add_pid, kill_tree, kill_tree_by_signal, procs_recursive, remove_tree};
+pub use dir::{
+    CgroupDir, KILL_TIMEOUT, add_pid, kill_tree, kill_tree_by_signal, procs_recursive, remove_tree,
+};
 
 /// Errors from cgroup operations.
 #[derive(Debug, thiserror::Error)]

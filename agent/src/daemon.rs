@@ -68,7 +68,10 @@ pub enum DaemonError {
     #[error("watching the cgroup tree: {0}")]
     Watch(#[from] crate::agents::WatchError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] crate::hold::store::StoreError),
     #[error("approvals API: {0}")]
@@ -80,7 +83,10 @@ pub enum DaemonError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
-    move |source| DaemonError::Io { path: path.to_path_buf(), source }
+    move |source| DaemonError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Loads and compiles the policy files; the error text is the policy's diagnostics.
@@ -144,7 +150,10 @@ pub struct StatusAgent {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Starts the backend the config asks for; with `auto`, falls back to fanotify when the kernel
@@ -154,10 +163,21 @@ pub type Started = (Box<dyn Backend>, std::sync::Arc<dyn Gate>, String);
 
 /// Starts the backend the config asks for; with `auto`, falls back to fanotify when the kernel
 /// cannot run BPF LSM programs, and returns the reason.
-pub fn start_backend(choice: BackendChoice, tx: crate::backend::EventSender, pin_dir: &Path) -> Result<Started, DaemonError> {
+pub fn start_backend(
+    choice: BackendChoice,
+    tx: crate::backend::EventSender,
+    pin_dir: &Path,
+) -> Result<Started, DaemonError> {
     let lsm = |b: LsmBackend, why: &str| -> Started {
         let gate = b.gate();
-        let why = if b.adopted() { format!("{why}; adopted the programs pinned in {}", pin_dir.display()) } else { why.to_string() };
+        let why = if b.adopted() {
+            format!(
+                "{why}; adopted the programs pinned in {}",
+                pin_dir.display()
+            )
+        } else {
+            why.to_string()
+        };
         (Box::new(b), gate, why)
     };
     let fan = |b: FanotifyBackend, why: String| -> Started {
@@ -165,7 +185,10 @@ pub fn start_backend(choice: BackendChoice, tx: crate::backend::EventSender, pin
         (Box::new(b), gate, why)
     };
     match choice {
-        BackendChoice::Lsm => Ok(lsm(LsmBackend::start(tx, pin_dir).map_err(BackendError::from)?, "requested with --backend lsm")),
+        BackendChoice::Lsm => Ok(lsm(
+            LsmBackend::start(tx, pin_dir).map_err(BackendError::from)?,
+            "requested with --backend lsm",
+        )),
         BackendChoice::Fanotify => Ok(fan(
             FanotifyBackend::start(tx).map_err(BackendError::from)?,
             "requested with --backend fanotify".into(),
@@ -202,7 +225,10 @@ fn start_exec_probe(
             {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a stale exec backstop");
             }
-            ExecContextProbe::start(exec_tx).and_then(|mut p| p.set_agents(agents).map(|()| (p, "recorded (tp_btf sched_process_exec)".to_string())))
+            ExecContextProbe::start(exec_tx).and_then(|mut p| {
+                p.set_agents(agents)
+                    .map(|()| (p, "recorded (tp_btf sched_process_exec)".to_string()))
+            })
         }
         BackendKind::Fanotify => ExecContextProbe::start_pinned(exec_tx, dir).and_then(|mut p| {
             p.set_agents(agents)?;
@@ -210,7 +236,13 @@ fn start_exec_probe(
             let allow = p.arm_backstop(events)?;
             backend.set_backstop(Some(allow));
             let how = if p.adopted() { "adopted" } else { "pinned" };
-            Ok((p, format!("recorded (tp_btf sched_process_exec); exec backstop armed, {how} in {}", dir.display())))
+            Ok((
+                p,
+                format!(
+                    "recorded (tp_btf sched_process_exec); exec backstop armed, {how} in {}",
+                    dir.display()
+                ),
+            ))
         }),
     };
     match started {
@@ -260,7 +292,9 @@ impl State {
         let rule = self.policy.rules.get(ev.rule_id as usize);
         let m = self.agents.classify_pid(ev.pid);
         let rule_target = self.rule_targets.get(&ev.rule_id).cloned();
-        let request = self.holds.on_event(ev, &self.policy, &self.agents, m.clone(), exe.clone());
+        let request = self
+            .holds
+            .on_event(ev, &self.policy, &self.agents, m.clone(), exe.clone());
         if request.is_some() {
             let waited = crate::hold::approvals::now_boot_ns().saturating_sub(ev.ktime_ns);
             tracing::debug!(us = waited / 1000, "held event to request");
@@ -293,13 +327,22 @@ impl State {
 
     fn link_change(&mut self, change: records::LinkChange) {
         match &change {
-            records::LinkChange::Up { server, resent } => tracing::info!(server = %server, resent, "server link up"),
-            records::LinkChange::Down { server, error, retry_in_ms } => {
+            records::LinkChange::Up { server, resent } => {
+                tracing::info!(server = %server, resent, "server link up")
+            }
+            records::LinkChange::Down {
+                server,
+                error,
+                retry_in_ms,
+            } => {
                 tracing::warn!(server = %server, error = %error, retry_in_ms, "server link down")
             }
             _ => {}
         }
-        self.records.write(&Record::Link { at_unix_ms: crate::hold::approvals::now_unix_ms(), change: &change });
+        self.records.write(&Record::Link {
+            at_unix_ms: crate::hold::approvals::now_unix_ms(),
+            change: &change,
+        });
         self.refresh_status();
     }
 
@@ -323,7 +366,11 @@ impl State {
                 .agents
                 .roots
                 .values()
-                .map(|c| StatusAgent { agent: c.agent.clone(), cgroup: c.path.clone(), id: c.id })
+                .map(|c| StatusAgent {
+                    agent: c.agent.clone(),
+                    cgroup: c.path.clone(),
+                    id: c.id,
+                })
                 .collect();
             v.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
             v
@@ -340,7 +387,10 @@ impl State {
         let path = crate::paths::status_file(&self.cfg.state_dir);
         let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(&self.status).unwrap_or_default();
-        if std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
+        if std::fs::write(&tmp, body)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .is_err()
+        {
             tracing::warn!(path = %path.display(), "cannot write the status file");
         }
     }
@@ -363,7 +413,9 @@ impl State {
                         self.set_agents(new);
                         self.refresh_status();
                     }
-                    Err(e) => tracing::error!(error = %e, "applying new agent cgroups failed; previous set stays"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "applying new agent cgroups failed; previous set stays")
+                    }
                 }
             }
             Ok(_) => {}
@@ -372,15 +424,19 @@ impl State {
     }
 
     fn set_agents(&mut self, a: AgentSet) {
-        *self.shared_agents.write().unwrap_or_else(|e| e.into_inner()) = a.clone();
+        *self
+            .shared_agents
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = a.clone();
         self.agents = a;
     }
 
     fn sync_exec_probe(&mut self, agents: &AgentSet) {
         if let Some(p) = self.exec_probe.as_mut()
-            && let Err(e) = p.set_agents(agents) {
-                tracing::warn!(error = %e, "exec context: cannot update agent cgroups");
-            }
+            && let Err(e) = p.set_agents(agents)
+        {
+            tracing::warn!(error = %e, "exec context: cannot update agent cgroups");
+        }
     }
 
     fn sync_exec_rules(&mut self) {
@@ -429,7 +485,9 @@ fn rule_targets(p: &CompiledPolicy) -> std::collections::HashMap<u32, String> {
 
 /// Tells systemd (Type=notify) that the daemon is ready, when started by systemd.
 fn sd_notify(msg: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
     let sock = match std::os::unix::net::UnixDatagram::unbound() {
         Ok(s) => s,
         Err(_) => return,
@@ -437,7 +495,8 @@ fn sd_notify(msg: &str) {
     let bytes = path.as_encoded_bytes();
     let r = if let Some(name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt as _;
-        std::os::unix::net::SocketAddr::from_abstract_name(name).and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
     } else {
         sock.send_to(msg.as_bytes(), Path::new(&path))
     };
@@ -460,19 +519,35 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let (mut backend, gate, reason) = start_backend(cfg.backend, tx.clone(), &cfg.pin_dir)?;
     let kind: BackendKind = backend.kind();
     let (exec_tx, exec_rx) = mpsc::channel::<ExecRecord>(65536);
-    let (exec_probe, exec_context) = start_exec_probe(kind, exec_tx, tx, &cfg.pin_dir.join("exec"), &policy, &agents, backend.as_ref());
+    let (exec_probe, exec_context) = start_exec_probe(
+        kind,
+        exec_tx,
+        tx,
+        &cfg.pin_dir.join("exec"),
+        &policy,
+        &agents,
+        backend.as_ref(),
+    );
     backend.apply(&policy, &agents)?;
     let holds = holds::Holds::start(&cfg.state_dir, gate, kind)?;
     if kind == BackendKind::Lsm {
         let n = holds::rewake_stopped_agents(&agents);
         if n > 0 {
-            tracing::info!(processes = n, "stopped agent processes woken to re-enter the gate");
+            tracing::info!(
+                processes = n,
+                "stopped agent processes woken to re-enter the gate"
+            );
         }
     }
     let shared_agents = std::sync::Arc::new(std::sync::RwLock::new(agents.clone()));
     let classify = {
         let a = shared_agents.clone();
-        std::sync::Arc::new(move |pid: u32| a.read().unwrap_or_else(|e| e.into_inner()).classify_pid(pid).map(|m| m.root.agent))
+        std::sync::Arc::new(move |pid: u32| {
+            a.read()
+                .unwrap_or_else(|e| e.into_inner())
+                .classify_pid(pid)
+                .map(|m| m.root.agent)
+        })
     };
     let local = crate::api::LocalPolicy::new(match (&cfg.link, cfg.break_glass) {
         (None, _) => crate::api::LocalDecisions::Primary,
@@ -482,10 +557,16 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let link = cfg
         .link
         .clone()
-        .map(|l| crate::link::client::spawn(l, holds.approvals.clone(), local.clone(), cfg.break_glass))
+        .map(|l| {
+            crate::link::client::spawn(l, holds.approvals.clone(), local.clone(), cfg.break_glass)
+        })
         .transpose()?;
     let api = crate::api::serve(
-        crate::api::ApiConfig { socket: cfg.socket.clone(), group: cfg.socket_group.clone(), local },
+        crate::api::ApiConfig {
+            socket: cfg.socket.clone(),
+            group: cfg.socket_group.clone(),
+            local,
+        },
         holds.approvals.clone(),
         classify,
     )
@@ -501,13 +582,22 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         pid: std::process::id(),
         backend: kind.as_str().to_string(),
         backend_reason: reason,
-        policy_paths: cfg.policy_paths.iter().map(|p| p.display().to_string()).collect(),
+        policy_paths: cfg
+            .policy_paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
         started_unix: now_unix(),
         socket: cfg.socket.display().to_string(),
         link: cfg.link.as_ref().map(|l| StatusLink {
             server: l.server.clone(),
             connected: false,
-            local_decisions: if cfg.break_glass { "break-glass" } else { "forbidden" }.to_string(),
+            local_decisions: if cfg.break_glass {
+                "break-glass"
+            } else {
+                "forbidden"
+            }
+            .to_string(),
         }),
         ..Status::default()
     };
@@ -579,7 +669,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             pins = %st.cfg.pin_dir.display(),
             "stopping; the pinned programs keep gating and held processes stay held until airlockd runs again"
         ),
-        BackendKind::Fanotify => tracing::info!("stopping; fanotify gating ends with this process (the pinned exec backstop stays)"),
+        BackendKind::Fanotify => tracing::info!(
+            "stopping; fanotify gating ends with this process (the pinned exec backstop stays)"
+        ),
     }
     Ok(())
 }

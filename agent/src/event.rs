@@ -153,7 +153,10 @@ impl GateEvent {
     pub fn decode(backend: &'static str, bytes: &[u8]) -> Result<GateEvent, EventError> {
         let want = core::mem::size_of::<Event>();
         if bytes.len() < want {
-            return Err(EventError::Size { got: bytes.len(), want });
+            return Err(EventError::Size {
+                got: bytes.len(),
+                want,
+            });
         }
         // SAFETY: Event is repr(C) POD and the slice holds at least size_of::<Event>() bytes;
         // read_unaligned copes with the ring buffer's 8-byte alignment.
@@ -185,7 +188,11 @@ impl GateEvent {
             monitor: ev.flags & flags::MONITOR != 0,
             name_truncated: ev.flags & flags::NAME_TRUNCATED != 0,
             matched_by_entry: ev.flags & flags::MATCHED_BY_ENTRY != 0,
-            argv: if ev.op == op::EXEC { decode_argv(ev.argc, &ev.argv).0 } else { Vec::new() },
+            argv: if ev.op == op::EXEC {
+                decode_argv(ev.argc, &ev.argv).0
+            } else {
+                Vec::new()
+            },
             argv_truncated: ev.flags & flags::ARGV_TRUNCATED != 0
                 || (ev.op == op::EXEC && decode_argv(ev.argc, &ev.argv).1),
             argv_hash: ev.argv_hash,
@@ -264,7 +271,10 @@ mod tests {
         assert_eq!(g.action, Action::Approve);
         assert_eq!(g.verdict, Verdict::Denied);
         assert!(g.matched_by_entry && !g.monitor && !g.name_truncated);
-        assert_eq!((g.target_dev, g.target_ino, g.cgroup_id, g.rule_id), ((8 << 20) | 1, 1234, 7, 3));
+        assert_eq!(
+            (g.target_dev, g.target_ino, g.cgroup_id, g.rule_id),
+            ((8 << 20) | 1, 1234, 7, 3)
+        );
     }
 
     #[test]
@@ -298,7 +308,10 @@ mod tests {
 
     #[test]
     fn short_record_is_an_error_not_a_read_past_the_end() {
-        assert!(matches!(GateEvent::decode("lsm", &[0u8; 8]), Err(EventError::Size { .. })));
+        assert!(matches!(
+            GateEvent::decode("lsm", &[0u8; 8]),
+            Err(EventError::Size { .. })
+        ));
     }
 
     #[test]
@@ -307,7 +320,10 @@ mod tests {
         ev.op = 99;
         assert!(matches!(
             GateEvent::from_raw("lsm", &ev),
-            Err(EventError::Unknown { field: "op", value: 99 })
+            Err(EventError::Unknown {
+                field: "op",
+                value: 99
+            })
         ));
     }
 
@@ -321,7 +337,10 @@ mod tests {
     #[test]
     fn monitor_mode_never_denies_or_holds_and_approve_holds() {
         assert_eq!(verdict_for(action::DENY, flags::MONITOR), verdict::ALLOWED);
-        assert_eq!(verdict_for(action::APPROVE, flags::MONITOR), verdict::ALLOWED);
+        assert_eq!(
+            verdict_for(action::APPROVE, flags::MONITOR),
+            verdict::ALLOWED
+        );
         assert_eq!(verdict_for(action::APPROVE, 0), verdict::HELD);
         assert_eq!(verdict_for(action::DENY, 0), verdict::DENIED);
         assert_eq!(verdict_for(action::AUDIT, 0), verdict::ALLOWED);

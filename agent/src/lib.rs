@@ -17,4 +17,5 @@ pub mod link;
 pub mod paths;
 
 /// The eBPF object built from `ebpf-programs/` by build.rs.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/airlock-ebpf"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/airlock-ebpf"));

@@ -16,12 +16,12 @@ use airlock_policy::ExecTarget;
 #[path = "fanotify_host/support.rs"]
 mod support;
 use support::*;
-#[path = "fanotify_host/kids.rs"]
-mod kids;
-#[path = "fanotify_host/holds.rs"]
-mod holds;
 #[path = "fanotify_host/backstop.rs"]
 mod backstop;
+#[path = "fanotify_host/holds.rs"]
+mod holds;
+#[path = "fanotify_host/kids.rs"]
+mod kids;
 
 #[test]
 fn gates_exec_and_writes_of_agent_processes_only() {
@@ -336,7 +336,12 @@ fn rule_actions_monitor_mode_and_nested_exceptions() {
     assert!(w.events().is_empty(), "allow rules send no event");
     assert_eq!(w.open(true, &prot.join("audited/f"), wr).1, 0);
     // approve parks the open until released (see holds.rs); released with deny here.
-    let mut held = kids::Kid::start(&w, true, kids::Act::Open(&prot.join("approve/f"), wr, b""), false);
+    let mut held = kids::Kid::start(
+        &w,
+        true,
+        kids::Act::Open(&prot.join("approve/f"), wr, b""),
+        false,
+    );
     let _audited = w.next_event();
     let (ev, token) = w.next_hold();
     w.release(&ev, token, airlock_agent::hold::Release::Deny);

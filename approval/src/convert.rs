@@ -10,7 +10,8 @@ use airlock_proto::v1 as pb;
 use pb::decide_request::{self, Decision as PbDecision};
 
 use crate::{
-    Ancestor, Approver, Decision, DecisionRecord, Launcher, OnTimeout, Op, Release, RequestContext, RequestState, Vote,
+    Ancestor, Approver, Decision, DecisionRecord, Launcher, OnTimeout, Op, Release, RequestContext,
+    RequestState, Vote,
 };
 
 /// Longest deny reason accepted: it is persisted with the request and shown to people.
@@ -37,7 +38,10 @@ pub struct InvalidField {
 
 impl InvalidField {
     fn new(field: &'static str, why: impl Into<String>) -> InvalidField {
-        InvalidField { field, why: why.into() }
+        InvalidField {
+            field,
+            why: why.into(),
+        }
     }
 }
 
@@ -95,14 +99,16 @@ pub fn state_to_proto(s: RequestState) -> pb::RequestState {
 
 /// A request state from the wire.
 pub fn state_from_proto(v: i32) -> Result<RequestState, ConvertError> {
-    Ok(match pb::RequestState::try_from(v).map_err(|_| unknown("state", v))? {
-        pb::RequestState::Unspecified => return Err(unknown("state", v)),
-        pb::RequestState::Pending => RequestState::Pending,
-        pb::RequestState::Approved => RequestState::Approved,
-        pb::RequestState::Denied => RequestState::Denied,
-        pb::RequestState::TimedOut => RequestState::TimedOut,
-        pb::RequestState::Abandoned => RequestState::Abandoned,
-    })
+    Ok(
+        match pb::RequestState::try_from(v).map_err(|_| unknown("state", v))? {
+            pb::RequestState::Unspecified => return Err(unknown("state", v)),
+            pb::RequestState::Pending => RequestState::Pending,
+            pb::RequestState::Approved => RequestState::Approved,
+            pb::RequestState::Denied => RequestState::Denied,
+            pb::RequestState::TimedOut => RequestState::TimedOut,
+            pb::RequestState::Abandoned => RequestState::Abandoned,
+        },
+    )
 }
 
 /// The wire enum for `onTimeout`.
@@ -141,12 +147,24 @@ pub fn release_from_proto(field: &'static str, v: i32) -> Result<Release, Conver
 
 /// Who decided, for the wire.
 pub fn approver_to_proto(a: &Approver) -> pb::Approver {
-    pb::Approver { uid: a.uid, pid: a.pid, user: a.user.clone(), via: a.via.clone(), principal: a.principal.clone() }
+    pb::Approver {
+        uid: a.uid,
+        pid: a.pid,
+        user: a.user.clone(),
+        via: a.via.clone(),
+        principal: a.principal.clone(),
+    }
 }
 
 /// Who decided, from the wire.
 pub fn approver_from_proto(a: pb::Approver) -> Approver {
-    Approver { uid: a.uid, pid: a.pid, user: a.user, via: a.via, principal: a.principal }
+    Approver {
+        uid: a.uid,
+        pid: a.pid,
+        user: a.user,
+        via: a.via,
+        principal: a.principal,
+    }
 }
 
 /// A vote, for the wire.
@@ -195,7 +213,15 @@ pub fn context_to_proto(c: &RequestContext) -> pb::RequestContext {
         euid: c.euid,
         comm: c.comm.clone(),
         exe: c.exe.clone(),
-        ancestry: c.ancestry.iter().map(|a| pb::Ancestor { pid: a.pid, comm: a.comm.clone(), exe: a.exe.clone() }).collect(),
+        ancestry: c
+            .ancestry
+            .iter()
+            .map(|a| pb::Ancestor {
+                pid: a.pid,
+                comm: a.comm.clone(),
+                exe: a.exe.clone(),
+            })
+            .collect(),
         argv: c.argv.clone(),
         argv_truncated: c.argv_truncated,
         cwd: c.cwd.clone(),
@@ -218,14 +244,27 @@ pub fn context_from_proto(c: pb::RequestContext) -> Result<RequestContext, Conve
         agent_cgroup: c.agent_cgroup,
         cgroup_id: c.cgroup_id,
         unit: c.unit,
-        launched_by: c.launched_by.map(|l| Launcher { uid: l.uid, user: l.user, sudo_user: l.sudo_user, reason: l.reason }),
+        launched_by: c.launched_by.map(|l| Launcher {
+            uid: l.uid,
+            user: l.user,
+            sudo_user: l.sudo_user,
+            reason: l.reason,
+        }),
         pid: c.pid,
         tgid: c.tgid,
         uid: c.uid,
         euid: c.euid,
         comm: c.comm,
         exe: c.exe,
-        ancestry: c.ancestry.into_iter().map(|a| Ancestor { pid: a.pid, comm: a.comm, exe: a.exe }).collect(),
+        ancestry: c
+            .ancestry
+            .into_iter()
+            .map(|a| Ancestor {
+                pid: a.pid,
+                comm: a.comm,
+                exe: a.exe,
+            })
+            .collect(),
         argv: c.argv,
         argv_truncated: c.argv_truncated,
         cwd: c.cwd,
@@ -270,11 +309,15 @@ pub fn decide_to_proto(id: &str, d: &Decision) -> pb::DecideRequest {
         Decision::Approve { for_ } => PbDecision::Approve(decide_request::Approve {
             for_ms: for_.map(|d| d.as_millis().min(u64::MAX as u128) as u64),
         }),
-        Decision::Deny { always, reason } => {
-            PbDecision::Deny(decide_request::Deny { always: *always, reason: reason.clone().unwrap_or_default() })
-        }
+        Decision::Deny { always, reason } => PbDecision::Deny(decide_request::Deny {
+            always: *always,
+            reason: reason.clone().unwrap_or_default(),
+        }),
     };
-    pb::DecideRequest { id: id.to_string(), decision: Some(decision) }
+    pb::DecideRequest {
+        id: id.to_string(),
+        decision: Some(decision),
+    }
 }
 
 /// Validates a decide request from the wire. The duration's upper bound ([`crate::MAX_GRANT`])
@@ -285,7 +328,12 @@ pub fn decide_from_proto(req: pb::DecideRequest) -> Result<(String, Decision), I
         None => return Err(InvalidField::new("decision", "required: approve or deny")),
         Some(PbDecision::Approve(a)) => match a.for_ms {
             None => Decision::Approve { for_: None },
-            Some(0) => return Err(InvalidField::new("approve.for_ms", "must be more than zero (omit it to approve once)")),
+            Some(0) => {
+                return Err(InvalidField::new(
+                    "approve.for_ms",
+                    "must be more than zero (omit it to approve once)",
+                ));
+            }
             Some(ms) => {
                 let d = Duration::from_millis(ms);
                 crate::check_grant(d).map_err(|why| InvalidField::new("approve.for_ms", why))?;
@@ -294,10 +342,16 @@ pub fn decide_from_proto(req: pb::DecideRequest) -> Result<(String, Decision), I
         },
         Some(PbDecision::Deny(d)) => {
             if d.reason.len() > MAX_REASON_LEN {
-                return Err(InvalidField::new("deny.reason", format!("longer than {MAX_REASON_LEN} bytes")));
+                return Err(InvalidField::new(
+                    "deny.reason",
+                    format!("longer than {MAX_REASON_LEN} bytes"),
+                ));
             }
             let reason = Some(d.reason).filter(|r| !r.trim().is_empty());
-            Decision::Deny { always: d.always, reason }
+            Decision::Deny {
+                always: d.always,
+                reason,
+            }
         }
     };
     Ok((req.id, decision))
@@ -326,7 +380,11 @@ mod tests {
             euid: 0,
             comm: "sh".into(),
             exe: Some("/bin/sh".into()),
-            ancestry: vec![Ancestor { pid: 10, comm: "sh".into(), exe: None }],
+            ancestry: vec![Ancestor {
+                pid: 10,
+                comm: "sh".into(),
+                exe: None,
+            }],
             argv: vec!["sh".into(), "-c".into()],
             argv_truncated: true,
             cwd: Some("/src".into()),
@@ -360,10 +418,19 @@ mod tests {
             for_ms: None,
             always: true,
             reason: Some("no".into()),
-            by: Some(Approver { uid: 0, pid: 0, user: None, via: "server".into(), principal: Some("bob".into()) }),
+            by: Some(Approver {
+                uid: 0,
+                pid: 0,
+                user: None,
+                via: "server".into(),
+                principal: Some("bob".into()),
+            }),
             at_unix_ms: 3,
         };
-        assert_eq!(decision_record_from_proto(decision_record_to_proto(&d)).unwrap(), d);
+        assert_eq!(
+            decision_record_from_proto(decision_record_to_proto(&d)).unwrap(),
+            d
+        );
     }
 
     #[test]
@@ -392,13 +459,53 @@ mod tests {
         let ok = decide_to_proto("abc123", &Decision::Approve { for_: None });
         assert!(decide_from_proto(ok.clone()).is_ok());
         for (req, field) in [
-            (pb::DecideRequest { id: String::new(), ..ok.clone() }, "id"),
-            (pb::DecideRequest { id: "ABC".into(), ..ok.clone() }, "id"),
-            (pb::DecideRequest { decision: None, ..ok.clone() }, "decision"),
-            (decide_to_proto("abc", &Decision::Approve { for_: Some(Duration::ZERO) }), "approve.for_ms"),
-            (decide_to_proto("abc", &Decision::Approve { for_: Some(crate::MAX_GRANT * 2) }), "approve.for_ms"),
             (
-                decide_to_proto("abc", &Decision::Deny { always: false, reason: Some("x".repeat(MAX_REASON_LEN + 1)) }),
+                pb::DecideRequest {
+                    id: String::new(),
+                    ..ok.clone()
+                },
+                "id",
+            ),
+            (
+                pb::DecideRequest {
+                    id: "ABC".into(),
+                    ..ok.clone()
+                },
+                "id",
+            ),
+            (
+                pb::DecideRequest {
+                    decision: None,
+                    ..ok.clone()
+                },
+                "decision",
+            ),
+            (
+                decide_to_proto(
+                    "abc",
+                    &Decision::Approve {
+                        for_: Some(Duration::ZERO),
+                    },
+                ),
+                "approve.for_ms",
+            ),
+            (
+                decide_to_proto(
+                    "abc",
+                    &Decision::Approve {
+                        for_: Some(crate::MAX_GRANT * 2),
+                    },
+                ),
+                "approve.for_ms",
+            ),
+            (
+                decide_to_proto(
+                    "abc",
+                    &Decision::Deny {
+                        always: false,
+                        reason: Some("x".repeat(MAX_REASON_LEN + 1)),
+                    },
+                ),
                 "deny.reason",
             ),
         ] {

@@ -46,7 +46,9 @@ pub enum IdError {
     Empty,
     #[error("longer than {MAX_ID_LEN} characters")]
     TooLong,
-    #[error("{0:?} is not a request id (lowercase letters and digits, as `airlock pending` lists them)")]
+    #[error(
+        "{0:?} is not a request id (lowercase letters and digits, as `airlock pending` lists them)"
+    )]
     BadChars(String),
 }
 
@@ -58,7 +60,10 @@ pub fn check_id(id: &str) -> Result<(), IdError> {
     if id.len() > MAX_ID_LEN {
         return Err(IdError::TooLong);
     }
-    if !id.bytes().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()) {
+    if !id
+        .bytes()
+        .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+    {
         return Err(IdError::BadChars(id.to_string()));
     }
     Ok(())
@@ -75,7 +80,8 @@ mod tests {
         assert_eq!(a.len(), ID_LEN);
         assert!(check_id(&a).is_ok());
         assert!(a < b, "{a} < {b}");
-        let many: std::collections::HashSet<String> = (0..10_000).map(|_| new_request_id(5)).collect();
+        let many: std::collections::HashSet<String> =
+            (0..10_000).map(|_| new_request_id(5)).collect();
         assert_eq!(many.len(), 10_000);
     }
 

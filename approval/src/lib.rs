@@ -17,6 +17,6 @@ pub mod request;
 pub use id::{check_id, new_request_id};
 pub use op::Op;
 pub use request::{
-    Ancestor, Approver, Decision, DecisionRecord, Launcher, MAX_GRANT, OnTimeout, Release, RequestContext,
-    RequestState, Vote, check_grant,
+    Ancestor, Approver, Decision, DecisionRecord, Launcher, MAX_GRANT, OnTimeout, Release,
+    RequestContext, RequestState, Vote, check_grant,
 };

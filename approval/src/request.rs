@@ -10,7 +10,6 @@ use crate::Op;
 /// The longest `approve --for` accepted.
 pub const MAX_GRANT: Duration = Duration::from_secs(30 * 24 * 3600);
 
-
 /// Which way a hold is released.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -21,7 +20,6 @@ pub enum Release {
     Deny,
 }
 
-
 /// What a person decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -30,7 +28,10 @@ pub enum Decision {
     Approve { for_: Option<Duration> },
     /// Deny this request only, or (`always`) this agent cgroup's operation on this object for
     /// the rest of its life.
-    Deny { always: bool, reason: Option<String> },
+    Deny {
+        always: bool,
+        reason: Option<String>,
+    },
 }
 
 /// Who decided. On a host's local socket: the caller's peer credentials (uid, pid, user name).
@@ -48,7 +49,6 @@ pub struct Approver {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal: Option<String>,
 }
-
 
 /// Where a request is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,7 +157,6 @@ pub struct DecisionRecord {
     pub by: Option<Approver>,
     pub at_unix_ms: u64,
 }
-
 
 impl RequestState {
     /// Parses [`RequestState::as_str`]'s names.

@@ -9,11 +9,13 @@
 //! went through without a decision. The new image is stopped (`approve`: SIGSTOP, the daemon
 //! can resume it with SIGCONT) or killed (`deny`: SIGKILL) before its first instruction, and an
 //! event with [`flags::BACKSTOP`] goes to [`EVENTS`], where a restarted daemon finds it.
-use airlock_common::{Event, ExecAllowKey, ExecContext, InodeKey, KernelOffsets, RuleRef, action, flags, op, verdict};
+use airlock_common::{
+    Event, ExecAllowKey, ExecContext, InodeKey, KernelOffsets, RuleRef, action, flags, op, verdict,
+};
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes, bpf_send_signal,
+        bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes,
+        bpf_send_signal,
     },
     macros::{btf_tracepoint, map},
     maps::LruHashMap,
@@ -21,7 +23,10 @@ use aya_ebpf::{
 };
 
 use crate::hold::Decision;
-use crate::{EVENTS, EXEC_CONTEXT, EXEC_INODES, LOST, SETTINGS, in_agent_cgroup, inode_key, offsets, read_u64};
+use crate::{
+    EVENTS, EXEC_CONTEXT, EXEC_INODES, LOST, SETTINGS, in_agent_cgroup, inode_key, offsets,
+    read_u64,
+};
 
 const SIGKILL: u32 = 9;
 const SIGSTOP: u32 = 19;
@@ -33,7 +38,8 @@ const ALLOW_TTL_NS: u64 = 10_000_000_000;
 /// Execs the daemon allowed: (thread that exec'd, binary) → CLOCK_BOOTTIME ns of the allow.
 /// Consumed by the exec it was written for. LRU: stale entries age out.
 #[map]
-pub(crate) static EXEC_ALLOW: LruHashMap<ExecAllowKey, u64> = LruHashMap::with_max_entries(16384, 0);
+pub(crate) static EXEC_ALLOW: LruHashMap<ExecAllowKey, u64> =
+    LruHashMap::with_max_entries(16384, 0);
 
 /// After a successful exec by an agent process: backstop, then record what it now runs. Runs on
 /// every exec on the host (tp_btf: no measurable cost here); non-agents leave at the
@@ -41,7 +47,9 @@ pub(crate) static EXEC_ALLOW: LruHashMap<ExecAllowKey, u64> = LruHashMap::with_m
 /// context.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
-    let Some(cg) = in_agent_cgroup() else { return 0 };
+    let Some(cg) = in_agent_cgroup() else {
+        return 0;
+    };
     let Some(o) = offsets() else { return 0 };
     // (struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
     let old_pid: u64 = ctx.arg(1);
@@ -92,11 +100,19 @@ fn backstop(o: &KernelOffsets, cg: u64, old_pid: u32, bprm: u64) {
     let file = read_u64(bprm + o.binprm_file as u64);
     let key = inode_key(o, read_u64(file + o.file_f_inode as u64));
     // SAFETY: the value is copied out at once.
-    let Some(rule) = (unsafe { EXEC_INODES.get(&key) }).copied() else { return };
-    if rule.flags & flags::MONITOR != 0 || (rule.action != action::DENY && rule.action != action::APPROVE) {
+    let Some(rule) = (unsafe { EXEC_INODES.get(&key) }).copied() else {
+        return;
+    };
+    if rule.flags & flags::MONITOR != 0
+        || (rule.action != action::DENY && rule.action != action::APPROVE)
+    {
         return;
     }
-    let allow = ExecAllowKey { tid: old_pid, dev: key.dev, ino: key.ino };
+    let allow = ExecAllowKey {
+        tid: old_pid,
+        dev: key.dev,
+        ino: key.ino,
+    };
     // SAFETY: the value is copied out at once.
     if let Some(at) = unsafe { EXEC_ALLOW.get(&allow) }.copied() {
         let _ = EXEC_ALLOW.remove(&allow);
@@ -107,7 +123,14 @@ fn backstop(o: &KernelOffsets, cg: u64, old_pid: u32, bprm: u64) {
     }
     let held = rule.action == action::APPROVE;
     let dentry = read_u64(file + (o.file_f_path + o.path_dentry) as u64);
-    emit(o, cg, &rule, &key, dentry, if held { verdict::HELD } else { verdict::DENIED });
+    emit(
+        o,
+        cg,
+        &rule,
+        &key,
+        dentry,
+        if held { verdict::HELD } else { verdict::DENIED },
+    );
     // SAFETY: signals the current process (the one that just exec'd); delivered on its return
     // to user space, before the new image's first instruction.
     unsafe { bpf_send_signal(if held { SIGSTOP } else { SIGKILL }) };
@@ -123,7 +146,14 @@ fn emit(o: &KernelOffsets, cg: u64, rule: &RuleRef, target: &InodeKey, dentry: u
         return;
     };
     let e = entry.as_mut_ptr();
-    let d = Decision { rule: *rule, target: *target, dentry, verdict: v, flags: flags::BACKSTOP, ..Decision::none() };
+    let d = Decision {
+        rule: *rule,
+        target: *target,
+        dentry,
+        verdict: v,
+        flags: flags::BACKSTOP,
+        ..Decision::none()
+    };
     crate::hold::fill(o, cg, op::EXEC, &d, e);
     crate::hold::zero_argv(e);
     // SAFETY: `e` points at a reserved, exclusively owned ring-buffer record.

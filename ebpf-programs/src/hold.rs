@@ -12,12 +12,16 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
         bpf_ktime_get_boot_ns, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
-        generated::{self as raw, bpf_get_current_task_btf, bpf_send_signal_thread, bpf_task_pt_regs},
+        generated::{
+            self as raw, bpf_get_current_task_btf, bpf_send_signal_thread, bpf_task_pt_regs,
+        },
     },
     maps::ring_buf::RingBufEntry,
 };
 
-use crate::{AGENT_GRANTS, EVENTS, GO, HOLD, LOST, ONCE_GRANTS, REFUSE, ZEROES, read_u32, read_u64};
+use crate::{
+    AGENT_GRANTS, EVENTS, GO, HOLD, LOST, ONCE_GRANTS, REFUSE, ZEROES, read_u32, read_u64,
+};
 
 /// x86_64 SIGSTOP.
 const SIGSTOP: u32 = 19;
@@ -47,8 +51,17 @@ impl Decision {
     #[inline(always)]
     pub(crate) fn none() -> Decision {
         Decision {
-            rule: RuleRef { rule_id: 0, action: action::ALLOW, ops: 0, flags: 0 },
-            target: InodeKey { ino: 0, dev: 0, _pad: 0 },
+            rule: RuleRef {
+                rule_id: 0,
+                action: action::ALLOW,
+                ops: 0,
+                flags: 0,
+            },
+            target: InodeKey {
+                ino: 0,
+                dev: 0,
+                _pad: 0,
+            },
             dentry: 0,
             verdict: verdict::ALLOWED,
             flags: 0,
@@ -76,7 +89,15 @@ pub(crate) fn once_key(opv: u32, target: &InodeKey, argv_hash: u64) -> OnceKey {
 /// allowed); approve consults this thread's once-grant, then the cgroup's standing grant, and
 /// otherwise holds. The verdict is always one of the constants, never a value from a map.
 #[inline(always)]
-pub(crate) fn decide(cg: u64, opv: u32, rule: &RuleRef, target: &InodeKey, dentry: u64, extra: u32, argv_hash: u64) -> Decision {
+pub(crate) fn decide(
+    cg: u64,
+    opv: u32,
+    rule: &RuleRef,
+    target: &InodeKey,
+    dentry: u64,
+    extra: u32,
+    argv_hash: u64,
+) -> Decision {
     let mut d = Decision {
         rule: *rule,
         target: *target,
@@ -104,7 +125,11 @@ pub(crate) fn decide(cg: u64, opv: u32, rule: &RuleRef, target: &InodeKey, dentr
     if let Some(g) = unsafe { ONCE_GRANTS.get(&ok) } {
         let g = *g;
         if now < g.expires_ns {
-            d.verdict = if g.verdict == verdict::ALLOWED { verdict::ALLOWED } else { verdict::DENIED };
+            d.verdict = if g.verdict == verdict::ALLOWED {
+                verdict::ALLOWED
+            } else {
+                verdict::DENIED
+            };
             d.flags |= flags::BY_ONCE;
             d.consume = 1;
             return d;
@@ -112,12 +137,21 @@ pub(crate) fn decide(cg: u64, opv: u32, rule: &RuleRef, target: &InodeKey, dentr
         // Expired: left over from a thread that died while held; never applies again.
         let _ = ONCE_GRANTS.remove(&ok);
     }
-    let ak = AgentGrantKey { cgroup_id: cg, ino: target.ino, dev: target.dev, op: opv };
+    let ak = AgentGrantKey {
+        cgroup_id: cg,
+        ino: target.ino,
+        dev: target.dev,
+        op: opv,
+    };
     // SAFETY: the value is copied out at once.
     if let Some(g) = unsafe { AGENT_GRANTS.get(&ak) } {
         let g = *g;
         if g.expires_ns == GRANT_FOREVER || now < g.expires_ns {
-            d.verdict = if g.verdict == verdict::ALLOWED { verdict::ALLOWED } else { verdict::DENIED };
+            d.verdict = if g.verdict == verdict::ALLOWED {
+                verdict::ALLOWED
+            } else {
+                verdict::DENIED
+            };
             d.flags |= flags::BY_AGENT_GRANT;
             return d;
         }
@@ -151,7 +185,9 @@ fn code_of(v: u32) -> u32 {
 /// the read from address 0 fails, and a failed `bpf_probe_read_kernel` zero-fills too.
 #[inline(always)]
 fn zero_from_map(dst: *mut u8, len: u32) {
-    let src = ZEROES.get_ptr(0).map_or(core::ptr::null(), |p| p as *const core::ffi::c_void);
+    let src = ZEROES
+        .get_ptr(0)
+        .map_or(core::ptr::null(), |p| p as *const core::ffi::c_void);
     // SAFETY: `dst` points into an exclusively owned ring-buffer record with `len` bytes left.
     unsafe { raw::bpf_probe_read_kernel(dst.cast(), len, src) };
 }
@@ -197,7 +233,11 @@ pub(crate) fn fill(o: &KernelOffsets, cg: u64, opv: u32, d: &Decision, e: *mut E
         zero_from_map((*e).name.as_mut_ptr(), NAME_LEN as u32);
         let name_ptr = read_u64(d.dentry + (o.dentry_d_name + o.qstr_name) as u64);
         // Length with the NUL; a full buffer means the name was cut.
-        let n = raw::bpf_probe_read_kernel_str((*e).name.as_mut_ptr().cast(), NAME_LEN as u32, name_ptr as *const _);
+        let n = raw::bpf_probe_read_kernel_str(
+            (*e).name.as_mut_ptr().cast(),
+            NAME_LEN as u32,
+            name_ptr as *const _,
+        );
         if n >= NAME_LEN as i64 {
             (*e).flags |= flags::NAME_TRUNCATED;
         }
@@ -215,7 +255,13 @@ pub(crate) fn fill(o: &KernelOffsets, cg: u64, opv: u32, d: &Decision, e: *mut E
 /// without restarting: `errno` 513. A thread-directed stop is always queued on this thread
 /// and still stops the whole process.
 #[inline(always)]
-pub(crate) fn finish(o: &KernelOffsets, cg: u64, opv: u32, d: &Decision, mut entry: RingBufEntry<Event>) -> u32 {
+pub(crate) fn finish(
+    o: &KernelOffsets,
+    cg: u64,
+    opv: u32,
+    d: &Decision,
+    mut entry: RingBufEntry<Event>,
+) -> u32 {
     let e = entry.as_mut_ptr();
     fill(o, cg, opv, d, e);
     let mut v = d.verdict;
@@ -241,7 +287,11 @@ pub(crate) fn settle_unrecorded(opv: u32, d: &Decision) -> u32 {
     if d.consume != 0 {
         let _ = ONCE_GRANTS.remove(&once_key(opv, &d.target, d.argv_hash));
     }
-    if d.verdict == verdict::ALLOWED { GO } else { REFUSE }
+    if d.verdict == verdict::ALLOWED {
+        GO
+    } else {
+        REFUSE
+    }
 }
 
 /// Records (unless the rule is a plain allow) and carries out a non-exec decision.
@@ -339,7 +389,8 @@ pub(crate) fn capture_argv(e: *mut Event) -> (u32, u32) {
     }
     if i == ARGV_MAX {
         // SAFETY: as above.
-        let next = unsafe { bpf_probe_read_user((argv + 8 * ARGV_MAX as u64) as *const u64) }.unwrap_or(1);
+        let next =
+            unsafe { bpf_probe_read_user((argv + 8 * ARGV_MAX as u64) as *const u64) }.unwrap_or(1);
         if next != 0 {
             fl = flags::ARGV_TRUNCATED;
         }

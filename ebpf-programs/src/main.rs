@@ -16,9 +16,9 @@
 #![no_main]
 
 use airlock_common::{
-    ARG_LEN, ARGV_MAX, AgentGrantKey, DirEntryKey, Event, Grant, InodeKey, KernelOffsets, MAX_CGROUP_LEVEL,
-    MAX_DENTRY_DEPTH, NAME_LEN, OnceKey, RuleRef, Settings, action, flags, op, verdict, FMODE_WRITE,
-    O_TRUNC,
+    ARG_LEN, ARGV_MAX, AgentGrantKey, DirEntryKey, Event, FMODE_WRITE, Grant, InodeKey,
+    KernelOffsets, MAX_CGROUP_LEVEL, MAX_DENTRY_DEPTH, NAME_LEN, O_TRUNC, OnceKey, RuleRef,
+    Settings, action, flags, op, verdict,
 };
 use aya_ebpf::{
     helpers::{
@@ -191,7 +191,12 @@ fn protected_match(o: &KernelOffsets, dentry: u64, op_bit: u32) -> TreeMatch {
             // SAFETY: the value is copied out at once.
             if let Some(r) = unsafe { PROTECTED.get(&key) } {
                 if r.ops & op_bit != 0 {
-                    return TreeMatch { rule: *r, target, found: 1, _pad: 0 };
+                    return TreeMatch {
+                        rule: *r,
+                        target,
+                        found: 1,
+                        _pad: 0,
+                    };
                 }
             }
         }
@@ -202,7 +207,12 @@ fn protected_match(o: &KernelOffsets, dentry: u64, op_bit: u32) -> TreeMatch {
         d = parent;
         depth += 1;
     }
-    TreeMatch { rule: RuleRef::default(), target: InodeKey::default(), found: 0, _pad: 0 }
+    TreeMatch {
+        rule: RuleRef::default(),
+        target: InodeKey::default(),
+        found: 0,
+        _pad: 0,
+    }
 }
 
 /// The decision for a protected-tree match; [`Decision::none`] when nothing protects it.
@@ -217,7 +227,9 @@ fn decide_match(cg: u64, opv: u32, m: &TreeMatch, dentry: u64) -> Decision {
 /// Gate on the protected tree containing `dentry` for `opv`.
 #[inline(always)]
 fn gate_tree(dentry: u64, opv: u32) -> u32 {
-    let Some(cg) = in_agent_cgroup() else { return GO };
+    let Some(cg) = in_agent_cgroup() else {
+        return GO;
+    };
     let Some(o) = offsets() else { return GO };
     let m = protected_match(o, dentry, op::bit(opv));
     settle(o, cg, opv, &decide_match(cg, opv, &m, dentry))
@@ -234,7 +246,9 @@ fn gate_tree(dentry: u64, opv: u32) -> u32 {
 /// to near its million-instruction limit; a map value is one unknown to it.
 #[inline(always)]
 fn gate_pair(a: u64, b: u64, opv: u32) -> u32 {
-    let Some(cg) = in_agent_cgroup() else { return GO };
+    let Some(cg) = in_agent_cgroup() else {
+        return GO;
+    };
     let Some(o) = offsets() else { return GO };
     let tid = bpf_get_current_pid_tgid() as u32;
     // Left over from an earlier syscall of this thread that ended held and never restarted.
@@ -278,7 +292,11 @@ fn ret(code: u32) -> i32 {
 /// hold (an older airlock version still attached during an upgrade), anything else is EPERM.
 #[inline(always)]
 fn chained(prev: u64) -> i32 {
-    if prev as i32 == -ERESTARTNOINTR { -ERESTARTNOINTR } else { -EPERM }
+    if prev as i32 == -ERESTARTNOINTR {
+        -ERESTARTNOINTR
+    } else {
+        -EPERM
+    }
 }
 
 #[inline(always)]
@@ -292,7 +310,9 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     if prev as i32 != 0 {
         return chained(prev);
     }
-    let Some(cg) = in_agent_cgroup() else { return 0 };
+    let Some(cg) = in_agent_cgroup() else {
+        return 0;
+    };
     let Some(o) = offsets() else { return 0 };
     let bprm: u64 = ctx.arg(0);
     let file = read_u64(bprm + o.binprm_file as u64);
@@ -305,10 +325,16 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     } else {
         let parent = read_u64(dentry + o.dentry_d_parent as u64);
         let pkey = inode_key(o, read_u64(parent + o.dentry_d_inode as u64));
-        let mut ek = DirEntryKey { dir_ino: pkey.ino, dev: pkey.dev, _pad: 0, name: [0; NAME_LEN] };
+        let mut ek = DirEntryKey {
+            dir_ino: pkey.ino,
+            dev: pkey.dev,
+            _pad: 0,
+            name: [0; NAME_LEN],
+        };
         let name_ptr = read_u64(dentry + (o.dentry_d_name + o.qstr_name) as u64);
         // SAFETY: bounded kernel string read into a stack buffer.
-        if unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, &mut ek.name) }.is_err() {
+        if unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, &mut ek.name) }.is_err()
+        {
             return 0;
         }
         match unsafe { EXEC_ENTRIES.get(&ek) } {
@@ -352,7 +378,10 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     if mode & FMODE_WRITE == 0 && fl & O_TRUNC == 0 {
         return 0;
     }
-    ret(gate_tree(read_u64(file + (o.file_f_path + o.path_dentry) as u64), op::OPEN_WRITE))
+    ret(gate_tree(
+        read_u64(file + (o.file_f_path + o.path_dentry) as u64),
+        op::OPEN_WRITE,
+    ))
 }
 
 /// truncate(2), and on kernels before 6.2 also ftruncate(2) and the truncation of an open with

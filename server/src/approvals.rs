@@ -26,24 +26,43 @@ pub struct ApprovalsService {
 }
 
 impl ApprovalsService {
-    async fn caller<T>(&self, req: &Request<T>, action: &str, id: Option<&str>) -> Result<String, Status> {
+    async fn caller<T>(
+        &self,
+        req: &Request<T>,
+        action: &str,
+        id: Option<&str>,
+    ) -> Result<String, Status> {
         let b = &self.broker;
         if let Some(fp) = crate::pki::peer_fingerprint(req) {
-            let f = Fault::Forbidden("a host certificate cannot list or decide requests; approvers use an API token".into());
-            b.record(&format!("cert:{}", &fp[..16.min(fp.len())]), CHANNEL, action, id, f.code(), &f.to_string()).await;
+            let f = Fault::Forbidden(
+                "a host certificate cannot list or decide requests; approvers use an API token"
+                    .into(),
+            );
+            b.record(
+                &format!("cert:{}", &fp[..16.min(fp.len())]),
+                CHANNEL,
+                action,
+                id,
+                f.code(),
+                &f.to_string(),
+            )
+            .await;
             return Err(f.into());
         }
         match crate::auth::principal(&b.store, req.metadata(), now_ms()).await {
             Ok(p) => {
                 if b.config().principal(&p).is_none() {
-                    let f = Fault::Forbidden(format!("principal {p} is not in the server's config"));
-                    b.record(&p, CHANNEL, action, id, f.code(), &f.to_string()).await;
+                    let f =
+                        Fault::Forbidden(format!("principal {p} is not in the server's config"));
+                    b.record(&p, CHANNEL, action, id, f.code(), &f.to_string())
+                        .await;
                     return Err(f.into());
                 }
                 Ok(p)
             }
             Err(f) => {
-                b.record("unknown", CHANNEL, action, id, f.code(), &f.to_string()).await;
+                b.record("unknown", CHANNEL, action, id, f.code(), &f.to_string())
+                    .await;
                 Err(f.into())
             }
         }
@@ -51,7 +70,8 @@ impl ApprovalsService {
 }
 
 fn matches(r: &crate::store::StoredRequest, host: &Option<String>, agent: &Option<String>) -> bool {
-    host.as_ref().is_none_or(|h| &r.host == h) && agent.as_ref().is_none_or(|a| r.agent.as_ref() == Some(a))
+    host.as_ref().is_none_or(|h| &r.host == h)
+        && agent.as_ref().is_none_or(|a| r.agent.as_ref() == Some(a))
 }
 
 /// The watch event for a change; `None` for votes (the wire knows opened and closed; closed
@@ -62,12 +82,18 @@ fn event(c: &Change) -> Option<Result<pb::WatchEvent, Fault>> {
         Change::Voted(_) => return None,
         Change::Closed(_) => pb::watch_event::Kind::Closed,
     };
-    Some(wire::to_proto(c.request()).map(|r| pb::WatchEvent { kind: kind as i32, request: Some(r) }))
+    Some(wire::to_proto(c.request()).map(|r| pb::WatchEvent {
+        kind: kind as i32,
+        request: Some(r),
+    }))
 }
 
 #[tonic::async_trait]
 impl pb::approvals_server::Approvals for ApprovalsService {
-    async fn list_pending(&self, req: Request<pb::ListPendingRequest>) -> Result<Response<pb::ListPendingResponse>, Status> {
+    async fn list_pending(
+        &self,
+        req: Request<pb::ListPendingRequest>,
+    ) -> Result<Response<pb::ListPendingResponse>, Status> {
         self.caller(&req, "list", None).await?;
         let f = req.into_inner();
         let rs = self.broker.pending(f.host, f.agent).await?;
@@ -75,7 +101,10 @@ impl pb::approvals_server::Approvals for ApprovalsService {
         Ok(Response::new(pb::ListPendingResponse { requests }))
     }
 
-    async fn get_request(&self, req: Request<pb::GetRequestRequest>) -> Result<Response<pb::HoldRequest>, Status> {
+    async fn get_request(
+        &self,
+        req: Request<pb::GetRequestRequest>,
+    ) -> Result<Response<pb::HoldRequest>, Status> {
         let id = req.get_ref().id.clone();
         self.caller(&req, "show", Some(&id)).await?;
         airlock_approval::check_id(&id).map_err(|e| Fault::invalid("id", e.to_string()))?;
@@ -89,7 +118,10 @@ impl pb::approvals_server::Approvals for ApprovalsService {
         Ok(Response::new(wire::to_proto(&r)?))
     }
 
-    async fn decide(&self, req: Request<pb::DecideRequest>) -> Result<Response<pb::HoldRequest>, Status> {
+    async fn decide(
+        &self,
+        req: Request<pb::DecideRequest>,
+    ) -> Result<Response<pb::HoldRequest>, Status> {
         let id = req.get_ref().id.clone();
         let action = match &req.get_ref().decision {
             Some(pb::decide_request::Decision::Deny(_)) => "deny",
@@ -98,15 +130,23 @@ impl pb::approvals_server::Approvals for ApprovalsService {
         let principal = self.caller(&req, action, Some(&id)).await?;
         let b = &self.broker;
         let result = async {
-            let (id, decision) =
-                airlock_approval::convert::decide_from_proto(req.into_inner()).map_err(|e| Fault::invalid(e.field, e.why))?;
+            let (id, decision) = airlock_approval::convert::decide_from_proto(req.into_inner())
+                .map_err(|e| Fault::invalid(e.field, e.why))?;
             b.vote(&principal, CHANNEL, &id, decision).await
         }
         .await;
         match result {
             Ok(r) => Ok(Response::new(wire::to_proto(&r)?)),
             Err(f) => {
-                b.record(&principal, CHANNEL, action, Some(&id), f.code(), &f.to_string()).await;
+                b.record(
+                    &principal,
+                    CHANNEL,
+                    action,
+                    Some(&id),
+                    f.code(),
+                    &f.to_string(),
+                )
+                .await;
                 Err(f.into())
             }
         }
@@ -114,7 +154,10 @@ impl pb::approvals_server::Approvals for ApprovalsService {
 
     type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;
 
-    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         self.caller(&req, "watch", None).await?;
         let f = req.into_inner();
         // Subscribe before answering: every change after the client sees the response is

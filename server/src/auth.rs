@@ -26,13 +26,20 @@ pub fn sha256_hex(s: &[u8]) -> String {
 /// Random bytes from the system RNG.
 pub fn random<const N: usize>() -> Result<[u8; N], Fault> {
     let mut b = [0u8; N];
-    SystemRandom::new().fill(&mut b).map_err(|_| Fault::Internal("the system random number generator failed".into()))?;
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| Fault::Internal("the system random number generator failed".into()))?;
     Ok(b)
 }
 
 /// A new API token for `principal`, valid for `ttl_ms`. Returns the secret (shown once) and
 /// the row stored.
-pub async fn issue(store: &Store, principal: &str, ttl_ms: u64, now: u64) -> Result<(String, TokenRow), Fault> {
+pub async fn issue(
+    store: &Store,
+    principal: &str,
+    ttl_ms: u64,
+    now: u64,
+) -> Result<(String, TokenRow), Fault> {
     let secret = format!("{TOKEN_PREFIX}{}", hex(&random::<32>()?));
     let row = TokenRow {
         id: hex(&random::<4>()?),
@@ -41,31 +48,55 @@ pub async fn issue(store: &Store, principal: &str, ttl_ms: u64, now: u64) -> Res
         expires_unix_ms: now.saturating_add(ttl_ms),
         revoked_unix_ms: None,
     };
-    store.add_token(&row, &sha256_hex(secret.as_bytes())).await?;
+    store
+        .add_token(&row, &sha256_hex(secret.as_bytes()))
+        .await?;
     Ok((secret, row))
 }
 
 /// The principal behind the bearer token in `meta`, if it is known, unexpired and unrevoked.
 /// Errors say which of those failed, never anything about other tokens.
-pub async fn principal(store: &Store, meta: &tonic::metadata::MetadataMap, now: u64) -> Result<String, Fault> {
+pub async fn principal(
+    store: &Store,
+    meta: &tonic::metadata::MetadataMap,
+    now: u64,
+) -> Result<String, Fault> {
     let Some(v) = meta.get("authorization") else {
-        return Err(Fault::Unauthenticated("no API token: pass --token or AIRLOCK_TOKEN (airlock-server tokens issue PRINCIPAL)".into()));
+        return Err(Fault::Unauthenticated(
+            "no API token: pass --token or AIRLOCK_TOKEN (airlock-server tokens issue PRINCIPAL)"
+                .into(),
+        ));
     };
-    let v = v.to_str().map_err(|_| Fault::Unauthenticated("authorization header is not text".into()))?;
+    let v = v
+        .to_str()
+        .map_err(|_| Fault::Unauthenticated("authorization header is not text".into()))?;
     let Some(token) = v.strip_prefix("Bearer ") else {
-        return Err(Fault::Unauthenticated("authorization header: expected `Bearer TOKEN`".into()));
+        return Err(Fault::Unauthenticated(
+            "authorization header: expected `Bearer TOKEN`".into(),
+        ));
     };
     if token.len() > 256 {
-        return Err(Fault::Unauthenticated("API token longer than 256 bytes".into()));
+        return Err(Fault::Unauthenticated(
+            "API token longer than 256 bytes".into(),
+        ));
     }
-    let Some(row) = store.token_by_hash(&sha256_hex(token.trim().as_bytes())).await? else {
+    let Some(row) = store
+        .token_by_hash(&sha256_hex(token.trim().as_bytes()))
+        .await?
+    else {
         return Err(Fault::Unauthenticated("unknown API token".into()));
     };
     if row.revoked_unix_ms.is_some() {
-        return Err(Fault::Unauthenticated(format!("API token {} was revoked", row.id)));
+        return Err(Fault::Unauthenticated(format!(
+            "API token {} was revoked",
+            row.id
+        )));
     }
     if now >= row.expires_unix_ms {
-        return Err(Fault::Unauthenticated(format!("API token {} expired", row.id)));
+        return Err(Fault::Unauthenticated(format!(
+            "API token {} expired",
+            row.id
+        )));
     }
     Ok(row.principal)
 }

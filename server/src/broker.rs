@@ -52,15 +52,24 @@ pub struct Hub {
 
 impl Hub {
     fn new() -> Hub {
-        Hub { links: Mutex::new(HashMap::new()), next_session: 0.into(), changes: broadcast::channel(4096).0 }
+        Hub {
+            links: Mutex::new(HashMap::new()),
+            next_session: 0.into(),
+            changes: broadcast::channel(4096).0,
+        }
     }
 
     /// Registers a host's stream; a newer stream of the same host replaces an older one (the
     /// host reconnected; the old stream's sender is dropped, which ends it). Returns the
     /// session number for [`Hub::detach`].
     pub fn attach(&self, host: &str, tx: mpsc::UnboundedSender<pb::ServerMessage>) -> u64 {
-        let n = self.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.links.lock().unwrap_or_else(|e| e.into_inner()).insert(host.to_string(), (n, tx));
+        let n = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(host.to_string(), (n, tx));
         n
     }
 
@@ -80,7 +89,12 @@ impl Hub {
 
     /// Hosts with a stream on this replica.
     pub fn connected(&self) -> Vec<String> {
-        self.links.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Watches request changes from now on.
@@ -102,18 +116,28 @@ pub struct Broker {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Broker {
     /// A broker over `store` with `config`.
     pub fn new(store: Store, config: ServerConfig) -> Arc<Broker> {
-        Arc::new(Broker { store, config: RwLock::new(Arc::new(config)), hub: Hub::new() })
+        Arc::new(Broker {
+            store,
+            config: RwLock::new(Arc::new(config)),
+            hub: Hub::new(),
+        })
     }
 
     /// The config in force.
     pub fn config(&self) -> Arc<ServerConfig> {
-        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Replaces the config (only with one that loaded cleanly; see `cli/serve.rs`).
@@ -122,7 +146,15 @@ impl Broker {
     }
 
     /// Records an attempt (refused or notable). A failure to record is logged, never hidden.
-    pub async fn record(&self, who: &str, channel: &str, action: &str, id: Option<&str>, result: tonic::Code, message: &str) {
+    pub async fn record(
+        &self,
+        who: &str,
+        channel: &str,
+        action: &str,
+        id: Option<&str>,
+        result: tonic::Code,
+        message: &str,
+    ) {
         let a = Attempt {
             at_unix_ms: now_ms(),
             who: who.to_string(),
@@ -133,7 +165,15 @@ impl Broker {
             message: message.to_string(),
         };
         if result != tonic::Code::Ok {
-            tracing::warn!(who, channel, action, id = id.unwrap_or(""), result = a.result, message, "refused");
+            tracing::warn!(
+                who,
+                channel,
+                action,
+                id = id.unwrap_or(""),
+                result = a.result,
+                message,
+                "refused"
+            );
         }
         if let Err(e) = self.store.record_attempt(&a).await {
             tracing::error!(error = %e, who, action, "cannot record an attempt");
@@ -142,13 +182,26 @@ impl Broker {
 
     /// A host opened a request (or re-sent it after a reconnect). Returns the decision to
     /// send back when the server already decided it (a decision made while the host was away).
-    pub async fn opened(&self, host: &str, r: pb::HoldRequest) -> Result<Option<pb::ServerMessage>, Fault> {
+    pub async fn opened(
+        &self,
+        host: &str,
+        r: pb::HoldRequest,
+    ) -> Result<Option<pb::ServerMessage>, Fault> {
         let now = now_ms();
         let mut s = wire::stored_from_opened(host, r, now)?;
         let cfg = self.config();
-        let labels = self.store.host(host).await?.map(|h| h.labels).unwrap_or_default();
+        let labels = self
+            .store
+            .host(host)
+            .await?
+            .map(|h| h.labels)
+            .unwrap_or_default();
         let b = wire::body(&s)?;
-        if let Some(route) = cfg.route_for(&Subject { host, labels: &labels, context: &b.context }) {
+        if let Some(route) = cfg.route_for(&Subject {
+            host,
+            labels: &labels,
+            context: &b.context,
+        }) {
             s.route = Some(route.name.clone());
             s.threshold = route.threshold;
         } else {
@@ -161,7 +214,11 @@ impl Broker {
                 self.hub.publish(Change::Opened(s));
                 Ok(None)
             }
-            Upserted::Existing(cur) => Ok(if cur.state == RequestState::Pending { wire::decision_message(&cur) } else { None }),
+            Upserted::Existing(cur) => Ok(if cur.state == RequestState::Pending {
+                wire::decision_message(&cur)
+            } else {
+                None
+            }),
         }
     }
 
@@ -169,12 +226,17 @@ impl Broker {
     pub async fn outcome(&self, host: &str, r: pb::HoldRequest) -> Result<(), Fault> {
         let (id, state, decision) = wire::outcome_from_proto(r)?;
         let cur = self.store.request(&id).await?.ok_or_else(|| {
-            Fault::OutOfOrder(format!("outcome for request {id}, which this host never opened on the link"))
+            Fault::OutOfOrder(format!(
+                "outcome for request {id}, which this host never opened on the link"
+            ))
         })?;
         if cur.host != host {
             return Err(crate::store::StoreError::OtherHost { id }.into());
         }
-        let closed = self.store.close(&id, host, state, decision.as_ref(), now_ms()).await?;
+        let closed = self
+            .store
+            .close(&id, host, state, decision.as_ref(), now_ms())
+            .await?;
         if cur.state == RequestState::Pending {
             if let Some(by) = decision.as_ref().and_then(|d| d.by.as_ref())
                 && by.via == "cli-break-glass"
@@ -188,13 +250,32 @@ impl Broker {
 
     /// An approver's vote. Checks the route's rules, then votes in one transaction; when the
     /// vote completes a decision, sends it to the host's stream if that is on this replica.
-    pub async fn vote(&self, principal: &str, via: &str, id: &str, decision: Decision) -> Result<StoredRequest, Fault> {
+    pub async fn vote(
+        &self,
+        principal: &str,
+        via: &str,
+        id: &str,
+        decision: Decision,
+    ) -> Result<StoredRequest, Fault> {
         let now = now_ms();
-        let cur = self.store.request(id).await?.ok_or_else(|| crate::store::StoreError::NotFound { id: id.to_string() })?;
+        let cur = self
+            .store
+            .request(id)
+            .await?
+            .ok_or_else(|| crate::store::StoreError::NotFound { id: id.to_string() })?;
         let cfg = self.config();
         let b = wire::body(&cur)?;
-        let labels = self.store.host(&cur.host).await?.map(|h| h.labels).unwrap_or_default();
-        let subject = Subject { host: &cur.host, labels: &labels, context: &b.context };
+        let labels = self
+            .store
+            .host(&cur.host)
+            .await?
+            .map(|h| h.labels)
+            .unwrap_or_default();
+        let subject = Subject {
+            host: &cur.host,
+            labels: &labels,
+            context: &b.context,
+        };
         // The route chosen when the request arrived decides, as long as the config still has
         // it; after a reload that removed it, the current config routes the request afresh.
         let route = cur
@@ -203,7 +284,11 @@ impl Broker {
             .and_then(|n| cfg.routes.iter().find(|r| r.name == n))
             .or_else(|| cfg.route_for(&subject))
             .ok_or(route::Refusal::NoRoute)?;
-        let threshold = if cur.threshold > 0 { cur.threshold } else { route.threshold };
+        let threshold = if cur.threshold > 0 {
+            cur.threshold
+        } else {
+            route.threshold
+        };
         let vote = match decision {
             Decision::Approve { for_ } => Vote {
                 principal: principal.to_string(),
@@ -224,8 +309,21 @@ impl Broker {
                 at_unix_ms: now,
             },
         };
-        route::check_vote(&cfg, route, principal, &vote, &subject, cur.created_unix_ms, now)?;
-        let res = self.store.vote(id, &vote, now, |_, votes| route::tally(threshold, votes, now)).await?;
+        route::check_vote(
+            &cfg,
+            route,
+            principal,
+            &vote,
+            &subject,
+            cur.created_unix_ms,
+            now,
+        )?;
+        let res = self
+            .store
+            .vote(id, &vote, now, |_, votes| {
+                route::tally(threshold, votes, now)
+            })
+            .await?;
         if res.decided.is_some() {
             tracing::info!(id, host = %cur.host, principal, "request decided");
             if let Some(m) = wire::decision_message(&res.request) {
@@ -233,15 +331,36 @@ impl Broker {
             }
         }
         self.hub.publish(Change::Voted(res.request.clone()));
-        self.record(principal, via, &format!("{:?}", vote.release).to_lowercase(), Some(id), tonic::Code::Ok, if res.decided.is_some() { "decided" } else { "vote counted" }).await;
+        self.record(
+            principal,
+            via,
+            &format!("{:?}", vote.release).to_lowercase(),
+            Some(id),
+            tonic::Code::Ok,
+            if res.decided.is_some() {
+                "decided"
+            } else {
+                "vote counted"
+            },
+        )
+        .await;
         Ok(res.request)
     }
 
     /// Pending requests (filters ANDed), oldest first.
-    pub async fn pending(&self, host: Option<String>, agent: Option<String>) -> Result<Vec<StoredRequest>, Fault> {
+    pub async fn pending(
+        &self,
+        host: Option<String>,
+        agent: Option<String>,
+    ) -> Result<Vec<StoredRequest>, Fault> {
         Ok(self
             .store
-            .list_requests(&RequestFilter { host, agent, state: Some(RequestState::Pending), ..Default::default() })
+            .list_requests(&RequestFilter {
+                host,
+                agent,
+                state: Some(RequestState::Pending),
+                ..Default::default()
+            })
             .await?)
     }
 }

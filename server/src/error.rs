@@ -31,7 +31,9 @@ pub enum Fault {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A watcher fell behind.
-    #[error("watch fell behind and {missed} events were dropped; list pending requests and watch again")]
+    #[error(
+        "watch fell behind and {missed} events were dropped; list pending requests and watch again"
+    )]
     Lagged { missed: u64 },
     /// The server is stopping.
     #[error("airlock-server is shutting down")]
@@ -44,7 +46,10 @@ pub enum Fault {
 impl Fault {
     /// A malformed field.
     pub fn invalid(field: &'static str, why: impl Into<String>) -> Fault {
-        Fault::Invalid { field, why: why.into() }
+        Fault::Invalid {
+            field,
+            why: why.into(),
+        }
     }
 
     /// The status code this fault maps to.
@@ -61,7 +66,9 @@ impl Fault {
             Fault::OutOfOrder(_) => Code::FailedPrecondition,
             Fault::Store(e) => match e {
                 StoreError::NotFound { .. } | StoreError::NoSuch { .. } => Code::NotFound,
-                StoreError::Closed { .. } | StoreError::AlreadyVoted { .. } => Code::FailedPrecondition,
+                StoreError::Closed { .. } | StoreError::AlreadyVoted { .. } => {
+                    Code::FailedPrecondition
+                }
                 // Another host's request id: the caller may not even learn it exists.
                 StoreError::OtherHost { .. } => Code::PermissionDenied,
                 StoreError::BadEnrollment => Code::Unauthenticated,
@@ -104,7 +111,9 @@ impl From<Fault> for Status {
             && f.code() == Code::Internal
         {
             tracing::error!(error = %e, "store failure");
-            return Status::internal("airlock-server could not read or write its database; nothing changed, retry");
+            return Status::internal(
+                "airlock-server could not read or write its database; nothing changed, retry",
+            );
         }
         Status::new(f.code(), f.to_string())
     }

@@ -49,22 +49,40 @@ fn rejected(id: &str, f: &Fault) -> pb::ServerMessage {
 impl airlock_proto::HostLink for LinkService {
     type LinkStream = Out;
 
-    async fn link(&self, req: Request<Streaming<pb::HostMessage>>) -> Result<Response<Out>, Status> {
+    async fn link(
+        &self,
+        req: Request<Streaming<pb::HostMessage>>,
+    ) -> Result<Response<Out>, Status> {
         let b = self.broker.clone();
         let Some(fp) = crate::pki::peer_fingerprint(&req) else {
-            let f = Fault::Unauthenticated("the host link needs the host's client certificate (airlock enroll)".into());
-            b.record("unknown", "link", "link", None, f.code(), &f.to_string()).await;
+            let f = Fault::Unauthenticated(
+                "the host link needs the host's client certificate (airlock enroll)".into(),
+            );
+            b.record("unknown", "link", "link", None, f.code(), &f.to_string())
+                .await;
             return Err(f.into());
         };
         let host = match b.store.host_by_cert(&fp).await.map_err(Fault::from)? {
             None => {
-                let f = Fault::Unauthenticated(format!("client certificate {} is not an enrolled host's", &fp[..16.min(fp.len())]));
-                b.record("unknown", "link", "link", None, f.code(), &f.to_string()).await;
+                let f = Fault::Unauthenticated(format!(
+                    "client certificate {} is not an enrolled host's",
+                    &fp[..16.min(fp.len())]
+                ));
+                b.record("unknown", "link", "link", None, f.code(), &f.to_string())
+                    .await;
                 return Err(f.into());
             }
             Some(h) if h.revoked_unix_ms.is_some() => {
                 let f = Fault::Forbidden(format!("host {} was revoked", h.name));
-                b.record(&format!("host:{}", h.name), "link", "link", None, f.code(), &f.to_string()).await;
+                b.record(
+                    &format!("host:{}", h.name),
+                    "link",
+                    "link",
+                    None,
+                    f.code(),
+                    &f.to_string(),
+                )
+                .await;
                 return Err(f.into());
             }
             Some(h) => h,
@@ -77,11 +95,24 @@ impl airlock_proto::HostLink for LinkService {
         let session = b.hub.attach(&name, deliver_tx);
         // Settings first: the host applies the server's break-glass policy from now on.
         let _ = tx.send(pb::ServerMessage {
-            body: Some(pb::server_message::Body::Settings(pb::Settings { break_glass: b.config().break_glass })),
+            body: Some(pb::server_message::Body::Settings(pb::Settings {
+                break_glass: b.config().break_glass,
+            })),
         });
         tracing::info!(host = %name, "host link up");
         let inbound = req.into_inner();
-        tokio::spawn(run(Session { b, host: name, fp, id: session, tx, end: end_tx }, inbound, deliver_rx));
+        tokio::spawn(run(
+            Session {
+                b,
+                host: name,
+                fp,
+                id: session,
+                tx,
+                end: end_tx,
+            },
+            inbound,
+            deliver_rx,
+        ));
         // The outbound stream: messages from the session, then (if it ends with one) a status.
         let out = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
             .map(Ok)
@@ -107,8 +138,19 @@ struct Session {
 
 /// One host's session: reads its messages, delivers decisions made elsewhere, watches for
 /// revocation. Ends when the host goes away, is revoked, or breaks the protocol.
-async fn run(s: Session, mut inbound: Streaming<pb::HostMessage>, mut deliveries: mpsc::UnboundedReceiver<pb::ServerMessage>) {
-    let Session { b, host, fp, id: session, tx, end } = s;
+async fn run(
+    s: Session,
+    mut inbound: Streaming<pb::HostMessage>,
+    mut deliveries: mpsc::UnboundedReceiver<pb::ServerMessage>,
+) {
+    let Session {
+        b,
+        host,
+        fp,
+        id: session,
+        tx,
+        end,
+    } = s;
     let who = format!("host:{host}");
     let mut hello = false;
     // Decisions already sent on this stream (the poll must not repeat them every 250 ms; a

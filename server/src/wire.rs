@@ -32,27 +32,48 @@ pub struct Body {
 
 fn check_len(field: &'static str, s: &str) -> Result<(), Fault> {
     if s.len() > MAX_FIELD {
-        return Err(Fault::invalid(field, format!("longer than {MAX_FIELD} bytes")));
+        return Err(Fault::invalid(
+            field,
+            format!("longer than {MAX_FIELD} bytes"),
+        ));
     }
     Ok(())
 }
 
 /// Checks a request a host opened and makes the row to store. `host` is the name from the
 /// host's certificate.
-pub fn stored_from_opened(host: &str, r: pb::HoldRequest, now: u64) -> Result<StoredRequest, Fault> {
+pub fn stored_from_opened(
+    host: &str,
+    r: pb::HoldRequest,
+    now: u64,
+) -> Result<StoredRequest, Fault> {
     airlock_approval::check_id(&r.id).map_err(|e| Fault::invalid("request.id", e.to_string()))?;
-    let state = ac::state_from_proto(r.state).map_err(|e| Fault::invalid("request.state", e.to_string()))?;
+    let state = ac::state_from_proto(r.state)
+        .map_err(|e| Fault::invalid("request.state", e.to_string()))?;
     if state != RequestState::Pending {
-        return Err(Fault::invalid("request.state", "an opened request must be pending"));
+        return Err(Fault::invalid(
+            "request.state",
+            "an opened request must be pending",
+        ));
     }
-    let on_timeout = ac::on_timeout_from_proto(r.on_timeout).map_err(|e| Fault::invalid("request.on_timeout", e.to_string()))?;
-    let c = r.context.ok_or_else(|| Fault::invalid("request.context", "required"))?;
-    let mut context = ac::context_from_proto(c).map_err(|e| Fault::invalid("request.context", e.to_string()))?;
+    let on_timeout = ac::on_timeout_from_proto(r.on_timeout)
+        .map_err(|e| Fault::invalid("request.on_timeout", e.to_string()))?;
+    let c = r
+        .context
+        .ok_or_else(|| Fault::invalid("request.context", "required"))?;
+    let mut context =
+        ac::context_from_proto(c).map_err(|e| Fault::invalid("request.context", e.to_string()))?;
     if context.argv.len() > MAX_ARGV {
-        return Err(Fault::invalid("request.context.argv", format!("more than {MAX_ARGV} arguments")));
+        return Err(Fault::invalid(
+            "request.context.argv",
+            format!("more than {MAX_ARGV} arguments"),
+        ));
     }
     if context.ancestry.len() > MAX_ANCESTRY {
-        return Err(Fault::invalid("request.context.ancestry", format!("more than {MAX_ANCESTRY} processes")));
+        return Err(Fault::invalid(
+            "request.context.ancestry",
+            format!("more than {MAX_ANCESTRY} processes"),
+        ));
     }
     for a in &context.argv {
         check_len("request.context.argv", a)?;
@@ -67,11 +88,21 @@ pub fn stored_from_opened(host: &str, r: pb::HoldRequest, now: u64) -> Result<St
             check_len(f, v)?;
         }
     }
-    if r.deadline_unix_ms <= r.created_unix_ms || r.deadline_unix_ms - r.created_unix_ms > MAX_WAIT_MS {
-        return Err(Fault::invalid("request.deadline_unix_ms", "must be after created_unix_ms and at most 7 days later"));
+    if r.deadline_unix_ms <= r.created_unix_ms
+        || r.deadline_unix_ms - r.created_unix_ms > MAX_WAIT_MS
+    {
+        return Err(Fault::invalid(
+            "request.deadline_unix_ms",
+            "must be after created_unix_ms and at most 7 days later",
+        ));
     }
     context.host = host.to_string();
-    let body = Body { tgid: r.key.map(|k| k.tgid).unwrap_or(context.tgid), attempts: r.attempts, on_timeout, context };
+    let body = Body {
+        tgid: r.key.map(|k| k.tgid).unwrap_or(context.tgid),
+        attempts: r.attempts,
+        on_timeout,
+        context,
+    };
     Ok(StoredRequest {
         id: r.id,
         host: host.to_string(),
@@ -90,7 +121,8 @@ pub fn stored_from_opened(host: &str, r: pb::HoldRequest, now: u64) -> Result<St
 
 /// The body of a stored request.
 pub fn body(s: &StoredRequest) -> Result<Body, Fault> {
-    serde_json::from_str(&s.body).map_err(|e| Fault::Internal(format!("stored request {} is unreadable: {e}", s.id)))
+    serde_json::from_str(&s.body)
+        .map_err(|e| Fault::Internal(format!("stored request {} is unreadable: {e}", s.id)))
 }
 
 /// A stored request as the approvals API shows it (the same message as a host's socket, with
@@ -124,8 +156,13 @@ pub fn to_proto(s: &StoredRequest) -> Result<pb::HoldRequest, Fault> {
 pub fn decision_message(s: &StoredRequest) -> Option<pb::ServerMessage> {
     let d = s.decision.as_ref()?;
     let decision = match d.release {
-        airlock_approval::Release::Allow => airlock_approval::Decision::Approve { for_: d.for_ms.map(std::time::Duration::from_millis) },
-        airlock_approval::Release::Deny => airlock_approval::Decision::Deny { always: d.always, reason: d.reason.clone() },
+        airlock_approval::Release::Allow => airlock_approval::Decision::Approve {
+            for_: d.for_ms.map(std::time::Duration::from_millis),
+        },
+        airlock_approval::Release::Deny => airlock_approval::Decision::Deny {
+            always: d.always,
+            reason: d.reason.clone(),
+        },
     };
     Some(pb::ServerMessage {
         body: Some(pb::server_message::Body::Decision(pb::Decision {
@@ -137,11 +174,24 @@ pub fn decision_message(s: &StoredRequest) -> Option<pb::ServerMessage> {
 }
 
 /// A closed request from a host's `Outcome`: id, state and decision record.
-pub fn outcome_from_proto(r: pb::HoldRequest) -> Result<(String, RequestState, Option<airlock_approval::DecisionRecord>), Fault> {
+pub fn outcome_from_proto(
+    r: pb::HoldRequest,
+) -> Result<
+    (
+        String,
+        RequestState,
+        Option<airlock_approval::DecisionRecord>,
+    ),
+    Fault,
+> {
     airlock_approval::check_id(&r.id).map_err(|e| Fault::invalid("request.id", e.to_string()))?;
-    let state = ac::state_from_proto(r.state).map_err(|e| Fault::invalid("request.state", e.to_string()))?;
+    let state = ac::state_from_proto(r.state)
+        .map_err(|e| Fault::invalid("request.state", e.to_string()))?;
     if state == RequestState::Pending {
-        return Err(Fault::invalid("request.state", "an outcome must be a closed state"));
+        return Err(Fault::invalid(
+            "request.state",
+            "an outcome must be a closed state",
+        ));
     }
     let decision = r
         .decision

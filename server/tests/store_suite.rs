@@ -6,7 +6,6 @@
 //! The replica cases open two `Store`s (two pools) on one database, as two server replicas
 //! would, and race votes through both.
 
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;

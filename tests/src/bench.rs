@@ -38,7 +38,9 @@ pub fn worker(kind: &str, n: usize, file: &str) -> ! {
     match kind {
         "exec" => {
             for _ in 0..n {
-                let st = std::process::Command::new("/bin/true").status().expect("spawn /bin/true");
+                let st = std::process::Command::new("/bin/true")
+                    .status()
+                    .expect("spawn /bin/true");
                 assert!(st.success());
             }
         }
@@ -68,9 +70,15 @@ fn measure(me: &Path, cg: Option<&Path>, kind: &str, n: usize, file: &Path) -> a
     let f = file.to_string_lossy().to_string();
     let (_, out) = run_in(cg, None, &[&me, "--bench-worker", kind, &ns, &f])?;
     if !out.status.success() {
-        bail!("worker {kind} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "worker {kind} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    String::from_utf8_lossy(&out.stdout).trim().parse().context("worker output")
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("worker output")
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -83,7 +91,13 @@ struct Samples {
     open: Vec<f64>,
 }
 
-fn rounds(me: &Path, cg: Option<&Path>, file: &Path, r: usize, s: &mut Samples) -> anyhow::Result<()> {
+fn rounds(
+    me: &Path,
+    cg: Option<&Path>,
+    file: &Path,
+    r: usize,
+    s: &mut Samples,
+) -> anyhow::Result<()> {
     for _ in 0..r {
         s.exec.push(measure(me, cg, "exec", 1000, file)?);
         s.open.push(measure(me, cg, "open", 300_000, file)?);
@@ -143,14 +157,27 @@ pub fn run(bin_dir: &Path, rounds_n: usize) -> anyhow::Result<()> {
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
     println!("warming up…");
-    let mut junk = Samples { exec: vec![], open: vec![] };
+    let mut junk = Samples {
+        exec: vec![],
+        open: vec![],
+    };
     rounds(&me, Some(&outside), &file, 2, &mut junk)?;
     // Each round measures off, then on (outside, inside), so a ratio compares measurements taken
     // seconds apart; the machine's drift over the whole run does not land in the ratios.
-    let mut off = Samples { exec: vec![], open: vec![] };
-    let mut out_s = Samples { exec: vec![], open: vec![] };
-    let mut in_s = Samples { exec: vec![], open: vec![] };
-    let (mut r_out_exec, mut r_in_exec, mut d_out_open, mut d_in_open) = (vec![], vec![], vec![], vec![]);
+    let mut off = Samples {
+        exec: vec![],
+        open: vec![],
+    };
+    let mut out_s = Samples {
+        exec: vec![],
+        open: vec![],
+    };
+    let mut in_s = Samples {
+        exec: vec![],
+        open: vec![],
+    };
+    let (mut r_out_exec, mut r_in_exec, mut d_out_open, mut d_in_open) =
+        (vec![], vec![], vec![], vec![]);
     let mut st = serde_json::Value::Null;
     let mut started = std::time::Duration::ZERO;
     for round in 0..rounds_n {
@@ -167,8 +194,14 @@ pub fn run(bin_dir: &Path, rounds_n: usize) -> anyhow::Result<()> {
         r_in_exec.push(in_s.exec[n0] / off.exec[n0]);
         d_out_open.push(out_s.open[n0] - off.open[n0]);
         d_in_open.push(in_s.open[n0] - off.open[n0]);
-        println!("round {}/{rounds_n}: exec {:.3}× / {:.3}×, open {:+.1} / {:+.1} ns (outside / inside)",
-            round + 1, r_out_exec[n0], r_in_exec[n0], d_out_open[n0], d_in_open[n0]);
+        println!(
+            "round {}/{rounds_n}: exec {:.3}× / {:.3}×, open {:+.1} / {:+.1} ns (outside / inside)",
+            round + 1,
+            r_out_exec[n0],
+            r_in_exec[n0],
+            d_out_open[n0],
+            d_in_open[n0]
+        );
     }
 
     let (eo, oo) = (median(&mut off.exec), median(&mut off.open));
@@ -182,17 +215,45 @@ pub fn run(bin_dir: &Path, rounds_n: usize) -> anyhow::Result<()> {
     };
     println!();
     println!("backend: {} ({})", st["backend"], st["backend_reason"]);
-    println!("policy: {GATED_BINARIES} gated binaries, {PROTECTED_TREES} protected trees (none touched); airlockd ready in {:.2} s", started.as_secs_f64());
-    println!("{rounds_n} rounds; baseline spread (max-min)/median: exec {:.1} %, open {:.1} %; ratios are medians of per-round ratios", spread(&mut off.exec), spread(&mut off.open));
+    println!(
+        "policy: {GATED_BINARIES} gated binaries, {PROTECTED_TREES} protected trees (none touched); airlockd ready in {:.2} s",
+        started.as_secs_f64()
+    );
+    println!(
+        "{rounds_n} rounds; baseline spread (max-min)/median: exec {:.1} %, open {:.1} %; ratios are medians of per-round ratios",
+        spread(&mut off.exec),
+        spread(&mut off.open)
+    );
     println!();
-    println!("| measurement                     | off (median) | on, outside agents   | on, inside agent     | target                           |");
-    println!("|---------------------------------|--------------|----------------------|----------------------|----------------------------------|");
-    println!("| fork+exec+wait /bin/true        | {:>8.1} µs  | {:>7.1} µs {:>6.3}× | {:>7.1} µs {:>6.3}× | outside ≤ 1.005×, inside ≤ 1.01× |", eo / 1e3, e1 / 1e3, ro, e2 / 1e3, ri);
-    println!("| open+close of a file            | {:>8.1} ns  | {:>7.1} ns {:>+6.1} ns | {:>7.1} ns {:>+6.1} ns | outside ≤ +40 ns                 |", oo, o1, dopen_o, o2, dopen_i);
+    println!(
+        "| measurement                     | off (median) | on, outside agents   | on, inside agent     | target                           |"
+    );
+    println!(
+        "|---------------------------------|--------------|----------------------|----------------------|----------------------------------|"
+    );
+    println!(
+        "| fork+exec+wait /bin/true        | {:>8.1} µs  | {:>7.1} µs {:>6.3}× | {:>7.1} µs {:>6.3}× | outside ≤ 1.005×, inside ≤ 1.01× |",
+        eo / 1e3,
+        e1 / 1e3,
+        ro,
+        e2 / 1e3,
+        ri
+    );
+    println!(
+        "| open+close of a file            | {:>8.1} ns  | {:>7.1} ns {:>+6.1} ns | {:>7.1} ns {:>+6.1} ns | outside ≤ +40 ns                 |",
+        oo, o1, dopen_o, o2, dopen_i
+    );
     println!();
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
-    println!("exec outside {:.3}× ({}), exec inside {:.3}× ({}), open outside {:+.1} ns ({})",
-        ro, verdict(ro <= 1.005), ri, verdict(ri <= 1.01), dopen_o, verdict(dopen_o <= 40.0));
+    println!(
+        "exec outside {:.3}× ({}), exec inside {:.3}× ({}), open outside {:+.1} ns ({})",
+        ro,
+        verdict(ro <= 1.005),
+        ri,
+        verdict(ri <= 1.01),
+        dopen_o,
+        verdict(dopen_o <= 40.0)
+    );
     drop(cg);
     drop(cleanup);
     crate::bench_holds::run(bin_dir, &me)?;

@@ -19,9 +19,10 @@ pub struct Tool {
 fn true_impl() -> anyhow::Result<(PathBuf, Vec<String>)> {
     for p in ["/usr/bin/true", "/bin/true"] {
         if let Ok(real) = std::fs::canonicalize(p)
-            && real.file_name().is_some_and(|n| n != "busybox") {
-                return Ok((real, vec![]));
-            }
+            && real.file_name().is_some_and(|n| n != "busybox")
+        {
+            return Ok((real, vec![]));
+        }
     }
     for p in ["/bin/busybox", "/usr/bin/busybox"] {
         if Path::new(p).exists() {
@@ -36,7 +37,8 @@ fn make_tool(dir: &Path) -> anyhow::Result<Tool> {
     let (src, args) = true_impl()?;
     std::fs::create_dir_all(dir)?;
     let path = dir.join(src.file_name().context("file name")?);
-    std::fs::copy(&src, &path).with_context(|| format!("copy {} to {}", src.display(), path.display()))?;
+    std::fs::copy(&src, &path)
+        .with_context(|| format!("copy {} to {}", src.display(), path.display()))?;
     Ok(Tool { path, args })
 }
 
@@ -90,7 +92,19 @@ impl Fixture {
                 etc.display()
             ),
         )?;
-        Ok(Fixture { dir, gated, free, audited, etc, conf, policy, agent_cg, nested_cg, outside_cg, _cg: cg })
+        Ok(Fixture {
+            dir,
+            gated,
+            free,
+            audited,
+            etc,
+            conf,
+            policy,
+            agent_cg,
+            nested_cg,
+            outside_cg,
+            _cg: cg,
+        })
     }
 }
 
@@ -122,7 +136,13 @@ impl Ctx<'_> {
         self.op_in(cg, None, op, args)
     }
 
-    fn op_in(&self, cg: Option<&Path>, cwd: Option<&Path>, op: &str, args: &[&str]) -> anyhow::Result<(u32, String)> {
+    fn op_in(
+        &self,
+        cg: Option<&Path>,
+        cwd: Option<&Path>,
+        op: &str,
+        args: &[&str],
+    ) -> anyhow::Result<(u32, String)> {
         let me = self.me.to_string_lossy().to_string();
         let mut argv = vec![me.as_str(), "--op", op];
         argv.extend_from_slice(args);
@@ -131,7 +151,12 @@ impl Ctx<'_> {
     }
 
     /// Executes `tool` (directly or via `path`) in `cg`: Ok(exit code) or the errno of execve.
-    fn exec(&self, cg: Option<&Path>, path: &Path, tool: &Tool) -> anyhow::Result<Result<i32, String>> {
+    fn exec(
+        &self,
+        cg: Option<&Path>,
+        path: &Path,
+        tool: &Tool,
+    ) -> anyhow::Result<Result<i32, String>> {
         let p = path.to_string_lossy().to_string();
         let mut args = vec![p.as_str()];
         args.extend(tool.args.iter().map(String::as_str));
@@ -140,7 +165,11 @@ impl Ctx<'_> {
         argv.extend_from_slice(&args);
         let (_, out) = run_in(cg, None, &argv)?;
         let so = stdout(&out);
-        Ok(if so.starts_with("errno=") { Err(so) } else { Ok(out.status.code().unwrap_or(-1)) })
+        Ok(if so.starts_with("errno=") {
+            Err(so)
+        } else {
+            Ok(out.status.code().unwrap_or(-1))
+        })
     }
 
     fn agent(&self) -> Option<&Path> {
@@ -153,7 +182,9 @@ impl Ctx<'_> {
 
     fn conf_intact(&self) -> anyhow::Result<()> {
         let c = std::fs::read_to_string(&self.fx.conf)?;
-        ensure(c == "original\n", || format!("protected file changed: {c:?}"))
+        ensure(c == "original\n", || {
+            format!("protected file changed: {c:?}")
+        })
     }
 }
 
@@ -173,26 +204,47 @@ fn ran(r: Result<i32, String>, what: &str) -> anyhow::Result<()> {
 }
 
 fn expect(out: &str, want: &str, what: &str) -> anyhow::Result<()> {
-    ensure(out == want, || format!("{what}: expected {want}, got {out:?}"))
+    ensure(out == want, || {
+        format!("{what}: expected {want}, got {out:?}")
+    })
 }
 
 type Case = fn(&Ctx) -> anyhow::Result<()>;
 
 /// (name, needs the LSM backend, check).
 pub const CASES: &[(&str, bool, Case)] = &[
-    ("agent_exec_of_gated_binary_is_denied", false, |c| denied(c.exec(c.agent(), &c.fx.gated.path, &c.fx.gated)?, "agent exec")),
-    ("non_agent_exec_of_gated_binary_runs", false, |c| ran(c.exec(c.outside(), &c.fx.gated.path, &c.fx.gated)?, "outside exec")),
+    ("agent_exec_of_gated_binary_is_denied", false, |c| {
+        denied(
+            c.exec(c.agent(), &c.fx.gated.path, &c.fx.gated)?,
+            "agent exec",
+        )
+    }),
+    ("non_agent_exec_of_gated_binary_runs", false, |c| {
+        ran(
+            c.exec(c.outside(), &c.fx.gated.path, &c.fx.gated)?,
+            "outside exec",
+        )
+    }),
     ("agent_cgroup_created_after_start_is_gated", false, |c| {
         let late = c.fx.agent_cg.with_file_name("agent-late");
         std::fs::create_dir(&late)?;
         let _rm = RmDir(late.clone());
         let id = cgroup_id(&late)?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !c.daemon.status().is_some_and(|s| s["agents"].as_array().is_some_and(|a| a.iter().any(|x| x["id"].as_u64() == Some(id)))) {
-            ensure(std::time::Instant::now() < deadline, || "airlockd did not pick up the new agent cgroup".into())?;
+        while !c.daemon.status().is_some_and(|s| {
+            s["agents"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["id"].as_u64() == Some(id)))
+        }) {
+            ensure(std::time::Instant::now() < deadline, || {
+                "airlockd did not pick up the new agent cgroup".into()
+            })?;
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        denied(c.exec(Some(&late), &c.fx.gated.path, &c.fx.gated)?, "exec in late cgroup")
+        denied(
+            c.exec(Some(&late), &c.fx.gated.path, &c.fx.gated)?,
+            "exec in late cgroup",
+        )
     }),
     ("airlock_run_starts_a_gated_agent", false, |c| {
         let me = c.me.to_string_lossy().to_string();
@@ -200,23 +252,68 @@ pub const CASES: &[(&str, bool, Case)] = &[
         let f = c.fx.free.path.to_string_lossy().to_string();
         let airlock = c.bin_dir.join("airlock").to_string_lossy().to_string();
         let sd = c.daemon.state_dir.to_string_lossy().to_string();
-        let base = [airlock.as_str(), "run", "--agent", "e2e", "--state-dir", sd.as_str(), "--", me.as_str(), "--op", "exec"];
+        let base = [
+            airlock.as_str(),
+            "run",
+            "--agent",
+            "e2e",
+            "--state-dir",
+            sd.as_str(),
+            "--",
+            me.as_str(),
+            "--op",
+            "exec",
+        ];
         let (_, out) = run_in(c.outside(), None, &[&base[..], &[g.as_str()]].concat())?;
         expect(&stdout(&out), "errno=1", "gated exec under airlock run")?;
         let mut free = vec![f.as_str()];
         free.extend(c.fx.free.args.iter().map(String::as_str));
         let (_, out) = run_in(c.outside(), None, &[&base[..], &free[..]].concat())?;
-        ensure(out.status.success(), || format!("free exec under airlock run: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr)))
+        ensure(out.status.success(), || {
+            format!(
+                "free exec under airlock run: {:?} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
     }),
-    ("airlock_run_refuses_to_start_an_ungated_agent", false, |c| {
-        let airlock = c.bin_dir.join("airlock").to_string_lossy().to_string();
-        // No policy defines agent "nobody-defines-this": airlockd never gates its cgroup.
-        let (_, out) = run_in(c.outside(), None, &[airlock.as_str(), "run", "--agent", "nobody-defines-this", "--state-dir",
-            &c.daemon.state_dir.to_string_lossy(), "--", "/bin/sh", "-c", "echo ran"])?;
-        ensure(!out.status.success() && !stdout(&out).contains("ran"), || format!("ungated agent ran: {}", stdout(&out)))
+    (
+        "airlock_run_refuses_to_start_an_ungated_agent",
+        false,
+        |c| {
+            let airlock = c.bin_dir.join("airlock").to_string_lossy().to_string();
+            // No policy defines agent "nobody-defines-this": airlockd never gates its cgroup.
+            let (_, out) = run_in(
+                c.outside(),
+                None,
+                &[
+                    airlock.as_str(),
+                    "run",
+                    "--agent",
+                    "nobody-defines-this",
+                    "--state-dir",
+                    &c.daemon.state_dir.to_string_lossy(),
+                    "--",
+                    "/bin/sh",
+                    "-c",
+                    "echo ran",
+                ],
+            )?;
+            ensure(
+                !out.status.success() && !stdout(&out).contains("ran"),
+                || format!("ungated agent ran: {}", stdout(&out)),
+            )
+        },
+    ),
+    ("agent_exec_of_ungated_binary_runs", false, |c| {
+        ran(c.exec(c.agent(), &c.fx.free.path, &c.fx.free)?, "free exec")
     }),
-    ("agent_exec_of_ungated_binary_runs", false, |c| ran(c.exec(c.agent(), &c.fx.free.path, &c.fx.free)?, "free exec")),
-    ("nested_cgroup_below_agent_is_gated", false, |c| denied(c.exec(Some(&c.fx.nested_cg), &c.fx.gated.path, &c.fx.gated)?, "nested exec")),
+    ("nested_cgroup_below_agent_is_gated", false, |c| {
+        denied(
+            c.exec(Some(&c.fx.nested_cg), &c.fx.gated.path, &c.fx.gated)?,
+            "nested exec",
+        )
+    }),
     ("symlink_to_gated_binary_is_denied", false, |c| {
         let l = c.fx.dir.join("gated-symlink");
         let _ = std::fs::remove_file(&l);
@@ -249,26 +346,55 @@ pub const CASES: &[(&str, bool, Case)] = &[
         expect(&out, "errno=1", "fexecve-style exec")
     }),
     ("agent_write_open_of_protected_file_is_denied", false, |c| {
-        expect(&c.op(c.agent(), "write", &[&c.fx.conf.to_string_lossy()])?.1, "errno=1", "write open")?;
+        expect(
+            &c.op(c.agent(), "write", &[&c.fx.conf.to_string_lossy()])?.1,
+            "errno=1",
+            "write open",
+        )?;
         c.conf_intact()
     }),
     ("agent_otrunc_open_is_denied_and_file_intact", false, |c| {
-        expect(&c.op(c.agent(), "trunc", &[&c.fx.conf.to_string_lossy()])?.1, "errno=1", "O_TRUNC open")?;
+        expect(
+            &c.op(c.agent(), "trunc", &[&c.fx.conf.to_string_lossy()])?.1,
+            "errno=1",
+            "O_TRUNC open",
+        )?;
         c.conf_intact()
     }),
     ("agent_write_deep_in_protected_tree_is_denied", false, |c| {
-        expect(&c.op(c.agent(), "write", &[&c.fx.etc.join("sub/deep").to_string_lossy()])?.1, "errno=1", "deep write")
+        expect(
+            &c.op(
+                c.agent(),
+                "write",
+                &[&c.fx.etc.join("sub/deep").to_string_lossy()],
+            )?
+            .1,
+            "errno=1",
+            "deep write",
+        )
     }),
     ("agent_read_of_protected_file_is_allowed", false, |c| {
-        expect(&c.op(c.agent(), "read", &[&c.fx.conf.to_string_lossy()])?.1, "ok", "read open")
+        expect(
+            &c.op(c.agent(), "read", &[&c.fx.conf.to_string_lossy()])?.1,
+            "ok",
+            "read open",
+        )
     }),
     ("non_agent_write_to_protected_file_is_allowed", false, |c| {
         let f = c.fx.etc.join("outside-may-write");
         std::fs::write(&f, "x")?;
-        expect(&c.op(c.outside(), "write", &[&f.to_string_lossy()])?.1, "ok", "outside write")
+        expect(
+            &c.op(c.outside(), "write", &[&f.to_string_lossy()])?.1,
+            "ok",
+            "outside write",
+        )
     }),
     ("relative_path_write_is_denied", false, |c| {
-        expect(&c.op_in(c.agent(), Some(&c.fx.etc), "write", &["conf"])?.1, "errno=1", "relative write")?;
+        expect(
+            &c.op_in(c.agent(), Some(&c.fx.etc), "write", &["conf"])?.1,
+            "errno=1",
+            "relative write",
+        )?;
         c.conf_intact()
     }),
     ("exec_event_carries_the_kernel_facts", false, |c| {
@@ -280,14 +406,33 @@ pub const CASES: &[(&str, bool, Case)] = &[
             .daemon
             .wait_event(|e| e["pid"].as_u64() == Some(pid as u64) && e["op"] == "exec")
             .with_context(|| format!("no exec event for pid {pid}"))?;
-        ensure(ev["verdict"] == "denied" && ev["action"] == "deny", || format!("verdict/action: {ev}"))?;
-        ensure(ev["target_ino"].as_u64() == Some(ino) && ev["target_dev"].as_u64() == Some(dev), || format!("target: {ev}"))?;
-        ensure(ev["cgroup_id"].as_u64() == Some(cg), || format!("cgroup id {cg}: {ev}"))?;
-        ensure(ev["tgid"].as_u64() == Some(pid as u64) && ev["uid"].as_u64() == Some(0) && ev["euid"].as_u64() == Some(0), || format!("ids: {ev}"))?;
-        ensure(ev["ppid"].as_u64() == Some(std::process::id() as u64), || format!("ppid: {ev}"))?;
+        ensure(ev["verdict"] == "denied" && ev["action"] == "deny", || {
+            format!("verdict/action: {ev}")
+        })?;
+        ensure(
+            ev["target_ino"].as_u64() == Some(ino) && ev["target_dev"].as_u64() == Some(dev),
+            || format!("target: {ev}"),
+        )?;
+        ensure(ev["cgroup_id"].as_u64() == Some(cg), || {
+            format!("cgroup id {cg}: {ev}")
+        })?;
+        ensure(
+            ev["tgid"].as_u64() == Some(pid as u64)
+                && ev["uid"].as_u64() == Some(0)
+                && ev["euid"].as_u64() == Some(0),
+            || format!("ids: {ev}"),
+        )?;
+        ensure(
+            ev["ppid"].as_u64() == Some(std::process::id() as u64),
+            || format!("ppid: {ev}"),
+        )?;
         ensure(ev["comm"] == "airlock-e2e", || format!("comm: {ev}"))?;
-        ensure(ev["rule"] == "gated-tools" && ev["agent"] == "e2e", || format!("rule/agent: {ev}"))?;
-        ensure(ev["ktime_ns"].as_u64().unwrap_or(0) > 0, || format!("time: {ev}"))
+        ensure(ev["rule"] == "gated-tools" && ev["agent"] == "e2e", || {
+            format!("rule/agent: {ev}")
+        })?;
+        ensure(ev["ktime_ns"].as_u64().unwrap_or(0) > 0, || {
+            format!("time: {ev}")
+        })
     }),
     ("write_event_carries_the_kernel_facts", false, |c| {
         let (pid, out) = c.op(c.agent(), "write", &[&c.fx.conf.to_string_lossy()])?;
@@ -297,16 +442,36 @@ pub const CASES: &[(&str, bool, Case)] = &[
             .daemon
             .wait_event(|e| e["pid"].as_u64() == Some(pid as u64) && e["op"] == "open_write")
             .with_context(|| format!("no open_write event for pid {pid}"))?;
-        ensure(ev["target_ino"].as_u64() == Some(ino) && ev["target_dev"].as_u64() == Some(dev), || format!("target: {ev}"))?;
-        ensure(ev["target_name"] == "conf" && ev["verdict"] == "denied" && ev["rule"] == "protected-etc", || format!("{ev}"))?;
+        ensure(
+            ev["target_ino"].as_u64() == Some(ino) && ev["target_dev"].as_u64() == Some(dev),
+            || format!("target: {ev}"),
+        )?;
+        ensure(
+            ev["target_name"] == "conf"
+                && ev["verdict"] == "denied"
+                && ev["rule"] == "protected-etc",
+            || format!("{ev}"),
+        )?;
         // The exec tracepoint recorded what this agent process runs.
-        ensure(ev["exe"].as_str().is_some_and(|e| e.ends_with("airlock-e2e")), || format!("exe (exec context): {ev}"))
+        ensure(
+            ev["exe"]
+                .as_str()
+                .is_some_and(|e| e.ends_with("airlock-e2e")),
+            || format!("exe (exec context): {ev}"),
+        )
     }),
     ("audit_rule_allows_and_records", false, |c| {
-        ran(c.exec(c.agent(), &c.fx.audited.path, &c.fx.audited)?, "audited exec")?;
+        ran(
+            c.exec(c.agent(), &c.fx.audited.path, &c.fx.audited)?,
+            "audited exec",
+        )?;
         let (_, ino) = kernel_id(&c.fx.audited.path)?;
         c.daemon
-            .wait_event(|e| e["target_ino"].as_u64() == Some(ino) && e["verdict"] == "allowed" && e["action"] == "audit")
+            .wait_event(|e| {
+                e["target_ino"].as_u64() == Some(ino)
+                    && e["verdict"] == "allowed"
+                    && e["action"] == "audit"
+            })
             .map(|_| ())
             .context("no audit event")
     }),
@@ -316,31 +481,72 @@ pub const CASES: &[(&str, bool, Case)] = &[
         std::fs::copy(&c.fx.free.path, &tmp)?;
         let before = std::fs::metadata(&c.fx.gated.path)?.ino();
         std::fs::rename(&tmp, &c.fx.gated.path)?;
-        ensure(std::fs::metadata(&c.fx.gated.path)?.ino() != before, || "inode did not change".into())?;
-        denied(c.exec(c.agent(), &c.fx.gated.path, &c.fx.gated)?, "exec of replaced binary")
+        ensure(std::fs::metadata(&c.fx.gated.path)?.ino() != before, || {
+            "inode did not change".into()
+        })?;
+        denied(
+            c.exec(c.agent(), &c.fx.gated.path, &c.fx.gated)?,
+            "exec of replaced binary",
+        )
     }),
     ("rename_over_protected_file_is_denied", true, |c| {
         let src = c.fx.dir.join("evil");
         std::fs::write(&src, "evil\n")?;
-        expect(&c.op(c.agent(), "rename", &[&src.to_string_lossy(), &c.fx.conf.to_string_lossy()])?.1, "errno=1", "rename over")?;
+        expect(
+            &c.op(
+                c.agent(),
+                "rename",
+                &[&src.to_string_lossy(), &c.fx.conf.to_string_lossy()],
+            )?
+            .1,
+            "errno=1",
+            "rename over",
+        )?;
         c.conf_intact()
     }),
     ("rename_out_of_protected_tree_is_denied", true, |c| {
         let dst = c.fx.dir.join("stolen");
-        expect(&c.op(c.agent(), "rename", &[&c.fx.conf.to_string_lossy(), &dst.to_string_lossy()])?.1, "errno=1", "rename out")?;
+        expect(
+            &c.op(
+                c.agent(),
+                "rename",
+                &[&c.fx.conf.to_string_lossy(), &dst.to_string_lossy()],
+            )?
+            .1,
+            "errno=1",
+            "rename out",
+        )?;
         c.conf_intact()
     }),
     ("unlink_of_protected_file_is_denied", true, |c| {
-        expect(&c.op(c.agent(), "unlink", &[&c.fx.conf.to_string_lossy()])?.1, "errno=1", "unlink")?;
+        expect(
+            &c.op(c.agent(), "unlink", &[&c.fx.conf.to_string_lossy()])?
+                .1,
+            "errno=1",
+            "unlink",
+        )?;
         c.conf_intact()
     }),
-    ("create_in_protected_dir_is_denied_and_nothing_created", true, |c| {
-        let f = c.fx.etc.join("new-file");
-        expect(&c.op(c.agent(), "create", &[&f.to_string_lossy()])?.1, "errno=1", "O_CREAT")?;
-        ensure(!f.exists(), || "file was created".into())
-    }),
+    (
+        "create_in_protected_dir_is_denied_and_nothing_created",
+        true,
+        |c| {
+            let f = c.fx.etc.join("new-file");
+            expect(
+                &c.op(c.agent(), "create", &[&f.to_string_lossy()])?.1,
+                "errno=1",
+                "O_CREAT",
+            )?;
+            ensure(!f.exists(), || "file was created".into())
+        },
+    ),
     ("truncate_by_path_is_denied", true, |c| {
-        expect(&c.op(c.agent(), "truncate", &[&c.fx.conf.to_string_lossy()])?.1, "errno=1", "truncate(2)")?;
+        expect(
+            &c.op(c.agent(), "truncate", &[&c.fx.conf.to_string_lossy()])?
+                .1,
+            "errno=1",
+            "truncate(2)",
+        )?;
         c.conf_intact()
     }),
     ("chmod_and_chown_of_protected_file_are_denied", true, |c| {
@@ -348,21 +554,66 @@ pub const CASES: &[(&str, bool, Case)] = &[
         expect(&c.op(c.agent(), "chmod", &[&p])?.1, "errno=1", "chmod")?;
         expect(&c.op(c.agent(), "chown", &[&p])?.1, "errno=1", "chown")
     }),
-    ("hardlink_into_or_from_protected_tree_is_denied", true, |c| {
-        let p = c.fx.conf.to_string_lossy().to_string();
-        expect(&c.op(c.agent(), "link", &[&p, &c.fx.dir.join("conf-link").to_string_lossy()])?.1, "errno=1", "link from")?;
-        let src = c.fx.dir.join("plain");
-        std::fs::write(&src, "x")?;
-        expect(&c.op(c.agent(), "link", &[&src.to_string_lossy(), &c.fx.etc.join("planted").to_string_lossy()])?.1, "errno=1", "link into")
-    }),
+    (
+        "hardlink_into_or_from_protected_tree_is_denied",
+        true,
+        |c| {
+            let p = c.fx.conf.to_string_lossy().to_string();
+            expect(
+                &c.op(
+                    c.agent(),
+                    "link",
+                    &[&p, &c.fx.dir.join("conf-link").to_string_lossy()],
+                )?
+                .1,
+                "errno=1",
+                "link from",
+            )?;
+            let src = c.fx.dir.join("plain");
+            std::fs::write(&src, "x")?;
+            expect(
+                &c.op(
+                    c.agent(),
+                    "link",
+                    &[
+                        &src.to_string_lossy(),
+                        &c.fx.etc.join("planted").to_string_lossy(),
+                    ],
+                )?
+                .1,
+                "errno=1",
+                "link into",
+            )
+        },
+    ),
     ("mkdir_and_symlink_in_protected_dir_are_denied", true, |c| {
-        expect(&c.op(c.agent(), "mkdir", &[&c.fx.etc.join("d").to_string_lossy()])?.1, "errno=1", "mkdir")?;
-        expect(&c.op(c.agent(), "symlink", &["/tmp", &c.fx.etc.join("s").to_string_lossy()])?.1, "errno=1", "symlink")
+        expect(
+            &c.op(c.agent(), "mkdir", &[&c.fx.etc.join("d").to_string_lossy()])?
+                .1,
+            "errno=1",
+            "mkdir",
+        )?;
+        expect(
+            &c.op(
+                c.agent(),
+                "symlink",
+                &["/tmp", &c.fx.etc.join("s").to_string_lossy()],
+            )?
+            .1,
+            "errno=1",
+            "symlink",
+        )
     }),
     ("write_through_bind_mount_is_denied", true, |c| {
         let m = c.fx.dir.join("bind");
         std::fs::create_dir_all(&m)?;
-        nix::mount::mount(Some(&c.fx.etc), &m, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)?;
+        nix::mount::mount(
+            Some(&c.fx.etc),
+            &m,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
         let r = c.op(c.agent(), "write", &[&m.join("conf").to_string_lossy()]);
         let _ = nix::mount::umount(&m);
         expect(&r?.1, "errno=1", "write via bind mount")?;

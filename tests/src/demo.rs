@@ -25,7 +25,9 @@ head -1 /etc/hostname | sed 's/^/[agent]   /'
 "#;
 
 fn requests(state: &Path) -> Vec<serde_json::Value> {
-    let Ok(rd) = std::fs::read_dir(state.join("requests")) else { return vec![] };
+    let Ok(rd) = std::fs::read_dir(state.join("requests")) else {
+        return vec![];
+    };
     let mut v: Vec<serde_json::Value> = rd
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
@@ -46,7 +48,11 @@ fn airlock(bin_dir: &Path, remote: &Remote, args: &[&str]) -> anyhow::Result<Str
         .env("AIRLOCK_TOKEN", &remote.token)
         .env("AIRLOCK_CA", remote.dir.join("ca.pem"))
         .output()?;
-    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     for l in text.lines() {
         println!("[alice@laptop]   {l}");
     }
@@ -82,13 +88,26 @@ fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
 
 /// Initialises and starts airlock-server, issues alice's token, enrols this host.
 fn start_server(bin_dir: &Path, identity: &Path) -> anyhow::Result<Remote> {
-    let dir = std::path::PathBuf::from(format!("/var/tmp/airlock-demo-server-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(format!(
+        "/var/tmp/airlock-demo-server-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let listen = format!("127.0.0.1:{port}");
     let server = bin_dir.join("airlock-server");
-    println!("[admin] $ airlock-server init --dir {} --listen {listen}", dir.display());
-    run_ok(Command::new(&server).args(["init", "--dir"]).arg(&dir).args(["--listen", &listen]))?;
+    println!(
+        "[admin] $ airlock-server init --dir {} --listen {listen}",
+        dir.display()
+    );
+    run_ok(
+        Command::new(&server)
+            .args(["init", "--dir"])
+            .arg(&dir)
+            .args(["--listen", &listen]),
+    )?;
     std::fs::write(
         dir.join("server.yaml"),
         format!(
@@ -96,19 +115,60 @@ fn start_server(bin_dir: &Path, identity: &Path) -> anyhow::Result<Remote> {
              routes:\n  - name: default\n    approvers: [sre]\n    deny_requires_reason: true\n"
         ),
     )?;
-    println!("[admin]   server.yaml: principals alice (sre) and root-at-host (sre, is `root` on hosts); route default: sre approves");
+    println!(
+        "[admin]   server.yaml: principals alice (sre) and root-at-host (sre, is `root` on hosts); route default: sre approves"
+    );
     let log = std::fs::File::create(dir.join("server.log"))?;
-    let child = Command::new(&server).args(["serve", "--dir"]).arg(&dir).stdout(log.try_clone()?).stderr(log).spawn()?;
+    let child = Command::new(&server)
+        .args(["serve", "--dir"])
+        .arg(&dir)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
     let url = format!("https://{listen}");
-    let mut remote = Remote { dir: dir.clone(), url: url.clone(), token: String::new(), child };
+    let mut remote = Remote {
+        dir: dir.clone(),
+        url: url.clone(),
+        token: String::new(),
+        child,
+    };
     println!("[admin] $ airlock-server tokens issue alice");
-    remote.token = run_ok(Command::new(&server).args(["tokens", "issue", "alice", "--dir"]).arg(&dir))?;
+    remote.token = run_ok(
+        Command::new(&server)
+            .args(["tokens", "issue", "alice", "--dir"])
+            .arg(&dir),
+    )?;
     println!("[admin] $ airlock-server hosts enroll demo-host --labels env=demo");
-    let token = run_ok(Command::new(&server).args(["hosts", "enroll", "demo-host", "--labels", "env=demo", "--dir"]).arg(&dir))?;
-    println!("[root@host] $ airlock enroll --server {url} --token {}…", &token[..token.len().min(16)]);
+    let token = run_ok(
+        Command::new(&server)
+            .args([
+                "hosts",
+                "enroll",
+                "demo-host",
+                "--labels",
+                "env=demo",
+                "--dir",
+            ])
+            .arg(&dir),
+    )?;
+    println!(
+        "[root@host] $ airlock enroll --server {url} --token {}…",
+        &token[..token.len().min(16)]
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match run_ok(Command::new(bin_dir.join("airlock")).args(["enroll", "--server", &url, "--token", &token, "--identity-dir"]).arg(identity)) {
+        match run_ok(
+            Command::new(bin_dir.join("airlock"))
+                .args([
+                    "enroll",
+                    "--server",
+                    &url,
+                    "--token",
+                    &token,
+                    "--identity-dir",
+                ])
+                .arg(identity),
+        ) {
             Ok(out) => {
                 for l in out.lines() {
                     println!("[root@host]   {l}");
@@ -117,7 +177,11 @@ fn start_server(bin_dir: &Path, identity: &Path) -> anyhow::Result<Remote> {
             }
             // The server may still be starting.
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-            Err(e) => return Err(e.context(std::fs::read_to_string(dir.join("server.log")).unwrap_or_default())),
+            Err(e) => {
+                return Err(
+                    e.context(std::fs::read_to_string(dir.join("server.log")).unwrap_or_default())
+                );
+            }
         }
     }
     Ok(remote)
@@ -146,22 +210,50 @@ pub fn run(bin_dir: &Path, repo: &Path) -> anyhow::Result<()> {
     let remote = start_server(bin_dir, &identity)?;
     println!("policy: {}", policy.display());
     let idp = identity.to_string_lossy().to_string();
-    let mut daemon = Daemon::start_with(bin_dir, &policy, &state, "auto", &["--server", &remote.url, "--identity-dir", &idp])
-        .context("starting airlockd")?;
+    let mut daemon = Daemon::start_with(
+        bin_dir,
+        &policy,
+        &state,
+        "auto",
+        &["--server", &remote.url, "--identity-dir", &idp],
+    )
+    .context("starting airlockd")?;
     let st = daemon.status().unwrap_or_default();
-    println!("airlockd is gating with the {} backend ({})", st["backend"].as_str().unwrap_or("?"), st["backend_reason"].as_str().unwrap_or(""));
+    println!(
+        "airlockd is gating with the {} backend ({})",
+        st["backend"].as_str().unwrap_or("?"),
+        st["backend_reason"].as_str().unwrap_or("")
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while daemon.status().is_none_or(|s| s["link"]["connected"] != true) {
+    while daemon
+        .status()
+        .is_none_or(|s| s["link"]["connected"] != true)
+    {
         if Instant::now() > deadline {
-            bail!("airlockd did not link to the server:\n{}", daemon.log_text());
+            bail!(
+                "airlockd did not link to the server:\n{}",
+                daemon.log_text()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("airlockd is linked to {} (mTLS, the host's certificate from enrolment)", remote.url);
+    println!(
+        "airlockd is linked to {} (mTLS, the host's certificate from enrolment)",
+        remote.url
+    );
     println!();
-    println!("the agent script runs under `airlock run --agent demo -- sh -c …`; alice answers its requests from her laptop, through the server:");
+    println!(
+        "the agent script runs under `airlock run --agent demo -- sh -c …`; alice answers its requests from her laptop, through the server:"
+    );
     let mut agent = Command::new(bin_dir.join("airlock"))
-        .args(["run", "--agent", "demo", "--reason", "demo: set up a build host", "--state-dir"])
+        .args([
+            "run",
+            "--agent",
+            "demo",
+            "--reason",
+            "demo: set up a build host",
+            "--state-dir",
+        ])
         .arg(&state)
         .args(["--", "sh", "-c", SCRIPT])
         .spawn()
@@ -194,7 +286,11 @@ pub fn run(bin_dir: &Path, repo: &Path) -> anyhow::Result<()> {
                 airlock(bin_dir, &remote, &["approve", &id])?;
                 approved += 1;
             } else {
-                airlock(bin_dir, &remote, &["deny", &id, "--reason", "agents do not edit /etc/hosts"])?;
+                airlock(
+                    bin_dir,
+                    &remote,
+                    &["deny", &id, "--reason", "agents do not edit /etc/hosts"],
+                )?;
                 denied += 1;
             }
         }
@@ -204,10 +300,17 @@ pub fn run(bin_dir: &Path, repo: &Path) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(300));
     println!();
     println!("what airlockd recorded (`airlock events`):");
-    let ev = Command::new(bin_dir.join("airlock")).args(["events", "--state-dir"]).arg(&state).output()?;
+    let ev = Command::new(bin_dir.join("airlock"))
+        .args(["events", "--state-dir"])
+        .arg(&state)
+        .output()?;
     print!("{}", String::from_utf8_lossy(&ev.stdout));
     println!("the server's view (`airlock-server hosts list`):");
-    let hosts = run_ok(Command::new(bin_dir.join("airlock-server")).args(["hosts", "list", "--dir"]).arg(&remote.dir))?;
+    let hosts = run_ok(
+        Command::new(bin_dir.join("airlock-server"))
+            .args(["hosts", "list", "--dir"])
+            .arg(&remote.dir),
+    )?;
     println!("{hosts}");
     daemon.stop()?;
     drop(remote);
@@ -217,8 +320,12 @@ pub fn run(bin_dir: &Path, repo: &Path) -> anyhow::Result<()> {
     }
     println!();
     if approved == 0 || denied == 0 {
-        bail!("expected a held package install (approved) and a held /etc write (denied); saw {approved} approved, {denied} denied");
+        bail!(
+            "expected a held package install (approved) and a held /etc write (denied); saw {approved} approved, {denied} denied"
+        );
     }
-    println!("the package manager waited inside execve until alice approved it through airlock-server, then ran; the /etc/hosts write waited inside open(2) and failed with EPERM when she denied it; /etc/hosts is unchanged.");
+    println!(
+        "the package manager waited inside execve until alice approved it through airlock-server, then ran; the /etc/hosts write waited inside open(2) and failed with EPERM when she denied it; /etc/hosts is unchanged."
+    );
     Ok(())
 }

@@ -57,17 +57,36 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts airlockd and waits until its status file names its pid.
-    pub fn start(bin_dir: &Path, policy: &Path, state_dir: &Path, backend: &str) -> anyhow::Result<Daemon> {
+    pub fn start(
+        bin_dir: &Path,
+        policy: &Path,
+        state_dir: &Path,
+        backend: &str,
+    ) -> anyhow::Result<Daemon> {
         Daemon::start_with(bin_dir, policy, state_dir, backend, &[])
     }
 
     /// [`Daemon::start`] with extra airlockd arguments (e.g. `--server URL`).
-    pub fn start_with(bin_dir: &Path, policy: &Path, state_dir: &Path, backend: &str, extra: &[&str]) -> anyhow::Result<Daemon> {
+    pub fn start_with(
+        bin_dir: &Path,
+        policy: &Path,
+        state_dir: &Path,
+        backend: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Daemon> {
         std::fs::create_dir_all(state_dir)?;
         let log = state_dir.join("airlockd.log");
         let out = std::fs::File::create(&log)?;
         let child = Command::new(bin_dir.join("airlockd"))
-            .env("AIRLOCK_PIN_DIR", pin_dir().join(state_dir.parent().and_then(|p| p.file_name()).unwrap_or_default()))
+            .env(
+                "AIRLOCK_PIN_DIR",
+                pin_dir().join(
+                    state_dir
+                        .parent()
+                        .and_then(|p| p.file_name())
+                        .unwrap_or_default(),
+                ),
+            )
             .arg("--policy")
             .arg(policy)
             .arg("--state-dir")
@@ -75,25 +94,34 @@ impl Daemon {
             .arg("--backend")
             .arg(backend)
             .args(extra)
-            .env("AIRLOCK_LOG", std::env::var("AIRLOCK_E2E_DAEMON_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "AIRLOCK_LOG",
+                std::env::var("AIRLOCK_E2E_DAEMON_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
             .context("spawning airlockd")?;
         let pid = child.id();
-        let mut d = Daemon { child: Some(child), state_dir: state_dir.to_path_buf(), log };
+        let mut d = Daemon {
+            child: Some(child),
+            state_dir: state_dir.to_path_buf(),
+            log,
+        };
         // Under software emulation on a loaded 2-core machine, loading and verifying the LSM
         // programs took over 30 s on the 6.1 guest: wait longer (it costs nothing when quick).
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(s) = d.status()
-                && s["pid"].as_u64() == Some(pid as u64) {
-                    return Ok(d);
-                }
+                && s["pid"].as_u64() == Some(pid as u64)
+            {
+                return Ok(d);
+            }
             if let Some(c) = d.child.as_mut()
-                && let Some(st) = c.try_wait()? {
-                    bail!("airlockd exited early ({st}):\n{}", d.log_text());
-                }
+                && let Some(st) = c.try_wait()?
+            {
+                bail!("airlockd exited early ({st}):\n{}", d.log_text());
+            }
             if Instant::now() > deadline {
                 bail!("airlockd not ready after 120 s:\n{}", d.log_text());
             }
@@ -114,7 +142,9 @@ impl Daemon {
 
     /// Events recorded so far.
     pub fn events(&self) -> Vec<serde_json::Value> {
-        let Ok(f) = std::fs::File::open(self.state_dir.join("events.jsonl")) else { return vec![] };
+        let Ok(f) = std::fs::File::open(self.state_dir.join("events.jsonl")) else {
+            return vec![];
+        };
         std::io::BufReader::new(f)
             .lines()
             .map_while(Result::ok)
@@ -123,7 +153,10 @@ impl Daemon {
     }
 
     /// Waits up to 5 s for an event matching `pred`.
-    pub fn wait_event(&self, pred: impl Fn(&serde_json::Value) -> bool) -> Option<serde_json::Value> {
+    pub fn wait_event(
+        &self,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
@@ -136,7 +169,9 @@ impl Daemon {
 
     /// Kills the daemon with SIGKILL (no clean-up of its own) and reaps it.
     pub fn kill9(&mut self) -> anyhow::Result<()> {
-        let Some(mut c) = self.child.take() else { bail!("already stopped") };
+        let Some(mut c) = self.child.take() else {
+            bail!("already stopped")
+        };
         c.kill()?;
         c.wait()?;
         Ok(())
@@ -144,7 +179,9 @@ impl Daemon {
 
     /// Stops the daemon (SIGTERM, then SIGKILL after 10 s) and returns its exit status.
     pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let Some(mut c) = self.child.take() else { bail!("already stopped") };
+        let Some(mut c) = self.child.take() else {
+            bail!("already stopped")
+        };
         // SAFETY: signalling our own child by PID.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -169,9 +206,16 @@ impl Drop for Daemon {
 
 /// Runs `argv` with its process moved into `cgroup` before exec (or left where it is when
 /// `cgroup` is None), from working directory `cwd`, and collects its output.
-pub fn run_in(cgroup: Option<&Path>, cwd: Option<&Path>, argv: &[&str]) -> anyhow::Result<(u32, Output)> {
+pub fn run_in(
+    cgroup: Option<&Path>,
+    cwd: Option<&Path>,
+    argv: &[&str],
+) -> anyhow::Result<(u32, Output)> {
     let mut cmd = Command::new(argv[0]);
-    cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if let Some(d) = cwd {
         cmd.current_dir(d);
     }
@@ -186,7 +230,12 @@ pub fn run_in(cgroup: Option<&Path>, cwd: Option<&Path>, argv: &[&str]) -> anyho
 
 /// Makes `cmd`'s child move itself into `cgroup` before exec, so nothing of it runs outside.
 fn join_cgroup(cmd: &mut Command, cgroup: &Path) -> anyhow::Result<()> {
-    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes())?;
+    let procs = std::ffi::CString::new(
+        cgroup
+            .join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )?;
     // SAFETY: only async-signal-safe calls (open/write/close) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -258,16 +307,24 @@ impl Spawned {
     /// Starts `argv` inside `cgroup` with piped stdout/stderr.
     pub fn start(cgroup: &Path, argv: &[&str]) -> anyhow::Result<Spawned> {
         let mut cmd = Command::new(argv[0]);
-        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         join_cgroup(&mut cmd, cgroup)?;
         let child = cmd.spawn().with_context(|| format!("spawning {argv:?}"))?;
         let pid = child.id();
-        Ok(Spawned { child: Some(child), pid })
+        Ok(Spawned {
+            child: Some(child),
+            pid,
+        })
     }
 
     /// Has it exited (without reaping)?
     pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// Waits up to `timeout` for it to exit and returns its output.

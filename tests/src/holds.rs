@@ -30,13 +30,16 @@ impl HoldFixture {
     pub fn new(base: &Path) -> anyhow::Result<HoldFixture> {
         let dir = base.join(format!("airlock-e2e-holds-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("held")).with_context(|| format!("mkdir {}", dir.display()))?;
+        std::fs::create_dir_all(dir.join("held"))
+            .with_context(|| format!("mkdir {}", dir.display()))?;
         std::fs::create_dir_all(dir.join("short"))?;
         let me = std::env::current_exe()?;
         let held = dir.join("held/airlock-e2e-held");
         let short = dir.join("short/airlock-e2e-short");
-        std::fs::copy(&me, &held).with_context(|| format!("copy {} to {}", me.display(), held.display()))?;
-        std::fs::copy(&me, &short).with_context(|| format!("copy {} to {}", me.display(), short.display()))?;
+        std::fs::copy(&me, &held)
+            .with_context(|| format!("copy {} to {}", me.display(), held.display()))?;
+        std::fs::copy(&me, &short)
+            .with_context(|| format!("copy {} to {}", me.display(), short.display()))?;
         let etc = dir.join("etc");
         std::fs::create_dir_all(&etc)?;
         let conf = etc.join("conf");
@@ -65,7 +68,17 @@ impl HoldFixture {
                 etc.display()
             ),
         )?;
-        Ok(HoldFixture { dir, held, short, conf, reads, policy, agent_cg, outside_cg, _cg: cg })
+        Ok(HoldFixture {
+            dir,
+            held,
+            short,
+            conf,
+            reads,
+            policy,
+            agent_cg,
+            outside_cg,
+            _cg: cg,
+        })
     }
 }
 
@@ -105,7 +118,12 @@ impl HoldCtx<'_> {
 
     fn cli_ok(&self, args: &[&str]) -> anyhow::Result<String> {
         let o = self.cli(args)?;
-        ensure(o.status.success(), || format!("airlock {args:?} failed: {}", String::from_utf8_lossy(&o.stderr)))?;
+        ensure(o.status.success(), || {
+            format!(
+                "airlock {args:?} failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })?;
         Ok(stdout(&o))
     }
 
@@ -129,7 +147,9 @@ impl HoldCtx<'_> {
 
     /// Every request on disk.
     fn requests(&self) -> Vec<serde_json::Value> {
-        let Ok(rd) = std::fs::read_dir(self.daemon.state_dir.join("requests")) else { return vec![] };
+        let Ok(rd) = std::fs::read_dir(self.daemon.state_dir.join("requests")) else {
+            return vec![];
+        };
         rd.flatten()
             .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
             .filter_map(|e| std::fs::read(e.path()).ok())
@@ -153,7 +173,10 @@ impl HoldCtx<'_> {
                 return Ok(r["id"].as_str().unwrap_or_default().to_string());
             }
             if Instant::now() > deadline {
-                bail!("no pending request for pid {pid} after {WAIT:?}:\n{}", self.daemon.log_text());
+                bail!(
+                    "no pending request for pid {pid} after {WAIT:?}:\n{}",
+                    self.daemon.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -165,79 +188,134 @@ impl HoldCtx<'_> {
 
     /// The executable the process runs now.
     fn exe_of(pid: u32) -> String {
-        std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default()
+        std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
     }
 }
 
 fn out_is(o: &Output, want: &str, what: &str) -> anyhow::Result<()> {
     let got = stdout(o);
-    ensure(got == want, || format!("{what}: expected {want:?}, got {got:?} (status {}; stderr {})", o.status, String::from_utf8_lossy(&o.stderr)))
+    ensure(got == want, || {
+        format!(
+            "{what}: expected {want:?}, got {got:?} (status {}; stderr {})",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
 }
 
 type Case = fn(&HoldCtx) -> anyhow::Result<()>;
 
 /// The hold scenarios, in order (the daemon-restart one is run last by [`run_all`]).
 pub const CASES: &[(&str, Case)] = &[
-    ("held_exec_waits_then_runs_with_its_output_and_exit_0_on_approve", |c| {
-        let mut child = c.spawn_exec(&c.fx.held, "held-ran")?;
-        let id = c.wait_pending(child.pid)?;
-        std::thread::sleep(Duration::from_millis(200));
-        ensure(child.running(), || "the held exec did not wait".into())?;
-        let exe = HoldCtx::exe_of(child.pid);
-        ensure(!exe.ends_with("airlock-e2e-held"), || format!("the new image runs before approval: {exe}"))?;
-        let listed = c.cli_ok(&["pending", "--json"])?;
-        ensure(listed.contains(&id), || format!("`airlock pending` lacks {id}: {listed}"))?;
-        let shown = c.cli_ok(&["show", &id])?;
-        ensure(shown.contains("airlock-e2e-held"), || format!("`airlock show` lacks the target: {shown}"))?;
-        let r = &c.requests_of(child.pid, "pending")[0];
-        ensure(r["context"]["agent"] == "e2e" && r["context"]["rule"] == "held-tool", || format!("context: {r}"))?;
-        ensure(r["context"]["cwd"].as_str().is_some() && r["context"]["ancestry"][0]["pid"].as_u64() == Some(child.pid as u64), || format!("cwd/ancestry: {r}"))?;
-        if c.lsm {
-            // Captured in the kernel at the hook.
-            let argv: Vec<&str> = r["context"]["argv"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
-            ensure(argv.ends_with(&["--op", "echo", "held-ran"]), || format!("argv: {r}"))?;
-        }
-        let said = c.cli_ok(&["approve", &id])?;
-        ensure(said.contains(&id), || format!("approve said: {said}"))?;
-        let o = child.finish(WAIT)?;
-        out_is(&o, "held-ran", "approved exec")?;
-        ensure(o.status.code() == Some(0), || format!("exit status {}", o.status))
-    }),
+    (
+        "held_exec_waits_then_runs_with_its_output_and_exit_0_on_approve",
+        |c| {
+            let mut child = c.spawn_exec(&c.fx.held, "held-ran")?;
+            let id = c.wait_pending(child.pid)?;
+            std::thread::sleep(Duration::from_millis(200));
+            ensure(child.running(), || "the held exec did not wait".into())?;
+            let exe = HoldCtx::exe_of(child.pid);
+            ensure(!exe.ends_with("airlock-e2e-held"), || {
+                format!("the new image runs before approval: {exe}")
+            })?;
+            let listed = c.cli_ok(&["pending", "--json"])?;
+            ensure(listed.contains(&id), || {
+                format!("`airlock pending` lacks {id}: {listed}")
+            })?;
+            let shown = c.cli_ok(&["show", &id])?;
+            ensure(shown.contains("airlock-e2e-held"), || {
+                format!("`airlock show` lacks the target: {shown}")
+            })?;
+            let r = &c.requests_of(child.pid, "pending")[0];
+            ensure(
+                r["context"]["agent"] == "e2e" && r["context"]["rule"] == "held-tool",
+                || format!("context: {r}"),
+            )?;
+            ensure(
+                r["context"]["cwd"].as_str().is_some()
+                    && r["context"]["ancestry"][0]["pid"].as_u64() == Some(child.pid as u64),
+                || format!("cwd/ancestry: {r}"),
+            )?;
+            if c.lsm {
+                // Captured in the kernel at the hook.
+                let argv: Vec<&str> = r["context"]["argv"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                    .unwrap_or_default();
+                ensure(argv.ends_with(&["--op", "echo", "held-ran"]), || {
+                    format!("argv: {r}")
+                })?;
+            }
+            let said = c.cli_ok(&["approve", &id])?;
+            ensure(said.contains(&id), || format!("approve said: {said}"))?;
+            let o = child.finish(WAIT)?;
+            out_is(&o, "held-ran", "approved exec")?;
+            ensure(o.status.code() == Some(0), || {
+                format!("exit status {}", o.status)
+            })
+        },
+    ),
     ("denied_hold_fails_with_eperm", |c| {
         let child = c.spawn_exec(&c.fx.held, "must-not-run")?;
         let id = c.wait_pending(child.pid)?;
         c.cli_ok(&["deny", &id, "--reason", "not today"])?;
         out_is(&child.finish(WAIT)?, "errno=1", "denied exec")?;
-        let r = c.requests().into_iter().find(|r| r["id"] == id.as_str()).context("request record")?;
-        ensure(r["state"] == "denied" && r["decision"]["reason"] == "not today", || format!("record: {r}"))
+        let r = c
+            .requests()
+            .into_iter()
+            .find(|r| r["id"] == id.as_str())
+            .context("request record")?;
+        ensure(
+            r["state"] == "denied" && r["decision"]["reason"] == "not today",
+            || format!("record: {r}"),
+        )
     }),
     ("unanswered_hold_times_out_with_eperm", |c| {
         let t0 = Instant::now();
         let child = c.spawn_exec(&c.fx.short, "must-not-run")?;
         let id = c.wait_pending(child.pid)?;
         out_is(&child.finish(WAIT)?, "errno=1", "timed-out exec")?;
-        ensure(t0.elapsed() >= Duration::from_secs(2), || format!("released after {:?}, before the 2 s timeout", t0.elapsed()))?;
-        let r = c.requests().into_iter().find(|r| r["id"] == id.as_str()).context("request record")?;
+        ensure(t0.elapsed() >= Duration::from_secs(2), || {
+            format!("released after {:?}, before the 2 s timeout", t0.elapsed())
+        })?;
+        let r = c
+            .requests()
+            .into_iter()
+            .find(|r| r["id"] == id.as_str())
+            .context("request record")?;
         ensure(r["state"] == "timed_out", || format!("record: {r}"))
     }),
-    ("held_otrunc_write_leaves_file_intact_until_approved_and_after_deny", |c| {
-        let conf = c.fx.conf.to_string_lossy().to_string();
-        let child = c.spawn_op("trunc", &[&conf])?;
-        let id = c.wait_pending(child.pid)?;
-        std::thread::sleep(Duration::from_millis(200));
-        ensure(c.conf() == "original\n", || format!("changed while held: {:?}", c.conf()))?;
-        c.cli_ok(&["deny", &id])?;
-        out_is(&child.finish(WAIT)?, "errno=1", "denied O_TRUNC")?;
-        ensure(c.conf() == "original\n", || format!("changed after deny: {:?}", c.conf()))?;
-        let child = c.spawn_op("trunc", &[&conf])?;
-        let id = c.wait_pending(child.pid)?;
-        ensure(c.conf() == "original\n", || "changed while held (2nd)".into())?;
-        c.cli_ok(&["approve", &id])?;
-        out_is(&child.finish(WAIT)?, "ok", "approved O_TRUNC")?;
-        ensure(c.conf().is_empty(), || format!("approved truncation did not happen: {:?}", c.conf()))?;
-        std::fs::write(&c.fx.conf, "original\n")?;
-        Ok(())
-    }),
+    (
+        "held_otrunc_write_leaves_file_intact_until_approved_and_after_deny",
+        |c| {
+            let conf = c.fx.conf.to_string_lossy().to_string();
+            let child = c.spawn_op("trunc", &[&conf])?;
+            let id = c.wait_pending(child.pid)?;
+            std::thread::sleep(Duration::from_millis(200));
+            ensure(c.conf() == "original\n", || {
+                format!("changed while held: {:?}", c.conf())
+            })?;
+            c.cli_ok(&["deny", &id])?;
+            out_is(&child.finish(WAIT)?, "errno=1", "denied O_TRUNC")?;
+            ensure(c.conf() == "original\n", || {
+                format!("changed after deny: {:?}", c.conf())
+            })?;
+            let child = c.spawn_op("trunc", &[&conf])?;
+            let id = c.wait_pending(child.pid)?;
+            ensure(c.conf() == "original\n", || {
+                "changed while held (2nd)".into()
+            })?;
+            c.cli_ok(&["approve", &id])?;
+            out_is(&child.finish(WAIT)?, "ok", "approved O_TRUNC")?;
+            ensure(c.conf().is_empty(), || {
+                format!("approved truncation did not happen: {:?}", c.conf())
+            })?;
+            std::fs::write(&c.fx.conf, "original\n")?;
+            Ok(())
+        },
+    ),
     ("stray_sigcont_does_not_release_a_hold", |c| {
         let mut child = c.spawn_exec(&c.fx.held, "must-not-run")?;
         let id = c.wait_pending(child.pid)?;
@@ -248,11 +326,20 @@ pub const CASES: &[(&str, Case)] = &[
         }
         ensure(child.running(), || "SIGCONT released the hold".into())?;
         let exe = HoldCtx::exe_of(child.pid);
-        ensure(!exe.ends_with("airlock-e2e-held"), || format!("new image runs after SIGCONT: {exe}"))?;
+        ensure(!exe.ends_with("airlock-e2e-held"), || {
+            format!("new image runs after SIGCONT: {exe}")
+        })?;
         let pending = c.requests_of(child.pid, "pending");
-        ensure(pending.len() == 1 && pending[0]["id"] == id.as_str(), || format!("requests after SIGCONT: {pending:?}"))?;
+        ensure(
+            pending.len() == 1 && pending[0]["id"] == id.as_str(),
+            || format!("requests after SIGCONT: {pending:?}"),
+        )?;
         c.cli_ok(&["deny", &id])?;
-        out_is(&child.finish(WAIT)?, "errno=1", "denied after stray SIGCONT")
+        out_is(
+            &child.finish(WAIT)?,
+            "errno=1",
+            "denied after stray SIGCONT",
+        )
     }),
     ("threads_of_one_process_make_one_request", |c| {
         let conf = c.fx.conf.to_string_lossy().to_string();
@@ -261,36 +348,59 @@ pub const CASES: &[(&str, Case)] = &[
         let id = c.wait_pending(pid)?;
         std::thread::sleep(Duration::from_millis(300));
         let pending = c.requests_of(child.pid, "pending");
-        ensure(pending.len() == 1, || format!("{} requests for one process: {pending:?}", pending.len()))?;
+        ensure(pending.len() == 1, || {
+            format!("{} requests for one process: {pending:?}", pending.len())
+        })?;
         c.cli_ok(&["approve", &id])?;
         let o = child.finish(WAIT)?;
         out_is(&o, "ok ok ok ok", "threads after approval")?;
-        let all: Vec<_> = c.requests().into_iter().filter(|r| r["key"]["tgid"].as_u64() == Some(pid as u64)).collect();
-        ensure(all.len() == 1, || format!("{} requests in all for one process", all.len()))
+        let all: Vec<_> = c
+            .requests()
+            .into_iter()
+            .filter(|r| r["key"]["tgid"].as_u64() == Some(pid as u64))
+            .collect();
+        ensure(all.len() == 1, || {
+            format!("{} requests in all for one process", all.len())
+        })
     }),
-    ("once_grant_is_not_reusable_by_a_second_attempt_or_another_process", |c| {
-        let conf = c.fx.conf.to_string_lossy().to_string();
-        let first = c.spawn_op("write-twice", &[&conf])?;
-        let id = c.wait_pending(first.pid)?;
-        c.cli_ok(&["approve", &id])?;
-        // The second open of the same process is a new attempt: held again, a new request.
-        let deadline = Instant::now() + WAIT;
-        let second = loop {
-            if let Some(r) = c.requests_of(first.pid, "pending").into_iter().find(|r| r["id"] != id.as_str()) {
-                break r["id"].as_str().unwrap_or_default().to_string();
-            }
-            ensure(Instant::now() < deadline, || "the second attempt was not held".into())?;
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        // Another process doing the same meanwhile is held too, with its own request.
-        let other = c.spawn_op("write", &[&conf])?;
-        let other_id = c.wait_pending(other.pid)?;
-        ensure(other_id != id && other_id != second, || "another process joined an approved request".into())?;
-        c.cli_ok(&["deny", &second])?;
-        c.cli_ok(&["deny", &other_id])?;
-        out_is(&first.finish(WAIT)?, "ok errno=1", "approved once, then denied")?;
-        out_is(&other.finish(WAIT)?, "errno=1", "other process")
-    }),
+    (
+        "once_grant_is_not_reusable_by_a_second_attempt_or_another_process",
+        |c| {
+            let conf = c.fx.conf.to_string_lossy().to_string();
+            let first = c.spawn_op("write-twice", &[&conf])?;
+            let id = c.wait_pending(first.pid)?;
+            c.cli_ok(&["approve", &id])?;
+            // The second open of the same process is a new attempt: held again, a new request.
+            let deadline = Instant::now() + WAIT;
+            let second = loop {
+                if let Some(r) = c
+                    .requests_of(first.pid, "pending")
+                    .into_iter()
+                    .find(|r| r["id"] != id.as_str())
+                {
+                    break r["id"].as_str().unwrap_or_default().to_string();
+                }
+                ensure(Instant::now() < deadline, || {
+                    "the second attempt was not held".into()
+                })?;
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            // Another process doing the same meanwhile is held too, with its own request.
+            let other = c.spawn_op("write", &[&conf])?;
+            let other_id = c.wait_pending(other.pid)?;
+            ensure(other_id != id && other_id != second, || {
+                "another process joined an approved request".into()
+            })?;
+            c.cli_ok(&["deny", &second])?;
+            c.cli_ok(&["deny", &other_id])?;
+            out_is(
+                &first.finish(WAIT)?,
+                "ok errno=1",
+                "approved once, then denied",
+            )?;
+            out_is(&other.finish(WAIT)?, "errno=1", "other process")
+        },
+    ),
     ("duration_grant_allows_until_expiry_then_holds_again", |c| {
         let conf = c.fx.conf.to_string_lossy().to_string();
         let first = c.spawn_op("write", &[&conf])?;
@@ -300,7 +410,9 @@ pub const CASES: &[(&str, Case)] = &[
         out_is(&first.finish(WAIT)?, "ok", "approved write")?;
         let again = c.spawn_op("write", &[&conf])?;
         let o = again.finish(WAIT)?;
-        ensure(t0.elapsed() < Duration::from_secs(3), || "too slow to test the grant".into())?;
+        ensure(t0.elapsed() < Duration::from_secs(3), || {
+            "too slow to test the grant".into()
+        })?;
         out_is(&o, "ok", "write within the grant (no request)")?;
         while t0.elapsed() < Duration::from_millis(3500) {
             std::thread::sleep(Duration::from_millis(50));
@@ -317,32 +429,50 @@ pub const CASES: &[(&str, Case)] = &[
         let id = c.wait_pending(child.pid)?;
         let o = c.cli_in(Some(&c.fx.agent_cg), &["approve", &id])?;
         let err = String::from_utf8_lossy(&o.stderr).to_string();
-        ensure(!o.status.success() && err.contains("agent"), || format!("agent approve: {} {err}", o.status))?;
-        ensure(c.requests_of(child.pid, "pending").len() == 1, || "the request changed".into())?;
+        ensure(!o.status.success() && err.contains("agent"), || {
+            format!("agent approve: {} {err}", o.status)
+        })?;
+        ensure(c.requests_of(child.pid, "pending").len() == 1, || {
+            "the request changed".into()
+        })?;
         let o = c.cli_in(Some(&c.fx.agent_cg), &["pending"])?;
         ensure(!o.status.success(), || "an agent may list requests".into())?;
         c.cli_ok(&["deny", &id])?;
         out_is(&child.finish(WAIT)?, "errno=1", "denied")
     }),
-    ("bad_id_and_decision_on_closed_request_are_clear_errors", |c| {
-        let o = c.cli(&["approve", "0000dead"])?;
-        let err = String::from_utf8_lossy(&o.stderr).to_string();
-        ensure(!o.status.success() && err.contains("0000dead"), || format!("unknown id: {err}"))?;
-        let o = c.cli(&["approve", "not-an-id!"])?;
-        ensure(!o.status.success(), || "malformed id accepted".into())?;
-        let o = c.cli(&["approve", "0000dead", "--for", "ten minutes"])?;
-        let err = String::from_utf8_lossy(&o.stderr).to_string();
-        ensure(!o.status.success() && err.contains("--for"), || format!("bad duration: {err}"))?;
-        let child = c.spawn_exec(&c.fx.held, "must-not-run")?;
-        let id = c.wait_pending(child.pid)?;
-        c.cli_ok(&["deny", &id])?;
-        out_is(&child.finish(WAIT)?, "errno=1", "denied")?;
-        let o = c.cli(&["approve", &id])?;
-        let err = String::from_utf8_lossy(&o.stderr).to_string();
-        ensure(!o.status.success() && err.contains("already denied"), || format!("closed request: {err}"))?;
-        let r = c.requests().into_iter().find(|r| r["id"] == id.as_str()).context("record")?;
-        ensure(r["state"] == "denied", || format!("record changed: {r}"))
-    }),
+    (
+        "bad_id_and_decision_on_closed_request_are_clear_errors",
+        |c| {
+            let o = c.cli(&["approve", "0000dead"])?;
+            let err = String::from_utf8_lossy(&o.stderr).to_string();
+            ensure(!o.status.success() && err.contains("0000dead"), || {
+                format!("unknown id: {err}")
+            })?;
+            let o = c.cli(&["approve", "not-an-id!"])?;
+            ensure(!o.status.success(), || "malformed id accepted".into())?;
+            let o = c.cli(&["approve", "0000dead", "--for", "ten minutes"])?;
+            let err = String::from_utf8_lossy(&o.stderr).to_string();
+            ensure(!o.status.success() && err.contains("--for"), || {
+                format!("bad duration: {err}")
+            })?;
+            let child = c.spawn_exec(&c.fx.held, "must-not-run")?;
+            let id = c.wait_pending(child.pid)?;
+            c.cli_ok(&["deny", &id])?;
+            out_is(&child.finish(WAIT)?, "errno=1", "denied")?;
+            let o = c.cli(&["approve", &id])?;
+            let err = String::from_utf8_lossy(&o.stderr).to_string();
+            ensure(
+                !o.status.success() && err.contains("already denied"),
+                || format!("closed request: {err}"),
+            )?;
+            let r = c
+                .requests()
+                .into_iter()
+                .find(|r| r["id"] == id.as_str())
+                .context("record")?;
+            ensure(r["state"] == "denied", || format!("record changed: {r}"))
+        },
+    ),
     ("concurrent_reads_never_held", concurrent_reads_never_held),
     ("airlock_run_does_not_stop_while_its_agent_is_held", |c| {
         // An interactive shell reports a stopped child as a "Stopped" job; `airlock run` is that
@@ -350,21 +480,51 @@ pub const CASES: &[(&str, Case)] = &[
         let airlock = c.bin_dir.join("airlock").to_string_lossy().to_string();
         let sd = c.daemon.state_dir.to_string_lossy().to_string();
         let held = c.fx.held.to_string_lossy().to_string();
-        let run = Spawned::start(&c.fx.outside_cg, &[&airlock, "run", "--agent", "e2e", "--state-dir", &sd, "--reason", "e2e run",
-            "--", &held, "--op", "echo", "via-run"])?;
+        let run = Spawned::start(
+            &c.fx.outside_cg,
+            &[
+                &airlock,
+                "run",
+                "--agent",
+                "e2e",
+                "--state-dir",
+                &sd,
+                "--reason",
+                "e2e run",
+                "--",
+                &held,
+                "--op",
+                "echo",
+                "via-run",
+            ],
+        )?;
         // The run's scope is not in the fixture's agent selector; airlock run refuses to start an
         // ungated agent, so this only passes if the implicit airlock.slice selector is honoured.
         let deadline = Instant::now() + WAIT;
         let r = loop {
-            if let Some(r) = c.requests().into_iter().find(|r| r["state"] == "pending" && r["context"]["launched_by"]["reason"] == "e2e run") {
+            if let Some(r) = c.requests().into_iter().find(|r| {
+                r["state"] == "pending" && r["context"]["launched_by"]["reason"] == "e2e run"
+            }) {
                 break r;
             }
-            ensure(Instant::now() < deadline, || format!("no request from the airlock run agent:\n{}", c.daemon.log_text()))?;
+            ensure(Instant::now() < deadline, || {
+                format!(
+                    "no request from the airlock run agent:\n{}",
+                    c.daemon.log_text()
+                )
+            })?;
             std::thread::sleep(Duration::from_millis(10));
         };
         let st = std::fs::read_to_string(format!("/proc/{}/stat", run.pid)).unwrap_or_default();
-        let state = st.rsplit(')').next().and_then(|s| s.split_whitespace().next()).unwrap_or("?").to_string();
-        ensure(state != "T", || "airlock run itself is stopped: a shell would show a Stopped job".into())?;
+        let state = st
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or("?")
+            .to_string();
+        ensure(state != "T", || {
+            "airlock run itself is stopped: a shell would show a Stopped job".into()
+        })?;
         c.cli_ok(&["approve", r["id"].as_str().unwrap_or_default()])?;
         let o = run.finish(WAIT)?;
         out_is(&o, "via-run", "agent under airlock run")
@@ -381,22 +541,39 @@ const FAIL_CLOSED_LINE: &str = "open flags of an agent process unknown";
 fn concurrent_reads_never_held(c: &HoldCtx) -> anyhow::Result<()> {
     // Lighter in the guests: BPF LSM never asks userspace about a read, and TCG is slow.
     let (procs, rounds, passes) = if c.lsm { (8, 1, 2) } else { (24, 4, 4) };
-    let before: Vec<serde_json::Value> = c.requests().into_iter().map(|r| r["id"].clone()).collect();
-    let new_requests = || c.requests().into_iter().filter(|r| !before.contains(&r["id"])).collect::<Vec<_>>();
+    let before: Vec<serde_json::Value> =
+        c.requests().into_iter().map(|r| r["id"].clone()).collect();
+    let new_requests = || {
+        c.requests()
+            .into_iter()
+            .filter(|r| !before.contains(&r["id"]))
+            .collect::<Vec<_>>()
+    };
     let fail_closed_before = c.daemon.log_text().matches(FAIL_CLOSED_LINE).count();
     let passes = passes.to_string();
-    let files: Vec<String> = c.fx.reads.iter().map(|p| p.to_string_lossy().to_string()).collect();
+    let files: Vec<String> =
+        c.fx.reads
+            .iter()
+            .map(|p| p.to_string_lossy().to_string())
+            .collect();
     let mut args = vec![passes.as_str()];
     args.extend(files.iter().map(String::as_str));
     let mut failed = Vec::new();
     for round in 0..rounds {
-        let mut kids = (0..procs).map(|_| c.spawn_op("read-all", &args)).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut kids = (0..procs)
+            .map(|_| c.spawn_op("read-all", &args))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let deadline = Instant::now() + WAIT;
         while kids.iter_mut().any(Spawned::running) && Instant::now() < deadline {
             // A held read would wait for the request's 5 m timeout: deny it (the read then
             // fails with EPERM and is reported below) so that the round ends.
             for r in new_requests().iter().filter(|r| r["state"] == "pending") {
-                let _ = c.cli(&["deny", r["id"].as_str().unwrap_or_default(), "--reason", "a read was held"]);
+                let _ = c.cli(&[
+                    "deny",
+                    r["id"].as_str().unwrap_or_default(),
+                    "--reason",
+                    "a read was held",
+                ]);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -411,9 +588,19 @@ fn concurrent_reads_never_held(c: &HoldCtx) -> anyhow::Result<()> {
     }
     let made: Vec<String> = new_requests()
         .iter()
-        .map(|r| format!("{} {} {} ({})", r["id"], r["context"]["op"], r["context"]["target_path"], r["state"]))
+        .map(|r| {
+            format!(
+                "{} {} {} ({})",
+                r["id"], r["context"]["op"], r["context"]["target_path"], r["state"]
+            )
+        })
         .collect();
-    let fail_closed = c.daemon.log_text().matches(FAIL_CLOSED_LINE).count().saturating_sub(fail_closed_before);
+    let fail_closed = c
+        .daemon
+        .log_text()
+        .matches(FAIL_CLOSED_LINE)
+        .count()
+        .saturating_sub(fail_closed_before);
     let total = procs * rounds;
     ensure(made.is_empty() && failed.is_empty(), || {
         format!(
@@ -438,17 +625,34 @@ pub fn killed_daemon_mid_hold_then_restart_then_approve(
     restart: &dyn Fn() -> anyhow::Result<Daemon>,
     daemon: &mut Daemon,
 ) -> anyhow::Result<Daemon> {
-    let c = HoldCtx { fx, daemon, me: me.to_path_buf(), bin_dir: bin_dir.to_path_buf(), lsm };
+    let c = HoldCtx {
+        fx,
+        daemon,
+        me: me.to_path_buf(),
+        bin_dir: bin_dir.to_path_buf(),
+        lsm,
+    };
     let child = c.spawn_exec(&c.fx.held, "after-restart")?;
     c.wait_pending(child.pid)?;
     drop(c);
     daemon.kill9()?;
     std::thread::sleep(Duration::from_millis(300));
     let exe = HoldCtx::exe_of(child.pid);
-    let held_still = !exe.ends_with("airlock-e2e-held") || std::fs::read_to_string(format!("/proc/{}/stat", child.pid)).unwrap_or_default().contains(") T ");
+    let held_still = !exe.ends_with("airlock-e2e-held")
+        || std::fs::read_to_string(format!("/proc/{}/stat", child.pid))
+            .unwrap_or_default()
+            .contains(") T ");
     let d = restart()?;
-    let cx = HoldCtx { fx, daemon: &d, me: me.to_path_buf(), bin_dir: bin_dir.to_path_buf(), lsm };
-    ensure(held_still, || format!("the exec ran unstopped while no daemon ran (exe {exe})"))?;
+    let cx = HoldCtx {
+        fx,
+        daemon: &d,
+        me: me.to_path_buf(),
+        bin_dir: bin_dir.to_path_buf(),
+        lsm,
+    };
+    ensure(held_still, || {
+        format!("the exec ran unstopped while no daemon ran (exe {exe})")
+    })?;
     let id = cx.wait_pending(child.pid)?;
     cx.cli_ok(&["approve", &id])?;
     let o = child.finish(WAIT)?;
@@ -471,19 +675,38 @@ pub fn run_all(r: &mut Report, bin_dir: &Path, me: &Path, base: &Path, lsm: bool
         Err(e) => return r.check("airlockd_starts_with_hold_policy", Err(e)),
     };
     {
-        let ctx = HoldCtx { fx: &fx, daemon: &daemon, me: me.to_path_buf(), bin_dir: bin_dir.to_path_buf(), lsm };
+        let ctx = HoldCtx {
+            fx: &fx,
+            daemon: &daemon,
+            me: me.to_path_buf(),
+            bin_dir: bin_dir.to_path_buf(),
+            lsm,
+        };
         for (name, f) in CASES {
             r.check(name, f(&ctx));
         }
     }
-    let res = killed_daemon_mid_hold_then_restart_then_approve(&fx, me, bin_dir, lsm, &start, &mut daemon);
+    let res = killed_daemon_mid_hold_then_restart_then_approve(
+        &fx,
+        me,
+        bin_dir,
+        lsm,
+        &start,
+        &mut daemon,
+    );
     let failed = res.is_err();
     match res {
         Ok(d) => {
-            r.check("airlockd_killed_mid_hold_restarts_and_the_approved_action_completes", Ok(()));
+            r.check(
+                "airlockd_killed_mid_hold_restarts_and_the_approved_action_completes",
+                Ok(()),
+            );
             daemon = d;
         }
-        Err(e) => r.check("airlockd_killed_mid_hold_restarts_and_the_approved_action_completes", Err(e)),
+        Err(e) => r.check(
+            "airlockd_killed_mid_hold_restarts_and_the_approved_action_completes",
+            Err(e),
+        ),
     }
     if failed || r.failed > 0 {
         println!("--- airlockd (holds) log ---\n{}", daemon.log_text());

@@ -48,7 +48,9 @@ fn parse() -> anyhow::Result<Args> {
             "--rounds" => rounds = it.next().context("--rounds N")?.parse()?,
             "--tier" => tier = it.next(),
             "--bin-dir" => bin_dir = it.next().map(PathBuf::from),
-            other => anyhow::bail!("unknown argument {other:?} (use --tier host|guest --bin-dir DIR)"),
+            other => {
+                anyhow::bail!("unknown argument {other:?} (use --tier host|guest --bin-dir DIR)")
+            }
         }
     }
     let tier = tier.context("--tier host|guest is required")?;
@@ -58,24 +60,40 @@ fn parse() -> anyhow::Result<Args> {
     );
     let bin_dir = match bin_dir {
         Some(d) => d,
-        None => std::env::current_exe()?.parent().context("exe dir")?.to_path_buf(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .to_path_buf(),
     };
-    Ok(Args { tier, bin_dir, rounds })
+    Ok(Args {
+        tier,
+        bin_dir,
+        rounds,
+    })
 }
-
 
 fn bad_policy_is_refused_with_location(a: &Args, base: &std::path::Path) -> anyhow::Result<()> {
     let bad = base.join(format!("airlock-e2e-bad-{}.yaml", std::process::id()));
-    std::fs::write(&bad, "apiVersion: airlock.dev/v1\nkind: Policy\nmetadata:\n  name: bad\nmode: enforce\nrules:\n  - name: r\n    action: block\n    exec: [/bin/true]\n")?;
+    std::fs::write(
+        &bad,
+        "apiVersion: airlock.dev/v1\nkind: Policy\nmetadata:\n  name: bad\nmode: enforce\nrules:\n  - name: r\n    action: block\n    exec: [/bin/true]\n",
+    )?;
     let out = std::process::Command::new(a.bin_dir.join("airlockd"))
-        .arg("--policy").arg(&bad).arg("--state-dir").arg(base.join("airlock-e2e-bad-state"))
+        .arg("--policy")
+        .arg(&bad)
+        .arg("--state-dir")
+        .arg(base.join("airlock-e2e-bad-state"))
         .output()?;
     let _ = std::fs::remove_file(&bad);
     let _ = std::fs::remove_dir_all(base.join("airlock-e2e-bad-state"));
     let err = String::from_utf8_lossy(&out.stderr);
-    ensure(!out.status.success(), || "airlockd started with a bad policy".into())?;
+    ensure(!out.status.success(), || {
+        "airlockd started with a bad policy".into()
+    })?;
     let want = format!("{}:8:", bad.display());
-    ensure(err.contains(&want), || format!("stderr lacks {want}: {err}"))
+    ensure(err.contains(&want), || {
+        format!("stderr lacks {want}: {err}")
+    })
 }
 
 fn main() -> ExitCode {
@@ -89,18 +107,27 @@ fn main() -> ExitCode {
     let mut r = Report::default();
     // `airlock run` makes /airlock.slice in cgroupfs when systemd does not run; remove it at the
     // end when this run made it (and it is empty), so the tiers leave no cgroup behind.
-    let slice = airlock_agent::cgroup::cgroup2_mount().ok().map(|m| m.join("airlock.slice"));
+    let slice = airlock_agent::cgroup::cgroup2_mount()
+        .ok()
+        .map(|m| m.join("airlock.slice"));
     let slice_was_there = slice.as_ref().is_some_and(|s| s.exists());
     let _slice = harness::RemoveIfCreated(if slice_was_there { None } else { slice });
     // SAFETY: getuid has no preconditions.
     let root = unsafe { libc::getuid() } == 0;
     if a.tier == "demo" || a.tier == "bench" {
         if !root {
-            eprintln!("airlock-e2e: the {} needs root (cgroups, fanotify, BPF)", a.tier);
+            eprintln!(
+                "airlock-e2e: the {} needs root (cgroups, fanotify, BPF)",
+                a.tier
+            );
             return ExitCode::from(2);
         }
         let repo = std::env::current_dir().unwrap_or_default();
-        let res = if a.tier == "demo" { demo::run(&a.bin_dir, &repo) } else { bench::run(&a.bin_dir, a.rounds) };
+        let res = if a.tier == "demo" {
+            demo::run(&a.bin_dir, &repo)
+        } else {
+            bench::run(&a.bin_dir, a.rounds)
+        };
         return match res {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -113,17 +140,27 @@ fn main() -> ExitCode {
         r.skip("e2e", "needs root (cgroups, fanotify, BPF)");
         return finish(&r);
     }
-    let base = PathBuf::from(if a.tier == "guest" { "/tmp" } else { "/var/tmp" });
+    let base = PathBuf::from(if a.tier == "guest" {
+        "/tmp"
+    } else {
+        "/var/tmp"
+    });
     let want_backend = if a.tier == "guest" { "lsm" } else { "fanotify" };
     // Development shortcut: only the remote-approval scenarios (never set by xtask or CI).
     if std::env::var("AIRLOCK_E2E_ONLY").as_deref() == Ok("server") {
         let me = std::env::current_exe().unwrap_or_default();
         let pins = harness::Pins;
         server::run_all(&mut r, &a.bin_dir, &me, &base, a.tier == "host");
-        r.check("test_pins_removed", ensure(pins.remove(), || "pins left".into()));
+        r.check(
+            "test_pins_removed",
+            ensure(pins.remove(), || "pins left".into()),
+        );
         return finish(&r);
     }
-    r.check("bad_policy_is_refused_with_file_line_column", bad_policy_is_refused_with_location(&a, &base));
+    r.check(
+        "bad_policy_is_refused_with_file_line_column",
+        bad_policy_is_refused_with_location(&a, &base),
+    );
     let pins = harness::Pins;
     let fx = match cases::Fixture::new(&base) {
         Ok(f) => f,
@@ -140,28 +177,65 @@ fn main() -> ExitCode {
         }
     };
     let st = daemon.status().unwrap_or_default();
-    r.check("auto_selects_the_expected_backend_and_says_why", (|| {
-        ensure(st["backend"] == want_backend, || format!("backend {} (want {want_backend}): {}", st["backend"], st["backend_reason"]))?;
-        ensure(st["backend_reason"].as_str().is_some_and(|s| !s.is_empty()), || "no reason".into())?;
-        ensure(st["exec_context"].as_str().is_some_and(|s| s.starts_with("recorded")), || format!("exec context: {}", st["exec_context"]))?;
-        let out = std::process::Command::new(a.bin_dir.join("airlock"))
-            .args(["status", "--state-dir"]).arg(&daemon.state_dir).output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        ensure(out.status.success() && text.contains(want_backend), || format!("airlock status: {text}"))
-    })());
+    r.check(
+        "auto_selects_the_expected_backend_and_says_why",
+        (|| {
+            ensure(st["backend"] == want_backend, || {
+                format!(
+                    "backend {} (want {want_backend}): {}",
+                    st["backend"], st["backend_reason"]
+                )
+            })?;
+            ensure(
+                st["backend_reason"].as_str().is_some_and(|s| !s.is_empty()),
+                || "no reason".into(),
+            )?;
+            ensure(
+                st["exec_context"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("recorded")),
+                || format!("exec context: {}", st["exec_context"]),
+            )?;
+            let out = std::process::Command::new(a.bin_dir.join("airlock"))
+                .args(["status", "--state-dir"])
+                .arg(&daemon.state_dir)
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            ensure(out.status.success() && text.contains(want_backend), || {
+                format!("airlock status: {text}")
+            })
+        })(),
+    );
     println!("backend: {} ({})", st["backend"], st["backend_reason"]);
     let me = std::env::current_exe().unwrap_or_default();
     {
-        let ctx = cases::Ctx { fx: &fx, daemon: &daemon, me: me.clone(), bin_dir: a.bin_dir.clone(), lsm: want_backend == "lsm" };
+        let ctx = cases::Ctx {
+            fx: &fx,
+            daemon: &daemon,
+            me: me.clone(),
+            bin_dir: a.bin_dir.clone(),
+            lsm: want_backend == "lsm",
+        };
         cases::run_all(&mut r, &ctx);
     }
-    let lost = daemon.status().and_then(|s| s["lost"].as_u64()).unwrap_or(u64::MAX);
-    r.check("no_events_lost", ensure(lost == 0, || format!("{lost} events lost")));
+    let lost = daemon
+        .status()
+        .and_then(|s| s["lost"].as_u64())
+        .unwrap_or(u64::MAX);
+    r.check(
+        "no_events_lost",
+        ensure(lost == 0, || format!("{lost} events lost")),
+    );
     let stopped = daemon.stop();
-    r.check("airlockd_stops_cleanly_on_sigterm", (|| {
-        let st = stopped?;
-        ensure(st.success(), || format!("exit status {st}:\n{}", daemon.log_text()))
-    })());
+    r.check(
+        "airlockd_stops_cleanly_on_sigterm",
+        (|| {
+            let st = stopped?;
+            ensure(st.success(), || {
+                format!("exit status {st}:\n{}", daemon.log_text())
+            })
+        })(),
+    );
     let exec_gated = || -> anyhow::Result<std::process::Output> {
         let me = me.to_string_lossy().to_string();
         let p = fx.gated.path.to_string_lossy().to_string();
@@ -169,23 +243,49 @@ fn main() -> ExitCode {
         argv.extend(fx.gated.args.iter().map(String::as_str));
         Ok(harness::run_in(Some(&fx.agent_cg), None, &argv)?.1)
     };
-    r.check("gating_outlives_the_daemon_through_pinned_programs", (|| {
-        use std::os::unix::process::ExitStatusExt as _;
-        let out = exec_gated()?;
-        if want_backend == "lsm" {
-            // The pinned LSM programs still refuse the exec.
-            ensure(harness::stdout(&out) == "errno=1", || format!("exec after stop: {:?} {}", out.status, harness::stdout(&out)))
-        } else {
-            // fanotify stopped with the daemon; the pinned exec backstop kills the new image
-            // of a deny-gated binary before its first instruction.
-            ensure(out.status.signal() == Some(libc::SIGKILL), || format!("exec after stop: {:?} {}", out.status, harness::stdout(&out)))
-        }
-    })());
-    r.check("removing_the_pins_ends_gating_nothing_left_behind", (|| {
-        ensure(pins.remove(), || format!("pins left in {}", harness::pin_dir().display()))?;
-        let out = exec_gated()?;
-        ensure(out.status.success(), || format!("exec after unpinning: {:?} {}", out.status, harness::stdout(&out)))
-    })());
+    r.check(
+        "gating_outlives_the_daemon_through_pinned_programs",
+        (|| {
+            use std::os::unix::process::ExitStatusExt as _;
+            let out = exec_gated()?;
+            if want_backend == "lsm" {
+                // The pinned LSM programs still refuse the exec.
+                ensure(harness::stdout(&out) == "errno=1", || {
+                    format!(
+                        "exec after stop: {:?} {}",
+                        out.status,
+                        harness::stdout(&out)
+                    )
+                })
+            } else {
+                // fanotify stopped with the daemon; the pinned exec backstop kills the new image
+                // of a deny-gated binary before its first instruction.
+                ensure(out.status.signal() == Some(libc::SIGKILL), || {
+                    format!(
+                        "exec after stop: {:?} {}",
+                        out.status,
+                        harness::stdout(&out)
+                    )
+                })
+            }
+        })(),
+    );
+    r.check(
+        "removing_the_pins_ends_gating_nothing_left_behind",
+        (|| {
+            ensure(pins.remove(), || {
+                format!("pins left in {}", harness::pin_dir().display())
+            })?;
+            let out = exec_gated()?;
+            ensure(out.status.success(), || {
+                format!(
+                    "exec after unpinning: {:?} {}",
+                    out.status,
+                    harness::stdout(&out)
+                )
+            })
+        })(),
+    );
     if r.failed > 0 {
         println!("--- airlockd log ---\n{}", daemon.log_text());
     }
@@ -194,14 +294,28 @@ fn main() -> ExitCode {
     drop(fx);
     holds::run_all(&mut r, &a.bin_dir, &me, &base, want_backend == "lsm");
     server::run_all(&mut r, &a.bin_dir, &me, &base, a.tier == "host");
-    r.check("test_cgroups_and_pins_removed", (|| {
-        ensure(pins.remove(), || format!("pins left in {}", harness::pin_dir().display()))?;
-        ensure(cg.is_some_and(|p| !p.exists()), || "cgroup left behind".into())
-    })());
+    r.check(
+        "test_cgroups_and_pins_removed",
+        (|| {
+            ensure(pins.remove(), || {
+                format!("pins left in {}", harness::pin_dir().display())
+            })?;
+            ensure(cg.is_some_and(|p| !p.exists()), || {
+                "cgroup left behind".into()
+            })
+        })(),
+    );
     finish(&r)
 }
 
 fn finish(r: &Report) -> ExitCode {
-    println!("e2e: {} passed, {} failed, {} skipped", r.passed, r.failed, r.skipped);
-    if r.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    println!(
+        "e2e: {} passed, {} failed, {} skipped",
+        r.passed, r.failed, r.skipped
+    );
+    if r.failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -9,7 +9,10 @@ fn c(p: &str) -> CString {
 
 fn report(rc: i64) -> ! {
     if rc < 0 {
-        println!("errno={}", std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+        println!(
+            "errno={}",
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+        );
     } else {
         println!("ok");
     }
@@ -18,10 +21,12 @@ fn report(rc: i64) -> ! {
 
 /// Runs `op` with `args`; never returns.
 pub fn run(op: &str, args: &[String]) -> ! {
-    let a = |i: usize| args.get(i).map(String::as_str).unwrap_or_else(|| {
-        eprintln!("--op {op}: missing argument {i}");
-        std::process::exit(2)
-    });
+    let a = |i: usize| {
+        args.get(i).map(String::as_str).unwrap_or_else(|| {
+            eprintln!("--op {op}: missing argument {i}");
+            std::process::exit(2)
+        })
+    };
     // SAFETY: plain syscalls on NUL-terminated strings owned for the duration of each call.
     unsafe {
         match op {
@@ -31,7 +36,10 @@ pub fn run(op: &str, args: &[String]) -> ! {
                 let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
                 ptrs.push(std::ptr::null());
                 libc::execv(path.as_ptr(), ptrs.as_ptr());
-                println!("errno={}", std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+                println!(
+                    "errno={}",
+                    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+                );
                 std::process::exit(111)
             }
             "fdexec" => {
@@ -47,7 +55,10 @@ pub fn run(op: &str, args: &[String]) -> ! {
                 let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
                 ptrs.push(std::ptr::null());
                 libc::execv(c(&p).as_ptr(), ptrs.as_ptr());
-                println!("errno={}", std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+                println!(
+                    "errno={}",
+                    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+                );
                 std::process::exit(111)
             }
             "write" => {
@@ -59,7 +70,11 @@ pub fn run(op: &str, args: &[String]) -> ! {
             }
             "trunc" => report(libc::open(c(a(0)).as_ptr(), libc::O_WRONLY | libc::O_TRUNC) as i64),
             "read" => report(libc::open(c(a(0)).as_ptr(), libc::O_RDONLY) as i64),
-            "create" => report(libc::open(c(a(0)).as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o644) as i64),
+            "create" => report(libc::open(
+                c(a(0)).as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                0o644,
+            ) as i64),
             "unlink" => report(libc::unlink(c(a(0)).as_ptr()) as i64),
             "rename" => report(libc::rename(c(a(0)).as_ptr(), c(a(1)).as_ptr()) as i64),
             "link" => report(libc::link(c(a(0)).as_ptr(), c(a(1)).as_ptr()) as i64),
@@ -90,7 +105,14 @@ pub fn run(op: &str, args: &[String]) -> ! {
                 let mut out = Vec::new();
                 for _ in 0..2 {
                     let fd = libc::open(c(a(0)).as_ptr(), libc::O_WRONLY | libc::O_APPEND);
-                    out.push(if fd < 0 { format!("errno={}", std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) } else { "ok".into() });
+                    out.push(if fd < 0 {
+                        format!(
+                            "errno={}",
+                            std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+                        )
+                    } else {
+                        "ok".into()
+                    });
                     if fd >= 0 {
                         libc::close(fd);
                     }
@@ -110,7 +132,10 @@ pub fn run(op: &str, args: &[String]) -> ! {
                             b.wait();
                             let fd = libc::open(c(&p).as_ptr(), libc::O_WRONLY | libc::O_APPEND);
                             if fd < 0 {
-                                format!("errno={}", std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+                                format!(
+                                    "errno={}",
+                                    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+                                )
                             } else {
                                 libc::close(fd);
                                 "ok".to_string()
@@ -118,7 +143,10 @@ pub fn run(op: &str, args: &[String]) -> ! {
                         })
                     })
                     .collect();
-                let out: Vec<String> = hs.into_iter().map(|h| h.join().unwrap_or_else(|_| "panic".into())).collect();
+                let out: Vec<String> = hs
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| "panic".into()))
+                    .collect();
                 println!("{}", out.join(" "));
                 std::process::exit(0)
             }

@@ -26,7 +26,10 @@ pub struct ServerProc {
 impl ServerProc {
     /// Starts `airlock-server serve --dir DIR` (log in DIR/server.log).
     pub fn start(bin_dir: &Path, dir: &Path) -> anyhow::Result<ServerProc> {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log"))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))?;
         let child = Command::new(bin_dir.join("airlock-server"))
             .args(["serve", "--dir"])
             .arg(dir)
@@ -36,7 +39,10 @@ impl ServerProc {
             .process_group(0)
             .spawn()
             .context("spawning airlock-server")?;
-        Ok(ServerProc { child: Some(child), log: dir.join("server.log") })
+        Ok(ServerProc {
+            child: Some(child),
+            log: dir.join("server.log"),
+        })
     }
 
     fn kill(&mut self) {
@@ -50,7 +56,9 @@ impl ServerProc {
     fn hup(&self) -> anyhow::Result<()> {
         let pid = self.child.as_ref().context("server not running")?.id();
         // SAFETY: signalling our own child by PID.
-        ensure(unsafe { libc::kill(pid as i32, libc::SIGHUP) } == 0, || "kill -HUP failed".into())
+        ensure(unsafe { libc::kill(pid as i32, libc::SIGHUP) } == 0, || {
+            "kill -HUP failed".into()
+        })
     }
 
     fn log_text(&self) -> String {
@@ -85,12 +93,20 @@ impl Drop for Fixture {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
     let o = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    ensure(o.status.success(), || format!("{cmd:?} failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr)))?;
+    ensure(o.status.success(), || {
+        format!(
+            "{cmd:?} failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })?;
     Ok(stdout(&o))
 }
 
@@ -98,23 +114,56 @@ fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
 /// `config`. Returns the URL and the listen address.
 pub fn init_server(bin_dir: &Path, sdir: &Path, config: &str) -> anyhow::Result<(String, String)> {
     let listen = format!("127.0.0.1:{}", free_port()?);
-    run_ok(Command::new(bin_dir.join("airlock-server")).args(["init", "--dir"]).arg(sdir).args(["--listen", &listen]))?;
-    std::fs::write(sdir.join("server.yaml"), format!("listen: {listen}\n{config}"))?;
+    run_ok(
+        Command::new(bin_dir.join("airlock-server"))
+            .args(["init", "--dir"])
+            .arg(sdir)
+            .args(["--listen", &listen]),
+    )?;
+    std::fs::write(
+        sdir.join("server.yaml"),
+        format!("listen: {listen}\n{config}"),
+    )?;
     Ok((format!("https://{listen}"), listen))
 }
 
 /// `airlock-server tokens issue PRINCIPAL`.
 pub fn issue_token(bin_dir: &Path, sdir: &Path, principal: &str) -> anyhow::Result<String> {
-    run_ok(Command::new(bin_dir.join("airlock-server")).args(["tokens", "issue", principal, "--dir"]).arg(sdir))
+    run_ok(
+        Command::new(bin_dir.join("airlock-server"))
+            .args(["tokens", "issue", principal, "--dir"])
+            .arg(sdir),
+    )
 }
 
 /// `airlock-server hosts enroll HOST` then `airlock enroll` into `identity` (retried while the
 /// server starts).
-pub fn enroll(bin_dir: &Path, sdir: &Path, url: &str, host: &str, identity: &Path) -> anyhow::Result<()> {
-    let token = run_ok(Command::new(bin_dir.join("airlock-server")).args(["hosts", "enroll", host, "--labels", "env=e2e", "--dir"]).arg(sdir))?;
+pub fn enroll(
+    bin_dir: &Path,
+    sdir: &Path,
+    url: &str,
+    host: &str,
+    identity: &Path,
+) -> anyhow::Result<()> {
+    let token = run_ok(
+        Command::new(bin_dir.join("airlock-server"))
+            .args(["hosts", "enroll", host, "--labels", "env=e2e", "--dir"])
+            .arg(sdir),
+    )?;
     let deadline = Instant::now() + WAIT;
     loop {
-        match run_ok(Command::new(bin_dir.join("airlock")).args(["enroll", "--server", url, "--token", &token, "--identity-dir"]).arg(identity)) {
+        match run_ok(
+            Command::new(bin_dir.join("airlock"))
+                .args([
+                    "enroll",
+                    "--server",
+                    url,
+                    "--token",
+                    &token,
+                    "--identity-dir",
+                ])
+                .arg(identity),
+        ) {
             Ok(_) => return Ok(()),
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
             Err(e) => return Err(e),
@@ -160,7 +209,7 @@ impl Fixture {
         let (url, _) = init_server(
             bin_dir,
             &sdir,
-                "principals:\n  alice:\n    groups: [sre]\n  bob:\n    groups: [sre]\n  carol:\n    groups: [dba]\n\
+            "principals:\n  alice:\n    groups: [sre]\n  bob:\n    groups: [sre]\n  carol:\n    groups: [dba]\n\
                  \x20 operator:\n    groups: [sre]\n    host_users: [root]\n\
                  routes:\n  - name: pair\n    match:\n      rules: [pair-tool]\n    approvers: [sre]\n    threshold: 2\n\
                  \x20 - name: default\n    approvers: [sre]\n",
@@ -169,7 +218,18 @@ impl Fixture {
         for p in ["alice", "bob", "carol", "operator"] {
             tokens.insert(p, issue_token(bin_dir, &sdir, p)?);
         }
-        Ok(Fixture { dir, sdir, url, held, pair, short, policy, outside_cg, tokens, _cg: cg })
+        Ok(Fixture {
+            dir,
+            sdir,
+            url,
+            held,
+            pair,
+            short,
+            policy,
+            outside_cg,
+            tokens,
+            _cg: cg,
+        })
     }
 
     fn enroll(&self, bin_dir: &Path) -> anyhow::Result<PathBuf> {
@@ -201,7 +261,12 @@ impl Ctx<'_> {
 
     fn remote_ok(&self, who: &str, args: &[&str]) -> anyhow::Result<String> {
         let o = self.remote(who, args)?;
-        ensure(o.status.success(), || format!("{who}: airlock {args:?}: {}", String::from_utf8_lossy(&o.stderr)))?;
+        ensure(o.status.success(), || {
+            format!(
+                "{who}: airlock {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })?;
         Ok(stdout(&o))
     }
 
@@ -213,7 +278,24 @@ impl Ctx<'_> {
         let t = tool.to_string_lossy().to_string();
         Spawned::start(
             &self.fx.outside_cg,
-            &[&airlock, "run", "--agent", "e2esrv", "--state-dir", &sd, "--reason", "e2e remote", "--", &me, "--op", "exec", &t, "--op", "echo", word],
+            &[
+                &airlock,
+                "run",
+                "--agent",
+                "e2esrv",
+                "--state-dir",
+                &sd,
+                "--reason",
+                "e2e remote",
+                "--",
+                &me,
+                "--op",
+                "exec",
+                &t,
+                "--op",
+                "echo",
+                word,
+            ],
         )
     }
 
@@ -224,12 +306,17 @@ impl Ctx<'_> {
             let o = self.remote("alice", &["pending", "--json"])?;
             if o.status.success()
                 && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout)
-                && let Some(r) = v.as_array().and_then(|a| a.iter().find(|r| r["context"]["rule"] == rule).cloned())
+                && let Some(r) = v
+                    .as_array()
+                    .and_then(|a| a.iter().find(|r| r["context"]["rule"] == rule).cloned())
             {
                 return Ok(r);
             }
             if Instant::now() > deadline {
-                bail!("no request of rule {rule} at the server after {WAIT:?}: {}", String::from_utf8_lossy(&o.stderr));
+                bail!(
+                    "no request of rule {rule} at the server after {WAIT:?}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -237,7 +324,13 @@ impl Ctx<'_> {
 
     /// The host's own record of request `id`.
     fn local(&self, id: &str) -> Option<serde_json::Value> {
-        let b = std::fs::read(self.daemon.state_dir.join("requests").join(format!("{id}.json"))).ok()?;
+        let b = std::fs::read(
+            self.daemon
+                .state_dir
+                .join("requests")
+                .join(format!("{id}.json")),
+        )
+        .ok()?;
         serde_json::from_slice(&b).ok()
     }
 
@@ -274,147 +367,255 @@ pub const CASES: &[(&str, Case)] = &[
         let child = c.spawn(&c.fx.held, "remote-ok")?;
         let r = c.wait_pending_at_server("held-tool")?;
         let id = r["id"].as_str().unwrap_or_default().to_string();
-        ensure(r["context"]["host"] == HOST, || format!("host is the certificate's: {}", r["context"]["host"]))?;
-        ensure(r["holders"].as_array().is_none_or(|h| h.is_empty()), || format!("holders reached the server: {r}"))?;
+        ensure(r["context"]["host"] == HOST, || {
+            format!("host is the certificate's: {}", r["context"]["host"])
+        })?;
+        ensure(r["holders"].as_array().is_none_or(|h| h.is_empty()), || {
+            format!("holders reached the server: {r}")
+        })?;
         ensure(id.len() == 26, || format!("fleet-unique id: {id}"))?;
         let listed = c.remote_ok("alice", &["pending", "--host", HOST])?;
-        ensure(listed.contains(&id) && listed.contains(HOST), || format!("pending table: {listed}"))?;
+        ensure(listed.contains(&id) && listed.contains(HOST), || {
+            format!("pending table: {listed}")
+        })?;
         c.remote_ok("alice", &["approve", &id])?;
         let o = child.finish(WAIT)?;
-        ensure(stdout(&o).ends_with("remote-ok") && o.status.success(), || format!("approved: {}", said(&o)))?;
+        ensure(
+            stdout(&o).ends_with("remote-ok") && o.status.success(),
+            || format!("approved: {}", said(&o)),
+        )?;
         let l = c.local(&id).context("local record")?;
-        ensure(l["decision"]["by"]["principal"] == "alice" && l["decision"]["by"]["via"] == "server", || format!("local record: {l}"))
+        ensure(
+            l["decision"]["by"]["principal"] == "alice" && l["decision"]["by"]["via"] == "server",
+            || format!("local record: {l}"),
+        )
     }),
     ("server_denied_exec_fails_with_eperm", |c| {
         let child = c.spawn(&c.fx.held, "must-not-run")?;
-        let id = c.wait_pending_at_server("held-tool")?["id"].as_str().unwrap_or_default().to_string();
+        let id = c.wait_pending_at_server("held-tool")?["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         c.remote_ok("bob", &["deny", &id, "--reason", "not from here"])?;
         let o = child.finish(WAIT)?;
-        ensure(stdout(&o).ends_with("errno=1"), || format!("denied: {}", said(&o)))
+        ensure(stdout(&o).ends_with("errno=1"), || {
+            format!("denied: {}", said(&o))
+        })
     }),
     ("two_of_two_route_needs_two_different_principals", |c| {
         let mut child = c.spawn(&c.fx.pair, "pair-ok")?;
-        let id = c.wait_pending_at_server("pair-tool")?["id"].as_str().unwrap_or_default().to_string();
+        let id = c.wait_pending_at_server("pair-tool")?["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let first = c.remote_ok("alice", &["approve", &id])?;
         ensure(first.contains("1 of 2"), || format!("first vote: {first}"))?;
         std::thread::sleep(Duration::from_millis(500));
-        ensure(child.running(), || "released after one approval of two".into())?;
+        ensure(child.running(), || {
+            "released after one approval of two".into()
+        })?;
         let again = c.remote("alice", &["approve", &id])?;
-        ensure(!again.status.success() && said(&again).contains("already voted"), || format!("same principal twice: {}", said(&again)))?;
-        ensure(child.running(), || "released after the same principal voted twice".into())?;
+        ensure(
+            !again.status.success() && said(&again).contains("already voted"),
+            || format!("same principal twice: {}", said(&again)),
+        )?;
+        ensure(child.running(), || {
+            "released after the same principal voted twice".into()
+        })?;
         c.remote_ok("bob", &["approve", &id])?;
         let o = child.finish(WAIT)?;
-        ensure(stdout(&o).ends_with("pair-ok"), || format!("after two approvals: {}", said(&o)))
+        ensure(stdout(&o).ends_with("pair-ok"), || {
+            format!("after two approvals: {}", said(&o))
+        })
     }),
-    ("the_agents_launcher_cannot_approve_and_a_wrong_group_token_is_refused", |c| {
-        let mut child = c.spawn(&c.fx.held, "self-ok")?;
-        let id = c.wait_pending_at_server("held-tool")?["id"].as_str().unwrap_or_default().to_string();
-        let own = c.remote("operator", &["approve", &id])?;
-        ensure(!own.status.success() && said(&own).to_lowercase().contains("launch"), || format!("launcher's approval: {}", said(&own)))?;
-        let wrong = c.remote("carol", &["approve", &id])?;
-        ensure(!wrong.status.success() && said(&wrong).contains("carol"), || format!("dba's approval: {}", said(&wrong)))?;
-        std::thread::sleep(Duration::from_millis(300));
-        ensure(child.running(), || "released by a refused approval".into())?;
-        c.remote_ok("alice", &["approve", &id])?;
-        let o = child.finish(WAIT)?;
-        ensure(stdout(&o).ends_with("self-ok"), || format!("after alice: {}", said(&o)))
-    }),
-    ("server_killed_mid_hold_then_restarted_delivers_the_decision", |c| {
-        let child = c.spawn(&c.fx.held, "survived")?;
-        let id = c.wait_pending_at_server("held-tool")?["id"].as_str().unwrap_or_default().to_string();
-        c.server.borrow_mut().kill();
-        c.link_up(false)?;
-        c.restart_server()?;
-        c.remote_ok("alice", &["approve", &id])?;
-        let o = child.finish(WAIT)?;
-        ensure(stdout(&o).ends_with("survived"), || format!("after the restart: {}", said(&o)))
-    }),
-    ("server_unreachable_past_the_deadline_applies_on_timeout_and_reports_it_later", |c| {
-        c.server.borrow_mut().kill();
-        c.link_up(false)?;
-        let t0 = Instant::now();
-        let child = c.spawn(&c.fx.short, "must-not-run")?;
-        let o = child.finish(WAIT)?;
-        ensure(stdout(&o).ends_with("errno=1") && t0.elapsed() >= Duration::from_secs(3), || format!("timed out: {} after {:?}", said(&o), t0.elapsed()))?;
-        c.restart_server()?;
-        // The host re-sends the outcome it could not deliver.
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let o = c.remote("alice", &["pending", "--json"])?;
-            let still = String::from_utf8_lossy(&o.stdout).contains("short-tool");
-            if o.status.success() && !still {
-                return Ok(());
+    (
+        "the_agents_launcher_cannot_approve_and_a_wrong_group_token_is_refused",
+        |c| {
+            let mut child = c.spawn(&c.fx.held, "self-ok")?;
+            let id = c.wait_pending_at_server("held-tool")?["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let own = c.remote("operator", &["approve", &id])?;
+            ensure(
+                !own.status.success() && said(&own).to_lowercase().contains("launch"),
+                || format!("launcher's approval: {}", said(&own)),
+            )?;
+            let wrong = c.remote("carol", &["approve", &id])?;
+            ensure(
+                !wrong.status.success() && said(&wrong).contains("carol"),
+                || format!("dba's approval: {}", said(&wrong)),
+            )?;
+            std::thread::sleep(Duration::from_millis(300));
+            ensure(child.running(), || "released by a refused approval".into())?;
+            c.remote_ok("alice", &["approve", &id])?;
+            let o = child.finish(WAIT)?;
+            ensure(stdout(&o).ends_with("self-ok"), || {
+                format!("after alice: {}", said(&o))
+            })
+        },
+    ),
+    (
+        "server_killed_mid_hold_then_restarted_delivers_the_decision",
+        |c| {
+            let child = c.spawn(&c.fx.held, "survived")?;
+            let id = c.wait_pending_at_server("held-tool")?["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            c.server.borrow_mut().kill();
+            c.link_up(false)?;
+            c.restart_server()?;
+            c.remote_ok("alice", &["approve", &id])?;
+            let o = child.finish(WAIT)?;
+            ensure(stdout(&o).ends_with("survived"), || {
+                format!("after the restart: {}", said(&o))
+            })
+        },
+    ),
+    (
+        "server_unreachable_past_the_deadline_applies_on_timeout_and_reports_it_later",
+        |c| {
+            c.server.borrow_mut().kill();
+            c.link_up(false)?;
+            let t0 = Instant::now();
+            let child = c.spawn(&c.fx.short, "must-not-run")?;
+            let o = child.finish(WAIT)?;
+            ensure(
+                stdout(&o).ends_with("errno=1") && t0.elapsed() >= Duration::from_secs(3),
+                || format!("timed out: {} after {:?}", said(&o), t0.elapsed()),
+            )?;
+            c.restart_server()?;
+            // The host re-sends the outcome it could not deliver.
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let o = c.remote("alice", &["pending", "--json"])?;
+                let still = String::from_utf8_lossy(&o.stdout).contains("short-tool");
+                if o.status.success() && !still {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    bail!("the server still lists the timed-out request as pending");
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
-            if Instant::now() > deadline {
-                bail!("the server still lists the timed-out request as pending");
+        },
+    ),
+    (
+        "local_break_glass_works_while_the_server_is_down_and_is_recorded_as_such",
+        |c| {
+            c.server.borrow_mut().kill();
+            c.link_up(false)?;
+            let child = c.spawn(&c.fx.held, "glass")?;
+            let deadline = Instant::now() + WAIT;
+            let id = loop {
+                let o = Command::new(c.bin_dir.join("airlock"))
+                    .args(["pending", "--json", "--state-dir"])
+                    .arg(&c.daemon.state_dir)
+                    .output()?;
+                let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+                if let Some(id) = v
+                    .as_array()
+                    .and_then(|a| a.first())
+                    .and_then(|r| r["id"].as_str())
+                {
+                    break id.to_string();
+                }
+                if Instant::now() > deadline {
+                    bail!("no local pending request");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            let o = Command::new(c.bin_dir.join("airlock"))
+                .args(["approve", &id, "--state-dir"])
+                .arg(&c.daemon.state_dir)
+                .output()?;
+            ensure(o.status.success(), || {
+                format!("break-glass approve: {}", said(&o))
+            })?;
+            let out = child.finish(WAIT)?;
+            ensure(stdout(&out).ends_with("glass"), || {
+                format!("after break-glass: {}", said(&out))
+            })?;
+            let l = c.local(&id).context("local record")?;
+            ensure(l["decision"]["by"]["via"] == "cli-break-glass", || {
+                format!("recorded as: {}", l["decision"]["by"])
+            })?;
+            c.restart_server()
+        },
+    ),
+    (
+        "config_reload_refuses_a_bad_config_and_applies_a_good_one_to_linked_hosts",
+        |c| {
+            let path = c.fx.sdir.join("server.yaml");
+            let good = std::fs::read_to_string(&path)?;
+            // A typo: refused on SIGHUP; the config in force (alice approves) stays.
+            std::fs::write(&path, good.replace("approvers: [sre]", "aprovers: [sre]"))?;
+            c.server.borrow().hup()?;
+            std::thread::sleep(Duration::from_millis(500));
+            let log = c.server.borrow().log_text();
+            ensure(
+                log.contains("config reload refused") && log.contains("aprovers"),
+                || format!("server log:\n{log}"),
+            )?;
+            let child = c.spawn(&c.fx.held, "still-good")?;
+            let id = c.wait_pending_at_server("held-tool")?["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            c.remote_ok("alice", &["approve", &id])?;
+            ensure(stdout(&child.finish(WAIT)?).ends_with("still-good"), || {
+                "approval under the kept config".into()
+            })?;
+            // A good change: break-glass forbidden by the server reaches the host.
+            std::fs::write(&path, format!("break_glass: false\n{good}"))?;
+            c.server.borrow().hup()?;
+            let deadline = Instant::now() + WAIT;
+            while c.daemon.status().unwrap_or_default()["link"]["local_decisions"] != "forbidden" {
+                if Instant::now() > deadline {
+                    bail!(
+                        "the host did not apply break_glass: false: {}",
+                        c.daemon.status().unwrap_or_default()["link"]
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }),
-    ("local_break_glass_works_while_the_server_is_down_and_is_recorded_as_such", |c| {
-        c.server.borrow_mut().kill();
-        c.link_up(false)?;
-        let child = c.spawn(&c.fx.held, "glass")?;
-        let deadline = Instant::now() + WAIT;
-        let id = loop {
-            let o = Command::new(c.bin_dir.join("airlock")).args(["pending", "--json", "--state-dir"]).arg(&c.daemon.state_dir).output()?;
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-            if let Some(id) = v.as_array().and_then(|a| a.first()).and_then(|r| r["id"].as_str()) {
-                break id.to_string();
-            }
-            if Instant::now() > deadline {
-                bail!("no local pending request");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let o = Command::new(c.bin_dir.join("airlock")).args(["approve", &id, "--state-dir"]).arg(&c.daemon.state_dir).output()?;
-        ensure(o.status.success(), || format!("break-glass approve: {}", said(&o)))?;
-        let out = child.finish(WAIT)?;
-        ensure(stdout(&out).ends_with("glass"), || format!("after break-glass: {}", said(&out)))?;
-        let l = c.local(&id).context("local record")?;
-        ensure(l["decision"]["by"]["via"] == "cli-break-glass", || format!("recorded as: {}", l["decision"]["by"]))?;
-        c.restart_server()
-    }),
-    ("config_reload_refuses_a_bad_config_and_applies_a_good_one_to_linked_hosts", |c| {
-        let path = c.fx.sdir.join("server.yaml");
-        let good = std::fs::read_to_string(&path)?;
-        // A typo: refused on SIGHUP; the config in force (alice approves) stays.
-        std::fs::write(&path, good.replace("approvers: [sre]", "aprovers: [sre]"))?;
-        c.server.borrow().hup()?;
-        std::thread::sleep(Duration::from_millis(500));
-        let log = c.server.borrow().log_text();
-        ensure(log.contains("config reload refused") && log.contains("aprovers"), || format!("server log:\n{log}"))?;
-        let child = c.spawn(&c.fx.held, "still-good")?;
-        let id = c.wait_pending_at_server("held-tool")?["id"].as_str().unwrap_or_default().to_string();
-        c.remote_ok("alice", &["approve", &id])?;
-        ensure(stdout(&child.finish(WAIT)?).ends_with("still-good"), || "approval under the kept config".into())?;
-        // A good change: break-glass forbidden by the server reaches the host.
-        std::fs::write(&path, format!("break_glass: false\n{good}"))?;
-        c.server.borrow().hup()?;
-        let deadline = Instant::now() + WAIT;
-        while c.daemon.status().unwrap_or_default()["link"]["local_decisions"] != "forbidden" {
-            if Instant::now() > deadline {
-                bail!("the host did not apply break_glass: false: {}", c.daemon.status().unwrap_or_default()["link"]);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let child = c.spawn(&c.fx.held, "must-not-run")?;
-        let id = c.wait_pending_at_server("held-tool")?["id"].as_str().unwrap_or_default().to_string();
-        let o = Command::new(c.bin_dir.join("airlock")).args(["approve", &id, "--state-dir"]).arg(&c.daemon.state_dir).output()?;
-        ensure(!o.status.success() && said(&o).contains("break-glass"), || format!("local approve with break-glass forbidden: {}", said(&o)))?;
-        c.remote_ok("alice", &["deny", &id, "--reason", "cleanup"])?;
-        ensure(stdout(&child.finish(WAIT)?).ends_with("errno=1"), || "denied".into())?;
-        std::fs::write(&path, good)?;
-        c.server.borrow().hup()
-    }),
+            let child = c.spawn(&c.fx.held, "must-not-run")?;
+            let id = c.wait_pending_at_server("held-tool")?["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let o = Command::new(c.bin_dir.join("airlock"))
+                .args(["approve", &id, "--state-dir"])
+                .arg(&c.daemon.state_dir)
+                .output()?;
+            ensure(
+                !o.status.success() && said(&o).contains("break-glass"),
+                || format!("local approve with break-glass forbidden: {}", said(&o)),
+            )?;
+            c.remote_ok("alice", &["deny", &id, "--reason", "cleanup"])?;
+            ensure(stdout(&child.finish(WAIT)?).ends_with("errno=1"), || {
+                "denied".into()
+            })?;
+            std::fs::write(&path, good)?;
+            c.server.borrow().hup()
+        },
+    ),
     ("a_revoked_host_is_cut_off_and_refused", |c| {
-        run_ok(Command::new(c.bin_dir.join("airlock-server")).args(["hosts", "revoke", HOST, "--dir"]).arg(&c.fx.sdir))?;
+        run_ok(
+            Command::new(c.bin_dir.join("airlock-server"))
+                .args(["hosts", "revoke", HOST, "--dir"])
+                .arg(&c.fx.sdir),
+        )?;
         c.link_up(false)?;
         // It stays refused: the daemon's reconnects are turned away.
         std::thread::sleep(Duration::from_secs(2));
         c.link_up(false)?;
         let log = c.daemon.log_text();
-        ensure(log.contains("revoked") || log.contains("PermissionDenied"), || format!("daemon log lacks the refusal:\n{log}"))
+        ensure(
+            log.contains("revoked") || log.contains("PermissionDenied"),
+            || format!("daemon log lacks the refusal:\n{log}"),
+        )
     }),
 ];
 
@@ -439,11 +640,23 @@ pub fn run_all(r: &mut Report, bin_dir: &Path, me: &Path, base: &Path, all: bool
     r.check("host_enrolls_with_a_one_time_token", Ok(()));
     let idp = id.to_string_lossy().to_string();
     let state = fx.dir.join("state");
-    let daemon = match Daemon::start_with(bin_dir, &fx.policy, &state, "auto", &["--server", &fx.url, "--identity-dir", &idp]) {
+    let daemon = match Daemon::start_with(
+        bin_dir,
+        &fx.policy,
+        &state,
+        "auto",
+        &["--server", &fx.url, "--identity-dir", &idp],
+    ) {
         Ok(d) => d,
         Err(e) => return r.check("airlockd_starts_linked", Err(e)),
     };
-    let ctx = Ctx { fx: &fx, daemon: &daemon, server: std::cell::RefCell::new(server), me: me.to_path_buf(), bin_dir: bin_dir.to_path_buf() };
+    let ctx = Ctx {
+        fx: &fx,
+        daemon: &daemon,
+        server: std::cell::RefCell::new(server),
+        me: me.to_path_buf(),
+        bin_dir: bin_dir.to_path_buf(),
+    };
     r.check("airlockd_links_to_the_server", ctx.link_up(true));
     let before = r.failed;
     for (name, f) in CASES.iter().take(if all { CASES.len() } else { 2 }) {
@@ -451,6 +664,9 @@ pub fn run_all(r: &mut Report, bin_dir: &Path, me: &Path, base: &Path, all: bool
     }
     if r.failed > before {
         println!("--- airlockd (server) log ---\n{}", daemon.log_text());
-        println!("--- airlock-server log ---\n{}", ctx.server.borrow().log_text());
+        println!(
+            "--- airlock-server log ---\n{}",
+            ctx.server.borrow().log_text()
+        );
     }
 }

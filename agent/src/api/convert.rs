@@ -22,17 +22,28 @@ fn holder_to_proto(h: &Holder) -> pb::Holder {
         HoldKind::Parked { token } => (pb::HoldKind::Parked, token),
         HoldKind::AfterExec => (pb::HoldKind::AfterExec, 0),
     };
-    pb::Holder { tid: h.tid, tgid: h.tgid, how: how as i32, parked_token }
+    pb::Holder {
+        tid: h.tid,
+        tgid: h.tgid,
+        how: how as i32,
+        parked_token,
+    }
 }
 
 fn holder_from_proto(h: pb::Holder) -> Result<Holder, ConvertError> {
     let how = match pb::HoldKind::try_from(h.how) {
         Ok(pb::HoldKind::Restart) => HoldKind::Restart,
-        Ok(pb::HoldKind::Parked) => HoldKind::Parked { token: h.parked_token },
+        Ok(pb::HoldKind::Parked) => HoldKind::Parked {
+            token: h.parked_token,
+        },
         Ok(pb::HoldKind::AfterExec) => HoldKind::AfterExec,
         _ => return Err(unknown("holders.how", h.how)),
     };
-    Ok(Holder { tid: h.tid, tgid: h.tgid, how })
+    Ok(Holder {
+        tid: h.tid,
+        tgid: h.tgid,
+        how,
+    })
 }
 
 /// A request as sent on the host's own socket: everything, holders included.
@@ -74,7 +85,9 @@ pub fn request_to_link(r: &Request) -> pb::HoldRequest {
 /// A request received from the wire. A request from airlock-server carries no holders.
 pub fn request_from_proto(r: pb::HoldRequest) -> Result<Request, ConvertError> {
     let key = r.key.ok_or(ConvertError::Missing { field: "key" })?;
-    let context = r.context.ok_or(ConvertError::Missing { field: "context" })?;
+    let context = r
+        .context
+        .ok_or(ConvertError::Missing { field: "context" })?;
     Ok(Request {
         id: r.id,
         state: ac::state_from_proto(r.state)?,
@@ -85,7 +98,11 @@ pub fn request_from_proto(r: pb::HoldRequest) -> Result<Request, ConvertError> {
             ino: key.ino,
             argv_hash: key.argv_hash,
         },
-        holders: r.holders.into_iter().map(holder_from_proto).collect::<Result<_, _>>()?,
+        holders: r
+            .holders
+            .into_iter()
+            .map(holder_from_proto)
+            .collect::<Result<_, _>>()?,
         attempts: r.attempts,
         created_unix_ms: r.created_unix_ms,
         deadline_unix_ms: r.deadline_unix_ms,
@@ -109,7 +126,10 @@ pub(crate) fn decide_from_proto(req: pb::DecideRequest) -> Result<(String, Decis
 mod tests {
     use super::*;
     use crate::event::Op;
-    use crate::hold::{Ancestor, Approver, DecisionRecord, Launcher, OnTimeout, Release, RequestContext, RequestState};
+    use crate::hold::{
+        Ancestor, Approver, DecisionRecord, Launcher, OnTimeout, Release, RequestContext,
+        RequestState,
+    };
     use std::time::Duration;
     use tonic::{Code, Status};
 
@@ -117,11 +137,29 @@ mod tests {
         Request {
             id: "0a1b2c3d".into(),
             state: RequestState::Approved,
-            key: HoldKey { tgid: 10, op: Op::OpenWrite, dev: 8 << 20, ino: 42, argv_hash: 7 },
+            key: HoldKey {
+                tgid: 10,
+                op: Op::OpenWrite,
+                dev: 8 << 20,
+                ino: 42,
+                argv_hash: 7,
+            },
             holders: vec![
-                Holder { tid: 10, tgid: 10, how: HoldKind::Restart },
-                Holder { tid: 11, tgid: 10, how: HoldKind::Parked { token: 99 } },
-                Holder { tid: 12, tgid: 10, how: HoldKind::AfterExec },
+                Holder {
+                    tid: 10,
+                    tgid: 10,
+                    how: HoldKind::Restart,
+                },
+                Holder {
+                    tid: 11,
+                    tgid: 10,
+                    how: HoldKind::Parked { token: 99 },
+                },
+                Holder {
+                    tid: 12,
+                    tgid: 10,
+                    how: HoldKind::AfterExec,
+                },
             ],
             attempts: 3,
             created_unix_ms: 1_000,
@@ -145,7 +183,11 @@ mod tests {
                 euid: 0,
                 comm: "sh".into(),
                 exe: Some("/bin/sh".into()),
-                ancestry: vec![Ancestor { pid: 10, comm: "sh".into(), exe: None }],
+                ancestry: vec![Ancestor {
+                    pid: 10,
+                    comm: "sh".into(),
+                    exe: None,
+                }],
                 argv: vec!["sh".into(), "-c".into()],
                 argv_truncated: true,
                 cwd: Some("/src".into()),
@@ -163,7 +205,13 @@ mod tests {
                 for_ms: Some(600_000),
                 always: false,
                 reason: Some("ok".into()),
-                by: Some(Approver { uid: 0, pid: 5, user: None, via: "cli".into(), principal: None }),
+                by: Some(Approver {
+                    uid: 0,
+                    pid: 5,
+                    user: None,
+                    via: "cli".into(),
+                    principal: None,
+                }),
                 at_unix_ms: 2_000,
             }),
         }
@@ -173,18 +221,38 @@ mod tests {
     fn every_request_field_survives_the_wire() {
         let r = full_request();
         assert_eq!(request_from_proto(request_to_proto(&r)).unwrap(), r);
-        let pending = Request { state: RequestState::Pending, decision: None, ..full_request() };
-        assert_eq!(request_from_proto(request_to_proto(&pending)).unwrap(), pending);
+        let pending = Request {
+            state: RequestState::Pending,
+            decision: None,
+            ..full_request()
+        };
+        assert_eq!(
+            request_from_proto(request_to_proto(&pending)).unwrap(),
+            pending
+        );
     }
 
     #[test]
     fn every_op_maps_to_a_distinct_wire_value_and_back() {
         let ops = [
-            Op::Exec, Op::OpenWrite, Op::Create, Op::Unlink, Op::Rename, Op::Truncate,
-            Op::Link, Op::Chmod, Op::Chown, Op::Mkdir, Op::Rmdir, Op::Symlink,
+            Op::Exec,
+            Op::OpenWrite,
+            Op::Create,
+            Op::Unlink,
+            Op::Rename,
+            Op::Truncate,
+            Op::Link,
+            Op::Chmod,
+            Op::Chown,
+            Op::Mkdir,
+            Op::Rmdir,
+            Op::Symlink,
         ];
         for op in ops {
-            assert_eq!(airlock_approval::convert::op_from_proto("op", op_to_proto(op) as i32).unwrap(), op);
+            assert_eq!(
+                airlock_approval::convert::op_from_proto("op", op_to_proto(op) as i32).unwrap(),
+                op
+            );
         }
     }
 
@@ -192,10 +260,16 @@ mod tests {
     fn unknown_or_unspecified_enums_from_a_newer_peer_are_reported_not_guessed() {
         let mut w = request_to_proto(&full_request());
         w.state = 0;
-        assert_eq!(request_from_proto(w.clone()).unwrap_err(), unknown("state", 0));
+        assert_eq!(
+            request_from_proto(w.clone()).unwrap_err(),
+            unknown("state", 0)
+        );
         w.state = pb::RequestState::Pending as i32;
         w.context.as_mut().unwrap().op = 99;
-        assert_eq!(request_from_proto(w).unwrap_err(), unknown("context.op", 99));
+        assert_eq!(
+            request_from_proto(w).unwrap_err(),
+            unknown("context.op", 99)
+        );
     }
 
     fn invalid(req: pb::DecideRequest) -> Status {
@@ -207,25 +281,80 @@ mod tests {
         let ok = decide_to_proto("abc123", &Decision::Approve { for_: None });
         assert!(decide_from_proto(ok.clone()).is_ok());
         for (req, field) in [
-            (pb::DecideRequest { id: String::new(), ..ok.clone() }, "id:"),
-            (pb::DecideRequest { id: "ABC".into(), ..ok.clone() }, "id:"),
-            (pb::DecideRequest { id: "12-4".into(), ..ok.clone() }, "id:"),
-            (pb::DecideRequest { decision: None, ..ok.clone() }, "decision:"),
-            (decide_to_proto("abc", &Decision::Approve { for_: Some(Duration::ZERO) }), "approve.for_ms:"),
             (
-                decide_to_proto("abc", &Decision::Deny { always: false, reason: Some("x".repeat(MAX_REASON_LEN + 1)) }),
+                pb::DecideRequest {
+                    id: String::new(),
+                    ..ok.clone()
+                },
+                "id:",
+            ),
+            (
+                pb::DecideRequest {
+                    id: "ABC".into(),
+                    ..ok.clone()
+                },
+                "id:",
+            ),
+            (
+                pb::DecideRequest {
+                    id: "12-4".into(),
+                    ..ok.clone()
+                },
+                "id:",
+            ),
+            (
+                pb::DecideRequest {
+                    decision: None,
+                    ..ok.clone()
+                },
+                "decision:",
+            ),
+            (
+                decide_to_proto(
+                    "abc",
+                    &Decision::Approve {
+                        for_: Some(Duration::ZERO),
+                    },
+                ),
+                "approve.for_ms:",
+            ),
+            (
+                decide_to_proto(
+                    "abc",
+                    &Decision::Deny {
+                        always: false,
+                        reason: Some("x".repeat(MAX_REASON_LEN + 1)),
+                    },
+                ),
                 "deny.reason:",
             ),
         ] {
             let s = invalid(req);
             assert_eq!(s.code(), Code::InvalidArgument);
-            assert!(s.message().starts_with(field), "{field} in {:?}", s.message());
+            assert!(
+                s.message().starts_with(field),
+                "{field} in {:?}",
+                s.message()
+            );
         }
     }
 
     #[test]
     fn an_empty_deny_reason_means_no_reason() {
-        let (_, d) = decide_from_proto(decide_to_proto("ab", &Decision::Deny { always: true, reason: None })).unwrap();
-        assert_eq!(d, Decision::Deny { always: true, reason: None });
+        let (_, d) = decide_from_proto(decide_to_proto(
+            "ab",
+            &Decision::Deny {
+                always: true,
+                reason: None,
+            },
+        ))
+        .unwrap();
+        assert_eq!(
+            d,
+            Decision::Deny {
+                always: true,
+                reason: None
+            }
+        );
     }
 }

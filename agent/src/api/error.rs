@@ -14,7 +14,9 @@ use crate::hold::HoldError;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// `ApiConfig::group` names no group on this host.
-    #[error("socket group {group:?} does not exist (create it, or start airlockd without a socket group)")]
+    #[error(
+        "socket group {group:?} does not exist (create it, or start airlockd without a socket group)"
+    )]
     UnknownGroup { group: String },
     /// Looking up the socket group failed (NSS error).
     #[error("looking up socket group {group:?}: {source}")]
@@ -27,16 +29,28 @@ pub enum ApiError {
     InUse { socket: PathBuf },
     /// A filesystem step of setting up the socket failed.
     #[error("{} ({step}): {source}", socket.display())]
-    Socket { socket: PathBuf, step: &'static str, source: io::Error },
+    Socket {
+        socket: PathBuf,
+        step: &'static str,
+        source: io::Error,
+    },
     /// Changing the socket's group failed.
     #[error("{}: chown to group {group:?}: {source}", socket.display())]
-    Chown { socket: PathBuf, group: String, source: nix::Error },
+    Chown {
+        socket: PathBuf,
+        group: String,
+        source: nix::Error,
+    },
     /// The server task failed or panicked.
     #[error("approvals server: {0}")]
     Serve(String),
     /// The client could not reach the server.
     #[error("{}", connect_message(socket, *kind, detail))]
-    Connect { socket: PathBuf, kind: Option<io::ErrorKind>, detail: String },
+    Connect {
+        socket: PathBuf,
+        kind: Option<io::ErrorKind>,
+        detail: String,
+    },
 }
 
 impl ApiError {
@@ -53,7 +67,11 @@ impl ApiError {
             }
             cur = e.source();
         }
-        ApiError::Connect { socket: socket.to_path_buf(), kind, detail }
+        ApiError::Connect {
+            socket: socket.to_path_buf(),
+            kind,
+            detail,
+        }
     }
 }
 
@@ -62,14 +80,18 @@ fn connect_message(socket: &Path, kind: Option<io::ErrorKind>, detail: &str) -> 
     let s = socket.display();
     match kind {
         Some(io::ErrorKind::PermissionDenied) => {
-            format!("permission denied on {s}: add yourself to the group airlockd uses or run as root")
+            format!(
+                "permission denied on {s}: add yourself to the group airlockd uses or run as root"
+            )
         }
         Some(io::ErrorKind::NotFound) => format!(
             "cannot connect to airlockd: {s} does not exist; is airlockd running? \
              (choose another socket with --socket or AIRLOCK_SOCKET)"
         ),
         Some(io::ErrorKind::ConnectionRefused) => {
-            format!("cannot connect to airlockd: nothing listens on {s}; is airlockd running? (stale socket)")
+            format!(
+                "cannot connect to airlockd: nothing listens on {s}; is airlockd running? (stale socket)"
+            )
         }
         _ => format!("cannot connect to airlockd at {s}: {detail}"),
     }
@@ -96,7 +118,10 @@ pub(crate) enum Fault {
 
 impl Fault {
     pub(crate) fn invalid(field: &'static str, why: impl Into<String>) -> Fault {
-        Fault::Invalid { field, why: why.into() }
+        Fault::Invalid {
+            field,
+            why: why.into(),
+        }
     }
 }
 
@@ -151,9 +176,16 @@ mod tests {
             "permission denied on /run/airlock/airlock.sock: add yourself to the group airlockd uses or run as root"
         );
         let missing = connect_message(s, Some(io::ErrorKind::NotFound), "x");
-        assert!(missing.contains("/run/airlock/airlock.sock") && missing.contains("is airlockd running"), "{missing}");
+        assert!(
+            missing.contains("/run/airlock/airlock.sock")
+                && missing.contains("is airlockd running"),
+            "{missing}"
+        );
         let refused = connect_message(s, Some(io::ErrorKind::ConnectionRefused), "x");
-        assert!(refused.contains("nothing listens on /run/airlock/airlock.sock"), "{refused}");
+        assert!(
+            refused.contains("nothing listens on /run/airlock/airlock.sock"),
+            "{refused}"
+        );
     }
 
     #[test]
@@ -161,12 +193,23 @@ mod tests {
         let nf = Status::from(Fault::Hold(HoldError::NotFound { id: "abc".into() }));
         assert_eq!(nf.code(), Code::NotFound);
         assert!(nf.message().contains("abc"));
-        let closed = Status::from(Fault::Hold(HoldError::Closed { id: "abc".into(), state: "denied" }));
+        let closed = Status::from(Fault::Hold(HoldError::Closed {
+            id: "abc".into(),
+            state: "denied",
+        }));
         assert_eq!(closed.code(), Code::FailedPrecondition);
-        assert_eq!(closed.message(), "request abc is already denied; nothing changed");
-        let bad = Status::from(Fault::Hold(HoldError::BadDuration { value: "0s".into(), why: "zero" }));
+        assert_eq!(
+            closed.message(),
+            "request abc is already denied; nothing changed"
+        );
+        let bad = Status::from(Fault::Hold(HoldError::BadDuration {
+            value: "0s".into(),
+            why: "zero",
+        }));
         assert_eq!(bad.code(), Code::InvalidArgument);
-        let gate = Status::from(Fault::Hold(HoldError::Gate(crate::hold::GateError::NotParked { token: 1 })));
+        let gate = Status::from(Fault::Hold(HoldError::Gate(
+            crate::hold::GateError::NotParked { token: 1 },
+        )));
         assert_eq!(gate.code(), Code::Internal);
     }
 }

@@ -116,14 +116,18 @@ impl ApiServer {
     /// (at most a few seconds), and removes the socket.
     pub async fn shutdown(mut self) -> Result<(), ApiError> {
         let _ = self.stop.send(true);
-        let Some(mut task) = self.task.take() else { return Ok(()) };
+        let Some(mut task) = self.task.take() else {
+            return Ok(());
+        };
         let res = match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(ApiError::Serve(e.to_string())),
             Ok(Err(join)) => Err(ApiError::Serve(join.to_string())),
             Err(_elapsed) => {
                 task.abort();
-                tracing::warn!("approvals API: calls still running after {SHUTDOWN_GRACE:?}; cut off");
+                tracing::warn!(
+                    "approvals API: calls still running after {SHUTDOWN_GRACE:?}; cut off"
+                );
                 Ok(())
             }
         };
@@ -155,8 +159,13 @@ impl Drop for ApiServer {
 fn resolve_group(group: &str) -> Result<nix::unistd::Gid, ApiError> {
     match nix::unistd::Group::from_name(group) {
         Ok(Some(g)) => Ok(g.gid),
-        Ok(None) => Err(ApiError::UnknownGroup { group: group.to_string() }),
-        Err(source) => Err(ApiError::GroupLookup { group: group.to_string(), source }),
+        Ok(None) => Err(ApiError::UnknownGroup {
+            group: group.to_string(),
+        }),
+        Err(source) => Err(ApiError::GroupLookup {
+            group: group.to_string(),
+            source,
+        }),
     }
 }
 
@@ -166,16 +175,30 @@ fn remove_stale(socket: &Path) -> Result<(), ApiError> {
     let m = match std::fs::symlink_metadata(socket) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => return Err(ApiError::Socket { socket: socket.into(), step: "stat", source }),
+        Err(source) => {
+            return Err(ApiError::Socket {
+                socket: socket.into(),
+                step: "stat",
+                source,
+            });
+        }
     };
     if !m.file_type().is_socket() {
-        return Err(ApiError::NotASocket { socket: socket.into() });
+        return Err(ApiError::NotASocket {
+            socket: socket.into(),
+        });
     }
     // Blocking connect on a Unix socket is immediate (refused, or queued in the backlog).
     if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-        return Err(ApiError::InUse { socket: socket.into() });
+        return Err(ApiError::InUse {
+            socket: socket.into(),
+        });
     }
-    std::fs::remove_file(socket).map_err(|source| ApiError::Socket { socket: socket.into(), step: "removing stale socket", source })
+    std::fs::remove_file(socket).map_err(|source| ApiError::Socket {
+        socket: socket.into(),
+        step: "removing stale socket",
+        source,
+    })
 }
 
 /// Binds `cfg.socket` and serves `approvals` on it in a tokio task (call from inside a tokio
@@ -193,16 +216,32 @@ pub async fn serve(
     let socket = cfg.socket;
     let gid = cfg.group.as_deref().map(resolve_group).transpose()?;
     remove_stale(&socket)?;
-    let listener = UnixListener::bind(&socket).map_err(|source| ApiError::Socket { socket: socket.clone(), step: "bind", source })?;
+    let listener = UnixListener::bind(&socket).map_err(|source| ApiError::Socket {
+        socket: socket.clone(),
+        step: "bind",
+        source,
+    })?;
     // From here on, a failure must not leave the socket behind.
     let setup = || -> Result<(u64, u64), ApiError> {
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(SOCKET_MODE))
-            .map_err(|source| ApiError::Socket { socket: socket.clone(), step: "chmod 0660", source })?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(
+            |source| ApiError::Socket {
+                socket: socket.clone(),
+                step: "chmod 0660",
+                source,
+            },
+        )?;
         if let (Some(gid), Some(group)) = (gid, &cfg.group) {
-            nix::unistd::chown(&socket, None, Some(gid))
-                .map_err(|source| ApiError::Chown { socket: socket.clone(), group: group.clone(), source })?;
+            nix::unistd::chown(&socket, None, Some(gid)).map_err(|source| ApiError::Chown {
+                socket: socket.clone(),
+                group: group.clone(),
+                source,
+            })?;
         }
-        let m = std::fs::symlink_metadata(&socket).map_err(|source| ApiError::Socket { socket: socket.clone(), step: "stat", source })?;
+        let m = std::fs::symlink_metadata(&socket).map_err(|source| ApiError::Socket {
+            socket: socket.clone(),
+            step: "stat",
+            source,
+        })?;
         Ok((m.dev(), m.ino()))
     };
     let identity = match setup() {
@@ -215,8 +254,14 @@ pub async fn serve(
     };
 
     let (stop, stop_rx) = watch::channel(false);
-    let svc = service::Service { approvals, classify: classify.clone(), stop: stop_rx.clone(), local: cfg.local };
-    let incoming = UnixListenerStream::new(listener).map(move |s| s.map(|s| peer::PeerStream::accept(s, &classify)));
+    let svc = service::Service {
+        approvals,
+        classify: classify.clone(),
+        stop: stop_rx.clone(),
+        local: cfg.local,
+    };
+    let incoming = UnixListenerStream::new(listener)
+        .map(move |s| s.map(|s| peer::PeerStream::accept(s, &classify)));
     let mut stop_server = stop_rx;
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
@@ -228,7 +273,12 @@ pub async fn serve(
             .await
     });
     tracing::info!(socket = %socket.display(), group = ?cfg.group, "approvals API listening");
-    Ok(ApiServer { socket, identity, stop, task: Some(task) })
+    Ok(ApiServer {
+        socket,
+        identity,
+        stop,
+        task: Some(task),
+    })
 }
 
 #[cfg(test)]

@@ -42,8 +42,18 @@ impl PeerStream {
     /// Reads the peer credentials now and classifies the peer pid.
     pub(crate) fn accept(inner: UnixStream, classify: &Classify) -> PeerStream {
         let uds = inner.connect_info();
-        let agent_at_accept = uds.peer_cred.and_then(|c| c.pid()).and_then(|p| u32::try_from(p).ok()).and_then(|p| classify(p));
-        PeerStream { inner, info: PeerInfo { uds, agent_at_accept } }
+        let agent_at_accept = uds
+            .peer_cred
+            .and_then(|c| c.pid())
+            .and_then(|p| u32::try_from(p).ok())
+            .and_then(|p| classify(p));
+        PeerStream {
+            inner,
+            info: PeerInfo {
+                uds,
+                agent_at_accept,
+            },
+        }
     }
 }
 
@@ -55,13 +65,21 @@ impl Connected for PeerStream {
 }
 
 impl AsyncRead for PeerStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for PeerStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -85,8 +103,12 @@ impl AsyncWrite for PeerStream {
 /// The approver behind a request, or why it may not use the API. Fails closed: no credentials,
 /// no pid (pid 0: the peer lives in a pid namespace we cannot see into) or an agent → refused.
 pub(crate) fn caller(info: Option<&PeerInfo>, classify: &Classify) -> Result<Approver, Fault> {
-    let info = info.ok_or(Fault::NoCredentials { why: "not a Unix socket connection" })?;
-    let cred = info.uds.peer_cred.ok_or(Fault::NoCredentials { why: "no peer credentials" })?;
+    let info = info.ok_or(Fault::NoCredentials {
+        why: "not a Unix socket connection",
+    })?;
+    let cred = info.uds.peer_cred.ok_or(Fault::NoCredentials {
+        why: "no peer credentials",
+    })?;
     let pid = cred
         .pid()
         .and_then(|p| u32::try_from(p).ok())
@@ -96,6 +118,15 @@ pub(crate) fn caller(info: Option<&PeerInfo>, classify: &Classify) -> Result<App
         return Err(Fault::AgentCaller { pid, agent });
     }
     let uid = cred.uid();
-    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name);
-    Ok(Approver { uid, pid, user, via: "cli".to_string(), principal: None })
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    Ok(Approver {
+        uid,
+        pid,
+        user,
+        via: "cli".to_string(),
+        principal: None,
+    })
 }

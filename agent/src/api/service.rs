@@ -39,13 +39,20 @@ fn event(u: Update) -> pb::WatchEvent {
         Update::Opened(r) => (pb::watch_event::Kind::Opened, r),
         Update::Closed(r) => (pb::watch_event::Kind::Closed, r),
     };
-    pb::WatchEvent { kind: kind as i32, request: Some(request_to_proto(&r)) }
+    pb::WatchEvent {
+        kind: kind as i32,
+        request: Some(request_to_proto(&r)),
+    }
 }
 
 /// Forwards table updates to one watcher until it goes away, the server stops, or it falls
 /// behind. Falling behind ends the stream with DATA_LOSS instead of skipping events: a person
 /// watching for requests must not silently miss one (it would wait unseen until it times out).
-async fn forward(mut updates: broadcast::Receiver<Update>, tx: mpsc::Sender<Result<pb::WatchEvent, Status>>, mut stop: watch::Receiver<bool>) {
+async fn forward(
+    mut updates: broadcast::Receiver<Update>,
+    tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let item = tokio::select! {
             _ = tx.closed() => return,
@@ -71,11 +78,19 @@ impl pb::approvals_server::Approvals for Service {
         req: Request<pb::ListPendingRequest>,
     ) -> Result<Response<pb::ListPendingResponse>, Status> {
         self.caller(&req)?;
-        let requests = self.approvals.pending().iter().map(request_to_proto).collect();
+        let requests = self
+            .approvals
+            .pending()
+            .iter()
+            .map(request_to_proto)
+            .collect();
         Ok(Response::new(pb::ListPendingResponse { requests }))
     }
 
-    async fn get_request(&self, req: Request<pb::GetRequestRequest>) -> Result<Response<pb::HoldRequest>, Status> {
+    async fn get_request(
+        &self,
+        req: Request<pb::GetRequestRequest>,
+    ) -> Result<Response<pb::HoldRequest>, Status> {
         self.caller(&req)?;
         let id = req.into_inner().id;
         check_id(&id)?;
@@ -83,7 +98,10 @@ impl pb::approvals_server::Approvals for Service {
         Ok(Response::new(request_to_proto(&r)))
     }
 
-    async fn decide(&self, req: Request<pb::DecideRequest>) -> Result<Response<pb::HoldRequest>, Status> {
+    async fn decide(
+        &self,
+        req: Request<pb::DecideRequest>,
+    ) -> Result<Response<pb::HoldRequest>, Status> {
         let mut by = self.caller(&req)?;
         match self.local.get() {
             super::LocalDecisions::Primary => {}
@@ -93,14 +111,20 @@ impl pb::approvals_server::Approvals for Service {
         let (id, decision) = decide_from_proto(req.into_inner())?;
         // Runs on the async worker: the table lock is held only for map updates and signals,
         // never across I/O that can stall.
-        let r = self.approvals.decide(&id, decision.clone(), by.clone()).map_err(Fault::from)?;
+        let r = self
+            .approvals
+            .decide(&id, decision.clone(), by.clone())
+            .map_err(Fault::from)?;
         tracing::info!(id = %r.id, state = r.state.as_str(), uid = by.uid, pid = by.pid, user = ?by.user, via = %by.via, ?decision, "request decided");
         Ok(Response::new(request_to_proto(&r)))
     }
 
     type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;
 
-    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         self.caller(&req)?;
         // Subscribe before answering: every update after the client sees the response is
         // delivered.

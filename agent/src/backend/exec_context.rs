@@ -69,7 +69,11 @@ impl ExecRecord {
         }
         // SAFETY: ExecContext is repr(C) POD and the slice is long enough.
         let c: ExecContext = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        let end = c.filename.iter().position(|&b| b == 0).unwrap_or(FILENAME_LEN);
+        let end = c
+            .filename
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(FILENAME_LEN);
         Some(ExecRecord {
             ktime_ns: c.ktime_ns,
             cgroup_id: c.cgroup_id,
@@ -95,14 +99,25 @@ pub struct ExecAllow {
 impl ExecAllow {
     /// Lets thread `tid`'s exec of `file` (kernel `s_dev` encoding) past the backstop once.
     pub fn allow(&self, tid: u32, file: InodeKey) -> Result<(), MapError> {
-        let key = ExecAllowKey { tid, dev: file.dev, ino: file.ino };
+        let key = ExecAllowKey {
+            tid,
+            dev: file.dev,
+            ino: file.ino,
+        };
         let now = super::fanotify::boottime_ns();
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).insert(key, now, 0)
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, now, 0)
     }
 
     /// Entries not consumed (yet): execs allowed that have not reached the tracepoint.
     pub fn pending(&self) -> usize {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).keys().count()
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .count()
     }
 }
 
@@ -129,14 +144,17 @@ fn io_err(what: impl std::fmt::Display) -> LsmError {
 
 /// FNV-1a of the eBPF object: pins of another build are replaced, not adopted.
 fn object_tag() -> String {
-    let h = crate::EBPF_OBJECT.iter().fold(airlock_common::FNV_OFFSET, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(airlock_common::FNV_PRIME)
-    });
+    let h = crate::EBPF_OBJECT
+        .iter()
+        .fold(airlock_common::FNV_OFFSET, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(airlock_common::FNV_PRIME)
+        });
     format!("{h:016x}")
 }
 
 fn is_bpffs(p: &Path) -> bool {
-    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as u64 == libc::BPF_FS_MAGIC as u64)
+    nix::sys::statfs::statfs(p)
+        .is_ok_and(|s| s.filesystem_type().0 as u64 == libc::BPF_FS_MAGIC as u64)
 }
 
 /// Creates `dir` on bpffs, mounting bpffs at `/sys/fs/bpf` first if `dir` is under it and it
@@ -144,11 +162,20 @@ fn is_bpffs(p: &Path) -> bool {
 pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
     let root = Path::new("/sys/fs/bpf");
     if dir.starts_with(root) && !is_bpffs(root) {
-        nix::mount::mount(Some("bpf"), root, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)?;
+        nix::mount::mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )?;
     }
     std::fs::create_dir_all(dir)?;
     if !is_bpffs(dir) {
-        return Err(io::Error::other(format!("{} is not on a BPF filesystem", dir.display())));
+        return Err(io::Error::other(format!(
+            "{} is not on a BPF filesystem",
+            dir.display()
+        )));
     }
     Ok(())
 }
@@ -163,7 +190,11 @@ fn is_instance(p: &Path) -> bool {
 }
 
 fn instances(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    Ok(std::fs::read_dir(dir)?.flatten().map(|e| e.path()).filter(|p| is_instance(p)).collect())
+    Ok(std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| is_instance(p))
+        .collect())
 }
 
 /// Removes every pinned probe instance under `dir` (each link first: that detaches the program
@@ -205,16 +236,24 @@ fn copy_state(
     inodes: &mut HashMap<MapData, InodeKey, RuleRef>,
 ) {
     let mut copy = || -> Result<(), LsmError> {
-        let r: HashMap<MapData, u64, u32> = open_pinned(old, "AGENT_ROOTS")?.try_into().map_err(map_err("AGENT_ROOTS"))?;
+        let r: HashMap<MapData, u64, u32> = open_pinned(old, "AGENT_ROOTS")?
+            .try_into()
+            .map_err(map_err("AGENT_ROOTS"))?;
         for (k, v) in r.iter().flatten() {
             roots.insert(k, v, 0).map_err(map_err("AGENT_ROOTS"))?;
         }
-        let i: HashMap<MapData, InodeKey, RuleRef> = open_pinned(old, "EXEC_INODES")?.try_into().map_err(map_err("EXEC_INODES"))?;
+        let i: HashMap<MapData, InodeKey, RuleRef> = open_pinned(old, "EXEC_INODES")?
+            .try_into()
+            .map_err(map_err("EXEC_INODES"))?;
         for (k, v) in i.iter().flatten() {
             inodes.insert(k, v, 0).map_err(map_err("EXEC_INODES"))?;
         }
-        let s: Array<MapData, Settings> = open_pinned(old, "SETTINGS")?.try_into().map_err(map_err("SETTINGS"))?;
-        settings.set(0, s.get(&0, 0).map_err(map_err("SETTINGS"))?, 0).map_err(map_err("SETTINGS"))
+        let s: Array<MapData, Settings> = open_pinned(old, "SETTINGS")?
+            .try_into()
+            .map_err(map_err("SETTINGS"))?;
+        settings
+            .set(0, s.get(&0, 0).map_err(map_err("SETTINGS"))?, 0)
+            .map_err(map_err("SETTINGS"))
     };
     if let Err(e) = copy() {
         tracing::warn!(error = %e, old = %old.display(), "exec probe: state of the replaced instance not copied");
@@ -233,7 +272,10 @@ impl ExecContextProbe {
     /// `dir` is under it and it is not mounted): the probe outlives the daemon, for the
     /// fanotify fallback's backstop. Adopts a pinned instance of the same build (the program
     /// is never detached), or replaces one of another build (see the module docs).
-    pub fn start_pinned(tx: mpsc::Sender<ExecRecord>, dir: &Path) -> Result<ExecContextProbe, LsmError> {
+    pub fn start_pinned(
+        tx: mpsc::Sender<ExecRecord>,
+        dir: &Path,
+    ) -> Result<ExecContextProbe, LsmError> {
         ensure_bpffs(dir)?;
         let inst = dir.join(object_tag());
         let stage = dir.join(format!("{}_new", object_tag()));
@@ -247,7 +289,9 @@ impl ExecContextProbe {
                     p.retire_others(dir, &inst);
                     return Ok(p);
                 }
-                Err(e) => tracing::warn!(error = %e, pins = %inst.display(), "exec probe: pinned instance not adoptable; replacing it"),
+                Err(e) => {
+                    tracing::warn!(error = %e, pins = %inst.display(), "exec probe: pinned instance not adoptable; replacing it")
+                }
             }
         }
         if inst.exists() && !inst.join(LINK).exists() {
@@ -258,7 +302,9 @@ impl ExecContextProbe {
         if stage.exists() {
             remove_instance(&stage)?;
         }
-        let old = instances(dir)?.into_iter().find(|p| p != &stage && p.join(LINK).exists());
+        let old = instances(dir)?
+            .into_iter()
+            .find(|p| p != &stage && p.join(LINK).exists());
         std::fs::create_dir(&stage)?;
         let mut p = match Self::load(tx, Some(&stage), old.as_deref()) {
             Ok(p) => p,
@@ -273,16 +319,22 @@ impl ExecContextProbe {
         Ok(p)
     }
 
-    fn load(tx: mpsc::Sender<ExecRecord>, inst: Option<&Path>, copy_from: Option<&Path>) -> Result<ExecContextProbe, LsmError> {
+    fn load(
+        tx: mpsc::Sender<ExecRecord>,
+        inst: Option<&Path>,
+        copy_from: Option<&Path>,
+    ) -> Result<ExecContextProbe, LsmError> {
         let offsets = crate::btf::Btf::from_sys_fs()?.kernel_offsets()?;
-        let btf = AyaBtf::from_sys_fs().map_err(|e| LsmError::Unavailable(format!("kernel BTF: {e}")))?;
+        let btf =
+            AyaBtf::from_sys_fs().map_err(|e| LsmError::Unavailable(format!("kernel BTF: {e}")))?;
         let mut ebpf = EbpfLoader::new().btf(Some(&btf)).load(crate::EBPF_OBJECT)?;
         let prog: &mut BtfTracePoint = ebpf
             .program_mut(HOOK)
             .ok_or(LsmError::MissingMap(HOOK))?
             .try_into()
             .map_err(|source| LsmError::Program { hook: HOOK, source })?;
-        prog.load(HOOK, &btf).map_err(|source| LsmError::Program { hook: HOOK, source })?;
+        prog.load(HOOK, &btf)
+            .map_err(|source| LsmError::Program { hook: HOOK, source })?;
         // Maps are taken out only after the load: the program's map references must still be
         // open fds when the kernel verifies it. The program keeps its own references after.
         set_offsets(&mut ebpf, offsets)?;
@@ -293,20 +345,38 @@ impl ExecContextProbe {
             }
             Ok(m)
         };
-        let mut roots: HashMap<MapData, u64, u32> = take("AGENT_ROOTS")?.try_into().map_err(map_err("AGENT_ROOTS"))?;
-        let mut settings: Array<MapData, Settings> = take("SETTINGS")?.try_into().map_err(map_err("SETTINGS"))?;
-        let mut exec_inodes: HashMap<MapData, InodeKey, RuleRef> = take("EXEC_INODES")?.try_into().map_err(map_err("EXEC_INODES"))?;
-        let allow = take("EXEC_ALLOW")?.try_into().map_err(map_err("EXEC_ALLOW"))?;
+        let mut roots: HashMap<MapData, u64, u32> = take("AGENT_ROOTS")?
+            .try_into()
+            .map_err(map_err("AGENT_ROOTS"))?;
+        let mut settings: Array<MapData, Settings> =
+            take("SETTINGS")?.try_into().map_err(map_err("SETTINGS"))?;
+        let mut exec_inodes: HashMap<MapData, InodeKey, RuleRef> = take("EXEC_INODES")?
+            .try_into()
+            .map_err(map_err("EXEC_INODES"))?;
+        let allow = take("EXEC_ALLOW")?
+            .try_into()
+            .map_err(map_err("EXEC_ALLOW"))?;
         let events = take("EVENTS")?.try_into().map_err(map_err("EVENTS"))?;
-        let context = take("EXEC_CONTEXT")?.try_into().map_err(map_err("EXEC_CONTEXT"))?;
+        let context = take("EXEC_CONTEXT")?
+            .try_into()
+            .map_err(map_err("EXEC_CONTEXT"))?;
         if let Some(old) = copy_from {
             copy_state(old, &mut roots, &mut settings, &mut exec_inodes);
         }
-        let prog: &mut BtfTracePoint = ebpf.program_mut(HOOK).expect("loaded above").try_into().expect("tp_btf");
-        let id = prog.attach().map_err(|source| LsmError::Program { hook: HOOK, source })?;
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(HOOK)
+            .expect("loaded above")
+            .try_into()
+            .expect("tp_btf");
+        let id = prog
+            .attach()
+            .map_err(|source| LsmError::Program { hook: HOOK, source })?;
         let link = match inst {
             Some(inst) => {
-                let link: FdLink = prog.take_link(id).map_err(|source| LsmError::Program { hook: HOOK, source })?.into();
+                let link: FdLink = prog
+                    .take_link(id)
+                    .map_err(|source| LsmError::Program { hook: HOOK, source })?
+                    .into();
                 Some(link.pin(inst.join(LINK)).map_err(io_err)?)
             }
             None => None,
@@ -320,12 +390,20 @@ impl ExecContextProbe {
     fn adopt(tx: mpsc::Sender<ExecRecord>, inst: &Path) -> Result<ExecContextProbe, LsmError> {
         let link = PinnedLink::from_pin(inst.join(LINK)).map_err(io_err)?;
         let open = |name| open_pinned(inst, name);
-        let roots = open("AGENT_ROOTS")?.try_into().map_err(map_err("AGENT_ROOTS"))?;
+        let roots = open("AGENT_ROOTS")?
+            .try_into()
+            .map_err(map_err("AGENT_ROOTS"))?;
         let settings = open("SETTINGS")?.try_into().map_err(map_err("SETTINGS"))?;
-        let exec_inodes = open("EXEC_INODES")?.try_into().map_err(map_err("EXEC_INODES"))?;
-        let allow = open("EXEC_ALLOW")?.try_into().map_err(map_err("EXEC_ALLOW"))?;
+        let exec_inodes = open("EXEC_INODES")?
+            .try_into()
+            .map_err(map_err("EXEC_INODES"))?;
+        let allow = open("EXEC_ALLOW")?
+            .try_into()
+            .map_err(map_err("EXEC_ALLOW"))?;
         let events = open("EVENTS")?.try_into().map_err(map_err("EVENTS"))?;
-        let context = open("EXEC_CONTEXT")?.try_into().map_err(map_err("EXEC_CONTEXT"))?;
+        let context = open("EXEC_CONTEXT")?
+            .try_into()
+            .map_err(map_err("EXEC_CONTEXT"))?;
         let mut p = Self::assemble(roots, settings, exec_inodes, allow, events);
         (p._link, p.pinned, p.adopted) = (Some(link), Some(inst.to_path_buf()), true);
         p.drain_context(context, tx)?;
@@ -345,7 +423,9 @@ impl ExecContextProbe {
             roots,
             settings,
             exec_inodes,
-            allow: Arc::new(ExecAllow { map: Mutex::new(allow) }),
+            allow: Arc::new(ExecAllow {
+                map: Mutex::new(allow),
+            }),
             events: Some(events),
             leftovers: Vec::new(),
             pinned: None,
@@ -355,15 +435,20 @@ impl ExecContextProbe {
         }
     }
 
-    fn drain_context(&mut self, ring: RingBuf<MapData>, tx: mpsc::Sender<ExecRecord>) -> Result<(), LsmError> {
+    fn drain_context(
+        &mut self,
+        ring: RingBuf<MapData>,
+        tx: mpsc::Sender<ExecRecord>,
+    ) -> Result<(), LsmError> {
         let l = self.lost.clone();
         // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd until both are dropped.
         let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| LsmError::Io(e.into()))?;
-        self.readers.push(tokio::spawn(drain_ring(ring, move |bytes| {
-            if ExecRecord::decode(bytes).is_none_or(|r| tx.try_send(r).is_err()) {
-                l.fetch_add(1, Ordering::Relaxed);
-            }
-        })));
+        self.readers
+            .push(tokio::spawn(drain_ring(ring, move |bytes| {
+                if ExecRecord::decode(bytes).is_none_or(|r| tx.try_send(r).is_err()) {
+                    l.fetch_add(1, Ordering::Relaxed);
+                }
+            })));
         Ok(())
     }
 
@@ -372,7 +457,8 @@ impl ExecContextProbe {
     fn retire_others(&mut self, dir: &Path, ours: &Path) {
         let Ok(insts) = instances(dir) else { return };
         for old in insts.into_iter().filter(|p| p != ours) {
-            let ring = open_pinned(&old, "EVENTS").and_then(|m| RingBuf::try_from(m).map_err(map_err("EVENTS")));
+            let ring = open_pinned(&old, "EVENTS")
+                .and_then(|m| RingBuf::try_from(m).map_err(map_err("EVENTS")));
             // Detach first, so nothing is added to the ring after it is drained.
             let _ = std::fs::remove_file(old.join(LINK));
             if let Ok(mut ring) = ring {
@@ -409,17 +495,30 @@ impl ExecContextProbe {
         let roots: std::collections::HashMap<u64, u32> = agents
             .roots
             .iter()
-            .map(|(id, c)| (*id, names.iter().position(|n| *n == c.agent).unwrap_or(0) as u32))
+            .map(|(id, c)| {
+                (
+                    *id,
+                    names.iter().position(|n| *n == c.agent).unwrap_or(0) as u32,
+                )
+            })
             .collect();
         sync_map("AGENT_ROOTS", &mut self.roots, &roots)?;
         let s = self.settings();
-        let s = Settings { armed: 1, generation: s.generation + 1, ..s };
+        let s = Settings {
+            armed: 1,
+            generation: s.generation + 1,
+            ..s
+        };
         self.settings.set(0, s, 0).map_err(map_err("SETTINGS"))
     }
 
     /// The gated binaries (by inode) the backstop checks: the policy's effective exec rules.
     pub fn set_rules(&mut self, policy: &CompiledPolicy) -> Result<(), LsmError> {
-        sync_map("EXEC_INODES", &mut self.exec_inodes, &airlock_policy::effective_exec_map(policy))
+        sync_map(
+            "EXEC_INODES",
+            &mut self.exec_inodes,
+            &airlock_policy::effective_exec_map(policy),
+        )
     }
 
     /// Turns the backstop on (fanotify fallback): from now on an agent exec of a binary under
@@ -429,7 +528,10 @@ impl ExecContextProbe {
     /// process). Returns the handle the fanotify backend writes allowances through
     /// (`FanotifyBackend::set_backstop`). Must run inside a tokio runtime.
     pub fn arm_backstop(&mut self, events: EventSender) -> Result<Arc<ExecAllow>, LsmError> {
-        let s = Settings { backstop: 1, ..self.settings() };
+        let s = Settings {
+            backstop: 1,
+            ..self.settings()
+        };
         self.settings.set(0, s, 0).map_err(map_err("SETTINGS"))?;
         let lost = self.lost.clone();
         let deliver = move |bytes: &[u8]| match decode_backstop(bytes) {
@@ -493,12 +595,26 @@ mod tests {
 
     #[test]
     fn decodes_a_record_and_stops_the_name_at_nul() {
-        let mut c = ExecContext { ktime_ns: 5, cgroup_id: 9, pid: 3, tgid: 3, filename: [0; FILENAME_LEN] };
+        let mut c = ExecContext {
+            ktime_ns: 5,
+            cgroup_id: 9,
+            pid: 3,
+            tgid: 3,
+            filename: [0; FILENAME_LEN],
+        };
         c.filename[..8].copy_from_slice(b"/bin/sh\0");
         // SAFETY: bytes of a POD value.
-        let b = unsafe { core::slice::from_raw_parts((&c as *const ExecContext).cast::<u8>(), size_of::<ExecContext>()) };
+        let b = unsafe {
+            core::slice::from_raw_parts(
+                (&c as *const ExecContext).cast::<u8>(),
+                size_of::<ExecContext>(),
+            )
+        };
         let r = ExecRecord::decode(b).unwrap();
-        assert_eq!((r.filename.as_str(), r.tgid, r.cgroup_id), ("/bin/sh", 3, 9));
+        assert_eq!(
+            (r.filename.as_str(), r.tgid, r.cgroup_id),
+            ("/bin/sh", 3, 9)
+        );
         assert!(ExecRecord::decode(&b[..10]).is_none());
     }
 
@@ -529,11 +645,19 @@ mod tests {
             argv: [[0; ARG_LEN]; ARGV_MAX],
         };
         // SAFETY: bytes of a POD value.
-        let b = unsafe { core::slice::from_raw_parts((&ev as *const Event).cast::<u8>(), size_of::<Event>()) };
+        let b = unsafe {
+            core::slice::from_raw_parts((&ev as *const Event).cast::<u8>(), size_of::<Event>())
+        };
         let g = decode_backstop(b).unwrap();
         assert_eq!(g.decided_by, Some(DecidedBy::Backstop));
         let first = std::env::args().next().unwrap();
-        assert!(g.argv.first().is_some_and(|a| first.starts_with(a.as_str())), "{:?}", g.argv);
+        assert!(
+            g.argv
+                .first()
+                .is_some_and(|a| first.starts_with(a.as_str())),
+            "{:?}",
+            g.argv
+        );
         assert_ne!(g.argv_hash, 0);
     }
 

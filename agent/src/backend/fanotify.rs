@@ -387,7 +387,13 @@ impl FanotifyBackend {
             }
             return Err(e);
         }
-        let marks::Batch { marks: new_marks, watches: new_watches, members, held, notes } = m.finish();
+        let marks::Batch {
+            marks: new_marks,
+            watches: new_watches,
+            members,
+            held,
+            notes,
+        } = m.finish();
         rs.members = members;
         *self
             .shared
@@ -422,7 +428,9 @@ impl FanotifyBackend {
 
     /// [`Self::gate`] as its concrete type (for [`FanotifyGate::is_parked`]).
     pub fn fanotify_gate(&self) -> Arc<FanotifyGate> {
-        Arc::new(FanotifyGate { shared: Arc::downgrade(&self.shared) })
+        Arc::new(FanotifyGate {
+            shared: Arc::downgrade(&self.shared),
+        })
     }
 
     /// Connects the exec backstop: every agent exec this backend allows under an enforcing

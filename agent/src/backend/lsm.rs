@@ -55,9 +55,15 @@ pub enum LsmError {
     #[error("loading the eBPF object: {0}")]
     Object(#[from] aya::EbpfError),
     #[error("program {hook}: {source}")]
-    Program { hook: &'static str, source: ProgramError },
+    Program {
+        hook: &'static str,
+        source: ProgramError,
+    },
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("the eBPF object has no map {0}")]
     MissingMap(&'static str),
     #[error("kernel BTF: {0}")]
@@ -104,10 +110,14 @@ struct Maps {
 
 impl Maps {
     /// Builds the typed maps from a source of untyped ones (`Ebpf::take_map`, or pins).
-    fn from(mut take: impl FnMut(&'static str) -> Result<Map, LsmError>, agents: KernelAgents) -> Result<Maps, LsmError> {
+    fn from(
+        mut take: impl FnMut(&'static str) -> Result<Map, LsmError>,
+        agents: KernelAgents,
+    ) -> Result<Maps, LsmError> {
         Ok(Maps {
             exec_inodes: HashMap::try_from(take("EXEC_INODES")?).map_err(map_err("EXEC_INODES"))?,
-            exec_entries: HashMap::try_from(take("EXEC_ENTRIES")?).map_err(map_err("EXEC_ENTRIES"))?,
+            exec_entries: HashMap::try_from(take("EXEC_ENTRIES")?)
+                .map_err(map_err("EXEC_ENTRIES"))?,
             protected: HashMap::try_from(take("PROTECTED")?).map_err(map_err("PROTECTED"))?,
             lost: PerCpuArray::try_from(take("LOST")?).map_err(map_err("LOST"))?,
             gate: LsmGate::new(
@@ -153,7 +163,9 @@ impl LsmBackend {
     /// fall back.
     pub fn start(events: EventSender, pin_dir: &Path) -> Result<LsmBackend, LsmError> {
         if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-            return Err(LsmError::Unavailable("the kernel has no BTF (/sys/kernel/btf/vmlinux)".into()));
+            return Err(LsmError::Unavailable(
+                "the kernel has no BTF (/sys/kernel/btf/vmlinux)".into(),
+            ));
         }
         pin::ensure_bpffs(pin_dir)?;
         let ver = pin::version_dir(pin_dir, crate::EBPF_OBJECT);
@@ -183,7 +195,11 @@ impl LsmBackend {
                     false
                 }
             };
-            if ok { d.fetch_add(1, Ordering::Relaxed) } else { x.fetch_add(1, Ordering::Relaxed) };
+            if ok {
+                d.fetch_add(1, Ordering::Relaxed)
+            } else {
+                x.fetch_add(1, Ordering::Relaxed)
+            };
         }));
         Ok(LsmBackend {
             exec_inodes: maps.exec_inodes,
@@ -216,25 +232,40 @@ impl LsmBackend {
 /// are not kept open here: once pinned, only removing the pin detaches them.
 fn load_and_pin(ver: &Path) -> Result<Maps, LsmError> {
     let offsets = crate::btf::Btf::from_sys_fs()?.kernel_offsets()?;
-    let aya_btf = AyaBtf::from_sys_fs().map_err(|e| LsmError::Unavailable(format!("kernel BTF: {e}")))?;
-    let mut ebpf = EbpfLoader::new().btf(Some(&aya_btf)).load(crate::EBPF_OBJECT)?;
+    let aya_btf =
+        AyaBtf::from_sys_fs().map_err(|e| LsmError::Unavailable(format!("kernel BTF: {e}")))?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&aya_btf))
+        .load(crate::EBPF_OBJECT)?;
     for &hook in HOOKS {
         let prog: &mut Lsm = ebpf
             .program_mut(hook)
-            .ok_or(LsmError::Unavailable(format!("program {hook} missing from the object")))?
+            .ok_or(LsmError::Unavailable(format!(
+                "program {hook} missing from the object"
+            )))?
             .try_into()
             .map_err(|source| LsmError::Program { hook, source })?;
-        prog.load(hook, &aya_btf).map_err(|e| explain_load_failure(hook, e))?;
+        prog.load(hook, &aya_btf)
+            .map_err(|e| explain_load_failure(hook, e))?;
     }
     pin::pin_maps(&ebpf, ver)?;
     set_offsets(&mut ebpf, offsets)?;
     let agents = KernelAgents::take(&mut ebpf)?;
-    let maps = Maps::from(|name| ebpf.take_map(name).ok_or(LsmError::MissingMap(name)), agents)?;
+    let maps = Maps::from(
+        |name| ebpf.take_map(name).ok_or(LsmError::MissingMap(name)),
+        agents,
+    )?;
     // Attach only after the maps exist: the programs allow everything until `armed`.
     for &hook in HOOKS {
-        let prog: &mut Lsm = ebpf.program_mut(hook).expect("loaded above").try_into().expect("lsm");
+        let prog: &mut Lsm = ebpf
+            .program_mut(hook)
+            .expect("loaded above")
+            .try_into()
+            .expect("lsm");
         let id = prog.attach().map_err(|e| explain_load_failure(hook, e))?;
-        let link = prog.take_link(id).map_err(|source| LsmError::Program { hook, source })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| LsmError::Program { hook, source })?;
         pin::pin_link(ver, hook, FdLink::from(link))?;
     }
     Ok(maps)
@@ -256,9 +287,14 @@ impl Drop for LsmBackend {
 }
 
 /// Drains a ring buffer, handing each record to `f`, until the task is aborted.
-pub(crate) async fn drain_ring(mut fd: AsyncFd<RingBuf<MapData>>, mut f: impl FnMut(&[u8]) + Send + 'static) {
+pub(crate) async fn drain_ring(
+    mut fd: AsyncFd<RingBuf<MapData>>,
+    mut f: impl FnMut(&[u8]) + Send + 'static,
+) {
     loop {
-        let Ok(mut guard) = fd.readable_mut().await else { return };
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             f(&item);
@@ -268,9 +304,15 @@ pub(crate) async fn drain_ring(mut fd: AsyncFd<RingBuf<MapData>>, mut f: impl Fn
 }
 
 /// Writes the running kernel's struct offsets into the object's `OFFSETS` map.
-pub(crate) fn set_offsets(ebpf: &mut Ebpf, offsets: airlock_common::KernelOffsets) -> Result<(), LsmError> {
-    let map = ebpf.take_map("OFFSETS").ok_or(LsmError::MissingMap("OFFSETS"))?;
-    let mut m: Array<MapData, airlock_common::KernelOffsets> = Array::try_from(map).map_err(map_err("OFFSETS"))?;
+pub(crate) fn set_offsets(
+    ebpf: &mut Ebpf,
+    offsets: airlock_common::KernelOffsets,
+) -> Result<(), LsmError> {
+    let map = ebpf
+        .take_map("OFFSETS")
+        .ok_or(LsmError::MissingMap("OFFSETS"))?;
+    let mut m: Array<MapData, airlock_common::KernelOffsets> =
+        Array::try_from(map).map_err(map_err("OFFSETS"))?;
     m.set(0, offsets, 0).map_err(map_err("OFFSETS"))
 }
 
@@ -295,9 +337,16 @@ impl KernelAgents {
 
     /// Wraps maps opened from pins, continuing from the generation the programs were last given
     /// (starting again at 0 would leave cache entries of a later generation looking current).
-    pub(crate) fn from_maps(roots: HashMap<MapData, u64, u32>, settings: Array<MapData, Settings>) -> KernelAgents {
+    pub(crate) fn from_maps(
+        roots: HashMap<MapData, u64, u32>,
+        settings: Array<MapData, Settings>,
+    ) -> KernelAgents {
         let generation = settings.get(&0, 0).map(|s| s.generation).unwrap_or(0);
-        KernelAgents { roots, settings, generation }
+        KernelAgents {
+            roots,
+            settings,
+            generation,
+        }
     }
 
     /// Makes the kernel's agent roots equal `agents` and arms the programs.
@@ -311,12 +360,21 @@ impl KernelAgents {
         let roots: StdHashMap<u64, u32> = agents
             .roots
             .iter()
-            .map(|(id, c)| (*id, names.iter().position(|n| *n == c.agent).unwrap_or(0) as u32))
+            .map(|(id, c)| {
+                (
+                    *id,
+                    names.iter().position(|n| *n == c.agent).unwrap_or(0) as u32,
+                )
+            })
             .collect();
         sync_map("AGENT_ROOTS", &mut self.roots, &roots)?;
         // A new generation makes every cached cgroup classification stale.
         self.generation += 1;
-        let s = Settings { armed: 1, backstop: 0, generation: self.generation };
+        let s = Settings {
+            armed: 1,
+            backstop: 0,
+            generation: self.generation,
+        };
         self.settings.set(0, s, 0).map_err(map_err("SETTINGS"))
     }
 }
@@ -333,7 +391,11 @@ pub(crate) fn sync_map<K: Pod + Eq + Hash, V: Pod + PartialEq>(
             map.insert(k, v, 0).map_err(map_err(name))?;
         }
     }
-    let stale: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| !want.contains_key(k)).collect();
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want.contains_key(k))
+        .collect();
     for k in stale {
         map.remove(&k).map_err(map_err(name))?;
     }
@@ -356,8 +418,12 @@ impl Backend for LsmBackend {
         // This build's programs are armed now: older versions can go (unpinning detaches them).
         for ver in std::mem::take(&mut self.stale) {
             match pin::remove_version(&ver) {
-                Ok(()) => tracing::info!(pins = %ver.display(), "removed the pins of another airlock build"),
-                Err(e) => tracing::warn!(error = %e, "could not remove the pins of another airlock build"),
+                Ok(()) => {
+                    tracing::info!(pins = %ver.display(), "removed the pins of another airlock build")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not remove the pins of another airlock build")
+                }
             }
         }
         Ok(())

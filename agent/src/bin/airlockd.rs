@@ -10,7 +10,13 @@ use clap::Parser;
 #[command(version)]
 struct Args {
     /// Policy file or directory (repeatable).
-    #[arg(long = "policy", short = 'p', env = "AIRLOCK_POLICY", default_value = "/etc/airlock/policies", value_delimiter = ':')]
+    #[arg(
+        long = "policy",
+        short = 'p',
+        env = "AIRLOCK_POLICY",
+        default_value = "/etc/airlock/policies",
+        value_delimiter = ':'
+    )]
     policy: Vec<PathBuf>,
     /// Backend: auto picks BPF LSM when the kernel allows it, else fanotify.
     #[arg(long, value_enum, default_value = "auto", env = "AIRLOCK_BACKEND")]
@@ -32,7 +38,11 @@ struct Args {
     #[arg(long, env = "AIRLOCK_SERVER")]
     server: Option<String>,
     /// The host identity made by `airlock enroll`.
-    #[arg(long, env = "AIRLOCK_IDENTITY_DIR", default_value = "/var/lib/airlock/identity")]
+    #[arg(
+        long,
+        env = "AIRLOCK_IDENTITY_DIR",
+        default_value = "/var/lib/airlock/identity"
+    )]
     identity_dir: PathBuf,
     /// With --server: allow decisions on the local socket as break-glass (recorded as such and
     /// reported to the server). `--break-glass=false` refuses them.
@@ -43,14 +53,20 @@ struct Args {
 fn main() -> ExitCode {
     airlock_agent::cli::init_logging();
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("airlockd: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let socket = args.socket.unwrap_or_else(|| airlock_agent::paths::socket(&args.state_dir));
+    let socket = args
+        .socket
+        .unwrap_or_else(|| airlock_agent::paths::socket(&args.state_dir));
     let cfg = DaemonConfig {
         policy_paths: args.policy,
         backend: args.backend,
@@ -58,10 +74,12 @@ fn main() -> ExitCode {
         pin_dir: args.pin_dir,
         socket,
         socket_group: args.socket_group.filter(|g| !g.is_empty()),
-        link: args
-            .server
-            .filter(|s| !s.is_empty())
-            .map(|server| airlock_agent::link::client::LinkConfig { server, identity_dir: args.identity_dir.clone() }),
+        link: args.server.filter(|s| !s.is_empty()).map(|server| {
+            airlock_agent::link::client::LinkConfig {
+                server,
+                identity_dir: args.identity_dir.clone(),
+            }
+        }),
         break_glass: args.break_glass,
     };
     match rt.block_on(airlock_agent::daemon::run(cfg)) {

@@ -360,7 +360,6 @@ pub fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
     Ok(())
 }
 
-
 /// Every process in the cgroup at `dir` and its descendants (best effort: cgroups removed
 /// meanwhile are skipped).
 pub fn procs_recursive(dir: &Path) -> Vec<u32> {

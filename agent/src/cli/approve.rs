@@ -29,8 +29,15 @@ pub fn run(args: ApproveArgs) -> anyhow::Result<ExitCode> {
         let r = c.decide(req).await?.into_inner();
         // airlock-server on an N-of-M route: the vote counted, the decision waits for others.
         if r.decision.is_none() && r.threshold > 0 {
-            let approvals = r.votes.iter().filter(|v| v.release == airlock_proto::v1::Release::Allow as i32).count();
-            println!("approval recorded for {} ({approvals} of {} needed); waiting for other approvers", r.id, r.threshold);
+            let approvals = r
+                .votes
+                .iter()
+                .filter(|v| v.release == airlock_proto::v1::Release::Allow as i32)
+                .count();
+            println!(
+                "approval recorded for {} ({approvals} of {} needed); waiting for other approvers",
+                r.id, r.threshold
+            );
             return Ok(ExitCode::SUCCESS);
         }
         let r = request_from_proto(r).context("decoding the answer")?;
@@ -42,7 +49,11 @@ pub fn run(args: ApproveArgs) -> anyhow::Result<ExitCode> {
 /// `approved 1234abcd (once)`, or `approved 1234abcd (for 10m: agent X may OP TARGET until
 /// HH:MM:SS)`.
 pub fn said(r: &Request) -> String {
-    match r.decision.as_ref().and_then(|d| d.for_ms.map(|ms| (ms, d.at_unix_ms))) {
+    match r
+        .decision
+        .as_ref()
+        .and_then(|d| d.for_ms.map(|ms| (ms, d.at_unix_ms)))
+    {
         None => format!("approved {} (once)", r.id),
         Some((ms, at)) => format!(
             "approved {} (for {}: agent {} may {} {} until {})",
@@ -72,13 +83,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let mut total: u64 = 0;
     let mut prev_rank: Option<usize> = None;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(format!("expected a number at {rest:?}; {DURATION_HELP}"));
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| format!("{:?} is too large", &rest[..digits]))?;
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{:?} is too large", &rest[..digits]))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         if unit.is_empty() {
             return Err(format!("{n} has no unit; {DURATION_HELP}"));
@@ -87,7 +104,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             return Err(format!("unknown unit {unit:?}; {DURATION_HELP}"));
         };
         if prev_rank.is_some_and(|p| rank <= p) {
-            return Err(format!("units go from largest to smallest, each once (e.g. 1h30m), not {s:?}"));
+            return Err(format!(
+                "units go from largest to smallest, each once (e.g. 1h30m), not {s:?}"
+            ));
         }
         prev_rank = Some(rank);
         total = n
@@ -120,7 +139,11 @@ pub fn exact(ms: u64) -> String {
     if !ms.is_multiple_of(1000) {
         out.push_str(&format!("{}ms", ms % 1000));
     }
-    if out.is_empty() { "0s".to_string() } else { out }
+    if out.is_empty() {
+        "0s".to_string()
+    } else {
+        out
+    }
 }
 
 #[cfg(test)]
@@ -134,8 +157,15 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("1d2h3m4s"), Ok(Duration::from_secs(86_400 + 7200 + 180 + 4)));
-        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)), "a unit need not be normalized");
+        assert_eq!(
+            parse_duration("1d2h3m4s"),
+            Ok(Duration::from_secs(86_400 + 7200 + 180 + 4))
+        );
+        assert_eq!(
+            parse_duration("90m"),
+            Ok(Duration::from_secs(5400)),
+            "a unit need not be normalized"
+        );
     }
 
     #[test]
@@ -159,8 +189,16 @@ mod tests {
 
     #[test]
     fn zero_and_more_than_thirty_days_are_refused_before_contacting_the_daemon() {
-        assert!(parse_duration("0s").unwrap_err().contains("longer than zero"));
-        assert!(parse_duration("0h0m").unwrap_err().contains("longer than zero"));
+        assert!(
+            parse_duration("0s")
+                .unwrap_err()
+                .contains("longer than zero")
+        );
+        assert!(
+            parse_duration("0h0m")
+                .unwrap_err()
+                .contains("longer than zero")
+        );
         assert!(parse_duration("31d").unwrap_err().contains("30 days"));
         assert_eq!(parse_duration("30d"), Ok(MAX_GRANT));
     }
@@ -177,8 +215,18 @@ mod tests {
     #[test]
     fn the_for_flag_rejects_bad_input_naming_the_argument() {
         use clap::Parser as _;
-        let e = crate::cli::Cli::try_parse_from(["airlock", "approve", "0000dead", "--for", "ten minutes"]).unwrap_err();
+        let e = crate::cli::Cli::try_parse_from([
+            "airlock",
+            "approve",
+            "0000dead",
+            "--for",
+            "ten minutes",
+        ])
+        .unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("--for") && msg.contains("ten minutes"), "{msg}");
+        assert!(
+            msg.contains("--for") && msg.contains("ten minutes"),
+            "{msg}"
+        );
     }
 }

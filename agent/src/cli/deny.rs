@@ -25,11 +25,21 @@ pub struct DenyArgs {
 
 /// Denies one request and says what it refused.
 pub fn run(args: DenyArgs) -> anyhow::Result<ExitCode> {
-    if args.reason.as_ref().is_some_and(|r| r.len() > MAX_REASON_LEN) {
+    if args
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.len() > MAX_REASON_LEN)
+    {
         anyhow::bail!("--reason: longer than {MAX_REASON_LEN} bytes");
     }
     let id = args.id.trim().to_ascii_lowercase();
-    let req = decide_to_proto(&id, &Decision::Deny { always: args.always, reason: args.reason.clone() });
+    let req = decide_to_proto(
+        &id,
+        &Decision::Deny {
+            always: args.always,
+            reason: args.reason.clone(),
+        },
+    );
     super::with_client(&args.api, |mut c| async move {
         let r = c.decide(req).await?.into_inner();
         let r = request_from_proto(r).context("decoding airlockd's answer")?;

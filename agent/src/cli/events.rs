@@ -21,12 +21,20 @@ pub struct EventsArgs {
 }
 
 fn summary(line: &str) -> String {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { return line.to_string() };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return line.to_string();
+    };
     if v.get("record").and_then(|x| x.as_str()) == Some("request") {
         // A request line (opened / closed) from the hold table.
         let c = &v["context"];
-        let by = v["decision"]["by"]["user"].as_str().map(|u| format!(" by={u}")).unwrap_or_default();
-        let reason = v["decision"]["reason"].as_str().map(|r| format!(" reason={r:?}")).unwrap_or_default();
+        let by = v["decision"]["by"]["user"]
+            .as_str()
+            .map(|u| format!(" by={u}"))
+            .unwrap_or_default();
+        let reason = v["decision"]["reason"]
+            .as_str()
+            .map(|r| format!(" reason={r:?}"))
+            .unwrap_or_default();
         return format!(
             "request {:<6} id={} state={} op={} agent={} pid={} target={}{by}{reason}",
             v["change"].as_str().unwrap_or("-"),
@@ -40,11 +48,26 @@ fn summary(line: &str) -> String {
     }
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
     let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-    let target = v.get("target_path").and_then(|x| x.as_str()).map(str::to_string).unwrap_or_else(|| s("target_name"));
+    let target = v
+        .get("target_path")
+        .and_then(|x| x.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| s("target_name"));
     format!(
         "{:<7} {:<10} {:<10} agent={} pid={} comm={} target={} rule={}{}",
-        s("verdict"), s("op"), s("action"), s("agent"), n("pid"), s("comm"), target, s("rule"),
-        if v.get("monitor").and_then(|x| x.as_bool()).unwrap_or(false) { " (monitor)" } else { "" }
+        s("verdict"),
+        s("op"),
+        s("action"),
+        s("agent"),
+        n("pid"),
+        s("comm"),
+        target,
+        s("rule"),
+        if v.get("monitor").and_then(|x| x.as_bool()).unwrap_or(false) {
+            " (monitor)"
+        } else {
+            ""
+        }
     )
 }
 
@@ -56,7 +79,9 @@ pub fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
     let mut line = String::new();
     loop {
         line.clear();
-        let n = r.read_line(&mut line).with_context(|| format!("reading {}", path.display()))?;
+        let n = r
+            .read_line(&mut line)
+            .with_context(|| format!("reading {}", path.display()))?;
         if n == 0 {
             if !args.follow {
                 return Ok(ExitCode::SUCCESS);
@@ -64,7 +89,10 @@ pub fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
             std::thread::sleep(Duration::from_millis(200));
             // Reopen if the log was rotated under us.
             let pos = r.stream_position()?;
-            if std::fs::metadata(&path).map(|m| m.len() < pos).unwrap_or(false) {
+            if std::fs::metadata(&path)
+                .map(|m| m.len() < pos)
+                .unwrap_or(false)
+            {
                 r = BufReader::new(std::fs::File::open(&path)?);
             }
             continue;
@@ -77,7 +105,11 @@ pub fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         let l = line.trim_end();
-        if args.json { println!("{l}") } else { println!("{}", summary(l)) }
+        if args.json {
+            println!("{l}")
+        } else {
+            println!("{}", summary(l))
+        }
     }
 }
 
@@ -91,7 +123,9 @@ mod tests {
         let s = summary(l);
         assert!(s.starts_with("request closed id=1234abcd state=denied op=open_write agent=demo pid=7 target=/etc/hosts"), "{s}");
         assert!(s.contains("by=root") && s.contains("reason=\"no\""), "{s}");
-        let e = summary(r#"{"verdict":"held","op":"exec","action":"approve","agent":"a","pid":3,"comm":"sh","target_name":"apt","rule":"r"}"#);
+        let e = summary(
+            r#"{"verdict":"held","op":"exec","action":"approve","agent":"a","pid":3,"comm":"sh","target_name":"apt","rule":"r"}"#,
+        );
         assert!(e.starts_with("held"), "{e}");
     }
 }

@@ -77,7 +77,12 @@ pub struct ApiArgs {
     #[arg(long, env = "AIRLOCK_SERVER", value_name = "URL")]
     pub server: Option<String>,
     /// API token for --server (`airlock-server tokens issue PRINCIPAL`).
-    #[arg(long, env = "AIRLOCK_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "AIRLOCK_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     /// The server's CA certificate (PEM) for --server [default: the enrolled host's ca.pem].
     #[arg(long, env = "AIRLOCK_CA", value_name = "FILE")]
@@ -87,7 +92,9 @@ pub struct ApiArgs {
 impl ApiArgs {
     /// The socket to connect to.
     pub fn socket_path(&self) -> std::path::PathBuf {
-        self.socket.clone().unwrap_or_else(|| crate::paths::socket(&self.state_dir))
+        self.socket
+            .clone()
+            .unwrap_or_else(|| crate::paths::socket(&self.state_dir))
     }
 }
 
@@ -102,18 +109,30 @@ where
     Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
 {
     use anyhow::Context as _;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     let res = rt.block_on(async {
         let client = match api.server.as_deref().filter(|s| !s.is_empty()) {
-            Some(url) => crate::api::remote::connect_server(url, api.token.as_deref(), api.ca.as_deref()).await?,
-            None => crate::api::remote::local(crate::api::connect_channel(&api.socket_path()).await?),
+            Some(url) => {
+                crate::api::remote::connect_server(url, api.token.as_deref(), api.ca.as_deref())
+                    .await?
+            }
+            None => {
+                crate::api::remote::local(crate::api::connect_channel(&api.socket_path()).await?)
+            }
         };
         f(client).await
     });
     match res {
         Err(e) if e.downcast_ref::<tonic::Status>().is_some() => {
             let s = e.downcast_ref::<tonic::Status>().expect("checked above");
-            let msg = if s.message().is_empty() { s.code().description() } else { s.message() };
+            let msg = if s.message().is_empty() {
+                s.code().description()
+            } else {
+                s.message()
+            };
             eprintln!("airlock: {msg}");
             Ok(ExitCode::from(1))
         }
@@ -127,7 +146,10 @@ pub fn init_logging() {
     let filter = EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only for a person at a terminal: log files and journald get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         b.without_time().with_ansi(false).init();
     } else {

@@ -34,7 +34,10 @@ pub struct PendingArgs {
 pub fn run(args: PendingArgs) -> anyhow::Result<ExitCode> {
     let with_host = args.api.server.is_some();
     super::with_client(&args.api, |mut c| async move {
-        let filter = pb::ListPendingRequest { host: args.host.clone(), agent: args.agent.clone() };
+        let filter = pb::ListPendingRequest {
+            host: args.host.clone(),
+            agent: args.agent.clone(),
+        };
         let resp = c.list_pending(filter).await?.into_inner();
         let reqs = resp
             .requests
@@ -69,7 +72,13 @@ fn cut(s: &str, max: usize, keep_end: bool) -> String {
 /// The table `airlock pending` prints: a header and one aligned row per request.
 /// With `with_host` (airlock-server answers for a fleet) the second column is the host.
 pub fn table(reqs: &[Request], now_ms: u64, with_host: bool) -> String {
-    let mut rows = vec![["ID", "HOST", "AGE", "AGENT", "OP", "TARGET", "COMMAND", "RULE", "LEFT"].map(String::from).to_vec()];
+    let mut rows = vec![
+        [
+            "ID", "HOST", "AGE", "AGENT", "OP", "TARGET", "COMMAND", "RULE", "LEFT",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
     for r in reqs {
         let c = &r.context;
         rows.push(vec![
@@ -81,7 +90,11 @@ pub fn table(reqs: &[Request], now_ms: u64, with_host: bool) -> String {
             cut(&target(c), MAX_TARGET, true),
             cut(&command(c), MAX_COMMAND, false),
             c.rule.clone().unwrap_or_else(|| "-".into()),
-            if now_ms >= r.deadline_unix_ms { "due".into() } else { span(r.deadline_unix_ms - now_ms) },
+            if now_ms >= r.deadline_unix_ms {
+                "due".into()
+            } else {
+                span(r.deadline_unix_ms - now_ms)
+            },
         ]);
     }
     if !with_host {

@@ -94,21 +94,32 @@ const GATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Waits until airlockd's status lists cgroup `id` among the agent cgroups it gates, so that
 /// nothing of CMD runs before the kernel side knows the cgroup.
-pub fn wait_until_gated(state_dir: &Path, id: u64, timeout: std::time::Duration) -> anyhow::Result<()> {
+pub fn wait_until_gated(
+    state_dir: &Path,
+    id: u64,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
     let status = crate::paths::status_file(state_dir);
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let gated = std::fs::read(&status)
             .ok()
             .and_then(|b| serde_json::from_slice::<crate::daemon::Status>(&b).ok())
-            .filter(|s| nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid as i32), None).is_ok());
+            .filter(|s| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid as i32), None).is_ok()
+            });
         match gated {
             Some(s) if s.agents.iter().any(|a| a.id == id) => return Ok(()),
             None if std::time::Instant::now() > deadline => {
-                bail!("airlockd is not running (no live status in {})", status.display())
+                bail!(
+                    "airlockd is not running (no live status in {})",
+                    status.display()
+                )
             }
             _ if std::time::Instant::now() > deadline => {
-                bail!("airlockd did not pick the cgroup up within {timeout:?} (does the policy define this agent?)")
+                bail!(
+                    "airlockd did not pick the cgroup up within {timeout:?} (does the policy define this agent?)"
+                )
             }
             _ => std::thread::sleep(std::time::Duration::from_millis(5)),
         }
@@ -269,7 +280,10 @@ impl RunRecord {
         let uid = nix::unistd::getuid();
         let launcher = crate::hold::Launcher {
             uid: uid.as_raw(),
-            user: nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name),
+            user: nix::unistd::User::from_uid(uid)
+                .ok()
+                .flatten()
+                .map(|u| u.name),
             sudo_user: std::env::var("SUDO_USER").ok().filter(|s| !s.is_empty()),
             reason: args.reason.clone(),
         };
@@ -282,7 +296,10 @@ impl RunRecord {
         match written {
             Ok(()) => RunRecord { path: Some(path) },
             Err(e) => {
-                eprintln!("airlock run: warning: cannot record who launched this run ({}): {e}", path.display());
+                eprintln!(
+                    "airlock run: warning: cannot record who launched this run ({}): {e}",
+                    path.display()
+                );
                 RunRecord { path: None }
             }
         }

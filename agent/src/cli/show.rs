@@ -28,7 +28,10 @@ pub struct ShowArgs {
 pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
     let id = args.id.trim().to_ascii_lowercase();
     super::with_client(&args.api, |mut c| async move {
-        let w = c.get_request(pb::GetRequestRequest { id }).await?.into_inner();
+        let w = c
+            .get_request(pb::GetRequestRequest { id })
+            .await?
+            .into_inner();
         let votes = votes(&w);
         let r = request_from_proto(w).context("decoding the answer")?;
         if args.json {
@@ -44,13 +47,37 @@ pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
 fn votes(w: &pb::HoldRequest) -> String {
     let mut o = String::new();
     if let Some(route) = &w.route {
-        let approvals = w.votes.iter().filter(|v| v.release == pb::Release::Allow as i32).count();
-        let _ = writeln!(o, "{:<10}{route} ({approvals} of {} approvals)", "route", w.threshold.max(1));
+        let approvals = w
+            .votes
+            .iter()
+            .filter(|v| v.release == pb::Release::Allow as i32)
+            .count();
+        let _ = writeln!(
+            o,
+            "{:<10}{route} ({approvals} of {} approvals)",
+            "route",
+            w.threshold.max(1)
+        );
     }
     for (i, v) in w.votes.iter().enumerate() {
-        let how = if v.release == pb::Release::Allow as i32 { "approve" } else { "deny" };
-        let why = v.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
-        let _ = writeln!(o, "{:<10}{} {how} via {} at {}{why}", if i == 0 { "votes" } else { "" }, v.principal, v.via, local_time(v.at_unix_ms, true));
+        let how = if v.release == pb::Release::Allow as i32 {
+            "approve"
+        } else {
+            "deny"
+        };
+        let why = v
+            .reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "{:<10}{} {how} via {} at {}{why}",
+            if i == 0 { "votes" } else { "" },
+            v.principal,
+            v.via,
+            local_time(v.at_unix_ms, true)
+        );
     }
     o
 }
@@ -75,7 +102,9 @@ pub(crate) fn op_name(op: Op) -> &'static str {
 
 /// The object acted on: its path, else its device and inode.
 pub(crate) fn target(c: &RequestContext) -> String {
-    c.target_path.clone().unwrap_or_else(|| format!("inode {} on dev {}", c.target_ino, dev(c.target_dev)))
+    c.target_path
+        .clone()
+        .unwrap_or_else(|| format!("inode {} on dev {}", c.target_ino, dev(c.target_dev)))
 }
 
 /// Kernel `s_dev` as major:minor.
@@ -85,7 +114,9 @@ fn dev(d: u32) -> String {
 
 /// The agent's name, else its cgroup.
 pub(crate) fn agent(c: &RequestContext) -> String {
-    c.agent.clone().unwrap_or_else(|| format!("cgroup {}", c.cgroup_id))
+    c.agent
+        .clone()
+        .unwrap_or_else(|| format!("cgroup {}", c.cgroup_id))
 }
 
 /// What ran: the captured arguments, else the command name.
@@ -93,7 +124,12 @@ pub(crate) fn command(c: &RequestContext) -> String {
     if c.argv.is_empty() {
         return c.comm.clone();
     }
-    let mut s = c.argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ");
+    let mut s = c
+        .argv
+        .iter()
+        .map(|a| quote(a))
+        .collect::<Vec<_>>()
+        .join(" ");
     if c.argv_truncated {
         s.push_str(" …");
     }
@@ -102,7 +138,10 @@ pub(crate) fn command(c: &RequestContext) -> String {
 
 /// Quotes an argument only when it would otherwise read ambiguously.
 fn quote(a: &str) -> String {
-    if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+    if !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
         a.to_string()
     } else {
         format!("{a:?}")
@@ -112,9 +151,19 @@ fn quote(a: &str) -> String {
 /// A span as its two largest units: `45s`, `3m12s`, `1h30m`, `2d4h`.
 pub(crate) fn span(ms: u64) -> String {
     let s = ms / 1000;
-    let parts = [(s / 86400, "d"), (s / 3600 % 24, "h"), (s / 60 % 60, "m"), (s % 60, "s")];
+    let parts = [
+        (s / 86400, "d"),
+        (s / 3600 % 24, "h"),
+        (s / 60 % 60, "m"),
+        (s % 60, "s"),
+    ];
     let first = parts.iter().position(|p| p.0 != 0).unwrap_or(3);
-    parts[first..].iter().take(2).filter(|p| p.0 != 0 || first == 3).map(|(n, u)| format!("{n}{u}")).collect()
+    parts[first..]
+        .iter()
+        .take(2)
+        .filter(|p| p.0 != 0 || first == 3)
+        .map(|(n, u)| format!("{n}{u}"))
+        .collect()
 }
 
 /// Local wall-clock time of a Unix millisecond timestamp: `HH:MM:SS`, or with the date.
@@ -127,7 +176,16 @@ pub(crate) fn local_time(unix_ms: u64, with_date: bool) -> String {
         return format!("@{}", unix_ms / 1000);
     }
     let time = format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec);
-    if with_date { format!("{:04}-{:02}-{:02} {time}", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday) } else { time }
+    if with_date {
+        format!(
+            "{:04}-{:02}-{:02} {time}",
+            tm.tm_year + 1900,
+            tm.tm_mon + 1,
+            tm.tm_mday
+        )
+    } else {
+        time
+    }
 }
 
 /// How a closed request was closed, in a few words: `approved by alice (once)`.
@@ -169,7 +227,10 @@ pub fn render(r: &Request, now_ms: u64) -> String {
             OnTimeout::Deny => "deny",
             OnTimeout::Allow => "allow",
         };
-        format!("pending ({} left, then {then})", span(r.deadline_unix_ms.saturating_sub(now_ms)))
+        format!(
+            "pending ({} left, then {then})",
+            span(r.deadline_unix_ms.saturating_sub(now_ms))
+        )
     } else {
         outcome(r)
     };
@@ -187,7 +248,11 @@ pub fn render(r: &Request, now_ms: u64) -> String {
         line("unit", u.clone());
     }
     if let Some(l) = &c.launched_by {
-        let mut v = format!("{} (uid {})", l.user.clone().unwrap_or_else(|| "?".into()), l.uid);
+        let mut v = format!(
+            "{} (uid {})",
+            l.user.clone().unwrap_or_else(|| "?".into()),
+            l.uid
+        );
         if let Some(s) = &l.sudo_user {
             let _ = write!(v, " via sudo from {s}");
         }
@@ -199,13 +264,22 @@ pub fn render(r: &Request, now_ms: u64) -> String {
     if let Some(why) = &c.reason {
         line("reason", format!("{why:?}"));
     }
-    line("rule", match (&c.rule, &c.policy) {
-        (Some(r), Some(p)) => format!("{r} (policy {p})"),
-        (Some(r), None) => r.clone(),
-        (None, _) => "-".to_string(),
-    });
+    line(
+        "rule",
+        match (&c.rule, &c.policy) {
+            (Some(r), Some(p)) => format!("{r} (policy {p})"),
+            (Some(r), None) => r.clone(),
+            (None, _) => "-".to_string(),
+        },
+    );
     line("host", c.host.clone());
-    line("process", format!("pid {} tid {} comm {} uid {} euid {}", c.tgid, c.pid, c.comm, c.uid, c.euid));
+    line(
+        "process",
+        format!(
+            "pid {} tid {} comm {} uid {} euid {}",
+            c.tgid, c.pid, c.comm, c.uid, c.euid
+        ),
+    );
     if let Some(e) = &c.exe {
         line("exe", e.clone());
     }
@@ -213,10 +287,20 @@ pub fn render(r: &Request, now_ms: u64) -> String {
         line("cwd", d.clone());
     }
     for (i, a) in c.ancestry.iter().enumerate() {
-        let exe = a.exe.as_deref().map(|e| format!(" {e}")).unwrap_or_default();
-        line(if i == 0 { "ancestry" } else { "" }, format!("{} {}{exe}", a.pid, a.comm));
+        let exe = a
+            .exe
+            .as_deref()
+            .map(|e| format!(" {e}"))
+            .unwrap_or_default();
+        line(
+            if i == 0 { "ancestry" } else { "" },
+            format!("{} {}{exe}", a.pid, a.comm),
+        );
     }
-    line("object", format!("dev {} inode {}", dev(c.target_dev), c.target_ino));
+    line(
+        "object",
+        format!("dev {} inode {}", dev(c.target_dev), c.target_ino),
+    );
     line("backend", c.backend.clone());
     let holders = r
         .holders
@@ -234,16 +318,35 @@ pub fn render(r: &Request, now_ms: u64) -> String {
     } else {
         line("holders", format!("{holders}; {} attempt(s)", r.attempts));
     }
-    line("created", format!("{} ({} ago)", local_time(r.created_unix_ms, true), span(now_ms.saturating_sub(r.created_unix_ms))));
+    line(
+        "created",
+        format!(
+            "{} ({} ago)",
+            local_time(r.created_unix_ms, true),
+            span(now_ms.saturating_sub(r.created_unix_ms))
+        ),
+    );
     line("deadline", local_time(r.deadline_unix_ms, true));
     if let Some(d) = &r.decision {
         let mut v = format!("at {}", local_time(d.at_unix_ms, true));
         match &d.by {
             Some(by) if by.principal.is_some() => {
-                let _ = write!(v, " by {} (via {})", by.principal.as_deref().unwrap_or("?"), by.via);
+                let _ = write!(
+                    v,
+                    " by {} (via {})",
+                    by.principal.as_deref().unwrap_or("?"),
+                    by.via
+                );
             }
             Some(by) => {
-                let _ = write!(v, " by {} (uid {}, pid {}, via {})", by.user.as_deref().unwrap_or("?"), by.uid, by.pid, by.via);
+                let _ = write!(
+                    v,
+                    " by {} (uid {}, pid {}, via {})",
+                    by.user.as_deref().unwrap_or("?"),
+                    by.uid,
+                    by.pid,
+                    by.via
+                );
             }
             None => {}
         }

@@ -28,37 +28,67 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let s: Status = serde_json::from_slice(&body).with_context(|| format!("parsing {}", path.display()))?;
+    let s: Status =
+        serde_json::from_slice(&body).with_context(|| format!("parsing {}", path.display()))?;
     let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid as i32), None).is_ok();
     if args.json {
         println!("{}", String::from_utf8_lossy(&body));
-        return Ok(if alive { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        return Ok(if alive {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
     }
-    println!("airlockd   pid {} ({})", s.pid, if alive { "running" } else { "NOT running: stale status" });
+    println!(
+        "airlockd   pid {} ({})",
+        s.pid,
+        if alive {
+            "running"
+        } else {
+            "NOT running: stale status"
+        }
+    );
     println!("backend    {}", s.backend);
     println!("why        {}", s.backend_reason);
     println!("exec ctx   {}", s.exec_context);
-    println!("policies   {} ({})", s.policies.join(", "), s.policy_paths.join(", "));
-    println!("rules      {} ({} gated binaries, {} protected paths)", s.rules, s.gated_binaries, s.protected_paths);
+    println!(
+        "policies   {} ({})",
+        s.policies.join(", "),
+        s.policy_paths.join(", ")
+    );
+    println!(
+        "rules      {} ({} gated binaries, {} protected paths)",
+        s.rules, s.gated_binaries, s.protected_paths
+    );
     println!("events     {} recorded, {} lost", s.events, s.lost);
     println!("requests   {} pending", s.pending_requests);
     match &s.link {
         Some(l) => println!(
             "server     {} ({}; local decisions: {})",
             l.server,
-            if l.connected { "linked" } else { "NOT linked: reconnecting" },
+            if l.connected {
+                "linked"
+            } else {
+                "NOT linked: reconnecting"
+            },
             l.local_decisions
         ),
         None => println!("server     none (decisions on this host's socket)"),
     }
     if s.records_failed > 0 {
-        println!("RECORDS FAILED: {} records could not be written", s.records_failed);
+        println!(
+            "RECORDS FAILED: {} records could not be written",
+            s.records_failed
+        );
     }
     if s.agents.is_empty() {
         println!("agents     none running");
     }
     for a in &s.agents {
-        println!("agent      {:<16} {} (cgroup id {})", a.agent, a.cgroup, a.id);
+        println!(
+            "agent      {:<16} {} (cgroup id {})",
+            a.agent, a.cgroup, a.id
+        );
     }
     for n in &s.notes {
         println!("note       {n}");
@@ -66,5 +96,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if let Some(e) = &s.last_reload_error {
         println!("RELOAD FAILED (previous policy in force): {e}");
     }
-    Ok(if alive { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if alive {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -30,25 +30,37 @@ pub struct WatchArgs {
 pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let remote = args.api.server.is_some();
     super::with_client(&args.api, |mut c| async move {
-        let filter = pb::WatchRequest { host: args.host.clone(), agent: args.agent.clone() };
+        let filter = pb::WatchRequest {
+            host: args.host.clone(),
+            agent: args.agent.clone(),
+        };
         let mut stream = c.watch(filter).await?.into_inner();
         let mut out = std::io::stdout();
         while let Some(ev) = stream.message().await? {
-            let kind = pb::watch_event::Kind::try_from(ev.kind).unwrap_or(pb::watch_event::Kind::Unspecified);
+            let kind = pb::watch_event::Kind::try_from(ev.kind)
+                .unwrap_or(pb::watch_event::Kind::Unspecified);
             let Some(r) = ev.request else { continue };
             let r = request_from_proto(r).context("decoding airlockd's event")?;
             let text = match (kind, args.json) {
                 // An event kind from a newer airlockd: skip it rather than misreport it.
                 (pb::watch_event::Kind::Unspecified, _) => continue,
                 (k, true) => {
-                    let name = if k == pb::watch_event::Kind::Opened { "opened" } else { "closed" };
+                    let name = if k == pb::watch_event::Kind::Opened {
+                        "opened"
+                    } else {
+                        "closed"
+                    };
                     serde_json::json!({ "event": name, "request": r }).to_string()
                 }
-                (pb::watch_event::Kind::Opened, false) => with_host(remote, &r, opened(&r, now_unix_ms())),
+                (pb::watch_event::Kind::Opened, false) => {
+                    with_host(remote, &r, opened(&r, now_unix_ms()))
+                }
                 (pb::watch_event::Kind::Closed, false) => with_host(remote, &r, closed(&r)),
             };
             // Flushed per line: watch is read live, often through a pipe.
-            writeln!(out, "{text}").and_then(|()| out.flush()).context("writing to stdout")?;
+            writeln!(out, "{text}")
+                .and_then(|()| out.flush())
+                .context("writing to stdout")?;
         }
         eprintln!("airlock: airlockd ended the watch");
         Ok(ExitCode::from(1))
@@ -82,6 +94,17 @@ pub fn opened(r: &Request, now_ms: u64) -> String {
 /// `12:00:09 closed   1234abcd agent=X exec /usr/bin/apt: approved by alice (once)`.
 pub fn closed(r: &Request) -> String {
     let c = &r.context;
-    let at = r.decision.as_ref().map_or_else(now_unix_ms, |d| d.at_unix_ms);
-    format!("{} closed   {} agent={} {} {}: {}", local_time(at, false), r.id, agent(c), op_name(c.op), target(c), outcome(r))
+    let at = r
+        .decision
+        .as_ref()
+        .map_or_else(now_unix_ms, |d| d.at_unix_ms);
+    format!(
+        "{} closed   {} agent={} {} {}: {}",
+        local_time(at, false),
+        r.id,
+        agent(c),
+        op_name(c.op),
+        target(c),
+        outcome(r)
+    )
 }

@@ -7,14 +7,16 @@ use std::sync::Arc;
 use airlock_policy::CompiledPolicy;
 use tokio::sync::mpsc;
 
+use super::records::{Record, Records, RequestChange};
 use crate::agents::AgentSet;
 use crate::backend::BackendKind;
 use crate::event::{DecidedBy, GateEvent, Verdict};
 use crate::hold::context::{Sources, gather};
 use crate::hold::store::Store;
 use crate::hold::table::{HoldTable, Opening};
-use super::records::{Record, RequestChange, Records};
-use crate::hold::{Approvals, DEFAULT_TIMEOUT, Gate, HoldKey, HoldKind, Holder, Launcher, OnTimeout, Update};
+use crate::hold::{
+    Approvals, DEFAULT_TIMEOUT, Gate, HoldKey, HoldKind, Holder, Launcher, OnTimeout, Update,
+};
 
 /// Requests and their bookkeeping.
 pub(crate) struct Holds {
@@ -40,7 +42,11 @@ impl Holds {
     /// which holds can have survived: LSM holds (stopped threads, pinned programs) and backstop
     /// holds do; fanotify permission events were released by the kernel when the previous
     /// daemon's group closed.
-    pub fn start(state_dir: &Path, gate: Arc<dyn Gate>, kind: BackendKind) -> Result<Holds, crate::hold::store::StoreError> {
+    pub fn start(
+        state_dir: &Path,
+        gate: Arc<dyn Gate>,
+        kind: BackendKind,
+    ) -> Result<Holds, crate::hold::store::StoreError> {
         let store = Store::open(&crate::paths::requests_dir(state_dir))?;
         let loaded = store.load(std::time::SystemTime::now())?;
         for e in &loaded.errors {
@@ -50,18 +56,34 @@ impl Holds {
         let (journal_tx, journal) = mpsc::unbounded_channel();
         table.set_journal(journal_tx);
         let n = loaded.pending.len();
-        table.restore(loaded.pending, loaded.closed, crate::hold::approvals::now_unix_ms(), |h| match h.how {
-            HoldKind::Restart => kind == BackendKind::Lsm && thread_alive(h),
-            HoldKind::AfterExec => thread_alive(h),
-            HoldKind::Parked { .. } => false,
-        });
+        table.restore(
+            loaded.pending,
+            loaded.closed,
+            crate::hold::approvals::now_unix_ms(),
+            |h| match h.how {
+                HoldKind::Restart => kind == BackendKind::Lsm && thread_alive(h),
+                HoldKind::AfterExec => thread_alive(h),
+                HoldKind::Parked { .. } => false,
+            },
+        );
         let approvals = Approvals::new(table);
         let still = approvals.pending_count();
         if n > 0 {
-            tracing::info!(restored = still, abandoned = n - still, "pending requests from the previous run");
+            tracing::info!(
+                restored = still,
+                abandoned = n - still,
+                "pending requests from the previous run"
+            );
         }
-        let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(Holds { approvals, journal, host, state_dir: state_dir.to_path_buf() })
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Holds {
+            approvals,
+            journal,
+            host,
+            state_dir: state_dir.to_path_buf(),
+        })
     }
 
     /// A held event: joins or opens its request. Returns the request id.
@@ -77,30 +99,59 @@ impl Holds {
         if ev.verdict != Verdict::Held {
             return None;
         }
-        let key = HoldKey { tgid: ev.tgid, op: ev.op, dev: ev.target_dev, ino: ev.target_ino, argv_hash: ev.argv_hash };
+        let key = HoldKey {
+            tgid: ev.tgid,
+            op: ev.op,
+            dev: ev.target_dev,
+            ino: ev.target_ino,
+            argv_hash: ev.argv_hash,
+        };
         let how = match (ev.hold_token, ev.decided_by) {
             (Some(token), _) => HoldKind::Parked { token },
             (None, Some(DecidedBy::Backstop)) => HoldKind::AfterExec,
             _ => HoldKind::Restart,
         };
-        let holder = Holder { tid: ev.pid, tgid: ev.tgid, how };
+        let holder = Holder {
+            tid: ev.pid,
+            tgid: ev.tgid,
+            how,
+        };
         let joined = self.approvals.on_held(key, holder, || {
             let rule = policy.rules.get(ev.rule_id as usize);
             let launched_by = agent
                 .as_ref()
                 .and_then(|m| crate::hold::context::unit_of(&m.root.path))
-                .and_then(|unit| std::fs::read(crate::paths::run_record(&self.state_dir, &unit)).ok())
+                .and_then(|unit| {
+                    std::fs::read(crate::paths::run_record(&self.state_dir, &unit)).ok()
+                })
                 .and_then(|b| serde_json::from_slice::<Launcher>(&b).ok());
             let in_agent = |pid: u32| agents.classify_pid(pid).is_some();
-            let context = gather(ev, &Sources { host: &self.host, agent: agent.as_ref(), rule, exe, launched_by, in_agent: &in_agent });
+            let context = gather(
+                ev,
+                &Sources {
+                    host: &self.host,
+                    agent: agent.as_ref(),
+                    rule,
+                    exe,
+                    launched_by,
+                    in_agent: &in_agent,
+                },
+            );
             let (timeout, on_timeout) = match rule.and_then(|r| r.approval) {
-                Some(a) => (a.timeout, match a.on_timeout {
-                    airlock_policy::OnTimeout::Allow => OnTimeout::Allow,
-                    airlock_policy::OnTimeout::Deny => OnTimeout::Deny,
-                }),
+                Some(a) => (
+                    a.timeout,
+                    match a.on_timeout {
+                        airlock_policy::OnTimeout::Allow => OnTimeout::Allow,
+                        airlock_policy::OnTimeout::Deny => OnTimeout::Deny,
+                    },
+                ),
                 None => (DEFAULT_TIMEOUT, OnTimeout::Deny),
             };
-            Opening { context, timeout, on_timeout }
+            Opening {
+                context,
+                timeout,
+                on_timeout,
+            }
         });
         Some(joined.id)
     }
@@ -112,7 +163,11 @@ impl Holds {
 
     /// Writes every queued request update to the record stream and the log, and hands it to
     /// the server link when there is one.
-    pub fn drain_updates(&mut self, records: &mut Records, link: Option<&mpsc::UnboundedSender<Update>>) {
+    pub fn drain_updates(
+        &mut self,
+        records: &mut Records,
+        link: Option<&mpsc::UnboundedSender<Update>>,
+    ) {
         while let Ok(u) = self.journal.try_recv() {
             on_update(u, records, link);
         }
@@ -120,13 +175,20 @@ impl Holds {
 }
 
 /// One request update: log line, record, link.
-pub(crate) fn on_update(u: Update, records: &mut Records, link: Option<&mpsc::UnboundedSender<Update>>) {
+pub(crate) fn on_update(
+    u: Update,
+    records: &mut Records,
+    link: Option<&mpsc::UnboundedSender<Update>>,
+) {
     let (change, r) = match &u {
         Update::Opened(r) => (RequestChange::Opened, r),
         Update::Closed(r) => (RequestChange::Closed, r),
     };
     let c = &r.context;
-    let target = c.target_path.clone().unwrap_or_else(|| format!("dev {} ino {}", c.target_dev, c.target_ino));
+    let target = c
+        .target_path
+        .clone()
+        .unwrap_or_else(|| format!("dev {} ino {}", c.target_dev, c.target_ino));
     match change {
         RequestChange::Opened => tracing::warn!(
             target: "airlock::request", id = %r.id, agent = c.agent.as_deref().unwrap_or("?"), op = ?c.op,
@@ -156,7 +218,10 @@ pub(crate) fn rewake_stopped_agents(agents: &AgentSet) -> usize {
         let dir = crate::cgroup::cgroup_dir(&agents.mount, &root.path);
         for pid in crate::cgroup::procs_recursive(&dir) {
             if proc_state(pid) == Some('T') {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGCONT,
+                );
                 n += 1;
             }
         }

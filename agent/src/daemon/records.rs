@@ -46,11 +46,19 @@ pub enum LinkChange {
     /// The stream is up (after enrolment or a reconnect).
     Up { server: String, resent: usize },
     /// The stream broke or could not be opened; the daemon retries with backoff.
-    Down { server: String, error: String, retry_in_ms: u64 },
+    Down {
+        server: String,
+        error: String,
+        retry_in_ms: u64,
+    },
     /// The server sent a decision this host does not apply.
     DecisionRefused { id: String, why: String },
     /// The server refused a message this host sent.
-    Rejected { id: String, code: i32, message: String },
+    Rejected {
+        id: String,
+        code: i32,
+        message: String,
+    },
 }
 
 /// One line of the record stream.
@@ -58,9 +66,15 @@ pub enum Record<'a> {
     /// A kernel event (the line is the event's fields; no `record` tag, as before).
     Event(EventRecord<'a>),
     /// A request opened or closed (`"record":"request"`).
-    Request { change: RequestChange, request: &'a Request },
+    Request {
+        change: RequestChange,
+        request: &'a Request,
+    },
     /// The server link (`"record":"link"`).
-    Link { at_unix_ms: u64, change: &'a LinkChange },
+    Link {
+        at_unix_ms: u64,
+        change: &'a LinkChange,
+    },
 }
 
 #[derive(Serialize)]
@@ -121,8 +135,15 @@ impl Records {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| RecordsError { path: path.to_path_buf(), source })?;
-        Ok(Records { path: path.to_path_buf(), file, failed: 0 })
+            .map_err(|source| RecordsError {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Records {
+            path: path.to_path_buf(),
+            file,
+            failed: 0,
+        })
     }
 
     /// Appends one record as one line (one `write` call, so a reader never sees half a line
@@ -153,8 +174,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         let mut r = Records::open(&path).unwrap();
-        let ch = LinkChange::Down { server: "https://s:7443".into(), error: "refused".into(), retry_in_ms: 500 };
-        r.write(&Record::Link { at_unix_ms: 5, change: &ch });
+        let ch = LinkChange::Down {
+            server: "https://s:7443".into(),
+            error: "refused".into(),
+            retry_in_ms: 500,
+        };
+        r.write(&Record::Link {
+            at_unix_ms: 5,
+            change: &ch,
+        });
         let text = std::fs::read_to_string(&path).unwrap();
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["record"], "link");

@@ -17,7 +17,10 @@ pub struct Approvals {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// CLOCK_BOOTTIME in nanoseconds: the clock the kernel checks standing grants against.
@@ -30,7 +33,9 @@ pub fn now_boot_ns() -> u64 {
 impl Approvals {
     /// Wraps a table.
     pub fn new(table: HoldTable) -> Approvals {
-        Approvals { table: Arc::new(Mutex::new(table)) }
+        Approvals {
+            table: Arc::new(Mutex::new(table)),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HoldTable> {
@@ -56,7 +61,8 @@ impl Approvals {
 
     /// Decides a pending request (see [`HoldTable::decide`]).
     pub fn decide(&self, id: &str, decision: Decision, by: Approver) -> Result<Request, HoldError> {
-        self.lock().decide(id, decision, by, now_unix_ms(), now_boot_ns())
+        self.lock()
+            .decide(id, decision, by, now_unix_ms(), now_boot_ns())
     }
 
     /// New and closed requests from now on.

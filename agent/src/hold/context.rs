@@ -36,7 +36,11 @@ pub fn gather(ev: &GateEvent, src: &Sources<'_>) -> RequestContext {
         host: src.host.to_string(),
         agent: src.agent.map(|m| m.root.agent.clone()),
         agent_cgroup: src.agent.map(|m| m.cgroup_path.clone()),
-        cgroup_id: if ev.cgroup_id != 0 { ev.cgroup_id } else { src.agent.map_or(0, |m| m.cgroup_id) },
+        cgroup_id: if ev.cgroup_id != 0 {
+            ev.cgroup_id
+        } else {
+            src.agent.map_or(0, |m| m.cgroup_id)
+        },
         unit: src.agent.and_then(|m| unit_of(&m.cgroup_path)),
         launched_by: src.launched_by.clone(),
         pid: ev.pid,
@@ -104,7 +108,11 @@ pub fn ancestry(pid: u32, in_agent: &dyn Fn(u32) -> bool) -> Vec<Ancestor> {
     let mut cur = pid;
     while out.len() < MAX_ANCESTRY && cur > 1 {
         let Some((ppid, comm)) = stat(cur) else { break };
-        out.push(Ancestor { pid: cur, comm, exe: read_link(&Path::new("/proc").join(cur.to_string()).join("exe")) });
+        out.push(Ancestor {
+            pid: cur,
+            comm,
+            exe: read_link(&Path::new("/proc").join(cur.to_string()).join("exe")),
+        });
         if !in_agent(ppid) {
             break;
         }
@@ -119,15 +127,24 @@ mod tests {
 
     #[test]
     fn unit_is_the_deepest_scope_or_service() {
-        assert_eq!(unit_of("/airlock.slice/airlock-demo-1.scope").as_deref(), Some("airlock-demo-1.scope"));
-        assert_eq!(unit_of("/system.slice/agent.service/sub").as_deref(), Some("agent.service"));
+        assert_eq!(
+            unit_of("/airlock.slice/airlock-demo-1.scope").as_deref(),
+            Some("airlock-demo-1.scope")
+        );
+        assert_eq!(
+            unit_of("/system.slice/agent.service/sub").as_deref(),
+            Some("agent.service")
+        );
         assert_eq!(unit_of("/airlock-e2e-1/agent"), None);
     }
 
     #[test]
     fn reason_is_read_from_the_environment_and_bounded() {
         let env = b"PATH=/bin\0AIRLOCK_REASON=install deps\0X=1\0";
-        assert_eq!(parse_environ(env, REASON_ENV).as_deref(), Some("install deps"));
+        assert_eq!(
+            parse_environ(env, REASON_ENV).as_deref(),
+            Some("install deps")
+        );
         assert_eq!(parse_environ(b"AIRLOCK_REASONX=no\0", REASON_ENV), None);
         let long = [b"AIRLOCK_REASON=".as_slice(), &[b'a'; 2000]].concat();
         assert_eq!(parse_environ(&long, REASON_ENV).unwrap().len(), MAX_REASON);
@@ -140,7 +157,10 @@ mod tests {
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].pid, me);
         let all = ancestry(me, &|_| true);
-        assert!(all.len() >= 2, "our parent is listed when it counts as inside");
+        assert!(
+            all.len() >= 2,
+            "our parent is listed when it counts as inside"
+        );
         assert!(all.len() <= MAX_ANCESTRY);
     }
 }

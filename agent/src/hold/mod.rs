@@ -20,7 +20,8 @@ use crate::event::Op;
 // The approval domain (context, decisions, who decided) is shared with airlock-server; the hold
 // table, its key and its holders are this host's own.
 pub use airlock_approval::{
-    Ancestor, Approver, Decision, DecisionRecord, Launcher, MAX_GRANT, OnTimeout, Release, RequestContext, RequestState,
+    Ancestor, Approver, Decision, DecisionRecord, Launcher, MAX_GRANT, OnTimeout, Release,
+    RequestContext, RequestState,
 };
 
 pub mod approvals;
@@ -93,16 +94,26 @@ pub struct Standing {
 pub enum GateError {
     /// A kernel map update failed (LSM backend, backstop).
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     /// Signalling a held process failed (other than: it is gone).
     #[error("signal {signal} to {pid}: {source}")]
-    Signal { signal: &'static str, pid: u32, source: nix::Error },
+    Signal {
+        signal: &'static str,
+        pid: u32,
+        source: nix::Error,
+    },
     /// The parked permission event is not (or no longer) held by the backend.
     #[error("permission event {token} is not parked (already answered)")]
     NotParked { token: u64 },
     /// This backend cannot release holders of this kind.
     #[error("the {backend} backend cannot release a {kind} hold")]
-    Unsupported { backend: &'static str, kind: &'static str },
+    Unsupported {
+        backend: &'static str,
+        kind: &'static str,
+    },
 }
 
 /// The backend side of a hold: releases holders and writes standing decisions.

@@ -14,9 +14,15 @@ pub const KEEP_CLOSED: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a request record: {source}")]
-    Parse { path: PathBuf, source: serde_json::Error },
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 /// The request directory.
@@ -42,8 +48,13 @@ impl Store {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
-        Ok(Store { dir: dir.to_path_buf() })
+            .map_err(|source| StoreError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+        })
     }
 
     fn path(&self, id: &str) -> PathBuf {
@@ -65,15 +76,26 @@ impl Store {
     /// parse is renamed to `*.bad` (never deleted) and reported.
     pub fn load(&self, now: SystemTime) -> Result<Loaded, StoreError> {
         let mut out = Loaded::default();
-        let rd = std::fs::read_dir(&self.dir).map_err(|source| StoreError::Io { path: self.dir.clone(), source })?;
+        let rd = std::fs::read_dir(&self.dir).map_err(|source| StoreError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
         for entry in rd.flatten() {
             let path = entry.path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
             let parsed = std::fs::read(&path)
-                .map_err(|source| StoreError::Io { path: path.clone(), source })
-                .and_then(|b| serde_json::from_slice::<Request>(&b).map_err(|source| StoreError::Parse { path: path.clone(), source }));
+                .map_err(|source| StoreError::Io {
+                    path: path.clone(),
+                    source,
+                })
+                .and_then(|b| {
+                    serde_json::from_slice::<Request>(&b).map_err(|source| StoreError::Parse {
+                        path: path.clone(),
+                        source,
+                    })
+                });
             match parsed {
                 Ok(r) if r.state == RequestState::Pending => out.pending.push(r),
                 Ok(r) => {

@@ -181,7 +181,13 @@ impl HoldTable {
     /// Puts requests read back from the store (after a restart) into the table. Holders for
     /// which `still_held` is false are dropped; a request left without holders is closed as
     /// abandoned.
-    pub fn restore(&mut self, requests: Vec<Request>, closed: Vec<Request>, now_unix_ms: u64, still_held: impl Fn(&Holder) -> bool) {
+    pub fn restore(
+        &mut self,
+        requests: Vec<Request>,
+        closed: Vec<Request>,
+        now_unix_ms: u64,
+        still_held: impl Fn(&Holder) -> bool,
+    ) {
         for r in closed {
             self.push_closed(r);
         }
@@ -203,7 +209,13 @@ impl HoldTable {
         self.closed.push_back(r);
     }
 
-    fn close(&mut self, mut r: Request, state: RequestState, decision: Option<DecisionRecord>, _now: u64) -> Request {
+    fn close(
+        &mut self,
+        mut r: Request,
+        state: RequestState,
+        decision: Option<DecisionRecord>,
+        _now: u64,
+    ) -> Request {
         self.pending.remove(&r.id);
         if self.by_key.get(&r.key) == Some(&r.id) {
             self.by_key.remove(&r.key);
@@ -227,7 +239,10 @@ impl HoldTable {
     ) -> Result<Request, HoldError> {
         let Some(r) = self.pending.get(id) else {
             return Err(match self.get(id) {
-                Ok(c) => HoldError::Closed { id: id.to_string(), state: c.state.as_str() },
+                Ok(c) => HoldError::Closed {
+                    id: id.to_string(),
+                    state: c.state.as_str(),
+                },
                 Err(e) => e,
             });
         };
@@ -247,7 +262,11 @@ impl HoldTable {
                         })
                     }
                 };
-                (Release::Allow, standing, (for_.map(|d| d.as_millis() as u64), false, None))
+                (
+                    Release::Allow,
+                    standing,
+                    (for_.map(|d| d.as_millis() as u64), false, None),
+                )
             }
             Decision::Deny { always, reason } => {
                 let standing = always.then_some(Standing {
@@ -287,7 +306,9 @@ impl HoldTable {
         let mut out = Vec::new();
         let ids: Vec<String> = self.pending.keys().cloned().collect();
         for id in ids {
-            let Some(r) = self.pending.get(&id) else { continue };
+            let Some(r) = self.pending.get(&id) else {
+                continue;
+            };
             if !r.holders.iter().any(&alive) {
                 let r = r.clone();
                 out.push(self.close(r, RequestState::Abandoned, None, now_unix_ms));
@@ -310,10 +331,13 @@ impl HoldTable {
                 release,
                 for_ms: None,
                 always: false,
-                reason: Some(format!("no decision within {secs}s (onTimeout: {})", match release {
-                    Release::Allow => "allow",
-                    Release::Deny => "deny",
-                })),
+                reason: Some(format!(
+                    "no decision within {secs}s (onTimeout: {})",
+                    match release {
+                        Release::Allow => "allow",
+                        Release::Deny => "deny",
+                    }
+                )),
                 by: None,
                 at_unix_ms: now_unix_ms,
             };
@@ -324,8 +348,10 @@ impl HoldTable {
 }
 
 fn check_duration(d: Duration) -> Result<(), HoldError> {
-    airlock_approval::check_grant(d)
-        .map_err(|why| HoldError::BadDuration { value: format!("{}s", d.as_secs_f64()), why })
+    airlock_approval::check_grant(d).map_err(|why| HoldError::BadDuration {
+        value: format!("{}s", d.as_secs_f64()),
+        why,
+    })
 }
 
 #[cfg(test)]

@@ -16,7 +16,10 @@ impl Gate for FakeGate {
         if *self.fail.lock().unwrap() {
             return Err(GateError::NotParked { token: 1 });
         }
-        self.released.lock().unwrap().push((*key, holders.to_vec(), how));
+        self.released
+            .lock()
+            .unwrap()
+            .push((*key, holders.to_vec(), how));
         Ok(())
     }
     fn standing(&self, s: &Standing) -> Result<(), GateError> {

@@ -19,8 +19,8 @@ use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use airlock_proto::v1 as pb;
 use airlock_proto::HostLinkClient;
+use airlock_proto::v1 as pb;
 use pb::host_message::Body as Up;
 use pb::server_message::Body as Down;
 use tokio::sync::{mpsc, watch};
@@ -59,7 +59,10 @@ pub enum LinkError {
     #[error("host identity: {0}")]
     Identity(#[from] super::identity::IdentityError),
     #[error("TLS settings for {url}: {source}")]
-    Tls { url: String, source: tonic::transport::Error },
+    Tls {
+        url: String,
+        source: tonic::transport::Error,
+    },
 }
 
 /// The running link, as the daemon holds it.
@@ -108,22 +111,38 @@ pub fn spawn(
         host_allows_break_glass,
     };
     let task = tokio::spawn(link.run());
-    Ok(LinkHandle { updates, changes, connected, local, task })
+    Ok(LinkHandle {
+        updates,
+        changes,
+        connected,
+        local,
+        task,
+    })
 }
 
 fn endpoint(cfg: &LinkConfig) -> Result<Endpoint, LinkError> {
-    let bad = |why: &str| LinkError::BadUrl { url: cfg.server.clone(), why: why.to_string() };
+    let bad = |why: &str| LinkError::BadUrl {
+        url: cfg.server.clone(),
+        why: why.to_string(),
+    };
     let uri: tonic::transport::Uri = cfg.server.parse().map_err(|_| bad("not a URL"))?;
     if uri.scheme_str() != Some("https") {
         return Err(bad("must start with https:// (the link is always TLS)"));
     }
-    let host = uri.host().ok_or_else(|| bad("no host name"))?.trim_matches(|c| c == '[' || c == ']').to_string();
+    let host = uri
+        .host()
+        .ok_or_else(|| bad("no host name"))?
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_string();
     let identity = super::identity::Identity::load(&cfg.identity_dir)?;
     let tls = identity.client_tls(&host);
     let e = Endpoint::from_shared(cfg.server.clone())
         .map_err(|_| bad("not a URL"))?
         .tls_config(tls)
-        .map_err(|source| LinkError::Tls { url: cfg.server.clone(), source })?
+        .map_err(|source| LinkError::Tls {
+            url: cfg.server.clone(),
+            source,
+        })?
         .connect_timeout(Duration::from_secs(5))
         // A server that vanished without closing (power loss, partition) is noticed within
         // ~15 s instead of when TCP gives up.
@@ -205,13 +224,25 @@ impl Link {
 
     fn opened(&mut self, r: &Request) -> pb::HostMessage {
         self.sent.insert(r.id.clone());
-        pb::HostMessage { body: Some(Up::Opened(pb::Opened { request: Some(request_to_link(r)) })) }
+        pb::HostMessage {
+            body: Some(Up::Opened(pb::Opened {
+                request: Some(request_to_link(r)),
+            })),
+        }
     }
 
     fn outcome(&mut self, r: Request) -> pb::HostMessage {
-        let m = pb::HostMessage { body: Some(Up::Outcome(pb::Outcome { request: Some(request_to_link(&r)) })) };
+        let m = pb::HostMessage {
+            body: Some(Up::Outcome(pb::Outcome {
+                request: Some(request_to_link(&r)),
+            })),
+        };
         let now = Instant::now();
-        while self.recent.front().is_some_and(|(t, _)| now.duration_since(*t) > RESEND_WINDOW) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > RESEND_WINDOW)
+        {
             self.recent.pop_front();
         }
         self.recent.push_back((now, r));
@@ -228,23 +259,37 @@ impl Link {
         // Everything the server must learn first is queued before the call starts, so it goes
         // out in this order: Hello, every pending request, the outcomes it may have missed.
         let pending = self.approvals.pending();
-        let hello = pb::Hello { version: env!("CARGO_PKG_VERSION").to_string(), pending: pending.iter().map(|r| r.id.clone()).collect() };
-        let mut first = vec![pb::HostMessage { body: Some(Up::Hello(hello)) }];
+        let hello = pb::Hello {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pending: pending.iter().map(|r| r.id.clone()).collect(),
+        };
+        let mut first = vec![pb::HostMessage {
+            body: Some(Up::Hello(hello)),
+        }];
         for r in &pending {
             first.push(self.opened(r));
         }
-        let again: Vec<Request> = self.recent.drain(..).map(|(_, r)| r).chain(self.outbox.drain(..)).collect();
+        let again: Vec<Request> = self
+            .recent
+            .drain(..)
+            .map(|(_, r)| r)
+            .chain(self.outbox.drain(..))
+            .collect();
         for r in again {
             first.push(self.outcome(r));
         }
         let resent = first.len() - 1;
-        let outbound = tokio_stream::iter(first).chain(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let outbound =
+            tokio_stream::iter(first).chain(tokio_stream::wrappers::ReceiverStream::new(rx));
         let mut inbound = match client.link(outbound).await {
             Ok(r) => r.into_inner(),
             Err(s) => return End::Broken(format!("{}: {}", code_name(s.code()), s.message())),
         };
         let _ = self.connected.send(true);
-        let _ = self.changes.send(LinkChange::Up { server: self.server.clone(), resent });
+        let _ = self.changes.send(LinkChange::Up {
+            server: self.server.clone(),
+            resent,
+        });
         loop {
             tokio::select! {
                 u = self.updates.recv() => {
@@ -294,7 +339,11 @@ impl Link {
             let _ = s.changes.send(LinkChange::DecisionRefused { id, why });
         };
         let Some(decide) = d.decide else {
-            refuse(self, String::new(), "decision without a decide field".into());
+            refuse(
+                self,
+                String::new(),
+                "decision without a decide field".into(),
+            );
             return None;
         };
         let (id, decision) = match airlock_approval::convert::decide_from_proto(decide) {
@@ -305,7 +354,11 @@ impl Link {
             }
         };
         if !self.sent.contains(&id) {
-            refuse(self, id, "not a request this host sent to the server".into());
+            refuse(
+                self,
+                id,
+                "not a request this host sent to the server".into(),
+            );
             return None;
         }
         let by = d.by.map(airlock_approval::convert::approver_from_proto);
@@ -352,7 +405,10 @@ mod tests {
     fn jitter_stays_between_half_and_whole() {
         for _ in 0..100 {
             let j = jitter(Duration::from_secs(2));
-            assert!(j >= Duration::from_secs(1) && j <= Duration::from_secs(2), "{j:?}");
+            assert!(
+                j >= Duration::from_secs(1) && j <= Duration::from_secs(2),
+                "{j:?}"
+            );
         }
     }
 }

@@ -20,7 +20,10 @@ struct Pins(PathBuf);
 
 impl Pins {
     fn new(tag: &str) -> Pins {
-        Pins(PathBuf::from(format!("/sys/fs/bpf/airlock-test-{}-{tag}", std::process::id())))
+        Pins(PathBuf::from(format!(
+            "/sys/fs/bpf/airlock-test-{}-{tag}",
+            std::process::id()
+        )))
     }
 }
 
@@ -39,7 +42,11 @@ impl Drop for Pins {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Waits (up to 3 s) for `n` events on `rx`.
@@ -66,12 +73,27 @@ fn start_probe(tx: mpsc::Sender<ExecRecord>, pins: &Pins) -> Option<ExecContextP
 }
 
 fn exe_ino(pid: i32) -> Option<u64> {
-    std::fs::metadata(format!("/proc/{pid}/exe")).ok().map(|m| m.ino())
+    std::fs::metadata(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|m| m.ino())
 }
 
 fn after_exec(ev: &GateEvent) -> (HoldKey, Holder) {
-    let key = HoldKey { tgid: ev.tgid, op: ev.op, dev: ev.target_dev, ino: ev.target_ino, argv_hash: ev.argv_hash };
-    (key, Holder { tid: ev.pid, tgid: ev.tgid, how: HoldKind::AfterExec })
+    let key = HoldKey {
+        tgid: ev.tgid,
+        op: ev.op,
+        dev: ev.target_dev,
+        ino: ev.target_ino,
+        argv_hash: ev.argv_hash,
+    };
+    (
+        key,
+        Holder {
+            tid: ev.pid,
+            tgid: ev.tgid,
+            how: HoldKind::AfterExec,
+        },
+    )
 }
 
 #[test]
@@ -92,12 +114,17 @@ fn the_pinned_backstop_stops_or_kills_gated_execs_once_the_daemon_is_gone() {
     copy_exe("/bin/echo", &held);
     copy_exe("/bin/true", &killed);
     let (h, k) = (held.to_str().unwrap(), killed.to_str().unwrap());
-    let policy = Policy::default().exec(&held, action::APPROVE).exec(&killed, action::DENY);
+    let policy = Policy::default()
+        .exec(&held, action::APPROVE)
+        .exec(&killed, action::DENY);
     probe.set_agents(&w.cg.agent_set()).unwrap();
     probe.set_rules(&policy.0).unwrap();
     let (btx, mut brx) = mpsc::channel(64);
     let allow = probe.arm_backstop(btx).unwrap();
-    w.backend.as_ref().unwrap().set_backstop(Some(allow.clone()));
+    w.backend
+        .as_ref()
+        .unwrap()
+        .set_backstop(Some(allow.clone()));
     w.apply(&policy).unwrap();
 
     // Daemon alive: an approved exec gets its EXEC_ALLOW entry first and runs unstopped.
@@ -110,23 +137,44 @@ fn the_pinned_backstop_stops_or_kills_gated_execs_once_the_daemon_is_gone() {
     let mut kid = Kid::start(&w, true, Act::Exec(&killed, &[k]), false);
     assert_eq!(kid.code(), EPERM, "deny is the listener's, before any exec");
     assert_eq!(w.next_event().verdict, Verdict::Denied);
-    assert!(collect(&mut brx, 1).is_empty(), "no backstop event while the daemon decides");
+    assert!(
+        collect(&mut brx, 1).is_empty(),
+        "no backstop event while the daemon decides"
+    );
 
     // Daemon gone: the fanotify group is closed (marks gone), the probe's fds are closed.
     w.backend = None;
     drop(probe);
     let mut stopped = Kid::start(&w, true, Act::Exec(&held, &[h, "unattended"]), false);
-    assert!(stopped.wait_state('T'), "stopped after exec: state {:?}", stopped.state());
-    assert_eq!(exe_ino(stopped.pid), Some(key_of(&held).ino), "the exec itself went through");
+    assert!(
+        stopped.wait_state('T'),
+        "stopped after exec: state {:?}",
+        stopped.state()
+    );
+    assert_eq!(
+        exe_ino(stopped.pid),
+        Some(key_of(&held).ino),
+        "the exec itself went through"
+    );
     std::thread::sleep(Duration::from_millis(100));
-    assert!(stopped.alive() && stopped.output().is_empty(), "stopped before its first instruction");
+    assert!(
+        stopped.alive() && stopped.output().is_empty(),
+        "stopped before its first instruction"
+    );
     let mut dead = Kid::start(&w, true, Act::Exec(&killed, &[k]), false);
     let s = dead.wait();
-    assert!(libc::WIFSIGNALED(s) && libc::WTERMSIG(s) == libc::SIGKILL, "deny rule: SIGKILL, status {s:#x}");
+    assert!(
+        libc::WIFSIGNALED(s) && libc::WTERMSIG(s) == libc::SIGKILL,
+        "deny rule: SIGKILL, status {s:#x}"
+    );
     let mut let_through = Kid::start(&w, true, Act::Exec(&held, &[h, "allowed"]), true);
     allow.allow(let_through.pid as u32, key_of(&held)).unwrap();
     let_through.go();
-    assert_eq!(let_through.code(), 0, "an EXEC_ALLOW entry lets the exec run");
+    assert_eq!(
+        let_through.code(),
+        0,
+        "an EXEC_ALLOW entry lets the exec run"
+    );
     assert_eq!(let_through.output(), "allowed\n");
     let mut outsider = Kid::start(&w, false, Act::Exec(&held, &[h, "outsider"]), false);
     assert_eq!(outsider.code(), 0, "non-agents are never stopped");
@@ -140,20 +188,49 @@ fn the_pinned_backstop_stops_or_kills_gated_execs_once_the_daemon_is_gone() {
     assert_eq!(evs.len(), 2, "{evs:#?}");
     let (s_ev, d_ev) = (&evs[0], &evs[1]);
     assert_eq!(
-        (s_ev.op, s_ev.action, s_ev.verdict, s_ev.decided_by, s_ev.tgid, s_ev.target_ino),
-        (Op::Exec, Action::Approve, Verdict::Held, Some(DecidedBy::Backstop), stopped.pid as u32, key_of(&held).ino)
+        (
+            s_ev.op,
+            s_ev.action,
+            s_ev.verdict,
+            s_ev.decided_by,
+            s_ev.tgid,
+            s_ev.target_ino
+        ),
+        (
+            Op::Exec,
+            Action::Approve,
+            Verdict::Held,
+            Some(DecidedBy::Backstop),
+            stopped.pid as u32,
+            key_of(&held).ino
+        )
     );
-    assert_eq!((s_ev.cgroup_id, s_ev.target_name.as_str()), (w.cg.id, "gated-echo"));
-    assert_eq!(s_ev.argv, [h, "unattended"], "argv from the stopped process");
+    assert_eq!(
+        (s_ev.cgroup_id, s_ev.target_name.as_str()),
+        (w.cg.id, "gated-echo")
+    );
+    assert_eq!(
+        s_ev.argv,
+        [h, "unattended"],
+        "argv from the stopped process"
+    );
     assert_eq!(
         (d_ev.action, d_ev.verdict, d_ev.decided_by, d_ev.tgid),
-        (Action::Deny, Verdict::Denied, Some(DecidedBy::Backstop), dead.pid as u32)
+        (
+            Action::Deny,
+            Verdict::Denied,
+            Some(DecidedBy::Backstop),
+            dead.pid as u32
+        )
     );
     // The restarted daemon's gate resumes the stopped exec.
     let (tx, _rx) = mpsc::channel(16);
     let fresh = FanotifyBackend::start(tx).unwrap();
     let (key, holder) = after_exec(s_ev);
-    fresh.gate().release(&key, &[holder], Release::Allow).unwrap();
+    fresh
+        .gate()
+        .release(&key, &[holder], Release::Allow)
+        .unwrap();
     assert_eq!(stopped.code(), 0, "SIGCONT: the program runs");
     assert_eq!(stopped.output(), "unattended\n");
     drop(fresh);
@@ -163,7 +240,11 @@ fn the_pinned_backstop_stops_or_kills_gated_execs_once_the_daemon_is_gone() {
     remove_pins(&pins.0).unwrap();
     assert!(!pins.0.exists());
     let mut free = Kid::start(&w, true, Act::Exec(&held, &[h, "free"]), false);
-    assert_eq!(free.code(), 0, "nothing stops execs once the pins are removed");
+    assert_eq!(
+        free.code(),
+        0,
+        "nothing stops execs once the pins are removed"
+    );
 }
 
 #[test]
@@ -214,23 +295,44 @@ fn a_held_exec_released_by_a_killed_daemon_is_stopped_by_the_backstop() {
         let gated = std::fs::read(state.join("status.json"))
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .is_some_and(|s| s["agents"].as_array().is_some_and(|a| a.iter().any(|c| c["id"].as_u64() == Some(w.cg.id))));
+            .is_some_and(|s| {
+                s["agents"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|c| c["id"].as_u64() == Some(w.cg.id)))
+            });
         if gated {
             break;
         }
-        assert!(daemon.0.try_wait().unwrap().is_none(), "airlockd exited early (see its output above)");
-        assert!(t.elapsed() < Duration::from_secs(30), "airlockd did not gate the test cgroup within 30 s");
+        assert!(
+            daemon.0.try_wait().unwrap().is_none(),
+            "airlockd exited early (see its output above)"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "airlockd did not gate the test cgroup within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut kid = Kid::start(&w, true, Act::Exec(&held, &[h, "unattended"]), false);
-    assert!(kid.wait_state('D'), "held by the stand-in daemon: state {:?}", kid.state());
+    assert!(
+        kid.wait_state('D'),
+        "held by the stand-in daemon: state {:?}",
+        kid.state()
+    );
     // kill -9 airlockd: the kernel allows the pending exec as the group closes.
     daemon.0.kill().unwrap();
     daemon.0.wait().unwrap();
-    assert!(kid.wait_state('T'), "the released exec is stopped by the backstop: state {:?}", kid.state());
+    assert!(
+        kid.wait_state('T'),
+        "the released exec is stopped by the backstop: state {:?}",
+        kid.state()
+    );
     assert_eq!(exe_ino(kid.pid), Some(key_of(&held).ino));
     std::thread::sleep(Duration::from_millis(100));
-    assert!(kid.output().is_empty(), "stopped before its first instruction");
+    assert!(
+        kid.output().is_empty(),
+        "stopped before its first instruction"
+    );
 
     // The restarted daemon finds the event in the pinned ring (airlockd pins its probe under
     // PIN_DIR/exec) and denies: SIGKILL.
@@ -241,12 +343,22 @@ fn a_held_exec_released_by_a_killed_daemon_is_stopped_by_the_backstop() {
     probe.arm_backstop(btx).unwrap();
     let evs = collect(&mut brx, 1);
     assert_eq!(evs.len(), 1, "{evs:#?}");
-    assert_eq!((evs[0].tgid, evs[0].verdict, evs[0].decided_by), (kid.pid as u32, Verdict::Held, Some(DecidedBy::Backstop)));
+    assert_eq!(
+        (evs[0].tgid, evs[0].verdict, evs[0].decided_by),
+        (kid.pid as u32, Verdict::Held, Some(DecidedBy::Backstop))
+    );
     let (tx, _rx) = mpsc::channel(16);
     let (key, holder) = after_exec(&evs[0]);
-    FanotifyBackend::start(tx).unwrap().gate().release(&key, &[holder], Release::Deny).unwrap();
+    FanotifyBackend::start(tx)
+        .unwrap()
+        .gate()
+        .release(&key, &[holder], Release::Deny)
+        .unwrap();
     let s = kid.wait();
-    assert!(libc::WIFSIGNALED(s) && libc::WTERMSIG(s) == libc::SIGKILL, "status {s:#x}");
+    assert!(
+        libc::WIFSIGNALED(s) && libc::WTERMSIG(s) == libc::SIGKILL,
+        "status {s:#x}"
+    );
     drop(probe);
 }
 
@@ -277,7 +389,9 @@ fn a_pinned_probe_of_another_build_is_replaced_without_a_gap_and_its_events_hand
     copy_exe("/bin/echo", &held);
     let h = held.to_str().unwrap();
     probe.set_agents(&w.cg.agent_set()).unwrap();
-    probe.set_rules(&Policy::default().exec(&held, action::APPROVE).0).unwrap();
+    probe
+        .set_rules(&Policy::default().exec(&held, action::APPROVE).0)
+        .unwrap();
     let (btx, _brx) = mpsc::channel(64);
     probe.arm_backstop(btx).unwrap();
     let ours = probe.pinned().unwrap().to_path_buf();
@@ -290,17 +404,35 @@ fn a_pinned_probe_of_another_build_is_replaced_without_a_gap_and_its_events_hand
     std::fs::rename(&ours, &other).unwrap();
     let mut probe = start_probe(xtx, &pins).expect("replace");
     assert!(!probe.adopted(), "another build: replaced");
-    let left: Vec<PathBuf> = std::fs::read_dir(&pins.0).unwrap().flatten().map(|e| e.path()).collect();
-    assert_eq!(left, std::slice::from_ref(&ours), "the old instance was unpinned");
+    let left: Vec<PathBuf> = std::fs::read_dir(&pins.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(
+        left,
+        std::slice::from_ref(&ours),
+        "the old instance was unpinned"
+    );
     // Agents, rules and the backstop switch were copied: still gating without any set_*.
     let second = Kid::start(&w, true, Act::Exec(&held, &[h, "second"]), false);
-    assert!(second.wait_state('T'), "the new program gates from its first exec");
+    assert!(
+        second.wait_state('T'),
+        "the new program gates from its first exec"
+    );
     let (btx, mut brx) = mpsc::channel(64);
     probe.arm_backstop(btx).unwrap();
     let evs = collect(&mut brx, 2);
     let pids: Vec<u32> = evs.iter().map(|e| e.tgid).collect();
-    assert_eq!(pids, [first.pid as u32, second.pid as u32], "the old ring's event first, then the new one's");
-    assert!(evs.iter().all(|e| e.decided_by == Some(DecidedBy::Backstop) && e.verdict == Verdict::Held));
+    assert_eq!(
+        pids,
+        [first.pid as u32, second.pid as u32],
+        "the old ring's event first, then the new one's"
+    );
+    assert!(
+        evs.iter()
+            .all(|e| e.decided_by == Some(DecidedBy::Backstop) && e.verdict == Verdict::Held)
+    );
     assert!(Path::new(&ours).join("link").exists());
     drop(probe);
 }

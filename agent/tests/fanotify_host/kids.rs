@@ -47,7 +47,12 @@ impl Kid {
                 0,
                 Vec::new(),
             ),
-            Act::Open(p, f, d) => (CString::new(p.as_os_str().as_bytes()).unwrap(), Vec::new(), f, d.to_vec()),
+            Act::Open(p, f, d) => (
+                CString::new(p.as_os_str().as_bytes()).unwrap(),
+                Vec::new(),
+                f,
+                d.to_vec(),
+            ),
         };
         let exec = !args.is_empty();
         let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
@@ -90,14 +95,22 @@ impl Kid {
         drop((out_w, go_r));
         // SAFETY: fcntl on our own fd.
         unsafe { libc::fcntl(out_r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-        Kid { pid, out: out_r, go: Some(go_w), status: None }
+        Kid {
+            pid,
+            out: out_r,
+            go: Some(go_w),
+            status: None,
+        }
     }
 
     /// Lets a child started with `wait_go` proceed.
     pub fn go(&mut self) {
         let go = self.go.take().expect("go once");
         // SAFETY: writing one byte from a static buffer to our pipe.
-        assert_eq!(unsafe { libc::write(go.as_raw_fd(), b"g".as_ptr().cast(), 1) }, 1);
+        assert_eq!(
+            unsafe { libc::write(go.as_raw_fd(), b"g".as_ptr().cast(), 1) },
+            1
+        );
     }
 
     /// Process state letter from /proc/PID/stat (R, S, D, T, Z...).
@@ -137,7 +150,12 @@ impl Kid {
             if let Some(s) = self.try_wait() {
                 return s;
             }
-            assert!(t.elapsed() < Duration::from_secs(5), "child {} did not exit (state {:?})", self.pid, self.state());
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "child {} did not exit (state {:?})",
+                self.pid,
+                self.state()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use airlock_agent::agents::{AgentCgroup, AgentMatch, AgentSet};
 use airlock_agent::backend::fanotify::{FanotifyBackend, FanotifyError, Scope};
 use airlock_agent::cgroup::CgroupDir;
-use airlock_agent::hold::{Gate, HoldKey, HoldKind, Holder, Release};
 use airlock_agent::event::GateEvent;
+use airlock_agent::hold::{Gate, HoldKey, HoldKind, Holder, Release};
 use airlock_common::{InodeKey, RuleRef, flags, kernel_dev, op};
 use airlock_policy::{CompiledPolicy, ExecTarget, Mode, ProtectedTarget, RuleInfo};
 use tokio::sync::mpsc;
@@ -46,7 +46,12 @@ impl MarkerCgroup {
         let rel = format!("/airlock-fanotify-test-{}-{tag}", std::process::id());
         let dir = CgroupDir::create(mount.join(&rel[1..])).map_err(io::Error::other)?;
         let id = fs::metadata(dir.path())?.ino();
-        Ok(MarkerCgroup { dir, mount, rel, id })
+        Ok(MarkerCgroup {
+            dir,
+            mount,
+            rel,
+            id,
+        })
     }
 
     /// An fd on cgroup.procs; a child writes "0" to it to join.
@@ -59,8 +64,15 @@ impl MarkerCgroup {
 
     /// The agent set the exec probe is pointed at: this cgroup as the one agent root.
     pub fn agent_set(&self) -> AgentSet {
-        let root = AgentCgroup { agent: "test-agent".into(), path: self.rel.clone(), id: self.id };
-        AgentSet { mount: self.mount.clone(), roots: [(self.id, root)].into_iter().collect() }
+        let root = AgentCgroup {
+            agent: "test-agent".into(),
+            path: self.rel.clone(),
+            id: self.id,
+        };
+        AgentSet {
+            mount: self.mount.clone(),
+            roots: [(self.id, root)].into_iter().collect(),
+        }
     }
 }
 
@@ -88,7 +100,10 @@ impl Scope for MarkerScope {
 
 /// The fake scope for the marker cgroup `rel` (relative to the cgroup2 mount) with id `id`.
 pub fn marker_scope(rel: &str, id: u64) -> Arc<dyn Scope> {
-    Arc::new(MarkerScope { rel: rel.into(), id })
+    Arc::new(MarkerScope {
+        rel: rel.into(),
+        id,
+    })
 }
 
 pub fn key_of(p: &Path) -> InodeKey {
@@ -233,14 +248,26 @@ impl World {
     /// Waits for a hold's event and returns it with its token.
     pub fn next_hold(&mut self) -> (GateEvent, u64) {
         let e = self.next_event();
-        let token = e.hold_token.unwrap_or_else(|| panic!("not a parked hold: {e:#?}"));
+        let token = e
+            .hold_token
+            .unwrap_or_else(|| panic!("not a parked hold: {e:#?}"));
         (e, token)
     }
 
     /// Releases the parked permission event of `ev` through the backend's gate.
     pub fn release(&self, ev: &GateEvent, token: u64, how: Release) {
-        let key = HoldKey { tgid: ev.tgid, op: ev.op, dev: ev.target_dev, ino: ev.target_ino, argv_hash: ev.argv_hash };
-        let h = Holder { tid: ev.pid, tgid: ev.tgid, how: HoldKind::Parked { token } };
+        let key = HoldKey {
+            tgid: ev.tgid,
+            op: ev.op,
+            dev: ev.target_dev,
+            ino: ev.target_ino,
+            argv_hash: ev.argv_hash,
+        };
+        let h = Holder {
+            tid: ev.pid,
+            tgid: ev.tgid,
+            how: HoldKind::Parked { token },
+        };
         self.gate().release(&key, &[h], how).expect("release");
     }
 

@@ -43,7 +43,9 @@ pub enum HostsCmd {
 fn check_name(name: &str) -> anyhow::Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 253
-        && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_');
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_');
     if !ok {
         bail!("host name {name:?}: use 1 to 253 letters, digits, '-', '_' or '.'");
     }
@@ -58,8 +60,15 @@ pub fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
             bail!("--labels: item {} ({part:?}) is not KEY=VALUE", i + 1);
         };
         let (k, v) = (k.trim(), v.trim());
-        if k.is_empty() || !k.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_./".contains(&c)) {
-            bail!("--labels: key {k:?} (item {}): use letters, digits, '-', '_', '.', '/'", i + 1);
+        if k.is_empty()
+            || !k
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_./".contains(&c))
+        {
+            bail!(
+                "--labels: key {k:?} (item {}): use letters, digits, '-', '_', '.', '/'",
+                i + 1
+            );
         }
         if m.insert(k.to_string(), v.to_string()).is_some() {
             bail!("--labels: key {k:?} given twice");
@@ -75,12 +84,21 @@ pub fn run(a: HostsArgs) -> anyhow::Result<ExitCode> {
         match a.cmd {
             HostsCmd::Enroll { name, labels, ttl } => {
                 check_name(&name)?;
-                let labels = labels.as_deref().map(parse_labels).transpose()?.unwrap_or_default();
+                let labels = labels
+                    .as_deref()
+                    .map(parse_labels)
+                    .transpose()?
+                    .unwrap_or_default();
                 let ca = crate::pki::Ca::load(&a.dir.dir).context("loading the CA")?;
                 let (token, hash) = crate::pki::new_enrollment_token(&ca)?;
                 let now = now_ms();
-                store.add_enrollment(&name, &labels, &hash, now + ttl.as_millis() as u64, now).await?;
-                let listen = cfg.listen.clone().unwrap_or_else(|| "127.0.0.1:7443".into());
+                store
+                    .add_enrollment(&name, &labels, &hash, now + ttl.as_millis() as u64, now)
+                    .await?;
+                let listen = cfg
+                    .listen
+                    .clone()
+                    .unwrap_or_else(|| "127.0.0.1:7443".into());
                 println!("{token}");
                 eprintln!(
                     "one-time token for host {name}, valid {}s; on the host run:\n  airlock enroll --server https://{listen} --token TOKEN",
@@ -98,14 +116,26 @@ pub fn run(a: HostsArgs) -> anyhow::Result<ExitCode> {
                     } else {
                         "invited"
                     };
-                    let seen = h.last_seen_unix_ms.map(|t| format!("{}s ago", now_ms().saturating_sub(t) / 1000)).unwrap_or("-".into());
-                    let labels: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    println!("{:<24} {:<10} {:<24} {}", h.name, state, seen, labels.join(","));
+                    let seen = h
+                        .last_seen_unix_ms
+                        .map(|t| format!("{}s ago", now_ms().saturating_sub(t) / 1000))
+                        .unwrap_or("-".into());
+                    let labels: Vec<String> =
+                        h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{:<24} {:<10} {:<24} {}",
+                        h.name,
+                        state,
+                        seen,
+                        labels.join(",")
+                    );
                 }
             }
             HostsCmd::Revoke { name } => {
                 store.revoke_host(&name, now_ms()).await?;
-                println!("revoked host {name}: its certificate is refused from now on and an open link is cut within a second");
+                println!(
+                    "revoked host {name}: its certificate is refused from now on and an open link is cut within a second"
+                );
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -120,8 +150,18 @@ mod tests {
     fn labels_parse_and_bad_ones_name_the_item() {
         let m = parse_labels("env=prod, team=web").unwrap();
         assert_eq!(m.get("env").map(String::as_str), Some("prod"));
-        assert!(parse_labels("env").unwrap_err().to_string().contains("item 1"));
-        assert!(parse_labels("a=1,a=2").unwrap_err().to_string().contains("twice"));
+        assert!(
+            parse_labels("env")
+                .unwrap_err()
+                .to_string()
+                .contains("item 1")
+        );
+        assert!(
+            parse_labels("a=1,a=2")
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
         assert!(check_name("web-1.example").is_ok());
         assert!(check_name("web 1").is_err());
     }

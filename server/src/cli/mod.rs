@@ -40,11 +40,22 @@ pub enum Command {
 #[derive(clap::Args, Debug, Clone)]
 pub struct DirArgs {
     /// The server's directory (CA, certificates, server.yaml, SQLite database).
-    #[arg(long, global = true, env = "AIRLOCK_SERVER_DIR", default_value = "/var/lib/airlock-server")]
+    #[arg(
+        long,
+        global = true,
+        env = "AIRLOCK_SERVER_DIR",
+        default_value = "/var/lib/airlock-server"
+    )]
     pub dir: PathBuf,
     /// Database URL (postgres://… for replicas) [default: from server.yaml, else
     /// sqlite://DIR/airlock.db].
-    #[arg(long, global = true, env = "AIRLOCK_DATABASE", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "AIRLOCK_DATABASE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub database: Option<String>,
 }
 
@@ -69,7 +80,9 @@ impl DirArgs {
         let path = config_path(&self.dir);
         let cfg = crate::config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
         let url = self.database_url(Some(&cfg));
-        let store = crate::store::Store::open(&url).await.with_context(|| format!("opening the database {}", redact(&url)))?;
+        let store = crate::store::Store::open(&url)
+            .await
+            .with_context(|| format!("opening the database {}", redact(&url)))?;
         Ok((cfg, store))
     }
 }
@@ -98,17 +111,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let mut rest = s;
     let mut total: u64 = 0;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(format!("expected a number at {rest:?}; {help}"));
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| format!("{:?} is too large", &rest[..digits]))?;
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{:?} is too large", &rest[..digits]))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let Some((_, secs)) = UNITS.iter().find(|(u, _)| *u == &rest[..unit_len]) else {
             return Err(format!("unknown unit {:?}; {help}", &rest[..unit_len]));
         };
-        total = n.checked_mul(*secs).and_then(|v| total.checked_add(v)).ok_or_else(|| format!("{s:?} is too long"))?;
+        total = n
+            .checked_mul(*secs)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("{s:?} is too long"))?;
         rest = &rest[unit_len..];
     }
     if total == 0 {
@@ -123,7 +145,10 @@ pub fn init_logging() {
     let filter = EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only for a person at a terminal: log files and journald get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         b.without_time().with_ansi(false).init();
     } else {
@@ -132,8 +157,13 @@ pub fn init_logging() {
 }
 
 /// Runs `f` on a multi-threaded runtime.
-pub fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(f: F) -> anyhow::Result<ExitCode> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(f)
+pub fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    f: F,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
 }
 
 /// Parses the command line and runs it. Exit codes: 0 ok, 1 the command's own failure (e.g.
@@ -167,13 +197,24 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86_400)));
         assert!(parse_duration("10").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("0s").unwrap_err().contains("longer than zero"));
-        assert!(parse_duration("x").unwrap_err().contains("expected a number"));
+        assert!(
+            parse_duration("0s")
+                .unwrap_err()
+                .contains("longer than zero")
+        );
+        assert!(
+            parse_duration("x")
+                .unwrap_err()
+                .contains("expected a number")
+        );
     }
 
     #[test]
     fn database_passwords_are_not_printed() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact("sqlite:///var/lib/x.db"), "sqlite:///var/lib/x.db");
     }
 }

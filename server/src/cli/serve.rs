@@ -32,12 +32,21 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         for n in &cfg.notes {
             tracing::warn!(note = %n, "config");
         }
-        let listen = a.listen.clone().or_else(|| cfg.listen.clone()).unwrap_or_else(|| "127.0.0.1:7443".into());
-        let addr: SocketAddr = listen.parse().with_context(|| format!("listen address {listen:?}: expected IP:PORT"))?;
-        let tls = crate::pki::server_tls(&a.dir.dir).context("loading the server's TLS identity")?;
+        let listen = a
+            .listen
+            .clone()
+            .or_else(|| cfg.listen.clone())
+            .unwrap_or_else(|| "127.0.0.1:7443".into());
+        let addr: SocketAddr = listen
+            .parse()
+            .with_context(|| format!("listen address {listen:?}: expected IP:PORT"))?;
+        let tls =
+            crate::pki::server_tls(&a.dir.dir).context("loading the server's TLS identity")?;
         let ca = Arc::new(crate::pki::Ca::load(&a.dir.dir).context("loading the CA")?);
         let broker = Broker::new(store.clone(), cfg);
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
         let bound = listener.local_addr()?;
         serve(broker, ca, tls, listener, a.dir.dir.clone()).await?;
         tracing::info!(%bound, "stopped");
@@ -66,11 +75,29 @@ pub async fn serve(
                 Ok(c) => {
                     reload_broker.set_config(c);
                     tracing::info!(path = %path.display(), "config reloaded");
-                    reload_broker.record("admin", "signal", "config_reload", None, tonic::Code::Ok, "reloaded").await;
+                    reload_broker
+                        .record(
+                            "admin",
+                            "signal",
+                            "config_reload",
+                            None,
+                            tonic::Code::Ok,
+                            "reloaded",
+                        )
+                        .await;
                 }
                 Err(e) => {
                     tracing::error!(path = %path.display(), error = %e, "config reload refused; the config in force stays");
-                    reload_broker.record("admin", "signal", "config_reload", None, tonic::Code::InvalidArgument, &e.to_string()).await;
+                    reload_broker
+                        .record(
+                            "admin",
+                            "signal",
+                            "config_reload",
+                            None,
+                            tonic::Code::InvalidArgument,
+                            &e.to_string(),
+                        )
+                        .await;
                 }
             }
         }
@@ -85,11 +112,14 @@ pub async fn serve(
     tracing::info!(%addr, "airlock-server listening");
     // tonic's `tcp_nodelay` applies only to listeners it binds itself: set it on each accepted
     // connection, or Nagle delays small replies (measured: ~49 ms per round trip instead of ~4).
-    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |r| {
-        r.inspect(|s| {
-            let _ = s.set_nodelay(true);
-        })
-    });
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |r| {
+            r.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        },
+    );
     router(broker, ca, tls)?
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -104,12 +134,19 @@ pub fn router(
     ca: Arc<crate::pki::Ca>,
     tls: tonic::transport::ServerTlsConfig,
 ) -> anyhow::Result<tonic::transport::server::Router> {
-    let link = airlock_proto::HostLinkServer::new(crate::link::LinkService { broker: broker.clone() })
-        .max_decoding_message_size(MAX_MESSAGE);
-    let approvals = airlock_proto::ApprovalsServer::new(crate::approvals::ApprovalsService { broker: broker.clone() })
-        .max_decoding_message_size(MAX_MESSAGE);
-    let enroll = airlock_proto::EnrollmentServer::new(crate::enroll::EnrollService { store: broker.store.clone(), ca })
-        .max_decoding_message_size(MAX_MESSAGE);
+    let link = airlock_proto::HostLinkServer::new(crate::link::LinkService {
+        broker: broker.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE);
+    let approvals = airlock_proto::ApprovalsServer::new(crate::approvals::ApprovalsService {
+        broker: broker.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE);
+    let enroll = airlock_proto::EnrollmentServer::new(crate::enroll::EnrollService {
+        store: broker.store.clone(),
+        ca,
+    })
+    .max_decoding_message_size(MAX_MESSAGE);
     Ok(tonic::transport::Server::builder()
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(10)))

@@ -43,14 +43,22 @@ pub fn run(a: TokensArgs) -> anyhow::Result<ExitCode> {
             TokensCmd::Issue { principal, ttl } => {
                 if cfg.principal(&principal).is_none() {
                     let known: Vec<&String> = cfg.principals.keys().collect();
-                    bail!("principal {principal:?} is not in {} (known: {known:?})", super::config_path(&a.dir.dir).display());
+                    bail!(
+                        "principal {principal:?} is not in {} (known: {known:?})",
+                        super::config_path(&a.dir.dir).display()
+                    );
                 }
-                let (secret, row) = crate::auth::issue(&store, &principal, ttl.as_millis() as u64, now_ms()).await?;
+                let (secret, row) =
+                    crate::auth::issue(&store, &principal, ttl.as_millis() as u64, now_ms())
+                        .await?;
                 println!("{secret}");
                 eprintln!("token {} for {principal}, valid {}s", row.id, ttl.as_secs());
             }
             TokensCmd::List => {
-                println!("{:<10} {:<20} {:<10} EXPIRES IN", "ID", "PRINCIPAL", "STATE");
+                println!(
+                    "{:<10} {:<20} {:<10} EXPIRES IN",
+                    "ID", "PRINCIPAL", "STATE"
+                );
                 let now = now_ms();
                 for t in store.tokens().await? {
                     let state = if t.revoked_unix_ms.is_some() {
@@ -60,7 +68,13 @@ pub fn run(a: TokensArgs) -> anyhow::Result<ExitCode> {
                     } else {
                         "valid"
                     };
-                    println!("{:<10} {:<20} {:<10} {}s", t.id, t.principal, state, t.expires_unix_ms.saturating_sub(now) / 1000);
+                    println!(
+                        "{:<10} {:<20} {:<10} {}s",
+                        t.id,
+                        t.principal,
+                        state,
+                        t.expires_unix_ms.saturating_sub(now) / 1000
+                    );
                 }
             }
             TokensCmd::Revoke { id } => {

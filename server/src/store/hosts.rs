@@ -68,7 +68,11 @@ impl Store {
     /// The host an unused, unexpired enrolment token was made for, without spending it (the
     /// enrolment service signs the certificate first, so a bad CSR does not burn the token;
     /// [`Store::redeem_enrollment`] alone spends it). [`StoreError::BadEnrollment`] otherwise.
-    pub async fn enrollment_host(&self, token_sha256: &str, now: u64) -> Result<String, StoreError> {
+    pub async fn enrollment_host(
+        &self,
+        token_sha256: &str,
+        now: u64,
+    ) -> Result<String, StoreError> {
         let host: Option<String> = sqlx::query_scalar(
             "SELECT host FROM enrollments WHERE token_sha256 = $1 AND used_ms IS NULL AND expires_ms > $2",
         )

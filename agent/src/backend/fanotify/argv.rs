@@ -32,7 +32,11 @@ impl Argv {
 
     /// Builds the slots from argument byte strings (each cut at its first NUL).
     pub fn from_args<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> Argv {
-        let mut a = Argv { argc: 0, slots: [[0; ARG_LEN]; ARGV_MAX], truncated: false };
+        let mut a = Argv {
+            argc: 0,
+            slots: [[0; ARG_LEN]; ARGV_MAX],
+            truncated: false,
+        };
         for arg in args {
             if a.argc as usize == ARGV_MAX {
                 a.truncated = true;
@@ -50,8 +54,14 @@ impl Argv {
 
 /// Copies `buf.len()` bytes (or fewer, up to a fault) from `addr` in process `pid`.
 fn read_remote(pid: u32, addr: u64, buf: &mut [u8]) -> usize {
-    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
     // SAFETY: one local iovec over `buf`, one remote iovec; the kernel checks the remote one.
     let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
     n.max(0) as usize
@@ -105,13 +115,20 @@ mod tests {
         let many: Vec<&[u8]> = (0..ARGV_MAX + 2).map(|_| &b"a"[..]).collect();
         let m = Argv::from_args(many);
         assert_eq!((m.argc as usize, m.truncated), (ARGV_MAX, true));
-        assert_ne!(Argv::from_args([&b"rm"[..], b"-rf"]).hash(), Argv::from_args([&b"rm"[..]]).hash());
+        assert_ne!(
+            Argv::from_args([&b"rm"[..], b"-rf"]).hash(),
+            Argv::from_args([&b"rm"[..]]).hash()
+        );
     }
 
     #[test]
     fn our_own_arguments_cannot_be_read_outside_an_exec() {
         // SAFETY: gettid has no arguments.
         let tid = unsafe { libc::gettid() } as u32;
-        assert_eq!(read_exec_argv(tid, Patience::ONCE), None, "a running thread is in no execve");
+        assert_eq!(
+            read_exec_argv(tid, Patience::ONCE),
+            None,
+            "a running thread is in no execve"
+        );
     }
 }

@@ -81,7 +81,9 @@ impl Holds {
 
     /// Takes a parked permission out of the table.
     pub fn unpark(&self, token: u64) -> Option<(Permission, Opening)> {
-        lock(&self.parked).remove(&token).map(|p| (p.permit, p.opening))
+        lock(&self.parked)
+            .remove(&token)
+            .map(|p| (p.permit, p.opening))
     }
 
     pub fn is_parked(&self, token: u64) -> bool {
@@ -96,13 +98,23 @@ impl Holds {
     /// kernel dropped the event, and no request will ever be released for it).
     fn take_dead(&self) -> Vec<(Permission, Opening)> {
         let mut t = lock(&self.parked);
-        let dead: Vec<u64> = t.iter().filter(|(_, p)| !thread_alive(p.opening.tid)).map(|(k, _)| *k).collect();
-        dead.into_iter().filter_map(|k| t.remove(&k)).map(|p| (p.permit, p.opening)).collect()
+        let dead: Vec<u64> = t
+            .iter()
+            .filter(|(_, p)| !thread_alive(p.opening.tid))
+            .map(|(k, _)| *k)
+            .collect();
+        dead.into_iter()
+            .filter_map(|k| t.remove(&k))
+            .map(|p| (p.permit, p.opening))
+            .collect()
     }
 
     /// Every parked permission, emptying the table.
     fn drain(&self) -> Vec<(Permission, Opening)> {
-        lock(&self.parked).drain().map(|(_, p)| (p.permit, p.opening)).collect()
+        lock(&self.parked)
+            .drain()
+            .map(|(_, p)| (p.permit, p.opening))
+            .collect()
     }
 
     /// The live standing decision for this cgroup's `op` on `file`, if any (expired ones are
@@ -122,7 +134,10 @@ impl Holds {
         let mut t = lock(&self.standing);
         let now = sys::boottime_ns();
         t.retain(|_, (_, until)| until.is_none_or(|u| u > now));
-        t.insert((s.cgroup_id, s.op, s.dev, s.ino), (s.release, s.until_boot_ns));
+        t.insert(
+            (s.cgroup_id, s.op, s.dev, s.ino),
+            (s.release, s.until_boot_ns),
+        );
     }
 
     pub fn set_backstop(&self, allow: Option<Arc<ExecAllow>>) {
@@ -152,7 +167,12 @@ impl Shared {
     pub(crate) fn answer(&self, permit: Permission, r: Response, o: &Opening) {
         if r == Response::Allow && o.exec {
             if o.backstop {
-                let handle = self.holds.backstop.read().unwrap_or_else(|e| e.into_inner()).clone();
+                let handle = self
+                    .holds
+                    .backstop
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
                 if let Some(h) = handle
                     && let Err(e) = h.allow(o.tid, o.file)
                 {
@@ -203,7 +223,9 @@ pub struct FanotifyGate {
 impl FanotifyGate {
     /// Is the permission event `token` still parked (not answered yet)?
     pub fn is_parked(&self, token: u64) -> bool {
-        self.shared.upgrade().is_some_and(|s| s.holds.is_parked(token))
+        self.shared
+            .upgrade()
+            .is_some_and(|s| s.holds.is_parked(token))
     }
 
     /// Does `h` still wait on request `key` (for the request table's `alive` / `still_held`)?
@@ -214,7 +236,9 @@ impl FanotifyGate {
     pub fn holder_alive(&self, key: &HoldKey, h: &Holder) -> bool {
         match h.how {
             HoldKind::Parked { token } => {
-                let Some(shared) = self.shared.upgrade() else { return false };
+                let Some(shared) = self.shared.upgrade() else {
+                    return false;
+                };
                 if !shared.holds.is_parked(token) {
                     return false;
                 }
@@ -234,7 +258,10 @@ impl FanotifyGate {
 fn thread_alive(tid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{tid}/stat"))
         .ok()
-        .and_then(|s| s.rfind(')').and_then(|i| s[i + 1..].trim_start().chars().next()))
+        .and_then(|s| {
+            s.rfind(')')
+                .and_then(|i| s[i + 1..].trim_start().chars().next())
+        })
         .is_some_and(|c| c != 'Z' && c != 'X')
 }
 
@@ -272,10 +299,17 @@ impl Gate for FanotifyGate {
                     };
                     match kill(Pid::from_raw(h.tgid as i32), sig) {
                         Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
-                        Err(source) => Err(GateError::Signal { signal: name, pid: h.tgid, source }),
+                        Err(source) => Err(GateError::Signal {
+                            signal: name,
+                            pid: h.tgid,
+                            source,
+                        }),
                     }
                 }
-                HoldKind::Restart => Err(GateError::Unsupported { backend: "fanotify", kind: "restart" }),
+                HoldKind::Restart => Err(GateError::Unsupported {
+                    backend: "fanotify",
+                    kind: "restart",
+                }),
             };
             if let Err(e) = r {
                 first_err.get_or_insert(e);
@@ -297,7 +331,11 @@ mod tests {
     use super::*;
 
     fn key(ino: u64) -> InodeKey {
-        InodeKey { ino, dev: 8 << 20, _pad: 0 }
+        InodeKey {
+            ino,
+            dev: 8 << 20,
+            _pad: 0,
+        }
     }
 
     #[test]
@@ -335,18 +373,36 @@ mod tests {
 
     #[test]
     fn a_gate_without_its_backend_releases_nothing_and_fails_nothing() {
-        let g = FanotifyGate { shared: Weak::new() };
-        let k = HoldKey { tgid: 1, op: Op::Exec, dev: 0, ino: 0, argv_hash: 0 };
-        let parked = Holder { tid: 1, tgid: 1, how: HoldKind::Parked { token: 9 } };
+        let g = FanotifyGate {
+            shared: Weak::new(),
+        };
+        let k = HoldKey {
+            tgid: 1,
+            op: Op::Exec,
+            dev: 0,
+            ino: 0,
+            argv_hash: 0,
+        };
+        let parked = Holder {
+            tid: 1,
+            tgid: 1,
+            how: HoldKind::Parked { token: 9 },
+        };
         assert!(g.release(&k, &[parked], Release::Allow).is_ok());
         assert!(!g.is_parked(9));
-        let restart = Holder { how: HoldKind::Restart, ..parked };
+        let restart = Holder {
+            how: HoldKind::Restart,
+            ..parked
+        };
         assert!(matches!(
             g.release(&k, &[restart], Release::Allow),
             Err(GateError::Unsupported { .. })
         ));
         // pid 1 does not run inode 0: no signal is sent.
-        let after = Holder { how: HoldKind::AfterExec, ..parked };
+        let after = Holder {
+            how: HoldKind::AfterExec,
+            ..parked
+        };
         assert!(g.release(&k, &[after], Release::Deny).is_ok());
     }
 }

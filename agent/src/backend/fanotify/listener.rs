@@ -38,11 +38,17 @@ const PROC_DEADLINE: Duration = Duration::from_millis(200);
 
 /// In the listener's own thread, where every event behind this one waits: a few yields (a task
 /// on the other CPU falls asleep within microseconds) and sleeps, about 1 ms in all.
-const INLINE: Patience = Patience { bound: Duration::from_millis(1), min_rereads: 4 };
+const INLINE: Patience = Patience {
+    bound: Duration::from_millis(1),
+    min_rereads: 4,
+};
 
 /// A held exec's argv (read on the listener thread, only for execs that wait for a person):
 /// without it the request shows no arguments, so it is worth a longer wait than [`INLINE`].
-const ARGV: Patience = Patience { bound: Duration::from_millis(20), min_rereads: 20 };
+const ARGV: Patience = Patience {
+    bound: Duration::from_millis(20),
+    min_rereads: 20,
+};
 
 /// How often the settler re-reads the opens it holds.
 const SETTLE_POLL: Duration = Duration::from_micros(200);
@@ -175,19 +181,34 @@ impl Listener {
 
     /// The rules in force (a poisoned lock still holds the last published rule set).
     fn ruleset(&self) -> std::sync::RwLockReadGuard<'_, super::rules::Ruleset> {
-        self.shared.ruleset.read().unwrap_or_else(|e| e.into_inner())
+        self.shared
+            .ruleset
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn on_exec(&mut self, tid: u32, agent: &AgentMatch, file: FileId, permit: Permission) {
         let path = sys::fd_target(permit.fd());
         let hit = self.ruleset().find_exec(file.key, path.as_deref(), &RealFs);
-        let mut o = Opening { tid, file: file.key, exec: true, backstop: false };
+        let mut o = Opening {
+            tid,
+            file: file.key,
+            exec: true,
+            backstop: false,
+        };
         let Some(h) = hit else {
             self.shared.answer(permit, Response::Allow, &o);
             return;
         };
         o.backstop = backstopped(&h.rule);
-        let g = Gated { tid, agent, op: Op::Exec, file: &file, path: path.as_deref(), hit: &h };
+        let g = Gated {
+            tid,
+            agent,
+            op: Op::Exec,
+            file: &file,
+            path: path.as_deref(),
+            hit: &h,
+        };
         self.settle(&g, decide(&h.rule), permit, o);
     }
 
@@ -256,13 +277,21 @@ impl Listener {
     /// Reads `u`'s intent once more; decides it if that tells, or when time is up (`last`:
     /// the backend is stopping; one more patient read). Gives it back to wait on otherwise.
     fn retry(&mut self, mut u: Unsettled, last: bool) -> Option<Unsettled> {
-        let mut r = self.proc.intent(u.tid, if last { INLINE } else { Patience::ONCE });
+        let mut r = self
+            .proc
+            .intent(u.tid, if last { INLINE } else { Patience::ONCE });
         u.rereads += 1 + r.rereads;
         (r.waited, r.rereads) = (u.waited + u.since.elapsed(), u.rereads);
         if r.task_running() && !last && r.waited < SETTLE_DEADLINE {
             return Some(u);
         }
-        let Unsettled { tid, agent, file, permit, .. } = u;
+        let Unsettled {
+            tid,
+            agent,
+            file,
+            permit,
+            ..
+        } = u;
         // As in `dispatch`: a panic must not end the thread; the permit answers its fallback.
         let decided = std::panic::catch_unwind(AssertUnwindSafe(|| {
             self.decide_open(tid, &agent, file, permit, r)
@@ -282,10 +311,17 @@ impl Listener {
         permit: Permission,
         reading: Reading,
     ) {
-        let o = Opening { tid, file: file.key, exec: false, backstop: false };
+        let o = Opening {
+            tid,
+            file: file.key,
+            exec: false,
+            backstop: false,
+        };
         if reading.rereads > 0 {
             tracing::debug!(
-                tid, waited_us = reading.waited.as_micros() as u64, rereads = reading.rereads,
+                tid,
+                waited_us = reading.waited.as_micros() as u64,
+                rereads = reading.rereads,
                 settled = !reading.task_running(),
                 "agent task was still running when its open event arrived; waited for it"
             );
@@ -300,7 +336,9 @@ impl Listener {
             Intent::Unknown(_) => None,
         };
         let path = sys::fd_target(permit.fd());
-        let hit = self.ruleset().find_protected(file, path.as_deref(), write_ops(open_flags), &RealFs);
+        let hit =
+            self.ruleset()
+                .find_protected(file, path.as_deref(), write_ops(open_flags), &RealFs);
         let Some(h) = hit else {
             self.shared.answer(permit, Response::Allow, &o);
             return;
@@ -315,7 +353,14 @@ impl Listener {
             );
         }
         let op = reported_op(&h.rule);
-        let g = Gated { tid, agent, op, file: &file, path: path.as_deref(), hit: &h };
+        let g = Gated {
+            tid,
+            agent,
+            op,
+            file: &file,
+            path: path.as_deref(),
+            hit: &h,
+        };
         self.settle(&g, decide(&h.rule), permit, o);
     }
 
@@ -328,13 +373,24 @@ impl Listener {
                 }
                 r
             }
-            Answer::Hold => match self.shared.holds.standing(g.agent.cgroup_id, g.op, g.file.key) {
+            Answer::Hold => match self
+                .shared
+                .holds
+                .standing(g.agent.cgroup_id, g.op, g.file.key)
+            {
                 Some(release) => {
                     let r = match release {
                         Release::Allow => Response::Allow,
                         Release::Deny => Response::Deny,
                     };
-                    let mut ev = self.event(g, if r == Response::Allow { Verdict::Allowed } else { Verdict::Denied });
+                    let mut ev = self.event(
+                        g,
+                        if r == Response::Allow {
+                            Verdict::Allowed
+                        } else {
+                            Verdict::Denied
+                        },
+                    );
                     ev.decided_by = Some(DecidedBy::AgentGrant);
                     self.send(ev);
                     r
@@ -350,7 +406,10 @@ impl Listener {
     fn hold(&mut self, g: &Gated<'_>, permit: Permission, o: Opening) {
         let argv = if g.op == Op::Exec {
             let tid = g.tid;
-            self.proc.run(move || read_exec_argv(tid, ARGV)).ok().flatten()
+            self.proc
+                .run(move || read_exec_argv(tid, ARGV))
+                .ok()
+                .flatten()
         } else {
             None
         };

@@ -107,7 +107,13 @@ fn is_gone(e: &io::Error) -> bool {
 impl<'a> Marker<'a> {
     /// Ends the batch, releasing the borrowed state, and hands over what it built.
     pub fn finish(self) -> Batch {
-        Batch { marks: self.marks, watches: self.watches, members: self.members, held: self.held, notes: self.notes }
+        Batch {
+            marks: self.marks,
+            watches: self.watches,
+            members: self.members,
+            held: self.held,
+            notes: self.notes,
+        }
     }
 
     pub fn new(
@@ -311,7 +317,9 @@ impl<'a> Marker<'a> {
         rules: &[RuleRef],
         rs: &mut Ruleset,
     ) -> Result<Option<InodeKey>, FanotifyError> {
-        let Some((fd, id)) = open_root(path)? else { return Ok(None) };
+        let Some((fd, id)) = open_root(path)? else {
+            return Ok(None);
+        };
         if id.is_dir() {
             let dir = sys::open_at(
                 None,
@@ -345,7 +353,9 @@ impl<'a> Marker<'a> {
         rule: RuleRef,
         rs: &mut Ruleset,
     ) -> Result<Option<InodeKey>, FanotifyError> {
-        let Some((fd, id)) = open_root(path)? else { return Ok(None) };
+        let Some((fd, id)) = open_root(path)? else {
+            return Ok(None);
+        };
         if !id.is_reg() {
             return Ok(None);
         }
@@ -531,8 +541,16 @@ fn open_root(path: &Path) -> Result<Option<(std::os::fd::OwnedFd, sys::FileId)>,
     let fd = match sys::open_at(None, path, libc::O_PATH) {
         Ok(fd) => fd,
         Err(e) if is_gone(&e) => return Ok(None),
-        Err(source) => return Err(FanotifyError::Open { path: path.to_owned(), source }),
+        Err(source) => {
+            return Err(FanotifyError::Open {
+                path: path.to_owned(),
+                source,
+            });
+        }
     };
-    let id = sys::fstat(fd.as_fd()).map_err(|source| FanotifyError::Open { path: path.to_owned(), source })?;
+    let id = sys::fstat(fd.as_fd()).map_err(|source| FanotifyError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(Some((fd, id)))
 }

@@ -202,7 +202,11 @@ pub struct Reading {
 impl Reading {
     /// An intent known without reading procfs.
     pub fn known(intent: Intent) -> Reading {
-        Reading { intent, waited: Duration::ZERO, rereads: 0 }
+        Reading {
+            intent,
+            waited: Duration::ZERO,
+            rereads: 0,
+        }
     }
 
     /// The task was still `running` at the last read: a later read may tell.
@@ -222,7 +226,11 @@ pub fn read_intent(tid: u32, p: Patience) -> Reading {
         f.read_exact_at(&mut b, addr).ok()?;
         Some(u64::from_ne_bytes(b))
     });
-    Reading { intent, waited: s.waited, rereads: s.rereads }
+    Reading {
+        intent,
+        waited: s.waited,
+        rereads: s.rereads,
+    }
 }
 
 /// Fields of `/proc/<tid>/status` that events carry.
@@ -349,11 +357,12 @@ impl ProcReader {
     /// The open intent of blocked thread `tid`, or `Unknown` past the deadline.
     pub fn intent(&mut self, tid: u32, p: Patience) -> Reading {
         let t0 = Instant::now();
-        self.run(move || read_intent(tid, p)).unwrap_or_else(|why| Reading {
-            intent: Intent::Unknown(why),
-            waited: t0.elapsed(),
-            rereads: 0,
-        })
+        self.run(move || read_intent(tid, p))
+            .unwrap_or_else(|why| Reading {
+                intent: Intent::Unknown(why),
+                waited: t0.elapsed(),
+                rereads: 0,
+            })
     }
 }
 
@@ -361,8 +370,14 @@ impl ProcReader {
 /// `/proc/<tid>/syscall` line; `None` for any other call.
 pub fn exec_argv_pointer(line: &str) -> Option<u64> {
     match parse_syscall(line)? {
-        SyscallLine::Call { nr: nr::EXECVE, args } => Some(args[1]),
-        SyscallLine::Call { nr: nr::EXECVEAT, args } => Some(args[2]),
+        SyscallLine::Call {
+            nr: nr::EXECVE,
+            args,
+        } => Some(args[1]),
+        SyscallLine::Call {
+            nr: nr::EXECVEAT,
+            args,
+        } => Some(args[2]),
         _ => None,
     }
 }
@@ -467,9 +482,18 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn exec_calls_say_where_argv_is() {
-        assert_eq!(exec_argv_pointer("59 0x1000 0x2000 0x3000 0x0 0x0 0x0 0x0 0x0"), Some(0x2000));
-        assert_eq!(exec_argv_pointer("322 0x3 0x1000 0x4000 0x0 0x0 0x0 0x0 0x0"), Some(0x4000));
-        assert_eq!(exec_argv_pointer("257 0x3 0x1000 0x4000 0x0 0x0 0x0 0x0 0x0"), None);
+        assert_eq!(
+            exec_argv_pointer("59 0x1000 0x2000 0x3000 0x0 0x0 0x0 0x0 0x0"),
+            Some(0x2000)
+        );
+        assert_eq!(
+            exec_argv_pointer("322 0x3 0x1000 0x4000 0x0 0x0 0x0 0x0 0x0"),
+            Some(0x4000)
+        );
+        assert_eq!(
+            exec_argv_pointer("257 0x3 0x1000 0x4000 0x0 0x0 0x0 0x0 0x0"),
+            None
+        );
         assert_eq!(exec_argv_pointer("running"), None);
     }
 
@@ -508,7 +532,13 @@ mod tests {
         let tid = rx.recv().unwrap();
         std::thread::sleep(Duration::from_millis(50));
         let mut pr = ProcReader::new(Duration::from_secs(1));
-        let r = pr.intent(tid, Patience { bound: Duration::from_secs(1), min_rereads: 0 });
+        let r = pr.intent(
+            tid,
+            Patience {
+                bound: Duration::from_secs(1),
+                min_rereads: 0,
+            },
+        );
         let not_open = matches!(r.intent, Intent::Unknown(why) if why.starts_with("not an open"));
         assert!(not_open, "{r:?}");
         assert_eq!(r.rereads, 0, "a sleeping thread is read at once");

@@ -469,7 +469,11 @@ mod tests {
     #[test]
     fn decide_table() {
         use Verdict::*;
-        let (allow, deny, hold) = (Answer::Now(Response::Allow), Answer::Now(Response::Deny), Answer::Hold);
+        let (allow, deny, hold) = (
+            Answer::Now(Response::Allow),
+            Answer::Now(Response::Deny),
+            Answer::Hold,
+        );
         for (act, monitor, want, stop) in [
             (action::ALLOW, false, (allow, Allowed, false), false),
             (action::AUDIT, false, (allow, Allowed, true), false),
@@ -490,7 +494,11 @@ mod tests {
                 want,
                 "action {act} monitor {monitor}"
             );
-            assert_eq!(backstopped(&r), stop, "backstop for action {act} monitor {monitor}");
+            assert_eq!(
+                backstopped(&r),
+                stop,
+                "backstop for action {act} monitor {monitor}"
+            );
         }
     }
 

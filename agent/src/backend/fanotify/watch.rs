@@ -8,7 +8,12 @@ use super::rules::{Ruleset, merge_into};
 use super::{Shared, sys};
 
 /// The watcher thread: follows protected trees and policy roots through inotify.
-pub(super) fn watch_loop(shared: &Shared, state: &Mutex<MarkState>, inotify: &OwnedFd, stop: OwnedFd) {
+pub(super) fn watch_loop(
+    shared: &Shared,
+    state: &Mutex<MarkState>,
+    inotify: &OwnedFd,
+    stop: OwnedFd,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     while sys::wait_readable(inotify.as_fd(), stop.as_fd()) {
         loop {
@@ -34,7 +39,13 @@ pub(super) fn watch_loop(shared: &Shared, state: &Mutex<MarkState>, inotify: &Ow
                 &st.tree_roots,
             );
             let roots_touched = marks::on_inotify(&mut m, &st.watches, &events, &mut delta);
-            let marks::Batch { marks: new_marks, watches: new_watches, members, held, notes } = m.finish();
+            let marks::Batch {
+                marks: new_marks,
+                watches: new_watches,
+                members,
+                held,
+                notes,
+            } = m.finish();
             delta.members = members;
             st.held.extend(held);
             let dead = if roots_touched {

@@ -65,8 +65,14 @@ fn sweep<K: aya::Pod + Eq>(map: &mut HashMap<MapData, K, Grant>, now: u64) {
 }
 
 impl LsmGate {
-    pub(crate) fn new(once: HashMap<MapData, OnceKey, Grant>, agent: HashMap<MapData, AgentGrantKey, Grant>) -> LsmGate {
-        LsmGate { once: Mutex::new(once), agent: Mutex::new(agent) }
+    pub(crate) fn new(
+        once: HashMap<MapData, OnceKey, Grant>,
+        agent: HashMap<MapData, AgentGrantKey, Grant>,
+    ) -> LsmGate {
+        LsmGate {
+            once: Mutex::new(once),
+            agent: Mutex::new(agent),
+        }
     }
 }
 
@@ -83,8 +89,14 @@ pub(crate) fn once_keys(key: &HoldKey, holders: &[Holder]) -> Result<Vec<OnceKey
                 _pad: 0,
                 argv_hash: key.argv_hash,
             }),
-            HoldKind::Parked { .. } => Err(GateError::Unsupported { backend: "lsm", kind: "parked" }),
-            HoldKind::AfterExec => Err(GateError::Unsupported { backend: "lsm", kind: "after_exec" }),
+            HoldKind::Parked { .. } => Err(GateError::Unsupported {
+                backend: "lsm",
+                kind: "parked",
+            }),
+            HoldKind::AfterExec => Err(GateError::Unsupported {
+                backend: "lsm",
+                kind: "after_exec",
+            }),
         })
         .collect()
 }
@@ -92,25 +104,44 @@ pub(crate) fn once_keys(key: &HoldKey, holders: &[Holder]) -> Result<Vec<OnceKey
 /// Threads of process `tgid` (from /proc; empty when it is gone).
 fn threads_of(tgid: u32) -> Vec<u32> {
     std::fs::read_dir(format!("/proc/{tgid}/task"))
-        .map(|rd| rd.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// Once-keys for the threads of the holders' processes that are not holders themselves.
-pub(crate) fn sibling_keys(key: &HoldKey, holders: &[Holder], threads: impl Fn(u32) -> Vec<u32>) -> Vec<OnceKey> {
+pub(crate) fn sibling_keys(
+    key: &HoldKey,
+    holders: &[Holder],
+    threads: impl Fn(u32) -> Vec<u32>,
+) -> Vec<OnceKey> {
     let held: HashSet<u32> = holders.iter().map(|h| h.tid).collect();
     processes(holders)
         .into_iter()
         .flat_map(&threads)
         .filter(|tid| !held.contains(tid))
-        .map(|tid| OnceKey { tid, op: key.op.raw(), ino: key.ino, dev: key.dev, _pad: 0, argv_hash: key.argv_hash })
+        .map(|tid| OnceKey {
+            tid,
+            op: key.op.raw(),
+            ino: key.ino,
+            dev: key.dev,
+            _pad: 0,
+            argv_hash: key.argv_hash,
+        })
         .collect()
 }
 
 /// Distinct processes of `holders`, in order: each gets one SIGCONT (it resumes every thread).
 pub(crate) fn processes(holders: &[Holder]) -> Vec<u32> {
     let mut seen = HashSet::new();
-    holders.iter().map(|h| h.tgid).filter(|t| seen.insert(*t)).collect()
+    holders
+        .iter()
+        .map(|h| h.tgid)
+        .filter(|t| seen.insert(*t))
+        .collect()
 }
 
 impl Gate for LsmGate {
@@ -119,8 +150,15 @@ impl Gate for LsmGate {
         let keys = once_keys(key, holders)?;
         let siblings = sibling_keys(key, holders, threads_of);
         let now = boottime_ns();
-        let grant = Grant { expires_ns: now + ONCE_GRACE.as_nanos() as u64, verdict: verdict_of(how), _pad: 0 };
-        let join = Grant { expires_ns: now + JOIN_GRACE.as_nanos() as u64, ..grant };
+        let grant = Grant {
+            expires_ns: now + ONCE_GRACE.as_nanos() as u64,
+            verdict: verdict_of(how),
+            _pad: 0,
+        };
+        let join = Grant {
+            expires_ns: now + JOIN_GRACE.as_nanos() as u64,
+            ..grant
+        };
         {
             let mut once = self.once.lock().unwrap_or_else(|p| p.into_inner());
             sweep(&mut once, now);
@@ -134,14 +172,25 @@ impl Gate for LsmGate {
         for tgid in processes(holders) {
             match kill(Pid::from_raw(tgid as i32), Signal::SIGCONT) {
                 Ok(()) | Err(Errno::ESRCH) => {}
-                Err(source) => return Err(GateError::Signal { signal: "SIGCONT", pid: tgid, source }),
+                Err(source) => {
+                    return Err(GateError::Signal {
+                        signal: "SIGCONT",
+                        pid: tgid,
+                        source,
+                    });
+                }
             }
         }
         Ok(())
     }
 
     fn standing(&self, s: &Standing) -> Result<(), GateError> {
-        let key = AgentGrantKey { cgroup_id: s.cgroup_id, ino: s.ino, dev: s.dev, op: s.op.raw() };
+        let key = AgentGrantKey {
+            cgroup_id: s.cgroup_id,
+            ino: s.ino,
+            dev: s.dev,
+            op: s.op.raw(),
+        };
         let grant = Grant {
             expires_ns: s.until_boot_ns.unwrap_or(GRANT_FOREVER),
             verdict: verdict_of(s.release),
@@ -159,20 +208,41 @@ mod tests {
     use crate::event::Op;
 
     fn key() -> HoldKey {
-        HoldKey { tgid: 10, op: Op::Exec, dev: (8 << 20) | 1, ino: 77, argv_hash: 0xfeed }
+        HoldKey {
+            tgid: 10,
+            op: Op::Exec,
+            dev: (8 << 20) | 1,
+            ino: 77,
+            argv_hash: 0xfeed,
+        }
     }
 
     #[test]
     fn once_keys_bind_thread_op_object_and_argv() {
         let holders = [
-            Holder { tid: 11, tgid: 10, how: HoldKind::Restart },
-            Holder { tid: 12, tgid: 10, how: HoldKind::Restart },
+            Holder {
+                tid: 11,
+                tgid: 10,
+                how: HoldKind::Restart,
+            },
+            Holder {
+                tid: 12,
+                tgid: 10,
+                how: HoldKind::Restart,
+            },
         ];
         let keys = once_keys(&key(), &holders).unwrap();
         assert_eq!(keys.len(), 2);
         assert_eq!(
             keys[0],
-            OnceKey { tid: 11, op: airlock_common::op::EXEC, ino: 77, dev: (8 << 20) | 1, _pad: 0, argv_hash: 0xfeed }
+            OnceKey {
+                tid: 11,
+                op: airlock_common::op::EXEC,
+                ino: 77,
+                dev: (8 << 20) | 1,
+                _pad: 0,
+                argv_hash: 0xfeed
+            }
         );
         assert_eq!(keys[1].tid, 12);
     }
@@ -180,28 +250,67 @@ mod tests {
     #[test]
     fn parked_and_after_exec_holders_are_not_ours() {
         let parked = [
-            Holder { tid: 11, tgid: 10, how: HoldKind::Restart },
-            Holder { tid: 12, tgid: 10, how: HoldKind::Parked { token: 3 } },
+            Holder {
+                tid: 11,
+                tgid: 10,
+                how: HoldKind::Restart,
+            },
+            Holder {
+                tid: 12,
+                tgid: 10,
+                how: HoldKind::Parked { token: 3 },
+            },
         ];
-        assert!(matches!(once_keys(&key(), &parked), Err(GateError::Unsupported { backend: "lsm", .. })));
-        let after = [Holder { tid: 11, tgid: 10, how: HoldKind::AfterExec }];
-        assert!(matches!(once_keys(&key(), &after), Err(GateError::Unsupported { .. })));
+        assert!(matches!(
+            once_keys(&key(), &parked),
+            Err(GateError::Unsupported { backend: "lsm", .. })
+        ));
+        let after = [Holder {
+            tid: 11,
+            tgid: 10,
+            how: HoldKind::AfterExec,
+        }];
+        assert!(matches!(
+            once_keys(&key(), &after),
+            Err(GateError::Unsupported { .. })
+        ));
     }
 
     #[test]
     fn threads_that_were_not_held_get_the_same_key_and_holders_are_not_repeated() {
-        let holders = [Holder { tid: 11, tgid: 10, how: HoldKind::Restart }];
-        let keys = sibling_keys(&key(), &holders, |tgid| if tgid == 10 { vec![10, 11, 12] } else { vec![] });
+        let holders = [Holder {
+            tid: 11,
+            tgid: 10,
+            how: HoldKind::Restart,
+        }];
+        let keys = sibling_keys(&key(), &holders, |tgid| {
+            if tgid == 10 { vec![10, 11, 12] } else { vec![] }
+        });
         assert_eq!(keys.iter().map(|k| k.tid).collect::<Vec<_>>(), vec![10, 12]);
-        assert!(keys.iter().all(|k| k.op == airlock_common::op::EXEC && k.ino == 77 && k.argv_hash == 0xfeed));
+        assert!(
+            keys.iter()
+                .all(|k| k.op == airlock_common::op::EXEC && k.ino == 77 && k.argv_hash == 0xfeed)
+        );
     }
 
     #[test]
     fn one_sigcont_per_process() {
         let holders = [
-            Holder { tid: 11, tgid: 10, how: HoldKind::Restart },
-            Holder { tid: 21, tgid: 20, how: HoldKind::Restart },
-            Holder { tid: 12, tgid: 10, how: HoldKind::Restart },
+            Holder {
+                tid: 11,
+                tgid: 10,
+                how: HoldKind::Restart,
+            },
+            Holder {
+                tid: 21,
+                tgid: 20,
+                how: HoldKind::Restart,
+            },
+            Holder {
+                tid: 12,
+                tgid: 10,
+                how: HoldKind::Restart,
+            },
         ];
         assert_eq!(processes(&holders), vec![10, 20]);
     }

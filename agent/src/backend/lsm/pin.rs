@@ -35,7 +35,9 @@ pub(crate) const ADOPTED_MAPS: &[&str] = &[
 /// FNV-1a 64 over the object bytes: stable across builds of airlockd and the CLI (unlike std's
 /// hasher), and cheap enough for a 1 MiB object at start.
 fn object_hash(obj: &[u8]) -> u64 {
-    obj.iter().fold(airlock_common::FNV_OFFSET, |h, &b| (h ^ b as u64).wrapping_mul(airlock_common::FNV_PRIME))
+    obj.iter().fold(airlock_common::FNV_OFFSET, |h, &b| {
+        (h ^ b as u64).wrapping_mul(airlock_common::FNV_PRIME)
+    })
 }
 
 /// The directory the programs of `obj` are pinned in under `pin_dir`.
@@ -60,7 +62,8 @@ fn io_error(what: String) -> impl FnOnce(std::io::Error) -> LsmError {
 }
 
 fn is_bpffs(p: &Path) -> Result<bool, LsmError> {
-    let st = nix::sys::statfs::statfs(p).map_err(|e| LsmError::Pin(format!("statfs {}: {e}", p.display())))?;
+    let st = nix::sys::statfs::statfs(p)
+        .map_err(|e| LsmError::Pin(format!("statfs {}: {e}", p.display())))?;
     Ok(st.filesystem_type().0 as i64 == BPF_FS_MAGIC)
 }
 
@@ -70,12 +73,21 @@ fn is_bpffs(p: &Path) -> Result<bool, LsmError> {
 pub(crate) fn ensure_bpffs(pin_dir: &Path) -> Result<(), LsmError> {
     let root = Path::new(BPF_FS_ROOT);
     if pin_dir.starts_with(root) && root.is_dir() && !is_bpffs(root)? {
-        nix::mount::mount(Some("bpf"), root, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-            .map_err(|e| LsmError::Pin(format!("mounting bpffs at {BPF_FS_ROOT}: {e}")))?;
+        nix::mount::mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| LsmError::Pin(format!("mounting bpffs at {BPF_FS_ROOT}: {e}")))?;
         tracing::info!("mounted bpffs at {BPF_FS_ROOT}");
     }
     // Check the nearest existing ancestor before creating anything below it.
-    let existing = pin_dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let existing = pin_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
     if !is_bpffs(existing)? {
         return Err(LsmError::Pin(format!(
             "{} is not on a bpf filesystem (mount one with `mount -t bpf bpf DIR`, or pick a pin \
@@ -88,7 +100,8 @@ pub(crate) fn ensure_bpffs(pin_dir: &Path) -> Result<(), LsmError> {
 
 /// True when `ver` holds a pin for every hook's link and every map userspace adopts.
 pub(crate) fn complete(ver: &Path) -> bool {
-    HOOKS.iter().all(|h| link_pin(ver, h).exists()) && ADOPTED_MAPS.iter().all(|m| map_pin(ver, m).exists())
+    HOOKS.iter().all(|h| link_pin(ver, h).exists())
+        && ADOPTED_MAPS.iter().all(|m| map_pin(ver, m).exists())
 }
 
 /// Pins every map of a freshly loaded object (before its links: a directory with all links
@@ -101,30 +114,39 @@ pub(crate) fn pin_maps(ebpf: &aya::Ebpf, ver: &Path) -> Result<(), LsmError> {
         if name.starts_with('.') {
             continue;
         }
-        map.pin(dir.join(name)).map_err(pin_error(format!("pinning map {name}")))?;
+        map.pin(dir.join(name))
+            .map_err(pin_error(format!("pinning map {name}")))?;
     }
     Ok(())
 }
 
 /// Pins one program's link: it stays attached until the pin is removed, whatever happens to
 /// this process.
-pub(crate) fn pin_link(ver: &Path, hook: &str, link: aya::programs::links::FdLink) -> Result<(), LsmError> {
+pub(crate) fn pin_link(
+    ver: &Path,
+    hook: &str,
+    link: aya::programs::links::FdLink,
+) -> Result<(), LsmError> {
     let dir = ver.join("links");
     std::fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
     // The returned PinnedLink only closes our fd when dropped; the pin keeps the link.
-    link.pin(link_pin(ver, hook)).map_err(pin_error(format!("pinning the {hook} link")))?;
+    link.pin(link_pin(ver, hook))
+        .map_err(pin_error(format!("pinning the {hook} link")))?;
     Ok(())
 }
 
 /// Opens a pinned map.
 pub(crate) fn open_map(ver: &Path, name: &'static str) -> Result<Map, LsmError> {
-    let data = MapData::from_pin(map_pin(ver, name)).map_err(|source| LsmError::Map { name, source })?;
+    let data =
+        MapData::from_pin(map_pin(ver, name)).map_err(|source| LsmError::Map { name, source })?;
     Map::from_map_data(data).map_err(|source| LsmError::Map { name, source })
 }
 
 /// Our version directories under `pin_dir` other than `keep`.
 pub(crate) fn other_versions(pin_dir: &Path, keep: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(pin_dir) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(pin_dir) else {
+        return Vec::new();
+    };
     rd.filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with(VERSION_PREFIX))
         .map(|e| e.path())
@@ -138,11 +160,18 @@ const DETACH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Kernel ids of the programs whose links are pinned in `ver`.
 fn pinned_program_ids(ver: &Path) -> Vec<u32> {
-    let Ok(rd) = std::fs::read_dir(ver.join("links")) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(ver.join("links")) else {
+        return Vec::new();
+    };
     rd.filter_map(Result::ok)
         .filter_map(|e| aya::programs::links::PinnedLink::from_pin(e.path()).ok())
         // Our fd is closed again at the end of the statement; only the pin keeps the link.
-        .filter_map(|l| aya::programs::links::FdLink::from(l).info().ok().map(|i| i.program_id()))
+        .filter_map(|l| {
+            aya::programs::links::FdLink::from(l)
+                .info()
+                .ok()
+                .map(|i| i.program_id())
+        })
         .collect()
 }
 
@@ -202,16 +231,29 @@ mod tests {
     #[test]
     fn version_dir_depends_on_the_object_only() {
         let a = version_dir(Path::new("/sys/fs/bpf/airlock"), b"object one");
-        assert_eq!(a, version_dir(Path::new("/sys/fs/bpf/airlock"), b"object one"));
-        assert_ne!(a, version_dir(Path::new("/sys/fs/bpf/airlock"), b"object two"));
+        assert_eq!(
+            a,
+            version_dir(Path::new("/sys/fs/bpf/airlock"), b"object one")
+        );
+        assert_ne!(
+            a,
+            version_dir(Path::new("/sys/fs/bpf/airlock"), b"object two")
+        );
         let name = a.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(name.starts_with(VERSION_PREFIX) && name.len() == VERSION_PREFIX.len() + 16, "{name}");
+        assert!(
+            name.starts_with(VERSION_PREFIX) && name.len() == VERSION_PREFIX.len() + 16,
+            "{name}"
+        );
     }
 
     #[test]
     fn only_our_version_directories_are_others() {
         let d = tempfile::tempdir().unwrap();
-        for n in ["lsm-0000000000000001", "lsm-0000000000000002", "exec-0000000000000001"] {
+        for n in [
+            "lsm-0000000000000001",
+            "lsm-0000000000000002",
+            "exec-0000000000000001",
+        ] {
             std::fs::create_dir(d.path().join(n)).unwrap();
         }
         std::fs::write(d.path().join("lsm-file"), "").unwrap();

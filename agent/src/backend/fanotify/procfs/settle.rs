@@ -15,7 +15,10 @@ pub struct Patience {
 
 impl Patience {
     /// One read, no re-read.
-    pub const ONCE: Patience = Patience { bound: Duration::ZERO, min_rereads: 0 };
+    pub const ONCE: Patience = Patience {
+        bound: Duration::ZERO,
+        min_rereads: 0,
+    };
 }
 
 /// The first re-reads only yield the CPU (a task on the other CPU falls asleep within
@@ -52,8 +55,16 @@ pub fn read_settled(
         let line = read()?;
         let running = parse_syscall(&line) == Some(SyscallLine::Running);
         if !running || (t0.elapsed() >= p.bound && rereads >= p.min_rereads) {
-            let waited = if rereads == 0 { Duration::ZERO } else { t0.elapsed() };
-            return Ok(Settled { line, waited, rereads });
+            let waited = if rereads == 0 {
+                Duration::ZERO
+            } else {
+                t0.elapsed()
+            };
+            return Ok(Settled {
+                line,
+                waited,
+                rereads,
+            });
         }
         match pause(rereads) {
             None => std::thread::yield_now(),
@@ -72,16 +83,29 @@ mod tests {
     fn a_running_task_is_reread_until_it_sleeps_in_its_call() {
         let open = "257 0xffffff9c 0x1000 0x0 0x0 0x0 0x0 0x0 0x0\n";
         let mut lines = ["running\n"; 6].into_iter().chain([open]);
-        let p = Patience { bound: Duration::from_secs(5), min_rereads: 0 };
+        let p = Patience {
+            bound: Duration::from_secs(5),
+            min_rereads: 0,
+        };
         let s = read_settled(p, || Ok(lines.next().unwrap().to_string())).unwrap();
         assert_eq!((s.line.as_str(), s.rereads), (open, 6));
         assert!(s.waited > Duration::ZERO);
         assert_eq!(intent_from_syscall(&s.line, |_| None), Intent::Read);
         let s = read_settled(p, || Ok(open.to_string())).unwrap();
-        assert_eq!((s.rereads, s.waited), (0, Duration::ZERO), "a sleeping task: one read");
+        assert_eq!(
+            (s.rereads, s.waited),
+            (0, Duration::ZERO),
+            "a sleeping task: one read"
+        );
         // Re-reads yield first, then sleep briefly.
-        assert_eq!((0..YIELDS).map(pause).collect::<Vec<_>>(), vec![None; YIELDS as usize]);
-        assert_eq!((pause(YIELDS), pause(YIELDS + 1)), (Some(FIRST_SLEEP), Some(FIRST_SLEEP * 2)));
+        assert_eq!(
+            (0..YIELDS).map(pause).collect::<Vec<_>>(),
+            vec![None; YIELDS as usize]
+        );
+        assert_eq!(
+            (pause(YIELDS), pause(YIELDS + 1)),
+            (Some(FIRST_SLEEP), Some(FIRST_SLEEP * 2))
+        );
         assert_eq!(pause(YIELDS + 40), Some(MAX_SLEEP));
     }
 
@@ -89,13 +113,25 @@ mod tests {
     fn a_task_running_past_the_bound_stays_unknown_and_says_how_long() {
         let bound = Duration::from_millis(5);
         let t0 = Instant::now();
-        let p = Patience { bound, min_rereads: 0 };
+        let p = Patience {
+            bound,
+            min_rereads: 0,
+        };
         let s = read_settled(p, || Ok("running\n".to_string())).unwrap();
         let took = t0.elapsed();
-        assert!(s.waited >= bound && took < Duration::from_secs(2), "{s:?} in {took:?}");
-        assert_eq!(intent_from_syscall(&s.line, |_| None), Intent::Unknown(TASK_RUNNING));
+        assert!(
+            s.waited >= bound && took < Duration::from_secs(2),
+            "{s:?} in {took:?}"
+        );
+        assert_eq!(
+            intent_from_syscall(&s.line, |_| None),
+            Intent::Unknown(TASK_RUNNING)
+        );
         // The bound alone does not end the wait before the minimum number of re-reads.
-        let p = Patience { bound: Duration::ZERO, min_rereads: 5 };
+        let p = Patience {
+            bound: Duration::ZERO,
+            min_rereads: 5,
+        };
         let s = read_settled(p, || Ok("running\n".to_string())).unwrap();
         assert_eq!(s.rereads, 5);
         let s = read_settled(Patience::ONCE, || Ok("running\n".to_string())).unwrap();
