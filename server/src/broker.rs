@@ -9,8 +9,8 @@
 //! ```
 //!
 //! The [`Hub`] delivers a decision at once to the host's stream when that stream is on this
-//! replica; a stream on another replica finds it by polling the store (see `link.rs`).
-use std::collections::HashMap;
+//! replica; on another replica, that replica's store watch finds it (see `link.rs`).
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use airlock_approval::{Decision, Release, RequestState, Vote};
@@ -43,9 +43,27 @@ impl Change {
     }
 }
 
+/// What the hub hands a host's session.
+#[derive(Debug)]
+pub enum Delivery {
+    /// A message for the host (a decision, new settings). Decisions can arrive twice (the
+    /// hub's push and the store watch race); the session sends each once.
+    Message(pb::ServerMessage),
+    /// End the stream with this status (the host was revoked or re-enrolled).
+    Cut(tonic::Status),
+}
+
+/// One host's stream on this replica.
+struct LinkEntry {
+    session: u64,
+    /// SHA-256 of the certificate the stream authenticated with.
+    fp: String,
+    tx: mpsc::UnboundedSender<Delivery>,
+}
+
 /// Connected host streams on this replica, and watchers.
 pub struct Hub {
-    links: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<pb::ServerMessage>)>>,
+    links: Mutex<HashMap<String, LinkEntry>>,
     next_session: std::sync::atomic::AtomicU64,
     changes: broadcast::Sender<Change>,
 }
@@ -59,41 +77,64 @@ impl Hub {
         }
     }
 
-    /// Registers a host's stream; a newer stream of the same host replaces an older one (the
-    /// host reconnected; the old stream's sender is dropped, which ends it). Returns the
-    /// session number for [`Hub::detach`].
-    pub fn attach(&self, host: &str, tx: mpsc::UnboundedSender<pb::ServerMessage>) -> u64 {
+    fn links(&self) -> std::sync::MutexGuard<'_, HashMap<String, LinkEntry>> {
+        self.links.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a host's stream (authenticated with the certificate whose SHA-256 is `fp`);
+    /// a newer stream of the same host replaces an older one (the host reconnected; the old
+    /// stream's sender is dropped, which ends it). Returns the session number for
+    /// [`Hub::detach`].
+    pub fn attach(&self, host: &str, fp: &str, tx: mpsc::UnboundedSender<Delivery>) -> u64 {
         let n = self
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.links
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(host.to_string(), (n, tx));
+        self.links().insert(
+            host.to_string(),
+            LinkEntry {
+                session: n,
+                fp: fp.to_string(),
+                tx,
+            },
+        );
         n
     }
 
     /// Removes a host's stream if it is still session `n`.
     pub fn detach(&self, host: &str, n: u64) {
-        let mut l = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        if l.get(host).is_some_and(|(m, _)| *m == n) {
+        let mut l = self.links();
+        if l.get(host).is_some_and(|e| e.session == n) {
             l.remove(host);
         }
     }
 
     /// Sends to a host's stream on this replica; false when it has none here.
     pub fn send(&self, host: &str, m: pb::ServerMessage) -> bool {
-        let l = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        l.get(host).is_some_and(|(_, tx)| tx.send(m).is_ok())
+        self.deliver(host, Delivery::Message(m))
+    }
+
+    /// Hands `d` to a host's session on this replica; false when it has none here.
+    pub fn deliver(&self, host: &str, d: Delivery) -> bool {
+        self.links().get(host).is_some_and(|e| e.tx.send(d).is_ok())
+    }
+
+    /// Sends `m` to every host stream on this replica.
+    pub fn send_all(&self, m: &pb::ServerMessage) {
+        for e in self.links().values() {
+            let _ = e.tx.send(Delivery::Message(m.clone()));
+        }
     }
 
     /// Hosts with a stream on this replica.
     pub fn connected(&self) -> Vec<String> {
-        self.links
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
+        self.links().keys().cloned().collect()
+    }
+
+    /// Hosts with a stream on this replica and the certificate fingerprint of each.
+    pub fn connected_with_cert(&self) -> Vec<(String, String)> {
+        self.links()
+            .iter()
+            .map(|(h, e)| (h.clone(), e.fp.clone()))
             .collect()
     }
 
@@ -112,7 +153,18 @@ pub struct Broker {
     pub store: Store,
     config: RwLock<Arc<ServerConfig>>,
     pub hub: Hub,
+    /// Hosts' labels, read when a host links and every [`crate::link::HOST_CHECK`] by the
+    /// store watch while any host is linked here; a host missing here is read from the store.
+    labels: Mutex<HashMap<String, Arc<BTreeMap<String, String>>>>,
+    /// Requests opened through this replica and not closed yet. Only the fields a request
+    /// never changes after it opened are used from here (host, context, route, threshold,
+    /// times): what a vote may change is read and checked in the vote's transaction.
+    opened: Mutex<HashMap<String, Arc<StoredRequest>>>,
 }
+
+/// Most requests [`Broker`] keeps in memory; past it, the map is emptied and votes read the
+/// store (a fleet never has that many open at once unless hosts vanish without outcomes).
+const OPENED_CACHE: usize = 100_000;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -124,12 +176,19 @@ pub fn now_ms() -> u64 {
 
 impl Broker {
     /// A broker over `store` with `config`.
+    ///
+    /// Starts the store watch (decisions made on other replicas, revocations; see
+    /// `link::watch_store`) in the current Tokio runtime; it ends when the broker is dropped.
     pub fn new(store: Store, config: ServerConfig) -> Arc<Broker> {
-        Arc::new(Broker {
+        let b = Arc::new(Broker {
             store,
             config: RwLock::new(Arc::new(config)),
             hub: Hub::new(),
-        })
+            labels: Mutex::default(),
+            opened: Mutex::default(),
+        });
+        tokio::spawn(crate::link::watch_store(Arc::downgrade(&b)));
+        b
     }
 
     /// The config in force.
@@ -140,9 +199,17 @@ impl Broker {
             .clone()
     }
 
-    /// Replaces the config (only with one that loaded cleanly; see `cli/serve.rs`).
+    /// Replaces the config (only with one that loaded cleanly; see `cli/serve.rs`). When the
+    /// break-glass setting changed, every host linked to this replica is told at once.
     pub fn set_config(&self, c: ServerConfig) {
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(c);
+        let break_glass = c.break_glass;
+        let old = std::mem::replace(
+            &mut *self.config.write().unwrap_or_else(|e| e.into_inner()),
+            Arc::new(c),
+        );
+        if old.break_glass != break_glass {
+            self.hub.send_all(&wire::settings_message(break_glass));
+        }
     }
 
     /// Records an attempt (refused or notable). A failure to record is logged, never hidden.
@@ -190,12 +257,7 @@ impl Broker {
         let now = now_ms();
         let mut s = wire::stored_from_opened(host, r, now)?;
         let cfg = self.config();
-        let labels = self
-            .store
-            .host(host)
-            .await?
-            .map(|h| h.labels)
-            .unwrap_or_default();
+        let labels = self.labels_of(host).await?;
         let b = wire::body(&s)?;
         if let Some(route) = cfg.route_for(&Subject {
             host,
@@ -211,6 +273,7 @@ impl Broker {
         match self.store.upsert_opened(&s).await? {
             Upserted::New => {
                 tracing::info!(id = %s.id, host, route = s.route.as_deref().unwrap_or("-"), "request opened");
+                self.remember(&s);
                 self.hub.publish(Change::Opened(s));
                 Ok(None)
             }
@@ -237,6 +300,7 @@ impl Broker {
             .store
             .close(&id, host, state, decision.as_ref(), now_ms())
             .await?;
+        self.forget(&id);
         if cur.state == RequestState::Pending {
             if let Some(by) = decision.as_ref().and_then(|d| d.by.as_ref())
                 && by.via == "cli-break-glass"
@@ -258,19 +322,18 @@ impl Broker {
         decision: Decision,
     ) -> Result<StoredRequest, Fault> {
         let now = now_ms();
-        let cur = self
-            .store
-            .request(id)
-            .await?
-            .ok_or_else(|| crate::store::StoreError::NotFound { id: id.to_string() })?;
+        let cur = match self.remembered(id) {
+            Some(r) => r,
+            None => Arc::new(
+                self.store
+                    .request(id)
+                    .await?
+                    .ok_or_else(|| crate::store::StoreError::NotFound { id: id.to_string() })?,
+            ),
+        };
         let cfg = self.config();
         let b = wire::body(&cur)?;
-        let labels = self
-            .store
-            .host(&cur.host)
-            .await?
-            .map(|h| h.labels)
-            .unwrap_or_default();
+        let labels = self.labels_of(&cur.host).await?;
         let subject = Subject {
             host: &cur.host,
             labels: &labels,
@@ -330,21 +393,65 @@ impl Broker {
                 self.hub.send(&cur.host, m);
             }
         }
+        // The vote's transaction recorded the accepted attempt.
         self.hub.publish(Change::Voted(res.request.clone()));
-        self.record(
-            principal,
-            via,
-            &format!("{:?}", vote.release).to_lowercase(),
-            Some(id),
-            tonic::Code::Ok,
-            if res.decided.is_some() {
-                "decided"
-            } else {
-                "vote counted"
-            },
-        )
-        .await;
         Ok(res.request)
+    }
+
+    /// Labels of `host`: from memory, else from the store (then kept).
+    pub async fn labels_of(&self, host: &str) -> Result<Arc<BTreeMap<String, String>>, Fault> {
+        if let Some(l) = self.lock_labels().get(host) {
+            return Ok(l.clone());
+        }
+        let labels = Arc::new(
+            self.store
+                .host(host)
+                .await?
+                .map(|h| h.labels)
+                .unwrap_or_default(),
+        );
+        self.lock_labels().insert(host.to_string(), labels.clone());
+        Ok(labels)
+    }
+
+    /// Replaces the labels kept for the hosts in `hosts` (the store watch's read of them).
+    pub fn refresh_labels(&self, hosts: &[crate::store::HostRow]) {
+        let mut l = self.lock_labels();
+        l.clear();
+        for h in hosts {
+            l.insert(h.name.clone(), Arc::new(h.labels.clone()));
+        }
+    }
+
+    /// Whether any host's labels are kept (the store watch refreshes them).
+    pub fn has_labels(&self) -> bool {
+        !self.lock_labels().is_empty()
+    }
+
+    fn lock_labels(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<BTreeMap<String, String>>>> {
+        self.labels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_opened(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<StoredRequest>>> {
+        self.opened.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remember(&self, r: &StoredRequest) {
+        let mut m = self.lock_opened();
+        if m.len() >= OPENED_CACHE {
+            m.clear();
+        }
+        m.insert(r.id.clone(), Arc::new(r.clone()));
+    }
+
+    fn remembered(&self, id: &str) -> Option<Arc<StoredRequest>> {
+        self.lock_opened().get(id).cloned()
+    }
+
+    fn forget(&self, id: &str) {
+        self.lock_opened().remove(id);
     }
 
     /// Pending requests (filters ANDed), oldest first.

@@ -2,12 +2,13 @@
 //!
 //! The host is who its client certificate says (SHA-256 of the certificate → the enrolled
 //! host in the store); nothing it writes in a message can change that. A revoked host is
-//! refused at connect and its open stream is cut within a second of the revocation (the
-//! session re-reads its host row every second, which also notices a revocation made by
-//! another replica or by `airlock-server hosts revoke` in another process).
+//! refused at connect and its open stream is cut within a second of the revocation.
 //!
-//! A decision reaches the stream at once when it is made on this replica (the hub); one made
-//! on another replica is found by polling the store every [`POLL`].
+//! A decision reaches the stream at once when it is made on this replica (the hub). One made
+//! on another replica, and a revocation made by another replica or by `airlock-server hosts
+//! revoke` in another process, are found by the replica's one store watch
+//! ([`watch_store`]): a query every [`POLL`] and every [`HOST_CHECK`] for all the streams of
+//! this replica together, so an idle fleet costs the server next to nothing.
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,14 +20,14 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::broker::{Broker, now_ms};
+use crate::broker::{Broker, Delivery, now_ms};
 use crate::error::Fault;
 use crate::store::RequestFilter;
 
-/// How often a session looks for decisions made on other replicas.
+/// How often the store watch looks for decisions made on other replicas.
 pub const POLL: Duration = Duration::from_millis(250);
-/// How often a session re-reads its host (revocation).
-const HOST_CHECK: Duration = Duration::from_secs(1);
+/// How often the store watch re-reads the hosts (revocation, re-enrolment).
+pub const HOST_CHECK: Duration = Duration::from_secs(1);
 
 /// The HostLink service.
 pub struct LinkService {
@@ -91,21 +92,17 @@ impl airlock_proto::HostLink for LinkService {
         let _ = b.store.touch_host(&name, now_ms()).await;
         let (tx, rx) = mpsc::unbounded_channel::<pb::ServerMessage>();
         let (end_tx, end_rx) = mpsc::unbounded_channel::<Status>();
-        let (deliver_tx, deliver_rx) = mpsc::unbounded_channel::<pb::ServerMessage>();
-        let session = b.hub.attach(&name, deliver_tx);
-        // Settings first: the host applies the server's break-glass policy from now on.
-        let _ = tx.send(pb::ServerMessage {
-            body: Some(pb::server_message::Body::Settings(pb::Settings {
-                break_glass: b.config().break_glass,
-            })),
-        });
+        let (deliver_tx, deliver_rx) = mpsc::unbounded_channel::<Delivery>();
+        // Settings first: the host applies the server's break-glass policy from now on. Sent
+        // before the session is attached, so a reload's Settings can only come after it.
+        let _ = tx.send(crate::wire::settings_message(b.config().break_glass));
+        let session = b.hub.attach(&name, &fp, deliver_tx);
         tracing::info!(host = %name, "host link up");
         let inbound = req.into_inner();
         tokio::spawn(run(
             Session {
                 b,
                 host: name,
-                fp,
                 id: session,
                 tx,
                 end: end_tx,
@@ -126,8 +123,6 @@ struct Session {
     b: Arc<Broker>,
     /// The host's name, from its certificate.
     host: String,
-    /// SHA-256 of its certificate (re-checked every second: revocation).
-    fp: String,
     /// The hub's session number.
     id: u64,
     /// Messages to the host.
@@ -136,30 +131,26 @@ struct Session {
     end: mpsc::UnboundedSender<Status>,
 }
 
-/// One host's session: reads its messages, delivers decisions made elsewhere, watches for
-/// revocation. Ends when the host goes away, is revoked, or breaks the protocol.
+/// One host's session: reads its messages and passes on what the hub delivers (decisions,
+/// settings, a cut). Ends when the host goes away, is cut, or breaks the protocol.
 async fn run(
     s: Session,
     mut inbound: Streaming<pb::HostMessage>,
-    mut deliveries: mpsc::UnboundedReceiver<pb::ServerMessage>,
+    mut deliveries: mpsc::UnboundedReceiver<Delivery>,
 ) {
     let Session {
         b,
         host,
-        fp,
         id: session,
         tx,
         end,
     } = s;
     let who = format!("host:{host}");
     let mut hello = false;
-    // Decisions already sent on this stream (the poll must not repeat them every 250 ms; a
-    // repeat would be harmless, the host ignores decisions for closed requests).
+    // Decisions already sent on this stream (the store watch offers each again every
+    // [`POLL`] until the host closes the request; a repeat would be harmless, the host ignores
+    // decisions for closed requests, but it is noise).
     let mut sent: HashSet<String> = HashSet::new();
-    let mut poll = tokio::time::interval(POLL);
-    let mut check = tokio::time::interval(HOST_CHECK);
-    // The break-glass setting the host last got (sent again when a reload changes it).
-    let mut break_glass = b.config().break_glass;
     let reason = loop {
         tokio::select! {
             m = inbound.next() => match m {
@@ -227,48 +218,22 @@ async fn run(
                     }
                 }
             },
-            Some(m) = deliveries.recv() => {
-                // The poll may have found this decision first (its commit is visible before
-                // the hub's push is handled here): each decision goes to the host once.
-                let fresh = match &m.body {
-                    Some(pb::server_message::Body::Decision(pb::Decision { decide: Some(d), .. })) => sent.insert(d.id.clone()),
-                    _ => true,
-                };
-                if fresh {
-                    let _ = tx.send(m);
-                }
-            }
-            _ = poll.tick() => {
-                let f = RequestFilter { host: Some(host.clone()), decided_undelivered: true, ..Default::default() };
-                match b.store.list_requests(&f).await {
-                    Ok(rs) => {
-                        for r in rs {
-                            if sent.insert(r.id.clone())
-                                && let Some(m) = crate::wire::decision_message(&r)
-                            {
-                                let _ = tx.send(m);
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(host = %host, error = %e, "polling for decisions failed"),
-                }
-            }
-            _ = check.tick() => match b.store.host_by_cert(&fp).await {
-                Ok(Some(h)) if h.revoked_unix_ms.is_none() => {
-                    let now = b.config().break_glass;
-                    if now != break_glass {
-                        break_glass = now;
-                        let _ = tx.send(pb::ServerMessage {
-                            body: Some(pb::server_message::Body::Settings(pb::Settings { break_glass })),
-                        });
+            Some(d) = deliveries.recv() => match d {
+                Delivery::Message(m) => {
+                    // The store watch may have found this decision first (its commit is visible
+                    // before the hub's push is handled here): each decision goes to the host once.
+                    let fresh = match &m.body {
+                        Some(pb::server_message::Body::Decision(pb::Decision { decide: Some(d), .. })) => sent.insert(d.id.clone()),
+                        _ => true,
+                    };
+                    if fresh {
+                        let _ = tx.send(m);
                     }
                 }
-                Ok(_) => {
-                    let f = Fault::Forbidden(format!("host {host} was revoked"));
-                    b.record(&who, "link", "link", None, f.code(), "stream cut: host revoked").await;
-                    break Some(Status::from(f));
+                Delivery::Cut(status) => {
+                    b.record(&who, "link", "link", None, status.code(), &format!("stream cut: {}", status.message())).await;
+                    break Some(status);
                 }
-                Err(e) => tracing::warn!(host = %host, error = %e, "re-reading the host failed"),
             },
             _ = tx.closed() => break None,
         }
@@ -278,4 +243,80 @@ async fn run(
         let _ = end.send(s);
     }
     tracing::info!(host = %host, "host link down");
+}
+
+/// The replica's store watch, one task per [`Broker`] (started by `Broker::new`; ends when the
+/// broker is dropped):
+/// - every [`POLL`], one query for decided requests not yet closed by their hosts; those of
+///   hosts linked here go to their sessions (decisions made on other replicas, or made while
+///   a host's stream was being replaced). Skipped while no host is linked here.
+/// - every [`HOST_CHECK`], one read of the hosts; a linked host that is revoked, unknown, or
+///   enrolled again with another certificate has its stream cut, and the labels the broker
+///   keeps are replaced with what is stored.
+pub async fn watch_store(b: std::sync::Weak<Broker>) {
+    let mut poll = tokio::time::interval(POLL);
+    let mut check = tokio::time::interval(HOST_CHECK);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {
+                let Some(b) = b.upgrade() else { return };
+                deliver_decided(&b).await;
+            }
+            _ = check.tick() => {
+                let Some(b) = b.upgrade() else { return };
+                cut_revoked(&b).await;
+            }
+        }
+    }
+}
+
+async fn deliver_decided(b: &Broker) {
+    if b.hub.connected().is_empty() {
+        return;
+    }
+    let f = RequestFilter {
+        decided_undelivered: true,
+        ..Default::default()
+    };
+    match b.store.list_requests(&f).await {
+        Ok(rs) => {
+            for r in rs {
+                if let Some(m) = crate::wire::decision_message(&r) {
+                    b.hub.send(&r.host, m);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "polling for decisions failed"),
+    }
+}
+
+async fn cut_revoked(b: &Broker) {
+    let linked = b.hub.connected_with_cert();
+    if linked.is_empty() && !b.has_labels() {
+        return;
+    }
+    let hosts = match b.store.hosts().await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "re-reading the hosts failed");
+            return;
+        }
+    };
+    b.refresh_labels(&hosts);
+    let by_name: std::collections::HashMap<&str, _> =
+        hosts.iter().map(|h| (h.name.as_str(), h)).collect();
+    for (host, fp) in linked {
+        let why = match by_name.get(host.as_str()) {
+            None => "host removed",
+            Some(h) if h.revoked_unix_ms.is_some() => "host revoked",
+            Some(h) if h.cert_sha256.as_deref() != Some(fp.as_str()) => {
+                "host enrolled again with another certificate"
+            }
+            Some(_) => continue,
+        };
+        let f = Fault::Forbidden(format!("host {host}: {why}"));
+        b.hub.deliver(&host, Delivery::Cut(Status::from(f)));
+    }
 }

@@ -173,6 +173,15 @@ pub fn decision_message(s: &StoredRequest) -> Option<pb::ServerMessage> {
     })
 }
 
+/// The settings message: the server's break-glass policy for the host.
+pub fn settings_message(break_glass: bool) -> pb::ServerMessage {
+    pb::ServerMessage {
+        body: Some(pb::server_message::Body::Settings(pb::Settings {
+            break_glass,
+        })),
+    }
+}
+
 /// A closed request from a host's `Outcome`: id, state and decision record.
 pub fn outcome_from_proto(
     r: pb::HoldRequest,

@@ -375,6 +375,35 @@ async fn a_revoked_host_is_cut_off_within_two_seconds_and_cannot_reconnect() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_forbids_break_glass_reaches_every_linked_host_at_once() {
+    let srv = TestServer::start().await.unwrap();
+    let id = srv.enroll("web-1").await.unwrap();
+    let mut host = FakeHost::connect(&srv.url, &srv.ca_pem, &id).await.unwrap();
+    assert_eq!(host.settings.as_ref().map(|s| s.break_glass), Some(true));
+    let text = format!(
+        "break_glass: false\n{}",
+        airlock_server::testing::DEFAULT_CONFIG
+    );
+    let cfg = airlock_server::config::parse(&text, "server.yaml").unwrap();
+    srv.broker.set_config(cfg);
+    // At once: no per-second re-read is involved any more.
+    match host.recv_raw(Duration::from_millis(500)).await.unwrap() {
+        pb::ServerMessage {
+            body: Some(pb::server_message::Body::Settings(s)),
+        } => assert!(!s.break_glass),
+        other => panic!("expected Settings, got {other:?}"),
+    }
+    // A reload that changes nothing the host sees sends nothing.
+    srv.broker
+        .set_config(airlock_server::config::parse(&text, "server.yaml").unwrap());
+    let next = host.recv_raw(Duration::from_millis(300)).await;
+    assert!(
+        matches!(next, Err(airlock_server::testing::RecvError::Timeout)),
+        "{next:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_certificate_cannot_list_or_decide_even_with_a_valid_token() {
     let srv = TestServer::start().await.unwrap();
     let id = srv.enroll("web-1").await.unwrap();

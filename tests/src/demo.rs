@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use crate::harness::{Daemon, Pins};
+use crate::server::run_ok;
 
 const SCRIPT: &str = r#"
 echo '[agent] $ apt-get install --simulate cowsay      (a package install: held for a human)'
@@ -62,127 +63,67 @@ fn airlock(bin_dir: &Path, remote: &Remote, args: &[&str]) -> anyhow::Result<Str
     Ok(text)
 }
 
-/// The demo's airlock-server: its directory, URL, an approver's token, the child process.
+/// The demo's airlock-server: its directory, URL, an approver's token, the process.
 struct Remote {
     dir: std::path::PathBuf,
     url: String,
     token: String,
-    child: std::process::Child,
+    /// Killed (by PID) on drop, before the directory goes.
+    server: Option<crate::server::ServerProc>,
 }
 
 impl Drop for Remote {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        drop(self.server.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
-    let o = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !o.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
-}
-
 /// Initialises and starts airlock-server, issues alice's token, enrols this host.
 fn start_server(bin_dir: &Path, identity: &Path) -> anyhow::Result<Remote> {
+    use crate::server::{ServerProc, enroll_with, init_server, issue_token};
     let dir = std::path::PathBuf::from(format!(
         "/var/tmp/airlock-demo-server-{}",
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&dir);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let server = bin_dir.join("airlock-server");
+    let mut remote = Remote {
+        dir: dir.clone(),
+        url: String::new(),
+        token: String::new(),
+        server: None,
+    };
+    let (url, listen) = init_server(
+        bin_dir,
+        &dir,
+        "principals:\n  alice:\n    groups: [sre]\n  root-at-host:\n    groups: [sre]\n    host_users: [root]\n\
+         routes:\n  - name: default\n    approvers: [sre]\n    deny_requires_reason: true\n",
+    )?;
     println!(
         "[admin] $ airlock-server init --dir {} --listen {listen}",
         dir.display()
     );
-    run_ok(
-        Command::new(&server)
-            .args(["init", "--dir"])
-            .arg(&dir)
-            .args(["--listen", &listen]),
-    )?;
-    std::fs::write(
-        dir.join("server.yaml"),
-        format!(
-            "listen: {listen}\nprincipals:\n  alice:\n    groups: [sre]\n  root-at-host:\n    groups: [sre]\n    host_users: [root]\n\
-             routes:\n  - name: default\n    approvers: [sre]\n    deny_requires_reason: true\n"
-        ),
-    )?;
     println!(
         "[admin]   server.yaml: principals alice (sre) and root-at-host (sre, is `root` on hosts); route default: sre approves"
     );
-    let log = std::fs::File::create(dir.join("server.log"))?;
-    let child = Command::new(&server)
-        .args(["serve", "--dir"])
-        .arg(&dir)
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    let url = format!("https://{listen}");
-    let mut remote = Remote {
-        dir: dir.clone(),
-        url: url.clone(),
-        token: String::new(),
-        child,
-    };
+    remote.server = Some(ServerProc::start(bin_dir, &dir)?);
+    remote.url = url.clone();
     println!("[admin] $ airlock-server tokens issue alice");
-    remote.token = run_ok(
-        Command::new(&server)
-            .args(["tokens", "issue", "alice", "--dir"])
-            .arg(&dir),
-    )?;
-    println!("[admin] $ airlock-server hosts enroll demo-host --labels env=demo");
-    let token = run_ok(
-        Command::new(&server)
-            .args([
-                "hosts",
-                "enroll",
-                "demo-host",
-                "--labels",
-                "env=demo",
-                "--dir",
-            ])
-            .arg(&dir),
-    )?;
+    remote.token = issue_token(bin_dir, &dir, "alice")?;
     println!(
-        "[root@host] $ airlock enroll --server {url} --token {}…",
-        &token[..token.len().min(16)]
+        "[admin] $ airlock-server hosts enroll demo-host --labels env=demo   (prints a one-time TOKEN)"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match run_ok(
-            Command::new(bin_dir.join("airlock"))
-                .args([
-                    "enroll",
-                    "--server",
-                    &url,
-                    "--token",
-                    &token,
-                    "--identity-dir",
-                ])
-                .arg(identity),
-        ) {
-            Ok(out) => {
-                for l in out.lines() {
-                    println!("[root@host]   {l}");
-                }
-                break;
-            }
-            // The server may still be starting.
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-            Err(e) => {
-                return Err(
-                    e.context(std::fs::read_to_string(dir.join("server.log")).unwrap_or_default())
-                );
-            }
-        }
+    println!("[root@host] $ airlock enroll --server {url} --token TOKEN");
+    let out = enroll_with(bin_dir, &dir, &url, "demo-host", "env=demo", identity).map_err(|e| {
+        let log = remote
+            .server
+            .as_ref()
+            .map(|s| s.log_text())
+            .unwrap_or_default();
+        e.context(log)
+    })?;
+    for l in out.lines() {
+        println!("[root@host]   {l}");
     }
     Ok(remote)
 }

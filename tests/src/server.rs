@@ -61,7 +61,8 @@ impl ServerProc {
         })
     }
 
-    fn log_text(&self) -> String {
+    /// What the server logged so far.
+    pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -98,7 +99,8 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
+/// Runs `cmd`; its trimmed stdout, or an error with its stderr.
+pub(crate) fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
     let o = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     ensure(o.status.success(), || {
         format!(
@@ -145,9 +147,21 @@ pub fn enroll(
     host: &str,
     identity: &Path,
 ) -> anyhow::Result<()> {
+    enroll_with(bin_dir, sdir, url, host, "env=e2e", identity).map(drop)
+}
+
+/// [`enroll`] with the host's `labels` (`k=v,…`); returns what `airlock enroll` printed.
+pub fn enroll_with(
+    bin_dir: &Path,
+    sdir: &Path,
+    url: &str,
+    host: &str,
+    labels: &str,
+    identity: &Path,
+) -> anyhow::Result<String> {
     let token = run_ok(
         Command::new(bin_dir.join("airlock-server"))
-            .args(["hosts", "enroll", host, "--labels", "env=e2e", "--dir"])
+            .args(["hosts", "enroll", host, "--labels", labels, "--dir"])
             .arg(sdir),
     )?;
     let deadline = Instant::now() + WAIT;
@@ -164,7 +178,8 @@ pub fn enroll(
                 ])
                 .arg(identity),
         ) {
-            Ok(_) => return Ok(()),
+            Ok(out) => return Ok(out),
+            // The server may still be starting.
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
             Err(e) => return Err(e),
         }

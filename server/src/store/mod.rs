@@ -183,6 +183,13 @@ pub struct Attempt {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) pool: sqlx::AnyPool,
+    /// Connections whose commits do not wait for the disk (SQLite `synchronous = NORMAL`,
+    /// PostgreSQL `synchronous_commit = off`), for writes that a host sends again if they are
+    /// lost: only [`Store::upsert_opened`] (a host re-sends every pending request when it
+    /// links again). A lost commit can only be one of the last before a power cut or an OS
+    /// crash of the database's machine, never one of a process crash, and every later durable
+    /// commit (a vote) makes it durable too: both databases write their log in order.
+    relaxed: sqlx::AnyPool,
     pub kind: DbKind,
     /// SQLite only: writers of this process queue here instead of in SQLite's busy handler,
     /// which polls with sleeps of 1 to 100 ms and would add them to the latency of every

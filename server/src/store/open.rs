@@ -22,19 +22,39 @@ const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
 /// WAL mode); PostgreSQL gets enough for the link's polls plus concurrent votes.
 const SQLITE_POOL: u32 = 8;
 const POSTGRES_POOL: u32 = 16;
+/// PostgreSQL connections for [`Store::upsert_opened`] (see `Store::relaxed`).
+const RELAXED_POSTGRES_POOL: u32 = 4;
 
 /// Run on every new SQLite connection (these settings are per connection):
-/// - `synchronous = FULL`: in WAL mode, NORMAL only syncs the WAL at checkpoints, so a
+/// - `synchronous = FULL` (`NORMAL` for the relaxed pool, see `Store::relaxed`): in WAL mode, NORMAL only syncs the WAL at checkpoints, so a
 ///   committed decision could be lost to a power cut while the host has already been told to
 ///   release (or the approver told "decided"). FULL syncs the WAL at every commit: one fsync
 ///   per write transaction, which the store's transactions are few and short enough to afford.
 /// - `busy_timeout`: see [`SQLITE_BUSY_TIMEOUT_MS`].
 /// - `foreign_keys = ON`: SQLite leaves them off unless asked, per connection (sqlx already
 ///   asks; repeated here so the setting does not depend on the driver's defaults).
-fn sqlite_pragmas() -> String {
+fn sqlite_pragmas(synchronous: &str) -> String {
     format!(
-        "PRAGMA synchronous = FULL; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA foreign_keys = ON;"
+        "PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA foreign_keys = ON;"
     )
+}
+
+/// A pool of `size` connections running `setup` first.
+async fn pool_with(url: &str, size: u32, setup: String) -> Result<sqlx::AnyPool, StoreError> {
+    let setup: Arc<str> = setup.into();
+    Ok(AnyPoolOptions::new()
+        .max_connections(size)
+        .after_connect(move |conn, _meta| {
+            let setup = setup.clone();
+            Box::pin(async move {
+                if !setup.is_empty() {
+                    conn.execute(&*setup).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?)
 }
 
 impl Store {
@@ -49,32 +69,35 @@ impl Store {
         // Idempotent (a `Once` inside sqlx).
         sqlx::any::install_default_drivers();
         let kind = kind_of(url)?;
-        let (pool, writer) = match kind {
+        let (pool, relaxed, writer) = match kind {
             DbKind::Sqlite => {
                 let url = with_create_mode(url);
                 prepare_sqlite(&url).await?;
-                let pool = AnyPoolOptions::new()
-                    .max_connections(SQLITE_POOL)
-                    .after_connect(|conn, _meta| {
-                        Box::pin(async move {
-                            conn.execute(sqlite_pragmas().as_str()).await?;
-                            Ok(())
-                        })
-                    })
-                    .connect(&url)
-                    .await?;
-                (pool, Some(Arc::new(tokio::sync::Mutex::new(()))))
+                (
+                    pool_with(&url, SQLITE_POOL, sqlite_pragmas("FULL")).await?,
+                    // Writes are one at a time anyway (the write turn).
+                    pool_with(&url, 1, sqlite_pragmas("NORMAL")).await?,
+                    Some(Arc::new(tokio::sync::Mutex::new(()))),
+                )
             }
             DbKind::Postgres => (
-                AnyPoolOptions::new()
-                    .max_connections(POSTGRES_POOL)
-                    .connect(url)
-                    .await?,
+                pool_with(url, POSTGRES_POOL, String::new()).await?,
+                pool_with(
+                    url,
+                    RELAXED_POSTGRES_POOL,
+                    "SET synchronous_commit = off".into(),
+                )
+                .await?,
                 None,
             ),
         };
         migrate(&pool, kind).await?;
-        Ok(Store { pool, kind, writer })
+        Ok(Store {
+            pool,
+            relaxed,
+            kind,
+            writer,
+        })
     }
 
     /// The URL of a SQLite file, for [`Store::open`]. Characters a URL would misread (`%`,
@@ -101,6 +124,7 @@ impl Store {
     /// Closes the pool: waits for connections in use to come back, then closes them all (on
     /// SQLite the last one checkpoints the WAL).
     pub async fn close_pool(&self) {
+        self.relaxed.close().await;
         self.pool.close().await;
     }
 }

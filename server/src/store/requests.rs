@@ -189,7 +189,8 @@ impl Store {
             .bind(&r.body)
             .bind(r.decision.as_ref().map(to_json))
             .bind(ms(r.updated_unix_ms))
-            .execute(&self.pool)
+            // Relaxed durability: the host re-sends it if it is lost (see `Store::relaxed`).
+            .execute(&self.relaxed)
             .await?
             .rows_affected()
                 == 1

@@ -1,8 +1,9 @@
 //! Voting: the one place where a decision is made, in one transaction.
 use airlock_approval::{DecisionRecord, Release, Vote};
 
+use super::attempts::insert_attempt;
 use super::requests::{REQUEST_COLS, request_from_row, votes_of};
-use super::{Store, StoreError, StoredRequest, VoteResult, from_name, ms, to_json};
+use super::{Attempt, Store, StoreError, StoredRequest, VoteResult, from_name, ms, to_json};
 
 impl Store {
     /// Casts `vote` on request `id` and, when `tally` says the votes so far decide it, stores
@@ -18,6 +19,8 @@ impl Store {
     ///    and nothing changed.
     /// 3. Read every vote, call `tally(&request, &votes)`; `Some(decision)` is stored on the
     ///    request.
+    /// 4. Record the accepted attempt (who, channel, "allow"/"deny", "decided" or "vote
+    ///    counted"): it commits with the vote or not at all.
     ///
     /// Returns the request with its votes (and decision), and `decided` when this vote made
     /// the decision. `tally` runs inside the transaction: keep it a pure function.
@@ -70,7 +73,13 @@ impl Store {
                 principal: vote.principal.clone(),
             });
         }
-        request.votes = votes_of(&mut tx, id).await?;
+        // The request's version counts the votes committed before this one (only votes bump it
+        // while it is pending): the first vote needs no read of the others.
+        request.votes = if seq == 1 {
+            vec![vote.clone()]
+        } else {
+            votes_of(&mut tx, id).await?
+        };
         let decided = tally(&request, &request.votes);
         if let Some(d) = &decided {
             sqlx::query("UPDATE requests SET decision = $2 WHERE id = $1")
@@ -80,6 +89,21 @@ impl Store {
                 .await?;
             request.decision = Some(d.clone());
         }
+        let attempt = Attempt {
+            at_unix_ms: vote.at_unix_ms,
+            who: vote.principal.clone(),
+            channel: vote.via.clone(),
+            request_id: Some(id.to_string()),
+            action: release_name(vote.release).to_string(),
+            result: "OK".to_string(),
+            message: if decided.is_some() {
+                "decided"
+            } else {
+                "vote counted"
+            }
+            .to_string(),
+        };
+        insert_attempt(&mut tx, &attempt).await?;
         tx.commit().await?;
         Ok(VoteResult { request, decided })
     }
