@@ -290,6 +290,8 @@ impl State {
         }
         let exe = self.exes.get(&ev.tgid).map(|r| r.filename.clone());
         let rule = self.policy.rules.get(ev.rule_id as usize);
+        // Self-protection is no rule of any policy (see ebpf-programs/src/guard.rs).
+        let builtin = ev.rule_id == airlock_common::SELF_RULE;
         let m = self.agents.classify_pid(ev.pid);
         let rule_target = self.rule_targets.get(&ev.rule_id).cloned();
         let request = self
@@ -302,8 +304,16 @@ impl State {
         let rec = EventRecord {
             request: request.as_deref(),
             event: ev,
-            rule: rule.map(|r| r.name.as_str()),
-            policy: rule.map(|r| r.policy.as_str()),
+            rule: if builtin {
+                Some(SELF_PROTECTION)
+            } else {
+                rule.map(|r| r.name.as_str())
+            },
+            policy: if builtin {
+                Some("builtin")
+            } else {
+                rule.map(|r| r.policy.as_str())
+            },
             agent: m.as_ref().map(|m| m.root.agent.as_str()),
             agent_cgroup: m.as_ref().map(|m| m.cgroup_path.as_str()),
             exe: exe.as_deref(),
@@ -473,6 +483,9 @@ impl State {
         }
     }
 }
+
+/// The rule name events of airlock's self-protection are recorded under.
+pub const SELF_PROTECTION: &str = "self-protection";
 
 fn rule_targets(p: &CompiledPolicy) -> std::collections::HashMap<u32, String> {
     let mut m = std::collections::HashMap::new();

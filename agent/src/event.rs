@@ -180,7 +180,13 @@ impl GateEvent {
             op: Op::from_raw(ev.op).ok_or_else(|| unknown("op", ev.op))?,
             target_dev: ev.target_dev,
             target_ino: ev.target_ino,
-            target_name: c_str(&ev.name[..NAME_LEN]),
+            target_name: match ev.op {
+                // Self-protection events carry a number where others carry an inode.
+                op::SIGNAL | op::PTRACE => format!("airlockd (pid {})", ev.target_ino),
+                op::BPF => format!("bpf command {}", ev.target_ino),
+                op::KERNEL_LOAD => format!("kernel load (id {})", ev.target_ino),
+                _ => c_str(&ev.name[..NAME_LEN]),
+            },
             target_path: None,
             rule_id: ev.rule_id,
             action: Action::from_raw(ev.action).ok_or_else(|| unknown("action", ev.action))?,

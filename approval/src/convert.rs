@@ -64,6 +64,10 @@ pub fn op_to_proto(op: Op) -> pb::Op {
         Op::Mkdir => pb::Op::Mkdir,
         Op::Rmdir => pb::Op::Rmdir,
         Op::Symlink => pb::Op::Symlink,
+        Op::Signal => pb::Op::Signal,
+        Op::Ptrace => pb::Op::Ptrace,
+        Op::Bpf => pb::Op::Bpf,
+        Op::KernelLoad => pb::Op::KernelLoad,
     }
 }
 
@@ -83,6 +87,10 @@ pub fn op_from_proto(field: &'static str, v: i32) -> Result<Op, ConvertError> {
         pb::Op::Mkdir => Op::Mkdir,
         pb::Op::Rmdir => Op::Rmdir,
         pb::Op::Symlink => Op::Symlink,
+        pb::Op::Signal => Op::Signal,
+        pb::Op::Ptrace => Op::Ptrace,
+        pb::Op::Bpf => Op::Bpf,
+        pb::Op::KernelLoad => Op::KernelLoad,
     })
 }
 
@@ -448,6 +456,10 @@ mod tests {
             Op::Mkdir,
             Op::Rmdir,
             Op::Symlink,
+            Op::Signal,
+            Op::Ptrace,
+            Op::Bpf,
+            Op::KernelLoad,
         ];
         for op in ops {
             assert_eq!(op_from_proto("op", op_to_proto(op) as i32).unwrap(), op);

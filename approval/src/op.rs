@@ -18,6 +18,14 @@ pub enum Op {
     Mkdir,
     Rmdir,
     Symlink,
+    /// Self-protection (see [`airlock_common::op::SIGNAL`]): recorded, never requested.
+    Signal,
+    /// Self-protection: ptrace of airlockd.
+    Ptrace,
+    /// Self-protection: a bpf(2) call.
+    Bpf,
+    /// Self-protection: loading a module, a kexec image or other kernel-read data.
+    KernelLoad,
 }
 
 impl Op {
@@ -36,6 +44,10 @@ impl Op {
             op::MKDIR => Op::Mkdir,
             op::RMDIR => Op::Rmdir,
             op::SYMLINK => Op::Symlink,
+            op::SIGNAL => Op::Signal,
+            op::PTRACE => Op::Ptrace,
+            op::BPF => Op::Bpf,
+            op::KERNEL_LOAD => Op::KernelLoad,
             _ => return None,
         })
     }
@@ -55,6 +67,10 @@ impl Op {
             Op::Mkdir => op::MKDIR,
             Op::Rmdir => op::RMDIR,
             Op::Symlink => op::SYMLINK,
+            Op::Signal => op::SIGNAL,
+            Op::Ptrace => op::PTRACE,
+            Op::Bpf => op::BPF,
+            Op::KernelLoad => op::KERNEL_LOAD,
         }
     }
 }

@@ -42,8 +42,22 @@ pub mod op {
     pub const RMDIR: u32 = 11;
     /// symlink created in a protected directory.
     pub const SYMLINK: u32 = 12;
+    /// A signal (other than the existence probe 0) sent by an agent process to airlockd.
+    /// Self-protection: refused on the LSM backend, never a policy target. The event's
+    /// `target_ino` is the target's tgid.
+    pub const SIGNAL: u32 = 13;
+    /// ptrace (attach, seize, /proc/PID/mem and the like) of airlockd by an agent process.
+    /// Self-protection; `target_ino` is the target's tgid.
+    pub const PTRACE: u32 = 14;
+    /// A bpf(2) call by an agent process (programs, maps, links, pins: airlock's own among
+    /// them). Self-protection; `target_ino` is the bpf command.
+    pub const BPF: u32 = 15;
+    /// Loading kernel code or kernel-read data by an agent process: a module (init_module,
+    /// finit_module), a kexec image, a security policy, a certificate; firmware is let through.
+    /// Self-protection; `target_ino` is the kernel's read/load id.
+    pub const KERNEL_LOAD: u32 = 16;
     /// Highest value in use.
-    pub const MAX: u32 = 12;
+    pub const MAX: u32 = 16;
 
     /// Bit of `op` in a [`crate::RuleRef::ops`] mask.
     pub const fn bit(op: u32) -> u32 {
@@ -63,6 +77,11 @@ pub mod op {
         | bit(RMDIR)
         | bit(SYMLINK);
 }
+
+/// The `rule_id` of events that no policy rule made: airlock's self-protection (see
+/// [`op::SIGNAL`], [`op::PTRACE`], [`op::BPF`], [`op::KERNEL_LOAD`]), which every agent process
+/// meets whatever the policy says.
+pub const SELF_RULE: u32 = u32::MAX;
 
 /// What a rule asks for. Stable values.
 pub mod action {
@@ -316,6 +335,10 @@ pub struct Settings {
     /// Bumped by userspace whenever the agent roots change; classification cache entries of an
     /// older generation are recomputed.
     pub generation: u64,
+    /// airlockd's tgid (LSM backend): signals and ptrace from agent processes to it are
+    /// refused. 0: nothing to protect yet.
+    pub self_tgid: u32,
+    pub _pad: u32,
 }
 
 /// Kernel `FMODE_WRITE`.

@@ -31,19 +31,20 @@ use aya_ebpf::{
 };
 
 mod exec_context;
+mod guard;
 mod hold;
 
 use hold::{Decision, capture_argv, decide, finish, settle, settle_unrecorded};
 
-const EPERM: i32 = 1;
+pub(crate) const EPERM: i32 = 1;
 /// The kernel's ERESTARTNOINTR: with a signal pending the syscall is restarted after the signal
 /// is handled (here: after the SIGSTOP ends with SIGCONT), never failed with EINTR.
 const ERESTARTNOINTR: i32 = 513;
 
 /// What a gate wants the hook to do; hooks map it to a constant return value in [`ret`].
-const GO: u32 = 0;
-const REFUSE: u32 = 1;
-const HOLD: u32 = 2;
+pub(crate) const GO: u32 = 0;
+pub(crate) const REFUSE: u32 = 1;
+pub(crate) const HOLD: u32 = 2;
 
 /// Field offsets of the running kernel (one entry).
 #[map]
@@ -278,7 +279,7 @@ fn gate_pair(a: u64, b: u64, opv: u32) -> u32 {
 
 /// Hook return value for a gate's answer: constants only (6.12 checks the range).
 #[inline(always)]
-fn ret(code: u32) -> i32 {
+pub(crate) fn ret(code: u32) -> i32 {
     if code == HOLD {
         -ERESTARTNOINTR
     } else if code == REFUSE {
@@ -291,7 +292,7 @@ fn ret(code: u32) -> i32 {
 /// Return value when an earlier BPF LSM program already refused (`prev` != 0): keep a hold a
 /// hold (an older airlock version still attached during an upgrade), anything else is EPERM.
 #[inline(always)]
-fn chained(prev: u64) -> i32 {
+pub(crate) fn chained(prev: u64) -> i32 {
     if prev as i32 == -ERESTARTNOINTR {
         -ERESTARTNOINTR
     } else {

@@ -132,7 +132,12 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Runs `airlock-e2e --op OP ARGS` in `cg` and returns (pid, stdout).
-    fn op(&self, cg: Option<&Path>, op: &str, args: &[&str]) -> anyhow::Result<(u32, String)> {
+    pub(crate) fn op(
+        &self,
+        cg: Option<&Path>,
+        op: &str,
+        args: &[&str],
+    ) -> anyhow::Result<(u32, String)> {
         self.op_in(cg, None, op, args)
     }
 
@@ -172,11 +177,11 @@ impl Ctx<'_> {
         })
     }
 
-    fn agent(&self) -> Option<&Path> {
+    pub(crate) fn agent(&self) -> Option<&Path> {
         Some(&self.fx.agent_cg)
     }
 
-    fn outside(&self) -> Option<&Path> {
+    pub(crate) fn outside(&self) -> Option<&Path> {
         Some(&self.fx.outside_cg)
     }
 

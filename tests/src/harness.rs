@@ -129,6 +129,11 @@ impl Daemon {
         }
     }
 
+    /// airlockd's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The parsed status file.
     pub fn status(&self) -> Option<serde_json::Value> {
         let b = std::fs::read(self.state_dir.join("status.json")).ok()?;

@@ -8,6 +8,7 @@ mod bench;
 mod bench_holds;
 mod cases;
 mod demo;
+mod guard;
 mod harness;
 mod holds;
 mod ops;
@@ -217,6 +218,9 @@ fn main() -> ExitCode {
             lsm: want_backend == "lsm",
         };
         cases::run_all(&mut r, &ctx);
+        if ctx.lsm {
+            guard::run_all(&mut r, &ctx);
+        }
     }
     let lost = daemon
         .status()

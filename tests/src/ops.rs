@@ -83,6 +83,67 @@ pub fn run(op: &str, args: &[String]) -> ! {
             "chown" => report(libc::chown(c(a(0)).as_ptr(), 1, 1) as i64),
             "truncate" => report(libc::truncate(c(a(0)).as_ptr(), 0) as i64),
             "mkdir" => report(libc::mkdir(c(a(0)).as_ptr(), 0o755) as i64),
+            "kill" => {
+                let pid: i32 = a(0).parse().unwrap_or(0);
+                let sig: i32 = a(1).parse().unwrap_or(0);
+                report(i64::from(libc::kill(pid, sig)))
+            }
+            "ptrace-attach" => {
+                let pid: i32 = a(0).parse().unwrap_or(0);
+                let rc = libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0);
+                if rc == 0 {
+                    // Attached after all: let it go again before reporting.
+                    let mut st = 0;
+                    libc::waitpid(pid, &mut st, libc::__WALL);
+                    libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+                }
+                report(rc)
+            }
+            "proc-mem" => report(i64::from(libc::open(
+                c(&format!("/proc/{}/mem", a(0))).as_ptr(),
+                libc::O_RDONLY,
+            ))),
+            "bpf-next-id" => {
+                // BPF_PROG_GET_NEXT_ID from 0: harmless, and root may always ask.
+                let mut attr = [0u32; 4];
+                report(libc::syscall(
+                    libc::SYS_bpf,
+                    11,
+                    attr.as_mut_ptr(),
+                    std::mem::size_of_val(&attr),
+                ))
+            }
+            "bpf-map-create" => {
+                // BPF_MAP_CREATE: an array of one 4-byte value.
+                let mut attr = [0u32; 16];
+                attr[0] = 2; // BPF_MAP_TYPE_ARRAY
+                attr[1] = 4; // key size
+                attr[2] = 4; // value size
+                attr[3] = 1; // max entries
+                report(libc::syscall(
+                    libc::SYS_bpf,
+                    0,
+                    attr.as_mut_ptr(),
+                    std::mem::size_of_val(&attr),
+                ))
+            }
+            "init-module" => {
+                // Not a module: the kernel itself would say ENOEXEC; airlock says EPERM first.
+                let junk = [0u8; 64];
+                report(libc::syscall(
+                    libc::SYS_init_module,
+                    junk.as_ptr(),
+                    junk.len(),
+                    c("").as_ptr(),
+                ))
+            }
+            "finit-module" => {
+                let fd = libc::open(c(a(0)).as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    report(-1)
+                }
+                report(libc::syscall(libc::SYS_finit_module, fd, c("").as_ptr(), 0))
+            }
             "echo" => {
                 println!("{}", args.join(" "));
                 std::process::exit(0)

@@ -247,6 +247,10 @@ mod tests {
             Op::Mkdir,
             Op::Rmdir,
             Op::Symlink,
+            Op::Signal,
+            Op::Ptrace,
+            Op::Bpf,
+            Op::KernelLoad,
         ];
         for op in ops {
             assert_eq!(

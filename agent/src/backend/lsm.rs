@@ -44,6 +44,12 @@ pub const HOOKS: &[&str] = &[
     "path_rename",
     "path_chmod",
     "path_chown",
+    // Self-protection (ebpf-programs/src/guard.rs).
+    "task_kill",
+    "ptrace_access_check",
+    "bpf",
+    "kernel_read_file",
+    "kernel_load_data",
 ];
 
 /// Errors of the LSM backend.
@@ -374,6 +380,9 @@ impl KernelAgents {
             armed: 1,
             backstop: 0,
             generation: self.generation,
+            // Signals and ptrace from agent processes to this process are refused (guard.rs).
+            self_tgid: std::process::id(),
+            _pad: 0,
         };
         self.settings.set(0, s, 0).map_err(map_err("SETTINGS"))
     }

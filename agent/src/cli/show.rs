@@ -97,6 +97,10 @@ pub(crate) fn op_name(op: Op) -> &'static str {
         Op::Mkdir => "mkdir",
         Op::Rmdir => "rmdir",
         Op::Symlink => "symlink",
+        Op::Signal => "signal",
+        Op::Ptrace => "ptrace",
+        Op::Bpf => "bpf",
+        Op::KernelLoad => "kernel_load",
     }
 }
 

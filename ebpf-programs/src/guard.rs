@@ -1,0 +1,146 @@
+//! Self-protection: what no agent process may do, whatever the policy says — signal or ptrace
+//! airlockd, call bpf(2) (airlock's programs, maps, links and pins are all reached through it),
+//! load kernel code. Each attempt is refused with EPERM and recorded as an event of
+//! [`SELF_RULE`]. Processes outside agent cgroups pay what every hook pays: one classification
+//! lookup.
+use airlock_common::{InodeKey, RuleRef, SELF_RULE, action, op, verdict};
+use aya_ebpf::{macros::lsm, programs::LsmContext};
+
+use crate::hold::{Decision, settle};
+use crate::{EPERM, REFUSE, SETTINGS, chained, in_agent_cgroup, offsets, read_u32, ret};
+
+/// `enum kernel_read_file_id` / `enum kernel_load_data_id`: FIRMWARE is 1 in both (the kernel
+/// loads firmware for drivers in whatever task triggered it; everything else an agent might
+/// load is refused: modules, kexec images and initramfs, policies, certificates).
+const READING_FIRMWARE: u32 = 1;
+
+/// Refuses and records `opv` on `what` (a tgid, a bpf command, a load id) for agent cgroup `cg`.
+#[inline(always)]
+fn refuse(cg: u64, opv: u32, what: u64) -> i32 {
+    let Some(o) = offsets() else {
+        // No offsets, no record; refused all the same.
+        return -EPERM;
+    };
+    let d = Decision {
+        rule: RuleRef {
+            rule_id: SELF_RULE,
+            action: action::DENY,
+            ops: 0,
+            flags: 0,
+        },
+        target: InodeKey {
+            ino: what,
+            dev: 0,
+            _pad: 0,
+        },
+        dentry: 0,
+        verdict: verdict::DENIED,
+        flags: 0,
+        argv_hash: 0,
+        consume: 0,
+        _pad: 0,
+    };
+    // `settle` refuses whether or not the event fits in the ring.
+    let code = settle(o, cg, opv, &d);
+    if code == REFUSE { -EPERM } else { ret(code) }
+}
+
+/// Is `task` one of airlockd's threads?
+#[inline(always)]
+fn is_airlockd(task: u64) -> Option<u32> {
+    let me = SETTINGS.get(0)?.self_tgid;
+    let o = offsets()?;
+    let tgid = read_u32(task + o.task_tgid as u64);
+    if me != 0 && tgid == me {
+        Some(tgid)
+    } else {
+        None
+    }
+}
+
+/// kill(2), tgkill(2), pidfd_send_signal(2), sigqueue and the like aimed at airlockd. Signal 0
+/// (does it exist?) is let through.
+#[lsm(hook = "task_kill")]
+pub fn task_kill(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(4);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    let sig: u64 = ctx.arg(2);
+    if sig as i32 == 0 {
+        return 0;
+    }
+    let Some(cg) = in_agent_cgroup() else {
+        return 0;
+    };
+    match is_airlockd(ctx.arg(0)) {
+        Some(tgid) => refuse(cg, op::SIGNAL, u64::from(tgid)),
+        None => 0,
+    }
+}
+
+/// ptrace attach and seize, /proc/PID/mem, process_vm_readv/writev, pidfd_getfd: everything
+/// that asks `ptrace_may_access` about airlockd.
+#[lsm(hook = "ptrace_access_check")]
+pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(2);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    let Some(cg) = in_agent_cgroup() else {
+        return 0;
+    };
+    match is_airlockd(ctx.arg(0)) {
+        Some(tgid) => refuse(cg, op::PTRACE, u64::from(tgid)),
+        None => 0,
+    }
+}
+
+/// Every bpf(2) command of an agent process: loading, attaching, detaching, pinning, reading
+/// and writing maps, getting fds of existing objects by id.
+#[lsm(hook = "bpf")]
+pub fn bpf(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(3);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    let Some(cg) = in_agent_cgroup() else {
+        return 0;
+    };
+    let cmd: u64 = ctx.arg(0);
+    refuse(cg, op::BPF, u64::from(cmd as u32))
+}
+
+/// finit_module(2), kexec_file_load(2) and the other reads of files for the kernel.
+#[lsm(hook = "kernel_read_file")]
+pub fn kernel_read_file(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(3);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    let id = ctx.arg::<u64>(1) as u32;
+    if id == READING_FIRMWARE {
+        return 0;
+    }
+    let Some(cg) = in_agent_cgroup() else {
+        return 0;
+    };
+    refuse(cg, op::KERNEL_LOAD, u64::from(id))
+}
+
+/// init_module(2), kexec_load(2) and the other loads of kernel data from memory.
+#[lsm(hook = "kernel_load_data")]
+pub fn kernel_load_data(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(2);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    let id = ctx.arg::<u64>(0) as u32;
+    if id == READING_FIRMWARE {
+        return 0;
+    }
+    let Some(cg) = in_agent_cgroup() else {
+        return 0;
+    };
+    refuse(cg, op::KERNEL_LOAD, u64::from(id))
+}
