@@ -151,6 +151,10 @@ impl AgentMatcher {
     }
 }
 
+/// Most directories [`AgentSet::classify_cgroup_id`] looks at: agent subtrees are small, and
+/// an event must not cost a walk of a huge tree.
+pub const MAX_SUBTREE_SCAN: usize = 4096;
+
 /// The agent root cgroups currently matched, keyed by cgroup id.
 #[derive(Clone, Debug, Default)]
 pub struct AgentSet {
@@ -263,6 +267,55 @@ impl AgentSet {
             }
             cur = parent_cgroup_path(cur)?;
         }
+    }
+
+    /// The agent cgroup `id` (a kernel cgroup id, as events carry it) is, or is below: the
+    /// root itself, else a search of the roots' subtrees for the directory with that inode
+    /// (at most [`MAX_SUBTREE_SCAN`] directories in all). `None` when it is in no agent
+    /// subtree, or was removed.
+    ///
+    /// Events name the cgroup the kernel saw; a process that exited (or moved) before its
+    /// event was recorded can no longer be classified by pid, but its cgroup still can.
+    pub fn classify_cgroup_id(&self, id: u64) -> Option<AgentMatch> {
+        if id == 0 {
+            return None;
+        }
+        if let Some(root) = self.roots.get(&id) {
+            return Some(AgentMatch {
+                root: root.clone(),
+                cgroup_id: id,
+                cgroup_path: root.path.clone(),
+            });
+        }
+        let mut budget = MAX_SUBTREE_SCAN;
+        for root in self.roots.values() {
+            let mut pending = vec![(
+                cgroup_dir(&self.mount, OsStr::new(&root.path)),
+                root.path.clone(),
+            )];
+            while let Some((dir, path)) = pending.pop() {
+                let Ok(listing) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in listing.flatten() {
+                    if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        continue;
+                    }
+                    if budget == 0 {
+                        return None;
+                    }
+                    budget -= 1;
+                    let child = format!("{path}/{}", entry.file_name().to_string_lossy());
+                    if cgroup_id(&entry.path()).ok() == Some(id) {
+                        // The nearest agent root above it decides (a matching cgroup below
+                        // another is a root of its own).
+                        return self.classify_bytes(child.as_bytes());
+                    }
+                    pending.push((entry.path(), child));
+                }
+            }
+        }
+        None
     }
 
     /// Is `id` one of the agent root cgroups? (Descendants are not included; see

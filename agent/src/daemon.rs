@@ -292,7 +292,13 @@ impl State {
         let rule = self.policy.rules.get(ev.rule_id as usize);
         // Self-protection is no rule of any policy (see ebpf-programs/src/guard.rs).
         let builtin = ev.rule_id == airlock_common::SELF_RULE;
-        let m = self.agents.classify_pid(ev.pid);
+        // The cgroup the kernel saw decides; the pid's cgroup now is only a shortcut to it (the
+        // process may have exited or moved since).
+        let m = self
+            .agents
+            .classify_pid(ev.pid)
+            .filter(|m| ev.cgroup_id == 0 || m.cgroup_id == ev.cgroup_id)
+            .or_else(|| self.agents.classify_cgroup_id(ev.cgroup_id));
         let rule_target = self.rule_targets.get(&ev.rule_id).cloned();
         let request = self
             .holds

@@ -445,3 +445,34 @@ fn wait_for_generation(w: &CgroupWatcher, above: u64) {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+#[test]
+fn classify_by_cgroup_id_finds_roots_and_descendants_without_a_process() {
+    let t = tree();
+    let set = AgentSet::resolve(
+        t.path().to_path_buf(),
+        &[agent(
+            "claude",
+            &[cg("/airlock.slice/airlock-claude-*.scope")],
+        )],
+    )
+    .unwrap();
+    let root = t.path().join("airlock.slice/airlock-claude-1.scope");
+    let deeper = root.join("sub/deeper");
+    let m = set.classify_cgroup_id(ino(&root)).unwrap();
+    assert_eq!((m.root.agent.as_str(), m.cgroup_id), ("claude", ino(&root)));
+    let m = set.classify_cgroup_id(ino(&deeper)).unwrap();
+    assert_eq!(m.root.agent, "claude");
+    assert_eq!(
+        m.cgroup_path,
+        "/airlock.slice/airlock-claude-1.scope/sub/deeper"
+    );
+    assert_eq!(m.cgroup_id, ino(&deeper));
+    // Not an agent's: another scope, and an id nobody has.
+    assert_eq!(
+        set.classify_cgroup_id(ino(&t.path().join("airlock.slice/airlock-codex-7.scope"))),
+        None
+    );
+    assert_eq!(set.classify_cgroup_id(0), None);
+    assert_eq!(set.classify_cgroup_id(u64::MAX), None);
+}
