@@ -238,6 +238,8 @@ impl Btf {
             inode_i_sb: m("inode", "i_sb")?,
             sb_s_dev: m("super_block", "s_dev")?,
             binprm_filename: m("linux_binprm", "filename")?,
+            task_flags: m("task_struct", "flags")?,
+            task_ptrace: m("task_struct", "ptrace")?,
             _pad: 0,
         })
     }
@@ -265,6 +267,8 @@ mod tests {
         assert_eq!(o.qstr_name, 8, "struct qstr {{ hash_len; name }}");
         assert!(o.task_cred > 0 && o.task_real_parent > 0 && o.dentry_d_inode > 0);
         assert_ne!(o.file_f_inode, o.file_f_mode);
+        // task_struct.flags sits right after the stack pointer and usage count; ptrace after it.
+        assert!(o.task_flags > 0 && o.task_ptrace > o.task_flags);
     }
 
     #[test]

@@ -103,6 +103,10 @@ pub struct GateEvent {
     /// exec only: [`airlock_common::argv_hash`] of the captured arguments (binds once-grants).
     #[serde(skip_serializing_if = "is_zero")]
     pub argv_hash: u64,
+    /// An approve rule matched but the hold could not be kept (io_uring, a traced task), so
+    /// the action was refused instead of held (see [`flags::UNHOLDABLE`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unholdable: bool,
     /// Which standing decision let the action through or failed it, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decided_by: Option<DecidedBy>,
@@ -202,6 +206,7 @@ impl GateEvent {
             argv_truncated: ev.flags & flags::ARGV_TRUNCATED != 0
                 || (ev.op == op::EXEC && decode_argv(ev.argc, &ev.argv).1),
             argv_hash: ev.argv_hash,
+            unholdable: ev.flags & flags::UNHOLDABLE != 0,
             decided_by: if ev.flags & flags::BACKSTOP != 0 {
                 Some(DecidedBy::Backstop)
             } else if ev.flags & flags::BY_ONCE != 0 {

@@ -126,6 +126,11 @@ pub mod flags {
     /// went through without a daemon decision, so the new image was stopped (approve rule) or
     /// killed (deny rule) before its first instruction.
     pub const BACKSTOP: u32 = 1 << 6;
+    /// (event only) an approve rule matched, but the hold could not be kept, so the action
+    /// was refused instead: the task is an io_uring worker or inside io_uring_enter (a restart
+    /// would not run the operation again), or it is being ptraced (its tracer could swallow
+    /// the stop and the syscall would restart into the gate forever).
+    pub const UNHOLDABLE: u32 = 1 << 7;
 }
 
 /// Identity of a filesystem object: the kernel's `s_dev` encoding (`MAJOR << 20 | MINOR`, not
@@ -304,6 +309,8 @@ pub struct KernelOffsets {
     pub inode_i_sb: u32,
     pub sb_s_dev: u32,
     pub binprm_filename: u32,
+    pub task_flags: u32,
+    pub task_ptrace: u32,
     pub _pad: u32,
 }
 

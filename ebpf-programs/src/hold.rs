@@ -25,6 +25,23 @@ use crate::{
 
 /// x86_64 SIGSTOP.
 const SIGSTOP: u32 = 19;
+/// `task_struct.flags` bit of io_uring's worker threads.
+const PF_IO_WORKER: u32 = 0x10;
+/// x86_64 io_uring_enter(2): an operation it runs inline is not run again by a restart.
+const NR_IO_URING_ENTER: u64 = 426;
+
+/// Whether a hold of the current task could not be kept (see [`flags::UNHOLDABLE`]): an
+/// io_uring worker, or inside io_uring_enter, where a restart does not run the operation
+/// again (the completion would carry the internal ERESTARTNOINTR); or a traced task, whose
+/// tracer may swallow the SIGSTOP so that the syscall restarts into the gate in a loop.
+#[inline(always)]
+fn unholdable(o: &KernelOffsets) -> bool {
+    // SAFETY: helper without arguments; the pointer is only read through probe reads.
+    let task = unsafe { bpf_get_current_task() };
+    read_u32(task + o.task_flags as u64) & PF_IO_WORKER != 0
+        || read_u32(task + o.task_ptrace as u64) != 0
+        || read_u64(user_regs() + REGS_ORIG_AX) == NR_IO_URING_ENTER
+}
 
 /// What the gate decided about one matched object, before any side effect: [`settle`] or
 /// [`finish`] records and carries it out.
@@ -265,7 +282,14 @@ pub(crate) fn finish(
     let e = entry.as_mut_ptr();
     fill(o, cg, opv, d, e);
     let mut v = d.verdict;
-    if v == verdict::HELD {
+    if v == verdict::HELD && unholdable(o) {
+        v = verdict::DENIED;
+        // SAFETY: as in fill.
+        unsafe {
+            (*e).verdict = verdict::DENIED;
+            (*e).flags |= flags::UNHOLDABLE;
+        }
+    } else if v == verdict::HELD {
         // SAFETY: helper with a scalar argument; signals the current task.
         if unsafe { bpf_send_signal_thread(SIGSTOP) } != 0 {
             v = verdict::DENIED;

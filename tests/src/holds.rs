@@ -10,6 +10,8 @@ use anyhow::{Context as _, bail};
 
 use crate::harness::{Daemon, Report, Spawned, ensure, stdout};
 
+mod unholdable;
+
 /// Files, binaries, cgroups and policy of the hold scenarios.
 pub struct HoldFixture {
     pub dir: PathBuf,
@@ -688,6 +690,11 @@ pub fn run_all(r: &mut Report, bin_dir: &Path, me: &Path, base: &Path, lsm: bool
         };
         for (name, f) in CASES {
             r.check(name, f(&ctx));
+        }
+        if lsm {
+            for (name, f) in unholdable::CASES {
+                r.check(name, f(&ctx));
+            }
         }
     }
     let res = killed_daemon_mid_hold_then_restart_then_approve(

@@ -12,6 +12,7 @@ mod guard;
 mod harness;
 mod holds;
 mod ops;
+mod ops_unholdable;
 mod server;
 
 use std::path::PathBuf;

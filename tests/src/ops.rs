@@ -144,6 +144,10 @@ pub fn run(op: &str, args: &[String]) -> ! {
                 }
                 report(libc::syscall(libc::SYS_finit_module, fd, c("").as_ptr(), 0))
             }
+            "uring-open" => {
+                crate::ops_unholdable::open(a(0), args.get(1).is_some_and(|m| m == "async"))
+            }
+            "traced-write" => crate::ops_unholdable::traced_write(a(0)),
             "echo" => {
                 println!("{}", args.join(" "));
                 std::process::exit(0)

@@ -464,6 +464,7 @@ impl Listener {
             matched_by_entry: g.hit.by_entry,
             argv: Vec::new(),
             argv_truncated: false,
+            unholdable: false,
             argv_hash: 0,
             decided_by: None,
             hold_token: None,
