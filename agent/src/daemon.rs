@@ -21,6 +21,7 @@ use crate::hold::Gate;
 
 mod holds;
 pub mod records;
+mod self_protect;
 
 use records::{EventRecord, Record, Records};
 
@@ -466,6 +467,7 @@ impl State {
 
     fn reload(&mut self) {
         let result = load_policy(&self.cfg.policy_paths).and_then(|p| {
+            let p = self_protect::protect_self(p, &self.cfg, self.backend.kind());
             let matcher = AgentMatcher::new(&p.agents)?;
             let agents = AgentSet::resolve_with(self.agents.mount.clone(), &matcher)?;
             self.backend.apply(&p, &agents)?;
@@ -496,7 +498,12 @@ pub const SELF_PROTECTION: &str = "self-protection";
 fn rule_targets(p: &CompiledPolicy) -> std::collections::HashMap<u32, String> {
     let mut m = std::collections::HashMap::new();
     let exec = p.exec.iter().map(|t| (t.rule.rule_id, &t.canonical));
-    for (id, path) in exec.chain(p.protected.iter().map(|t| (t.rule.rule_id, &t.canonical))) {
+    let protected = p
+        .protected
+        .iter()
+        .filter(|t| t.rule.rule_id != airlock_common::SELF_RULE)
+        .map(|t| (t.rule.rule_id, &t.canonical));
+    for (id, path) in exec.chain(protected) {
         m.entry(id).or_insert_with(|| path.display().to_string());
     }
     m
@@ -537,6 +544,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let (tx, mut rx) = mpsc::channel::<GateEvent>(65536);
     let (mut backend, gate, reason) = start_backend(cfg.backend, tx.clone(), &cfg.pin_dir)?;
     let kind: BackendKind = backend.kind();
+    let policy = self_protect::protect_self(policy, &cfg, kind);
     let (exec_tx, exec_rx) = mpsc::channel::<ExecRecord>(65536);
     let (exec_probe, exec_context) = start_exec_probe(
         kind,

@@ -1,7 +1,9 @@
 //! Self-protection scenarios (LSM backend only; the fanotify fallback cannot refuse signals,
-//! ptrace, bpf(2) or module loads: see README, "Threat model"). Every attempt comes from a
+//! ptrace, bpf(2) or module loads, and does not mark airlockd's own files: see README, "Threat
+//! model"). Every attempt comes from a
 //! process in the test's agent cgroup running as root, several ways per class; each must fail
 //! with the exact errno, be recorded as a `self-protection` event, and leave airlockd running.
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::Context as _;
@@ -135,7 +137,62 @@ const CASES: &[(&str, Case)] = &[
         }
         airlockd(c).map(drop)
     }),
+    (
+        "agent_root_cannot_change_airlockd_state_pins_or_policy",
+        |c| {
+            let s = |p: &Path| p.to_string_lossy().to_string();
+            let state = &c.daemon.state_dir;
+            let pin = first_file(&c.daemon.pin_dir)
+                .with_context(|| format!("no pin under {}", c.daemon.pin_dir.display()))?;
+            let policy_before = std::fs::read(&c.fx.policy)?;
+            let tries: [(&str, Vec<String>, &str); 6] = [
+                ("write", vec![s(&state.join("events.jsonl"))], "open_write"),
+                ("create", vec![s(&state.join("forged.json"))], "create"),
+                ("unlink", vec![s(&state.join("status.json"))], "unlink"),
+                ("write", vec![s(&c.fx.policy)], "open_write"),
+                (
+                    "rename",
+                    vec![s(&c.fx.policy), s(&c.fx.dir.join("stolen.yaml"))],
+                    "rename",
+                ),
+                ("unlink", vec![s(&pin)], "unlink"),
+            ];
+            for (op, args, recorded_as) in tries {
+                let a: Vec<&str> = args.iter().map(String::as_str).collect();
+                let (p, out) = c.op(c.agent(), op, &a)?;
+                ensure(out == "errno=1", || {
+                    format!("{op} {args:?} from the agent: {out}")
+                })?;
+                recorded(c, p, recorded_as)?;
+            }
+            ensure(pin.exists(), || "the pin was removed".into())?;
+            ensure(std::fs::read(&c.fx.policy)? == policy_before, || {
+                "the policy file changed".into()
+            })?;
+            // Outside agents nothing changed: the test (root, no agent) may still write there.
+            let scratch = state.join("written-from-outside");
+            std::fs::write(&scratch, "ok")?;
+            std::fs::remove_file(&scratch)?;
+            airlockd(c).map(drop)
+        },
+    ),
 ];
+
+/// The first regular file (or pin) below `dir`.
+fn first_file(dir: &Path) -> Option<std::path::PathBuf> {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let t = e.file_type().ok()?;
+            if t.is_dir() {
+                pending.push(e.path());
+            } else {
+                return Some(e.path());
+            }
+        }
+    }
+    None
+}
 
 /// Runs every case (LSM backend only).
 pub fn run_all(r: &mut Report, ctx: &Ctx) {

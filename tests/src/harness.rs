@@ -52,6 +52,8 @@ pub fn ensure(cond: bool, msg: impl FnOnce() -> String) -> anyhow::Result<()> {
 pub struct Daemon {
     child: Option<Child>,
     pub state_dir: PathBuf,
+    /// Where it pins its programs (`AIRLOCK_PIN_DIR`).
+    pub pin_dir: PathBuf,
     pub log: PathBuf,
 }
 
@@ -77,16 +79,14 @@ impl Daemon {
         std::fs::create_dir_all(state_dir)?;
         let log = state_dir.join("airlockd.log");
         let out = std::fs::File::create(&log)?;
+        let pins = pin_dir().join(
+            state_dir
+                .parent()
+                .and_then(|p| p.file_name())
+                .unwrap_or_default(),
+        );
         let child = Command::new(bin_dir.join("airlockd"))
-            .env(
-                "AIRLOCK_PIN_DIR",
-                pin_dir().join(
-                    state_dir
-                        .parent()
-                        .and_then(|p| p.file_name())
-                        .unwrap_or_default(),
-                ),
-            )
+            .env("AIRLOCK_PIN_DIR", &pins)
             .arg("--policy")
             .arg(policy)
             .arg("--state-dir")
@@ -106,6 +106,7 @@ impl Daemon {
         let mut d = Daemon {
             child: Some(child),
             state_dir: state_dir.to_path_buf(),
+            pin_dir: pins,
             log,
         };
         // Under software emulation on a loaded 2-core machine, loading and verifying the LSM
