@@ -111,36 +111,29 @@ pub fn bpf(ctx: LsmContext) -> i32 {
     refuse(cg, op::BPF, u64::from(cmd as u32))
 }
 
-/// finit_module(2), kexec_file_load(2) and the other reads of files for the kernel.
-#[lsm(hook = "kernel_read_file")]
-pub fn kernel_read_file(ctx: LsmContext) -> i32 {
-    let prev: u64 = ctx.arg(3);
+/// Refuses (and records) a kernel load of `id` by an agent process, unless it is firmware.
+#[inline(always)]
+fn kernel_load(prev: u64, id: u32) -> i32 {
     if prev as i32 != 0 {
         return chained(prev);
     }
-    let id = ctx.arg::<u64>(1) as u32;
     if id == READING_FIRMWARE {
         return 0;
     }
-    let Some(cg) = in_agent_cgroup() else {
-        return 0;
-    };
-    refuse(cg, op::KERNEL_LOAD, u64::from(id))
+    match in_agent_cgroup() {
+        Some(cg) => refuse(cg, op::KERNEL_LOAD, u64::from(id)),
+        None => 0,
+    }
+}
+
+/// finit_module(2), kexec_file_load(2) and the other reads of files for the kernel.
+#[lsm(hook = "kernel_read_file")]
+pub fn kernel_read_file(ctx: LsmContext) -> i32 {
+    kernel_load(ctx.arg(3), ctx.arg::<u64>(1) as u32)
 }
 
 /// init_module(2), kexec_load(2) and the other loads of kernel data from memory.
 #[lsm(hook = "kernel_load_data")]
 pub fn kernel_load_data(ctx: LsmContext) -> i32 {
-    let prev: u64 = ctx.arg(2);
-    if prev as i32 != 0 {
-        return chained(prev);
-    }
-    let id = ctx.arg::<u64>(0) as u32;
-    if id == READING_FIRMWARE {
-        return 0;
-    }
-    let Some(cg) = in_agent_cgroup() else {
-        return 0;
-    };
-    refuse(cg, op::KERNEL_LOAD, u64::from(id))
+    kernel_load(ctx.arg(2), ctx.arg::<u64>(0) as u32)
 }

@@ -93,10 +93,10 @@ impl airlock_proto::HostLink for LinkService {
         let (tx, rx) = mpsc::unbounded_channel::<pb::ServerMessage>();
         let (end_tx, end_rx) = mpsc::unbounded_channel::<Status>();
         let (deliver_tx, deliver_rx) = mpsc::unbounded_channel::<Delivery>();
-        // Settings first: the host applies the server's break-glass policy from now on. Sent
-        // before the session is attached, so a reload's Settings can only come after it.
-        let _ = tx.send(crate::wire::settings_message(b.config().break_glass));
         let session = b.hub.attach(&name, &fp, deliver_tx);
+        // Settings first: the host applies the server's break-glass policy from now on. Read
+        // after attaching, so a reload in between is in this message or queued behind it.
+        let _ = tx.send(crate::wire::settings_message(b.config().break_glass));
         tracing::info!(host = %name, "host link up");
         let inbound = req.into_inner();
         tokio::spawn(run(
@@ -266,7 +266,7 @@ pub async fn watch_store(b: std::sync::Weak<Broker>) {
             }
             _ = check.tick() => {
                 let Some(b) = b.upgrade() else { return };
-                cut_revoked(&b).await;
+                check_hosts(&b).await;
             }
         }
     }
@@ -292,7 +292,7 @@ async fn deliver_decided(b: &Broker) {
     }
 }
 
-async fn cut_revoked(b: &Broker) {
+async fn check_hosts(b: &Broker) {
     let linked = b.hub.connected_with_cert();
     if linked.is_empty() && !b.has_labels() {
         return;

@@ -1,8 +1,7 @@
-//! `airlock-e2e --op uring-open PATH [async]` and `--op traced-write PATH`: operations where a
-//! hold cannot be kept. uring-open is one openat through io_uring (raw syscalls, no
-//! liburing), for the scenario that checks a hold that cannot be kept fails with EPERM. Prints
-//! `ok` or `errno=N` from the completion (N as the kernel put it, so an internal code such as
-//! 513 would show).
+//! Operations where a hold cannot be kept, for the scenarios that check they fail with EPERM:
+//! `airlock-e2e --op uring-open PATH [async]` (one openat through io_uring, raw syscalls, no
+//! liburing; prints `ok` or `errno=N` from the completion, N as the kernel put it, so an
+//! internal code such as 513 would show) and `--op traced-write PATH`.
 
 /// `struct io_sqring_offsets` / `io_cqring_offsets` (both 40 bytes).
 #[repr(C)]

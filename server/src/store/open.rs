@@ -26,8 +26,8 @@ const POSTGRES_POOL: u32 = 16;
 const RELAXED_POSTGRES_POOL: u32 = 4;
 
 /// Run on every new SQLite connection (these settings are per connection):
-/// - `synchronous = FULL` (`NORMAL` for the relaxed pool, see `Store::relaxed`): in WAL mode, NORMAL only syncs the WAL at checkpoints, so a
-///   committed decision could be lost to a power cut while the host has already been told to
+/// - `synchronous = FULL` (`NORMAL` for the relaxed pool, see `Store::relaxed`): in WAL mode,
+///   NORMAL only syncs the WAL at checkpoints, so a committed decision could be lost to a power cut while the host has already been told to
 ///   release (or the approver told "decided"). FULL syncs the WAL at every commit: one fsync
 ///   per write transaction, which the store's transactions are few and short enough to afford.
 /// - `busy_timeout`: see [`SQLITE_BUSY_TIMEOUT_MS`].
