@@ -240,7 +240,7 @@ impl Btf {
             binprm_filename: m("linux_binprm", "filename")?,
             task_flags: m("task_struct", "flags")?,
             task_ptrace: m("task_struct", "ptrace")?,
-            _pad: 0,
+            sb_s_magic: m("super_block", "s_magic")?,
         })
     }
 }

@@ -189,6 +189,7 @@ impl GateEvent {
                 op::SIGNAL | op::PTRACE => format!("airlockd (pid {})", ev.target_ino),
                 op::BPF => format!("bpf command {}", ev.target_ino),
                 op::KERNEL_LOAD => format!("kernel load (id {})", ev.target_ino),
+                op::CGROUP_MOVE => format!("cgroup {} (outside the agent)", ev.target_ino),
                 _ => c_str(&ev.name[..NAME_LEN]),
             },
             target_path: None,

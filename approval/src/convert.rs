@@ -68,6 +68,7 @@ pub fn op_to_proto(op: Op) -> pb::Op {
         Op::Ptrace => pb::Op::Ptrace,
         Op::Bpf => pb::Op::Bpf,
         Op::KernelLoad => pb::Op::KernelLoad,
+        Op::CgroupMove => pb::Op::CgroupMove,
     }
 }
 
@@ -91,6 +92,7 @@ pub fn op_from_proto(field: &'static str, v: i32) -> Result<Op, ConvertError> {
         pb::Op::Ptrace => Op::Ptrace,
         pb::Op::Bpf => Op::Bpf,
         pb::Op::KernelLoad => Op::KernelLoad,
+        pb::Op::CgroupMove => Op::CgroupMove,
     })
 }
 
@@ -460,6 +462,7 @@ mod tests {
             Op::Ptrace,
             Op::Bpf,
             Op::KernelLoad,
+            Op::CgroupMove,
         ];
         for op in ops {
             assert_eq!(op_from_proto("op", op_to_proto(op) as i32).unwrap(), op);

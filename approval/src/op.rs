@@ -26,6 +26,8 @@ pub enum Op {
     Bpf,
     /// Self-protection: loading a module, a kexec image or other kernel-read data.
     KernelLoad,
+    /// Self-protection: moving a process to a cgroup outside its agent's subtree.
+    CgroupMove,
 }
 
 impl Op {
@@ -48,6 +50,7 @@ impl Op {
             op::PTRACE => Op::Ptrace,
             op::BPF => Op::Bpf,
             op::KERNEL_LOAD => Op::KernelLoad,
+            op::CGROUP_MOVE => Op::CgroupMove,
             _ => return None,
         })
     }
@@ -71,6 +74,7 @@ impl Op {
             Op::Ptrace => op::PTRACE,
             Op::Bpf => op::BPF,
             Op::KernelLoad => op::KERNEL_LOAD,
+            Op::CgroupMove => op::CGROUP_MOVE,
         }
     }
 }

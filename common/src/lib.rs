@@ -56,8 +56,12 @@ pub mod op {
     /// finit_module), a kexec image, a security policy, a certificate; firmware is let through.
     /// Self-protection; `target_ino` is the kernel's read/load id.
     pub const KERNEL_LOAD: u32 = 16;
+    /// A write open of `cgroup.procs` or `cgroup.threads` of a cgroup outside the agent's own
+    /// subtree (moving a process out of it). Self-protection; `target_ino` is the target
+    /// cgroup's id.
+    pub const CGROUP_MOVE: u32 = 17;
     /// Highest value in use.
-    pub const MAX: u32 = 16;
+    pub const MAX: u32 = 17;
 
     /// Bit of `op` in a [`crate::RuleRef::ops`] mask.
     pub const fn bit(op: u32) -> u32 {
@@ -311,7 +315,7 @@ pub struct KernelOffsets {
     pub binprm_filename: u32,
     pub task_flags: u32,
     pub task_ptrace: u32,
-    pub _pad: u32,
+    pub sb_s_magic: u32,
 }
 
 /// Bytes of an exec'd file name kept in [`ExecContext`] (longer names are cut).

@@ -3,11 +3,24 @@
 //! load kernel code. Each attempt is refused with EPERM and recorded as an event of
 //! [`SELF_RULE`]. Processes outside agent cgroups pay what every hook pays: one classification
 //! lookup.
-use airlock_common::{InodeKey, RuleRef, SELF_RULE, action, op, verdict};
-use aya_ebpf::{macros::lsm, programs::LsmContext};
+use airlock_common::{
+    InodeKey, KernelOffsets, MAX_CGROUP_LEVEL, MAX_DENTRY_DEPTH, RuleRef, SELF_RULE, action, op,
+    verdict,
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_probe_read_kernel_str_bytes},
+    macros::lsm,
+    programs::LsmContext,
+};
 
 use crate::hold::{Decision, settle};
-use crate::{EPERM, REFUSE, SETTINGS, chained, in_agent_cgroup, offsets, read_u32, ret};
+use crate::{
+    AGENT_ROOTS, EPERM, REFUSE, SETTINGS, chained, in_agent_cgroup, offsets, read_u32, read_u64,
+    ret,
+};
+
+/// `CGROUP2_SUPER_MAGIC`.
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
 
 /// `enum kernel_read_file_id` / `enum kernel_load_data_id`: FIRMWARE is 1 in both (the kernel
 /// loads firmware for drivers in whatever task triggered it; everything else an agent might
@@ -136,4 +149,81 @@ pub fn kernel_read_file(ctx: LsmContext) -> i32 {
 #[lsm(hook = "kernel_load_data")]
 pub fn kernel_load_data(ctx: LsmContext) -> i32 {
     kernel_load(ctx.arg(2), ctx.arg::<u64>(0) as u32)
+}
+
+/// The id of the agent root cgroup the current task is in (or below).
+#[inline(always)]
+fn agent_root_id() -> u64 {
+    let mut level = 0u32;
+    while level < MAX_CGROUP_LEVEL {
+        // SAFETY: helper with a scalar argument.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id == 0 {
+            break;
+        }
+        // SAFETY: presence test only.
+        if unsafe { AGENT_ROOTS.get(&id) }.is_some() {
+            return id;
+        }
+        level += 1;
+    }
+    0
+}
+
+/// Whether the NUL-terminated `name` read from the kernel is `want` (which ends in NUL).
+#[inline(always)]
+fn name_is(name: &[u8; 16], want: &[u8]) -> bool {
+    let mut i = 0;
+    while i < want.len() && i < 16 {
+        if name[i] != want[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// A write open of `cgroup.procs` / `cgroup.threads` (the file at `dentry`) by an agent
+/// process, for a cgroup outside its agent's subtree: moving any process there would take it
+/// out of the agent (and out of every gate). Returns the hook's answer when it is one, else
+/// `None` (not such a file, not an agent, or a cgroup inside the subtree: an agent may
+/// organise its own subtree).
+///
+/// On cgroup2 a directory's inode number is its cgroup id, so "inside" is: the agent root's
+/// id appears among the inode numbers of the target directory and its dentry ancestors.
+#[inline(always)]
+pub(crate) fn cgroup_move(o: &KernelOffsets, dentry: u64) -> Option<i32> {
+    let cg = in_agent_cgroup()?;
+    let inode = read_u64(dentry + o.dentry_d_inode as u64);
+    let sb = read_u64(inode + o.inode_i_sb as u64);
+    if read_u64(sb + o.sb_s_magic as u64) & 0xffff_ffff != CGROUP2_SUPER_MAGIC {
+        return None;
+    }
+    let mut name = [0u8; 16];
+    let p = read_u64(dentry + (o.dentry_d_name + o.qstr_name) as u64);
+    // SAFETY: bounded kernel string read into a stack buffer.
+    if unsafe { bpf_probe_read_kernel_str_bytes(p as *const u8, &mut name) }.is_err() {
+        return None;
+    }
+    if !name_is(&name, b"cgroup.procs\0") && !name_is(&name, b"cgroup.threads\0") {
+        return None;
+    }
+    let root = agent_root_id();
+    let dir = read_u64(dentry + o.dentry_d_parent as u64);
+    let target = read_u64(read_u64(dir + o.dentry_d_inode as u64) + o.inode_i_ino as u64);
+    let mut d = dir;
+    let mut depth = 0u32;
+    while depth < MAX_DENTRY_DEPTH {
+        let ino = read_u64(read_u64(d + o.dentry_d_inode as u64) + o.inode_i_ino as u64);
+        if root != 0 && ino == root {
+            return None;
+        }
+        let parent = read_u64(d + o.dentry_d_parent as u64);
+        if parent == d || parent == 0 {
+            break;
+        }
+        d = parent;
+        depth += 1;
+    }
+    Some(refuse(cg, op::CGROUP_MOVE, target))
 }

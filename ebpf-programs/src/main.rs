@@ -379,10 +379,11 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     if mode & FMODE_WRITE == 0 && fl & O_TRUNC == 0 {
         return 0;
     }
-    ret(gate_tree(
-        read_u64(file + (o.file_f_path + o.path_dentry) as u64),
-        op::OPEN_WRITE,
-    ))
+    let dentry = read_u64(file + (o.file_f_path + o.path_dentry) as u64);
+    if let Some(r) = guard::cgroup_move(o, dentry) {
+        return r;
+    }
+    ret(gate_tree(dentry, op::OPEN_WRITE))
 }
 
 /// truncate(2), and on kernels before 6.2 also ftruncate(2) and the truncation of an open with

@@ -176,6 +176,37 @@ const CASES: &[(&str, Case)] = &[
             airlockd(c).map(drop)
         },
     ),
+    (
+        "agent_root_cannot_move_a_process_out_of_its_agent_subtree",
+        |c| {
+            let mount = airlock_agent::cgroup::cgroup2_mount()?;
+            let top = c.fx.agent_cg.parent().context("agent cgroup parent")?;
+            let s = |p: &Path| p.to_string_lossy().to_string();
+            // The cgroup root, the fixture's top (the agent's parent), a sibling; procs and threads.
+            for dir in [mount.as_path(), top, c.fx.outside_cg.as_path()] {
+                for file in ["cgroup.procs", "cgroup.threads"] {
+                    let f = s(&dir.join(file));
+                    let (p, out) = c.op(c.agent(), "write", &[&f])?;
+                    ensure(out == "errno=1", || {
+                        format!("open {f} for writing from the agent: {out}")
+                    })?;
+                    recorded(c, p, "cgroup_move")?;
+                }
+            }
+            // Inside its own subtree an agent may organise its processes.
+            let inner = s(&c.fx.nested_cg.join("cgroup.procs"));
+            let (_, out) = c.op(c.agent(), "write", &[&inner])?;
+            ensure(out == "ok", || {
+                format!("open {inner} from the agent: {out}")
+            })?;
+            // Outside agents nothing changed.
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(mount.join("cgroup.procs"))
+                .context("opening the root cgroup.procs outside any agent")?;
+            airlockd(c).map(drop)
+        },
+    ),
 ];
 
 /// The first regular file (or pin) below `dir`.

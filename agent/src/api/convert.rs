@@ -251,6 +251,7 @@ mod tests {
             Op::Ptrace,
             Op::Bpf,
             Op::KernelLoad,
+            Op::CgroupMove,
         ];
         for op in ops {
             assert_eq!(

@@ -101,6 +101,7 @@ pub(crate) fn op_name(op: Op) -> &'static str {
         Op::Ptrace => "ptrace",
         Op::Bpf => "bpf",
         Op::KernelLoad => "kernel_load",
+        Op::CgroupMove => "cgroup_move",
     }
 }
 
