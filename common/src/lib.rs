@@ -144,7 +144,9 @@ pub mod flags {
 pub struct InodeKey {
     pub ino: u64,
     pub dev: u32,
-    pub _pad: u32,
+    /// In rule-map keys, the agent the entry applies to (0: every agent; see
+    /// `airlock_policy::Scopes`). 0 everywhere else.
+    pub slot: u32,
 }
 
 /// A name inside a directory: how a gated binary is matched when the inode at its path changes
@@ -154,9 +156,23 @@ pub struct InodeKey {
 pub struct DirEntryKey {
     pub dir_ino: u64,
     pub dev: u32,
-    pub _pad: u32,
+    /// The agent the entry applies to, as in [`InodeKey::slot`].
+    pub slot: u32,
     /// NUL-padded name.
     pub name: [u8; NAME_LEN],
+}
+
+/// What the kernel found out about a cgroup (the `CGROUP_CLASS` cache): whether it is in an
+/// agent's subtree, and that agent's slot in the rule maps (0 when no rule names the agent).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupClass {
+    /// `Settings::generation` when it was classified; an older one is classified again.
+    pub generation: u64,
+    /// Non-zero: in an agent's subtree.
+    pub agent: u32,
+    /// The agent's `AGENT_ROOTS` value.
+    pub slot: u32,
 }
 
 /// Map value pointing at a compiled rule.

@@ -24,8 +24,8 @@ use aya_ebpf::{
 
 use crate::hold::Decision;
 use crate::{
-    EVENTS, EXEC_CONTEXT, EXEC_INODES, LOST, SETTINGS, in_agent_cgroup, inode_key, offsets,
-    read_u64,
+    Agent, EVENTS, EXEC_CONTEXT, EXEC_INODES, LOST, SETTINGS, agent, inode_key, offsets, read_u64,
+    rule_for_inode,
 };
 
 const SIGKILL: u32 = 9;
@@ -47,15 +47,15 @@ pub(crate) static EXEC_ALLOW: LruHashMap<ExecAllowKey, u64> =
 /// context.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
-    let Some(cg) = in_agent_cgroup() else {
+    let Some(a) = agent() else {
         return 0;
     };
     let Some(o) = offsets() else { return 0 };
     // (struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
     let old_pid: u64 = ctx.arg(1);
     let bprm: u64 = ctx.arg(2);
-    backstop(o, cg, old_pid as u32, bprm);
-    record(o, cg, bprm);
+    backstop(o, a, old_pid as u32, bprm);
+    record(o, a.cg, bprm);
     0
 }
 
@@ -90,7 +90,7 @@ fn record(o: &KernelOffsets, cg: u64, bprm: u64) {
 /// `old_pid` is the thread that called execve (a non-leader thread's exec takes the leader's
 /// pid by now): the one the daemon allowed.
 #[inline(always)]
-fn backstop(o: &KernelOffsets, cg: u64, old_pid: u32, bprm: u64) {
+fn backstop(o: &KernelOffsets, a: Agent, old_pid: u32, bprm: u64) {
     let Some(s) = SETTINGS.get(0) else { return };
     if s.backstop == 0 {
         return;
@@ -99,8 +99,7 @@ fn backstop(o: &KernelOffsets, cg: u64, old_pid: u32, bprm: u64) {
     // is not caught here).
     let file = read_u64(bprm + o.binprm_file as u64);
     let key = inode_key(o, read_u64(file + o.file_f_inode as u64));
-    // SAFETY: the value is copied out at once.
-    let Some(rule) = (unsafe { EXEC_INODES.get(&key) }).copied() else {
+    let Some(rule) = rule_for_inode(&EXEC_INODES, &key, a.slot) else {
         return;
     };
     if rule.flags & flags::MONITOR != 0
@@ -125,7 +124,7 @@ fn backstop(o: &KernelOffsets, cg: u64, old_pid: u32, bprm: u64) {
     let dentry = read_u64(file + (o.file_f_path + o.path_dentry) as u64);
     emit(
         o,
-        cg,
+        a.cg,
         &rule,
         &key,
         dentry,

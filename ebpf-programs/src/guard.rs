@@ -4,19 +4,13 @@
 //! [`SELF_RULE`]. Processes outside agent cgroups pay what every hook pays: one classification
 //! lookup.
 use airlock_common::{
-    InodeKey, KernelOffsets, MAX_CGROUP_LEVEL, MAX_DENTRY_DEPTH, RuleRef, SELF_RULE, action, op,
-    verdict,
+    InodeKey, KernelOffsets, MAX_DENTRY_DEPTH, RuleRef, SELF_RULE, action, op, verdict,
 };
-use aya_ebpf::{
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_probe_read_kernel_str_bytes},
-    macros::lsm,
-    programs::LsmContext,
-};
+use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::LsmContext};
 
 use crate::hold::{Decision, settle};
 use crate::{
-    AGENT_ROOTS, EPERM, REFUSE, SETTINGS, chained, in_agent_cgroup, offsets, read_u32, read_u64,
-    ret,
+    EPERM, REFUSE, SETTINGS, agent_root, chained, in_agent_cgroup, offsets, read_u32, read_u64, ret,
 };
 
 /// `CGROUP2_SUPER_MAGIC`.
@@ -44,7 +38,7 @@ fn refuse(cg: u64, opv: u32, what: u64) -> i32 {
         target: InodeKey {
             ino: what,
             dev: 0,
-            _pad: 0,
+            slot: 0,
         },
         dentry: 0,
         verdict: verdict::DENIED,
@@ -151,25 +145,6 @@ pub fn kernel_load_data(ctx: LsmContext) -> i32 {
     kernel_load(ctx.arg(2), ctx.arg::<u64>(0) as u32)
 }
 
-/// The id of the agent root cgroup the current task is in (or below).
-#[inline(always)]
-fn agent_root_id() -> u64 {
-    let mut level = 0u32;
-    while level < MAX_CGROUP_LEVEL {
-        // SAFETY: helper with a scalar argument.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-        if id == 0 {
-            break;
-        }
-        // SAFETY: presence test only.
-        if unsafe { AGENT_ROOTS.get(&id) }.is_some() {
-            return id;
-        }
-        level += 1;
-    }
-    0
-}
-
 /// Whether the NUL-terminated `name` read from the kernel is `want` (which ends in NUL).
 #[inline(always)]
 fn name_is(name: &[u8; 16], want: &[u8]) -> bool {
@@ -208,7 +183,7 @@ pub(crate) fn cgroup_move(o: &KernelOffsets, dentry: u64) -> Option<i32> {
     if !name_is(&name, b"cgroup.procs\0") && !name_is(&name, b"cgroup.threads\0") {
         return None;
     }
-    let root = agent_root_id();
+    let root = agent_root().map_or(0, |(id, _)| id);
     let dir = read_u64(dentry + o.dentry_d_parent as u64);
     let target = read_u64(read_u64(dir + o.dentry_d_inode as u64) + o.inode_i_ino as u64);
     let mut d = dir;

@@ -77,7 +77,7 @@ impl Decision {
             target: InodeKey {
                 ino: 0,
                 dev: 0,
-                _pad: 0,
+                slot: 0,
             },
             dentry: 0,
             verdict: verdict::ALLOWED,

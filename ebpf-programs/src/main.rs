@@ -16,9 +16,9 @@
 #![no_main]
 
 use airlock_common::{
-    ARG_LEN, ARGV_MAX, AgentGrantKey, DirEntryKey, Event, FMODE_WRITE, Grant, InodeKey,
-    KernelOffsets, MAX_CGROUP_LEVEL, MAX_DENTRY_DEPTH, NAME_LEN, O_TRUNC, OnceKey, RuleRef,
-    Settings, action, flags, op, verdict,
+    ARG_LEN, ARGV_MAX, AgentGrantKey, CgroupClass, DirEntryKey, Event, FMODE_WRITE, Grant,
+    InodeKey, KernelOffsets, MAX_CGROUP_LEVEL, MAX_DENTRY_DEPTH, NAME_LEN, O_TRUNC, OnceKey,
+    RuleRef, Settings, action, flags, op, verdict,
 };
 use aya_ebpf::{
     helpers::{
@@ -52,13 +52,15 @@ pub(crate) static OFFSETS: Array<KernelOffsets> = Array::with_max_entries(1, 0);
 /// Global switches (one entry).
 #[map]
 pub(crate) static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
-/// Agent root cgroups: cgroup id → agent index.
+/// Agent root cgroups: cgroup id → the agent's slot in the rule maps' keys, 0 when no rule is
+/// restricted to that agent (its processes then look up only the entries for every agent).
 #[map]
 pub(crate) static AGENT_ROOTS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
-/// Classification cache: cgroup id → (generation << 1) | is_agent. A stale generation means
-/// the agent roots changed since the entry was written and the cgroup must be classified again.
+/// Classification cache: cgroup id → what [`agent`] found. A stale generation means the agent
+/// roots changed since the entry was written and the cgroup must be classified again.
 #[map]
-pub(crate) static CGROUP_CLASS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+pub(crate) static CGROUP_CLASS: LruHashMap<u64, CgroupClass> =
+    LruHashMap::with_max_entries(16384, 0);
 /// Gated binaries by inode.
 #[map]
 pub(crate) static EXEC_INODES: HashMap<InodeKey, RuleRef> = HashMap::with_max_entries(65536, 0);
@@ -111,10 +113,18 @@ pub(crate) fn offsets() -> Option<&'static KernelOffsets> {
     if o.valid == 0 { None } else { Some(o) }
 }
 
+/// The agent the current task belongs to: its cgroup (events and grants name it) and the
+/// agent's slot in the rule maps ([`rule_for_inode`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Agent {
+    pub cg: u64,
+    pub slot: u32,
+}
+
 /// Is the current task in an agent cgroup (or below one)? Tasks outside agents pay one array
 /// read (inlined by the verifier) and one LRU lookup once their cgroup is classified.
 #[inline(always)]
-pub(crate) fn in_agent_cgroup() -> Option<u64> {
+pub(crate) fn agent() -> Option<Agent> {
     // SAFETY: helper without arguments.
     let cg = unsafe { bpf_get_current_cgroup_id() };
     let settings = SETTINGS.get(0)?;
@@ -122,14 +132,41 @@ pub(crate) fn in_agent_cgroup() -> Option<u64> {
         return None;
     }
     let generation = settings.generation;
-    // SAFETY: the value is a plain u64 copied out at once.
-    if let Some(v) = unsafe { CGROUP_CLASS.get(&cg) } {
-        let v = *v;
-        if v >> 1 == generation {
-            return if v & 1 != 0 { Some(cg) } else { None };
+    // SAFETY: the value is copied out at once.
+    if let Some(c) = unsafe { CGROUP_CLASS.get(&cg) } {
+        let c = *c;
+        if c.generation == generation {
+            return if c.agent != 0 {
+                Some(Agent { cg, slot: c.slot })
+            } else {
+                None
+            };
         }
     }
-    let mut agent = 0u64;
+    let mut class = CgroupClass {
+        generation,
+        agent: 0,
+        slot: 0,
+    };
+    if let Some((_, slot)) = agent_root() {
+        class.agent = 1;
+        class.slot = slot;
+    }
+    let _ = CGROUP_CLASS.insert(&cg, &class, 0);
+    if class.agent != 0 {
+        Some(Agent {
+            cg,
+            slot: class.slot,
+        })
+    } else {
+        None
+    }
+}
+
+/// The agent root cgroup the current task is in (or below): its id and its `AGENT_ROOTS`
+/// value. Walks the ancestors from the top; [`agent`] caches the answer per cgroup.
+#[inline(always)]
+pub(crate) fn agent_root() -> Option<(u64, u32)> {
     let mut level = 0u32;
     while level < MAX_CGROUP_LEVEL {
         // SAFETY: helper with a scalar argument.
@@ -137,15 +174,38 @@ pub(crate) fn in_agent_cgroup() -> Option<u64> {
         if id == 0 {
             break;
         }
-        // SAFETY: presence test only.
-        if unsafe { AGENT_ROOTS.get(&id) }.is_some() {
-            agent = 1;
-            break;
+        // SAFETY: the value is copied out at once.
+        if let Some(slot) = unsafe { AGENT_ROOTS.get(&id) } {
+            return Some((id, *slot));
         }
         level += 1;
     }
-    let _ = CGROUP_CLASS.insert(&cg, &((generation << 1) | agent), 0);
-    if agent != 0 { Some(cg) } else { None }
+    None
+}
+
+/// [`agent`]'s cgroup, for hooks that do not look rules up.
+#[inline(always)]
+pub(crate) fn in_agent_cgroup() -> Option<u64> {
+    agent().map(|a| a.cg)
+}
+
+/// The rule for the object `key` in `map` that applies to the agent in `slot`: its own entry
+/// if it has one, else the entry for every agent (airlock_policy::scope).
+#[inline(always)]
+pub(crate) fn rule_for_inode(
+    map: &HashMap<InodeKey, RuleRef>,
+    key: &InodeKey,
+    slot: u32,
+) -> Option<RuleRef> {
+    if slot != 0 {
+        let own = InodeKey { slot, ..*key };
+        // SAFETY: the value is copied out at once.
+        if let Some(r) = unsafe { map.get(&own) } {
+            return Some(*r);
+        }
+    }
+    // SAFETY: as above.
+    unsafe { map.get(key) }.copied()
 }
 
 #[inline(always)]
@@ -154,7 +214,7 @@ pub(crate) fn inode_key(o: &KernelOffsets, inode: u64) -> InodeKey {
     InodeKey {
         ino: read_u64(inode + o.inode_i_ino as u64),
         dev: read_u32(sb + o.sb_s_dev as u64),
-        _pad: 0,
+        slot: 0,
     }
 }
 
@@ -173,7 +233,7 @@ struct TreeMatch {
 /// Identity is the dentry chain, so symlinks, hardlinked names, relative paths, /proc/self/fd
 /// and bind mounts all end at the same protected inode.
 #[inline(always)]
-fn protected_match(o: &KernelOffsets, dentry: u64, op_bit: u32) -> TreeMatch {
+fn protected_match(o: &KernelOffsets, dentry: u64, op_bit: u32, slot: u32) -> TreeMatch {
     let mut d = dentry;
     let mut target = InodeKey::default();
     let mut have_target = false;
@@ -189,11 +249,10 @@ fn protected_match(o: &KernelOffsets, dentry: u64, op_bit: u32) -> TreeMatch {
                 target = key;
                 have_target = true;
             }
-            // SAFETY: the value is copied out at once.
-            if let Some(r) = unsafe { PROTECTED.get(&key) } {
+            if let Some(r) = rule_for_inode(&PROTECTED, &key, slot) {
                 if r.ops & op_bit != 0 {
                     return TreeMatch {
-                        rule: *r,
+                        rule: r,
                         target,
                         found: 1,
                         _pad: 0,
@@ -228,11 +287,11 @@ fn decide_match(cg: u64, opv: u32, m: &TreeMatch, dentry: u64) -> Decision {
 /// Gate on the protected tree containing `dentry` for `opv`.
 #[inline(always)]
 fn gate_tree(dentry: u64, opv: u32) -> u32 {
-    let Some(cg) = in_agent_cgroup() else {
+    let Some(Agent { cg, slot }) = agent() else {
         return GO;
     };
     let Some(o) = offsets() else { return GO };
-    let m = protected_match(o, dentry, op::bit(opv));
+    let m = protected_match(o, dentry, op::bit(opv), slot);
     settle(o, cg, opv, &decide_match(cg, opv, &m, dentry))
 }
 
@@ -247,14 +306,14 @@ fn gate_tree(dentry: u64, opv: u32) -> u32 {
 /// to near its million-instruction limit; a map value is one unknown to it.
 #[inline(always)]
 fn gate_pair(a: u64, b: u64, opv: u32) -> u32 {
-    let Some(cg) = in_agent_cgroup() else {
+    let Some(Agent { cg, slot }) = agent() else {
         return GO;
     };
     let Some(o) = offsets() else { return GO };
     let tid = bpf_get_current_pid_tgid() as u32;
     // Left over from an earlier syscall of this thread that ended held and never restarted.
     let _ = PAIR_KEPT.remove(&tid);
-    let ma = protected_match(o, a, op::bit(opv));
+    let ma = protected_match(o, a, op::bit(opv), slot);
     let mut da = decide_match(cg, opv, &ma, a);
     if da.verdict == verdict::ALLOWED && da.consume != 0 {
         da.consume = 0;
@@ -264,7 +323,7 @@ fn gate_pair(a: u64, b: u64, opv: u32) -> u32 {
     if ca != GO {
         return ca;
     }
-    let mb = protected_match(o, b, op::bit(opv));
+    let mb = protected_match(o, b, op::bit(opv), slot);
     let cb = settle(o, cg, opv, &decide_match(cg, opv, &mb, b));
     if cb != HOLD {
         // SAFETY: the value is copied out at once.
@@ -311,7 +370,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     if prev as i32 != 0 {
         return chained(prev);
     }
-    let Some(cg) = in_agent_cgroup() else {
+    let Some(Agent { cg, slot }) = agent() else {
         return 0;
     };
     let Some(o) = offsets() else { return 0 };
@@ -320,16 +379,15 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let inode = read_u64(file + o.file_f_inode as u64);
     let dentry = read_u64(file + (o.file_f_path + o.path_dentry) as u64);
     let key = inode_key(o, inode);
-    // SAFETY: values are copied out at once.
-    let (rule, extra) = if let Some(r) = unsafe { EXEC_INODES.get(&key) } {
-        (*r, 0)
+    let (rule, extra) = if let Some(r) = rule_for_inode(&EXEC_INODES, &key, slot) {
+        (r, 0)
     } else {
         let parent = read_u64(dentry + o.dentry_d_parent as u64);
         let pkey = inode_key(o, read_u64(parent + o.dentry_d_inode as u64));
         let mut ek = DirEntryKey {
             dir_ino: pkey.ino,
             dev: pkey.dev,
-            _pad: 0,
+            slot,
             name: [0; NAME_LEN],
         };
         let name_ptr = read_u64(dentry + (o.dentry_d_name + o.qstr_name) as u64);
@@ -338,8 +396,20 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         {
             return 0;
         }
-        match unsafe { EXEC_ENTRIES.get(&ek) } {
-            Some(r) => (*r, flags::MATCHED_BY_ENTRY),
+        // The agent's own entry, then the one for every agent (as in `rule_for_inode`; the key
+        // is too large to copy twice on the stack).
+        // SAFETY: values are copied out at once.
+        let mut found = if slot != 0 {
+            unsafe { EXEC_ENTRIES.get(&ek) }.copied()
+        } else {
+            None
+        };
+        if found.is_none() {
+            ek.slot = 0;
+            found = unsafe { EXEC_ENTRIES.get(&ek) }.copied();
+        }
+        match found {
+            Some(r) => (r, flags::MATCHED_BY_ENTRY),
             None => return 0,
         }
     };

@@ -141,7 +141,7 @@ fn entry_key(resolver: &dyn Resolver, dir: &Path, name: &[u8]) -> io::Result<Opt
     let mut key = DirEntryKey {
         dir_ino: id.key.ino,
         dev: id.key.dev,
-        _pad: 0,
+        slot: 0,
         name: [0; NAME_LEN],
     };
     key.name[..name.len()].copy_from_slice(name);

@@ -55,8 +55,8 @@ pub struct RuleInfo {
     pub mode: Mode,
     /// Mask of `airlock_common::op::bit`s the rule covers (`op::bit(op::EXEC)` for exec rules).
     pub ops: u32,
-    /// Agents the rule is restricted to; empty means every agent. Policy v1 records this but the
-    /// backends do not scope rules per agent yet: a rule applies to every agent's processes.
+    /// Agents the rule is restricted to; empty means every agent. Both backends hold such a
+    /// rule in those agents' own map entries only (see [`crate::Scopes`]).
     pub agents: Vec<String>,
     /// How long an `approve` rule waits for a decision, and what happens then. `None` for other
     /// actions.

@@ -13,6 +13,9 @@
 //! map value must carry them all: `deny unlink` and `approve write` on `/etc` become one entry
 //! gating both (attributed to the deny rule). That over-enforces only approve-as-deny, which is
 //! how `approve` is enforced today anyway; dropping ops instead would let writes through.
+//!
+//! A rule restricted to some agents goes into those agents' own entries only (see
+//! [`crate::scope`]).
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::Hash;
@@ -20,23 +23,30 @@ use std::hash::Hash;
 use airlock_common::{DirEntryKey, InodeKey, RuleRef, action, flags};
 
 use crate::compiled::{CompiledPolicy, strictness};
+use crate::scope::{Scopes, SlotKey};
 
 /// Gated binaries by inode.
 pub fn effective_exec_map(policy: &CompiledPolicy) -> HashMap<InodeKey, RuleRef> {
-    merge(policy.exec.iter().filter_map(|t| Some((t.inode?, t.rule))))
+    merge(
+        policy,
+        policy.exec.iter().filter_map(|t| Some((t.inode?, t.rule))),
+    )
 }
 
 /// Gated binaries by (directory inode, name): matches a binary installed or replaced after the
 /// policy was compiled.
 pub fn effective_exec_entry_map(policy: &CompiledPolicy) -> HashMap<DirEntryKey, RuleRef> {
-    merge(policy.exec.iter().filter_map(|t| Some((t.entry?, t.rule))))
+    merge(
+        policy,
+        policy.exec.iter().filter_map(|t| Some((t.entry?, t.rule))),
+    )
 }
 
 /// Protected trees and files by inode. The backends apply the entry of the nearest protected
 /// ancestor (or the object itself), so an `allow` entry on a subdirectory carves it out of a
 /// protected tree.
 pub fn effective_protected_map(policy: &CompiledPolicy) -> HashMap<InodeKey, RuleRef> {
-    merge(policy.protected.iter().map(|t| (t.inode, t.rule)))
+    merge(policy, policy.protected.iter().map(|t| (t.inode, t.rule)))
 }
 
 /// Class of a rule (see the module docs): higher wins.
@@ -56,23 +66,38 @@ fn beats(new: &RuleRef, old: &RuleRef) -> bool {
     key(new) > key(old)
 }
 
-fn merge<K: Hash + Eq>(items: impl Iterator<Item = (K, RuleRef)>) -> HashMap<K, RuleRef> {
-    let mut map: HashMap<K, RuleRef> = HashMap::new();
+/// Every (object, rule) in the entries of the agents each rule applies to (see [`Scopes`]).
+fn merge<K: SlotKey>(
+    policy: &CompiledPolicy,
+    items: impl Iterator<Item = (K, RuleRef)>,
+) -> HashMap<K, RuleRef> {
+    let scopes = Scopes::of(policy);
+    let mut map = HashMap::new();
     for (key, rule) in items {
-        match map.entry(key) {
-            Entry::Vacant(v) => {
-                v.insert(rule);
-            }
-            Entry::Occupied(mut o) => {
-                let old = *o.get();
-                let same_class = class(&old) == class(&rule);
-                let mut winner = if beats(&rule, &old) { rule } else { old };
-                if same_class {
-                    winner.ops = old.ops | rule.ops;
-                }
-                o.insert(winner);
-            }
-        }
+        scopes.insert(&mut map, &key, rule);
     }
     map
+}
+
+/// The one rule that stands for `old` and `new` on one object: the one that takes precedence,
+/// with the ops of both when they are of the same class.
+pub fn merge_rules(old: RuleRef, new: RuleRef) -> RuleRef {
+    let mut winner = if beats(&new, &old) { new } else { old };
+    if class(&old) == class(&new) {
+        winner.ops = old.ops | new.ops;
+    }
+    winner
+}
+
+/// Adds `rule` to whatever `map` holds for `key`, merged ([`merge_rules`]).
+pub fn merge_into<K: Hash + Eq>(map: &mut HashMap<K, RuleRef>, key: K, rule: RuleRef) {
+    match map.entry(key) {
+        Entry::Vacant(v) => {
+            v.insert(rule);
+        }
+        Entry::Occupied(mut o) => {
+            let merged = merge_rules(*o.get(), rule);
+            o.insert(merged);
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //! - [`compile`]: policies to a [`CompiledPolicy`], resolving paths through a [`Resolver`]
 //!   ([`HostResolver`] on a real host).
 //! - [`effective_exec_map`], [`effective_exec_entry_map`], [`effective_protected_map`]: the one
-//!   rule per object that the kernel maps hold.
+//!   rule per object that the kernel maps hold, per agent when rules name agents ([`Scopes`]).
 //! - [`load_and_compile`]: all of it, for `airlock policy check` and `airlockd` alike.
 //! - [`yaml`], [`walk`], [`values`]: the located YAML tree, typed access to it that reports
 //!   every problem, and the name, duration and glob rules; airlock-server reads its config
@@ -22,6 +22,7 @@ mod load;
 mod model;
 mod resolve;
 mod schema;
+mod scope;
 mod validate;
 pub mod values;
 pub mod walk;
@@ -35,7 +36,9 @@ pub use check::{Checked, load_and_compile};
 pub use compile::{CompileError, compile};
 pub use compiled::*;
 pub use diag::{Diagnostic, Diagnostics, Location, Problem};
-pub use effective::{effective_exec_entry_map, effective_exec_map, effective_protected_map};
+pub use effective::{
+    effective_exec_entry_map, effective_exec_map, effective_protected_map, merge_into, merge_rules,
+};
 pub use load::{LoadError, load_paths, parse_str};
 pub use model::{
     ACTIONS, API_VERSION, AgentSpec, KIND, OPERATIONS, PathSpec, Policy, Rule, Target, action_name,
@@ -43,6 +46,7 @@ pub use model::{
 };
 pub use resolve::{FileId, HostResolver, Resolver, inode_key};
 pub use schema::{DEFAULT_TIMEOUT, SchemaError};
+pub use scope::{ANY_AGENT, Scopes, SlotKey, agent_slot, lookup};
 pub use validate::SetError;
 pub use values::{Glob, MAX_EXEC_NAME_LEN, MAX_NAME_LEN, MAX_TIMEOUT, ValueError, build_glob};
 pub use walk::WalkError;

@@ -48,7 +48,7 @@ pub fn inode_key(st_dev: u64, st_ino: u64) -> InodeKey {
     InodeKey {
         ino: st_ino,
         dev: kernel_dev(libc::major(st_dev), libc::minor(st_dev)),
-        _pad: 0,
+        slot: 0,
     }
 }
 

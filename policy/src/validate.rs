@@ -16,6 +16,12 @@ pub enum SetError {
     /// policy.
     #[error("duplicate agent name {name:?} (first at {first})")]
     DuplicateAgent { name: String, first: Location },
+    /// Two agent names share a slot in the kernel's rule maps ([`crate::agent_slot`], a 32-bit
+    /// hash): one in four billion pairs; renaming either agent fixes it.
+    #[error(
+        "agent {name:?} cannot be told apart from agent {other:?} in the kernel's rule maps; rename one of them"
+    )]
+    AgentSlotClash { name: String, other: String },
     /// A rule's `agents` names an agent no loaded policy declares.
     #[error("rule {rule:?} names unknown agent {name:?} ({})", declared(.known))]
     UnknownAgent {
@@ -55,6 +61,7 @@ pub(crate) fn validate_set(policies: &[Policy]) -> Diagnostics {
     }
 
     let mut agents: HashMap<&str, &Location> = HashMap::new();
+    let mut slots: HashMap<u32, &str> = HashMap::new();
     let mut known = Vec::new();
     for a in policies
         .iter()
@@ -72,6 +79,13 @@ pub(crate) fn validate_set(policies: &[Policy]) -> Diagnostics {
             None => {
                 agents.insert(&a.name, &a.location);
                 known.push(a.name.clone());
+                if let Some(other) = slots.insert(crate::agent_slot(&a.name), &a.name) {
+                    let e = SetError::AgentSlotClash {
+                        name: a.name.clone(),
+                        other: other.to_owned(),
+                    };
+                    diags.push(Diagnostic::new(a.location.clone(), "", e));
+                }
             }
         }
     }

@@ -48,12 +48,18 @@ pub struct Fixture {
     pub gated: Tool,
     pub free: Tool,
     pub audited: Tool,
+    /// Gated for agent `e2e` only (`rule.agents`).
+    pub scoped: Tool,
     pub etc: PathBuf,
+    /// Protected for agent `bystander` only.
+    pub shared: PathBuf,
     pub conf: PathBuf,
     pub policy: PathBuf,
     pub agent_cg: PathBuf,
     pub nested_cg: PathBuf,
     pub outside_cg: PathBuf,
+    /// The cgroup of a second agent, `bystander`.
+    pub bystander_cg: PathBuf,
     // Last: dropped after everything that may still run inside it.
     pub _cg: CgroupDir,
 }
@@ -67,6 +73,10 @@ impl Fixture {
         let gated = make_tool(&dir.join("gated"))?;
         let free = make_tool(&dir.join("free"))?;
         let audited = make_tool(&dir.join("audited"))?;
+        let scoped = make_tool(&dir.join("scoped"))?;
+        let shared = dir.join("shared");
+        std::fs::create_dir_all(&shared)?;
+        std::fs::write(shared.join("notes"), "notes\n")?;
         let etc = dir.join("etc");
         std::fs::create_dir_all(etc.join("sub"))?;
         let conf = etc.join("conf");
@@ -78,18 +88,24 @@ impl Fixture {
         let agent_cg = cg.create_child("agent")?;
         let nested_cg = cg.create_child("agent/nested")?;
         let outside_cg = cg.create_child("outside")?;
+        let bystander_cg = cg.create_child("bystander")?;
         let policy = dir.join("policy.yaml");
         std::fs::write(
             &policy,
             format!(
                 "apiVersion: airlock.dev/v1\nkind: Policy\nmetadata:\n  name: e2e\nmode: enforce\n\
                  agents:\n  - name: e2e\n    cgroup: \"/{top_rel}/agent*\"\n\
+                 \x20 - name: bystander\n    cgroup: \"/{top_rel}/bystander\"\n\
                  rules:\n  - name: gated-tools\n    action: deny\n    exec: [\"{}\"]\n\
                  \x20 - name: audited-tools\n    action: audit\n    exec: [\"{}\"]\n\
-                 \x20 - name: protected-etc\n    action: deny\n    paths: [\"{}\"]\n",
+                 \x20 - name: protected-etc\n    action: deny\n    paths: [\"{}\"]\n\
+                 \x20 - name: e2e-only-tool\n    action: deny\n    exec: [\"{}\"]\n    agents: [e2e]\n\
+                 \x20 - name: bystander-only-tree\n    action: deny\n    paths: [\"{}\"]\n    agents: [bystander]\n",
                 gated.path.display(),
                 audited.path.display(),
-                etc.display()
+                etc.display(),
+                scoped.path.display(),
+                shared.display()
             ),
         )?;
         Ok(Fixture {
@@ -97,12 +113,15 @@ impl Fixture {
             gated,
             free,
             audited,
+            scoped,
             etc,
+            shared,
             conf,
             policy,
             agent_cg,
             nested_cg,
             outside_cg,
+            bystander_cg,
             _cg: cg,
         })
     }
@@ -310,6 +329,39 @@ pub const CASES: &[(&str, bool, Case)] = &[
             )
         },
     ),
+    ("a_rule_naming_an_agent_gates_only_that_agent", false, |c| {
+        let by = Some(c.fx.bystander_cg.as_path());
+        let tool = &c.fx.scoped;
+        denied(c.exec(c.agent(), &tool.path, tool)?, "e2e exec of its tool")?;
+        ran(
+            c.exec(by, &tool.path, tool)?,
+            "bystander exec of e2e's tool",
+        )?;
+        ran(c.exec(c.outside(), &tool.path, tool)?, "outside exec")?;
+        let notes = c.fx.shared.join("notes").to_string_lossy().to_string();
+        let (pid, out) = c.op(by, "write", &[&notes])?;
+        expect(&out, "errno=1", "bystander write of its tree")?;
+        let ev = c
+            .daemon
+            .wait_event(|e| e["pid"].as_u64() == Some(u64::from(pid)))
+            .context("no event for the bystander's write")?;
+        ensure(
+            ev["agent"] == "bystander" && ev["rule"] == "bystander-only-tree",
+            || format!("bystander's event: {ev}"),
+        )?;
+        expect(&c.op(c.agent(), "write", &[&notes])?.1, "ok", "e2e write")?;
+        // Rules for every agent still reach the bystander.
+        denied(
+            c.exec(by, &c.fx.gated.path, &c.fx.gated)?,
+            "bystander gated exec",
+        )?;
+        expect(
+            &c.op(by, "write", &[&c.fx.conf.to_string_lossy()])?.1,
+            "errno=1",
+            "bystander write of protected-etc",
+        )?;
+        c.conf_intact()
+    }),
     ("agent_exec_of_ungated_binary_runs", false, |c| {
         ran(c.exec(c.agent(), &c.fx.free.path, &c.fx.free)?, "free exec")
     }),

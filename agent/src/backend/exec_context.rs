@@ -489,19 +489,9 @@ impl ExecContextProbe {
     /// Points the probe at the current agent cgroups and arms it. The classification cache is
     /// invalidated by a generation bump that continues from the pinned one after an adopt.
     pub fn set_agents(&mut self, agents: &AgentSet) -> Result<(), LsmError> {
-        let mut names: Vec<&str> = agents.roots.values().map(|c| c.agent.as_str()).collect();
-        names.sort();
-        names.dedup();
-        let roots: std::collections::HashMap<u64, u32> = agents
-            .roots
-            .iter()
-            .map(|(id, c)| {
-                (
-                    *id,
-                    names.iter().position(|n| *n == c.agent).unwrap_or(0) as u32,
-                )
-            })
-            .collect();
+        // Every agent gets its own slot here, whether or not a rule names it: a reload sets the
+        // agents before the rules, and a missed own-entry lookup costs an exec one map lookup.
+        let roots = super::lsm::agent_roots(agents, |_| true);
         sync_map("AGENT_ROOTS", &mut self.roots, &roots)?;
         let s = self.settings();
         let s = Settings {

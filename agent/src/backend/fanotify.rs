@@ -168,7 +168,7 @@ pub(crate) use sys::boottime_ns;
 pub use sys::{Permission, Response};
 
 use marks::{MarkState, Marker, RootKind};
-use rules::{Ruleset, merge, merge_into};
+use rules::Ruleset;
 
 /// Errors of the fanotify backend.
 #[derive(Debug, thiserror::Error)]
@@ -375,7 +375,7 @@ impl FanotifyBackend {
             })
             .collect();
         let mut m = Marker::new(group, self.inotify.as_fd(), &st.marks, &tree_roots);
-        let mut rs = Ruleset::default();
+        let mut rs = Ruleset::new(airlock_policy::Scopes::of(policy));
         if let Err(e) = build(&mut m, policy, &mut rs) {
             for (key, bits) in &m.added {
                 if let Some(rec) = m.marks.get(key) {
@@ -485,20 +485,21 @@ fn build(
                 path.display()
             ));
         }
-        if let Some(e) = m.follow_root(path, RootKind::Protected(rules.clone()))
-            && let Some(r) = merge(rules)
-        {
-            merge_into(&mut rs.protected_entries, e, r);
+        if let Some(e) = m.follow_root(path, RootKind::Protected(rules.clone())) {
+            for r in rules {
+                rs.add_protected_entry(e.clone(), r);
+            }
         }
     }
-    let mut exec: BTreeMap<&PathBuf, (RuleRef, Option<InodeKey>)> = BTreeMap::new();
+    let mut exec: BTreeMap<&PathBuf, (Vec<RuleRef>, Option<InodeKey>)> = BTreeMap::new();
     for t in &policy.exec {
         exec.entry(&t.canonical)
-            .and_modify(|(r, _)| *r = merge([*r, t.rule]).unwrap_or(t.rule))
-            .or_insert((t.rule, t.inode));
+            .or_insert_with(|| (Vec::new(), t.inode))
+            .0
+            .push(t.rule);
     }
-    for (path, (rule, compiled)) in exec {
-        match m.gate_binary(path, rule, rs)? {
+    for (path, (rules, compiled)) in exec {
+        match m.gate_binary(path, &rules, rs)? {
             None => m.notes.push(format!(
                 "gated binary {} is not installed; it is gated once installed",
                 path.display()
@@ -510,8 +511,10 @@ fn build(
             )),
             Some(_) => {}
         }
-        if let Some(e) = m.follow_root(path, RootKind::Exec(rule)) {
-            merge_into(&mut rs.exec_entries, e, rule);
+        if let Some(e) = m.follow_root(path, RootKind::Exec(rules.clone())) {
+            for r in rules {
+                rs.add_exec_entry(e.clone(), r);
+            }
         }
     }
     Ok(())

@@ -6,14 +6,14 @@
 //! airlockd dies they keep gating and held tasks stay held (fail closed), and the next airlockd
 //! adopts them, including the events recorded meanwhile. Holds are released through
 //! [`gate::LsmGate`].
-use std::collections::{HashMap as StdHashMap, HashSet};
+use std::collections::HashMap as StdHashMap;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use airlock_common::{DirEntryKey, InodeKey, RuleRef, Settings};
-use airlock_policy::CompiledPolicy;
+use airlock_policy::{CompiledPolicy, Scopes};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::FdLink;
 use aya::programs::{Lsm, ProgramError};
@@ -355,24 +355,10 @@ impl KernelAgents {
         }
     }
 
-    /// Makes the kernel's agent roots equal `agents` and arms the programs.
-    pub(crate) fn sync(&mut self, agents: &AgentSet) -> Result<(), LsmError> {
-        let names: Vec<&str> = {
-            let set: HashSet<&str> = agents.roots.values().map(|c| c.agent.as_str()).collect();
-            let mut v: Vec<&str> = set.into_iter().collect();
-            v.sort();
-            v
-        };
-        let roots: StdHashMap<u64, u32> = agents
-            .roots
-            .iter()
-            .map(|(id, c)| {
-                (
-                    *id,
-                    names.iter().position(|n| *n == c.agent).unwrap_or(0) as u32,
-                )
-            })
-            .collect();
+    /// Makes the kernel's agent roots equal `agents` (with the slots `scopes` gives them) and
+    /// arms the programs.
+    pub(crate) fn sync(&mut self, agents: &AgentSet, scopes: &Scopes) -> Result<(), LsmError> {
+        let roots = agent_roots(agents, |slot| scopes.has_own_rules(slot));
         sync_map("AGENT_ROOTS", &mut self.roots, &roots)?;
         // A new generation makes every cached cgroup classification stale.
         self.generation += 1;
@@ -386,6 +372,20 @@ impl KernelAgents {
         };
         self.settings.set(0, s, 0).map_err(map_err("SETTINGS"))
     }
+}
+
+/// `AGENT_ROOTS` as the programs read it: each agent root cgroup → its agent's slot in the
+/// rule maps ([`airlock_policy::agent_slot`]) when `own(slot)` (some rule names the agent), else
+/// 0, so that agents without rules of their own pay one lookup per object, not two.
+pub(crate) fn agent_roots(agents: &AgentSet, own: impl Fn(u32) -> bool) -> StdHashMap<u64, u32> {
+    agents
+        .roots
+        .iter()
+        .map(|(id, c)| {
+            let slot = airlock_policy::agent_slot(&c.agent);
+            (*id, if own(slot) { slot } else { 0 })
+        })
+        .collect()
 }
 
 /// Makes `map` hold exactly `want`: new and changed entries first, stale ones removed last, so
@@ -423,7 +423,7 @@ impl Backend for LsmBackend {
         sync_map("EXEC_INODES", &mut self.exec_inodes, &inodes)?;
         sync_map("EXEC_ENTRIES", &mut self.exec_entries, &entries)?;
         sync_map("PROTECTED", &mut self.protected, &protected)?;
-        self.agents.sync(agents)?;
+        self.agents.sync(agents, &Scopes::of(policy))?;
         // This build's programs are armed now: older versions can go (unpinning detaches them).
         for ver in std::mem::take(&mut self.stale) {
             match pin::remove_version(&ver) {

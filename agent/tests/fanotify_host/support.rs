@@ -112,7 +112,7 @@ pub fn key_of(p: &Path) -> InodeKey {
     InodeKey {
         ino: m.ino(),
         dev: kernel_dev(libc::major(dev), libc::minor(dev)),
-        _pad: 0,
+        slot: 0,
     }
 }
 

@@ -14,7 +14,7 @@ fn key(ino: u64) -> InodeKey {
     InodeKey {
         ino,
         dev: DEV,
-        _pad: 0,
+        slot: 0,
     }
 }
 
@@ -24,7 +24,7 @@ fn entry(dir_ino: u64, name: &str) -> DirEntryKey {
     DirEntryKey {
         dir_ino,
         dev: DEV,
-        _pad: 0,
+        slot: 0,
         name: n,
     }
 }
@@ -256,4 +256,64 @@ fn compile_refuses_inconsistent_sets_handed_to_it_directly() {
         d.to_string(),
         "t.yaml:4:9: metadata.name: duplicate policy name \"p\" (first at t.yaml:4:9)"
     );
+}
+
+#[test]
+fn a_rule_naming_agents_fills_only_their_own_map_entries() {
+    let src = format!(
+        "{}agents: [{{name: ci}}, {{name: claude}}]\nrules:
+  - name: ci-etc
+    action: deny
+    paths: [/etc/ssh]
+    agents: [ci]
+  - name: all-etc
+    action: approve
+    paths: [/etc]
+  - name: both
+    action: audit
+    paths: [/etc/shadow]
+    agents: [ci, claude]
+  - name: ci-apt
+    action: deny
+    exec: [/usr/bin/apt]
+    agents: [ci]
+",
+        header("p", "enforce")
+    );
+    let c = compile(&policies(&src), &host()).unwrap();
+    let (ci, claude) = (crate::agent_slot("ci"), crate::agent_slot("claude"));
+    let scopes = crate::Scopes::of(&c);
+    assert!(scopes.has_own_rules(ci) && scopes.has_own_rules(claude));
+    assert!(!scopes.has_own_rules(crate::agent_slot("other")));
+
+    let p = crate::effective_protected_map(&c);
+    let at = |ino, slot| crate::lookup(&p, &key(ino), slot).map(|r| r.rule_id);
+    // /etc/ssh: ci's own deny; every other agent has no rule there (the tree rule on /etc
+    // covers them from the ancestor).
+    assert_eq!(at(21, ci), Some(0));
+    assert_eq!(at(21, claude), None);
+    assert_eq!(at(21, crate::ANY_AGENT), None);
+    // /etc: one rule for every agent, no agent-specific entries.
+    assert_eq!(at(20, ci), Some(1));
+    assert_eq!(
+        p.get(&InodeKey {
+            slot: ci,
+            ..key(20)
+        }),
+        None
+    );
+    // /etc/shadow: both agents' own audit entries; nothing for the rest.
+    assert_eq!(at(22, claude), Some(2));
+    assert_eq!(at(22, crate::agent_slot("other")), None);
+    assert_eq!(p.len(), 4);
+
+    let e = crate::effective_exec_map(&c);
+    assert_eq!(crate::lookup(&e, &key(100), ci).map(|r| r.rule_id), Some(3));
+    assert_eq!(crate::lookup(&e, &key(100), claude), None);
+    let d = crate::effective_exec_entry_map(&c);
+    assert_eq!(
+        crate::lookup(&d, &entry(10, "apt"), ci).map(|r| r.rule_id),
+        Some(3)
+    );
+    assert_eq!(crate::lookup(&d, &entry(10, "apt"), claude), None);
 }

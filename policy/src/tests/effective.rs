@@ -19,7 +19,7 @@ fn protected(rules: &[RuleRef]) -> CompiledPolicy {
     let inode = InodeKey {
         ino: 7,
         dev: 1,
-        _pad: 0,
+        slot: 0,
     };
     let mut c = CompiledPolicy::default();
     for r in rules {
@@ -104,7 +104,7 @@ fn exec_maps_skip_missing_keys() {
     let inode = InodeKey {
         ino: 9,
         dev: 1,
-        _pad: 0,
+        slot: 0,
     };
     c.exec.push(ExecTarget {
         rule: rr(0, action::DENY, op::bit(op::EXEC), 0),

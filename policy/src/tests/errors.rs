@@ -310,3 +310,23 @@ fn empty_files_and_directories_and_missing_files() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn agents_whose_names_share_a_kernel_slot_are_refused() {
+    // FNV-1a 32 of both names is 0x540ae0e6 (found by search; one pair in four billion).
+    assert_eq!(
+        crate::agent_slot("agent-33049"),
+        crate::agent_slot("agent-625200")
+    );
+    let src = format!(
+        "{}agents: [{{name: agent-33049}}, {{name: agent-625200}}]\nrules:\n  - name: r\n    action: deny\n    paths: [/etc]\n",
+        header("p", "enforce")
+    );
+    assert_eq!(
+        errors_of(&src),
+        [
+            "t.yaml:6:38: agent \"agent-625200\" cannot be told apart from agent \"agent-33049\" \
+             in the kernel's rule maps; rename one of them"
+        ]
+    );
+}

@@ -45,7 +45,7 @@ impl FakeResolver {
         let key = InodeKey {
             ino,
             dev: DEV,
-            _pad: 0,
+            slot: 0,
         };
         self.objects
             .insert(path.into(), FileId { key, is_dir: true });
@@ -56,7 +56,7 @@ impl FakeResolver {
         let key = InodeKey {
             ino,
             dev: DEV,
-            _pad: 0,
+            slot: 0,
         };
         self.objects
             .insert(path.into(), FileId { key, is_dir: false });
@@ -115,7 +115,7 @@ impl Resolver for FakeResolver {
             let key = InodeKey {
                 ino: synthetic_ino(path),
                 dev: DEV,
-                _pad: 0,
+                slot: 0,
             };
             return Ok(FileId { key, is_dir: false });
         }

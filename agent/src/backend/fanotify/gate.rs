@@ -334,7 +334,7 @@ mod tests {
         InodeKey {
             ino,
             dev: 8 << 20,
-            _pad: 0,
+            slot: 0,
         }
     }
 

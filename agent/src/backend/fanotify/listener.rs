@@ -189,7 +189,15 @@ impl Listener {
 
     fn on_exec(&mut self, tid: u32, agent: &AgentMatch, file: FileId, permit: Permission) {
         let path = sys::fd_target(permit.fd());
-        let hit = self.ruleset().find_exec(file.key, path.as_deref(), &RealFs);
+        let hit = {
+            let rs = self.ruleset();
+            rs.find_exec(
+                file.key,
+                path.as_deref(),
+                &RealFs,
+                rs.slot_of(&agent.root.agent),
+            )
+        };
         let mut o = Opening {
             tid,
             file: file.key,
@@ -336,9 +344,11 @@ impl Listener {
             Intent::Unknown(_) => None,
         };
         let path = sys::fd_target(permit.fd());
-        let hit =
-            self.ruleset()
-                .find_protected(file, path.as_deref(), write_ops(open_flags), &RealFs);
+        let hit = {
+            let rs = self.ruleset();
+            let slot = rs.slot_of(&agent.root.agent);
+            rs.find_protected(file, path.as_deref(), write_ops(open_flags), &RealFs, slot)
+        };
         let Some(h) = hit else {
             self.shared.answer(permit, Response::Allow, &o);
             return;

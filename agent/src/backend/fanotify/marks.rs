@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use airlock_common::{InodeKey, RuleRef};
 
 use super::FanotifyError;
-use super::rules::{EntryKey, Ruleset, merge, merge_into};
+use super::rules::{EntryKey, Ruleset};
 use super::sys::{self, FileId, MASK_DIR, MASK_EXEC, MASK_FILE};
 
 /// A mark in force: the events it asks for, and the path it was last seen at (used to find it
@@ -28,7 +28,7 @@ pub(crate) struct MarkRec {
 /// What a policy root is, for re-resolving it when its directory entry changes.
 #[derive(Clone, Debug)]
 pub(crate) enum RootKind {
-    Exec(RuleRef),
+    Exec(Vec<RuleRef>),
     Protected(Vec<RuleRef>),
 }
 
@@ -338,19 +338,19 @@ impl<'a> Marker<'a> {
                     source,
                 })?;
         }
-        if let Some(r) = merge(rules.iter().copied()) {
-            merge_into(&mut rs.protected, id.key, r);
+        for r in rules {
+            rs.add_protected(id.key, *r);
         }
         self.held.insert(id.key, fd);
         Ok(Some(id.key))
     }
 
-    /// Resolves a gated binary now (following symlinks), marks its inode and records its rule.
+    /// Resolves a gated binary now (following symlinks), marks its inode and records its rules.
     /// Returns the inode, or `None` when nothing executable-looking is there.
     pub fn gate_binary(
         &mut self,
         path: &Path,
-        rule: RuleRef,
+        rules: &[RuleRef],
         rs: &mut Ruleset,
     ) -> Result<Option<InodeKey>, FanotifyError> {
         let Some((fd, id)) = open_root(path)? else {
@@ -364,7 +364,9 @@ impl<'a> Marker<'a> {
                 path: path.to_owned(),
                 source,
             })?;
-        merge_into(&mut rs.exec, id.key, rule);
+        for r in rules {
+            rs.add_exec(id.key, *r);
+        }
         self.held.insert(id.key, fd);
         Ok(Some(id.key))
     }
@@ -387,10 +389,7 @@ impl<'a> Marker<'a> {
             kind,
         };
         self.watch(dir.as_fd(), pid.key, parent, |w| w.roots.push(root));
-        Some(EntryKey {
-            dir: pid.key,
-            name: name.to_owned(),
-        })
+        Some(EntryKey::new(pid.key, name.to_owned()))
     }
 }
 
@@ -516,8 +515,8 @@ fn on_root_changed(m: &mut Marker<'_>, root: &RootName, attrib_only: bool, rs: &
         return;
     }
     let res = match &root.kind {
-        RootKind::Exec(rule) => m
-            .gate_binary(&root.path, *rule, rs)
+        RootKind::Exec(rules) => m
+            .gate_binary(&root.path, rules, rs)
             .map(|k| k.map(|k| ("gated binary", k))),
         RootKind::Protected(rules) => m
             .protect_root(&root.path, rules, rs)

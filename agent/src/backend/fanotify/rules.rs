@@ -2,10 +2,10 @@
 //! an event falls under (nearest protected ancestor wins) and what to answer.
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use airlock_common::{InodeKey, RuleRef, action, op, verdict};
-use airlock_policy::{CompiledPolicy, ProtectedTarget, effective_protected_map};
+use airlock_policy::{ANY_AGENT, Scopes, SlotKey, lookup, merge_into};
 
 use super::sys::{FileId, Response};
 use crate::event::{Op, Verdict};
@@ -17,12 +17,38 @@ pub struct EntryKey {
     pub dir: InodeKey,
     /// The name in it.
     pub name: OsString,
+    /// The agent the entry applies to, as in [`InodeKey::slot`] (`dir.slot` stays 0).
+    pub slot: u32,
 }
 
-/// Everything the listener looks up: one merged rule per object (see [`merge`]). Built by
-/// `apply`, extended by the watcher when a policy root gets a new inode or a protected tree grows.
+impl EntryKey {
+    /// `name` in `dir`, in the entries for every agent.
+    pub fn new(dir: InodeKey, name: OsString) -> Self {
+        EntryKey {
+            dir,
+            name,
+            slot: ANY_AGENT,
+        }
+    }
+}
+
+impl SlotKey for EntryKey {
+    fn with_slot(&self, slot: u32) -> Self {
+        EntryKey {
+            slot,
+            ..self.clone()
+        }
+    }
+}
+
+/// Everything the listener looks up: per object one merged rule for every agent, and one for
+/// each agent that rules are restricted to ([`Scopes`]), merged by the policy crate's
+/// precedence so that this backend and the LSM backend decide alike. Built by `apply`, extended
+/// by the watcher when a policy root gets a new inode or a protected tree grows.
 #[derive(Clone, Debug, Default)]
 pub struct Ruleset {
+    /// Which agents each rule applies to; every `add_*` goes through it.
+    pub scopes: Scopes,
     /// Gated binaries by inode.
     pub exec: HashMap<InodeKey, RuleRef>,
     /// Gated binaries by (directory, name): whatever inode is installed at the path.
@@ -34,37 +60,6 @@ pub struct Ruleset {
     /// Each regular file found inside a protected tree → that tree's root, so that a hard link
     /// to it from outside any protected tree is still gated.
     pub members: HashMap<InodeKey, InodeKey>,
-}
-
-/// The one rule that stands for several rules naming the same object, by the policy crate's
-/// precedence ([`airlock_policy::effective_protected_map`]: enforcing deny/approve, then
-/// monitoring deny/approve, then audit, then allow; ops merged within a class), so that this
-/// backend and the LSM backend decide alike.
-pub fn merge(rules: impl IntoIterator<Item = RuleRef>) -> Option<RuleRef> {
-    let one = InodeKey::default();
-    let policy = CompiledPolicy {
-        protected: rules
-            .into_iter()
-            .map(|rule| ProtectedTarget {
-                rule,
-                path: PathBuf::new(),
-                canonical: PathBuf::new(),
-                inode: one,
-                is_dir: true,
-            })
-            .collect(),
-        ..CompiledPolicy::default()
-    };
-    effective_protected_map(&policy).remove(&one)
-}
-
-/// Adds `rule` to whatever `map` holds for `key`, merged.
-pub fn merge_into<K: std::hash::Hash + Eq>(map: &mut HashMap<K, RuleRef>, key: K, rule: RuleRef) {
-    let merged = match map.get(&key) {
-        Some(cur) => merge([*cur, rule]).unwrap_or(rule),
-        None => rule,
-    };
-    map.insert(key, merged);
 }
 
 /// Looks up filesystem objects by path without following the last component.
@@ -92,6 +87,14 @@ pub struct Hit {
 }
 
 impl Ruleset {
+    /// An empty rule set for a policy whose rules apply to agents as `scopes` says.
+    pub fn new(scopes: Scopes) -> Self {
+        Ruleset {
+            scopes,
+            ..Ruleset::default()
+        }
+    }
+
     /// Is nothing gated?
     pub fn is_empty(&self) -> bool {
         self.exec.is_empty()
@@ -100,9 +103,66 @@ impl Ruleset {
             && self.protected_entries.is_empty()
     }
 
+    /// The slot `agent`'s processes look rules up with: its own when some rule names it, else
+    /// [`ANY_AGENT`] (one lookup per object instead of two).
+    pub fn slot_of(&self, agent: &str) -> u32 {
+        let slot = airlock_policy::agent_slot(agent);
+        if self.scopes.has_own_rules(slot) {
+            slot
+        } else {
+            ANY_AGENT
+        }
+    }
+
+    /// Gates executing the binary `key` by `rule`.
+    pub fn add_exec(&mut self, key: InodeKey, rule: RuleRef) {
+        self.scopes.insert(&mut self.exec, &key, rule);
+    }
+
+    /// Gates executing whatever binary is at `entry` by `rule`.
+    pub fn add_exec_entry(&mut self, entry: EntryKey, rule: RuleRef) {
+        self.scopes.insert(&mut self.exec_entries, &entry, rule);
+    }
+
+    /// Protects the object `key` (and, for a directory, its tree) by `rule`.
+    pub fn add_protected(&mut self, key: InodeKey, rule: RuleRef) {
+        self.scopes.insert(&mut self.protected, &key, rule);
+    }
+
+    /// Protects whatever object is at `entry` by `rule`.
+    pub fn add_protected_entry(&mut self, entry: EntryKey, rule: RuleRef) {
+        self.scopes
+            .insert(&mut self.protected_entries, &entry, rule);
+    }
+
+    /// Takes in what the watcher found (`delta`, built with the same scopes): its entries are
+    /// already one per agent and object, so they merge key by key.
+    pub fn absorb(&mut self, delta: Ruleset) {
+        for (k, r) in delta.exec {
+            merge_into(&mut self.exec, k, r);
+        }
+        for (k, r) in delta.protected {
+            merge_into(&mut self.protected, k, r);
+        }
+        self.members.extend(delta.members);
+    }
+
+    /// Drops every rule on the object `key` (it is gone), for every agent.
+    pub fn forget(&mut self, key: InodeKey) {
+        for map in [&mut self.exec, &mut self.protected] {
+            map.retain(|k, _| k.with_slot(ANY_AGENT) != key);
+        }
+    }
+
     /// The exec rule for the binary `file`, opened through `path`.
-    pub fn find_exec(&self, file: InodeKey, path: Option<&Path>, fs: &impl StatFs) -> Option<Hit> {
-        if let Some(r) = self.exec.get(&file) {
+    pub fn find_exec(
+        &self,
+        file: InodeKey,
+        path: Option<&Path>,
+        fs: &impl StatFs,
+        slot: u32,
+    ) -> Option<Hit> {
+        if let Some(r) = lookup(&self.exec, &file, slot) {
             return Some(Hit {
                 rule: *r,
                 by_entry: false,
@@ -112,11 +172,8 @@ impl Ruleset {
             return None;
         }
         let path = path?;
-        let entry = EntryKey {
-            dir: fs.lstat(path.parent()?)?.key,
-            name: path.file_name()?.to_owned(),
-        };
-        self.exec_entries.get(&entry).map(|r| Hit {
+        let entry = EntryKey::new(fs.lstat(path.parent()?)?.key, path.file_name()?.to_owned());
+        lookup(&self.exec_entries, &entry, slot).map(|r| Hit {
             rule: *r,
             by_entry: true,
         })
@@ -134,6 +191,7 @@ impl Ruleset {
         path: Option<&Path>,
         want: u32,
         fs: &impl StatFs,
+        slot: u32,
     ) -> Option<Hit> {
         let use_entries = !self.protected_entries.is_empty();
         // Level 0 is the file itself, known by fstat of the event fd (its path may be stale).
@@ -144,7 +202,7 @@ impl Ruleset {
             // The parent's identity: for the entry lookup here, and as the next level's key.
             let parent_key = parent.and_then(|p| fs.lstat(p));
             if let Some(k) = level_key
-                && let Some(r) = self.protected.get(&k).filter(|r| r.ops & want != 0)
+                && let Some(r) = lookup(&self.protected, &k, slot).filter(|r| r.ops & want != 0)
             {
                 return Some(Hit {
                     rule: *r,
@@ -154,11 +212,10 @@ impl Ruleset {
             if use_entries
                 && let (Some(pk), Some(name)) = (parent_key, level.and_then(Path::file_name))
             {
-                let e = EntryKey {
-                    dir: pk.key,
-                    name: name.to_owned(),
-                };
-                if let Some(r) = self.protected_entries.get(&e).filter(|r| r.ops & want != 0) {
+                let e = EntryKey::new(pk.key, name.to_owned());
+                if let Some(r) =
+                    lookup(&self.protected_entries, &e, slot).filter(|r| r.ops & want != 0)
+                {
                     return Some(Hit {
                         rule: *r,
                         by_entry: true,
@@ -172,7 +229,7 @@ impl Ruleset {
         }
         if file.nlink > 1 {
             let root = self.members.get(&file.key)?;
-            let r = self.protected.get(root).filter(|r| r.ops & want != 0)?;
+            let r = lookup(&self.protected, root, slot).filter(|r| r.ops & want != 0)?;
             return Some(Hit {
                 rule: *r,
                 by_entry: false,
@@ -249,6 +306,7 @@ pub fn backstopped(rule: &RuleRef) -> bool {
 mod tests {
     use super::*;
     use airlock_common::flags;
+    use std::path::PathBuf;
 
     fn rr(id: u32, act: u32, ops: u32) -> RuleRef {
         RuleRef {
@@ -262,7 +320,7 @@ mod tests {
         InodeKey {
             ino,
             dev: 8 << 20,
-            _pad: 0,
+            slot: 0,
         }
     }
     fn fid(ino: u64, nlink: u64) -> FileId {
@@ -309,15 +367,27 @@ mod tests {
             .insert(key(11), rr(2, action::ALLOW, op::ALL_WRITES));
         let f = fs();
         let deep = rs
-            .find_protected(fid(100, 1), Some(Path::new("/etc/app/conf.d/x")), W, &f)
+            .find_protected(
+                fid(100, 1),
+                Some(Path::new("/etc/app/conf.d/x")),
+                W,
+                &f,
+                ANY_AGENT,
+            )
             .unwrap();
         assert_eq!((deep.rule.rule_id, deep.by_entry), (2, false));
         let top = rs
-            .find_protected(fid(101, 1), Some(Path::new("/etc/passwd")), W, &f)
+            .find_protected(
+                fid(101, 1),
+                Some(Path::new("/etc/passwd")),
+                W,
+                &f,
+                ANY_AGENT,
+            )
             .unwrap();
         assert_eq!(top.rule.rule_id, 1);
         assert_eq!(
-            rs.find_protected(fid(102, 1), Some(Path::new("/tmp/x")), W, &f),
+            rs.find_protected(fid(102, 1), Some(Path::new("/tmp/x")), W, &f, ANY_AGENT),
             None
         );
     }
@@ -329,7 +399,13 @@ mod tests {
         rs.protected
             .insert(key(11), rr(2, action::ALLOW, op::bit(op::UNLINK)));
         let hit = rs
-            .find_protected(fid(100, 1), Some(Path::new("/etc/app/x")), W, &fs())
+            .find_protected(
+                fid(100, 1),
+                Some(Path::new("/etc/app/x")),
+                W,
+                &fs(),
+                ANY_AGENT,
+            )
             .unwrap();
         assert_eq!(hit.rule.rule_id, 1);
     }
@@ -341,22 +417,31 @@ mod tests {
         rs.protected.insert(key(100), rr(2, action::DENY, W));
         let f = fs();
         assert_eq!(
-            rs.find_protected(fid(100, 1), Some(Path::new("/etc/shadow")), W, &f)
-                .unwrap()
-                .rule
-                .rule_id,
+            rs.find_protected(
+                fid(100, 1),
+                Some(Path::new("/etc/shadow")),
+                W,
+                &f,
+                ANY_AGENT
+            )
+            .unwrap()
+            .rule
+            .rule_id,
             2
         );
         // A protected single file replaced at its path: found by (directory, name).
         rs.protected_entries.insert(
-            EntryKey {
-                dir: key(11),
-                name: "secret".into(),
-            },
+            EntryKey::new(key(11), "secret".into()),
             rr(3, action::DENY, W),
         );
         let h = rs
-            .find_protected(fid(555, 1), Some(Path::new("/etc/app/secret")), W, &f)
+            .find_protected(
+                fid(555, 1),
+                Some(Path::new("/etc/app/secret")),
+                W,
+                &f,
+                ANY_AGENT,
+            )
             .unwrap();
         assert_eq!((h.rule.rule_id, h.by_entry), (3, true));
     }
@@ -368,7 +453,7 @@ mod tests {
         rs.members.insert(key(100), key(10));
         let f = fs();
         assert_eq!(
-            rs.find_protected(fid(100, 2), Some(Path::new("/tmp/link")), W, &f)
+            rs.find_protected(fid(100, 2), Some(Path::new("/tmp/link")), W, &f, ANY_AGENT)
                 .unwrap()
                 .rule
                 .rule_id,
@@ -376,12 +461,12 @@ mod tests {
         );
         // nlink 1: moved out of the tree, no longer protected.
         assert_eq!(
-            rs.find_protected(fid(100, 1), Some(Path::new("/tmp/moved")), W, &f),
+            rs.find_protected(fid(100, 1), Some(Path::new("/tmp/moved")), W, &f, ANY_AGENT),
             None
         );
         // No path at all (deleted, unreachable): the inode alone decides.
         assert_eq!(
-            rs.find_protected(fid(100, 2), None, W, &f)
+            rs.find_protected(fid(100, 2), None, W, &f, ANY_AGENT)
                 .unwrap()
                 .rule
                 .rule_id,
@@ -394,76 +479,88 @@ mod tests {
         let mut rs = Ruleset::default();
         rs.exec.insert(key(100), rr(1, action::DENY, 0));
         rs.exec_entries.insert(
-            EntryKey {
-                dir: key(20),
-                name: "apt".into(),
-            },
+            EntryKey::new(key(20), "apt".into()),
             rr(2, action::APPROVE, 0),
         );
         let f = fs();
         assert_eq!(
-            rs.find_exec(key(100), None, &f),
+            rs.find_exec(key(100), None, &f, ANY_AGENT),
             Some(Hit {
                 rule: rr(1, action::DENY, 0),
                 by_entry: false
             })
         );
         assert_eq!(
-            rs.find_exec(key(7), Some(Path::new("/tmp/apt")), &f)
+            rs.find_exec(key(7), Some(Path::new("/tmp/apt")), &f, ANY_AGENT)
                 .map(|h| (h.rule.rule_id, h.by_entry)),
             Some((2, true))
         );
-        assert_eq!(rs.find_exec(key(7), Some(Path::new("/tmp/ls")), &f), None);
+        assert_eq!(
+            rs.find_exec(key(7), Some(Path::new("/tmp/ls")), &f, ANY_AGENT),
+            None
+        );
+    }
+
+    /// A policy whose rule 1 names agent "ci" only, rule 0 every agent.
+    fn scoped_rules() -> Ruleset {
+        let rule = |id: u32, agents: &[&str]| airlock_policy::RuleInfo {
+            id,
+            name: format!("r{id}"),
+            policy: "p".into(),
+            source: PathBuf::from("p.yaml"),
+            action: action::DENY,
+            mode: airlock_policy::Mode::Enforce,
+            ops: W,
+            agents: agents.iter().map(|a| a.to_string()).collect(),
+            approval: None,
+        };
+        let policy = airlock_policy::CompiledPolicy {
+            rules: vec![rule(0, &[]), rule(1, &["ci"])],
+            ..Default::default()
+        };
+        Ruleset::new(Scopes::of(&policy))
     }
 
     #[test]
-    fn merge_follows_the_policy_crates_precedence() {
-        let mon = |r: RuleRef| RuleRef {
-            flags: flags::MONITOR,
-            ..r
+    fn a_rule_naming_an_agent_gates_only_that_agent() {
+        let (ci, other) = (
+            airlock_policy::agent_slot("ci"),
+            airlock_policy::agent_slot("x"),
+        );
+        let mut rs = scoped_rules();
+        rs.add_protected(key(11), rr(1, action::DENY, W));
+        rs.add_exec(key(100), rr(1, action::DENY, 0));
+        let f = fs();
+        let at = |rs: &Ruleset, slot| {
+            rs.find_protected(fid(100, 1), Some(Path::new("/etc/app/x")), W, &f, slot)
+                .map(|h| h.rule.rule_id)
         };
-        let u = op::bit(op::UNLINK);
-        let pick = |rs: &[RuleRef]| merge(rs.iter().copied()).map(|r| (r.rule_id, r.ops));
+        assert_eq!(at(&rs, ci), Some(1));
+        assert_eq!(at(&rs, other), None);
+        assert_eq!(at(&rs, ANY_AGENT), None);
+        assert!(rs.find_exec(key(100), None, &f, ci).is_some());
+        assert!(rs.find_exec(key(100), None, &f, other).is_none());
+        // A rule for every agent on an enclosing tree still reaches both, and the scoped rule's
+        // own entry on /etc/app keeps it for "ci" whichever order they were added in.
+        rs.add_protected(key(10), rr(0, action::DENY, W));
+        assert_eq!(at(&rs, other), Some(0));
+        assert_eq!(at(&rs, ci), Some(1));
+        // Both on one object: "ci" gets the merge of both, everyone else only rule 0.
+        let mut a = scoped_rules();
+        a.add_protected(key(11), rr(1, action::DENY, op::bit(op::UNLINK)));
+        a.add_protected(key(11), rr(0, action::DENY, W));
+        let mut b = scoped_rules();
+        b.add_protected(key(11), rr(0, action::DENY, W));
+        b.add_protected(key(11), rr(1, action::DENY, op::bit(op::UNLINK)));
+        assert_eq!(a.protected, b.protected);
         assert_eq!(
-            pick(&[
-                rr(5, action::AUDIT, W),
-                rr(6, action::DENY, W),
-                rr(7, action::APPROVE, W)
-            ]),
-            Some((6, W))
+            lookup(&a.protected, &key(11), ci).unwrap().ops,
+            W | op::bit(op::UNLINK)
         );
-        // Enforcing beats monitoring even when the monitoring rule is stricter on paper.
-        assert_eq!(
-            pick(&[mon(rr(1, action::DENY, W)), rr(9, action::APPROVE, W)]),
-            Some((9, W))
-        );
-        // Within a class the ops add up (attributed to the winner); across classes they do not.
-        assert_eq!(
-            pick(&[rr(3, action::APPROVE, W), rr(2, action::DENY, u)]),
-            Some((2, W | u))
-        );
-        assert_eq!(
-            pick(&[rr(3, action::AUDIT, W), rr(2, action::DENY, u)]),
-            Some((2, u))
-        );
-        // Equal rank: the lower id, whatever the order.
-        assert_eq!(
-            pick(&[rr(3, action::DENY, W), rr(2, action::DENY, W)])
-                .unwrap()
-                .0,
-            2
-        );
-        assert_eq!(
-            pick(&[rr(2, action::DENY, W), rr(3, action::DENY, W)])
-                .unwrap()
-                .0,
-            2
-        );
-        assert_eq!(pick(&[]), None);
-        let mut m = HashMap::new();
-        merge_into(&mut m, 1, rr(4, action::ALLOW, W));
-        merge_into(&mut m, 1, rr(8, action::DENY, W));
-        assert_eq!(m[&1].rule_id, 8);
+        assert_eq!(lookup(&a.protected, &key(11), other).unwrap().ops, W);
+        // An object that disappears takes every agent's entries with it.
+        a.forget(key(11));
+        assert!(a.protected.is_empty());
     }
 
     #[test]

@@ -148,7 +148,7 @@ pub fn inode_key(st_dev: libc::dev_t, ino: u64) -> InodeKey {
     InodeKey {
         ino,
         dev: kernel_dev(libc::major(st_dev), libc::minor(st_dev)),
-        _pad: 0,
+        slot: 0,
     }
 }
 

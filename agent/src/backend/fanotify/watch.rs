@@ -4,7 +4,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
 
 use super::marks::{self, MarkState, Marker};
-use super::rules::{Ruleset, merge_into};
+use super::rules::Ruleset;
 use super::{Shared, sys};
 
 /// The watcher thread: follows protected trees and policy roots through inotify.
@@ -31,7 +31,10 @@ pub(super) fn watch_loop(
             for ev in events.iter().filter(|e| e.mask & libc::IN_IGNORED != 0) {
                 st.watches.remove(&ev.wd);
             }
-            let mut delta = Ruleset::default();
+            let scopes = (shared.ruleset.read().unwrap_or_else(|e| e.into_inner()))
+                .scopes
+                .clone();
+            let mut delta = Ruleset::new(scopes);
             let mut m = Marker::new(
                 shared.group.as_fd(),
                 inotify.as_fd(),
@@ -78,16 +81,9 @@ pub(super) fn watch_loop(
             // marking and this update (it would get this batch's rules of the old policy).
             let mut rs = shared.ruleset.write().unwrap_or_else(|e| e.into_inner());
             for (k, _) in &dead {
-                rs.exec.remove(k);
-                rs.protected.remove(k);
+                rs.forget(*k);
             }
-            for (k, r) in delta.exec {
-                merge_into(&mut rs.exec, k, r);
-            }
-            for (k, r) in delta.protected {
-                merge_into(&mut rs.protected, k, r);
-            }
-            rs.members.extend(delta.members);
+            rs.absorb(delta);
             drop(rs);
             drop(guard);
         }
