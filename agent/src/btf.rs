@@ -241,6 +241,14 @@ impl Btf {
             task_flags: m("task_struct", "flags")?,
             task_ptrace: m("task_struct", "ptrace")?,
             sb_s_magic: m("super_block", "s_magic")?,
+            unix_sock_path: m("unix_sock", "path")?,
+            task_cgroups: m("task_struct", "cgroups")?,
+            css_set_dfl_cgrp: m("css_set", "dfl_cgrp")?,
+            cgroup_kn: m("cgroup", "kn")?,
+            kernfs_node_id: m("kernfs_node", "id")?,
+            // Renamed `__parent` in 6.15.
+            kernfs_node_parent: m("kernfs_node", "parent")
+                .or_else(|_| m("kernfs_node", "__parent"))?,
         })
     }
 }

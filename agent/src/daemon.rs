@@ -497,7 +497,11 @@ pub const SELF_PROTECTION: &str = "self-protection";
 
 fn rule_targets(p: &CompiledPolicy) -> std::collections::HashMap<u32, String> {
     let mut m = std::collections::HashMap::new();
-    let exec = p.exec.iter().map(|t| (t.rule.rule_id, &t.canonical));
+    let exec = p
+        .exec
+        .iter()
+        .chain(&p.connect)
+        .map(|t| (t.rule.rule_id, &t.canonical));
     let protected = p
         .protected
         .iter()

@@ -186,9 +186,16 @@ impl GateEvent {
             target_ino: ev.target_ino,
             target_name: match ev.op {
                 // Self-protection events carry a number where others carry an inode.
-                op::SIGNAL | op::PTRACE => format!("airlockd (pid {})", ev.target_ino),
+                op::SIGNAL => format!("airlockd (pid {})", ev.target_ino),
+                op::PTRACE if ev.target_ino == u64::from(std::process::id()) => {
+                    format!("airlockd (pid {})", ev.target_ino)
+                }
+                op::PTRACE => format!("pid {} (outside the agent)", ev.target_ino),
                 op::BPF => format!("bpf command {}", ev.target_ino),
                 op::KERNEL_LOAD => format!("kernel load (id {})", ev.target_ino),
+                op::CGROUP_MOVE if ev.target_ino == 0 => {
+                    "the cgroup of a new process (clone3 CLONE_INTO_CGROUP)".to_owned()
+                }
                 op::CGROUP_MOVE => format!("cgroup {} (outside the agent)", ev.target_ino),
                 _ => c_str(&ev.name[..NAME_LEN]),
             },

@@ -69,6 +69,8 @@ pub fn op_to_proto(op: Op) -> pb::Op {
         Op::Bpf => pb::Op::Bpf,
         Op::KernelLoad => pb::Op::KernelLoad,
         Op::CgroupMove => pb::Op::CgroupMove,
+        Op::Connect => pb::Op::Connect,
+        Op::Xattr => pb::Op::Xattr,
     }
 }
 
@@ -93,6 +95,8 @@ pub fn op_from_proto(field: &'static str, v: i32) -> Result<Op, ConvertError> {
         pb::Op::Bpf => Op::Bpf,
         pb::Op::KernelLoad => Op::KernelLoad,
         pb::Op::CgroupMove => Op::CgroupMove,
+        pb::Op::Connect => Op::Connect,
+        pb::Op::Xattr => Op::Xattr,
     })
 }
 
@@ -463,6 +467,8 @@ mod tests {
             Op::Bpf,
             Op::KernelLoad,
             Op::CgroupMove,
+            Op::Connect,
+            Op::Xattr,
         ];
         for op in ops {
             assert_eq!(op_from_proto("op", op_to_proto(op) as i32).unwrap(), op);

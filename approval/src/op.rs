@@ -28,6 +28,10 @@ pub enum Op {
     KernelLoad,
     /// Self-protection: moving a process to a cgroup outside its agent's subtree.
     CgroupMove,
+    /// Connecting to a gated local service socket.
+    Connect,
+    /// Setting or removing an extended attribute in a protected tree.
+    Xattr,
 }
 
 impl Op {
@@ -51,6 +55,8 @@ impl Op {
             op::BPF => Op::Bpf,
             op::KERNEL_LOAD => Op::KernelLoad,
             op::CGROUP_MOVE => Op::CgroupMove,
+            op::CONNECT => Op::Connect,
+            op::XATTR => Op::Xattr,
             _ => return None,
         })
     }
@@ -75,6 +81,8 @@ impl Op {
             Op::Bpf => op::BPF,
             Op::KernelLoad => op::KERNEL_LOAD,
             Op::CgroupMove => op::CGROUP_MOVE,
+            Op::Connect => op::CONNECT,
+            Op::Xattr => op::XATTR,
         }
     }
 }

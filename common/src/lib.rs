@@ -46,8 +46,9 @@ pub mod op {
     /// Self-protection: refused on the LSM backend, never a policy target. The event's
     /// `target_ino` is the target's tgid.
     pub const SIGNAL: u32 = 13;
-    /// ptrace (attach, seize, /proc/PID/mem and the like) of airlockd by an agent process.
-    /// Self-protection; `target_ino` is the target's tgid.
+    /// ptrace (attach, seize, /proc/PID/mem and the like) by an agent process of airlockd, or
+    /// in attach mode of any process outside the agent's subtree. Self-protection;
+    /// `target_ino` is the target's tgid.
     pub const PTRACE: u32 = 14;
     /// A bpf(2) call by an agent process (programs, maps, links, pins: airlock's own among
     /// them). Self-protection; `target_ino` is the bpf command.
@@ -60,8 +61,14 @@ pub mod op {
     /// subtree (moving a process out of it). Self-protection; `target_ino` is the target
     /// cgroup's id.
     pub const CGROUP_MOVE: u32 = 17;
+    /// Connecting to a local service's stream socket (`connect` rules): a service outside the
+    /// agent that acts on its callers' behalf (a container runtime, the service manager).
+    pub const CONNECT: u32 = 18;
+    /// Setting or removing an extended attribute of a protected object: file capabilities
+    /// (`security.capability`), security labels, `trusted.*` and `user.*` attributes.
+    pub const XATTR: u32 = 19;
     /// Highest value in use.
-    pub const MAX: u32 = 17;
+    pub const MAX: u32 = 19;
 
     /// Bit of `op` in a [`crate::RuleRef::ops`] mask.
     pub const fn bit(op: u32) -> u32 {
@@ -79,7 +86,8 @@ pub mod op {
         | bit(CHOWN)
         | bit(MKDIR)
         | bit(RMDIR)
-        | bit(SYMLINK);
+        | bit(SYMLINK)
+        | bit(XATTR);
 }
 
 /// The `rule_id` of events that no policy rule made: airlock's self-protection (see
@@ -135,6 +143,9 @@ pub mod flags {
     /// would not run the operation again), or it is being ptraced (its tracer could swallow
     /// the stop and the syscall would restart into the gate forever).
     pub const UNHOLDABLE: u32 = 1 << 7;
+    /// Rule maps only: the entry gates the object itself, not its subtree (an ancestor of a
+    /// protected root, gated against being renamed away with the tree inside it).
+    pub const SELF_ONLY: u32 = 1 << 8;
 }
 
 /// Identity of a filesystem object: the kernel's `s_dev` encoding (`MAJOR << 20 | MINOR`, not
@@ -332,6 +343,16 @@ pub struct KernelOffsets {
     pub task_flags: u32,
     pub task_ptrace: u32,
     pub sb_s_magic: u32,
+    /// `struct unix_sock` → `path` (where a Unix socket is bound; no dentry when abstract).
+    pub unix_sock_path: u32,
+    /// `task_struct` → `cgroups` (`css_set *`) → `dfl_cgrp` (`cgroup *`) → `kn`
+    /// (`kernfs_node *`), whose `id` is the cgroup id and `parent` the parent cgroup's node:
+    /// which cgroup another task is in.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    pub kernfs_node_parent: u32,
 }
 
 /// Bytes of an exec'd file name kept in [`ExecContext`] (longer names are cut).

@@ -4,7 +4,8 @@
 //! [`SELF_RULE`]. Processes outside agent cgroups pay what every hook pays: one classification
 //! lookup.
 use airlock_common::{
-    InodeKey, KernelOffsets, MAX_DENTRY_DEPTH, RuleRef, SELF_RULE, action, op, verdict,
+    InodeKey, KernelOffsets, MAX_CGROUP_LEVEL, MAX_DENTRY_DEPTH, RuleRef, SELF_RULE, action, op,
+    verdict,
 };
 use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::LsmContext};
 
@@ -86,8 +87,14 @@ pub fn task_kill(ctx: LsmContext) -> i32 {
     }
 }
 
+/// `PTRACE_MODE_ATTACH`: the access that lets the caller act as the target.
+const PTRACE_MODE_ATTACH: u64 = 0x02;
+
 /// ptrace attach and seize, /proc/PID/mem, process_vm_readv/writev, pidfd_getfd: everything
-/// that asks `ptrace_may_access` about airlockd.
+/// that asks `ptrace_may_access` about airlockd (any mode), or about any process outside the
+/// caller's agent subtree in attach mode: tracing a process, or writing its memory, makes it do
+/// the agent's work outside every gate (delegation). Read-mode checks of other processes (`ps`,
+/// `lsof`, `/proc/PID/environ`) are left to the kernel's own rules.
 #[lsm(hook = "ptrace_access_check")]
 pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
     let prev: u64 = ctx.arg(2);
@@ -97,10 +104,35 @@ pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
     let Some(cg) = in_agent_cgroup() else {
         return 0;
     };
-    match is_airlockd(ctx.arg(0)) {
-        Some(tgid) => refuse(cg, op::PTRACE, u64::from(tgid)),
-        None => 0,
+    let task: u64 = ctx.arg(0);
+    if let Some(tgid) = is_airlockd(task) {
+        return refuse(cg, op::PTRACE, u64::from(tgid));
     }
+    let mode: u64 = ctx.arg(1);
+    if mode & PTRACE_MODE_ATTACH == 0 {
+        return 0;
+    }
+    let Some(o) = offsets() else { return 0 };
+    let root = agent_root().map_or(0, |(id, _)| id);
+    // The target's cgroup and its ancestors, by kernfs node: inside if one is the agent root.
+    let cgroup = read_u64(read_u64(task + o.task_cgroups as u64) + o.css_set_dfl_cgrp as u64);
+    let mut kn = read_u64(cgroup + o.cgroup_kn as u64);
+    let mut level = 0u32;
+    while level <= MAX_CGROUP_LEVEL {
+        if kn == 0 {
+            break;
+        }
+        if root != 0 && read_u64(kn + o.kernfs_node_id as u64) == root {
+            return 0;
+        }
+        kn = read_u64(kn + o.kernfs_node_parent as u64);
+        level += 1;
+    }
+    refuse(
+        cg,
+        op::PTRACE,
+        u64::from(read_u32(task + o.task_tgid as u64)),
+    )
 }
 
 /// Every bpf(2) command of an agent process: loading, attaching, detaching, pinning, reading
@@ -143,6 +175,29 @@ pub fn kernel_read_file(ctx: LsmContext) -> i32 {
 #[lsm(hook = "kernel_load_data")]
 pub fn kernel_load_data(ctx: LsmContext) -> i32 {
     kernel_load(ctx.arg(2), ctx.arg::<u64>(0) as u32)
+}
+
+/// `CLONE_INTO_CGROUP` (clone3(2)).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// clone3(2) with `CLONE_INTO_CGROUP` by an agent process would start the child in whatever
+/// cgroup the caller names. This hook runs before the kernel has resolved that cgroup, so every
+/// such clone by an agent is refused, even into its own subtree: only service managers use it,
+/// and an agent can still create a child cgroup of its own and move processes there.
+#[lsm(hook = "task_alloc")]
+pub fn task_alloc(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(2);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    let clone_flags: u64 = ctx.arg(1);
+    if clone_flags & CLONE_INTO_CGROUP == 0 {
+        return 0;
+    }
+    match in_agent_cgroup() {
+        Some(cg) => refuse(cg, op::CGROUP_MOVE, 0),
+        None => 0,
+    }
 }
 
 /// Whether the NUL-terminated `name` read from the kernel is `want` (which ends in NUL).

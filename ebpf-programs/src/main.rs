@@ -67,6 +67,14 @@ pub(crate) static EXEC_INODES: HashMap<InodeKey, RuleRef> = HashMap::with_max_en
 /// Gated binaries by (parent directory inode, name).
 #[map]
 pub(crate) static EXEC_ENTRIES: HashMap<DirEntryKey, RuleRef> = HashMap::with_max_entries(65536, 0);
+/// Gated service sockets by inode (`connect` rules).
+#[map]
+pub(crate) static CONNECT_INODES: HashMap<InodeKey, RuleRef> = HashMap::with_max_entries(4096, 0);
+/// Gated service sockets by (parent directory inode, name): a socket bound anew after a
+/// service restart.
+#[map]
+pub(crate) static CONNECT_ENTRIES: HashMap<DirEntryKey, RuleRef> =
+    HashMap::with_max_entries(4096, 0);
 /// Roots of protected trees (and protected single files) by inode.
 #[map]
 pub(crate) static PROTECTED: HashMap<InodeKey, RuleRef> = HashMap::with_max_entries(16384, 0);
@@ -250,7 +258,8 @@ fn protected_match(o: &KernelOffsets, dentry: u64, op_bit: u32, slot: u32) -> Tr
                 have_target = true;
             }
             if let Some(r) = rule_for_inode(&PROTECTED, &key, slot) {
-                if r.ops & op_bit != 0 {
+                // A SELF_ONLY entry (an ancestor of a protected root) gates the object itself.
+                if r.ops & op_bit != 0 && (depth == 0 || r.flags & flags::SELF_ONLY == 0) {
                     return TreeMatch {
                         rule: r,
                         target,
@@ -364,6 +373,50 @@ fn path_dentry(o: &KernelOffsets, path: u64) -> u64 {
     read_u64(path + o.path_dentry as u64)
 }
 
+/// The rule for the file at `dentry` (identity `key`) in a pair of file-rule maps (gated
+/// binaries, gated sockets): by inode, else by (parent inode, name) with `MATCHED_BY_ENTRY`;
+/// each time the agent's own entry first.
+#[inline(always)]
+fn file_rule(
+    o: &KernelOffsets,
+    inodes: &HashMap<InodeKey, RuleRef>,
+    entries: &HashMap<DirEntryKey, RuleRef>,
+    key: &InodeKey,
+    dentry: u64,
+    slot: u32,
+) -> Option<(RuleRef, u32)> {
+    if let Some(r) = rule_for_inode(inodes, key, slot) {
+        return Some((r, 0));
+    }
+    let parent = read_u64(dentry + o.dentry_d_parent as u64);
+    let pkey = inode_key(o, read_u64(parent + o.dentry_d_inode as u64));
+    let mut ek = DirEntryKey {
+        dir_ino: pkey.ino,
+        dev: pkey.dev,
+        slot,
+        name: [0; NAME_LEN],
+    };
+    let name_ptr = read_u64(dentry + (o.dentry_d_name + o.qstr_name) as u64);
+    // SAFETY: bounded kernel string read into a stack buffer.
+    if unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, &mut ek.name) }.is_err() {
+        return None;
+    }
+    // The agent's own entry, then the one for every agent (as in `rule_for_inode`; the key is
+    // too large to copy twice on the stack).
+    // SAFETY: values are copied out at once.
+    let mut found = if slot != 0 {
+        unsafe { entries.get(&ek) }.copied()
+    } else {
+        None
+    };
+    if found.is_none() {
+        ek.slot = 0;
+        // SAFETY: as above.
+        found = unsafe { entries.get(&ek) }.copied();
+    }
+    found.map(|r| (r, flags::MATCHED_BY_ENTRY))
+}
+
 #[lsm(hook = "bprm_check_security")]
 pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let prev: u64 = ctx.arg(1);
@@ -379,39 +432,8 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let inode = read_u64(file + o.file_f_inode as u64);
     let dentry = read_u64(file + (o.file_f_path + o.path_dentry) as u64);
     let key = inode_key(o, inode);
-    let (rule, extra) = if let Some(r) = rule_for_inode(&EXEC_INODES, &key, slot) {
-        (r, 0)
-    } else {
-        let parent = read_u64(dentry + o.dentry_d_parent as u64);
-        let pkey = inode_key(o, read_u64(parent + o.dentry_d_inode as u64));
-        let mut ek = DirEntryKey {
-            dir_ino: pkey.ino,
-            dev: pkey.dev,
-            slot,
-            name: [0; NAME_LEN],
-        };
-        let name_ptr = read_u64(dentry + (o.dentry_d_name + o.qstr_name) as u64);
-        // SAFETY: bounded kernel string read into a stack buffer.
-        if unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, &mut ek.name) }.is_err()
-        {
-            return 0;
-        }
-        // The agent's own entry, then the one for every agent (as in `rule_for_inode`; the key
-        // is too large to copy twice on the stack).
-        // SAFETY: values are copied out at once.
-        let mut found = if slot != 0 {
-            unsafe { EXEC_ENTRIES.get(&ek) }.copied()
-        } else {
-            None
-        };
-        if found.is_none() {
-            ek.slot = 0;
-            found = unsafe { EXEC_ENTRIES.get(&ek) }.copied();
-        }
-        match found {
-            Some(r) => (r, flags::MATCHED_BY_ENTRY),
-            None => return 0,
-        }
+    let Some((rule, extra)) = file_rule(o, &EXEC_INODES, &EXEC_ENTRIES, &key, dentry, slot) else {
+        return 0;
     };
     if rule.action == action::ALLOW {
         return 0;
@@ -433,6 +455,41 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     };
     let d = decide(cg, op::EXEC, &rule, &key, dentry, extra | argv_flags, hash);
     ret(finish(o, cg, op::EXEC, &d, entry))
+}
+
+/// connect(2) to a Unix stream or seqpacket socket bound at a path that a `connect` rule names:
+/// a local service (container runtime, service manager) that would act for the agent outside
+/// its cgroup. Abstract and unbound sockets have no path and are not gated. Runs with both
+/// sockets' state locks held (fine: nothing here sleeps); a hold restarts the connect.
+#[lsm(hook = "unix_stream_connect")]
+pub fn unix_stream_connect(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(3);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    let Some(Agent { cg, slot }) = agent() else {
+        return 0;
+    };
+    let Some(o) = offsets() else { return 0 };
+    let other: u64 = ctx.arg(1);
+    let dentry = read_u64(other + (o.unix_sock_path + o.path_dentry) as u64);
+    if dentry == 0 {
+        return 0;
+    }
+    let inode = read_u64(dentry + o.dentry_d_inode as u64);
+    if inode == 0 {
+        return 0;
+    }
+    let key = inode_key(o, inode);
+    let Some((rule, extra)) = file_rule(o, &CONNECT_INODES, &CONNECT_ENTRIES, &key, dentry, slot)
+    else {
+        return 0;
+    };
+    if rule.action == action::ALLOW {
+        return 0;
+    }
+    let d = decide(cg, op::CONNECT, &rule, &key, dentry, extra, 0);
+    ret(settle(o, cg, op::CONNECT, &d))
 }
 
 #[lsm(hook = "file_open")]
@@ -558,6 +615,27 @@ pub fn path_chown(ctx: LsmContext) -> i32 {
     }
     let Some(o) = offsets() else { return 0 };
     ret(gate_tree(path_dentry(o, ctx.arg(0)), op::CHOWN))
+}
+
+/// setxattr(2) and friends (file capabilities, security labels, ACLs on kernels before 6.2,
+/// `trusted.*`, `user.*`): the dentry is the second argument on every supported kernel.
+#[lsm(hook = "inode_setxattr")]
+pub fn inode_setxattr(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(6);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    ret(gate_tree(ctx.arg(1), op::XATTR))
+}
+
+/// removexattr(2) and friends.
+#[lsm(hook = "inode_removexattr")]
+pub fn inode_removexattr(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(3);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    ret(gate_tree(ctx.arg(1), op::XATTR))
 }
 
 #[cfg(not(test))]

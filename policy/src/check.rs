@@ -57,14 +57,10 @@ impl Checked {
                 plural(p.rules.len()),
             );
             for r in &p.rules {
-                let (what, n) = match &r.target {
-                    Target::Exec(v) => ("exec of", v.len()),
-                    Target::Paths(v) => ("writes to", v.len()),
-                };
-                let noun = if matches!(r.target, Target::Exec(_)) {
-                    "binar"
-                } else {
-                    "path"
+                let (what, n, noun) = match &r.target {
+                    Target::Exec(v) => ("exec of", v.len(), "binar"),
+                    Target::Paths(v) => ("writes to", v.len(), "path"),
+                    Target::Connect(v) => ("connections to", v.len(), "socket"),
                 };
                 let suffix = match (noun, n) {
                     ("binar", 1) => "y",
@@ -83,10 +79,11 @@ impl Checked {
         let c = &self.compiled;
         let _ = writeln!(
             s,
-            "compiled: {} rules, {} exec targets, {} protected targets, {} notes",
+            "compiled: {} rules, {} exec targets, {} protected targets, {} socket targets, {} notes",
             c.rules.len(),
             c.exec.len(),
             c.protected.len(),
+            c.connect.len(),
             c.notes.len()
         );
         for note in &c.notes {

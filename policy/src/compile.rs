@@ -8,7 +8,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use airlock_common::{DirEntryKey, NAME_LEN, RuleRef, flags};
+use airlock_common::{DirEntryKey, NAME_LEN, RuleRef, action, flags, op};
 
 use crate::compiled::{
     AgentDef, CompiledPolicy, ExecTarget, Mode, ProtectedTarget, RuleInfo, run_scope_selector,
@@ -55,7 +55,46 @@ pub fn compile(
             compile_rule(policy, rule, resolver, &mut out);
         }
     }
+    out.ancestors = protected_ancestors(&out.protected, resolver);
     Ok(out)
+}
+
+/// The directories above the roots in `targets` whose renaming a rule must gate (see
+/// [`CompiledPolicy::ancestors`]): for each root whose rule gates renames and is not `allow`,
+/// each ancestor below `/` that is not itself a root (a root's own rule decides for it).
+pub fn protected_ancestors(
+    targets: &[ProtectedTarget],
+    resolver: &dyn Resolver,
+) -> Vec<ProtectedTarget> {
+    let roots: std::collections::HashSet<_> = targets.iter().map(|t| t.inode).collect();
+    let mut out = Vec::new();
+    for t in targets {
+        if t.rule.ops & op::bit(op::RENAME) == 0 || t.rule.action == action::ALLOW {
+            continue;
+        }
+        let rule = RuleRef {
+            ops: op::bit(op::RENAME),
+            flags: t.rule.flags | flags::SELF_ONLY,
+            ..t.rule
+        };
+        for dir in t.canonical.ancestors().skip(1) {
+            if dir == Path::new("/") {
+                break;
+            }
+            let Ok(id) = resolver.stat(dir) else { break };
+            if roots.contains(&id.key) {
+                continue;
+            }
+            out.push(ProtectedTarget {
+                rule,
+                path: dir.to_path_buf(),
+                canonical: dir.to_path_buf(),
+                inode: id.key,
+                is_dir: true,
+            });
+        }
+    }
+    out
 }
 
 /// `airlock run` scopes are `airlock-NAME-<suffix>.scope`, so agent `a`'s implicit glob
@@ -109,13 +148,21 @@ fn compile_rule(policy: &Policy, rule: &Rule, resolver: &dyn Resolver, out: &mut
         )
     };
     match &rule.target {
-        Target::Exec(specs) => {
+        Target::Exec(specs) | Target::Connect(specs) => {
+            let kind = if matches!(rule.target, Target::Exec(_)) {
+                FileKind::Binary
+            } else {
+                FileKind::Socket
+            };
             for spec in specs {
-                match exec_target(resolver, rule_ref, &spec.path) {
+                match file_target(resolver, rule_ref, &spec.path, kind) {
                     Ok((target, notes)) => {
                         out.notes
                             .extend(notes.iter().map(|n| format!("{}: {n}", what(spec))));
-                        out.exec.push(target);
+                        match kind {
+                            FileKind::Binary => out.exec.push(target),
+                            FileKind::Socket => out.connect.push(target),
+                        }
                     }
                     Err(note) => out.notes.push(format!("{}: {note}", what(spec))),
                 }
@@ -153,12 +200,30 @@ fn name_bytes(path: &Path) -> &[u8] {
     path.file_name().map(|n| n.as_bytes()).unwrap_or_default()
 }
 
-/// The target for a gated binary, plus notes worth showing; or why there is none.
-fn exec_target(
+/// What an `exec` or `connect` rule names: one file, gated by inode and by directory entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    Binary,
+    Socket,
+}
+
+/// The target for a gated binary or socket, plus notes worth showing; or why there is none.
+fn file_target(
     resolver: &dyn Resolver,
     rule: RuleRef,
     path: &Path,
+    kind: FileKind,
 ) -> Result<(ExecTarget, Vec<String>), String> {
+    let (noun, absent) = match kind {
+        FileKind::Binary => (
+            "a binary",
+            "not installed; gated by path if it is installed later",
+        ),
+        FileKind::Socket => (
+            "a socket",
+            "no socket there now; gated by path once its service creates it",
+        ),
+    };
     let mut notes = Vec::new();
     match resolver.canonicalize(path) {
         Ok(canonical) => {
@@ -166,9 +231,9 @@ fn exec_target(
                 .stat(&canonical)
                 .map_err(|e| format!("cannot stat: {e}; not gated"))?;
             if id.is_dir {
-                return Err("is a directory, not a binary; not gated".to_owned());
+                return Err(format!("is a directory, not {noun}; not gated"));
             }
-            if canonical.file_name() != path.file_name() {
+            if kind == FileKind::Binary && canonical.file_name() != path.file_name() {
                 // Multi-call binaries (busybox, kmod) run under many names: gating the inode
                 // gates them all, which the operator should know.
                 notes.push(format!(
@@ -207,7 +272,7 @@ fn exec_target(
             // The schema limits written names to NAME_LEN - 1 bytes, so this always fits.
             let entry = entry_key(resolver, &dir, name_bytes(path))
                 .map_err(|e| format!("cannot stat {}: {e}; not gated", dir.display()))?;
-            notes.push("not installed; gated by path if it is installed later".to_owned());
+            notes.push(absent.to_owned());
             let target = ExecTarget {
                 rule,
                 path: path.to_path_buf(),

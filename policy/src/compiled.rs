@@ -81,7 +81,8 @@ pub enum OnTimeout {
     Allow,
 }
 
-/// A gated binary as the policy named it, and what it resolved to on this host.
+/// A gated binary (or, in [`CompiledPolicy::connect`], a gated socket) as the policy named it,
+/// and what it resolved to on this host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExecTarget {
     /// The map value for this binary.
@@ -124,6 +125,15 @@ pub struct CompiledPolicy {
     pub exec: Vec<ExecTarget>,
     /// One per (rule, path) that exists on this host.
     pub protected: Vec<ProtectedTarget>,
+    /// The directories above protected roots (up to, not including, `/`), each gating only its
+    /// own renaming, with the rule of the root below it (ops `RENAME`, flag `SELF_ONLY`):
+    /// renaming `/usr/local` would take a protected `/usr/local/bin` along and free its path.
+    /// LSM backend only; not trees (nothing below them is protected by these entries).
+    pub ancestors: Vec<ProtectedTarget>,
+    /// One per (rule, path) of `connect` rules: a socket has the same two identities as a
+    /// gated binary (its inode, and its name in its directory, which a service that restarts
+    /// and binds its socket anew keeps).
+    pub connect: Vec<ExecTarget>,
     /// Things worth telling the operator that are not errors (missing binaries, missing paths).
     pub notes: Vec<String>,
 }

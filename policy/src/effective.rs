@@ -42,11 +42,35 @@ pub fn effective_exec_entry_map(policy: &CompiledPolicy) -> HashMap<DirEntryKey,
     )
 }
 
+/// Gated service sockets by inode.
+pub fn effective_connect_map(policy: &CompiledPolicy) -> HashMap<InodeKey, RuleRef> {
+    merge(
+        policy,
+        policy
+            .connect
+            .iter()
+            .filter_map(|t| Some((t.inode?, t.rule))),
+    )
+}
+
+/// Gated service sockets by (directory inode, name): a socket bound anew after the policy was
+/// compiled (the service restarted) is still gated.
+pub fn effective_connect_entry_map(policy: &CompiledPolicy) -> HashMap<DirEntryKey, RuleRef> {
+    merge(
+        policy,
+        policy
+            .connect
+            .iter()
+            .filter_map(|t| Some((t.entry?, t.rule))),
+    )
+}
+
 /// Protected trees and files by inode. The backends apply the entry of the nearest protected
 /// ancestor (or the object itself), so an `allow` entry on a subdirectory carves it out of a
 /// protected tree.
 pub fn effective_protected_map(policy: &CompiledPolicy) -> HashMap<InodeKey, RuleRef> {
-    merge(policy, policy.protected.iter().map(|t| (t.inode, t.rule)))
+    let all = policy.protected.iter().chain(&policy.ancestors);
+    merge(policy, all.map(|t| (t.inode, t.rule)))
 }
 
 /// Class of a rule (see the module docs): higher wins.
@@ -82,6 +106,13 @@ fn merge<K: SlotKey>(
 /// The one rule that stands for `old` and `new` on one object: the one that takes precedence,
 /// with the ops of both when they are of the same class.
 pub fn merge_rules(old: RuleRef, new: RuleRef) -> RuleRef {
+    // A rule for a tree always beats an ancestor's rename-only entry on the same object (see
+    // `CompiledPolicy::ancestors`): the tree's own rule decides there, and the other way round
+    // the tree would lose its subtree.
+    let self_only = |r: &RuleRef| r.flags & flags::SELF_ONLY != 0;
+    if self_only(&old) != self_only(&new) {
+        return if self_only(&old) { new } else { old };
+    }
     let mut winner = if beats(&new, &old) { new } else { old };
     if class(&old) == class(&new) {
         winner.ops = old.ops | new.ops;

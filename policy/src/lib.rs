@@ -33,11 +33,12 @@ pub mod yaml;
 mod tests;
 
 pub use check::{Checked, load_and_compile};
-pub use compile::{CompileError, compile};
+pub use compile::{CompileError, compile, protected_ancestors};
 pub use compiled::*;
 pub use diag::{Diagnostic, Diagnostics, Location, Problem};
 pub use effective::{
-    effective_exec_entry_map, effective_exec_map, effective_protected_map, merge_into, merge_rules,
+    effective_connect_entry_map, effective_connect_map, effective_exec_entry_map,
+    effective_exec_map, effective_protected_map, merge_into, merge_rules,
 };
 pub use load::{LoadError, load_paths, parse_str};
 pub use model::{

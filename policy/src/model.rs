@@ -54,7 +54,7 @@ pub struct Rule {
     pub description: Option<String>,
     /// One of `airlock_common::action`.
     pub action: u32,
-    /// `exec` or `paths`.
+    /// `exec`, `paths` or `connect`.
     pub target: Target,
     /// Mask of `op::bit`s: `op::bit(op::EXEC)` for exec rules, the listed operations (default
     /// [`op::ALL_WRITES`]) for path rules.
@@ -74,13 +74,15 @@ pub enum Target {
     Exec(Vec<PathSpec>),
     /// Modifying these trees or files.
     Paths(Vec<PathSpec>),
+    /// Connecting to these local service sockets (delegation: the service acts for the agent).
+    Connect(Vec<PathSpec>),
 }
 
 impl Target {
     /// The paths, whichever kind.
     pub fn paths(&self) -> &[PathSpec] {
         match self {
-            Target::Exec(p) | Target::Paths(p) => p,
+            Target::Exec(p) | Target::Paths(p) | Target::Connect(p) => p,
         }
     }
 }
@@ -103,7 +105,7 @@ pub const ACTIONS: [(&str, u32); 4] = [
 ];
 
 /// Policy spelling of each path operation and its `airlock_common::op`.
-pub const OPERATIONS: [(&str, u32); 11] = [
+pub const OPERATIONS: [(&str, u32); 12] = [
     ("write", op::OPEN_WRITE),
     ("create", op::CREATE),
     ("unlink", op::UNLINK),
@@ -115,6 +117,7 @@ pub const OPERATIONS: [(&str, u32); 11] = [
     ("mkdir", op::MKDIR),
     ("rmdir", op::RMDIR),
     ("symlink", op::SYMLINK),
+    ("xattr", op::XATTR),
 ];
 
 /// The policy spelling of an `airlock_common::action` value (`"?"` for an unknown value).
@@ -131,6 +134,9 @@ pub fn op_names(ops: u32) -> Vec<&'static str> {
     let mut names = Vec::new();
     if ops & op::bit(op::EXEC) != 0 {
         names.push("exec");
+    }
+    if ops & op::bit(op::CONNECT) != 0 {
+        names.push("connect");
     }
     names.extend(
         OPERATIONS

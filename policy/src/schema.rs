@@ -34,6 +34,7 @@ const RULE_KEYS: &[&str] = &[
     "action",
     "exec",
     "paths",
+    "connect",
     "operations",
     "agents",
     "timeout",
@@ -66,11 +67,14 @@ pub enum SchemaError {
     /// Two rules of one policy share a name.
     #[error("duplicate rule name {name:?} (first at line {first_line})")]
     DuplicateRule { name: String, first_line: usize },
-    /// A rule with both `exec` and `paths`.
-    #[error("a rule has exec or paths, not both")]
-    ExecAndPaths,
-    /// A rule with neither `exec` nor `paths`.
-    #[error("a rule needs exec (binaries to gate) or paths (trees and files to protect)")]
+    /// A rule with more than one of `exec`, `paths`, `connect`.
+    #[error("a rule has one of exec, paths or connect, not several")]
+    SeveralTargets,
+    /// A rule with none of `exec`, `paths`, `connect`.
+    #[error(
+        "a rule needs exec (binaries to gate), paths (trees and files to protect) or connect \
+         (local service sockets to gate)"
+    )]
     NoTarget,
     /// A path that is relative, not normal, or unusable for its purpose.
     #[error("path {path:?} {reason}")]
@@ -78,8 +82,8 @@ pub enum SchemaError {
     /// `timeout` or `onTimeout` on a rule whose action is not `approve`.
     #[error("only valid with action approve")]
     ApprovalOnly,
-    /// `operations` on an `exec` rule.
-    #[error("only valid with paths; an exec rule gates execution only")]
+    /// `operations` on an `exec` or `connect` rule.
+    #[error("only valid with paths; an exec or connect rule gates that one operation")]
     OperationsOnExec,
 }
 
@@ -268,30 +272,38 @@ impl Walker<'_> {
             }
         }
 
-        let target = match (f.get("exec"), f.get("paths")) {
-            (Some(_), Some(_)) => {
-                let (exec_pos, paths_pos) = (f.key_pos("exec"), f.key_pos("paths"));
-                let later = exec_pos.max(paths_pos).unwrap_or(f.pos);
-                self.err(later, field, SchemaError::ExecAndPaths);
+        let given: Vec<&str> = ["exec", "paths", "connect"]
+            .into_iter()
+            .filter(|k| f.get(k).is_some())
+            .collect();
+        let target = match given.as_slice() {
+            [] => {
+                self.err(f.pos, field, SchemaError::NoTarget);
                 Target::Paths(Vec::new())
             }
-            (Some(n), None) => Target::Exec(self.paths(n, &join(field, "exec"), PathUse::Exec)),
-            (None, Some(n)) => {
-                Target::Paths(self.paths(n, &join(field, "paths"), PathUse::Protect))
+            [key] => {
+                let (n, sub) = (f.get(key).expect("present"), join(field, key));
+                match *key {
+                    "exec" => Target::Exec(self.paths(n, &sub, PathUse::Exec)),
+                    "connect" => Target::Connect(self.paths(n, &sub, PathUse::Socket)),
+                    _ => Target::Paths(self.paths(n, &sub, PathUse::Protect)),
+                }
             }
-            (None, None) => {
-                self.err(f.pos, field, SchemaError::NoTarget);
+            several => {
+                let later = several.iter().filter_map(|k| f.key_pos(k)).max();
+                self.err(later.unwrap_or(f.pos), field, SchemaError::SeveralTargets);
                 Target::Paths(Vec::new())
             }
         };
 
         let mut ops = match target {
             Target::Exec(_) => op::bit(op::EXEC),
+            Target::Connect(_) => op::bit(op::CONNECT),
             Target::Paths(_) => op::ALL_WRITES,
         };
         if let Some(n) = f.get("operations") {
             let ops_field = join(field, "operations");
-            if matches!(target, Target::Exec(_)) {
+            if !matches!(target, Target::Paths(_)) {
                 let pos = f.key_pos("operations").unwrap_or(n.pos);
                 self.err(pos, &ops_field, SchemaError::OperationsOnExec);
             } else {

@@ -254,11 +254,13 @@ pub const TIMEOUT: DurationRule = DurationRule {
     expected: "a number with a unit: 30s, 5m, 1h, 1h30m",
 };
 
-/// Whether the path is for `exec` (a file) or `paths` (a tree or a file).
+/// Whether the path is for `exec` (a file), `paths` (a tree or a file) or `connect` (a socket).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PathUse {
     Exec,
     Protect,
+    /// A service socket (`connect`): one file, matched by name like a binary.
+    Socket,
 }
 
 /// Checks that a policy path is absolute and already normal, and returns it without a trailing
@@ -278,12 +280,16 @@ pub(crate) fn check_path(raw: &str, usage: PathUse) -> Result<PathBuf, SchemaErr
     if raw == "/" {
         return match usage {
             PathUse::Exec => Err(bad("names a directory, not a binary")),
+            PathUse::Socket => Err(bad("names a directory, not a socket")),
             PathUse::Protect => Ok(PathBuf::from("/")),
         };
     }
     let trimmed = match raw.strip_suffix('/') {
         Some(_) if usage == PathUse::Exec => {
             return Err(bad("names a directory (ends with /), not a binary"));
+        }
+        Some(_) if usage == PathUse::Socket => {
+            return Err(bad("names a directory (ends with /), not a socket"));
         }
         Some(t) => t,
         None => raw,
@@ -295,7 +301,7 @@ pub(crate) fn check_path(raw: &str, usage: PathUse) -> Result<PathBuf, SchemaErr
             _ => {}
         }
     }
-    if usage == PathUse::Exec {
+    if usage != PathUse::Protect {
         let name = trimmed.rsplit('/').next().unwrap_or_default();
         if name.len() > MAX_EXEC_NAME_LEN {
             return Err(bad(

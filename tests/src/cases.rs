@@ -76,6 +76,9 @@ impl Fixture {
         let scoped = make_tool(&dir.join("scoped"))?;
         let shared = dir.join("shared");
         std::fs::create_dir_all(&shared)?;
+        // A protected tree three levels down, and a free file beside its ancestors.
+        std::fs::create_dir_all(dir.join("deep/a/b/tree"))?;
+        std::fs::write(dir.join("deep/a/free.txt"), "free\n")?;
         std::fs::write(shared.join("notes"), "notes\n")?;
         let etc = dir.join("etc");
         std::fs::create_dir_all(etc.join("sub"))?;
@@ -100,12 +103,14 @@ impl Fixture {
                  \x20 - name: audited-tools\n    action: audit\n    exec: [\"{}\"]\n\
                  \x20 - name: protected-etc\n    action: deny\n    paths: [\"{}\"]\n\
                  \x20 - name: e2e-only-tool\n    action: deny\n    exec: [\"{}\"]\n    agents: [e2e]\n\
-                 \x20 - name: bystander-only-tree\n    action: deny\n    paths: [\"{}\"]\n    agents: [bystander]\n",
+                 \x20 - name: bystander-only-tree\n    action: deny\n    paths: [\"{}\"]\n    agents: [bystander]\n\
+                 \x20 - name: deep-tree\n    action: deny\n    paths: [\"{}\"]\n",
                 gated.path.display(),
                 audited.path.display(),
                 etc.display(),
                 scoped.path.display(),
-                shared.display()
+                shared.display(),
+                dir.join("deep/a/b/tree").display()
             ),
         )?;
         Ok(Fixture {
@@ -430,6 +435,69 @@ pub const CASES: &[(&str, bool, Case)] = &[
             "deep write",
         )
     }),
+    (
+        "agent_xattr_changes_in_protected_tree_are_denied",
+        true,
+        |c| {
+            // Extended attributes include file capabilities (security.capability): a protected
+            // binary given cap_setuid would be a way to root. trusted.* works on every fs here.
+            let conf = c.fx.conf.to_string_lossy().to_string();
+            for op in ["setxattr", "removexattr"] {
+                let (p, out) = c.op(c.agent(), op, &[&conf])?;
+                expect(&out, "errno=1", op)?;
+                let ev = c
+                    .daemon
+                    .wait_event(|e| e["pid"].as_u64() == Some(u64::from(p)))
+                    .with_context(|| format!("no event for {op}"))?;
+                ensure(ev["op"] == "xattr" && ev["rule"] == "protected-etc", || {
+                    format!("{op} event: {ev}")
+                })?;
+            }
+            let f = c.fx.etc.join("outside-xattr");
+            std::fs::write(&f, "x")?;
+            let f = f.to_string_lossy().to_string();
+            expect(
+                &c.op(c.outside(), "setxattr", &[&f])?.1,
+                "ok",
+                "outside setxattr",
+            )?;
+            expect(
+                &c.op(c.outside(), "removexattr", &[&f])?.1,
+                "ok",
+                "outside removexattr",
+            )
+        },
+    ),
+    (
+        "agent_cannot_rename_a_protected_trees_ancestor_away",
+        true,
+        |c| {
+            let s = |p: &str| c.fx.dir.join(p).to_string_lossy().to_string();
+            for dir in ["deep/a", "deep/a/b"] {
+                let (p, out) = c.op(c.agent(), "rename", &[&s(dir), &s("deep/moved")])?;
+                expect(&out, "errno=1", &format!("rename {dir}"))?;
+                let ev = c
+                    .daemon
+                    .wait_event(|e| e["pid"].as_u64() == Some(u64::from(p)))
+                    .with_context(|| format!("no event for renaming {dir}"))?;
+                ensure(ev["op"] == "rename" && ev["rule"] == "deep-tree", || {
+                    format!("rename {dir}: {ev}")
+                })?;
+            }
+            // Only the ancestors themselves: what else is in them stays the agent's to change.
+            let (_, out) = c.op(
+                c.agent(),
+                "rename",
+                &[&s("deep/a/free.txt"), &s("deep/a/f2")],
+            )?;
+            expect(&out, "ok", "rename of a free file beside the tree")?;
+            // Outside agents nothing changed.
+            let (_, out) = c.op(c.outside(), "rename", &[&s("deep/a"), &s("deep/moved")])?;
+            expect(&out, "ok", "outside rename of the ancestor")?;
+            let (_, out) = c.op(c.outside(), "rename", &[&s("deep/moved"), &s("deep/a")])?;
+            expect(&out, "ok", "outside rename back")
+        },
+    ),
     ("agent_read_of_protected_file_is_allowed", false, |c| {
         expect(
             &c.op(c.agent(), "read", &[&c.fx.conf.to_string_lossy()])?.1,

@@ -103,6 +103,38 @@ const CASES: &[(&str, Case)] = &[
         airlockd(c).map(drop)
     }),
     (
+        "agent_root_cannot_trace_or_write_processes_outside_its_subtree",
+        |c| {
+            let victim = Sleeper::start()?;
+            let pid = victim.0.id().to_string();
+            let (p, out) = c.op(c.agent(), "ptrace-attach", &[&pid])?;
+            ensure(out == "errno=1", || {
+                format!("PTRACE_ATTACH to a process outside the agent: {out}")
+            })?;
+            let ev = c
+                .daemon
+                .wait_event(|e| e["pid"].as_u64() == Some(u64::from(p)) && e["op"] == "ptrace")
+                .context("no ptrace event")?;
+            ensure(
+                ev["target_name"] == format!("pid {pid} (outside the agent)").as_str(),
+                || format!("ptrace event: {ev}"),
+            )?;
+            let (p, out) = c.op(c.agent(), "proc-mem", &[&pid])?;
+            expect_one_of(&out, &["errno=13", "errno=1"], "open /proc/outside/mem")?;
+            recorded(c, p, "ptrace")?;
+            // Its own processes an agent may still debug; outside agents nothing changed.
+            let (_, out) = c.op(c.agent(), "ptrace-own-child", &[])?;
+            ensure(out == "ok", || {
+                format!("PTRACE_ATTACH to its own child: {out}")
+            })?;
+            let (_, out) = c.op(c.outside(), "ptrace-attach", &[&pid])?;
+            ensure(out == "ok", || {
+                format!("PTRACE_ATTACH outside agents: {out}")
+            })?;
+            airlockd(c).map(drop)
+        },
+    ),
+    (
         "agent_root_bpf_calls_are_refused_and_outside_ones_are_not",
         |c| {
             for op in ["bpf-next-id", "bpf-map-create"] {
@@ -204,6 +236,30 @@ const CASES: &[(&str, Case)] = &[
                 .append(true)
                 .open(mount.join("cgroup.procs"))
                 .context("opening the root cgroup.procs outside any agent")?;
+            airlockd(c).map(drop)
+        },
+    ),
+    (
+        "agent_root_cannot_clone_a_process_into_another_cgroup",
+        |c| {
+            let s = |p: &Path| p.to_string_lossy().to_string();
+            let top = c.fx.agent_cg.parent().context("agent cgroup parent")?;
+            // Outside agents clone3(CLONE_INTO_CGROUP) works here: the refusals below are
+            // airlock's, not a kernel without the flag.
+            let (_, out) = c.op(c.outside(), "clone-into", &[&s(&c.fx.outside_cg)])?;
+            ensure(out == "ok", || {
+                format!("clone3 into a cgroup from outside agents: {out}")
+            })?;
+            // A sibling, the fixture's top, and (refused too: the target is not known yet
+            // when the hook runs) the agent's own nested cgroup.
+            for dir in [c.fx.outside_cg.as_path(), top, c.fx.nested_cg.as_path()] {
+                let d = s(dir);
+                let (p, out) = c.op(c.agent(), "clone-into", &[&d])?;
+                ensure(out == "errno=1", || {
+                    format!("clone3 into {d} from the agent: {out}")
+                })?;
+                recorded(c, p, "cgroup_move")?;
+            }
             airlockd(c).map(drop)
         },
     ),

@@ -20,6 +20,8 @@ pub struct HoldFixture {
     /// Copy under an approve rule with a 2 s timeout.
     pub short: PathBuf,
     pub conf: PathBuf,
+    /// A service socket under an approve `connect` rule (bound by the case that uses it).
+    pub sock: PathBuf,
     /// Files inside the approve-protected tree that agents only read.
     pub reads: Vec<PathBuf>,
     pub policy: PathBuf,
@@ -56,6 +58,7 @@ impl HoldFixture {
         let cg = CgroupDir::create(cgroup2_mount()?.join(&top)).context("hold fixture cgroup")?;
         let agent_cg = cg.create_child("agent")?;
         let outside_cg = cg.create_child("outside")?;
+        let sock = dir.join("svc.sock");
         let policy = dir.join("policy.yaml");
         std::fs::write(
             &policy,
@@ -64,10 +67,12 @@ impl HoldFixture {
                  agents:\n  - name: e2e\n    cgroup: \"/{top}/agent*\"\n\
                  rules:\n  - name: held-tool\n    action: approve\n    exec: [\"{}\"]\n\
                  \x20 - name: short-tool\n    action: approve\n    timeout: 2s\n    onTimeout: deny\n    exec: [\"{}\"]\n\
-                 \x20 - name: held-etc\n    action: approve\n    paths: [\"{}\"]\n",
+                 \x20 - name: held-etc\n    action: approve\n    paths: [\"{}\"]\n\
+                 \x20 - name: held-socket\n    action: approve\n    connect: [\"{}\"]\n",
                 held.display(),
                 short.display(),
-                etc.display()
+                etc.display(),
+                sock.display()
             ),
         )?;
         Ok(HoldFixture {
@@ -75,6 +80,7 @@ impl HoldFixture {
             held,
             short,
             conf,
+            sock,
             reads,
             policy,
             agent_cg,
@@ -257,6 +263,40 @@ pub const CASES: &[(&str, Case)] = &[
             ensure(o.status.code() == Some(0), || {
                 format!("exit status {}", o.status)
             })
+        },
+    ),
+    (
+        "held_connect_to_a_service_socket_waits_for_approval_even_after_a_restart",
+        |c| {
+            let sock = &c.fx.sock;
+            let s = sock.to_string_lossy().to_string();
+            let _ = std::fs::remove_file(sock);
+            let listener = std::os::unix::net::UnixListener::bind(sock)?;
+            if !c.lsm {
+                // The fanotify fallback cannot see connect(2) (README, "Threat model").
+                let o = c.spawn_op("connect", &[&s])?.finish(WAIT)?;
+                return out_is(&o, "ok", "connect on the fanotify fallback");
+            }
+            let child = c.spawn_op("connect", &[&s])?;
+            let id = c.wait_pending(child.pid)?;
+            let r = &c.requests_of(child.pid, "pending")[0];
+            ensure(
+                r["context"]["rule"] == "held-socket" && r["context"]["op"] == "connect",
+                || format!("context: {r}"),
+            )?;
+            c.cli_ok(&["approve", &id])?;
+            out_is(&child.finish(WAIT)?, "ok", "approved connect")?;
+            // The service restarts and binds a new socket (a new inode) at the same path: the
+            // rule still holds it, matched by name in its directory.
+            drop(listener);
+            std::fs::remove_file(sock)?;
+            let _again = std::os::unix::net::UnixListener::bind(sock)?;
+            let child = c.spawn_op("connect", &[&s])?;
+            let id = c.wait_pending(child.pid)?;
+            c.cli_ok(&["deny", &id])?;
+            out_is(&child.finish(WAIT)?, "errno=1", "denied connect")?;
+            std::fs::remove_file(sock)?;
+            Ok(())
         },
     ),
     ("denied_hold_fails_with_eperm", |c| {

@@ -81,6 +81,17 @@ pub fn run(op: &str, args: &[String]) -> ! {
             "symlink" => report(libc::symlink(c(a(0)).as_ptr(), c(a(1)).as_ptr()) as i64),
             "chmod" => report(libc::chmod(c(a(0)).as_ptr(), 0o600) as i64),
             "chown" => report(libc::chown(c(a(0)).as_ptr(), 1, 1) as i64),
+            "setxattr" => report(i64::from(libc::setxattr(
+                c(a(0)).as_ptr(),
+                c("trusted.airlock-e2e").as_ptr(),
+                b"x".as_ptr().cast(),
+                1,
+                0,
+            ))),
+            "removexattr" => report(i64::from(libc::removexattr(
+                c(a(0)).as_ptr(),
+                c("trusted.airlock-e2e").as_ptr(),
+            ))),
             "truncate" => report(libc::truncate(c(a(0)).as_ptr(), 0) as i64),
             "mkdir" => report(libc::mkdir(c(a(0)).as_ptr(), 0o755) as i64),
             "kill" => {
@@ -98,6 +109,28 @@ pub fn run(op: &str, args: &[String]) -> ! {
                     libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
                 }
                 report(rc)
+            }
+            "ptrace-own-child" => {
+                // PTRACE_ATTACH to a child of ours (same cgroup): an agent debugging its own.
+                let child = libc::fork();
+                if child == 0 {
+                    libc::pause();
+                    libc::_exit(0)
+                }
+                let rc = libc::ptrace(libc::PTRACE_ATTACH, child, 0, 0);
+                if rc == 0 {
+                    let mut st = 0;
+                    libc::waitpid(child, &mut st, libc::__WALL);
+                    libc::ptrace(libc::PTRACE_DETACH, child, 0, 0);
+                }
+                let errno = std::io::Error::last_os_error();
+                libc::kill(child, libc::SIGKILL);
+                libc::waitpid(child, std::ptr::null_mut(), 0);
+                if rc < 0 {
+                    println!("errno={}", errno.raw_os_error().unwrap_or(0));
+                    std::process::exit(0)
+                }
+                report(0)
             }
             "proc-mem" => report(i64::from(libc::open(
                 c(&format!("/proc/{}/mem", a(0))).as_ptr(),
@@ -143,6 +176,47 @@ pub fn run(op: &str, args: &[String]) -> ! {
                     report(-1)
                 }
                 report(libc::syscall(libc::SYS_finit_module, fd, c("").as_ptr(), 0))
+            }
+            "connect" => {
+                // connect(2) to the Unix stream socket at a(0).
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                if fd < 0 {
+                    report(-1)
+                }
+                let mut sa: libc::sockaddr_un = std::mem::zeroed();
+                sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
+                for (d, s) in sa.sun_path.iter_mut().zip(a(0).as_bytes()) {
+                    *d = *s as libc::c_char;
+                }
+                report(i64::from(libc::connect(
+                    fd,
+                    (&raw const sa).cast(),
+                    size_of::<libc::sockaddr_un>() as libc::socklen_t,
+                )))
+            }
+            "clone-into" => {
+                // clone3(CLONE_INTO_CGROUP) into the cgroup directory a(0); the child exits at once.
+                let fd = libc::open(
+                    c(a(0)).as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                );
+                if fd < 0 {
+                    report(-1)
+                }
+                // struct clone_args, CLONE_ARGS_SIZE_VER2.
+                let mut ca = [0u64; 11];
+                ca[0] = 0x2_0000_0000; // flags: CLONE_INTO_CGROUP
+                ca[4] = libc::SIGCHLD as u64; // exit_signal
+                ca[10] = fd as u64; // cgroup
+                let pid = libc::syscall(libc::SYS_clone3, ca.as_mut_ptr(), size_of_val(&ca));
+                if pid == 0 {
+                    libc::_exit(0)
+                }
+                if pid > 0 {
+                    let mut st = 0;
+                    libc::waitpid(pid as i32, &mut st, 0);
+                }
+                report(pid)
             }
             "uring-open" => {
                 crate::ops_unholdable::open(a(0), args.get(1).is_some_and(|m| m == "async"))

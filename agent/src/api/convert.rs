@@ -252,6 +252,8 @@ mod tests {
             Op::Bpf,
             Op::KernelLoad,
             Op::CgroupMove,
+            Op::Connect,
+            Op::Xattr,
         ];
         for op in ops {
             assert_eq!(

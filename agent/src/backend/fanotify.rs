@@ -517,6 +517,12 @@ fn build(
             }
         }
     }
+    for t in &policy.connect {
+        m.notes.push(format!(
+            "socket {} is not gated: the fanotify fallback cannot see connect(2) (BPF LSM only)",
+            t.canonical.display()
+        ));
+    }
     Ok(())
 }
 

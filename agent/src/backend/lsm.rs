@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use airlock_common::{DirEntryKey, InodeKey, RuleRef, Settings};
+use airlock_common::Settings;
 use airlock_policy::{CompiledPolicy, Scopes};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::FdLink;
@@ -26,6 +26,9 @@ use crate::event::GateEvent;
 
 pub mod gate;
 pub mod pin;
+mod rules;
+
+use rules::RuleMaps;
 
 pub use gate::LsmGate;
 pub use pin::{remove_pins, version_dir};
@@ -44,12 +47,17 @@ pub const HOOKS: &[&str] = &[
     "path_rename",
     "path_chmod",
     "path_chown",
+    "inode_setxattr",
+    "inode_removexattr",
     // Self-protection (ebpf-programs/src/guard.rs).
     "task_kill",
     "ptrace_access_check",
     "bpf",
     "kernel_read_file",
     "kernel_load_data",
+    "task_alloc",
+    // Delegation: connections to gated local service sockets.
+    "unix_stream_connect",
 ];
 
 /// Errors of the LSM backend.
@@ -88,9 +96,7 @@ pub(crate) fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> Lsm
 /// Running LSM backend. Dropping it leaves the programs attached and the maps in place (they
 /// are pinned): gating goes on, and only [`remove_pins`] ends it.
 pub struct LsmBackend {
-    exec_inodes: HashMap<MapData, InodeKey, RuleRef>,
-    exec_entries: HashMap<MapData, DirEntryKey, RuleRef>,
-    protected: HashMap<MapData, InodeKey, RuleRef>,
+    rules: RuleMaps,
     agents: KernelAgents,
     lost: PerCpuArray<MapData, u64>,
     gate: Arc<LsmGate>,
@@ -105,9 +111,7 @@ pub struct LsmBackend {
 
 /// The maps userspace keeps, however the programs came to be (loaded now, or adopted).
 struct Maps {
-    exec_inodes: HashMap<MapData, InodeKey, RuleRef>,
-    exec_entries: HashMap<MapData, DirEntryKey, RuleRef>,
-    protected: HashMap<MapData, InodeKey, RuleRef>,
+    rules: RuleMaps,
     agents: KernelAgents,
     lost: PerCpuArray<MapData, u64>,
     gate: LsmGate,
@@ -121,10 +125,7 @@ impl Maps {
         agents: KernelAgents,
     ) -> Result<Maps, LsmError> {
         Ok(Maps {
-            exec_inodes: HashMap::try_from(take("EXEC_INODES")?).map_err(map_err("EXEC_INODES"))?,
-            exec_entries: HashMap::try_from(take("EXEC_ENTRIES")?)
-                .map_err(map_err("EXEC_ENTRIES"))?,
-            protected: HashMap::try_from(take("PROTECTED")?).map_err(map_err("PROTECTED"))?,
+            rules: RuleMaps::from(&mut take)?,
             lost: PerCpuArray::try_from(take("LOST")?).map_err(map_err("LOST"))?,
             gate: LsmGate::new(
                 HashMap::try_from(take("ONCE_GRANTS")?).map_err(map_err("ONCE_GRANTS"))?,
@@ -208,9 +209,7 @@ impl LsmBackend {
             };
         }));
         Ok(LsmBackend {
-            exec_inodes: maps.exec_inodes,
-            exec_entries: maps.exec_entries,
-            protected: maps.protected,
+            rules: maps.rules,
             agents: maps.agents,
             lost: maps.lost,
             gate: Arc::new(maps.gate),
@@ -417,12 +416,7 @@ impl Backend for LsmBackend {
     }
 
     fn apply(&mut self, policy: &CompiledPolicy, agents: &AgentSet) -> Result<(), BackendError> {
-        let inodes = airlock_policy::effective_exec_map(policy);
-        let entries = airlock_policy::effective_exec_entry_map(policy);
-        let protected = airlock_policy::effective_protected_map(policy);
-        sync_map("EXEC_INODES", &mut self.exec_inodes, &inodes)?;
-        sync_map("EXEC_ENTRIES", &mut self.exec_entries, &entries)?;
-        sync_map("PROTECTED", &mut self.protected, &protected)?;
+        self.rules.sync(policy)?;
         self.agents.sync(agents, &Scopes::of(policy))?;
         // This build's programs are armed now: older versions can go (unpinning detaches them).
         for ver in std::mem::take(&mut self.stale) {

@@ -102,6 +102,8 @@ pub(crate) fn op_name(op: Op) -> &'static str {
         Op::Bpf => "bpf",
         Op::KernelLoad => "kernel_load",
         Op::CgroupMove => "cgroup_move",
+        Op::Connect => "connect",
+        Op::Xattr => "xattr",
     }
 }
 

@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 
 use airlock_common::{RuleRef, SELF_RULE, action, op};
-use airlock_policy::{CompiledPolicy, ProtectedTarget};
+use airlock_policy::{CompiledPolicy, HostResolver, ProtectedTarget};
 
 use super::DaemonConfig;
 use crate::backend::BackendKind;
@@ -34,6 +34,7 @@ pub fn protect_self(
     if kind != BackendKind::Lsm {
         return p;
     }
+    let before = p.protected.len();
     for path in own_paths(cfg) {
         let Ok(canonical) = std::fs::canonicalize(&path) else {
             continue;
@@ -54,5 +55,8 @@ pub fn protect_self(
             is_dir: md.is_dir(),
         });
     }
+    // Renaming /etc/airlock (say) would free the policy directory's path for the agent's own.
+    let own = airlock_policy::protected_ancestors(&p.protected[before..], &HostResolver);
+    p.ancestors.extend(own);
     p
 }

@@ -74,6 +74,34 @@ fn exec_targets_get_inode_and_entry_of_the_canonical_path() {
 }
 
 #[test]
+fn connect_targets_are_sockets_by_inode_and_entry_even_before_they_exist() {
+    let src = format!(
+        "{}rules:\n  - name: svc\n    action: approve\n    connect: [/etc/ssh/agent.sock, /etc/ssh/later.sock]\n",
+        header("p", "enforce")
+    );
+    let host = host().file("/etc/ssh/agent.sock", 30);
+    let c = compile(&policies(&src), &host).unwrap();
+    assert!(c.exec.is_empty());
+    assert_eq!(c.connect.len(), 2);
+    assert_eq!(c.connect[0].inode, Some(key(30)));
+    assert_eq!(c.connect[0].entry, Some(entry(21, "agent.sock")));
+    assert_eq!(c.connect[0].rule.ops, op::bit(op::CONNECT));
+    // Not bound yet: gated by name once its service creates it.
+    assert_eq!(c.connect[1].inode, None);
+    assert_eq!(c.connect[1].entry, Some(entry(21, "later.sock")));
+    assert_eq!(
+        c.notes,
+        [
+            "t.yaml:9:36: rule \"svc\": /etc/ssh/later.sock: no socket there now; gated by path once its service creates it"
+        ]
+    );
+    let m = crate::effective_connect_map(&c);
+    assert_eq!(m.len(), 1);
+    assert_eq!(crate::effective_connect_entry_map(&c).len(), 2);
+    assert!(crate::effective_exec_map(&c).is_empty());
+}
+
+#[test]
 fn missing_binary_is_gated_by_directory_entry_only_with_a_note() {
     // Regression: a binary installed after the policy loads must still be gated.
     let src = format!(
@@ -316,4 +344,36 @@ fn a_rule_naming_agents_fills_only_their_own_map_entries() {
         Some(3)
     );
     assert_eq!(crate::lookup(&d, &entry(10, "apt"), claude), None);
+}
+
+#[test]
+fn directories_above_a_protected_root_gate_only_their_own_renaming() {
+    let src = format!(
+        "{}rules:
+  - name: ssh
+    action: deny
+    paths: [/etc/ssh]
+  - name: shadow-writes
+    action: approve
+    paths: [/etc/shadow]
+    operations: [write]
+  - name: carve
+    action: allow
+    paths: [/usr/bin]
+",
+        header("p", "enforce")
+    );
+    let c = compile(&policies(&src), &host()).unwrap();
+    // /etc for /etc/ssh; nothing for /etc/shadow (its rule does not gate renames), nothing
+    // for an allow, never `/`.
+    assert_eq!(c.ancestors.len(), 1, "{:?}", c.ancestors);
+    let a = &c.ancestors[0];
+    assert_eq!(
+        (a.canonical.as_path(), a.inode),
+        (Path::new("/etc"), key(20))
+    );
+    assert_eq!(a.rule.rule_id, 0);
+    assert_eq!(a.rule.ops, op::bit(op::RENAME));
+    assert_eq!(a.rule.flags, flags::SELF_ONLY);
+    assert_eq!(crate::effective_protected_map(&c)[&key(20)], a.rule);
 }

@@ -124,3 +124,21 @@ fn exec_maps_skip_missing_keys() {
     assert_eq!(effective_exec_map(&c)[&inode].rule_id, 1);
     assert!(effective_exec_entry_map(&c).is_empty());
 }
+
+#[test]
+fn a_trees_own_rule_beats_an_ancestors_rename_only_entry_whatever_the_order() {
+    // Regression guard: airlockd's built-in trees add rename-only entries above them (e.g. on
+    // /etc for /etc/airlock/policies); an enforcing deny there must not turn a policy's
+    // approve on the /etc tree into a rename-only entry.
+    let tree = rr(0, action::APPROVE, op::ALL_WRITES, 0);
+    let above = rr(
+        u32::MAX,
+        action::DENY,
+        op::bit(op::RENAME),
+        flags::SELF_ONLY,
+    );
+    assert_eq!(merged(&[tree, above]), tree);
+    assert_eq!(merged(&[above, tree]), tree);
+    let other_above = rr(3, action::APPROVE, op::bit(op::RENAME), flags::SELF_ONLY);
+    assert_eq!(merged(&[above, other_above]).rule_id, u32::MAX);
+}

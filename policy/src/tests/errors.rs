@@ -48,7 +48,7 @@ fn unknown_keys_are_errors_with_the_expected_keys() {
     assert_eq!(
         errors_of(&src),
         [
-            "t.yaml:10:5: rules[0]: unknown key \"operation\" (expected name, description, action, exec, paths, operations, agents, timeout or onTimeout)"
+            "t.yaml:10:5: rules[0]: unknown key \"operation\" (expected name, description, action, exec, paths, connect, operations, agents, timeout or onTimeout)"
         ]
     );
 }
@@ -56,14 +56,15 @@ fn unknown_keys_are_errors_with_the_expected_keys() {
 #[test]
 fn exec_and_paths_together_and_neither() {
     let src = format!(
-        "{}rules:\n  - name: both\n    action: deny\n    exec: [/usr/bin/apt]\n    paths: [/etc]\n  - name: none\n    action: deny\n",
+        "{}rules:\n  - name: both\n    action: deny\n    exec: [/usr/bin/apt]\n    paths: [/etc]\n  - name: none\n    action: deny\n  - name: three\n    action: deny\n    connect: [/run/docker.sock]\n    exec: [/usr/bin/apt]\n",
         header("p", "enforce")
     );
     assert_eq!(
         errors_of(&src),
         [
-            "t.yaml:10:5: rules[0]: a rule has exec or paths, not both",
-            "t.yaml:11:5: rules[1]: a rule needs exec (binaries to gate) or paths (trees and files to protect)",
+            "t.yaml:10:5: rules[0]: a rule has one of exec, paths or connect, not several",
+            "t.yaml:11:5: rules[1]: a rule needs exec (binaries to gate), paths (trees and files to protect) or connect (local service sockets to gate)",
+            "t.yaml:16:5: rules[2]: a rule has one of exec, paths or connect, not several",
         ]
     );
 }
@@ -181,15 +182,23 @@ fn durations_and_approval_only_keys() {
 #[test]
 fn operations_unknown_and_on_exec() {
     let src = format!(
-        "{}rules:\n  - name: a\n    action: deny\n    paths: [/etc]\n    operations: [write, delete]\n  - name: b\n    action: deny\n    exec: [/usr/bin/apt]\n    operations: [write]\n",
+        "{}rules:\n  - name: a\n    action: deny\n    paths: [/etc]\n    operations: [write, delete]\n  - name: b\n    action: deny\n    exec: [/usr/bin/apt]\n    operations: [write]\n  - name: c\n    action: deny\n    connect: [/run/x.sock, /run/]\n    operations: [write]\n",
         header("p", "enforce")
     );
     let errs = errors_of(&src);
-    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert_eq!(errs.len(), 4, "{errs:#?}");
     assert!(errs[0].starts_with("t.yaml:10:25: rules[0].operations[1]: unknown operation \"delete\" (expected write, create,"), "{}", errs[0]);
     assert_eq!(
         errs[1],
-        "t.yaml:14:5: rules[1].operations: only valid with paths; an exec rule gates execution only"
+        "t.yaml:14:5: rules[1].operations: only valid with paths; an exec or connect rule gates that one operation"
+    );
+    assert_eq!(
+        errs[2],
+        "t.yaml:17:28: rules[2].connect[1]: path \"/run/\" names a directory (ends with /), not a socket"
+    );
+    assert_eq!(
+        errs[3],
+        "t.yaml:18:5: rules[2].operations: only valid with paths; an exec or connect rule gates that one operation"
     );
 }
 

@@ -61,6 +61,14 @@ fn every_shipped_policy_checks_and_compiles_fully() {
             .filter(|r| matches!(r.target, Target::Paths(_)))
             .map(|r| r.target.paths().len())
             .sum();
+        let socket_specs: usize = checked
+            .policies
+            .iter()
+            .flat_map(|p| &p.rules)
+            .filter(|r| matches!(r.target, Target::Connect(_)))
+            .map(|r| r.target.paths().len())
+            .sum();
+        assert_eq!(c.connect.len(), socket_specs, "{}", file.display());
         assert_eq!(c.exec.len(), exec_specs, "{}", file.display());
         assert_eq!(c.protected.len(), path_specs, "{}", file.display());
         assert!(

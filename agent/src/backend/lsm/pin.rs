@@ -26,6 +26,8 @@ pub(crate) const ADOPTED_MAPS: &[&str] = &[
     "EXEC_INODES",
     "EXEC_ENTRIES",
     "PROTECTED",
+    "CONNECT_INODES",
+    "CONNECT_ENTRIES",
     "EVENTS",
     "LOST",
     "ONCE_GRANTS",

@@ -1,0 +1,89 @@
+//! The rule maps of the LSM programs, and writing a compiled policy into them.
+use std::collections::HashMap as StdHashMap;
+
+use airlock_common::{DirEntryKey, InodeKey, RuleRef};
+use airlock_policy::CompiledPolicy;
+use aya::maps::{HashMap, Map, MapData};
+
+use super::{LsmError, map_err, sync_map};
+
+/// Every map the programs look rules up in: gated binaries and sockets (by inode and by
+/// directory entry) and protected trees.
+pub(crate) struct RuleMaps {
+    exec_inodes: HashMap<MapData, InodeKey, RuleRef>,
+    exec_entries: HashMap<MapData, DirEntryKey, RuleRef>,
+    protected: HashMap<MapData, InodeKey, RuleRef>,
+    connect_inodes: HashMap<MapData, InodeKey, RuleRef>,
+    connect_entries: HashMap<MapData, DirEntryKey, RuleRef>,
+}
+
+fn typed<K: aya::Pod, V: aya::Pod>(
+    take: &mut impl FnMut(&'static str) -> Result<Map, LsmError>,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, LsmError> {
+    HashMap::try_from(take(name)?).map_err(map_err(name))
+}
+
+impl RuleMaps {
+    /// Takes the maps from a source of untyped ones (`Ebpf::take_map`, or pins).
+    pub(crate) fn from(
+        mut take: impl FnMut(&'static str) -> Result<Map, LsmError>,
+    ) -> Result<RuleMaps, LsmError> {
+        Ok(RuleMaps {
+            exec_inodes: typed(&mut take, "EXEC_INODES")?,
+            exec_entries: typed(&mut take, "EXEC_ENTRIES")?,
+            protected: typed(&mut take, "PROTECTED")?,
+            connect_inodes: typed(&mut take, "CONNECT_INODES")?,
+            connect_entries: typed(&mut take, "CONNECT_ENTRIES")?,
+        })
+    }
+
+    /// Makes the maps hold exactly `policy`'s effective rules (new entries first, stale ones
+    /// last: see [`sync_map`]).
+    pub(crate) fn sync(&mut self, policy: &CompiledPolicy) -> Result<(), LsmError> {
+        let inodes: [(
+            &'static str,
+            &mut HashMap<MapData, InodeKey, RuleRef>,
+            StdHashMap<_, _>,
+        ); 3] = [
+            (
+                "EXEC_INODES",
+                &mut self.exec_inodes,
+                airlock_policy::effective_exec_map(policy),
+            ),
+            (
+                "PROTECTED",
+                &mut self.protected,
+                airlock_policy::effective_protected_map(policy),
+            ),
+            (
+                "CONNECT_INODES",
+                &mut self.connect_inodes,
+                airlock_policy::effective_connect_map(policy),
+            ),
+        ];
+        for (name, map, want) in inodes {
+            sync_map(name, map, &want)?;
+        }
+        let entries: [(
+            &'static str,
+            &mut HashMap<MapData, DirEntryKey, RuleRef>,
+            StdHashMap<_, _>,
+        ); 2] = [
+            (
+                "EXEC_ENTRIES",
+                &mut self.exec_entries,
+                airlock_policy::effective_exec_entry_map(policy),
+            ),
+            (
+                "CONNECT_ENTRIES",
+                &mut self.connect_entries,
+                airlock_policy::effective_connect_entry_map(policy),
+            ),
+        ];
+        for (name, map, want) in entries {
+            sync_map(name, map, &want)?;
+        }
+        Ok(())
+    }
+}
