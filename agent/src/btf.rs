@@ -249,6 +249,11 @@ impl Btf {
             // Renamed `__parent` in 6.15.
             kernfs_node_parent: m("kernfs_node", "parent")
                 .or_else(|_| m("kernfs_node", "__parent"))?,
+            cred_uid: m("cred", "uid")?,
+            cred_suid: m("cred", "suid")?,
+            cred_gid: m("cred", "gid")?,
+            cred_egid: m("cred", "egid")?,
+            cred_sgid: m("cred", "sgid")?,
         })
     }
 }

@@ -193,6 +193,9 @@ impl GateEvent {
                 op::PTRACE => format!("pid {} (outside the agent)", ev.target_ino),
                 op::BPF => format!("bpf command {}", ev.target_ino),
                 op::KERNEL_LOAD => format!("kernel load (id {})", ev.target_ino),
+                op::SETUID => format!("uid {}", ev.target_ino),
+                op::SETGID => format!("gid {}", ev.target_ino),
+                op::USERNS => "a new user namespace".to_owned(),
                 op::CGROUP_MOVE if ev.target_ino == 0 => {
                     "the cgroup of a new process (clone3 CLONE_INTO_CGROUP)".to_owned()
                 }

@@ -71,6 +71,9 @@ pub fn op_to_proto(op: Op) -> pb::Op {
         Op::CgroupMove => pb::Op::CgroupMove,
         Op::Connect => pb::Op::Connect,
         Op::Xattr => pb::Op::Xattr,
+        Op::Setuid => pb::Op::Setuid,
+        Op::Setgid => pb::Op::Setgid,
+        Op::Userns => pb::Op::Userns,
     }
 }
 
@@ -97,6 +100,9 @@ pub fn op_from_proto(field: &'static str, v: i32) -> Result<Op, ConvertError> {
         pb::Op::CgroupMove => Op::CgroupMove,
         pb::Op::Connect => Op::Connect,
         pb::Op::Xattr => Op::Xattr,
+        pb::Op::Setuid => Op::Setuid,
+        pb::Op::Setgid => Op::Setgid,
+        pb::Op::Userns => Op::Userns,
     })
 }
 
@@ -469,6 +475,9 @@ mod tests {
             Op::CgroupMove,
             Op::Connect,
             Op::Xattr,
+            Op::Setuid,
+            Op::Setgid,
+            Op::Userns,
         ];
         for op in ops {
             assert_eq!(op_from_proto("op", op_to_proto(op) as i32).unwrap(), op);

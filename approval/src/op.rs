@@ -32,6 +32,12 @@ pub enum Op {
     Connect,
     /// Setting or removing an extended attribute in a protected tree.
     Xattr,
+    /// Changing user ids.
+    Setuid,
+    /// Changing group ids.
+    Setgid,
+    /// Creating a user namespace.
+    Userns,
 }
 
 impl Op {
@@ -57,6 +63,9 @@ impl Op {
             op::CGROUP_MOVE => Op::CgroupMove,
             op::CONNECT => Op::Connect,
             op::XATTR => Op::Xattr,
+            op::SETUID => Op::Setuid,
+            op::SETGID => Op::Setgid,
+            op::USERNS => Op::Userns,
             _ => return None,
         })
     }
@@ -83,6 +92,9 @@ impl Op {
             Op::CgroupMove => op::CGROUP_MOVE,
             Op::Connect => op::CONNECT,
             Op::Xattr => op::XATTR,
+            Op::Setuid => op::SETUID,
+            Op::Setgid => op::SETGID,
+            Op::Userns => op::USERNS,
         }
     }
 }

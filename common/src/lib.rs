@@ -67,8 +67,16 @@ pub mod op {
     /// Setting or removing an extended attribute of a protected object: file capabilities
     /// (`security.capability`), security labels, `trusted.*` and `user.*` attributes.
     pub const XATTR: u32 = 19;
+    /// An agent process changing its real, effective or saved user id (setuid, setreuid,
+    /// setresuid): `privilege` rules. `target_ino` is the new effective uid.
+    pub const SETUID: u32 = 20;
+    /// The same for group ids (setgid, setregid, setresgid). `target_ino` is the new egid.
+    pub const SETGID: u32 = 21;
+    /// Creating a user namespace (unshare or clone with CLONE_NEWUSER): inside it the process
+    /// holds every capability over what the namespace owns.
+    pub const USERNS: u32 = 22;
     /// Highest value in use.
-    pub const MAX: u32 = 19;
+    pub const MAX: u32 = 22;
 
     /// Bit of `op` in a [`crate::RuleRef::ops`] mask.
     pub const fn bit(op: u32) -> u32 {
@@ -353,6 +361,12 @@ pub struct KernelOffsets {
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
     pub kernfs_node_parent: u32,
+    /// `struct cred` ids other than `euid` (privilege rules compare old and new).
+    pub cred_uid: u32,
+    pub cred_suid: u32,
+    pub cred_gid: u32,
+    pub cred_egid: u32,
+    pub cred_sgid: u32,
 }
 
 /// Bytes of an exec'd file name kept in [`ExecContext`] (longer names are cut).

@@ -33,6 +33,7 @@ use aya_ebpf::{
 mod exec_context;
 mod guard;
 mod hold;
+mod privilege;
 
 use hold::{Decision, capture_argv, decide, finish, settle, settle_unrecorded};
 
@@ -75,6 +76,9 @@ pub(crate) static CONNECT_INODES: HashMap<InodeKey, RuleRef> = HashMap::with_max
 #[map]
 pub(crate) static CONNECT_ENTRIES: HashMap<DirEntryKey, RuleRef> =
     HashMap::with_max_entries(4096, 0);
+/// `privilege` rules by op (`airlock_policy::privilege_key`).
+#[map]
+pub(crate) static PRIVILEGE: HashMap<InodeKey, RuleRef> = HashMap::with_max_entries(256, 0);
 /// Roots of protected trees (and protected single files) by inode.
 #[map]
 pub(crate) static PROTECTED: HashMap<InodeKey, RuleRef> = HashMap::with_max_entries(16384, 0);

@@ -8,7 +8,7 @@ use crate::compile::{CompileError, compile};
 use crate::compiled::CompiledPolicy;
 use crate::diag::Diagnostics;
 use crate::load::load_paths;
-use crate::model::{Policy, Target, action_name, mode_name};
+use crate::model::{Policy, Target, action_name, mode_name, op_names};
 use crate::resolve::Resolver;
 
 /// The policies loaded and what they compiled to.
@@ -61,6 +61,7 @@ impl Checked {
                     Target::Exec(v) => ("exec of", v.len(), "binar"),
                     Target::Paths(v) => ("writes to", v.len(), "path"),
                     Target::Connect(v) => ("connections to", v.len(), "socket"),
+                    Target::Privilege => ("changes of", op_names(r.ops).len(), "privilege"),
                 };
                 let suffix = match (noun, n) {
                     ("binar", 1) => "y",

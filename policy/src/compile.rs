@@ -168,6 +168,7 @@ fn compile_rule(policy: &Policy, rule: &Rule, resolver: &dyn Resolver, out: &mut
                 }
             }
         }
+        Target::Privilege => out.privilege.push(rule_ref),
         Target::Paths(specs) => {
             for spec in specs {
                 match protected_target(resolver, rule_ref, &spec.path) {

@@ -130,6 +130,8 @@ pub struct CompiledPolicy {
     /// renaming `/usr/local` would take a protected `/usr/local/bin` along and free its path.
     /// LSM backend only; not trees (nothing below them is protected by these entries).
     pub ancestors: Vec<ProtectedTarget>,
+    /// The rule of each `privilege` rule (its `ops` are the privilege changes it names).
+    pub privilege: Vec<RuleRef>,
     /// One per (rule, path) of `connect` rules: a socket has the same two identities as a
     /// gated binary (its inode, and its name in its directory, which a service that restarts
     /// and binds its socket anew keeps).

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::Hash;
 
-use airlock_common::{DirEntryKey, InodeKey, RuleRef, action, flags};
+use airlock_common::{DirEntryKey, InodeKey, RuleRef, action, flags, op};
 
 use crate::compiled::{CompiledPolicy, strictness};
 use crate::scope::{Scopes, SlotKey};
@@ -63,6 +63,26 @@ pub fn effective_connect_entry_map(policy: &CompiledPolicy) -> HashMap<DirEntryK
             .iter()
             .filter_map(|t| Some((t.entry?, t.rule))),
     )
+}
+
+/// Privilege changes, keyed by their op in `ino` (`dev` 0): one entry per op a `privilege`
+/// rule names.
+pub fn effective_privilege_map(policy: &CompiledPolicy) -> HashMap<InodeKey, RuleRef> {
+    let items = policy.privilege.iter().flat_map(|r| {
+        (0..=op::MAX)
+            .filter(|o| r.ops & op::bit(*o) != 0)
+            .map(|o| (privilege_key(o), *r))
+    });
+    merge(policy, items)
+}
+
+/// The key of privilege change `opv` in the privilege map.
+pub fn privilege_key(opv: u32) -> InodeKey {
+    InodeKey {
+        ino: u64::from(opv),
+        dev: 0,
+        slot: 0,
+    }
 }
 
 /// Protected trees and files by inode. The backends apply the entry of the nearest protected

@@ -76,6 +76,8 @@ pub enum Target {
     Paths(Vec<PathSpec>),
     /// Connecting to these local service sockets (delegation: the service acts for the agent).
     Connect(Vec<PathSpec>),
+    /// These privilege changes ([`PRIVILEGES`]; the rule's `ops` say which).
+    Privilege,
 }
 
 impl Target {
@@ -83,6 +85,7 @@ impl Target {
     pub fn paths(&self) -> &[PathSpec] {
         match self {
             Target::Exec(p) | Target::Paths(p) | Target::Connect(p) => p,
+            Target::Privilege => &[],
         }
     }
 }
@@ -120,6 +123,13 @@ pub const OPERATIONS: [(&str, u32); 12] = [
     ("xattr", op::XATTR),
 ];
 
+/// Policy spelling of each privilege change a `privilege` rule can name.
+pub const PRIVILEGES: [(&str, u32); 3] = [
+    ("setuid", op::SETUID),
+    ("setgid", op::SETGID),
+    ("userns", op::USERNS),
+];
+
 /// The policy spelling of an `airlock_common::action` value (`"?"` for an unknown value).
 pub fn action_name(action: u32) -> &'static str {
     ACTIONS
@@ -138,6 +148,12 @@ pub fn op_names(ops: u32) -> Vec<&'static str> {
     if ops & op::bit(op::CONNECT) != 0 {
         names.push("connect");
     }
+    names.extend(
+        PRIVILEGES
+            .iter()
+            .filter(|(_, o)| ops & op::bit(*o) != 0)
+            .map(|(n, _)| *n),
+    );
     names.extend(
         OPERATIONS
             .iter()

@@ -9,7 +9,7 @@ use airlock_common::{action, op};
 use crate::compiled::{Approval, Mode, OnTimeout, Selector};
 use crate::diag::Diagnostics;
 use crate::model::{
-    ACTIONS, API_VERSION, AgentSpec, KIND, OPERATIONS, PathSpec, Policy, Rule, Target,
+    ACTIONS, API_VERSION, AgentSpec, KIND, OPERATIONS, PRIVILEGES, PathSpec, Policy, Rule, Target,
 };
 use crate::values::{self, AGENT_NAME, POLICY_NAME, PathUse, RULE_NAME, TIMEOUT, check_name};
 use crate::walk::{Fields, Text, WalkError, Walker, join, one_of};
@@ -35,6 +35,7 @@ const RULE_KEYS: &[&str] = &[
     "exec",
     "paths",
     "connect",
+    "privilege",
     "operations",
     "agents",
     "timeout",
@@ -67,23 +68,26 @@ pub enum SchemaError {
     /// Two rules of one policy share a name.
     #[error("duplicate rule name {name:?} (first at line {first_line})")]
     DuplicateRule { name: String, first_line: usize },
-    /// A rule with more than one of `exec`, `paths`, `connect`.
-    #[error("a rule has one of exec, paths or connect, not several")]
+    /// A rule with more than one of `exec`, `paths`, `connect`, `privilege`.
+    #[error("a rule has one of exec, paths, connect or privilege, not several")]
     SeveralTargets,
-    /// A rule with none of `exec`, `paths`, `connect`.
+    /// A rule with none of `exec`, `paths`, `connect`, `privilege`.
     #[error(
-        "a rule needs exec (binaries to gate), paths (trees and files to protect) or connect \
-         (local service sockets to gate)"
+        "a rule needs exec (binaries to gate), paths (trees and files to protect), connect \
+         (local service sockets to gate) or privilege (privilege changes to gate)"
     )]
     NoTarget,
+    /// A `privilege` entry is not one of [`crate::PRIVILEGES`].
+    #[error("unknown privilege change {found:?} (expected {})", one_of(&PRIVILEGES.map(|(n, _)| n)))]
+    UnknownPrivilege { found: String },
     /// A path that is relative, not normal, or unusable for its purpose.
     #[error("path {path:?} {reason}")]
     BadPath { path: String, reason: &'static str },
     /// `timeout` or `onTimeout` on a rule whose action is not `approve`.
     #[error("only valid with action approve")]
     ApprovalOnly,
-    /// `operations` on an `exec` or `connect` rule.
-    #[error("only valid with paths; an exec or connect rule gates that one operation")]
+    /// `operations` on an `exec`, `connect` or `privilege` rule.
+    #[error("only valid with paths; other rules gate what they list")]
     OperationsOnExec,
 }
 
@@ -272,7 +276,8 @@ impl Walker<'_> {
             }
         }
 
-        let given: Vec<&str> = ["exec", "paths", "connect"]
+        let mut privilege_ops = 0;
+        let given: Vec<&str> = ["exec", "paths", "connect", "privilege"]
             .into_iter()
             .filter(|k| f.get(k).is_some())
             .collect();
@@ -286,6 +291,18 @@ impl Walker<'_> {
                 match *key {
                     "exec" => Target::Exec(self.paths(n, &sub, PathUse::Exec)),
                     "connect" => Target::Connect(self.paths(n, &sub, PathUse::Socket)),
+                    "privilege" => {
+                        for (t, item_field) in self.string_list(n, &sub, "") {
+                            match PRIVILEGES.iter().find(|(name, _)| *name == t.text) {
+                                Some((_, o)) => privilege_ops |= op::bit(*o),
+                                None => {
+                                    let e = SchemaError::UnknownPrivilege { found: t.text };
+                                    self.err(t.pos, &item_field, e);
+                                }
+                            }
+                        }
+                        Target::Privilege
+                    }
                     _ => Target::Paths(self.paths(n, &sub, PathUse::Protect)),
                 }
             }
@@ -299,6 +316,7 @@ impl Walker<'_> {
         let mut ops = match target {
             Target::Exec(_) => op::bit(op::EXEC),
             Target::Connect(_) => op::bit(op::CONNECT),
+            Target::Privilege => privilege_ops,
             Target::Paths(_) => op::ALL_WRITES,
         };
         if let Some(n) = f.get("operations") {

@@ -104,7 +104,8 @@ impl Fixture {
                  \x20 - name: protected-etc\n    action: deny\n    paths: [\"{}\"]\n\
                  \x20 - name: e2e-only-tool\n    action: deny\n    exec: [\"{}\"]\n    agents: [e2e]\n\
                  \x20 - name: bystander-only-tree\n    action: deny\n    paths: [\"{}\"]\n    agents: [bystander]\n\
-                 \x20 - name: deep-tree\n    action: deny\n    paths: [\"{}\"]\n",
+                 \x20 - name: deep-tree\n    action: deny\n    paths: [\"{}\"]\n\
+                 \x20 - name: bystander-privilege\n    action: deny\n    privilege: [setuid, setgid, userns]\n    agents: [bystander]\n",
                 gated.path.display(),
                 audited.path.display(),
                 etc.display(),
@@ -496,6 +497,44 @@ pub const CASES: &[(&str, bool, Case)] = &[
             expect(&out, "ok", "outside rename of the ancestor")?;
             let (_, out) = c.op(c.outside(), "rename", &[&s("deep/moved"), &s("deep/a")])?;
             expect(&out, "ok", "outside rename back")
+        },
+    ),
+    (
+        "privilege_changes_under_a_privilege_rule_are_denied",
+        true,
+        |c| {
+            let by = Some(c.fx.bystander_cg.as_path());
+            for (op, args, event_op, target) in [
+                ("setuid", vec!["65534"], "setuid", "uid 65534"),
+                ("setgid", vec!["65534"], "setgid", "gid 65534"),
+                ("unshare-user", vec![], "userns", "a new user namespace"),
+            ] {
+                let (p, out) = c.op(by, op, &args)?;
+                expect(&out, "errno=1", &format!("bystander {op}"))?;
+                let ev = c
+                    .daemon
+                    .wait_event(|e| e["pid"].as_u64() == Some(u64::from(p)))
+                    .with_context(|| format!("no event for {op}"))?;
+                ensure(
+                    ev["op"] == event_op
+                        && ev["rule"] == "bystander-privilege"
+                        && ev["target_name"] == target,
+                    || format!("{op} event: {ev}"),
+                )?;
+                // The rule names only the bystander: the other agent and outsiders go ahead.
+                expect(&c.op(c.agent(), op, &args)?.1, "ok", &format!("e2e {op}"))?;
+                expect(
+                    &c.op(c.outside(), op, &args)?.1,
+                    "ok",
+                    &format!("outside {op}"),
+                )?;
+            }
+            // Setting the ids a process already has is no change, and not gated.
+            expect(
+                &c.op(by, "setuid", &["0"])?.1,
+                "ok",
+                "setuid to its own uid",
+            )
         },
     ),
     ("agent_read_of_protected_file_is_allowed", false, |c| {

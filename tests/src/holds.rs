@@ -68,7 +68,8 @@ impl HoldFixture {
                  rules:\n  - name: held-tool\n    action: approve\n    exec: [\"{}\"]\n\
                  \x20 - name: short-tool\n    action: approve\n    timeout: 2s\n    onTimeout: deny\n    exec: [\"{}\"]\n\
                  \x20 - name: held-etc\n    action: approve\n    paths: [\"{}\"]\n\
-                 \x20 - name: held-socket\n    action: approve\n    connect: [\"{}\"]\n",
+                 \x20 - name: held-socket\n    action: approve\n    connect: [\"{}\"]\n\
+                 \x20 - name: held-userns\n    action: approve\n    privilege: [userns]\n",
                 held.display(),
                 short.display(),
                 etc.display(),
@@ -299,6 +300,26 @@ pub const CASES: &[(&str, Case)] = &[
             Ok(())
         },
     ),
+    ("held_user_namespace_waits_for_approval", |c| {
+        if !c.lsm {
+            // The fanotify fallback cannot see credential changes (README, "Threat model").
+            let o = c.spawn_op("unshare-user", &[])?.finish(WAIT)?;
+            return out_is(&o, "ok", "unshare on the fanotify fallback");
+        }
+        let child = c.spawn_op("unshare-user", &[])?;
+        let id = c.wait_pending(child.pid)?;
+        let r = &c.requests_of(child.pid, "pending")[0];
+        ensure(
+            r["context"]["rule"] == "held-userns" && r["context"]["op"] == "userns",
+            || format!("context: {r}"),
+        )?;
+        c.cli_ok(&["approve", &id])?;
+        out_is(
+            &child.finish(WAIT)?,
+            "ok",
+            "approved unshare(CLONE_NEWUSER)",
+        )
+    }),
     ("denied_hold_fails_with_eperm", |c| {
         let child = c.spawn_exec(&c.fx.held, "must-not-run")?;
         let id = c.wait_pending(child.pid)?;

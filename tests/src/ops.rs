@@ -81,6 +81,9 @@ pub fn run(op: &str, args: &[String]) -> ! {
             "symlink" => report(libc::symlink(c(a(0)).as_ptr(), c(a(1)).as_ptr()) as i64),
             "chmod" => report(libc::chmod(c(a(0)).as_ptr(), 0o600) as i64),
             "chown" => report(libc::chown(c(a(0)).as_ptr(), 1, 1) as i64),
+            "setuid" => report(i64::from(libc::setuid(a(0).parse().unwrap_or(65534)))),
+            "setgid" => report(i64::from(libc::setgid(a(0).parse().unwrap_or(65534)))),
+            "unshare-user" => report(i64::from(libc::unshare(libc::CLONE_NEWUSER))),
             "setxattr" => report(i64::from(libc::setxattr(
                 c(a(0)).as_ptr(),
                 c("trusted.airlock-e2e").as_ptr(),

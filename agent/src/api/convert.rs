@@ -254,6 +254,9 @@ mod tests {
             Op::CgroupMove,
             Op::Connect,
             Op::Xattr,
+            Op::Setuid,
+            Op::Setgid,
+            Op::Userns,
         ];
         for op in ops {
             assert_eq!(

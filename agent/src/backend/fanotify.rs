@@ -517,6 +517,13 @@ fn build(
             }
         }
     }
+    if !policy.privilege.is_empty() {
+        m.notes.push(
+            "privilege rules (setuid, setgid, userns) are not enforced: the fanotify fallback \
+             cannot see credential changes (BPF LSM only)"
+                .to_owned(),
+        );
+    }
     for t in &policy.connect {
         m.notes.push(format!(
             "socket {} is not gated: the fanotify fallback cannot see connect(2) (BPF LSM only)",

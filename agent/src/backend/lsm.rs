@@ -58,6 +58,10 @@ pub const HOOKS: &[&str] = &[
     "task_alloc",
     // Delegation: connections to gated local service sockets.
     "unix_stream_connect",
+    // Privilege changes (ebpf-programs/src/privilege.rs).
+    "task_fix_setuid",
+    "task_fix_setgid",
+    "userns_create",
 ];
 
 /// Errors of the LSM backend.

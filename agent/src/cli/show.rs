@@ -104,6 +104,9 @@ pub(crate) fn op_name(op: Op) -> &'static str {
         Op::CgroupMove => "cgroup_move",
         Op::Connect => "connect",
         Op::Xattr => "xattr",
+        Op::Setuid => "setuid",
+        Op::Setgid => "setgid",
+        Op::Userns => "userns",
     }
 }
 

@@ -48,7 +48,7 @@ fn unknown_keys_are_errors_with_the_expected_keys() {
     assert_eq!(
         errors_of(&src),
         [
-            "t.yaml:10:5: rules[0]: unknown key \"operation\" (expected name, description, action, exec, paths, connect, operations, agents, timeout or onTimeout)"
+            "t.yaml:10:5: rules[0]: unknown key \"operation\" (expected name, description, action, exec, paths, connect, privilege, operations, agents, timeout or onTimeout)"
         ]
     );
 }
@@ -62,9 +62,9 @@ fn exec_and_paths_together_and_neither() {
     assert_eq!(
         errors_of(&src),
         [
-            "t.yaml:10:5: rules[0]: a rule has one of exec, paths or connect, not several",
-            "t.yaml:11:5: rules[1]: a rule needs exec (binaries to gate), paths (trees and files to protect) or connect (local service sockets to gate)",
-            "t.yaml:16:5: rules[2]: a rule has one of exec, paths or connect, not several",
+            "t.yaml:10:5: rules[0]: a rule has one of exec, paths, connect or privilege, not several",
+            "t.yaml:11:5: rules[1]: a rule needs exec (binaries to gate), paths (trees and files to protect), connect (local service sockets to gate) or privilege (privilege changes to gate)",
+            "t.yaml:16:5: rules[2]: a rule has one of exec, paths, connect or privilege, not several",
         ]
     );
 }
@@ -190,7 +190,7 @@ fn operations_unknown_and_on_exec() {
     assert!(errs[0].starts_with("t.yaml:10:25: rules[0].operations[1]: unknown operation \"delete\" (expected write, create,"), "{}", errs[0]);
     assert_eq!(
         errs[1],
-        "t.yaml:14:5: rules[1].operations: only valid with paths; an exec or connect rule gates that one operation"
+        "t.yaml:14:5: rules[1].operations: only valid with paths; other rules gate what they list"
     );
     assert_eq!(
         errs[2],
@@ -198,7 +198,7 @@ fn operations_unknown_and_on_exec() {
     );
     assert_eq!(
         errs[3],
-        "t.yaml:18:5: rules[2].operations: only valid with paths; an exec or connect rule gates that one operation"
+        "t.yaml:18:5: rules[2].operations: only valid with paths; other rules gate what they list"
     );
 }
 
@@ -336,6 +336,21 @@ fn agents_whose_names_share_a_kernel_slot_are_refused() {
         [
             "t.yaml:6:38: agent \"agent-625200\" cannot be told apart from agent \"agent-33049\" \
              in the kernel's rule maps; rename one of them"
+        ]
+    );
+}
+
+#[test]
+fn unknown_privilege_changes_are_named() {
+    let src = format!(
+        "{}rules:\n  - name: ids\n    action: deny\n    privilege: [setuid, sudo]\n    operations: [write]\n",
+        header("p", "enforce")
+    );
+    assert_eq!(
+        errors_of(&src),
+        [
+            "t.yaml:9:25: rules[0].privilege[1]: unknown privilege change \"sudo\" (expected setuid, setgid or userns)",
+            "t.yaml:10:5: rules[0].operations: only valid with paths; other rules gate what they list",
         ]
     );
 }

@@ -47,30 +47,20 @@ fn every_shipped_policy_checks_and_compiles_fully() {
         let checked = load_and_compile(std::slice::from_ref(file), &FakeResolver::everything())
             .unwrap_or_else(|d| panic!("{}:\n{d}", file.display()));
         let c = &checked.compiled;
-        let exec_specs: usize = checked
-            .policies
-            .iter()
-            .flat_map(|p| &p.rules)
-            .filter(|r| matches!(r.target, Target::Exec(_)))
-            .map(|r| r.target.paths().len())
-            .sum();
-        let path_specs: usize = checked
-            .policies
-            .iter()
-            .flat_map(|p| &p.rules)
-            .filter(|r| matches!(r.target, Target::Paths(_)))
-            .map(|r| r.target.paths().len())
-            .sum();
-        let socket_specs: usize = checked
-            .policies
-            .iter()
-            .flat_map(|p| &p.rules)
-            .filter(|r| matches!(r.target, Target::Connect(_)))
-            .map(|r| r.target.paths().len())
-            .sum();
-        assert_eq!(c.connect.len(), socket_specs, "{}", file.display());
+        // Paths written in rules of one kind of target.
+        let specs = |kind: fn(&Target) -> bool| -> usize {
+            let rules = checked.policies.iter().flat_map(|p| &p.rules);
+            rules
+                .filter(|r| kind(&r.target))
+                .map(|r| r.target.paths().len())
+                .sum()
+        };
+        let exec_specs = specs(|t| matches!(t, Target::Exec(_)));
         assert_eq!(c.exec.len(), exec_specs, "{}", file.display());
+        let path_specs = specs(|t| matches!(t, Target::Paths(_)));
         assert_eq!(c.protected.len(), path_specs, "{}", file.display());
+        let socket_specs = specs(|t| matches!(t, Target::Connect(_)));
+        assert_eq!(c.connect.len(), socket_specs, "{}", file.display());
         assert!(
             c.exec
                 .iter()

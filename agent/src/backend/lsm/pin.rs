@@ -28,6 +28,7 @@ pub(crate) const ADOPTED_MAPS: &[&str] = &[
     "PROTECTED",
     "CONNECT_INODES",
     "CONNECT_ENTRIES",
+    "PRIVILEGE",
     "EVENTS",
     "LOST",
     "ONCE_GRANTS",

@@ -1,6 +1,4 @@
 //! The rule maps of the LSM programs, and writing a compiled policy into them.
-use std::collections::HashMap as StdHashMap;
-
 use airlock_common::{DirEntryKey, InodeKey, RuleRef};
 use airlock_policy::CompiledPolicy;
 use aya::maps::{HashMap, Map, MapData};
@@ -8,13 +6,14 @@ use aya::maps::{HashMap, Map, MapData};
 use super::{LsmError, map_err, sync_map};
 
 /// Every map the programs look rules up in: gated binaries and sockets (by inode and by
-/// directory entry) and protected trees.
+/// directory entry), protected trees and privilege changes.
 pub(crate) struct RuleMaps {
     exec_inodes: HashMap<MapData, InodeKey, RuleRef>,
     exec_entries: HashMap<MapData, DirEntryKey, RuleRef>,
     protected: HashMap<MapData, InodeKey, RuleRef>,
     connect_inodes: HashMap<MapData, InodeKey, RuleRef>,
     connect_entries: HashMap<MapData, DirEntryKey, RuleRef>,
+    privilege: HashMap<MapData, InodeKey, RuleRef>,
 }
 
 fn typed<K: aya::Pod, V: aya::Pod>(
@@ -35,55 +34,28 @@ impl RuleMaps {
             protected: typed(&mut take, "PROTECTED")?,
             connect_inodes: typed(&mut take, "CONNECT_INODES")?,
             connect_entries: typed(&mut take, "CONNECT_ENTRIES")?,
+            privilege: typed(&mut take, "PRIVILEGE")?,
         })
     }
 
     /// Makes the maps hold exactly `policy`'s effective rules (new entries first, stale ones
     /// last: see [`sync_map`]).
     pub(crate) fn sync(&mut self, policy: &CompiledPolicy) -> Result<(), LsmError> {
-        let inodes: [(
-            &'static str,
-            &mut HashMap<MapData, InodeKey, RuleRef>,
-            StdHashMap<_, _>,
-        ); 3] = [
-            (
-                "EXEC_INODES",
-                &mut self.exec_inodes,
-                airlock_policy::effective_exec_map(policy),
-            ),
-            (
-                "PROTECTED",
-                &mut self.protected,
-                airlock_policy::effective_protected_map(policy),
-            ),
-            (
-                "CONNECT_INODES",
-                &mut self.connect_inodes,
-                airlock_policy::effective_connect_map(policy),
-            ),
-        ];
-        for (name, map, want) in inodes {
-            sync_map(name, map, &want)?;
-        }
-        let entries: [(
-            &'static str,
-            &mut HashMap<MapData, DirEntryKey, RuleRef>,
-            StdHashMap<_, _>,
-        ); 2] = [
-            (
-                "EXEC_ENTRIES",
-                &mut self.exec_entries,
-                airlock_policy::effective_exec_entry_map(policy),
-            ),
-            (
-                "CONNECT_ENTRIES",
-                &mut self.connect_entries,
-                airlock_policy::effective_connect_entry_map(policy),
-            ),
-        ];
-        for (name, map, want) in entries {
-            sync_map(name, map, &want)?;
-        }
-        Ok(())
+        use airlock_policy as p;
+        sync_map(
+            "EXEC_INODES",
+            &mut self.exec_inodes,
+            &p::effective_exec_map(policy),
+        )?;
+        let entries = p::effective_exec_entry_map(policy);
+        sync_map("EXEC_ENTRIES", &mut self.exec_entries, &entries)?;
+        let protected = p::effective_protected_map(policy);
+        sync_map("PROTECTED", &mut self.protected, &protected)?;
+        let sockets = p::effective_connect_map(policy);
+        sync_map("CONNECT_INODES", &mut self.connect_inodes, &sockets)?;
+        let entries = p::effective_connect_entry_map(policy);
+        sync_map("CONNECT_ENTRIES", &mut self.connect_entries, &entries)?;
+        let privilege = p::effective_privilege_map(policy);
+        sync_map("PRIVILEGE", &mut self.privilege, &privilege)
     }
 }

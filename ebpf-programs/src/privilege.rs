@@ -1,0 +1,89 @@
+//! `privilege` rules: changes of user or group ids and new user namespaces by agent processes,
+//! gated like exec (allow, audit, deny, or a hold until someone decides). Each hook runs
+//! before the change takes effect, and failing it leaves the caller's credentials as they were;
+//! a hold restarts the syscall (setuid family, unshare, clone).
+use airlock_common::{InodeKey, KernelOffsets, op};
+use aya_ebpf::{macros::lsm, programs::LsmContext};
+
+use crate::hold::{decide, settle};
+use crate::{Agent, GO, PRIVILEGE, agent, chained, offsets, read_u32, ret, rule_for_inode};
+
+/// Gates privilege change `opv` (`what`: the new id, or 0) by the agent's `privilege` rule.
+#[inline(always)]
+fn gate(o: &KernelOffsets, a: Agent, opv: u32, what: u64) -> u32 {
+    let key = InodeKey {
+        ino: u64::from(opv),
+        dev: 0,
+        slot: 0,
+    };
+    let Some(rule) = rule_for_inode(&PRIVILEGE, &key, a.slot) else {
+        return GO;
+    };
+    let target = InodeKey {
+        ino: what,
+        dev: 0,
+        slot: 0,
+    };
+    settle(o, a.cg, opv, &decide(a.cg, opv, &rule, &target, 0, 0, 0))
+}
+
+/// Whether any of the ids at `offs` in `new` differs from `old` (both `struct cred *`).
+#[inline(always)]
+fn changes(new: u64, old: u64, offs: [u32; 3]) -> bool {
+    let mut i = 0;
+    while i < 3 {
+        let off = u64::from(offs[i]);
+        if read_u32(new + off) != read_u32(old + off) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// setuid(2), setreuid(2), setresuid(2) (also setfsuid, which changes none of these ids and
+/// passes): a change of the real, effective or saved uid.
+#[lsm(hook = "task_fix_setuid")]
+pub fn task_fix_setuid(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(3);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    let Some(a) = agent() else { return 0 };
+    let Some(o) = offsets() else { return 0 };
+    let (new, old): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    if !changes(new, old, [o.cred_uid, o.cred_euid, o.cred_suid]) {
+        return 0;
+    }
+    let euid = u64::from(read_u32(new + u64::from(o.cred_euid)));
+    ret(gate(o, a, op::SETUID, euid))
+}
+
+/// setgid(2), setregid(2), setresgid(2): a change of the real, effective or saved gid.
+#[lsm(hook = "task_fix_setgid")]
+pub fn task_fix_setgid(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(3);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    let Some(a) = agent() else { return 0 };
+    let Some(o) = offsets() else { return 0 };
+    let (new, old): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    if !changes(new, old, [o.cred_gid, o.cred_egid, o.cred_sgid]) {
+        return 0;
+    }
+    let egid = u64::from(read_u32(new + u64::from(o.cred_egid)));
+    ret(gate(o, a, op::SETGID, egid))
+}
+
+/// unshare(CLONE_NEWUSER), clone(CLONE_NEWUSER): a new user namespace (kernel 6.1 and later).
+#[lsm(hook = "userns_create")]
+pub fn userns_create(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(1);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    let Some(a) = agent() else { return 0 };
+    let Some(o) = offsets() else { return 0 };
+    ret(gate(o, a, op::USERNS, 0))
+}
