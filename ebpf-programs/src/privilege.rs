@@ -41,39 +41,46 @@ fn changes(new: u64, old: u64, offs: [u32; 3]) -> bool {
     false
 }
 
-/// setuid(2), setreuid(2), setresuid(2) (also setfsuid, which changes none of these ids and
-/// passes): a change of the real, effective or saved uid.
-#[lsm(hook = "task_fix_setuid")]
-pub fn task_fix_setuid(ctx: LsmContext) -> i32 {
+/// Which ids a set*id hook compares: real, effective (also the one reported), saved.
+#[derive(Clone, Copy)]
+enum Ids {
+    User,
+    Group,
+}
+
+/// The body of `task_fix_setuid` / `task_fix_setgid` (`new`, `old`: `struct cred *`): gated
+/// when one of `ids` changes.
+#[inline(always)]
+fn id_change(ctx: &LsmContext, ids: Ids) -> i32 {
     let prev: u64 = ctx.arg(3);
     if prev as i32 != 0 {
         return chained(prev);
     }
     let Some(a) = agent() else { return 0 };
     let Some(o) = offsets() else { return 0 };
+    let (offs, opv) = match ids {
+        Ids::User => ([o.cred_uid, o.cred_euid, o.cred_suid], op::SETUID),
+        Ids::Group => ([o.cred_gid, o.cred_egid, o.cred_sgid], op::SETGID),
+    };
     let (new, old): (u64, u64) = (ctx.arg(0), ctx.arg(1));
-    if !changes(new, old, [o.cred_uid, o.cred_euid, o.cred_suid]) {
+    if !changes(new, old, offs) {
         return 0;
     }
-    let euid = u64::from(read_u32(new + u64::from(o.cred_euid)));
-    ret(gate(o, a, op::SETUID, euid))
+    let effective = u64::from(read_u32(new + u64::from(offs[1])));
+    ret(gate(o, a, opv, effective))
+}
+
+/// setuid(2), setreuid(2), setresuid(2) (also setfsuid, which changes none of these ids and
+/// passes): a change of the real, effective or saved uid.
+#[lsm(hook = "task_fix_setuid")]
+pub fn task_fix_setuid(ctx: LsmContext) -> i32 {
+    id_change(&ctx, Ids::User)
 }
 
 /// setgid(2), setregid(2), setresgid(2): a change of the real, effective or saved gid.
 #[lsm(hook = "task_fix_setgid")]
 pub fn task_fix_setgid(ctx: LsmContext) -> i32 {
-    let prev: u64 = ctx.arg(3);
-    if prev as i32 != 0 {
-        return chained(prev);
-    }
-    let Some(a) = agent() else { return 0 };
-    let Some(o) = offsets() else { return 0 };
-    let (new, old): (u64, u64) = (ctx.arg(0), ctx.arg(1));
-    if !changes(new, old, [o.cred_gid, o.cred_egid, o.cred_sgid]) {
-        return 0;
-    }
-    let egid = u64::from(read_u32(new + u64::from(o.cred_egid)));
-    ret(gate(o, a, op::SETGID, egid))
+    id_change(&ctx, Ids::Group)
 }
 
 /// unshare(CLONE_NEWUSER), clone(CLONE_NEWUSER): a new user namespace (kernel 6.1 and later).
