@@ -34,6 +34,7 @@ const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -158,6 +159,14 @@ impl Btf {
         Ok(btf)
     }
 
+    /// Whether the kernel has a function named `name` (e.g. `bpf_lsm_inode_set_acl`: which LSM
+    /// hooks exist differs by kernel version).
+    pub fn has_func(&self, name: &str) -> bool {
+        self.types
+            .iter()
+            .any(|t| t.kind == KIND_FUNC && self.str_at(t.name) == name)
+    }
+
     fn str_at(&self, off: u32) -> &str {
         let s = self.strings.get(off as usize..).unwrap_or(&[]);
         let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
@@ -254,6 +263,9 @@ impl Btf {
             cred_gid: m("cred", "gid")?,
             cred_egid: m("cred", "egid")?,
             cred_sgid: m("cred", "sgid")?,
+            vfsmount_mnt_root: m("vfsmount", "mnt_root")?,
+            binprm_cred: m("linux_binprm", "cred")?,
+            cred_cap_permitted: m("cred", "cap_permitted")?,
         })
     }
 }

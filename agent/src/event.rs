@@ -196,6 +196,7 @@ impl GateEvent {
                 op::SETUID => format!("uid {}", ev.target_ino),
                 op::SETGID => format!("gid {}", ev.target_ino),
                 op::USERNS => "a new user namespace".to_owned(),
+                op::CAPS => format!("capabilities {:#x} gained at exec", ev.target_ino),
                 op::CGROUP_MOVE if ev.target_ino == 0 => {
                     "the cgroup of a new process (clone3 CLONE_INTO_CGROUP)".to_owned()
                 }

@@ -74,6 +74,8 @@ pub fn op_to_proto(op: Op) -> pb::Op {
         Op::Setuid => pb::Op::Setuid,
         Op::Setgid => pb::Op::Setgid,
         Op::Userns => pb::Op::Userns,
+        Op::Mount => pb::Op::Mount,
+        Op::Caps => pb::Op::Caps,
     }
 }
 
@@ -103,6 +105,8 @@ pub fn op_from_proto(field: &'static str, v: i32) -> Result<Op, ConvertError> {
         pb::Op::Setuid => Op::Setuid,
         pb::Op::Setgid => Op::Setgid,
         pb::Op::Userns => Op::Userns,
+        pb::Op::Mount => Op::Mount,
+        pb::Op::Caps => Op::Caps,
     })
 }
 
@@ -478,6 +482,8 @@ mod tests {
             Op::Setuid,
             Op::Setgid,
             Op::Userns,
+            Op::Mount,
+            Op::Caps,
         ];
         for op in ops {
             assert_eq!(op_from_proto("op", op_to_proto(op) as i32).unwrap(), op);

@@ -38,6 +38,10 @@ pub enum Op {
     Setgid,
     /// Creating a user namespace.
     Userns,
+    /// Mounting on or in a protected tree, or unmounting a protected filesystem.
+    Mount,
+    /// Gaining capabilities at exec.
+    Caps,
 }
 
 impl Op {
@@ -66,6 +70,8 @@ impl Op {
             op::SETUID => Op::Setuid,
             op::SETGID => Op::Setgid,
             op::USERNS => Op::Userns,
+            op::MOUNT => Op::Mount,
+            op::CAPS => Op::Caps,
             _ => return None,
         })
     }
@@ -95,6 +101,8 @@ impl Op {
             Op::Setuid => op::SETUID,
             Op::Setgid => op::SETGID,
             Op::Userns => op::USERNS,
+            Op::Mount => op::MOUNT,
+            Op::Caps => op::CAPS,
         }
     }
 }

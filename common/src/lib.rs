@@ -68,15 +68,25 @@ pub mod op {
     /// (`security.capability`), security labels, `trusted.*` and `user.*` attributes.
     pub const XATTR: u32 = 19;
     /// An agent process changing its real, effective or saved user id (setuid, setreuid,
-    /// setresuid): `privilege` rules. `target_ino` is the new effective uid.
+    /// setresuid, or exec of a set-user-ID file): `privilege` rules. `target_ino` is the new
+    /// effective uid.
     pub const SETUID: u32 = 20;
-    /// The same for group ids (setgid, setregid, setresgid). `target_ino` is the new egid.
+    /// The same for group ids (setgid, setregid, setresgid, exec of a set-group-ID file).
+    /// `target_ino` is the new egid.
     pub const SETGID: u32 = 21;
     /// Creating a user namespace (unshare or clone with CLONE_NEWUSER): inside it the process
     /// holds every capability over what the namespace owns.
     pub const USERNS: u32 = 22;
+    /// Mounting on a protected object, inside a protected tree or over a directory above one
+    /// (mount(2), move_mount(2)), or unmounting a filesystem whose root is protected (bpffs
+    /// holding airlockd's pins).
+    pub const MOUNT: u32 = 23;
+    /// An exec that gives an agent process permitted capabilities it did not have (file
+    /// capabilities, or a root process's exec after it dropped some): `privilege` rules.
+    /// `target_ino` is the capability bits gained.
+    pub const CAPS: u32 = 24;
     /// Highest value in use.
-    pub const MAX: u32 = 22;
+    pub const MAX: u32 = 24;
 
     /// Bit of `op` in a [`crate::RuleRef::ops`] mask.
     pub const fn bit(op: u32) -> u32 {
@@ -95,7 +105,8 @@ pub mod op {
         | bit(MKDIR)
         | bit(RMDIR)
         | bit(SYMLINK)
-        | bit(XATTR);
+        | bit(XATTR)
+        | bit(MOUNT);
 }
 
 /// The `rule_id` of events that no policy rule made: airlock's self-protection (see
@@ -367,6 +378,13 @@ pub struct KernelOffsets {
     pub cred_gid: u32,
     pub cred_egid: u32,
     pub cred_sgid: u32,
+    /// `struct vfsmount` → `mnt_root`: the root dentry of a mounted filesystem.
+    pub vfsmount_mnt_root: u32,
+    /// `struct linux_binprm` → `cred` (the credentials the exec will install) and
+    /// `struct cred` → `cap_permitted` (64 bits: `kernel_cap_t` is `u32[2]` before 6.3, `u64`
+    /// after, the same bytes on little-endian).
+    pub binprm_cred: u32,
+    pub cred_cap_permitted: u32,
 }
 
 /// Bytes of an exec'd file name kept in [`ExecContext`] (longer names are cut).

@@ -642,6 +642,65 @@ pub fn inode_removexattr(ctx: LsmContext) -> i32 {
     ret(gate_tree(ctx.arg(1), op::XATTR))
 }
 
+/// POSIX ACLs on 6.2+ (`setfacl`, setxattr of `system.posix_acl_*`): since 6.2 these go through
+/// `vfs_set_acl`, which calls this hook instead of `inode_setxattr`. An ACL entry grants access
+/// like mode bits do, so it is gated like them. Optional: absent (and not attached) on 6.1.
+#[lsm(hook = "inode_set_acl")]
+pub fn inode_set_acl(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(4);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    ret(gate_tree(ctx.arg(1), op::XATTR))
+}
+
+/// Removing a POSIX ACL on 6.2+ (`setfacl -b`); see [`inode_set_acl`].
+#[lsm(hook = "inode_remove_acl")]
+pub fn inode_remove_acl(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(3);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    ret(gate_tree(ctx.arg(1), op::XATTR))
+}
+
+/// mount(2): new mounts, bind mounts, `MS_MOVE`, remounts, by their mountpoint: on a protected
+/// object, inside a protected tree, or on a directory above a protected root (which would hide
+/// the tree and free its path).
+#[lsm(hook = "sb_mount")]
+pub fn sb_mount(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(5);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    let Some(o) = offsets() else { return 0 };
+    ret(gate_tree(path_dentry(o, ctx.arg(1)), op::MOUNT))
+}
+
+/// move_mount(2) (the new mount API's attach step, and moves), by the target path.
+#[lsm(hook = "move_mount")]
+pub fn move_mount(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(2);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    let Some(o) = offsets() else { return 0 };
+    ret(gate_tree(path_dentry(o, ctx.arg(1)), op::MOUNT))
+}
+
+/// umount2(2), by the unmounted filesystem's root: gated when that root is protected or above
+/// a protected root (bpffs under airlockd's pins; a protected tree that is a mount of its own).
+#[lsm(hook = "sb_umount")]
+pub fn sb_umount(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(2);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    let Some(o) = offsets() else { return 0 };
+    let root = read_u64(ctx.arg::<u64>(0) + o.vfsmount_mnt_root as u64);
+    ret(gate_tree(root, op::MOUNT))
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

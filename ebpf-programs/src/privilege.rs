@@ -1,12 +1,14 @@
 //! `privilege` rules: changes of user or group ids and new user namespaces by agent processes,
 //! gated like exec (allow, audit, deny, or a hold until someone decides). Each hook runs
 //! before the change takes effect, and failing it leaves the caller's credentials as they were;
-//! a hold restarts the syscall (setuid family, unshare, clone).
+//! a hold restarts the syscall (setuid family, unshare, clone, execve).
 use airlock_common::{InodeKey, KernelOffsets, op};
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::hold::{decide, settle};
-use crate::{Agent, GO, PRIVILEGE, agent, chained, offsets, read_u32, ret, rule_for_inode};
+use crate::{
+    Agent, GO, PRIVILEGE, agent, chained, offsets, read_u32, read_u64, ret, rule_for_inode,
+};
 
 /// Gates privilege change `opv` (`what`: the new id, or 0) by the agent's `privilege` rule.
 #[inline(always)]
@@ -93,4 +95,41 @@ pub fn userns_create(ctx: LsmContext) -> i32 {
     let Some(a) = agent() else { return 0 };
     let Some(o) = offsets() else { return 0 };
     ret(gate(o, a, op::USERNS, 0))
+}
+
+/// execve of a set-user-ID or set-group-ID file (a new effective id) or one that gives
+/// permitted capabilities the caller lacks (file capabilities; root's exec after dropping
+/// some). `bprm->cred` holds what the exec will install, computed by the capability LSM,
+/// which always runs first; `file` is arg 1. This runs before the exec's point of no return,
+/// so EPERM fails the execve and a hold restarts it. Real and saved ids are not compared: every
+/// exec sets the saved ids to the effective ones, which is no gain.
+#[lsm(hook = "bprm_creds_from_file")]
+pub fn bprm_creds_from_file(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(2);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    let Some(a) = agent() else { return 0 };
+    let Some(o) = offsets() else { return 0 };
+    let bprm: u64 = ctx.arg(0);
+    let new = read_u64(bprm + u64::from(o.binprm_cred));
+    // SAFETY: helper without arguments; the pointer is only read through probe reads.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+    let old = read_u64(task + u64::from(o.task_cred));
+    for (off, opv) in [(o.cred_euid, op::SETUID), (o.cred_egid, op::SETGID)] {
+        let off = u64::from(off);
+        let id = read_u32(new + off);
+        if id != read_u32(old + off) {
+            let r = gate(o, a, opv, u64::from(id));
+            if r != GO {
+                return ret(r);
+            }
+        }
+    }
+    let caps = u64::from(o.cred_cap_permitted);
+    let gained = read_u64(new + caps) & !read_u64(old + caps);
+    if gained != 0 {
+        return ret(gate(o, a, op::CAPS, gained));
+    }
+    0
 }

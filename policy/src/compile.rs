@@ -59,7 +59,8 @@ pub fn compile(
     Ok(out)
 }
 
-/// The directories above the roots in `targets` whose renaming a rule must gate (see
+/// The directories above the roots in `targets` whose renaming (or covering by a mount) a rule
+/// must gate (see
 /// [`CompiledPolicy::ancestors`]): for each root whose rule gates renames and is not `allow`,
 /// each ancestor below `/` that is not itself a root (a root's own rule decides for it).
 pub fn protected_ancestors(
@@ -69,11 +70,13 @@ pub fn protected_ancestors(
     let roots: std::collections::HashSet<_> = targets.iter().map(|t| t.inode).collect();
     let mut out = Vec::new();
     for t in targets {
-        if t.rule.ops & op::bit(op::RENAME) == 0 || t.rule.action == action::ALLOW {
+        // Moving the directory away or covering it with a mount both free the root's path.
+        let ops = t.rule.ops & (op::bit(op::RENAME) | op::bit(op::MOUNT));
+        if ops == 0 || t.rule.action == action::ALLOW {
             continue;
         }
         let rule = RuleRef {
-            ops: op::bit(op::RENAME),
+            ops,
             flags: t.rule.flags | flags::SELF_ONLY,
             ..t.rule
         };

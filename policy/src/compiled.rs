@@ -126,8 +126,9 @@ pub struct CompiledPolicy {
     /// One per (rule, path) that exists on this host.
     pub protected: Vec<ProtectedTarget>,
     /// The directories above protected roots (up to, not including, `/`), each gating only its
-    /// own renaming, with the rule of the root below it (ops `RENAME`, flag `SELF_ONLY`):
-    /// renaming `/usr/local` would take a protected `/usr/local/bin` along and free its path.
+    /// own renaming and mounts on it, with the rule of the root below it (ops `RENAME` and
+    /// `MOUNT` as far as that rule has them, flag `SELF_ONLY`): renaming `/usr/local`, or
+    /// mounting a tmpfs on it, would free the path of a protected `/usr/local/bin`.
     /// LSM backend only; not trees (nothing below them is protected by these entries).
     pub ancestors: Vec<ProtectedTarget>,
     /// The rule of each `privilege` rule (its `ops` are the privilege changes it names).

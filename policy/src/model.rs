@@ -108,7 +108,7 @@ pub const ACTIONS: [(&str, u32); 4] = [
 ];
 
 /// Policy spelling of each path operation and its `airlock_common::op`.
-pub const OPERATIONS: [(&str, u32); 12] = [
+pub const OPERATIONS: [(&str, u32); 13] = [
     ("write", op::OPEN_WRITE),
     ("create", op::CREATE),
     ("unlink", op::UNLINK),
@@ -121,13 +121,15 @@ pub const OPERATIONS: [(&str, u32); 12] = [
     ("rmdir", op::RMDIR),
     ("symlink", op::SYMLINK),
     ("xattr", op::XATTR),
+    ("mount", op::MOUNT),
 ];
 
 /// Policy spelling of each privilege change a `privilege` rule can name.
-pub const PRIVILEGES: [(&str, u32); 3] = [
+pub const PRIVILEGES: [(&str, u32); 4] = [
     ("setuid", op::SETUID),
     ("setgid", op::SETGID),
     ("userns", op::USERNS),
+    ("caps", op::CAPS),
 ];
 
 /// The policy spelling of an `airlock_common::action` value (`"?"` for an unknown value).

@@ -91,16 +91,37 @@ struct Samples {
     open: Vec<f64>,
 }
 
+/// Iterations of each measured loop.
+#[derive(Clone, Copy)]
+struct Loops {
+    exec: usize,
+    open: usize,
+}
+
+impl Loops {
+    /// On the host: long enough that one loop takes about a second.
+    const HOST: Loops = Loops {
+        exec: 1000,
+        open: 300_000,
+    };
+    /// In an emulated guest, where each operation is many times slower.
+    const GUEST: Loops = Loops {
+        exec: 150,
+        open: 30_000,
+    };
+}
+
 fn rounds(
     me: &Path,
     cg: Option<&Path>,
     file: &Path,
     r: usize,
+    loops: Loops,
     s: &mut Samples,
 ) -> anyhow::Result<()> {
     for _ in 0..r {
-        s.exec.push(measure(me, cg, "exec", 1000, file)?);
-        s.open.push(measure(me, cg, "open", 300_000, file)?);
+        s.exec.push(measure(me, cg, "exec", loops.exec, file)?);
+        s.open.push(measure(me, cg, "open", loops.open, file)?);
     }
     Ok(())
 }
@@ -128,18 +149,37 @@ fn write_policy(dir: &Path, top_rel: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-/// Runs the benchmark and prints the table.
-pub fn run(bin_dir: &Path, rounds_n: usize) -> anyhow::Result<()> {
+/// Runs the benchmark and prints the table. `in_guest` (the guest's accelerator, from
+/// `cargo xtask bench`) runs only the exec/open overhead part, with shorter loops, and labels the
+/// figures as measured in a guest.
+pub fn run(bin_dir: &Path, rounds_n: usize, in_guest: Option<&str>) -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
+    if let Some(accel) = in_guest {
+        anyhow::ensure!(rounds_n > 0, "--in-guest needs --rounds of at least 1");
+        println!(
+            "overhead benchmark inside a QEMU guest (accel {accel}){}",
+            if accel == "tcg" {
+                ": MEASURED UNDER EMULATION, the ratios are indicative only"
+            } else {
+                ""
+            }
+        );
+        return overhead(bin_dir, &me, rounds_n, Loops::GUEST);
+    }
     if std::env::var("AIRLOCK_BENCH_ONLY").as_deref() == Ok("server") {
         // `AIRLOCK_BENCH_ONLY=server`: only airlock-server's benchmark (no kernel parts).
         return bench_server::run(bin_dir);
     }
-    if rounds_n == 0 {
-        // `--rounds 0`: only the hold benchmark, then the server's.
-        crate::bench_holds::run(bin_dir, &me)?;
-        return bench_server::run(bin_dir);
+    if rounds_n > 0 {
+        overhead(bin_dir, &me, rounds_n, Loops::HOST)?;
     }
+    // `--rounds 0`: only the hold benchmark, then the server's.
+    crate::bench_holds::run(bin_dir, &me)?;
+    bench_server::run(bin_dir)
+}
+
+/// The exec and open+close overhead table.
+fn overhead(bin_dir: &Path, me: &Path, rounds_n: usize, loops: Loops) -> anyhow::Result<()> {
     let dir = PathBuf::from(format!("/var/tmp/airlock-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -161,7 +201,7 @@ pub fn run(bin_dir: &Path, rounds_n: usize) -> anyhow::Result<()> {
         exec: vec![],
         open: vec![],
     };
-    rounds(&me, Some(&outside), &file, 2, &mut junk)?;
+    rounds(me, Some(&outside), &file, 2, loops, &mut junk)?;
     // Each round measures off, then on (outside, inside), so a ratio compares measurements taken
     // seconds apart; the machine's drift over the whole run does not land in the ratios.
     let mut off = Samples {
@@ -182,13 +222,13 @@ pub fn run(bin_dir: &Path, rounds_n: usize) -> anyhow::Result<()> {
     let mut started = std::time::Duration::ZERO;
     for round in 0..rounds_n {
         let n0 = off.exec.len();
-        rounds(&me, Some(&outside), &file, 1, &mut off)?;
+        rounds(me, Some(&outside), &file, 1, loops, &mut off)?;
         let t = Instant::now();
         let daemon = Daemon::start(bin_dir, &policy, &dir.join("state"), "auto")?;
         started = t.elapsed();
         st = daemon.status().unwrap_or_default();
-        rounds(&me, Some(&outside), &file, 1, &mut out_s)?;
-        rounds(&me, Some(&agent), &file, 1, &mut in_s)?;
+        rounds(me, Some(&outside), &file, 1, loops, &mut out_s)?;
+        rounds(me, Some(&agent), &file, 1, loops, &mut in_s)?;
         drop(daemon);
         r_out_exec.push(out_s.exec[n0] / off.exec[n0]);
         r_in_exec.push(in_s.exec[n0] / off.exec[n0]);
@@ -256,8 +296,7 @@ pub fn run(bin_dir: &Path, rounds_n: usize) -> anyhow::Result<()> {
     );
     drop(cg);
     drop(cleanup);
-    crate::bench_holds::run(bin_dir, &me)?;
-    bench_server::run(bin_dir)
+    Ok(())
 }
 
 pub(crate) struct Cleanup(pub(crate) PathBuf);

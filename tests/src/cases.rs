@@ -105,7 +105,7 @@ impl Fixture {
                  \x20 - name: e2e-only-tool\n    action: deny\n    exec: [\"{}\"]\n    agents: [e2e]\n\
                  \x20 - name: bystander-only-tree\n    action: deny\n    paths: [\"{}\"]\n    agents: [bystander]\n\
                  \x20 - name: deep-tree\n    action: deny\n    paths: [\"{}\"]\n\
-                 \x20 - name: bystander-privilege\n    action: deny\n    privilege: [setuid, setgid, userns]\n    agents: [bystander]\n",
+                 \x20 - name: bystander-privilege\n    action: deny\n    privilege: [setuid, setgid, userns, caps]\n    agents: [bystander]\n",
                 gated.path.display(),
                 audited.path.display(),
                 etc.display(),
@@ -470,6 +470,66 @@ pub const CASES: &[(&str, bool, Case)] = &[
         },
     ),
     (
+        "agent_posix_acl_changes_in_protected_tree_are_denied",
+        true,
+        |c| {
+            // Since 6.2 ACLs bypass inode_setxattr (vfs_set_acl has hooks of its own); an ACL
+            // is a permission change like chmod, so both routes must be gated on both kernels.
+            use std::os::unix::fs::PermissionsExt as _;
+            let conf = c.fx.conf.to_string_lossy().to_string();
+            let mode = |p: &str| -> anyhow::Result<u32> {
+                Ok(std::fs::metadata(p)?.permissions().mode() & 0o7777)
+            };
+            let before = mode(&conf)?;
+            let (p, out) = c.op(c.agent(), "set-acl", &[&conf])?;
+            expect(&out, "errno=1", "agent set-acl")?;
+            let ev = c
+                .daemon
+                .wait_event(|e| e["pid"].as_u64() == Some(u64::from(p)))
+                .context("no event for set-acl")?;
+            ensure(ev["op"] == "xattr" && ev["rule"] == "protected-etc", || {
+                format!("set-acl event: {ev}")
+            })?;
+            ensure(mode(&conf)? == before, || {
+                format!("mode of {conf} changed by a refused ACL")
+            })?;
+            // Controls: the filesystem takes ACLs, and one really changes the mode.
+            let f = c.fx.etc.join("outside-acl");
+            std::fs::write(&f, "x")?;
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600))?;
+            let f = f.to_string_lossy().to_string();
+            expect(
+                &c.op(c.outside(), "set-acl", &[&f])?.1,
+                "ok",
+                "outside set-acl",
+            )?;
+            ensure(mode(&f)? == 0o777, || {
+                format!("outside ACL gave {:o}", mode(&f).unwrap_or(0))
+            })?;
+            // Removal (inode_remove_acl on 6.2+): a default ACL put there from outside.
+            let d = c.fx.etc.join("acl-dir");
+            std::fs::create_dir_all(&d)?;
+            let d = d.to_string_lossy().to_string();
+            expect(
+                &c.op(c.outside(), "set-acl", &[&d, "default"])?.1,
+                "ok",
+                "outside set default acl",
+            )?;
+            let (p, out) = c.op(c.agent(), "remove-default-acl", &[&d])?;
+            expect(&out, "errno=1", "agent remove-default-acl")?;
+            let ev = c
+                .daemon
+                .wait_event(|e| e["pid"].as_u64() == Some(u64::from(p)))
+                .context("no event for remove-default-acl")?;
+            ensure(ev["op"] == "xattr", || format!("remove-acl event: {ev}"))?;
+            expect(
+                &c.op(c.outside(), "remove-default-acl", &[&d])?.1,
+                "ok",
+                "outside remove-default-acl",
+            )
+        },
+    ),
+    (
         "agent_cannot_rename_a_protected_trees_ancestor_away",
         true,
         |c| {
@@ -534,6 +594,138 @@ pub const CASES: &[(&str, bool, Case)] = &[
                 &c.op(by, "setuid", &["0"])?.1,
                 "ok",
                 "setuid to its own uid",
+            )
+        },
+    ),
+    (
+        "set_id_exec_and_capability_gains_under_a_privilege_rule_are_denied",
+        true,
+        |c| {
+            // A copy of this binary, set-user-ID and set-group-ID to nobody: root running it
+            // changes its effective ids (a transition like setuid(2), here a drop, which needs
+            // no unprivileged user to show).
+            use std::os::unix::fs::PermissionsExt as _;
+            let copy = c.fx.dir.join("setid-nobody");
+            std::fs::copy(&c.me, &copy)?;
+            std::os::unix::fs::chown(&copy, Some(65534), Some(65534))?;
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o6755))?;
+            let copy = copy.to_string_lossy().to_string();
+            // `exec PATH ARGV...` with the path as argv[0].
+            let argv = [copy.as_str(), "--op", "ids"];
+            let by = Some(c.fx.bystander_cg.as_path());
+            let (p, out) = c.op(by, "exec", &argv)?;
+            expect(&out, "errno=1", "bystander exec of a set-id file")?;
+            let ev = c
+                .daemon
+                .wait_event(|e| e["pid"].as_u64() == Some(u64::from(p)))
+                .context("no event for the set-id exec")?;
+            ensure(
+                ev["op"] == "setuid"
+                    && ev["rule"] == "bystander-privilege"
+                    && ev["target_name"] == "uid 65534",
+                || format!("set-id exec event: {ev}"),
+            )?;
+            let me = c.me.to_string_lossy().to_string();
+            for (who, cg) in [("e2e", c.agent()), ("outside", c.outside())] {
+                let mut full = vec![me.as_str(), "--op", "exec"];
+                full.extend_from_slice(&argv);
+                let (_, out) = run_in(cg, None, &full)?;
+                let so = stdout(&out);
+                ensure(so.starts_with("euid=65534 egid=65534"), || {
+                    format!(
+                        "{who} exec of the set-id file: {so:?} ({}; stderr {:?})",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                })?;
+            }
+            // Root that dropped CAP_NET_RAW gets it back at exec: a capability gain.
+            let argv = ["13", me.as_str(), me.as_str(), "--op", "ids"];
+            let (p, out) = c.op(by, "drop-cap-exec", &argv)?;
+            expect(&out, "errno=1", "bystander exec regaining CAP_NET_RAW")?;
+            let ev = c
+                .daemon
+                .wait_event(|e| e["pid"].as_u64() == Some(u64::from(p)))
+                .context("no event for the capability gain")?;
+            ensure(
+                ev["op"] == "caps" && ev["target_name"] == "capabilities 0x2000 gained at exec",
+                || format!("caps event: {ev}"),
+            )?;
+            for (who, cg) in [("e2e", c.agent()), ("outside", c.outside())] {
+                let out = c.op(cg, "drop-cap-exec", &argv)?.1;
+                let prm = out
+                    .split("capprm=")
+                    .nth(1)
+                    .and_then(|h| u64::from_str_radix(h.trim(), 16).ok());
+                ensure(prm.is_some_and(|p| p & (1 << 13) != 0), || {
+                    format!("{who} exec after dropping CAP_NET_RAW: {out:?}")
+                })?;
+            }
+            // A plain exec by the bystander (every op here starts with one) gains nothing.
+            expect(&c.op(by, "setuid", &["0"])?.1, "ok", "bystander plain exec")
+        },
+    ),
+    (
+        "agent_cannot_cover_a_protected_tree_with_a_mount_or_unmount_the_pins",
+        true,
+        |c| {
+            let s = |p: &Path| p.to_string_lossy().to_string();
+            let free = c.fx.dir.join("deep/a/mnt");
+            std::fs::create_dir_all(&free)?;
+            // On the tree, inside it, and on a directory above a protected root.
+            for (dir, rule) in [
+                (c.fx.etc.clone(), "protected-etc"),
+                (c.fx.etc.join("sub"), "protected-etc"),
+                (c.fx.dir.join("deep/a"), "deep-tree"),
+            ] {
+                let d = s(&dir);
+                let (p, out) = c.op(c.agent(), "mount-tmpfs", &[&d])?;
+                if out == "ok" {
+                    let _ = c.op(c.outside(), "umount", &[&d]);
+                }
+                expect(&out, "errno=1", &format!("mount on {d}"))?;
+                let ev = c
+                    .daemon
+                    .wait_event(|e| e["pid"].as_u64() == Some(u64::from(p)))
+                    .with_context(|| format!("no event for mounting on {d}"))?;
+                ensure(ev["op"] == "mount" && ev["rule"] == rule, || {
+                    format!("mount on {d}: {ev}")
+                })?;
+            }
+            // bpffs holds airlockd's pins: unmounting it is refused as self-protection.
+            let (p, out) = c.op(c.agent(), "umount", &["/sys/fs/bpf"])?;
+            expect(&out, "errno=1", "umount /sys/fs/bpf")?;
+            let ev = c
+                .daemon
+                .wait_event(|e| e["pid"].as_u64() == Some(u64::from(p)))
+                .context("no event for umount")?;
+            ensure(
+                ev["op"] == "mount" && ev["rule"] == "self-protection",
+                || format!("umount event: {ev}"),
+            )?;
+            // A directory beside the tree (inside an ancestor) stays the agent's to mount on.
+            let f = s(&free);
+            expect(
+                &c.op(c.agent(), "mount-tmpfs", &[&f])?.1,
+                "ok",
+                "mount beside the tree",
+            )?;
+            expect(
+                &c.op(c.agent(), "umount", &[&f])?.1,
+                "ok",
+                "umount beside the tree",
+            )?;
+            // Outside agents nothing changed.
+            let e = s(&c.fx.etc.join("sub"));
+            expect(
+                &c.op(c.outside(), "mount-tmpfs", &[&e])?.1,
+                "ok",
+                "outside mount",
+            )?;
+            expect(
+                &c.op(c.outside(), "umount", &[&e])?.1,
+                "ok",
+                "outside umount",
             )
         },
     ),

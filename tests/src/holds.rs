@@ -69,7 +69,8 @@ impl HoldFixture {
                  \x20 - name: short-tool\n    action: approve\n    timeout: 2s\n    onTimeout: deny\n    exec: [\"{}\"]\n\
                  \x20 - name: held-etc\n    action: approve\n    paths: [\"{}\"]\n\
                  \x20 - name: held-socket\n    action: approve\n    connect: [\"{}\"]\n\
-                 \x20 - name: held-userns\n    action: approve\n    privilege: [userns]\n",
+                 \x20 - name: held-userns\n    action: approve\n    privilege: [userns]\n\
+                 \x20 - name: held-caps\n    action: approve\n    privilege: [caps]\n",
                 held.display(),
                 short.display(),
                 etc.display(),
@@ -319,6 +320,40 @@ pub const CASES: &[(&str, Case)] = &[
             "ok",
             "approved unshare(CLONE_NEWUSER)",
         )
+    }),
+    ("held_capability_gain_at_exec_waits_for_approval", |c| {
+        // Root without CAP_NET_RAW gets it back at exec; held, the execve restarts from the
+        // top once approved and the program starts with the capability.
+        let me = c.me.to_string_lossy().to_string();
+        let args = ["13", me.as_str(), me.as_str(), "--op", "ids"];
+        let has_net_raw = |o: &Output| {
+            stdout(o)
+                .split("capprm=")
+                .nth(1)
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+                .is_some_and(|p| p & (1 << 13) != 0)
+        };
+        if !c.lsm {
+            // The fanotify fallback cannot see credential changes (README, "Threat model").
+            let o = c.spawn_op("drop-cap-exec", &args)?.finish(WAIT)?;
+            return ensure(has_net_raw(&o), || format!("fallback: {}", stdout(&o)));
+        }
+        let child = c.spawn_op("drop-cap-exec", &args)?;
+        let id = c.wait_pending(child.pid)?;
+        let r = &c.requests_of(child.pid, "pending")[0];
+        ensure(
+            r["context"]["rule"] == "held-caps" && r["context"]["op"] == "caps",
+            || format!("context: {r}"),
+        )?;
+        c.cli_ok(&["approve", &id])?;
+        let o = child.finish(WAIT)?;
+        ensure(has_net_raw(&o), || {
+            format!(
+                "approved exec: {:?} (stderr {})",
+                stdout(&o),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
     }),
     ("denied_hold_fails_with_eperm", |c| {
         let child = c.spawn_exec(&c.fx.held, "must-not-run")?;

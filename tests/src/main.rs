@@ -25,12 +25,15 @@ struct Args {
     tier: String,
     bin_dir: PathBuf,
     rounds: usize,
+    /// `--in-guest ACCEL`: the benchmark runs inside a guest (its accelerator, for the label).
+    in_guest: Option<String>,
 }
 
 fn parse() -> anyhow::Result<Args> {
     let mut tier = None;
     let mut bin_dir = None;
     let mut rounds = 5;
+    let mut in_guest = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -48,6 +51,7 @@ fn parse() -> anyhow::Result<Args> {
             "--demo" => tier = Some("demo".to_string()),
             "--bench" => tier = Some("bench".to_string()),
             "--rounds" => rounds = it.next().context("--rounds N")?.parse()?,
+            "--in-guest" => in_guest = Some(it.next().context("--in-guest tcg|kvm")?),
             "--tier" => tier = it.next(),
             "--bin-dir" => bin_dir = it.next().map(PathBuf::from),
             other => {
@@ -71,6 +75,7 @@ fn parse() -> anyhow::Result<Args> {
         tier,
         bin_dir,
         rounds,
+        in_guest,
     })
 }
 
@@ -128,7 +133,7 @@ fn main() -> ExitCode {
         let res = if a.tier == "demo" {
             demo::run(&a.bin_dir, &repo)
         } else {
-            bench::run(&a.bin_dir, a.rounds)
+            bench::run(&a.bin_dir, a.rounds, a.in_guest.as_deref())
         };
         return match res {
             Ok(()) => ExitCode::SUCCESS,
@@ -281,10 +286,17 @@ fn main() -> ExitCode {
             ensure(pins.remove(), || {
                 format!("pins left in {}", harness::pin_dir().display())
             })?;
-            let out = exec_gated()?;
+            // The kernel frees an unpinned link from a workqueue, not at unlink: under load the
+            // program can still run for a moment, so allow it a few seconds to go.
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let mut out = exec_gated()?;
+            while !out.status.success() && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                out = exec_gated()?;
+            }
             ensure(out.status.success(), || {
                 format!(
-                    "exec after unpinning: {:?} {}",
+                    "exec 5 s after unpinning: {:?} {}",
                     out.status,
                     harness::stdout(&out)
                 )

@@ -42,6 +42,46 @@ pub fn run(op: &str, args: &[String]) -> ! {
                 );
                 std::process::exit(111)
             }
+            // `drop-cap-exec CAP PATH ARGV...`: drops capability CAP from the permitted,
+            // effective and inheritable sets, then execs like `exec` (a root process gets
+            // every capability back at exec: a gain).
+            "drop-cap-exec" => {
+                let cap: u32 = a(0).parse().unwrap_or(13);
+                let mut hdr = [0x2008_0522u32, 0]; // _LINUX_CAPABILITY_VERSION_3, this process
+                let mut data = [0u32; 6]; // {effective, permitted, inheritable} x 2
+                if libc::syscall(libc::SYS_capget, hdr.as_mut_ptr(), data.as_mut_ptr()) != 0 {
+                    report(-1)
+                }
+                let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
+                for set in 0..3 {
+                    data[word * 3 + set] &= !bit;
+                }
+                if libc::syscall(libc::SYS_capset, hdr.as_mut_ptr(), data.as_ptr()) != 0 {
+                    report(-1)
+                }
+                let path = c(a(1));
+                let argv: Vec<CString> = args[2..].iter().map(|s| c(s)).collect();
+                let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+                ptrs.push(std::ptr::null());
+                libc::execv(path.as_ptr(), ptrs.as_ptr());
+                report(-1)
+            }
+            // Prints the effective ids and the permitted capabilities (after an exec above).
+            "ids" => {
+                let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+                let capprm = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("CapPrm:"))
+                    .unwrap_or("?")
+                    .trim()
+                    .to_owned();
+                println!(
+                    "euid={} egid={} capprm={capprm}",
+                    libc::geteuid(),
+                    libc::getegid()
+                );
+                std::process::exit(0)
+            }
             "fdexec" => {
                 let fd = libc::open(c(a(0)).as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
                 if fd < 0 {
@@ -81,6 +121,14 @@ pub fn run(op: &str, args: &[String]) -> ! {
             "symlink" => report(libc::symlink(c(a(0)).as_ptr(), c(a(1)).as_ptr()) as i64),
             "chmod" => report(libc::chmod(c(a(0)).as_ptr(), 0o600) as i64),
             "chown" => report(libc::chown(c(a(0)).as_ptr(), 1, 1) as i64),
+            "mount-tmpfs" => report(i64::from(libc::mount(
+                c("airlock-e2e").as_ptr(),
+                c(a(0)).as_ptr(),
+                c("tmpfs").as_ptr(),
+                0,
+                std::ptr::null(),
+            ))),
+            "umount" => report(i64::from(libc::umount2(c(a(0)).as_ptr(), 0))),
             "setuid" => report(i64::from(libc::setuid(a(0).parse().unwrap_or(65534)))),
             "setgid" => report(i64::from(libc::setgid(a(0).parse().unwrap_or(65534)))),
             "unshare-user" => report(i64::from(libc::unshare(libc::CLONE_NEWUSER))),
@@ -90,6 +138,35 @@ pub fn run(op: &str, args: &[String]) -> ! {
                 b"x".as_ptr().cast(),
                 1,
                 0,
+            ))),
+            // `set-acl PATH [default]`: an ACL granting everyone rwx (for an access ACL, mode
+            // 0777 by another route than chmod): v2
+            // header, then USER_OBJ, GROUP_OBJ and OTHER entries (tag, perm, id) of 8 bytes each.
+            "set-acl" => {
+                let mut acl = 2u32.to_le_bytes().to_vec();
+                for tag in [0x01u16, 0x04, 0x20] {
+                    acl.extend_from_slice(&tag.to_le_bytes());
+                    acl.extend_from_slice(&7u16.to_le_bytes());
+                    acl.extend_from_slice(&u32::MAX.to_le_bytes());
+                }
+                let name = if args.get(1).map(String::as_str) == Some("default") {
+                    "system.posix_acl_default"
+                } else {
+                    "system.posix_acl_access"
+                };
+                report(i64::from(libc::setxattr(
+                    c(a(0)).as_ptr(),
+                    c(name).as_ptr(),
+                    acl.as_ptr().cast(),
+                    acl.len(),
+                    0,
+                )))
+            }
+            // A default ACL on a directory is removable (an access ACL equal to the mode is
+            // not stored at all), so removal is tried on that one.
+            "remove-default-acl" => report(i64::from(libc::removexattr(
+                c(a(0)).as_ptr(),
+                c("system.posix_acl_default").as_ptr(),
             ))),
             "removexattr" => report(i64::from(libc::removexattr(
                 c(a(0)).as_ptr(),

@@ -1,5 +1,6 @@
 //! `cargo xtask`: orchestration only (setup, build, test tiers, guest VMs, demo/bench wrappers).
 //! Product logic lives in the workspace crates; the e2e scenarios live in `tests/` (airlock-e2e).
+mod bench;
 mod cargo;
 mod cpio;
 mod guest;
@@ -57,11 +58,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, then run `airlock-e2e --bench [ARGS]` (root).
-    Bench {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    /// Build (release), run `airlock-e2e --bench [ARGS]` on this kernel (root), then the
+    /// exec/open overhead benchmark inside a guest on the BPF LSM backend.
+    Bench(bench::Args),
     /// Boot a guest kernel and run a command inside (no command: interactive shell).
     Vm(vm::Args),
 }
@@ -93,12 +92,12 @@ fn real_main(cli: Cli) -> Result<i32> {
         }
         Cmd::Test(args) => test::run(&ctx, &args),
         Cmd::Demo { args } => e2e_mode(&ctx, "demo", &args),
-        Cmd::Bench { args } => e2e_mode(&ctx, "bench", &args),
+        Cmd::Bench(args) => bench::run(&ctx, &args),
         Cmd::Vm(args) => vm::run(&ctx, &args),
     }
 }
 
-/// `demo` / `bench`: setup, build, then become `airlock-e2e --<mode> ARGS...`.
+/// `demo`: setup, build, then become `airlock-e2e --demo ARGS...`.
 fn e2e_mode(ctx: &Ctx, mode: &str, args: &[String]) -> Result<i32> {
     if !util::is_root() {
         bail!(
@@ -112,18 +111,11 @@ fn e2e_mode(ctx: &Ctx, mode: &str, args: &[String]) -> Result<i32> {
             kernels: Vec::new(),
         },
     )?;
-    // The benchmark measures optimized binaries; the demo runs the debug build the tests use.
-    let bin_dir = if mode == "bench" {
-        let step = Step::new("build: cargo build --release");
-        cargo::build_release(ctx)?;
-        step.done("ok");
-        ctx.root.join("target/release")
-    } else {
-        let step = Step::new("build: cargo build");
-        cargo::build(ctx)?;
-        step.done("ok");
-        ctx.bin_dir()
-    };
+    // The demo runs the debug build the tests use.
+    let step = Step::new("build: cargo build");
+    cargo::build(ctx)?;
+    step.done("ok");
+    let bin_dir = ctx.bin_dir();
     let e2e = bin_dir.join("airlock-e2e");
     let mut cmd = Command::new(&e2e);
     cmd.arg(format!("--{mode}"))

@@ -257,6 +257,8 @@ mod tests {
             Op::Setuid,
             Op::Setgid,
             Op::Userns,
+            Op::Mount,
+            Op::Caps,
         ];
         for op in ops {
             assert_eq!(

@@ -519,7 +519,7 @@ fn build(
     }
     if !policy.privilege.is_empty() {
         m.notes.push(
-            "privilege rules (setuid, setgid, userns) are not enforced: the fanotify fallback \
+            "privilege rules (setuid, setgid, userns, caps) are not enforced: the fanotify fallback \
              cannot see credential changes (BPF LSM only)"
                 .to_owned(),
         );

@@ -49,6 +49,9 @@ pub const HOOKS: &[&str] = &[
     "path_chown",
     "inode_setxattr",
     "inode_removexattr",
+    "sb_mount",
+    "move_mount",
+    "sb_umount",
     // Self-protection (ebpf-programs/src/guard.rs).
     "task_kill",
     "ptrace_access_check",
@@ -62,7 +65,27 @@ pub const HOOKS: &[&str] = &[
     "task_fix_setuid",
     "task_fix_setgid",
     "userns_create",
+    "bprm_creds_from_file",
 ];
+
+/// Hooks attached when the running kernel has them (by its BTF): the POSIX ACL hooks exist from
+/// 6.2, where ACL changes stopped going through `inode_setxattr`.
+pub const OPTIONAL_HOOKS: &[&str] = &["inode_set_acl", "inode_remove_acl"];
+
+/// The hooks to attach on the kernel described by `btf`: every one of [`HOOKS`] and those of
+/// [`OPTIONAL_HOOKS`] it has.
+fn hooks_of(btf: &crate::btf::Btf) -> Vec<&'static str> {
+    HOOKS
+        .iter()
+        .copied()
+        .chain(
+            OPTIONAL_HOOKS
+                .iter()
+                .copied()
+                .filter(|h| btf.has_func(&format!("bpf_lsm_{h}"))),
+        )
+        .collect()
+}
 
 /// Errors of the LSM backend.
 #[derive(Debug, thiserror::Error)]
@@ -179,15 +202,17 @@ impl LsmBackend {
             ));
         }
         pin::ensure_bpffs(pin_dir)?;
+        let btf = crate::btf::Btf::from_sys_fs()?;
+        let hooks = hooks_of(&btf);
         let ver = pin::version_dir(pin_dir, crate::EBPF_OBJECT);
-        let adopted = pin::complete(&ver);
+        let adopted = pin::complete(&ver, &hooks);
         let maps = if adopted {
             tracing::info!(pins = %ver.display(), "adopting the pinned LSM programs");
             adopt(&ver)?
         } else {
             // Leftovers of an attempt that died half-way through pinning.
             pin::remove_version(&ver)?;
-            load_and_pin(&ver).inspect_err(|_| {
+            load_and_pin(&ver, &btf, &hooks).inspect_err(|_| {
                 // Nothing half-pinned stays behind (it would hold maps, or gate unarmed).
                 let _ = pin::remove_version(&ver);
             })?
@@ -239,14 +264,18 @@ impl LsmBackend {
 
 /// Loads, configures and attaches every program, pinning maps and links into `ver`. The links
 /// are not kept open here: once pinned, only removing the pin detaches them.
-fn load_and_pin(ver: &Path) -> Result<Maps, LsmError> {
-    let offsets = crate::btf::Btf::from_sys_fs()?.kernel_offsets()?;
+fn load_and_pin(
+    ver: &Path,
+    btf: &crate::btf::Btf,
+    hooks: &[&'static str],
+) -> Result<Maps, LsmError> {
+    let offsets = btf.kernel_offsets()?;
     let aya_btf =
         AyaBtf::from_sys_fs().map_err(|e| LsmError::Unavailable(format!("kernel BTF: {e}")))?;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&aya_btf))
         .load(crate::EBPF_OBJECT)?;
-    for &hook in HOOKS {
+    for &hook in hooks {
         let prog: &mut Lsm = ebpf
             .program_mut(hook)
             .ok_or(LsmError::Unavailable(format!(
@@ -265,7 +294,7 @@ fn load_and_pin(ver: &Path) -> Result<Maps, LsmError> {
         agents,
     )?;
     // Attach only after the maps exist: the programs allow everything until `armed`.
-    for &hook in HOOKS {
+    for &hook in hooks {
         let prog: &mut Lsm = ebpf
             .program_mut(hook)
             .expect("loaded above")

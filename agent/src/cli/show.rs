@@ -107,6 +107,8 @@ pub(crate) fn op_name(op: Op) -> &'static str {
         Op::Setuid => "setuid",
         Op::Setgid => "setgid",
         Op::Userns => "userns",
+        Op::Mount => "mount",
+        Op::Caps => "caps",
     }
 }
 

@@ -373,7 +373,7 @@ fn directories_above_a_protected_root_gate_only_their_own_renaming() {
         (Path::new("/etc"), key(20))
     );
     assert_eq!(a.rule.rule_id, 0);
-    assert_eq!(a.rule.ops, op::bit(op::RENAME));
+    assert_eq!(a.rule.ops, op::bit(op::RENAME) | op::bit(op::MOUNT));
     assert_eq!(a.rule.flags, flags::SELF_ONLY);
     assert_eq!(crate::effective_protected_map(&c)[&key(20)], a.rule);
 }
@@ -381,19 +381,23 @@ fn directories_above_a_protected_root_gate_only_their_own_renaming() {
 #[test]
 fn privilege_rules_key_each_named_change_by_its_op() {
     let src = format!(
-        "{}rules:\n  - name: ids\n    action: approve\n    privilege: [setuid, userns]\n",
+        "{}rules:\n  - name: ids\n    action: approve\n    privilege: [setuid, userns, caps]\n",
         header("p", "enforce")
     );
     let c = compile(&policies(&src), &host()).unwrap();
     assert_eq!(c.privilege.len(), 1);
     assert_eq!(
         c.privilege[0].ops,
-        op::bit(op::SETUID) | op::bit(op::USERNS)
+        op::bit(op::SETUID) | op::bit(op::USERNS) | op::bit(op::CAPS)
     );
     let m = crate::effective_privilege_map(&c);
-    assert_eq!(m.len(), 2);
+    assert_eq!(m.len(), 3);
     assert_eq!(m[&crate::privilege_key(op::SETUID)].action, action::APPROVE);
     assert!(m.contains_key(&crate::privilege_key(op::USERNS)));
+    assert!(m.contains_key(&crate::privilege_key(op::CAPS)));
     assert!(!m.contains_key(&crate::privilege_key(op::SETGID)));
-    assert_eq!(crate::op_names(c.rules[0].ops), ["setuid", "userns"]);
+    assert_eq!(
+        crate::op_names(c.rules[0].ops),
+        ["setuid", "userns", "caps"]
+    );
 }

@@ -349,7 +349,7 @@ fn unknown_privilege_changes_are_named() {
     assert_eq!(
         errors_of(&src),
         [
-            "t.yaml:9:25: rules[0].privilege[1]: unknown privilege change \"sudo\" (expected setuid, setgid or userns)",
+            "t.yaml:9:25: rules[0].privilege[1]: unknown privilege change \"sudo\" (expected setuid, setgid, userns or caps)",
             "t.yaml:10:5: rules[0].operations: only valid with paths; other rules gate what they list",
         ]
     );

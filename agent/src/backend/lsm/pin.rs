@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use aya::maps::{Map, MapData};
 use aya::pin::PinError;
 
-use super::{HOOKS, LsmError};
+use super::LsmError;
 
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -101,9 +101,10 @@ pub(crate) fn ensure_bpffs(pin_dir: &Path) -> Result<(), LsmError> {
     std::fs::create_dir_all(pin_dir).map_err(io_error(format!("creating {}", pin_dir.display())))
 }
 
-/// True when `ver` holds a pin for every hook's link and every map userspace adopts.
-pub(crate) fn complete(ver: &Path) -> bool {
-    HOOKS.iter().all(|h| link_pin(ver, h).exists())
+/// True when `ver` holds a pin for the link of every one of `hooks` (those this kernel has) and
+/// every map userspace adopts.
+pub(crate) fn complete(ver: &Path, hooks: &[&str]) -> bool {
+    hooks.iter().all(|h| link_pin(ver, h).exists())
         && ADOPTED_MAPS.iter().all(|m| map_pin(ver, m).exists())
 }
 
@@ -230,6 +231,7 @@ pub fn remove_pins(pin_dir: &Path) -> Result<(), LsmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::lsm::{HOOKS, OPTIONAL_HOOKS};
 
     #[test]
     fn version_dir_depends_on_the_object_only() {
@@ -277,9 +279,13 @@ mod tests {
         for h in &HOOKS[1..] {
             std::fs::write(link_pin(&ver, h), "").unwrap();
         }
-        assert!(!complete(&ver));
+        assert!(!complete(&ver, HOOKS));
         std::fs::write(link_pin(&ver, HOOKS[0]), "").unwrap();
-        assert!(complete(&ver));
+        assert!(complete(&ver, HOOKS));
+        // A kernel that has the optional hooks needs their links too (pins made on an older
+        // kernel are not adopted after an upgrade to one with more hooks).
+        let all: Vec<&str> = HOOKS.iter().chain(OPTIONAL_HOOKS).copied().collect();
+        assert!(!complete(&ver, &all));
     }
 
     #[test]
