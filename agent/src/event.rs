@@ -197,6 +197,7 @@ impl GateEvent {
                 op::SETGID => format!("gid {}", ev.target_ino),
                 op::USERNS => "a new user namespace".to_owned(),
                 op::CAPS => format!("capabilities {:#x} gained at exec", ev.target_ino),
+                op::READ_SECRET => format!("airlockd's host key (inode {})", ev.target_ino),
                 op::CGROUP_MOVE if ev.target_ino == 0 => {
                     "the cgroup of a new process (clone3 CLONE_INTO_CGROUP)".to_owned()
                 }

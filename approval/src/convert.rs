@@ -76,6 +76,7 @@ pub fn op_to_proto(op: Op) -> pb::Op {
         Op::Userns => pb::Op::Userns,
         Op::Mount => pb::Op::Mount,
         Op::Caps => pb::Op::Caps,
+        Op::ReadSecret => pb::Op::ReadSecret,
     }
 }
 
@@ -107,6 +108,7 @@ pub fn op_from_proto(field: &'static str, v: i32) -> Result<Op, ConvertError> {
         pb::Op::Userns => Op::Userns,
         pb::Op::Mount => Op::Mount,
         pb::Op::Caps => Op::Caps,
+        pb::Op::ReadSecret => Op::ReadSecret,
     })
 }
 
@@ -484,6 +486,7 @@ mod tests {
             Op::Userns,
             Op::Mount,
             Op::Caps,
+            Op::ReadSecret,
         ];
         for op in ops {
             assert_eq!(op_from_proto("op", op_to_proto(op) as i32).unwrap(), op);

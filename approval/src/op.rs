@@ -42,6 +42,8 @@ pub enum Op {
     Mount,
     /// Gaining capabilities at exec.
     Caps,
+    /// Opening one of airlockd's secrets (self-protection).
+    ReadSecret,
 }
 
 impl Op {
@@ -72,6 +74,7 @@ impl Op {
             op::USERNS => Op::Userns,
             op::MOUNT => Op::Mount,
             op::CAPS => Op::Caps,
+            op::READ_SECRET => Op::ReadSecret,
             _ => return None,
         })
     }
@@ -103,6 +106,7 @@ impl Op {
             Op::Userns => op::USERNS,
             Op::Mount => op::MOUNT,
             Op::Caps => op::CAPS,
+            Op::ReadSecret => op::READ_SECRET,
         }
     }
 }

@@ -85,8 +85,11 @@ pub mod op {
     /// capabilities, or a root process's exec after it dropped some): `privilege` rules.
     /// `target_ino` is the capability bits gained.
     pub const CAPS: u32 = 24;
+    /// An agent process opening one of airlockd's secrets (its host key), for reading too.
+    /// Self-protection; `target_ino` is the file's inode.
+    pub const READ_SECRET: u32 = 25;
     /// Highest value in use.
-    pub const MAX: u32 = 24;
+    pub const MAX: u32 = 25;
 
     /// Bit of `op` in a [`crate::RuleRef::ops`] mask.
     pub const fn bit(op: u32) -> u32 {

@@ -11,7 +11,8 @@ use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::
 
 use crate::hold::{Decision, settle};
 use crate::{
-    EPERM, REFUSE, SETTINGS, agent_root, chained, in_agent_cgroup, offsets, read_u32, read_u64, ret,
+    EPERM, REFUSE, SECRETS, SECRETS_ON, SETTINGS, agent_root, chained, in_agent_cgroup, inode_key,
+    offsets, read_u32, read_u64, ret,
 };
 
 /// `CGROUP2_SUPER_MAGIC`.
@@ -256,4 +257,24 @@ pub(crate) fn cgroup_move(o: &KernelOffsets, dentry: u64) -> Option<i32> {
         depth += 1;
     }
     Some(refuse(cg, op::CGROUP_MOVE, target))
+}
+
+/// A read-only open of one of airlockd's secrets (its host key) by an agent process: refused.
+/// The file is matched by inode, so a hard link or a renamed copy of the name reaches the same
+/// check; a copy of the content would need this open first.
+#[inline(always)]
+pub(crate) fn secret_open(o: &KernelOffsets, file: u64) -> i32 {
+    if SECRETS_ON.get(0).copied().unwrap_or(0) == 0 {
+        return 0;
+    }
+    let Some(cg) = in_agent_cgroup() else {
+        return 0;
+    };
+    let inode = read_u64(file + o.file_f_inode as u64);
+    let key = inode_key(o, inode);
+    // SAFETY: the value is not kept.
+    if unsafe { SECRETS.get(&key) }.is_none() {
+        return 0;
+    }
+    refuse(cg, op::READ_SECRET, key.ino)
 }

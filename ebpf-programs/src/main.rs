@@ -79,6 +79,13 @@ pub(crate) static CONNECT_ENTRIES: HashMap<DirEntryKey, RuleRef> =
 /// `privilege` rules by op (`airlock_policy::privilege_key`).
 #[map]
 pub(crate) static PRIVILEGE: HashMap<InodeKey, RuleRef> = HashMap::with_max_entries(256, 0);
+/// airlockd's secrets (its host key) by inode: no agent process opens them, reads included.
+#[map]
+pub(crate) static SECRETS: HashMap<InodeKey, u32> = HashMap::with_max_entries(64, 0);
+/// Entry 0: how many entries [`SECRETS`] has. Read opens system-wide look here first (an
+/// array lookup, inlined by the verifier) and pay nothing more while it is 0.
+#[map]
+pub(crate) static SECRETS_ON: Array<u32> = Array::with_max_entries(1, 0);
 /// Roots of protected trees (and protected single files) by inode.
 #[map]
 pub(crate) static PROTECTED: HashMap<InodeKey, RuleRef> = HashMap::with_max_entries(16384, 0);
@@ -506,9 +513,10 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let file: u64 = ctx.arg(0);
     let mode = read_u32(file + o.file_f_mode as u64);
     let fl = read_u32(file + o.file_f_flags as u64);
-    // Read-only opens are not gated; O_TRUNC truncates even with O_RDONLY.
+    // Read-only opens are not gated, but for airlockd's secrets; O_TRUNC truncates even with
+    // O_RDONLY.
     if mode & FMODE_WRITE == 0 && fl & O_TRUNC == 0 {
-        return 0;
+        return guard::secret_open(o, file);
     }
     let dentry = read_u64(file + (o.file_f_path + o.path_dentry) as u64);
     if let Some(r) = guard::cgroup_move(o, dentry) {

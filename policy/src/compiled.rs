@@ -139,6 +139,9 @@ pub struct CompiledPolicy {
     pub connect: Vec<ExecTarget>,
     /// Things worth telling the operator that are not errors (missing binaries, missing paths).
     pub notes: Vec<String>,
+    /// airlockd's secrets (its host key) by inode: agent processes may not open them at all,
+    /// reads included. Added by airlockd, never by a policy; LSM backend only.
+    pub secrets: Vec<InodeKey>,
 }
 
 /// Order of actions when two rules meet on one object: deny beats approve beats audit beats

@@ -261,6 +261,8 @@ pub struct Ctx<'a> {
     pub server: std::cell::RefCell<ServerProc>,
     pub me: PathBuf,
     pub bin_dir: PathBuf,
+    /// The host identity directory airlockd links with.
+    pub identity: PathBuf,
 }
 
 impl Ctx<'_> {
@@ -287,31 +289,30 @@ impl Ctx<'_> {
 
     /// Starts `airlock run --agent e2esrv -- airlock-e2e --op exec TOOL --op echo WORD`.
     fn spawn(&self, tool: &Path, word: &str) -> anyhow::Result<Spawned> {
+        let t = tool.to_string_lossy().to_string();
+        self.spawn_op(&["exec", &t, "--op", "echo", word])
+    }
+
+    /// Starts `airlock run --agent e2esrv -- airlock-e2e --op ARGS...`.
+    fn spawn_op(&self, args: &[&str]) -> anyhow::Result<Spawned> {
         let airlock = self.bin_dir.join("airlock").to_string_lossy().to_string();
         let sd = self.daemon.state_dir.to_string_lossy().to_string();
         let me = self.me.to_string_lossy().to_string();
-        let t = tool.to_string_lossy().to_string();
-        Spawned::start(
-            &self.fx.outside_cg,
-            &[
-                &airlock,
-                "run",
-                "--agent",
-                "e2esrv",
-                "--state-dir",
-                &sd,
-                "--reason",
-                "e2e remote",
-                "--",
-                &me,
-                "--op",
-                "exec",
-                &t,
-                "--op",
-                "echo",
-                word,
-            ],
-        )
+        let mut argv = vec![
+            airlock.as_str(),
+            "run",
+            "--agent",
+            "e2esrv",
+            "--state-dir",
+            &sd,
+            "--reason",
+            "e2e remote",
+            "--",
+            &me,
+            "--op",
+        ];
+        argv.extend_from_slice(args);
+        Spawned::start(&self.fx.outside_cg, &argv)
     }
 
     /// The request of `rule` pending at the server (waits for it to arrive there).
@@ -378,6 +379,35 @@ type Case = fn(&Ctx) -> anyhow::Result<()>;
 
 /// The remote-approval scenarios, in order.
 pub const CASES: &[(&str, Case)] = &[
+    ("agent_cannot_read_the_host_key", |c| {
+        // Self-protection of secrets (LSM backend): not even a read open of host.key by an
+        // agent process, by its name or by a hard link made to it; root outside agents reads it.
+        let key = c.identity.join(airlock_agent::link::identity::HOST_KEY);
+        let k = key.to_string_lossy().to_string();
+        let lsm = c.daemon.status().is_some_and(|s| s["backend"] == "lsm");
+        let link = c.fx.dir.join("key-link");
+        let _ = std::fs::remove_file(&link);
+        std::fs::hard_link(&key, &link)?;
+        let l = link.to_string_lossy().to_string();
+        for p in [&k, &l] {
+            let o = c.spawn_op(&["read", p])?.finish(WAIT)?;
+            let want = if lsm { "errno=1" } else { "ok" };
+            ensure(stdout(&o).ends_with(want), || {
+                format!("agent read of {p}: {}", said(&o))
+            })?;
+        }
+        let _ = std::fs::remove_file(&link);
+        if lsm {
+            let ev = c
+                .daemon
+                .wait_event(|e| e["op"] == "read_secret")
+                .context("no read_secret event")?;
+            ensure(ev["rule"] == "self-protection", || format!("event: {ev}"))?;
+        }
+        ensure(std::fs::read(&key).is_ok_and(|b| !b.is_empty()), || {
+            "root outside agents cannot read host.key".to_string()
+        })
+    }),
     ("server_approved_exec_resumes_with_its_output", |c| {
         let child = c.spawn(&c.fx.held, "remote-ok")?;
         let r = c.wait_pending_at_server("held-tool")?;
@@ -671,10 +701,11 @@ pub fn run_all(r: &mut Report, bin_dir: &Path, me: &Path, base: &Path, all: bool
         server: std::cell::RefCell::new(server),
         me: me.to_path_buf(),
         bin_dir: bin_dir.to_path_buf(),
+        identity: id.clone(),
     };
     r.check("airlockd_links_to_the_server", ctx.link_up(true));
     let before = r.failed;
-    for (name, f) in CASES.iter().take(if all { CASES.len() } else { 2 }) {
+    for (name, f) in CASES.iter().take(if all { CASES.len() } else { 3 }) {
         r.check(name, f(&ctx));
     }
     if r.failed > before {

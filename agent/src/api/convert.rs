@@ -259,6 +259,7 @@ mod tests {
             Op::Userns,
             Op::Mount,
             Op::Caps,
+            Op::ReadSecret,
         ];
         for op in ops {
             assert_eq!(

@@ -109,6 +109,7 @@ pub(crate) fn op_name(op: Op) -> &'static str {
         Op::Userns => "userns",
         Op::Mount => "mount",
         Op::Caps => "caps",
+        Op::ReadSecret => "read_secret",
     }
 }
 

@@ -2,7 +2,8 @@
 //! (status, event log, requests, run records), its bpffs pins, its policy files and, with a
 //! server link, its host identity. They join the compiled policy as protected trees of
 //! [`SELF_RULE`]: an enforcing deny of every write-like operation, whatever the policy says
-//! and whatever its mode, recorded as `self-protection` events.
+//! and whatever its mode, recorded as `self-protection` events. Its secrets (the host key) may
+//! not even be opened for reading by agent processes.
 //!
 //! Not on the fanotify fallback: marking airlockd's own files there would make airlockd answer
 //! permission events for its own writes.
@@ -54,6 +55,14 @@ pub fn protect_self(
             inode: airlock_policy::inode_key(md.dev(), md.ino()),
             is_dir: md.is_dir(),
         });
+    }
+    // The host key is not only unwritable: agent processes may not open it at all.
+    if let Some(l) = &cfg.link {
+        let key = l.identity_dir.join(crate::link::identity::HOST_KEY);
+        if let Ok(md) = std::fs::metadata(&key) {
+            p.secrets
+                .push(airlock_policy::inode_key(md.dev(), md.ino()));
+        }
     }
     // Renaming /etc/airlock (say) would free the policy directory's path for the agent's own.
     let own = airlock_policy::protected_ancestors(&p.protected[before..], &HostResolver);

@@ -29,6 +29,8 @@ pub(crate) const ADOPTED_MAPS: &[&str] = &[
     "CONNECT_INODES",
     "CONNECT_ENTRIES",
     "PRIVILEGE",
+    "SECRETS",
+    "SECRETS_ON",
     "EVENTS",
     "LOST",
     "ONCE_GRANTS",

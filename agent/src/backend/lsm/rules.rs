@@ -1,7 +1,7 @@
 //! The rule maps of the LSM programs, and writing a compiled policy into them.
 use airlock_common::{DirEntryKey, InodeKey, RuleRef};
 use airlock_policy::CompiledPolicy;
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, Map, MapData};
 
 use super::{LsmError, map_err, sync_map};
 
@@ -14,6 +14,8 @@ pub(crate) struct RuleMaps {
     connect_inodes: HashMap<MapData, InodeKey, RuleRef>,
     connect_entries: HashMap<MapData, DirEntryKey, RuleRef>,
     privilege: HashMap<MapData, InodeKey, RuleRef>,
+    secrets: HashMap<MapData, InodeKey, u32>,
+    secrets_on: Array<MapData, u32>,
 }
 
 fn typed<K: aya::Pod, V: aya::Pod>(
@@ -35,6 +37,8 @@ impl RuleMaps {
             connect_inodes: typed(&mut take, "CONNECT_INODES")?,
             connect_entries: typed(&mut take, "CONNECT_ENTRIES")?,
             privilege: typed(&mut take, "PRIVILEGE")?,
+            secrets: typed(&mut take, "SECRETS")?,
+            secrets_on: Array::try_from(take("SECRETS_ON")?).map_err(map_err("SECRETS_ON"))?,
         })
     }
 
@@ -56,6 +60,19 @@ impl RuleMaps {
         let entries = p::effective_connect_entry_map(policy);
         sync_map("CONNECT_ENTRIES", &mut self.connect_entries, &entries)?;
         let privilege = p::effective_privilege_map(policy);
-        sync_map("PRIVILEGE", &mut self.privilege, &privilege)
+        sync_map("PRIVILEGE", &mut self.privilege, &privilege)?;
+        let secrets: std::collections::HashMap<InodeKey, u32> =
+            policy.secrets.iter().map(|k| (*k, 1)).collect();
+        // Count last when it grows (the entries are there before reads look them up), first
+        // when it drops to 0 (read opens stop looking before the entries go).
+        if secrets.is_empty() {
+            self.secrets_on
+                .set(0, 0, 0)
+                .map_err(map_err("SECRETS_ON"))?;
+        }
+        sync_map("SECRETS", &mut self.secrets, &secrets)?;
+        self.secrets_on
+            .set(0, secrets.len() as u32, 0)
+            .map_err(map_err("SECRETS_ON"))
     }
 }
