@@ -11,6 +11,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Caller;
 use crate::broker::{Broker, Change, now_ms};
 use crate::error::Fault;
 use crate::wire;
@@ -31,7 +32,7 @@ impl ApprovalsService {
         req: &Request<T>,
         action: &str,
         id: Option<&str>,
-    ) -> Result<String, Status> {
+    ) -> Result<Caller, Status> {
         let b = &self.broker;
         if let Some(fp) = crate::pki::peer_fingerprint(req) {
             let f = Fault::Forbidden(
@@ -50,15 +51,16 @@ impl ApprovalsService {
             return Err(f.into());
         }
         match crate::auth::principal(&b.store, req.metadata(), now_ms()).await {
-            Ok(p) => {
-                if b.config().principal(&p).is_none() {
+            Ok(c) => {
+                let p = &c.principal;
+                if b.config().principal(p).is_none() {
                     let f =
                         Fault::Forbidden(format!("principal {p} is not in the server's config"));
-                    b.record(&p, CHANNEL, action, id, f.code(), &f.to_string())
+                    b.record(p, CHANNEL, action, id, f.code(), &f.to_string())
                         .await;
                     return Err(f.into());
                 }
-                Ok(p)
+                Ok(c)
             }
             Err(f) => {
                 b.record("unknown", CHANNEL, action, id, f.code(), &f.to_string())
@@ -77,12 +79,17 @@ fn matches(r: &crate::store::StoredRequest, host: &Option<String>, agent: &Optio
 /// The watch event for a change; `None` for votes (the wire knows opened and closed; closed
 /// means the host reported the outcome).
 fn event(c: &Change) -> Option<Result<pb::WatchEvent, Fault>> {
-    let kind = match c {
-        Change::Opened(_) => pb::watch_event::Kind::Opened,
+    let (kind, request) = match c {
+        // Parsed once when it opened, whatever the number of watchers: on the way to a
+        // decision.
+        Change::Opened(p) => (
+            pb::watch_event::Kind::Opened,
+            Ok(wire::to_proto_with(&p.request, &p.body)),
+        ),
         Change::Voted(_) => return None,
-        Change::Closed(_) => pb::watch_event::Kind::Closed,
+        Change::Closed(r) => (pb::watch_event::Kind::Closed, wire::to_proto(r)),
     };
-    Some(wire::to_proto(c.request()).map(|r| pb::WatchEvent {
+    Some(request.map(|r| pb::WatchEvent {
         kind: kind as i32,
         request: Some(r),
     }))
@@ -127,19 +134,26 @@ impl pb::approvals_server::Approvals for ApprovalsService {
             Some(pb::decide_request::Decision::Deny(_)) => "deny",
             _ => "approve",
         };
-        let principal = self.caller(&req, action, Some(&id)).await?;
+        let caller = self.caller(&req, action, Some(&id)).await?;
         let b = &self.broker;
         let result = async {
             let (id, decision) = airlock_approval::convert::decide_from_proto(req.into_inner())
                 .map_err(|e| Fault::invalid(e.field, e.why))?;
-            b.vote(&principal, CHANNEL, &id, decision).await
+            b.vote(
+                &caller.principal,
+                Some(&caller.token_id),
+                CHANNEL,
+                &id,
+                decision,
+            )
+            .await
         }
         .await;
         match result {
             Ok(r) => Ok(Response::new(wire::to_proto(&r)?)),
             Err(f) => {
                 b.record(
-                    &principal,
+                    &caller.principal,
                     CHANNEL,
                     action,
                     Some(&id),

@@ -54,13 +54,29 @@ pub async fn issue(
     Ok((secret, row))
 }
 
-/// The principal behind the bearer token in `meta`, if it is known, unexpired and unrevoked.
-/// Errors say which of those failed, never anything about other tokens.
+/// Who an approver's call comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// The principal the token was issued to.
+    pub principal: String,
+    /// The token's public id: a vote made with it is refused when the token was revoked or
+    /// expired by the time the vote is stored (see [`Store::vote`]).
+    pub token_id: String,
+}
+
+/// The caller behind the bearer token in `meta`, if the token is known, unexpired and
+/// unrevoked. Errors say which of those failed, never anything about other tokens.
+///
+/// A token found valid is remembered by the store ([`Store::lookup_token`]), so an approver's
+/// later calls cost no database read: expiry is still checked here at every call, a
+/// revocation through this server's store is seen at once, and one made elsewhere (`tokens
+/// revoke`, another replica) within [`crate::link::HOST_CHECK`]; a vote checks the token
+/// again in its own transaction, so a revoked token never votes.
 pub async fn principal(
     store: &Store,
     meta: &tonic::metadata::MetadataMap,
     now: u64,
-) -> Result<String, Fault> {
+) -> Result<Caller, Fault> {
     let Some(v) = meta.get("authorization") else {
         return Err(Fault::Unauthenticated(
             "no API token: pass --token or AIRLOCK_TOKEN (airlock-server tokens issue PRINCIPAL)"
@@ -81,7 +97,7 @@ pub async fn principal(
         ));
     }
     let Some(row) = store
-        .token_by_hash(&sha256_hex(token.trim().as_bytes()))
+        .lookup_token(&sha256_hex(token.trim().as_bytes()), now)
         .await?
     else {
         return Err(Fault::Unauthenticated("unknown API token".into()));
@@ -98,5 +114,8 @@ pub async fn principal(
             row.id
         )));
     }
-    Ok(row.principal)
+    Ok(Caller {
+        principal: row.principal,
+        token_id: row.id,
+    })
 }

@@ -21,13 +21,14 @@ use crate::config::ServerConfig;
 use crate::error::{Fault, code_name};
 use crate::route::{self, Subject};
 use crate::store::{Attempt, RequestFilter, Store, StoredRequest, Upserted};
-use crate::wire;
+use crate::wire::{self, Parsed};
 
 /// Request changes watchers see (the approvals API's Watch; channels later).
 #[derive(Clone, Debug)]
 pub enum Change {
-    /// A new request (or one a host re-sent that this server had not seen).
-    Opened(StoredRequest),
+    /// A new request (or one a host re-sent that this server had not seen), with its body
+    /// parsed once for every watcher (shared, as the broker keeps it).
+    Opened(Arc<Parsed>),
     /// A vote was cast, or the server decided (the host has not applied it yet).
     Voted(StoredRequest),
     /// The host reported the outcome.
@@ -38,7 +39,8 @@ impl Change {
     /// The request as of this change.
     pub fn request(&self) -> &StoredRequest {
         match self {
-            Change::Opened(r) | Change::Voted(r) | Change::Closed(r) => r,
+            Change::Opened(p) => &p.request,
+            Change::Voted(r) | Change::Closed(r) => r,
         }
     }
 }
@@ -156,10 +158,11 @@ pub struct Broker {
     /// Hosts' labels, read when a host links and every [`crate::link::HOST_CHECK`] by the
     /// store watch while any host is linked here; a host missing here is read from the store.
     labels: Mutex<HashMap<String, Arc<BTreeMap<String, String>>>>,
-    /// Requests opened through this replica and not closed yet. Only the fields a request
-    /// never changes after it opened are used from here (host, context, route, threshold,
-    /// times): what a vote may change is read and checked in the vote's transaction.
-    opened: Mutex<HashMap<String, Arc<StoredRequest>>>,
+    /// Requests opened through this replica and not closed yet, with their bodies parsed.
+    /// Only the fields a request never changes after it opened are used from here (host,
+    /// context, route, threshold, times): what a vote may change is read and checked in the
+    /// vote's transaction.
+    opened: Mutex<HashMap<String, Arc<Parsed>>>,
 }
 
 /// Most requests [`Broker`] keeps in memory; past it, the map is emptied and votes read the
@@ -255,14 +258,14 @@ impl Broker {
         r: pb::HoldRequest,
     ) -> Result<Option<pb::ServerMessage>, Fault> {
         let now = now_ms();
-        let mut s = wire::stored_from_opened(host, r, now)?;
+        let mut p = wire::stored_from_opened(host, r, now)?;
         let cfg = self.config();
         let labels = self.labels_of(host).await?;
-        let b = wire::body(&s)?;
+        let s = &mut p.request;
         if let Some(route) = cfg.route_for(&Subject {
             host,
             labels: &labels,
-            context: &b.context,
+            context: &p.body.context,
         }) {
             s.route = Some(route.name.clone());
             s.threshold = route.threshold;
@@ -270,11 +273,12 @@ impl Broker {
             s.route = None;
             s.threshold = 0;
         }
-        match self.store.upsert_opened(&s).await? {
+        match self.store.upsert_opened(s).await? {
             Upserted::New => {
                 tracing::info!(id = %s.id, host, route = s.route.as_deref().unwrap_or("-"), "request opened");
-                self.remember(&s);
-                self.hub.publish(Change::Opened(s));
+                let p = Arc::new(p);
+                self.remember(p.clone());
+                self.hub.publish(Change::Opened(p));
                 Ok(None)
             }
             Upserted::Existing(cur) => Ok(if cur.state == RequestState::Pending {
@@ -288,51 +292,53 @@ impl Broker {
     /// A host closed a request: resumed, denied, timed out, abandoned, or break-glass.
     pub async fn outcome(&self, host: &str, r: pb::HoldRequest) -> Result<(), Fault> {
         let (id, state, decision) = wire::outcome_from_proto(r)?;
-        let cur = self.store.request(&id).await?.ok_or_else(|| {
-            Fault::OutOfOrder(format!(
-                "outcome for request {id}, which this host never opened on the link"
-            ))
-        })?;
-        if cur.host != host {
-            return Err(crate::store::StoreError::OtherHost { id }.into());
-        }
-        let closed = self
+        let closed = match self
             .store
             .close(&id, host, state, decision.as_ref(), now_ms())
-            .await?;
+            .await
+        {
+            Err(crate::store::StoreError::NotFound { .. }) => {
+                return Err(Fault::OutOfOrder(format!(
+                    "outcome for request {id}, which this host never opened on the link"
+                )));
+            }
+            r => r?,
+        };
         self.forget(&id);
-        if cur.state == RequestState::Pending {
+        // A re-sent outcome changed nothing and was announced already.
+        if closed.changed {
             if let Some(by) = decision.as_ref().and_then(|d| d.by.as_ref())
                 && by.via == "cli-break-glass"
             {
                 tracing::warn!(id = %id, host, user = ?by.user, "request decided by break-glass on the host");
             }
-            self.hub.publish(Change::Closed(closed));
+            // `close` committed durably before returning (see `Store::close`).
+            self.hub.publish(Change::Closed(closed.request));
         }
         Ok(())
     }
 
     /// An approver's vote. Checks the route's rules, then votes in one transaction; when the
     /// vote completes a decision, sends it to the host's stream if that is on this replica.
+    /// `token`: the id of the API token the vote came with, which must still be unrevoked
+    /// and unexpired when the vote is stored (see [`Store::vote`]).
     pub async fn vote(
         &self,
         principal: &str,
+        token: Option<&str>,
         via: &str,
         id: &str,
         decision: Decision,
     ) -> Result<StoredRequest, Fault> {
         let now = now_ms();
-        let cur = match self.remembered(id) {
-            Some(r) => r,
-            None => Arc::new(
-                self.store
-                    .request(id)
-                    .await?
-                    .ok_or_else(|| crate::store::StoreError::NotFound { id: id.to_string() })?,
-            ),
+        let parsed = match self.remembered(id) {
+            Some(p) => p,
+            None => Arc::new(Parsed::new(self.store.request(id).await?.ok_or_else(
+                || crate::store::StoreError::NotFound { id: id.to_string() },
+            )?)?),
         };
+        let (cur, b) = (&parsed.request, &parsed.body);
         let cfg = self.config();
-        let b = wire::body(&cur)?;
         let labels = self.labels_of(&cur.host).await?;
         let subject = Subject {
             host: &cur.host,
@@ -383,7 +389,7 @@ impl Broker {
         )?;
         let res = self
             .store
-            .vote(id, &vote, now, |_, votes| {
+            .vote(id, &vote, token, now, |votes| {
                 route::tally(threshold, votes, now)
             })
             .await?;
@@ -434,19 +440,19 @@ impl Broker {
         self.labels.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_opened(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<StoredRequest>>> {
+    fn lock_opened(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Parsed>>> {
         self.opened.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn remember(&self, r: &StoredRequest) {
+    fn remember(&self, p: Arc<Parsed>) {
         let mut m = self.lock_opened();
         if m.len() >= OPENED_CACHE {
             m.clear();
         }
-        m.insert(r.id.clone(), Arc::new(r.clone()));
+        m.insert(p.request.id.clone(), p);
     }
 
-    fn remembered(&self, id: &str) -> Option<Arc<StoredRequest>> {
+    fn remembered(&self, id: &str) -> Option<Arc<Parsed>> {
         self.lock_opened().get(id).cloned()
     }
 

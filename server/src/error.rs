@@ -71,7 +71,9 @@ impl Fault {
                 }
                 // Another host's request id: the caller may not even learn it exists.
                 StoreError::OtherHost { .. } => Code::PermissionDenied,
-                StoreError::BadEnrollment => Code::Unauthenticated,
+                StoreError::BadEnrollment
+                | StoreError::TokenRevoked { .. }
+                | StoreError::TokenExpired { .. } => Code::Unauthenticated,
                 _ => Code::Internal,
             },
             Fault::Lagged { .. } => Code::DataLoss,

@@ -131,6 +131,46 @@ struct Session {
     end: mpsc::UnboundedSender<Status>,
 }
 
+/// Closed requests [`Sent`] keeps per generation.
+const CLOSED_KEPT: usize = 1024;
+
+/// The decisions already sent on one stream, by request id. The store watch offers each
+/// decision again every [`POLL`] until the host closes the request; a repeat would be
+/// harmless (the host ignores decisions for closed requests) but it is noise.
+///
+/// An id leaves `open` when its host's outcome arrives, so the set holds only requests that
+/// are still open. It is kept a while longer in `closed`: a poll that read the request just
+/// before the outcome committed may still be delivering it. `closed` is two generations of
+/// at most [`CLOSED_KEPT`] ids; the older is dropped when the newer fills, long after any
+/// such poll delivered.
+#[derive(Default)]
+struct Sent {
+    open: HashSet<String>,
+    closed: [HashSet<String>; 2],
+}
+
+impl Sent {
+    /// Whether the decision for `id` was not sent yet; it counts as sent from now on.
+    fn first_time(&mut self, id: &str) -> bool {
+        if self.open.contains(id) || self.closed.iter().any(|g| g.contains(id)) {
+            return false;
+        }
+        self.open.insert(id.to_string());
+        true
+    }
+
+    /// The host closed `id`.
+    fn host_closed(&mut self, id: String) {
+        if !self.open.remove(&id) {
+            return;
+        }
+        if self.closed[0].len() >= CLOSED_KEPT {
+            self.closed[1] = std::mem::take(&mut self.closed[0]);
+        }
+        self.closed[0].insert(id);
+    }
+}
+
 /// One host's session: reads its messages and passes on what the hub delivers (decisions,
 /// settings, a cut). Ends when the host goes away, is cut, or breaks the protocol.
 async fn run(
@@ -147,10 +187,7 @@ async fn run(
     } = s;
     let who = format!("host:{host}");
     let mut hello = false;
-    // Decisions already sent on this stream (the store watch offers each again every
-    // [`POLL`] until the host closes the request; a repeat would be harmless, the host ignores
-    // decisions for closed requests, but it is noise).
-    let mut sent: HashSet<String> = HashSet::new();
+    let mut sent = Sent::default();
     let reason = loop {
         tokio::select! {
             m = inbound.next() => match m {
@@ -193,7 +230,7 @@ async fn run(
                     match b.opened(&host, r).await {
                         // Decided while the host was away; the poll may have sent it already.
                         Ok(Some(decision)) => {
-                            if sent.insert(id) {
+                            if sent.first_time(&id) {
                                 let _ = tx.send(decision);
                             }
                         }
@@ -212,9 +249,12 @@ async fn run(
                         continue;
                     };
                     let id = r.id.clone();
-                    if let Err(f) = b.outcome(&host, r).await {
-                        b.record(&who, "link", "outcome", Some(&id), f.code(), &f.to_string()).await;
-                        let _ = tx.send(rejected(&id, &f));
+                    match b.outcome(&host, r).await {
+                        Ok(()) => sent.host_closed(id),
+                        Err(f) => {
+                            b.record(&who, "link", "outcome", Some(&id), f.code(), &f.to_string()).await;
+                            let _ = tx.send(rejected(&id, &f));
+                        }
                     }
                 }
             },
@@ -223,7 +263,7 @@ async fn run(
                     // The store watch may have found this decision first (its commit is visible
                     // before the hub's push is handled here): each decision goes to the host once.
                     let fresh = match &m.body {
-                        Some(pb::server_message::Body::Decision(pb::Decision { decide: Some(d), .. })) => sent.insert(d.id.clone()),
+                        Some(pb::server_message::Body::Decision(pb::Decision { decide: Some(d), .. })) => sent.first_time(&d.id),
                         _ => true,
                     };
                     if fresh {
@@ -252,7 +292,9 @@ async fn run(
 ///   a host's stream was being replaced). Skipped while no host is linked here.
 /// - every [`HOST_CHECK`], one read of the hosts; a linked host that is revoked, unknown, or
 ///   enrolled again with another certificate has its stream cut, and the labels the broker
-///   keeps are replaced with what is stored.
+///   keeps are replaced with what is stored. Then one read of the revoked API tokens, which
+///   the store forgets it found valid (skipped while it keeps none; see
+///   `Store::refresh_revoked_tokens`).
 pub async fn watch_store(b: std::sync::Weak<Broker>) {
     let mut poll = tokio::time::interval(POLL);
     let mut check = tokio::time::interval(HOST_CHECK);
@@ -267,6 +309,9 @@ pub async fn watch_store(b: std::sync::Weak<Broker>) {
             _ = check.tick() => {
                 let Some(b) = b.upgrade() else { return };
                 check_hosts(&b).await;
+                if let Err(e) = b.store.refresh_revoked_tokens(now_ms()).await {
+                    tracing::warn!(error = %e, "re-reading revoked API tokens failed");
+                }
             }
         }
     }
@@ -318,5 +363,37 @@ async fn check_hosts(b: &Broker) {
         };
         let f = Fault::Forbidden(format!("host {host}: {why}"));
         b.hub.deliver(&host, Delivery::Cut(Status::from(f)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CLOSED_KEPT, Sent};
+
+    #[test]
+    fn a_decision_is_sent_once_and_forgotten_some_time_after_its_outcome() {
+        let mut s = Sent::default();
+        assert!(s.first_time("a"));
+        assert!(
+            !s.first_time("a"),
+            "the hub's push and the poll both offer it"
+        );
+        s.host_closed("a".to_string());
+        assert!(s.open.is_empty(), "an open set that only grows");
+        assert!(
+            !s.first_time("a"),
+            "a poll that read it before the outcome is still refused"
+        );
+        // An outcome for a request never decided here leaves no trace.
+        s.host_closed("b".to_string());
+        assert!(s.closed.iter().all(|g| !g.contains("b")));
+        // Two generations of closed ids: "a" is dropped once newer outcomes fill both.
+        for i in 0..2 * CLOSED_KEPT {
+            let id = format!("r{i}");
+            assert!(s.first_time(&id));
+            s.host_closed(id);
+        }
+        assert!(s.closed.iter().all(|g| g.len() <= CLOSED_KEPT));
+        assert!(s.first_time("a"));
     }
 }

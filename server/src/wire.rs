@@ -40,13 +40,27 @@ fn check_len(field: &'static str, s: &str) -> Result<(), Fault> {
     Ok(())
 }
 
-/// Checks a request a host opened and makes the row to store. `host` is the name from the
-/// host's certificate.
-pub fn stored_from_opened(
-    host: &str,
-    r: pb::HoldRequest,
-    now: u64,
-) -> Result<StoredRequest, Fault> {
+/// A request as stored, with its [`Body`] parsed: what the broker keeps of a request opened
+/// through its replica, and what watchers are sent when it opens, so neither parses the JSON
+/// again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parsed {
+    pub request: StoredRequest,
+    /// `request.body`, parsed.
+    pub body: Body,
+}
+
+impl Parsed {
+    /// Parses the body of a stored request.
+    pub fn new(request: StoredRequest) -> Result<Parsed, Fault> {
+        let body = body(&request)?;
+        Ok(Parsed { request, body })
+    }
+}
+
+/// Checks a request a host opened and makes the row to store (with its body parsed). `host`
+/// is the name from the host's certificate.
+pub fn stored_from_opened(host: &str, r: pb::HoldRequest, now: u64) -> Result<Parsed, Fault> {
     airlock_approval::check_id(&r.id).map_err(|e| Fault::invalid("request.id", e.to_string()))?;
     let state = ac::state_from_proto(r.state)
         .map_err(|e| Fault::invalid("request.state", e.to_string()))?;
@@ -103,7 +117,7 @@ pub fn stored_from_opened(
         on_timeout,
         context,
     };
-    Ok(StoredRequest {
+    let request = StoredRequest {
         id: r.id,
         host: host.to_string(),
         agent: body.context.agent.clone(),
@@ -116,7 +130,8 @@ pub fn stored_from_opened(
         decision: None,
         votes: Vec::new(),
         updated_unix_ms: now,
-    })
+    };
+    Ok(Parsed { request, body })
 }
 
 /// The body of a stored request.
@@ -128,8 +143,12 @@ pub fn body(s: &StoredRequest) -> Result<Body, Fault> {
 /// A stored request as the approvals API shows it (the same message as a host's socket, with
 /// votes, route and threshold; no holders).
 pub fn to_proto(s: &StoredRequest) -> Result<pb::HoldRequest, Fault> {
-    let b = body(s)?;
-    Ok(pb::HoldRequest {
+    Ok(to_proto_with(s, &body(s)?))
+}
+
+/// [`to_proto`] of a request whose body `b` is parsed already.
+pub fn to_proto_with(s: &StoredRequest, b: &Body) -> pb::HoldRequest {
+    pb::HoldRequest {
         id: s.id.clone(),
         state: ac::state_to_proto(s.state) as i32,
         key: Some(pb::HoldKey {
@@ -149,7 +168,7 @@ pub fn to_proto(s: &StoredRequest) -> Result<pb::HoldRequest, Fault> {
         votes: s.votes.iter().map(ac::vote_to_proto).collect(),
         route: s.route.clone(),
         threshold: s.threshold,
-    })
+    }
 }
 
 /// The decision message for a host, when the server has decided `s`.

@@ -6,84 +6,20 @@
 //! The replica cases open two `Store`s (two pools) on one database, as two server replicas
 //! would, and race votes through both.
 
+#[macro_use]
+mod common;
+
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use airlock_approval::{Approver, DecisionRecord, Release, RequestState, Vote};
 use airlock_server::store::{
-    Attempt, DbKind, RequestFilter, Store, StoreError, StoredRequest, TokenRow, Upserted,
+    Attempt, RequestFilter, Store, StoreError, StoredRequest, TokenRow, Upserted,
 };
 use airlock_server::testing::pg::PgCluster;
+use common::{Db, record_of};
 
 const NOW: u64 = 1_700_000_000_000;
-
-/// One database for one case; keeps its file or cluster alive.
-struct Db {
-    url: String,
-    kind: DbKind,
-    _keep: Keep,
-}
-
-/// Held only for its `Drop` (deletes the file / releases the cluster).
-#[allow(dead_code)]
-enum Keep {
-    Dir(tempfile::TempDir),
-    Pg(Arc<PgCluster>),
-}
-
-impl Db {
-    fn sqlite() -> Db {
-        let dir = tempfile::tempdir().unwrap();
-        let url = Store::sqlite_url(&dir.path().join("airlock.db"));
-        Db {
-            url,
-            kind: DbKind::Sqlite,
-            _keep: Keep::Dir(dir),
-        }
-    }
-
-    fn postgres() -> Option<Db> {
-        let c = PgCluster::shared()?;
-        Some(Db {
-            url: c.create_database(),
-            kind: DbKind::Postgres,
-            _keep: Keep::Pg(c),
-        })
-    }
-
-    /// A new pool on this database (a second call = a second replica).
-    async fn open(&self) -> Store {
-        let s = Store::open(&self.url)
-            .await
-            .unwrap_or_else(|e| panic!("open {}: {e}", self.url));
-        assert_eq!(s.kind, self.kind);
-        s
-    }
-}
-
-/// Runs each case on both databases.
-macro_rules! cases {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    super::$case(super::Db::sqlite()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let Some(db) = super::Db::postgres() else { return };
-                    super::$case(db).await;
-                }
-            )*
-        }
-    };
-}
 
 cases!(
     placeholders,
@@ -169,29 +105,9 @@ fn vote(principal: &str, release: Release, at: u64) -> Vote {
     }
 }
 
-fn record_of(v: &Vote, at: u64) -> DecisionRecord {
-    DecisionRecord {
-        release: v.release,
-        for_ms: v.for_ms,
-        always: v.always,
-        reason: v.reason.clone(),
-        by: Some(Approver {
-            uid: 0,
-            pid: 0,
-            user: None,
-            via: "server".to_string(),
-            principal: Some(v.principal.clone()),
-        }),
-        at_unix_ms: at,
-    }
-}
-
 /// Decides when `n` votes agree (the last vote's terms); never on fewer.
-fn n_of(
-    n: usize,
-    at: u64,
-) -> impl FnOnce(&StoredRequest, &[Vote]) -> Option<DecisionRecord> + Send {
-    move |_, votes| {
+fn n_of(n: usize, at: u64) -> impl Fn(&[Vote]) -> Option<DecisionRecord> + Send {
+    move |votes| {
         let last = votes.last()?;
         let agreeing = votes.iter().filter(|v| v.release == last.release).count();
         (agreeing >= n).then(|| record_of(last, at))
@@ -463,6 +379,7 @@ async fn upsert_idempotent_and_other_host(db: Db) {
     s.vote(
         "r1",
         &vote("alice", Release::Allow, NOW + 1),
+        None,
         NOW + 1,
         n_of(1, NOW + 1),
     )
@@ -536,6 +453,7 @@ async fn list_filters(db: Db) {
     s.vote(
         "r3",
         &vote("alice", Release::Allow, NOW + 40),
+        None,
         NOW + 40,
         n_of(2, NOW + 40),
     )
@@ -544,6 +462,7 @@ async fn list_filters(db: Db) {
     s.vote(
         "r3",
         &vote("bob", Release::Allow, NOW + 41),
+        None,
         NOW + 41,
         n_of(2, NOW + 41),
     )
@@ -552,6 +471,7 @@ async fn list_filters(db: Db) {
     s.vote(
         "r5",
         &vote("carol", Release::Deny, NOW + 42),
+        None,
         NOW + 42,
         n_of(2, NOW + 42),
     )
@@ -614,7 +534,10 @@ async fn votes_and_already_voted(db: Db) {
     r.threshold = 2;
     s.upsert_opened(&r).await.unwrap();
     let a = vote("alice", Release::Allow, NOW + 1);
-    let res = s.vote("r1", &a, NOW + 1, n_of(2, NOW + 1)).await.unwrap();
+    let res = s
+        .vote("r1", &a, None, NOW + 1, n_of(2, NOW + 1))
+        .await
+        .unwrap();
     assert_eq!(res.decided, None);
     assert_eq!(res.request.votes, vec![a.clone()]);
     assert_eq!(res.request.updated_unix_ms, NOW + 1);
@@ -623,7 +546,7 @@ async fn votes_and_already_voted(db: Db) {
     // The same principal again, even with other terms: refused, nothing changed.
     let again = vote("alice", Release::Deny, NOW + 2);
     assert!(matches!(
-        s.vote("r1", &again, NOW + 2, |_, _| panic!("tally must not run")).await,
+        s.vote("r1", &again, None, NOW + 2, |_| None).await,
         Err(StoreError::AlreadyVoted { id, principal }) if id == "r1" && principal == "alice"
     ));
     let cur = s.request("r1").await.unwrap().unwrap();
@@ -632,16 +555,21 @@ async fn votes_and_already_voted(db: Db) {
         (vec![a.clone()], NOW + 1)
     );
 
-    // The tally sees the request and every vote so far, in order.
+    // The tally sees every vote so far, in order (it is also asked about the new vote alone,
+    // which only a first vote uses).
     let b = vote("bob", Release::Allow, NOW + 3);
+    let seen = std::sync::Mutex::new(Vec::new());
     let res = s
-        .vote("r1", &b, NOW + 3, |req, votes| {
-            assert_eq!(req.id, "r1");
-            assert_eq!(votes, [a.clone(), b.clone()]);
-            n_of(2, NOW + 3)(req, votes)
+        .vote("r1", &b, None, NOW + 3, |votes| {
+            seen.lock().unwrap().push(votes.to_vec());
+            n_of(2, NOW + 3)(votes)
         })
         .await
         .unwrap();
+    assert_eq!(
+        seen.into_inner().unwrap().last(),
+        Some(&vec![a.clone(), b.clone()])
+    );
     let d = res.decided.clone().expect("the second approval decides");
     assert_eq!(d, record_of(&b, NOW + 3));
     assert_eq!(res.request.decision, Some(d.clone()));
@@ -653,7 +581,7 @@ async fn votes_and_already_voted(db: Db) {
     assert_eq!(s.request("r1").await.unwrap().unwrap(), res.request);
 
     assert!(matches!(
-        s.vote("nope", &a, NOW, |_, _| None).await,
+        s.vote("nope", &a, None, NOW, |_| None).await,
         Err(StoreError::NotFound { id }) if id == "nope"
     ));
 }
@@ -665,6 +593,7 @@ async fn vote_on_decided_or_closed(db: Db) {
     s.vote(
         "d",
         &vote("alice", Release::Deny, NOW + 1),
+        None,
         NOW + 1,
         n_of(1, NOW + 1),
     )
@@ -672,14 +601,14 @@ async fn vote_on_decided_or_closed(db: Db) {
     .unwrap();
     let late = vote("bob", Release::Allow, NOW + 2);
     assert!(matches!(
-        s.vote("d", &late, NOW + 2, |_, _| None).await,
+        s.vote("d", &late, None, NOW + 2, |_| None).await,
         Err(StoreError::Closed { state, .. }) if state == "decided"
     ));
     s.close("c", "h", RequestState::TimedOut, None, NOW + 3)
         .await
         .unwrap();
     assert!(matches!(
-        s.vote("c", &late, NOW + 4, |_, _| None).await,
+        s.vote("c", &late, None, NOW + 4, |_| None).await,
         Err(StoreError::Closed { state, .. }) if state == "timed_out"
     ));
     // Refused votes left nothing behind.
@@ -696,6 +625,7 @@ async fn close_idempotent(db: Db) {
         .vote(
             "r1",
             &vote("alice", Release::Allow, NOW + 1),
+            None,
             NOW + 1,
             n_of(1, NOW + 1),
         )
@@ -723,18 +653,23 @@ async fn close_idempotent(db: Db) {
         .close("r1", "web-1", RequestState::Approved, None, NOW + 5)
         .await
         .unwrap();
+    assert!(closed.changed);
+    let closed = closed.request;
     assert_eq!(
         (closed.state, closed.updated_unix_ms),
         (RequestState::Approved, NOW + 5)
     );
     assert_eq!(closed.decision, Some(decided));
     assert_eq!(closed.votes.len(), 1);
+    // What the close returned (its UPDATE's row and the votes read after) is what is stored.
+    assert_eq!(s.request("r1").await.unwrap().unwrap(), closed);
     // Same outcome again (a re-sent message): Ok, nothing changes.
     let again = s
         .close("r1", "web-1", RequestState::Approved, None, NOW + 9)
         .await
         .unwrap();
-    assert_eq!(again, closed);
+    assert!(!again.changed);
+    assert_eq!(again.request, closed);
     // Another outcome for a closed request: refused.
     assert!(matches!(
         s.close("r1", "web-1", RequestState::Denied, None, NOW + 9).await,
@@ -748,6 +683,7 @@ async fn close_idempotent(db: Db) {
     s.vote(
         "r2",
         &vote("alice", Release::Allow, NOW + 1),
+        None,
         NOW + 1,
         n_of(1, NOW + 1),
     )
@@ -771,7 +707,19 @@ async fn close_idempotent(db: Db) {
         .close("r2", "web-1", RequestState::Denied, Some(&glass), NOW + 3)
         .await
         .unwrap();
-    assert_eq!(closed.decision, Some(glass));
+    assert_eq!(closed.request.decision, Some(glass));
+
+    // Closed without a vote (timed out on the host): no votes to read.
+    s.upsert_opened(&req("r3", "web-1", None, NOW))
+        .await
+        .unwrap();
+    let closed = s
+        .close("r3", "web-1", RequestState::TimedOut, None, NOW + 4)
+        .await
+        .unwrap();
+    assert!(closed.changed);
+    assert!(closed.request.votes.is_empty());
+    assert_eq!(s.request("r3").await.unwrap().unwrap(), closed.request);
 }
 
 async fn attempts_recorded(db: Db) {
@@ -826,7 +774,7 @@ async fn replica_conflict_first_vote_decides(db: Db) {
             };
             let v = vote(&format!("p{i}"), release, NOW + i as u64);
             tasks.push(tokio::spawn(async move {
-                s.vote(&id, &v, NOW + 1, n_of(1, NOW + 1)).await
+                s.vote(&id, &v, None, NOW + 1, n_of(1, NOW + 1)).await
             }));
         }
         let mut decided = Vec::new();
@@ -869,7 +817,7 @@ async fn replica_two_of_two(db: Db) {
             let id = id.clone();
             let v = vote(["alice", "bob"][i], Release::Allow, NOW + i as u64);
             tasks.push(tokio::spawn(async move {
-                s.vote(&id, &v, NOW + 1, n_of(2, NOW + 1)).await
+                s.vote(&id, &v, None, NOW + 1, n_of(2, NOW + 1)).await
             }));
         }
         let mut decided = Vec::new();
@@ -906,7 +854,13 @@ async fn round_trip_timing(db: Db) {
             .await
             .unwrap();
         let res = s
-            .vote(&id, &vote("alice", Release::Allow, NOW), NOW, n_of(1, NOW))
+            .vote(
+                &id,
+                &vote("alice", Release::Allow, NOW),
+                None,
+                NOW,
+                n_of(1, NOW),
+            )
             .await
             .unwrap();
         s.close(&id, "h", RequestState::Approved, res.decided.as_ref(), NOW)

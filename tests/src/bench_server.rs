@@ -356,8 +356,9 @@ async fn round_trips(database: Option<String>) -> anyhow::Result<Rows> {
     if failed > 0 {
         bail!("{what}: {failed} of the bot's decisions failed");
     }
-    // Let the bot's last Decide calls get their answers (the server records each vote after
-    // it has sent the decision) before the server stops.
+    // Let the bot's last Decide calls get their answers before the server stops: the server
+    // commits each vote, then sends the decision to the host, then answers the Decide call,
+    // so a host can have its decision before the bot has its answer.
     tokio::time::sleep(Duration::from_millis(300)).await;
     approver.abort();
     drop(hosts);

@@ -77,6 +77,14 @@ pub enum StoreError {
     /// (the host link refuses such messages before they get here).
     #[error("request {id}: pending is not an outcome")]
     NotAnOutcome { id: String },
+    /// The API token a vote came with was revoked (or is gone) by the time the vote would
+    /// have been stored; nothing changed.
+    #[error("API token {token} was revoked")]
+    TokenRevoked { token: String },
+    /// The API token a vote came with expired by the time the vote would have been stored;
+    /// nothing changed.
+    #[error("API token {token} expired")]
+    TokenExpired { token: String },
 }
 
 /// Which database.
@@ -163,6 +171,16 @@ pub struct VoteResult {
     pub decided: Option<DecisionRecord>,
 }
 
+/// What [`Store::close`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CloseResult {
+    /// The request as stored after the call, with its votes.
+    pub request: StoredRequest,
+    /// Whether this call closed it (false: it was closed to this state already, a re-sent
+    /// outcome).
+    pub changed: bool,
+}
+
 /// A refused or accepted attempt, for the record ("who, when, through which channel, why").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attempt {
@@ -196,6 +214,9 @@ pub struct Store {
     /// contended write. Other processes (or a second `Store` on the same file) still meet at
     /// SQLite's write lock, with the busy timeout.
     writer: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// API tokens found valid, shared by the clones of this `Store` (not by another `Store`
+    /// on the same database: another replica or process keeps its own).
+    token_cache: Arc<tokens::TokenCache>,
 }
 
 impl std::fmt::Debug for Store {

@@ -39,11 +39,33 @@ fn sqlite_pragmas(synchronous: &str) -> String {
     )
 }
 
+/// A pooled connection idle for longer than this is pinged before it is handed out (see
+/// [`pool_with`]).
+const PING_IF_IDLE: Duration = Duration::from_secs(60);
+
 /// A pool of `size` connections running `setup` first.
+///
+/// sqlx pings every connection it hands out unless told otherwise: one more round trip to
+/// the database before every statement and transaction, three on the way from a request to
+/// its decision. A connection in steady use is alive; a dead one fails its statement with an
+/// error, which the caller sees as any other database failure, and sqlx drops it when it
+/// comes back (it tests every returned connection), so the next statement gets a working
+/// one. Only connections idle for [`PING_IF_IDLE`], the ones a database restart or a
+/// middlebox dropping quiet TCP flows may have killed, are checked first; one that fails the
+/// ping is replaced before anyone uses it.
 async fn pool_with(url: &str, size: u32, setup: String) -> Result<sqlx::AnyPool, StoreError> {
     let setup: Arc<str> = setup.into();
     Ok(AnyPoolOptions::new()
         .max_connections(size)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .after_connect(move |conn, _meta| {
             let setup = setup.clone();
             Box::pin(async move {
@@ -97,6 +119,7 @@ impl Store {
             relaxed,
             kind,
             writer,
+            token_cache: Arc::default(),
         })
     }
 

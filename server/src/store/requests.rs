@@ -4,8 +4,8 @@ use sqlx::any::{Any, AnyRow};
 use sqlx::{AnyConnection, Row};
 
 use super::{
-    RequestFilter, Store, StoreError, StoredRequest, Upserted, from_json, from_name, ms, ms_out,
-    to_json,
+    CloseResult, RequestFilter, Store, StoreError, StoredRequest, Upserted, from_json, from_name,
+    ms, ms_out, to_json,
 };
 
 /// The request columns [`request_from_row`] reads (also usable in `RETURNING`).
@@ -233,11 +233,15 @@ impl Store {
     /// applied it (which may be a break-glass or timeout record, and then replaces the
     /// server's; without one, the server's decision, if any, stays).
     ///
-    /// Idempotent: closing again to the same state is Ok and changes nothing (hosts re-send
-    /// outcomes they are unsure were received). Errors: [`StoreError::NotFound`];
-    /// [`StoreError::OtherHost`] (another host's id); [`StoreError::Closed`] when it is
-    /// already closed to another state (closed states are final);
-    /// [`StoreError::NotAnOutcome`] for `state` pending.
+    /// Idempotent: closing again to the same state is Ok and changes nothing
+    /// ([`CloseResult::changed`] false; hosts re-send outcomes they are unsure were received).
+    /// Errors: [`StoreError::NotFound`]; [`StoreError::OtherHost`] (another host's id);
+    /// [`StoreError::Closed`] when it is already closed to another state (closed states are
+    /// final); [`StoreError::NotAnOutcome`] for `state` pending.
+    ///
+    /// The outcome commits on the durable pool, never the relaxed one: it is on disk when
+    /// this returns, so the `Closed` change published after it keeps the README's promise
+    /// that outcomes are committed to disk before anyone is told.
     pub async fn close(
         &self,
         id: &str,
@@ -245,26 +249,42 @@ impl Store {
         state: RequestState,
         decision: Option<&DecisionRecord>,
         now: u64,
-    ) -> Result<StoredRequest, StoreError> {
+    ) -> Result<CloseResult, StoreError> {
         if !state.is_closed() {
             return Err(StoreError::NotAnOutcome { id: id.to_string() });
         }
-        {
+        let row = {
             let _turn = self.write_turn().await;
-            // Only a pending row of this host changes; every other case is sorted out below
-            // from what is stored (a closed state never changes again, so that read is
-            // stable).
-            sqlx::query(
+            // Only a pending row of this host changes, and it comes back in the same round
+            // trip; every other case is sorted out below from what is stored (a closed state
+            // never changes again, so that read is stable).
+            sqlx::query(&format!(
                 "UPDATE requests SET state = $3, decision = COALESCE($4, decision), updated_ms = $5, \
-                 version = version + 1 WHERE id = $1 AND host = $2 AND state = 'pending'",
-            )
+                 version = version + 1 WHERE id = $1 AND host = $2 AND state = 'pending' \
+                 RETURNING {REQUEST_COLS}, version"
+            ))
             .bind(id)
             .bind(host)
             .bind(state.as_str())
             .bind(decision.map(to_json))
             .bind(ms(now))
-            .execute(&self.pool)
-            .await?;
+            .fetch_optional(&self.pool)
+            .await?
+        };
+        if let Some(row) = row {
+            let mut request = request_from_row(&row)?;
+            // While pending, only votes bump the version; this close bumped it once more. No
+            // votes (break-glass, timeout, no route): nothing more to read. The votes of a
+            // closed request never change, so reading them after the commit is exact.
+            let version: i64 = row.try_get("version")?;
+            if version > 1 {
+                let mut conn = self.pool.acquire().await?;
+                request.votes = votes_of(&mut conn, id).await?;
+            }
+            return Ok(CloseResult {
+                request,
+                changed: true,
+            });
         }
         let cur = self
             .request(id)
@@ -279,7 +299,10 @@ impl Store {
                 state: cur.state.as_str().to_string(),
             });
         }
-        Ok(cur)
+        Ok(CloseResult {
+            request: cur,
+            changed: false,
+        })
     }
 }
 

@@ -3,7 +3,7 @@ use airlock_approval::{DecisionRecord, Release, Vote};
 
 use super::attempts::insert_attempt;
 use super::requests::{REQUEST_COLS, request_from_row, votes_of};
-use super::{Attempt, Store, StoreError, StoredRequest, VoteResult, from_name, ms, to_json};
+use super::{Attempt, Store, StoreError, VoteResult, from_name, ms, ms_out, to_json};
 
 impl Store {
     /// Casts `vote` on request `id` and, when `tally` says the votes so far decide it, stores
@@ -12,39 +12,61 @@ impl Store {
     /// 1. `UPDATE requests SET version = version + 1 … WHERE id = $1 AND state = 'pending' AND
     ///    decision IS NULL`: this first write serialises concurrent voters, also across
     ///    replicas (PostgreSQL: the row lock, and a waiter re-checks the WHERE against the
-    ///    committed row; SQLite: the database write lock). No row →
+    ///    committed row; SQLite: the database write lock). When the request had no votes
+    ///    yet (version 0), the same statement stores `tally(&[vote])`, the decision this vote
+    ///    makes alone (threshold 1, or a deny). With `token`, the statement also requires
+    ///    that API token to be unrevoked and unexpired at `now`, so a token revoked in another
+    ///    process cannot vote even while a replica still remembers it as valid. No row →
+    ///    [`StoreError::TokenRevoked`], [`StoreError::TokenExpired`],
     ///    [`StoreError::NotFound`] or [`StoreError::Closed`] (state `decided` for a decided
     ///    request its host has not closed yet).
     /// 2. Insert the vote; one per (request, principal), else [`StoreError::AlreadyVoted`]
     ///    and nothing changed.
-    /// 3. Read every vote, call `tally(&request, &votes)`; `Some(decision)` is stored on the
-    ///    request.
+    /// 3. Earlier votes only: read every vote, call `tally(&votes)`; `Some(decision)` is
+    ///    stored on the request.
     /// 4. Record the accepted attempt (who, channel, "allow"/"deny", "decided" or "vote
     ///    counted"): it commits with the vote or not at all.
     ///
     /// Returns the request with its votes (and decision), and `decided` when this vote made
-    /// the decision. `tally` runs inside the transaction: keep it a pure function.
+    /// the decision. `tally` may run twice (on this vote alone before the transaction, and on
+    /// every vote inside it): keep it a pure function of the votes.
     pub async fn vote(
         &self,
         id: &str,
         vote: &Vote,
+        token: Option<&str>,
         now: u64,
-        tally: impl FnOnce(&StoredRequest, &[Vote]) -> Option<DecisionRecord> + Send,
+        tally: impl Fn(&[Vote]) -> Option<DecisionRecord> + Send,
     ) -> Result<VoteResult, StoreError> {
+        let alone = tally(std::slice::from_ref(vote));
+        let token_ok = if token.is_some() {
+            " AND EXISTS (SELECT 1 FROM api_tokens WHERE id = $4 AND revoked_ms IS NULL \
+             AND expires_ms > $2)"
+        } else {
+            ""
+        };
         let turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(&format!(
-            "UPDATE requests SET version = version + 1, updated_ms = $2 \
-             WHERE id = $1 AND state = 'pending' AND decision IS NULL RETURNING {REQUEST_COLS}, version"
-        ))
-        .bind(id)
-        .bind(ms(now))
-        .fetch_optional(&mut *tx)
-        .await?;
+        // SET expressions read the row as it was: `version = 0` means no vote before this one.
+        let sql = format!(
+            "UPDATE requests SET version = version + 1, updated_ms = $2, \
+             decision = CASE WHEN version = 0 THEN $3 ELSE decision END \
+             WHERE id = $1 AND state = 'pending' AND decision IS NULL{token_ok} \
+             RETURNING {REQUEST_COLS}, version"
+        );
+        let mut update = sqlx::query(&sql)
+            .bind(id)
+            .bind(ms(now))
+            .bind(alone.as_ref().map(to_json));
+        // Bound only when the statement names it: PostgreSQL refuses extra parameters.
+        if let Some(t) = token {
+            update = update.bind(t);
+        }
+        let row = update.fetch_optional(&mut *tx).await?;
         let Some(row) = row else {
             tx.rollback().await?;
             drop(turn);
-            return Err(self.why_not_votable(id).await?);
+            return Err(self.why_not_votable(id, token, now).await?);
         };
         let mut request = request_from_row(&row)?;
         let seq: i64 = sqlx::Row::try_get(&row, "version")?;
@@ -74,21 +96,24 @@ impl Store {
             });
         }
         // The request's version counts the votes committed before this one (only votes bump it
-        // while it is pending): the first vote needs no read of the others.
-        request.votes = if seq == 1 {
-            vec![vote.clone()]
+        // while it is pending). The first vote needs no read of the others, and its decision,
+        // if it makes one alone, was stored by the UPDATE above.
+        let decided = if seq == 1 {
+            request.votes = vec![vote.clone()];
+            alone
         } else {
-            votes_of(&mut tx, id).await?
+            request.votes = votes_of(&mut tx, id).await?;
+            let decided = tally(&request.votes);
+            if let Some(d) = &decided {
+                sqlx::query("UPDATE requests SET decision = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(to_json(d))
+                    .execute(&mut *tx)
+                    .await?;
+                request.decision = Some(d.clone());
+            }
+            decided
         };
-        let decided = tally(&request, &request.votes);
-        if let Some(d) = &decided {
-            sqlx::query("UPDATE requests SET decision = $2 WHERE id = $1")
-                .bind(id)
-                .bind(to_json(d))
-                .execute(&mut *tx)
-                .await?;
-            request.decision = Some(d.clone());
-        }
         let attempt = Attempt {
             at_unix_ms: vote.at_unix_ms,
             who: vote.principal.clone(),
@@ -108,8 +133,31 @@ impl Store {
         Ok(VoteResult { request, decided })
     }
 
-    /// Why request `id` took no vote: it does not exist, is closed, or is decided.
-    async fn why_not_votable(&self, id: &str) -> Result<StoreError, StoreError> {
+    /// Why request `id` took no vote (through `token`, when given): the token is revoked or
+    /// expired, or the request does not exist, is closed, or is decided.
+    async fn why_not_votable(
+        &self,
+        id: &str,
+        token: Option<&str>,
+        now: u64,
+    ) -> Result<StoreError, StoreError> {
+        if let Some(token) = token {
+            // The caller's credential first: a revoked token learns nothing about requests.
+            let row: Option<(Option<i64>, i64)> =
+                sqlx::query_as("SELECT revoked_ms, expires_ms FROM api_tokens WHERE id = $1")
+                    .bind(token)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            let token = token.to_string();
+            match row {
+                // Tokens are never deleted; a missing one is refused like a revoked one.
+                None | Some((Some(_), _)) => return Ok(StoreError::TokenRevoked { token }),
+                Some((None, expires)) if now >= ms_out(expires) => {
+                    return Ok(StoreError::TokenExpired { token });
+                }
+                Some(_) => {}
+            }
+        }
         let row: Option<(String, Option<String>)> =
             sqlx::query_as("SELECT state, decision FROM requests WHERE id = $1")
                 .bind(id)
