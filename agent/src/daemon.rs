@@ -284,8 +284,11 @@ impl State {
     }
 
     fn record(&mut self, ev: &GateEvent) {
-        // Exec records come on their own channel: take what is queued so the event sees its
-        // process's latest exec.
+        // Exec records come on their own channel: read the kernel's ring now (it wakes nobody
+        // per exec) and take what is queued, so the event sees its process's latest exec.
+        if let Some(p) = &self.exec_probe {
+            p.drain_now();
+        }
         while let Ok(r) = self.exec_rx.try_recv() {
             self.note_exec(r);
         }

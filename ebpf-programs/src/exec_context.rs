@@ -24,9 +24,14 @@ use aya_ebpf::{
 
 use crate::hold::Decision;
 use crate::{
-    Agent, EVENTS, EXEC_CONTEXT, EXEC_INODES, LOST, SETTINGS, agent, inode_key, offsets, read_u64,
-    rule_for_inode,
+    Agent, EVENTS, EXEC_CONTEXT, EXEC_CONTEXT_BYTES, EXEC_INODES, LOST, SETTINGS, agent, inode_key,
+    offsets, read_u64, rule_for_inode,
 };
+
+/// `bpf_ringbuf_submit` / `bpf_ringbuf_query` flags (uapi `bpf.h`).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
 
 const SIGKILL: u32 = 9;
 const SIGSTOP: u32 = 19;
@@ -84,7 +89,16 @@ fn record(o: &KernelOffsets, cg: u64, bprm: u64) {
         (*e).filename = [0; airlock_common::FILENAME_LEN];
         let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*e).filename);
     }
-    entry.submit(0);
+    // No wakeup per record: airlockd reads this ring itself right before it records an event
+    // (and on a slow timer). Waking it for every agent exec was most of the overhead on an
+    // agent's exec (two thread wakeups each). Past half full it is woken, so a burst of execs
+    // is not lost.
+    let flags = if EXEC_CONTEXT.query(BPF_RB_AVAIL_DATA) > u64::from(EXEC_CONTEXT_BYTES / 2) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags);
 }
 
 /// `old_pid` is the thread that called execve (a non-leader thread's exec takes the leader's

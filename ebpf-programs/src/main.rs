@@ -94,7 +94,9 @@ pub(crate) static PROTECTED: HashMap<InodeKey, RuleRef> = HashMap::with_max_entr
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// What agent processes executed (see [`sched_process_exec`]).
 #[map]
-pub(crate) static EXEC_CONTEXT: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
+pub(crate) static EXEC_CONTEXT: RingBuf = RingBuf::with_byte_size(EXEC_CONTEXT_BYTES, 0);
+/// Size of [`EXEC_CONTEXT`].
+pub(crate) const EXEC_CONTEXT_BYTES: u32 = 256 << 10;
 /// Events that did not fit in [`EVENTS`].
 #[map]
 pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -136,7 +136,40 @@ pub struct ExecContextProbe {
     adopted: bool,
     lost: Arc<AtomicU64>,
     readers: Vec<tokio::task::JoinHandle<()>>,
+    /// Reads the exec-context ring into the daemon's channel (see [`Self::drain_now`]).
+    context: Option<Arc<ContextDrain>>,
 }
+
+/// The exec-context ring and where its records go. The kernel side submits without waking
+/// anyone (a wakeup per agent exec was most of the exec overhead inside agents), so the ring is
+/// read when the daemon is about to record an event, on a slow timer, and when the kernel
+/// forces a wakeup at half full.
+struct ContextDrain {
+    ring: Mutex<RingBuf<MapData>>,
+    tx: mpsc::Sender<ExecRecord>,
+    lost: Arc<AtomicU64>,
+}
+
+impl ContextDrain {
+    fn drain(&self) {
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(item) = ring.next() {
+            if ExecRecord::decode(&item).is_none_or(|r| self.tx.try_send(r).is_err()) {
+                self.lost.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The exec-context reader task's state. Field order matters: the registration is dropped
+/// before the reference that keeps the ring (and so the fd) open.
+struct Reader {
+    ready: AsyncFd<std::os::fd::RawFd>,
+    drain: Arc<ContextDrain>,
+}
+
+/// How often the exec-context ring is read when nothing else reads it.
+const CONTEXT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn io_err(what: impl std::fmt::Display) -> LsmError {
     LsmError::Io(io::Error::other(what.to_string()))
@@ -432,6 +465,7 @@ impl ExecContextProbe {
             adopted: false,
             lost: Arc::new(AtomicU64::new(0)),
             readers: Vec::new(),
+            context: None,
         }
     }
 
@@ -440,16 +474,46 @@ impl ExecContextProbe {
         ring: RingBuf<MapData>,
         tx: mpsc::Sender<ExecRecord>,
     ) -> Result<(), LsmError> {
-        let l = self.lost.clone();
-        // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd until both are dropped.
-        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| LsmError::Io(e.into()))?;
-        self.readers
-            .push(tokio::spawn(drain_ring(ring, move |bytes| {
-                if ExecRecord::decode(bytes).is_none_or(|r| tx.try_send(r).is_err()) {
-                    l.fetch_add(1, Ordering::Relaxed);
+        use std::os::fd::AsRawFd as _;
+        let fd = ring.as_raw_fd();
+        let d = Arc::new(ContextDrain {
+            ring: Mutex::new(ring),
+            tx,
+            lost: self.lost.clone(),
+        });
+        // Readiness only (the kernel's forced wakeups); reading goes through `d`.
+        // SAFETY: the fd belongs to the ring inside `d`; `Reader` drops its registration
+        // before its own reference to `d`, so the fd is open for as long as it is registered.
+        let ready = unsafe { AsyncFd::register(fd) }.map_err(|e| LsmError::Io(e.into()))?;
+        let r = Reader {
+            ready,
+            drain: d.clone(),
+        };
+        self.readers.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CONTEXT_POLL);
+            loop {
+                tokio::select! {
+                    g = r.ready.readable() => match g {
+                        Ok(mut g) => {
+                            r.drain.drain();
+                            g.clear_ready();
+                        }
+                        Err(_) => return,
+                    },
+                    _ = tick.tick() => r.drain.drain(),
                 }
-            })));
+            }
+        }));
+        self.context = Some(d);
         Ok(())
+    }
+
+    /// Reads every exec record the kernel has queued into the daemon's channel, now: called
+    /// right before an event is recorded, so the event finds its process's latest exec.
+    pub fn drain_now(&self) {
+        if let Some(d) = &self.context {
+            d.drain();
+        }
     }
 
     /// Unpins every other instance under `dir` (after ours is attached), keeping the backstop
