@@ -635,7 +635,14 @@ pub fn path_chown(ctx: LsmContext) -> i32 {
 /// `trusted.*`, `user.*`): the dentry is the second argument on every supported kernel.
 #[lsm(hook = "inode_setxattr")]
 pub fn inode_setxattr(ctx: LsmContext) -> i32 {
-    let prev: u64 = ctx.arg(6);
+    xattr_change(&ctx, 6)
+}
+
+/// The body of the four extended-attribute and ACL hooks: the dentry is argument 1 of each,
+/// the previous program's verdict argument `prev_arg`.
+#[inline(always)]
+fn xattr_change(ctx: &LsmContext, prev_arg: usize) -> i32 {
+    let prev: u64 = ctx.arg(prev_arg);
     if prev as i32 != 0 {
         return chained(prev);
     }
@@ -645,11 +652,7 @@ pub fn inode_setxattr(ctx: LsmContext) -> i32 {
 /// removexattr(2) and friends.
 #[lsm(hook = "inode_removexattr")]
 pub fn inode_removexattr(ctx: LsmContext) -> i32 {
-    let prev: u64 = ctx.arg(3);
-    if prev as i32 != 0 {
-        return chained(prev);
-    }
-    ret(gate_tree(ctx.arg(1), op::XATTR))
+    xattr_change(&ctx, 3)
 }
 
 /// POSIX ACLs on 6.2+ (`setfacl`, setxattr of `system.posix_acl_*`): since 6.2 these go through
@@ -657,21 +660,13 @@ pub fn inode_removexattr(ctx: LsmContext) -> i32 {
 /// like mode bits do, so it is gated like them. Optional: absent (and not attached) on 6.1.
 #[lsm(hook = "inode_set_acl")]
 pub fn inode_set_acl(ctx: LsmContext) -> i32 {
-    let prev: u64 = ctx.arg(4);
-    if prev as i32 != 0 {
-        return chained(prev);
-    }
-    ret(gate_tree(ctx.arg(1), op::XATTR))
+    xattr_change(&ctx, 4)
 }
 
 /// Removing a POSIX ACL on 6.2+ (`setfacl -b`); see [`inode_set_acl`].
 #[lsm(hook = "inode_remove_acl")]
 pub fn inode_remove_acl(ctx: LsmContext) -> i32 {
-    let prev: u64 = ctx.arg(3);
-    if prev as i32 != 0 {
-        return chained(prev);
-    }
-    ret(gate_tree(ctx.arg(1), op::XATTR))
+    xattr_change(&ctx, 3)
 }
 
 /// mount(2): new mounts, bind mounts, `MS_MOVE`, remounts, by their mountpoint: on a protected

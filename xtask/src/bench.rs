@@ -26,6 +26,10 @@ pub struct Args {
     /// Rounds of the guest run (each: off, on outside, on inside).
     #[arg(long, default_value_t = 3)]
     pub guest_rounds: usize,
+    /// Seconds before the guest run is stopped (it loads a 10,000-binary policy under
+    /// emulation: longer than a test tier's default).
+    #[arg(long, env = "AIRLOCK_GUEST_TIMEOUT", default_value_t = 1200)]
+    pub guest_timeout: u64,
     /// Arguments for `airlock-e2e --bench` on the host (e.g. `--rounds 9`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
@@ -94,21 +98,13 @@ fn guest_run(ctx: &Ctx, args: &Args, bin_dir: &std::path::Path) -> Result<i32> {
     initramfs::build(&spec, &initrd)?;
     step.done("ok");
     let label = args.guest.short();
-    let lsm_override = gk
-        .config_lsm()
-        .is_some_and(|l| !l.split(',').any(|x| x == "bpf"));
     let b = Boot {
         label,
         kernel: &gk,
         initrd: &initrd,
-        lsm_override,
+        lsm_override: gk.needs_lsm_override(),
         accel,
-        timeout: Duration::from_secs(
-            std::env::var("AIRLOCK_GUEST_TIMEOUT")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(1200),
-        ),
+        timeout: Duration::from_secs(args.guest_timeout),
         log: xdir.join(format!("bench-guest-{label}.log")),
     };
     let r = guest::boot(&b);

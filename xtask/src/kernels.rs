@@ -65,6 +65,13 @@ impl GuestKernel {
             .find_map(|l| l.strip_prefix("CONFIG_LSM="))
             .map(|v| v.trim_matches('"').to_string())
     }
+
+    /// Whether to boot with `lsm=…,bpf` from the start: only when the kernel's config says its
+    /// default LSM list lacks `bpf` (Debian's normally has it).
+    pub fn needs_lsm_override(&self) -> bool {
+        self.config_lsm()
+            .is_some_and(|l| !l.split(',').any(|x| x == "bpf"))
+    }
 }
 
 /// Where a kernel for `k` would come from, for messages.

@@ -321,10 +321,8 @@ fn run_kernel(
     xdir: &std::path::Path,
 ) -> Result<Tally> {
     let start = Instant::now();
-    // Debian's CONFIG_LSM normally has bpf: boot without lsm= first unless the config says no.
-    let mut lsm_override = gk
-        .config_lsm()
-        .is_some_and(|l| !l.split(',').any(|x| x == "bpf"));
+    // Boot without lsm= first unless the config says bpf is not in the default list.
+    let mut lsm_override = gk.needs_lsm_override();
     let mut attempt = 0;
     let r = loop {
         attempt += 1;
