@@ -71,6 +71,19 @@ impl ApprovalsService {
     }
 }
 
+/// Whether `caller` may still read: its token is valid and its principal still in the
+/// config.
+async fn still_allowed(broker: &Broker, caller: &Caller) -> Result<(), Fault> {
+    crate::auth::still_valid(&broker.store, caller, now_ms()).await?;
+    let p = &caller.principal;
+    if broker.config().principal(p).is_none() {
+        return Err(Fault::Forbidden(format!(
+            "principal {p} is not in the server's config"
+        )));
+    }
+    Ok(())
+}
+
 fn matches(r: &crate::store::StoredRequest, host: &Option<String>, agent: &Option<String>) -> bool {
     host.as_ref().is_none_or(|h| &r.host == h)
         && agent.as_ref().is_none_or(|a| r.agent.as_ref() == Some(a))
@@ -172,16 +185,33 @@ impl pb::approvals_server::Approvals for ApprovalsService {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        self.caller(&req, "watch", None).await?;
+        let caller = self.caller(&req, "watch", None).await?;
         let f = req.into_inner();
         // Subscribe before answering: every change after the client sees the response is
         // delivered.
         let mut changes = self.broker.hub.subscribe();
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let broker = self.broker.clone();
         tokio::spawn(async move {
+            // A watch outlives the check made when it opened: the token is checked again
+            // every HOST_CHECK (from the replica's memory while it stays valid), and so is
+            // the principal's place in the config, so that revoking a token, letting it
+            // expire or removing the approver ends the stream within about a second, with
+            // the error a new call would get.
+            let mut recheck = tokio::time::interval(crate::link::HOST_CHECK);
+            recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            recheck.tick().await;
             loop {
                 let item = tokio::select! {
                     _ = tx.closed() => return,
+                    _ = recheck.tick() => match still_allowed(&broker, &caller).await {
+                        Ok(()) => continue,
+                        Err(f) => {
+                            let why = f.to_string();
+                            broker.record(&caller.principal, CHANNEL, "watch", None, f.code(), &why).await;
+                            Err(f)
+                        }
+                    },
                     c = changes.recv() => match c {
                         Ok(c) if !matches(c.request(), &f.host, &f.agent) => continue,
                         Ok(c) => match event(&c) {

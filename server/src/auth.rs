@@ -62,6 +62,9 @@ pub struct Caller {
     /// The token's public id: a vote made with it is refused when the token was revoked or
     /// expired by the time the vote is stored (see [`Store::vote`]).
     pub token_id: String,
+    /// SHA-256 of the secret, so a long call (watch) can check the token again
+    /// ([`still_valid`]) without keeping the secret.
+    pub token_sha256: String,
 }
 
 /// The caller behind the bearer token in `meta`, if the token is known, unexpired and
@@ -96,12 +99,29 @@ pub async fn principal(
             "API token longer than 256 bytes".into(),
         ));
     }
-    let Some(row) = store
-        .lookup_token(&sha256_hex(token.trim().as_bytes()), now)
-        .await?
-    else {
+    let hash = sha256_hex(token.trim().as_bytes());
+    let Some(row) = store.lookup_token(&hash, now).await? else {
         return Err(Fault::Unauthenticated("unknown API token".into()));
     };
+    usable(row, hash, now)
+}
+
+/// Checks again, at `now`, the token a call authenticated with: a stream that outlives the
+/// token's expiry or revocation (watch) ends with the same error a new call would get. The
+/// lookup is answered from the replica's memory while the token stays valid, so this costs
+/// no database read per check.
+pub async fn still_valid(store: &Store, caller: &Caller, now: u64) -> Result<(), Fault> {
+    let Some(row) = store.lookup_token(&caller.token_sha256, now).await? else {
+        return Err(Fault::Unauthenticated(format!(
+            "API token {} no longer exists",
+            caller.token_id
+        )));
+    };
+    usable(row, caller.token_sha256.clone(), now).map(|_| ())
+}
+
+/// The caller behind a stored token row, unless it is revoked or expired at `now`.
+fn usable(row: TokenRow, token_sha256: String, now: u64) -> Result<Caller, Fault> {
     if row.revoked_unix_ms.is_some() {
         return Err(Fault::Unauthenticated(format!(
             "API token {} was revoked",
@@ -117,5 +137,6 @@ pub async fn principal(
     Ok(Caller {
         principal: row.principal,
         token_id: row.id,
+        token_sha256,
     })
 }

@@ -29,6 +29,7 @@ cases!(
     an_expired_remembered_token_is_refused,
     an_expired_token_cannot_vote,
     a_revocation_elsewhere_reaches_a_running_server,
+    an_expiring_token_ends_its_open_watch,
 );
 
 fn pending(id: &str) -> StoredRequest {
@@ -185,6 +186,12 @@ async fn a_revocation_elsewhere_reaches_a_running_server(db: Db) {
         .list_pending(pb::ListPendingRequest::default())
         .await
         .unwrap();
+    // A watch opened before the revocation.
+    let mut watch = alice
+        .watch(pb::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let elsewhere = Store::open(&srv.database).await.unwrap();
     elsewhere.revoke_token(&row.id, now_ms()).await.unwrap();
     let revoked_at = Instant::now();
@@ -214,5 +221,57 @@ async fn a_revocation_elsewhere_reaches_a_running_server(db: Db) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The open watch ends with the same refusal, within the recheck period (one for the
+    // store's refresh to see the revocation, one for the watch's own check).
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the watch of a revoked token was still open 5 s after the revocation");
+    let e = end.expect_err("the watch ended without saying why");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("revoked"), "{e:?}");
+    assert!(
+        revoked_at.elapsed() < Duration::from_millis(3500),
+        "the watch ended {:?} after the revocation",
+        revoked_at.elapsed()
+    );
+    srv.stop().await;
+}
+
+/// A watch opened with a token that expires while it is open ends with "expired", like any
+/// new call would, and the attempt is recorded.
+async fn an_expiring_token_ends_its_open_watch(db: Db) {
+    let srv = TestServer::with(Options {
+        database: Some(db.url.clone()),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let (token, _row) = srv.issue_token_at("alice", 1_500, now_ms()).await.unwrap();
+    let mut alice = srv.approver(&token).await.unwrap();
+    let mut watch = alice
+        .watch(pb::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let e = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("the watch outlived its token by more than 3.5 s")
+        .expect_err("the watch ended without saying why");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("expired"), "{e:?}");
+    let attempts = srv.store.attempts(100).await.unwrap();
+    assert!(
+        attempts
+            .iter()
+            .any(|a| a.action == "watch" && a.message.contains("expired")),
+        "{attempts:?}"
+    );
     srv.stop().await;
 }
