@@ -227,6 +227,7 @@ impl Btf {
     /// Every offset the eBPF programs need.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
         let m = |s: &str, f: &str| self.member_offset(s, f);
+        let ctime = self.ctime_offsets()?;
         Ok(KernelOffsets {
             valid: 1,
             task_real_parent: m("task_struct", "real_parent")?,
@@ -266,7 +267,30 @@ impl Btf {
             vfsmount_mnt_root: m("vfsmount", "mnt_root")?,
             binprm_cred: m("linux_binprm", "cred")?,
             cred_cap_permitted: m("cred", "cap_permitted")?,
+            inode_i_size: m("inode", "i_size")?,
+            inode_ctime_sec: ctime.0,
+            inode_ctime_nsec: ctime.1,
+            task_mm: m("task_struct", "mm")?,
+            mm_exe_file: m("mm_struct", "exe_file")?,
+            vma_vm_file: m("vm_area_struct", "vm_file")?,
+            vma_vm_flags: m("vm_area_struct", "vm_flags")?,
+            _pad: 0,
         })
+    }
+
+    /// Offsets of an inode's ctime seconds and nanoseconds: two fields from 6.11
+    /// (`i_ctime_sec`, `i_ctime_nsec`), before that a `struct timespec64` (`tv_sec`, then
+    /// `tv_nsec`) named `__i_ctime` (6.6) or `i_ctime`.
+    fn ctime_offsets(&self) -> Result<(u32, u32), BtfError> {
+        let m = |f: &str| self.member_offset("inode", f);
+        if let (Ok(sec), Ok(nsec)) = (m("i_ctime_sec"), m("i_ctime_nsec")) {
+            return Ok((sec, nsec));
+        }
+        let ts = m("__i_ctime").or_else(|_| m("i_ctime"))?;
+        Ok((
+            ts + self.member_offset("timespec64", "tv_sec")?,
+            ts + self.member_offset("timespec64", "tv_nsec")?,
+        ))
     }
 }
 
@@ -294,6 +318,9 @@ mod tests {
         assert_ne!(o.file_f_inode, o.file_f_mode);
         // task_struct.flags sits right after the stack pointer and usage count; ptrace after it.
         assert!(o.task_flags > 0 && o.task_ptrace > o.task_flags);
+        // The ctime's seconds and nanoseconds are neighbours (timespec64, or two fields).
+        assert!(o.inode_ctime_nsec == o.inode_ctime_sec + 8);
+        assert!(o.inode_i_size > 0 && o.mm_exe_file > 0 && o.vma_vm_file > 0);
     }
 
     #[test]

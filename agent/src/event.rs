@@ -93,6 +93,14 @@ pub struct GateEvent {
     pub name_truncated: bool,
     /// Matched by (directory, name) rather than inode: the binary was replaced at its path.
     pub matched_by_entry: bool,
+    /// Matched by content (SHA-256) rather than inode or path: a byte-identical copy of a
+    /// gated binary (LSM backend).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub matched_by_content: bool,
+    /// Refused because the file has a gated binary's size but its content could not be
+    /// identified (fail closed; LSM backend).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unidentified: bool,
     /// exec only: the arguments as captured when the syscall was gated (bounded: see
     /// [`airlock_common::ARGV_MAX`]); empty for other operations or when unknown.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -171,6 +179,15 @@ impl GateEvent {
     /// Converts a kernel-layout event.
     pub fn from_raw(backend: &'static str, ev: &Event) -> Result<GateEvent, EventError> {
         let unknown = |field, value| EventError::Unknown { field, value };
+        // The exec'd program's name, for privilege changes made by an exec.
+        let exe = c_str(&ev.name[..NAME_LEN]);
+        let at_exec = |before: &str, after: &str| {
+            if exe.is_empty() {
+                String::new()
+            } else {
+                format!("{before}{exe}{after}")
+            }
+        };
         Ok(GateEvent {
             backend,
             ktime_ns: ev.ktime_ns,
@@ -192,11 +209,19 @@ impl GateEvent {
                 }
                 op::PTRACE => format!("pid {} (outside the agent)", ev.target_ino),
                 op::BPF => format!("bpf command {}", ev.target_ino),
+                op::KERNEL_LOAD if ev.target_ino == airlock_common::MODULE_AUTOLOAD => {
+                    "a kernel module autoload (request_module)".to_owned()
+                }
                 op::KERNEL_LOAD => format!("kernel load (id {})", ev.target_ino),
-                op::SETUID => format!("uid {}", ev.target_ino),
-                op::SETGID => format!("gid {}", ev.target_ino),
+                // At exec (set-id file, file capabilities) the kernel names the program.
+                op::SETUID => format!("uid {}{}", ev.target_ino, at_exec(" (exec of ", ")")),
+                op::SETGID => format!("gid {}{}", ev.target_ino, at_exec(" (exec of ", ")")),
                 op::USERNS => "a new user namespace".to_owned(),
-                op::CAPS => format!("capabilities {:#x} gained at exec", ev.target_ino),
+                op::CAPS => format!(
+                    "capabilities {:#x} gained at exec{}",
+                    ev.target_ino,
+                    at_exec(" of ", "")
+                ),
                 op::READ_SECRET => format!("airlockd's host key (inode {})", ev.target_ino),
                 op::CGROUP_MOVE if ev.target_ino == 0 => {
                     "the cgroup of a new process (clone3 CLONE_INTO_CGROUP)".to_owned()
@@ -211,6 +236,8 @@ impl GateEvent {
             monitor: ev.flags & flags::MONITOR != 0,
             name_truncated: ev.flags & flags::NAME_TRUNCATED != 0,
             matched_by_entry: ev.flags & flags::MATCHED_BY_ENTRY != 0,
+            matched_by_content: ev.flags & flags::MATCHED_BY_CONTENT != 0,
+            unidentified: ev.flags & flags::UNIDENTIFIED != 0,
             argv: if ev.op == op::EXEC {
                 decode_argv(ev.argc, &ev.argv).0
             } else {

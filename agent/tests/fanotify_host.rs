@@ -396,6 +396,7 @@ fn new_directories_and_replaced_binaries_are_followed() {
         canonical: missing.clone(),
         inode: None,
         entry: None,
+        content: None,
     });
     w.apply(&p).unwrap();
 

@@ -77,6 +77,7 @@ pub fn op_to_proto(op: Op) -> pb::Op {
         Op::Mount => pb::Op::Mount,
         Op::Caps => pb::Op::Caps,
         Op::ReadSecret => pb::Op::ReadSecret,
+        Op::MapExec => pb::Op::MapExec,
     }
 }
 
@@ -109,6 +110,7 @@ pub fn op_from_proto(field: &'static str, v: i32) -> Result<Op, ConvertError> {
         pb::Op::Mount => Op::Mount,
         pb::Op::Caps => Op::Caps,
         pb::Op::ReadSecret => Op::ReadSecret,
+        pb::Op::MapExec => Op::MapExec,
     })
 }
 
@@ -487,6 +489,7 @@ mod tests {
             Op::Mount,
             Op::Caps,
             Op::ReadSecret,
+            Op::MapExec,
         ];
         for op in ops {
             assert_eq!(op_from_proto("op", op_to_proto(op) as i32).unwrap(), op);

@@ -44,6 +44,8 @@ pub enum Op {
     Caps,
     /// Opening one of airlockd's secrets (self-protection).
     ReadSecret,
+    /// Mapping a gated program's code executable outside its exec (mmap/mprotect).
+    MapExec,
 }
 
 impl Op {
@@ -75,6 +77,7 @@ impl Op {
             op::MOUNT => Op::Mount,
             op::CAPS => Op::Caps,
             op::READ_SECRET => Op::ReadSecret,
+            op::MAP_EXEC => Op::MapExec,
             _ => return None,
         })
     }
@@ -107,6 +110,7 @@ impl Op {
             Op::Mount => op::MOUNT,
             Op::Caps => op::CAPS,
             Op::ReadSecret => op::READ_SECRET,
+            Op::MapExec => op::MAP_EXEC,
         }
     }
 }

@@ -88,8 +88,13 @@ pub mod op {
     /// An agent process opening one of airlockd's secrets (its host key), for reading too.
     /// Self-protection; `target_ino` is the file's inode.
     pub const READ_SECRET: u32 = 25;
+    /// Code of a gated program mapped executable outside its own exec (`mmap` or `mprotect`
+    /// with `PROT_EXEC` of the file, or of a byte-identical copy): the dynamic loader run
+    /// directly (`ld.so /usr/bin/gated`), a loader of its own. `exec` rules gate it like the
+    /// exec itself.
+    pub const MAP_EXEC: u32 = 26;
     /// Highest value in use.
-    pub const MAX: u32 = 25;
+    pub const MAX: u32 = 26;
 
     /// Bit of `op` in a [`crate::RuleRef::ops`] mask.
     pub const fn bit(op: u32) -> u32 {
@@ -116,6 +121,10 @@ pub mod op {
 /// [`op::SIGNAL`], [`op::PTRACE`], [`op::BPF`], [`op::KERNEL_LOAD`]), which every agent process
 /// meets whatever the policy says.
 pub const SELF_RULE: u32 = u32::MAX;
+
+/// The `target_ino` of an [`op::KERNEL_LOAD`] event for a module autoload request
+/// (`request_module`); other values are the kernel's read/load ids.
+pub const MODULE_AUTOLOAD: u64 = 1 << 32;
 
 /// What a rule asks for. Stable values.
 pub mod action {
@@ -168,6 +177,40 @@ pub mod flags {
     /// Rule maps only: the entry gates the object itself, not its subtree (an ancestor of a
     /// protected root, gated against being renamed away with the tree inside it).
     pub const SELF_ONLY: u32 = 1 << 8;
+    /// (event only) the file matched a gated binary by content (the SHA-256 of the whole
+    /// file), not by inode or path: a byte-identical copy of it.
+    pub const MATCHED_BY_CONTENT: u32 = 1 << 9;
+    /// (event only) the file has the size of a gated binary but its content could not be
+    /// identified where it had to be (the kernel could not hash it, or a `mprotect` met a
+    /// file not hashed since it last changed), so the action was refused (fail closed).
+    pub const UNIDENTIFIED: u32 = 1 << 10;
+}
+
+/// The kernel's `HASH_ALGO_SHA256` (`enum hash_algo`), which `bpf_ima_file_hash` returns when
+/// it hashed with SHA-256 (IMA's default hash on the kernels airlock supports).
+pub const HASH_ALGO_SHA256: u32 = 4;
+
+/// A gated binary's content identity in the rule maps: the SHA-256 of the whole file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DigestKey {
+    pub sha256: [u8; 32],
+    /// The agent the entry applies to, as in [`InodeKey::slot`].
+    pub slot: u32,
+    pub _pad: u32,
+}
+
+/// A file's SHA-256 as the kernel computed it, kept per inode ([`InodeKey`] with `slot` 0)
+/// with the version it was computed for: a later change of size or ctime makes it stale, and
+/// an agent's write open drops it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileDigest {
+    pub size: u64,
+    pub ctime_sec: u64,
+    pub ctime_nsec: u32,
+    pub _pad: u32,
+    pub sha256: [u8; 32],
 }
 
 /// Identity of a filesystem object: the kernel's `s_dev` encoding (`MAJOR << 20 | MINOR`, not
@@ -388,6 +431,18 @@ pub struct KernelOffsets {
     /// after, the same bytes on little-endian).
     pub binprm_cred: u32,
     pub cred_cap_permitted: u32,
+    /// `struct inode` → `i_size`, and its ctime (seconds, nanoseconds): a file version, for the
+    /// content digests the kernel keeps ([`FileDigest`]).
+    pub inode_i_size: u32,
+    pub inode_ctime_sec: u32,
+    pub inode_ctime_nsec: u32,
+    /// `task_struct` → `mm` → `exe_file`: the file the process runs (the ELF loader's own
+    /// mappings of it are not a second exec), and `vm_area_struct` → `vm_file`, `vm_flags`.
+    pub task_mm: u32,
+    pub mm_exe_file: u32,
+    pub vma_vm_file: u32,
+    pub vma_vm_flags: u32,
+    pub _pad: u32,
 }
 
 /// Bytes of an exec'd file name kept in [`ExecContext`] (longer names are cut).
@@ -446,6 +501,8 @@ mod user {
     unsafe impl aya::Pod for AgentGrantKey {}
     unsafe impl aya::Pod for Grant {}
     unsafe impl aya::Pod for ExecAllowKey {}
+    unsafe impl aya::Pod for DigestKey {}
+    unsafe impl aya::Pod for FileDigest {}
 }
 
 /// Converts a userspace `st_dev` (glibc `makedev` encoding) to the kernel's `s_dev`.

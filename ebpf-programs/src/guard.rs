@@ -4,8 +4,8 @@
 //! [`SELF_RULE`]. Processes outside agent cgroups pay what every hook pays: one classification
 //! lookup.
 use airlock_common::{
-    InodeKey, KernelOffsets, MAX_CGROUP_LEVEL, MAX_DENTRY_DEPTH, RuleRef, SELF_RULE, action, op,
-    verdict,
+    InodeKey, KernelOffsets, MAX_CGROUP_LEVEL, MAX_DENTRY_DEPTH, MODULE_AUTOLOAD, RuleRef,
+    SELF_RULE, action, op, verdict,
 };
 use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::LsmContext};
 
@@ -170,6 +170,22 @@ fn kernel_load(prev: u64, id: u32) -> i32 {
 #[lsm(hook = "kernel_read_file")]
 pub fn kernel_read_file(ctx: LsmContext) -> i32 {
     kernel_load(ctx.arg(3), ctx.arg::<u64>(1) as u32)
+}
+
+/// A module the kernel would load on the agent's behalf (`request_module`: a socket of an
+/// unloaded family, a filesystem type, a device node). modprobe then runs as a kernel helper
+/// outside every cgroup, so the request itself is what an agent must not make; the operation
+/// that wanted the module fails as if it did not exist.
+#[lsm(hook = "kernel_module_request")]
+pub fn kernel_module_request(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(1);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    let Some(cg) = in_agent_cgroup() else {
+        return 0;
+    };
+    refuse(cg, op::KERNEL_LOAD, MODULE_AUTOLOAD)
 }
 
 /// init_module(2), kexec_load(2) and the other loads of kernel data from memory.

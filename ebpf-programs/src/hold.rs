@@ -29,6 +29,10 @@ const SIGSTOP: u32 = 19;
 const PF_IO_WORKER: u32 = 0x10;
 /// x86_64 io_uring_enter(2): an operation it runs inline is not run again by a restart.
 const NR_IO_URING_ENTER: u64 = 426;
+/// x86_64 recvmsg(2), recvmmsg(2): a descriptor passed with SCM_RIGHTS is gated when the
+/// message has already been taken off the socket, so a restart would not receive it again.
+const NR_RECVMSG: u64 = 47;
+const NR_RECVMMSG: u64 = 299;
 
 /// Whether a hold of the current task could not be kept (see [`flags::UNHOLDABLE`]): an
 /// io_uring worker, or inside io_uring_enter, where a restart does not run the operation
@@ -40,7 +44,10 @@ fn unholdable(o: &KernelOffsets) -> bool {
     let task = unsafe { bpf_get_current_task() };
     read_u32(task + o.task_flags as u64) & PF_IO_WORKER != 0
         || read_u32(task + o.task_ptrace as u64) != 0
-        || read_u64(user_regs() + REGS_ORIG_AX) == NR_IO_URING_ENTER
+        || {
+            let nr = read_u64(user_regs() + REGS_ORIG_AX);
+            nr == NR_IO_URING_ENTER || nr == NR_RECVMSG || nr == NR_RECVMMSG
+        }
 }
 
 /// What the gate decided about one matched object, before any side effect: [`settle`] or

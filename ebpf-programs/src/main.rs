@@ -30,6 +30,7 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 
+mod digest;
 mod exec_context;
 mod guard;
 mod hold;
@@ -390,7 +391,7 @@ fn path_dentry(o: &KernelOffsets, path: u64) -> u64 {
 /// binaries, gated sockets): by inode, else by (parent inode, name) with `MATCHED_BY_ENTRY`;
 /// each time the agent's own entry first.
 #[inline(always)]
-fn file_rule(
+pub(crate) fn file_rule(
     o: &KernelOffsets,
     inodes: &HashMap<InodeKey, RuleRef>,
     entries: &HashMap<DirEntryKey, RuleRef>,
@@ -513,16 +514,41 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     }
     let Some(o) = offsets() else { return 0 };
     let file: u64 = ctx.arg(0);
-    let mode = read_u32(file + o.file_f_mode as u64);
     let fl = read_u32(file + o.file_f_flags as u64);
-    // Read-only opens are not gated, but for airlockd's secrets; O_TRUNC truncates even with
-    // O_RDONLY.
-    if mode & FMODE_WRITE == 0 && fl & O_TRUNC == 0 {
+    // O_TRUNC truncates even with O_RDONLY.
+    gate_file(o, file, fl & O_TRUNC != 0)
+}
+
+/// A descriptor an agent process receives from another process (SCM_RIGHTS, `pidfd_getfd`):
+/// opened by someone the gates did not see, so it is gated as if the agent had opened it. A
+/// write descriptor of a protected file, or of `cgroup.procs` outside the agent, is refused
+/// or held like that open; a descriptor of one of airlockd's secrets is refused. recvmsg has
+/// consumed the message when this runs, so a hold there cannot be kept (`hold::unholdable`):
+/// refused instead.
+#[lsm(hook = "file_receive")]
+pub fn file_receive(ctx: LsmContext) -> i32 {
+    let prev: u64 = ctx.arg(1);
+    if prev as i32 != 0 {
+        return chained(prev);
+    }
+    let Some(o) = offsets() else { return 0 };
+    gate_file(o, ctx.arg(0), false)
+}
+
+/// The gates of an open `file` (opened, or received): read-only ones only for airlockd's
+/// secrets (`truncates`: it writes all the same).
+#[inline(always)]
+fn gate_file(o: &KernelOffsets, file: u64, truncates: bool) -> i32 {
+    let mode = read_u32(file + o.file_f_mode as u64);
+    if mode & FMODE_WRITE == 0 && !truncates {
         return guard::secret_open(o, file);
     }
     let dentry = read_u64(file + (o.file_f_path + o.path_dentry) as u64);
     if let Some(r) = guard::cgroup_move(o, dentry) {
         return r;
+    }
+    if in_agent_cgroup().is_some() {
+        digest::forget(o, read_u64(file + o.file_f_inode as u64));
     }
     ret(gate_tree(dentry, op::OPEN_WRITE))
 }

@@ -11,8 +11,10 @@ use crate::{
 };
 
 /// Gates privilege change `opv` (`what`: the new id, or 0) by the agent's `privilege` rule.
+/// `dentry`: the file an exec runs (its name goes into the event, so the approver sees which
+/// program gains the privilege), or 0.
 #[inline(always)]
-fn gate(o: &KernelOffsets, a: Agent, opv: u32, what: u64) -> u32 {
+fn gate(o: &KernelOffsets, a: Agent, opv: u32, what: u64, dentry: u64) -> u32 {
     let key = InodeKey {
         ino: u64::from(opv),
         dev: 0,
@@ -26,7 +28,12 @@ fn gate(o: &KernelOffsets, a: Agent, opv: u32, what: u64) -> u32 {
         dev: 0,
         slot: 0,
     };
-    settle(o, a.cg, opv, &decide(a.cg, opv, &rule, &target, 0, 0, 0))
+    settle(
+        o,
+        a.cg,
+        opv,
+        &decide(a.cg, opv, &rule, &target, dentry, 0, 0),
+    )
 }
 
 /// Whether any of the ids at `offs` in `new` differs from `old` (both `struct cred *`).
@@ -69,7 +76,7 @@ fn id_change(ctx: &LsmContext, ids: Ids) -> i32 {
         return 0;
     }
     let effective = u64::from(read_u32(new + u64::from(offs[1])));
-    ret(gate(o, a, opv, effective))
+    ret(gate(o, a, opv, effective, 0))
 }
 
 /// setuid(2), setreuid(2), setresuid(2) (also setfsuid, which changes none of these ids and
@@ -94,7 +101,7 @@ pub fn userns_create(ctx: LsmContext) -> i32 {
     }
     let Some(a) = agent() else { return 0 };
     let Some(o) = offsets() else { return 0 };
-    ret(gate(o, a, op::USERNS, 0))
+    ret(gate(o, a, op::USERNS, 0, 0))
 }
 
 /// execve of a set-user-ID or set-group-ID file (a new effective id) or one that gives
@@ -112,6 +119,8 @@ pub fn bprm_creds_from_file(ctx: LsmContext) -> i32 {
     let Some(a) = agent() else { return 0 };
     let Some(o) = offsets() else { return 0 };
     let bprm: u64 = ctx.arg(0);
+    let file: u64 = ctx.arg(1);
+    let exe = read_u64(file + u64::from(o.file_f_path + o.path_dentry));
     let new = read_u64(bprm + u64::from(o.binprm_cred));
     // SAFETY: helper without arguments; the pointer is only read through probe reads.
     let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
@@ -120,7 +129,7 @@ pub fn bprm_creds_from_file(ctx: LsmContext) -> i32 {
         let off = u64::from(off);
         let id = read_u32(new + off);
         if id != read_u32(old + off) {
-            let r = gate(o, a, opv, u64::from(id));
+            let r = gate(o, a, opv, u64::from(id), exe);
             if r != GO {
                 return ret(r);
             }
@@ -129,7 +138,7 @@ pub fn bprm_creds_from_file(ctx: LsmContext) -> i32 {
     let caps = u64::from(o.cred_cap_permitted);
     let gained = read_u64(new + caps) & !read_u64(old + caps);
     if gained != 0 {
-        return ret(gate(o, a, op::CAPS, gained));
+        return ret(gate(o, a, op::CAPS, gained, exe));
     }
     0
 }

@@ -254,12 +254,25 @@ fn file_target(
                     canonical.display()
                 ));
             }
+            let content = match kind {
+                FileKind::Socket => None,
+                FileKind::Binary => match resolver.content(&canonical) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        notes.push(format!(
+                            "cannot read it ({e}); copies of it are not recognised, only the file itself"
+                        ));
+                        None
+                    }
+                },
+            };
             let target = ExecTarget {
                 rule,
                 path: path.to_path_buf(),
                 canonical,
                 inode: Some(id.key),
                 entry,
+                content,
             };
             Ok((target, notes))
         }
@@ -283,6 +296,7 @@ fn file_target(
                 canonical,
                 inode: None,
                 entry,
+                content: None,
             };
             Ok((target, notes))
         }

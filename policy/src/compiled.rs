@@ -96,6 +96,9 @@ pub struct ExecTarget {
     pub inode: Option<InodeKey>,
     /// (parent directory inode, file name): matches whatever inode is installed at the path.
     pub entry: Option<DirEntryKey>,
+    /// The binary's content when the policy was compiled (binaries only): a byte-identical
+    /// copy anywhere is the same program (LSM backend; see ebpf-programs/src/digest.rs).
+    pub content: Option<crate::resolve::Content>,
 }
 
 /// A protected tree (or single file) as the policy named it, and its resolved identity.

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::Hash;
 
-use airlock_common::{DirEntryKey, InodeKey, RuleRef, action, flags, op};
+use airlock_common::{DigestKey, DirEntryKey, InodeKey, RuleRef, action, flags, op};
 
 use crate::compiled::{CompiledPolicy, strictness};
 use crate::scope::{Scopes, SlotKey};
@@ -40,6 +40,32 @@ pub fn effective_exec_entry_map(policy: &CompiledPolicy) -> HashMap<DirEntryKey,
         policy,
         policy.exec.iter().filter_map(|t| Some((t.entry?, t.rule))),
     )
+}
+
+/// Gated binaries by content (SHA-256 of the whole file), and the sizes of those files: the
+/// kernel hashes only files of one of these sizes.
+pub fn effective_exec_digest_map(
+    policy: &CompiledPolicy,
+) -> (HashMap<DigestKey, RuleRef>, HashMap<u64, u32>) {
+    let digests = merge(
+        policy,
+        policy.exec.iter().filter_map(|t| {
+            let c = t.content?;
+            let key = DigestKey {
+                sha256: c.sha256,
+                slot: 0,
+                _pad: 0,
+            };
+            Some((key, t.rule))
+        }),
+    );
+    let mut sizes: HashMap<u64, u32> = HashMap::new();
+    let distinct: std::collections::HashSet<_> =
+        policy.exec.iter().filter_map(|t| t.content).collect();
+    for c in distinct {
+        *sizes.entry(c.size).or_default() += 1;
+    }
+    (digests, sizes)
 }
 
 /// Gated service sockets by inode.

@@ -37,16 +37,16 @@ pub use compile::{CompileError, compile, protected_ancestors};
 pub use compiled::*;
 pub use diag::{Diagnostic, Diagnostics, Location, Problem};
 pub use effective::{
-    effective_connect_entry_map, effective_connect_map, effective_exec_entry_map,
-    effective_exec_map, effective_privilege_map, effective_protected_map, merge_into, merge_rules,
-    privilege_key,
+    effective_connect_entry_map, effective_connect_map, effective_exec_digest_map,
+    effective_exec_entry_map, effective_exec_map, effective_privilege_map, effective_protected_map,
+    merge_into, merge_rules, privilege_key,
 };
 pub use load::{LoadError, load_paths, parse_str};
 pub use model::{
     ACTIONS, API_VERSION, AgentSpec, KIND, OPERATIONS, PRIVILEGES, PathSpec, Policy, Rule, Target,
     action_name, mode_name, op_names,
 };
-pub use resolve::{FileId, HostResolver, Resolver, inode_key};
+pub use resolve::{Content, FileId, HostResolver, Resolver, inode_key};
 pub use schema::{DEFAULT_TIMEOUT, SchemaError};
 pub use scope::{ANY_AGENT, Scopes, SlotKey, agent_slot, lookup};
 pub use validate::SetError;

@@ -22,6 +22,18 @@ pub trait Resolver {
     fn canonicalize(&self, path: &Path) -> io::Result<PathBuf>;
     /// The identity of the object at a canonical path.
     fn stat(&self, path: &Path) -> io::Result<FileId>;
+    /// The size and SHA-256 of the regular file at a canonical path: a gated binary's content
+    /// identity, so that a byte-identical copy of it is gated too.
+    fn content(&self, path: &Path) -> io::Result<Content>;
+}
+
+/// A file's content identity: what `bpf_ima_file_hash` computes in the kernel (SHA-256 of
+/// the whole file), and its size, which the kernel checks first so that only files of a gated
+/// binary's size are ever hashed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Content {
+    pub size: u64,
+    pub sha256: [u8; 32],
 }
 
 /// The real filesystem of this host.
@@ -39,6 +51,30 @@ impl Resolver for HostResolver {
             key: inode_key(meta.dev(), meta.ino()),
             is_dir: meta.is_dir(),
         })
+    }
+
+    fn content(&self, path: &Path) -> io::Result<Content> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path)?;
+        if !f.metadata()?.is_file() {
+            return Err(io::Error::other("not a regular file"));
+        }
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; 1 << 16];
+        let mut size = 0u64;
+        loop {
+            let n = match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            ctx.update(&buf[..n]);
+            size += n as u64;
+        }
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(ctx.finish().as_ref());
+        Ok(Content { size, sha256 })
     }
 }
 

@@ -134,7 +134,8 @@ fn write_policy(dir: &Path, top_rel: &str) -> anyhow::Result<PathBuf> {
     );
     for i in 0..GATED_BINARIES {
         let p = bins.join(format!("b{i:05}"));
-        std::fs::write(&p, b"")?;
+        // Distinct contents, like real binaries (one digest each).
+        std::fs::write(&p, format!("b{i:05}"))?;
         y.push_str(&format!("      - \"{}\"\n", p.display()));
     }
     y.push_str("  - name: many-trees\n    action: deny\n    paths:\n");

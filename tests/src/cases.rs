@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use airlock_agent::cgroup::{CgroupDir, cgroup_id, cgroup2_mount};
 use anyhow::{Context as _, bail};
 
-use crate::harness::{Daemon, Report, ensure, kernel_id, run_in, stdout};
+use crate::harness::{Daemon, Report, copy_distinct, ensure, kernel_id, run_in, stdout};
 
 /// A runnable binary with its own inode: a copy of `true`, or of busybox run as `busybox true`
 /// (busybox applets share one inode, so tests copy the binary itself).
@@ -32,13 +32,12 @@ fn true_impl() -> anyhow::Result<(PathBuf, Vec<String>)> {
     bail!("no true binary to copy")
 }
 
-/// Copies `true` (own inode) to `dir/<name>`.
+/// Copies `true` to `dir/<name>`: an inode and a content of its own (see [`copy_distinct`]).
 fn make_tool(dir: &Path) -> anyhow::Result<Tool> {
     let (src, args) = true_impl()?;
     std::fs::create_dir_all(dir)?;
     let path = dir.join(src.file_name().context("file name")?);
-    std::fs::copy(&src, &path)
-        .with_context(|| format!("copy {} to {}", src.display(), path.display()))?;
+    copy_distinct(&src, &path, &dir.to_string_lossy())?;
     Ok(Tool { path, args })
 }
 
@@ -46,6 +45,9 @@ fn make_tool(dir: &Path) -> anyhow::Result<Tool> {
 pub struct Fixture {
     pub dir: PathBuf,
     pub gated: Tool,
+    /// A byte-identical copy of `gated` as first made (a case replaces `gated` at its path),
+    /// in a directory of the same name: what the content-identity cases copy.
+    pub pristine: PathBuf,
     pub free: Tool,
     pub audited: Tool,
     /// Gated for agent `e2e` only (`rule.agents`).
@@ -71,9 +73,17 @@ impl Fixture {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let gated = make_tool(&dir.join("gated"))?;
+        let pristine = dir
+            .join("pristine")
+            .join(gated.path.file_name().context("file name")?);
+        std::fs::create_dir_all(dir.join("pristine"))?;
+        std::fs::copy(&gated.path, &pristine)?;
         let free = make_tool(&dir.join("free"))?;
         let audited = make_tool(&dir.join("audited"))?;
         let scoped = make_tool(&dir.join("scoped"))?;
+        let loaded = crate::cases_content::loaded_path(&dir);
+        std::fs::create_dir_all(loaded.parent().context("parent")?)?;
+        copy_distinct(&std::env::current_exe()?, &loaded, "loaded")?;
         let shared = dir.join("shared");
         std::fs::create_dir_all(&shared)?;
         // A protected tree three levels down, and a free file beside its ancestors.
@@ -105,18 +115,21 @@ impl Fixture {
                  \x20 - name: e2e-only-tool\n    action: deny\n    exec: [\"{}\"]\n    agents: [e2e]\n\
                  \x20 - name: bystander-only-tree\n    action: deny\n    paths: [\"{}\"]\n    agents: [bystander]\n\
                  \x20 - name: deep-tree\n    action: deny\n    paths: [\"{}\"]\n\
-                 \x20 - name: bystander-privilege\n    action: deny\n    privilege: [setuid, setgid, userns, caps]\n    agents: [bystander]\n",
+                 \x20 - name: bystander-privilege\n    action: deny\n    privilege: [setuid, setgid, userns, caps]\n    agents: [bystander]\n\
+                 \x20 - name: loaded-tool\n    action: deny\n    exec: [\"{}\"]\n",
                 gated.path.display(),
                 audited.path.display(),
                 etc.display(),
                 scoped.path.display(),
                 shared.display(),
-                dir.join("deep/a/b/tree").display()
+                dir.join("deep/a/b/tree").display(),
+                loaded.display()
             ),
         )?;
         Ok(Fixture {
             dir,
             gated,
+            pristine,
             free,
             audited,
             scoped,
@@ -181,7 +194,7 @@ impl Ctx<'_> {
     }
 
     /// Executes `tool` (directly or via `path`) in `cg`: Ok(exit code) or the errno of execve.
-    fn exec(
+    pub(crate) fn exec(
         &self,
         cg: Option<&Path>,
         path: &Path,
@@ -218,7 +231,7 @@ impl Ctx<'_> {
     }
 }
 
-fn denied(r: Result<i32, String>, what: &str) -> anyhow::Result<()> {
+pub(crate) fn denied(r: Result<i32, String>, what: &str) -> anyhow::Result<()> {
     match r {
         Err(e) if e == "errno=1" => Ok(()),
         Err(e) => bail!("{what}: expected EPERM, got {e}"),
@@ -226,14 +239,14 @@ fn denied(r: Result<i32, String>, what: &str) -> anyhow::Result<()> {
     }
 }
 
-fn ran(r: Result<i32, String>, what: &str) -> anyhow::Result<()> {
+pub(crate) fn ran(r: Result<i32, String>, what: &str) -> anyhow::Result<()> {
     match r {
         Ok(0) => Ok(()),
         other => bail!("{what}: expected to run with exit 0, got {other:?}"),
     }
 }
 
-fn expect(out: &str, want: &str, what: &str) -> anyhow::Result<()> {
+pub(crate) fn expect(out: &str, want: &str, what: &str) -> anyhow::Result<()> {
     ensure(out == want, || {
         format!("{what}: expected {want}, got {out:?}")
     })
@@ -622,7 +635,7 @@ pub const CASES: &[(&str, bool, Case)] = &[
             ensure(
                 ev["op"] == "setuid"
                     && ev["rule"] == "bystander-privilege"
-                    && ev["target_name"] == "uid 65534",
+                    && ev["target_name"] == "uid 65534 (exec of setid-nobody)",
                 || format!("set-id exec event: {ev}"),
             )?;
             let me = c.me.to_string_lossy().to_string();
@@ -648,7 +661,10 @@ pub const CASES: &[(&str, bool, Case)] = &[
                 .wait_event(|e| e["pid"].as_u64() == Some(u64::from(p)))
                 .context("no event for the capability gain")?;
             ensure(
-                ev["op"] == "caps" && ev["target_name"] == "capabilities 0x2000 gained at exec",
+                ev["op"] == "caps"
+                    && ev["target_name"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("capabilities 0x2000 gained at exec of ")),
                 || format!("caps event: {ev}"),
             )?;
             for (who, cg) in [("e2e", c.agent()), ("outside", c.outside())] {
@@ -995,5 +1011,13 @@ pub fn run_all(r: &mut Report, ctx: &Ctx) {
             continue;
         }
         r.check(name, f(ctx));
+    }
+    if ctx.lsm {
+        let more = crate::cases_content::CASES
+            .iter()
+            .chain(crate::cases_handover::CASES);
+        for (name, f) in more {
+            r.check(name, f(ctx));
+        }
     }
 }

@@ -261,6 +261,19 @@ fn join_cgroup(cmd: &mut Command, cgroup: &Path) -> anyhow::Result<()> {
 }
 
 /// stdout of an `--op` child, trimmed.
+/// Copies the executable `src` to `dst` and appends `tag` past the end of its ELF image (the
+/// loader ignores trailing bytes): a program that runs the same but has content of its own.
+/// Test binaries must differ in content, or gating one by content would gate its twins (and
+/// airlock-e2e itself, which runs every operation).
+pub fn copy_distinct(src: &Path, dst: &Path, tag: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    std::fs::copy(src, dst)
+        .with_context(|| format!("copy {} to {}", src.display(), dst.display()))?;
+    let mut f = std::fs::OpenOptions::new().append(true).open(dst)?;
+    f.write_all(format!("\0airlock-e2e copy: {tag}\0").as_bytes())?;
+    Ok(())
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }

@@ -40,10 +40,10 @@ impl HoldFixture {
         let me = std::env::current_exe()?;
         let held = dir.join("held/airlock-e2e-held");
         let short = dir.join("short/airlock-e2e-short");
-        std::fs::copy(&me, &held)
-            .with_context(|| format!("copy {} to {}", me.display(), held.display()))?;
-        std::fs::copy(&me, &short)
-            .with_context(|| format!("copy {} to {}", me.display(), short.display()))?;
+        // Distinct content: the rules gate these by content too, and airlock-e2e itself runs
+        // in the agent.
+        crate::harness::copy_distinct(&me, &held, "held")?;
+        crate::harness::copy_distinct(&me, &short, "short")?;
         let etc = dir.join("etc");
         std::fs::create_dir_all(&etc)?;
         let conf = etc.join("conf");

@@ -7,11 +7,14 @@
 mod bench;
 mod bench_holds;
 mod cases;
+mod cases_content;
+mod cases_handover;
 mod demo;
 mod guard;
 mod harness;
 mod holds;
 mod ops;
+mod ops_fd;
 mod ops_unholdable;
 mod server;
 

@@ -101,6 +101,72 @@ pub fn run(op: &str, args: &[String]) -> ! {
                 );
                 std::process::exit(111)
             }
+            // `memfd-exec PATH ARGV...`: the file's bytes copied into a memfd, run with
+            // execveat(AT_EMPTY_PATH) (fexecve): no path, an inode of its own.
+            "memfd-exec" => {
+                let bytes = std::fs::read(a(0)).unwrap_or_default();
+                let fd = libc::memfd_create(c("airlock-e2e").as_ptr(), 0);
+                if fd < 0 || libc::write(fd, bytes.as_ptr().cast(), bytes.len()) < 0 {
+                    report(-1)
+                }
+                let argv: Vec<CString> = args.iter().map(|s| c(s)).collect();
+                let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+                ptrs.push(std::ptr::null());
+                let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+                libc::syscall(
+                    libc::SYS_execveat,
+                    fd,
+                    c("").as_ptr(),
+                    ptrs.as_ptr(),
+                    envp.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                );
+                report(-1)
+            }
+            // `socket-family N`: a socket of address family N (one the kernel has not loaded
+            // asks for its module).
+            "socket-family" => report(i64::from(libc::socket(
+                a(0).parse().unwrap_or(5),
+                libc::SOCK_DGRAM,
+                0,
+            ))),
+            // `send-fd SOCK FILE`: listens on SOCK, opens FILE for writing and passes the
+            // descriptor (SCM_RIGHTS) to the first caller.
+            "send-fd" => crate::ops_fd::send_fd(a(0), a(1)),
+            // `recv-fd-write SOCK DATA`: takes a descriptor from SOCK and writes DATA to it;
+            // prints `no-fd` when none arrived (refused), else like `write`.
+            "recv-fd-write" => crate::ops_fd::recv_fd_write(a(0), a(1)),
+            // `map-exec PATH`: maps the file's first page executable, as a loader would.
+            "map-exec" => {
+                let fd = libc::open(c(a(0)).as_ptr(), libc::O_RDONLY);
+                if fd < 0 {
+                    report(-1)
+                }
+                let prot = libc::PROT_READ | libc::PROT_EXEC;
+                let m = libc::mmap(std::ptr::null_mut(), 4096, prot, libc::MAP_PRIVATE, fd, 0);
+                report(if m == libc::MAP_FAILED { -1 } else { 0 })
+            }
+            // `mprotect-exec PATH`: maps it readable, then makes the mapping executable.
+            "mprotect-exec" => {
+                let fd = libc::open(c(a(0)).as_ptr(), libc::O_RDONLY);
+                if fd < 0 {
+                    report(-1)
+                }
+                let m = libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE,
+                    fd,
+                    0,
+                );
+                if m == libc::MAP_FAILED {
+                    println!("mmap failed");
+                    std::process::exit(0)
+                }
+                let prot = libc::PROT_READ | libc::PROT_EXEC;
+                report(i64::from(libc::mprotect(m, 4096, prot)))
+            }
             "write" => {
                 let fd = libc::open(c(a(0)).as_ptr(), libc::O_WRONLY | libc::O_APPEND);
                 if fd >= 0 {

@@ -196,7 +196,9 @@ impl Fixture {
         let me = std::env::current_exe()?;
         let copy = |name: &str| -> anyhow::Result<PathBuf> {
             let p = dir.join(name).join(format!("airlock-e2e-{name}"));
-            std::fs::copy(&me, &p).with_context(|| format!("copy to {}", p.display()))?;
+            // Distinct content: the rules gate these by content too, and airlock-e2e itself
+            // runs in the agent.
+            crate::harness::copy_distinct(&me, &p, name)?;
             Ok(p)
         };
         let (held, pair, short) = (copy("held")?, copy("pair")?, copy("short")?);

@@ -33,7 +33,8 @@ use rules::RuleMaps;
 pub use gate::LsmGate;
 pub use pin::{remove_pins, version_dir};
 
-/// The LSM hooks airlock attaches, by program name (= hook name).
+/// The LSM programs airlock attaches, by name: the hook's name, but for those in
+/// [`attach_point`].
 pub const HOOKS: &[&str] = &[
     "bprm_check_security",
     "file_open",
@@ -66,7 +67,22 @@ pub const HOOKS: &[&str] = &[
     "task_fix_setgid",
     "userns_create",
     "bprm_creds_from_file",
+    // Content identity of gated binaries (ebpf-programs/src/digest.rs).
+    "bprm_exec_content",
+    "mmap_file",
+    "file_mprotect",
+    // Descriptors passed in by other processes; module autoload requests.
+    "file_receive",
+    "kernel_module_request",
 ];
+
+/// The hook program `name` attaches to: a second program on a hook needs a name of its own.
+pub fn attach_point(name: &'static str) -> &'static str {
+    match name {
+        "bprm_exec_content" => "bprm_creds_from_file",
+        other => other,
+    }
+}
 
 /// Hooks attached when the running kernel has them (by its BTF): the POSIX ACL hooks exist from
 /// 6.2, where ACL changes stopped going through `inode_setxattr`.
@@ -283,7 +299,7 @@ fn load_and_pin(
             )))?
             .try_into()
             .map_err(|source| LsmError::Program { hook, source })?;
-        prog.load(hook, &aya_btf)
+        prog.load(attach_point(hook), &aya_btf)
             .map_err(|e| explain_load_failure(hook, e))?;
     }
     pin::pin_maps(&ebpf, ver)?;

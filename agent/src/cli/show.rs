@@ -110,6 +110,7 @@ pub(crate) fn op_name(op: Op) -> &'static str {
         Op::Mount => "mount",
         Op::Caps => "caps",
         Op::ReadSecret => "read_secret",
+        Op::MapExec => "map_exec",
     }
 }
 

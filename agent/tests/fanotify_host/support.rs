@@ -154,6 +154,7 @@ impl Policy {
             canonical: p.into(),
             inode,
             entry: None,
+            content: None,
         });
         self
     }

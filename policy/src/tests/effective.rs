@@ -112,6 +112,7 @@ fn exec_maps_skip_missing_keys() {
         canonical: "/usr/bin/dnf".into(),
         inode: None,
         entry: None,
+        content: None,
     });
     c.exec.push(ExecTarget {
         rule: rr(1, action::DENY, op::bit(op::EXEC), 0),
@@ -119,6 +120,7 @@ fn exec_maps_skip_missing_keys() {
         canonical: "/usr/bin/apt".into(),
         inode: Some(inode),
         entry: None,
+        content: None,
     });
     assert_eq!(effective_exec_map(&c).len(), 1);
     assert_eq!(effective_exec_map(&c)[&inode].rule_id, 1);

@@ -8,6 +8,7 @@ use airlock_common::InodeKey;
 use crate::resolve::{FileId, Resolver};
 
 mod compile;
+mod content;
 mod effective;
 mod errors;
 mod parse;
@@ -26,11 +27,21 @@ pub(crate) struct FakeResolver {
     everything: bool,
     /// Paths whose lookup fails with permission denied.
     denied: Vec<PathBuf>,
+    /// Content identities set by tests ([`FakeResolver::content`]).
+    pub contents: HashMap<PathBuf, crate::resolve::Content>,
+    /// Paths whose content cannot be read.
+    unreadable: Vec<PathBuf>,
 }
 
 impl FakeResolver {
     pub fn new() -> Self {
         FakeResolver::default()
+    }
+
+    /// `path` exists but its content cannot be read.
+    pub fn denied_content(mut self, path: &str) -> Self {
+        self.unreadable.push(path.into());
+        self
     }
 
     /// Every path exists and is a distinct file: for checking that policies compile fully.
@@ -123,6 +134,24 @@ impl Resolver for FakeResolver {
             .get(path)
             .copied()
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    }
+
+    /// A file's content is its contents entry if it has one (copies share it), else derived
+    /// from its inode (every file distinct).
+    fn content(&self, path: &Path) -> io::Result<crate::resolve::Content> {
+        if self.unreadable.iter().any(|p| p == path) {
+            return Err(io::Error::from(io::ErrorKind::PermissionDenied));
+        }
+        if let Some(c) = self.contents.get(path) {
+            return Ok(*c);
+        }
+        let id = self.stat(path)?;
+        let mut sha256 = [0u8; 32];
+        sha256[..8].copy_from_slice(&id.key.ino.to_le_bytes());
+        Ok(crate::resolve::Content {
+            size: id.key.ino % 100_000,
+            sha256,
+        })
     }
 }
 

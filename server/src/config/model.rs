@@ -181,8 +181,9 @@ impl Channel {
 }
 
 /// The config's operation names: [`Op`]'s snake_case serde names, as on the wire.
-pub const OPERATIONS: [(&str, Op); 12] = [
+pub const OPERATIONS: [(&str, Op); 13] = [
     ("exec", Op::Exec),
+    ("map_exec", Op::MapExec),
     ("open_write", Op::OpenWrite),
     ("create", Op::Create),
     ("unlink", Op::Unlink),

@@ -37,8 +37,8 @@ const MATCH_KEYS: &[&str] = &[
 const ESCALATION_KEYS: &[&str] = &["after", "to"];
 
 /// The operation names, for messages and suggestions ([`OPERATIONS`]' names).
-pub(crate) const OP_NAMES: [&str; 12] = {
-    let mut names = [""; 12];
+pub(crate) const OP_NAMES: [&str; OPERATIONS.len()] = {
+    let mut names = [""; OPERATIONS.len()];
     let mut i = 0;
     while i < OPERATIONS.len() {
         names[i] = OPERATIONS[i].0;

@@ -472,6 +472,8 @@ impl Listener {
             monitor: rule.flags & flags::MONITOR != 0,
             name_truncated: false,
             matched_by_entry: g.hit.by_entry,
+            matched_by_content: false,
+            unidentified: false,
             argv: Vec::new(),
             argv_truncated: false,
             unholdable: false,

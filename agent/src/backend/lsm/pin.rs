@@ -25,6 +25,8 @@ pub(crate) const ADOPTED_MAPS: &[&str] = &[
     "AGENT_ROOTS",
     "EXEC_INODES",
     "EXEC_ENTRIES",
+    "EXEC_DIGESTS",
+    "DIGEST_SIZES",
     "PROTECTED",
     "CONNECT_INODES",
     "CONNECT_ENTRIES",

@@ -1,15 +1,17 @@
 //! The rule maps of the LSM programs, and writing a compiled policy into them.
-use airlock_common::{DirEntryKey, InodeKey, RuleRef};
+use airlock_common::{DigestKey, DirEntryKey, InodeKey, RuleRef};
 use airlock_policy::CompiledPolicy;
 use aya::maps::{Array, HashMap, Map, MapData};
 
 use super::{LsmError, map_err, sync_map};
 
 /// Every map the programs look rules up in: gated binaries and sockets (by inode and by
-/// directory entry), protected trees and privilege changes.
+/// directory entry, and by content), protected trees and privilege changes.
 pub(crate) struct RuleMaps {
     exec_inodes: HashMap<MapData, InodeKey, RuleRef>,
     exec_entries: HashMap<MapData, DirEntryKey, RuleRef>,
+    exec_digests: HashMap<MapData, DigestKey, RuleRef>,
+    digest_sizes: HashMap<MapData, u64, u32>,
     protected: HashMap<MapData, InodeKey, RuleRef>,
     connect_inodes: HashMap<MapData, InodeKey, RuleRef>,
     connect_entries: HashMap<MapData, DirEntryKey, RuleRef>,
@@ -33,6 +35,8 @@ impl RuleMaps {
         Ok(RuleMaps {
             exec_inodes: typed(&mut take, "EXEC_INODES")?,
             exec_entries: typed(&mut take, "EXEC_ENTRIES")?,
+            exec_digests: typed(&mut take, "EXEC_DIGESTS")?,
+            digest_sizes: typed(&mut take, "DIGEST_SIZES")?,
             protected: typed(&mut take, "PROTECTED")?,
             connect_inodes: typed(&mut take, "CONNECT_INODES")?,
             connect_entries: typed(&mut take, "CONNECT_ENTRIES")?,
@@ -53,6 +57,11 @@ impl RuleMaps {
         )?;
         let entries = p::effective_exec_entry_map(policy);
         sync_map("EXEC_ENTRIES", &mut self.exec_entries, &entries)?;
+        // Digests before sizes: a size is what makes the kernel hash a file, so the digests
+        // it will look up are there first (and a stale size left a moment costs one hash).
+        let (digests, sizes) = p::effective_exec_digest_map(policy);
+        sync_map("EXEC_DIGESTS", &mut self.exec_digests, &digests)?;
+        sync_map("DIGEST_SIZES", &mut self.digest_sizes, &sizes)?;
         let protected = p::effective_protected_map(policy);
         sync_map("PROTECTED", &mut self.protected, &protected)?;
         let sockets = p::effective_connect_map(policy);

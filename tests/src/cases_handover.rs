@@ -1,0 +1,107 @@
+//! Routes around the gates through other processes' work (LSM backend only): a write
+//! descriptor opened outside the agent and passed in (SCM_RIGHTS) is gated like the agent's
+//! own open, and a module the kernel would autoload for an agent is refused.
+use std::process::{Command, Stdio};
+
+use anyhow::Context as _;
+
+use crate::cases::{Ctx, expect};
+use crate::harness::ensure;
+
+type Case = fn(&Ctx) -> anyhow::Result<()>;
+
+/// AF_DECnet: removed from the kernel (6.1), so no family is registered under its number and
+/// a socket of it makes the kernel ask for module `net-pf-12`.
+const UNLOADED_FAMILY: &str = "12";
+
+/// (name, check); every case needs the LSM backend.
+pub const CASES: &[(&str, Case)] = &[
+    (
+        "write_descriptor_passed_into_an_agent_is_gated_like_its_open",
+        |c| {
+            let target = c.fx.etc.join("passed-in");
+            std::fs::write(&target, "original\n")?;
+            let t = target.to_string_lossy().to_string();
+            let (pid, out) = pass(c, c.agent(), &t, "agent-wrote\n")?;
+            expect(&out, "no-fd", "agent receiving a write descriptor of /etc")?;
+            let ev = c
+                .daemon
+                .wait_event(|e| e["pid"].as_u64() == Some(u64::from(pid)))
+                .context("no event for the passed-in descriptor")?;
+            ensure(
+                ev["op"] == "open_write" && ev["rule"] == "protected-etc",
+                || format!("passed-in write descriptor: {ev}"),
+            )?;
+            ensure(std::fs::read_to_string(&target)? == "original\n", || {
+                "the protected file changed".into()
+            })?;
+            // The same hand-over outside agents goes through.
+            expect(
+                &pass(c, c.outside(), &t, "outside-wrote\n")?.1,
+                "ok",
+                "outside process receiving the descriptor",
+            )?;
+            // cgroup.procs of a cgroup outside the agent, opened outside and passed in.
+            let procs = c.fx.outside_cg.join("cgroup.procs");
+            let (pid, out) = pass(c, c.agent(), &procs.to_string_lossy(), "0")?;
+            expect(
+                &out,
+                "no-fd",
+                "agent receiving cgroup.procs of another cgroup",
+            )?;
+            let ev = c
+                .daemon
+                .wait_event(|e| e["pid"].as_u64() == Some(u64::from(pid)))
+                .context("no event for the passed-in cgroup.procs")?;
+            ensure(ev["op"] == "cgroup_move", || {
+                format!("passed-in cgroup.procs: {ev}")
+            })
+        },
+    ),
+    ("module_autoload_asked_by_an_agent_is_refused", |c| {
+        let (pid, _) = c.op(c.agent(), "socket-family", &[UNLOADED_FAMILY])?;
+        let ev = c
+            .daemon
+            .wait_event(|e| e["pid"].as_u64() == Some(u64::from(pid)))
+            .context("no event for the module autoload")?;
+        ensure(
+            ev["op"] == "kernel_load"
+                && ev["rule"] == "self-protection"
+                && ev["target_name"] == "a kernel module autoload (request_module)",
+            || format!("module autoload: {ev}"),
+        )?;
+        let (pid, _) = c.op(c.outside(), "socket-family", &[UNLOADED_FAMILY])?;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        ensure(
+            !c.daemon
+                .events()
+                .iter()
+                .any(|e| e["pid"].as_u64() == Some(u64::from(pid))),
+            || "an event for a process outside agents".into(),
+        )
+    }),
+];
+
+/// Starts `airlock-e2e --op send-fd` outside every agent (this process's cgroup), then runs
+/// `recv-fd-write` in `cg`: (receiver pid, receiver output).
+fn pass(
+    c: &Ctx,
+    cg: Option<&std::path::Path>,
+    file: &str,
+    data: &str,
+) -> anyhow::Result<(u32, String)> {
+    let sock = c.fx.dir.join(format!("pass-{}.sock", std::process::id()));
+    let s = sock.to_string_lossy().to_string();
+    let _ = std::fs::remove_file(&sock);
+    let sender = Command::new(&c.me)
+        .args(["--op", "send-fd", &s, file])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start the sender")?;
+    let got = c.op(cg, "recv-fd-write", &[&s, data]);
+    let sent = sender.wait_with_output()?;
+    let _ = std::fs::remove_file(&sock);
+    let sent = String::from_utf8_lossy(&sent.stdout).trim().to_string();
+    ensure(sent == "sent", || format!("sender: {sent:?}"))?;
+    got
+}
