@@ -274,7 +274,7 @@ impl Btf {
             mm_exe_file: m("mm_struct", "exe_file")?,
             vma_vm_file: m("vm_area_struct", "vm_file")?,
             vma_vm_flags: m("vm_area_struct", "vm_flags")?,
-            _pad: 0,
+            task_pid: m("task_struct", "pid")?,
         })
     }
 

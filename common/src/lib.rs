@@ -251,6 +251,17 @@ pub struct CgroupClass {
     pub slot: u32,
 }
 
+/// An agent process in `AGENT_TASKS` (by tgid): the root cgroup of its agent and the agent's
+/// slot. Membership sticks to the process: moved out of its agent's subtree by anyone, it is
+/// still that agent's (LSM backend; see ebpf-programs/src/sticky.rs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentTask {
+    pub root: u64,
+    pub slot: u32,
+    pub _pad: u32,
+}
+
 /// Map value pointing at a compiled rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -442,7 +453,8 @@ pub struct KernelOffsets {
     pub mm_exe_file: u32,
     pub vma_vm_file: u32,
     pub vma_vm_flags: u32,
-    pub _pad: u32,
+    /// `task_struct` → `pid` (thread id; equal to `tgid` for a process's first thread).
+    pub task_pid: u32,
 }
 
 /// Bytes of an exec'd file name kept in [`ExecContext`] (longer names are cut).
@@ -503,6 +515,7 @@ mod user {
     unsafe impl aya::Pod for ExecAllowKey {}
     unsafe impl aya::Pod for DigestKey {}
     unsafe impl aya::Pod for FileDigest {}
+    unsafe impl aya::Pod for AgentTask {}
 }
 
 /// Converts a userspace `st_dev` (glibc `makedev` encoding) to the kernel's `s_dev`.

@@ -35,6 +35,7 @@ mod exec_context;
 mod guard;
 mod hold;
 mod privilege;
+mod sticky;
 
 use hold::{Decision, capture_argv, decide, finish, settle, settle_unrecorded};
 
@@ -143,8 +144,9 @@ pub(crate) struct Agent {
     pub slot: u32,
 }
 
-/// Is the current task in an agent cgroup (or below one)? Tasks outside agents pay one array
-/// read (inlined by the verifier) and one LRU lookup once their cgroup is classified.
+/// Is the current task an agent's: in an agent cgroup (or below one), or an agent process moved
+/// out of it (`sticky.rs`)? Tasks outside agents pay two array reads (inlined by the verifier)
+/// and one LRU lookup once their cgroup is classified.
 #[inline(always)]
 pub(crate) fn agent() -> Option<Agent> {
     // SAFETY: helper without arguments.
@@ -161,7 +163,7 @@ pub(crate) fn agent() -> Option<Agent> {
             return if c.agent != 0 {
                 Some(Agent { cg, slot: c.slot })
             } else {
-                None
+                sticky::escaped()
             };
         }
     }
@@ -181,7 +183,7 @@ pub(crate) fn agent() -> Option<Agent> {
             slot: class.slot,
         })
     } else {
-        None
+        sticky::escaped()
     }
 }
 

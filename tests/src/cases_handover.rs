@@ -1,6 +1,7 @@
 //! Routes around the gates through other processes' work (LSM backend only): a write
 //! descriptor opened outside the agent and passed in (SCM_RIGHTS) is gated like the agent's
-//! own open, and a module the kernel would autoload for an agent is refused.
+//! own open, an agent process moved out of its cgroup by someone else stays the agent's, and
+//! a module the kernel would autoload for an agent is refused.
 use std::process::{Command, Stdio};
 
 use anyhow::Context as _;
@@ -58,6 +59,10 @@ pub const CASES: &[(&str, Case)] = &[
             })
         },
     ),
+    (
+        "agent_process_moved_out_of_its_cgroup_stays_gated",
+        moved_out_agent_process_stays_gated,
+    ),
     ("module_autoload_asked_by_an_agent_is_refused", |c| {
         let (pid, _) = c.op(c.agent(), "socket-family", &[UNLOADED_FAMILY])?;
         let ev = c
@@ -104,4 +109,48 @@ fn pass(
     let sent = String::from_utf8_lossy(&sent.stdout).trim().to_string();
     ensure(sent == "sent", || format!("sender: {sent:?}"))?;
     got
+}
+
+/// An agent process moved out of its agent cgroup by a process outside the agent stays the
+/// agent's, and so does a child it starts afterwards.
+pub fn moved_out_agent_process_stays_gated(c: &Ctx) -> anyhow::Result<()> {
+    let flag = c.fx.dir.join(format!("moved-{}", std::process::id()));
+    let _ = std::fs::remove_file(&flag);
+    let me = c.me.to_string_lossy().to_string();
+    let f = flag.to_string_lossy().to_string();
+    let g = c.fx.pristine.to_string_lossy().to_string();
+    let mut argv = vec![
+        me.as_str(),
+        "--op",
+        "wait-then-exec",
+        f.as_str(),
+        g.as_str(),
+    ];
+    argv.extend(c.fx.gated.args.iter().map(String::as_str));
+    let child = crate::harness::spawn_in(&c.fx.agent_cg, &argv)?;
+    let pid = child.id();
+    // Moved by this process (outside every agent), as an administrator or a service would.
+    std::fs::write(c.fx.outside_cg.join("cgroup.procs"), pid.to_string())
+        .context("moving the agent process out")?;
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let outside = c.fx.outside_cg.file_name().unwrap_or_default();
+    ensure(cg.trim_end().ends_with(&*outside.to_string_lossy()), || {
+        format!("the process did not move: {cg:?}")
+    })?;
+    std::fs::write(&flag, "")?;
+    let out = child.wait_with_output()?;
+    let _ = std::fs::remove_file(&flag);
+    let so = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    expect(
+        &so,
+        "child:errno=1\nerrno=1",
+        "gated execs of a moved-out agent process and its child",
+    )?;
+    let ev = c
+        .daemon
+        .wait_event(|e| e["pid"].as_u64() == Some(u64::from(pid)) && e["op"] == "exec")
+        .context("no exec event for the moved-out process")?;
+    ensure(ev["rule"] == "gated-tools", || {
+        format!("moved-out exec: {ev}")
+    })
 }

@@ -234,6 +234,17 @@ pub fn run_in(
     Ok((pid, out))
 }
 
+/// Starts `argv` in `cgroup` (like [`run_in`]) without waiting for it; stdout is piped.
+pub fn spawn_in(cgroup: &Path, argv: &[&str]) -> anyhow::Result<Child> {
+    let mut cmd = Command::new(argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    join_cgroup(&mut cmd, cgroup)?;
+    cmd.spawn().with_context(|| format!("spawning {argv:?}"))
+}
+
 /// Makes `cmd`'s child move itself into `cgroup` before exec, so nothing of it runs outside.
 fn join_cgroup(cmd: &mut Command, cgroup: &Path) -> anyhow::Result<()> {
     let procs = std::ffi::CString::new(
@@ -260,7 +271,6 @@ fn join_cgroup(cmd: &mut Command, cgroup: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// stdout of an `--op` child, trimmed.
 /// Copies the executable `src` to `dst` and appends `tag` past the end of its ELF image (the
 /// loader ignores trailing bytes): a program that runs the same but has content of its own.
 /// Test binaries must differ in content, or gating one by content would gate its twins (and
@@ -274,6 +284,7 @@ pub fn copy_distinct(src: &Path, dst: &Path, tag: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// stdout of an `--op` child, trimmed.
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }

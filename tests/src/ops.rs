@@ -123,6 +123,33 @@ pub fn run(op: &str, args: &[String]) -> ! {
                 );
                 report(-1)
             }
+            // `wait-then-exec FLAG PATH ARGV...`: waits until FLAG exists (the test moves this
+            // process meanwhile), then a child execs PATH and so does this process; prints
+            // `child:errno=N` / `errno=N` for each exec that fails.
+            "wait-then-exec" => {
+                while !std::path::Path::new(a(0)).exists() {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                let path = c(a(1));
+                let argv: Vec<CString> = args[1..].iter().map(|s| c(s)).collect();
+                let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+                ptrs.push(std::ptr::null());
+                let child = libc::fork();
+                if child == 0 {
+                    libc::execv(path.as_ptr(), ptrs.as_ptr());
+                    println!(
+                        "child:errno={}",
+                        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+                    );
+                    libc::_exit(111);
+                }
+                let mut status = 0;
+                libc::waitpid(child, &mut status, 0);
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                libc::execv(path.as_ptr(), ptrs.as_ptr());
+                report(-1)
+            }
             // `socket-family N`: a socket of address family N (one the kernel has not loaded
             // asks for its module).
             "socket-family" => report(i64::from(libc::socket(

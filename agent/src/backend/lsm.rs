@@ -16,7 +16,7 @@ use airlock_common::Settings;
 use airlock_policy::{CompiledPolicy, Scopes};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::FdLink;
-use aya::programs::{Lsm, ProgramError};
+use aya::programs::{BtfTracePoint, Lsm, ProgramError};
 use aya::{Btf as AyaBtf, Ebpf, EbpfLoader, Pod};
 use tokio::io::unix::AsyncFd;
 
@@ -27,8 +27,11 @@ use crate::event::GateEvent;
 pub mod gate;
 pub mod pin;
 mod rules;
+mod tasks;
 
 use rules::RuleMaps;
+use tasks::AgentTasks;
+pub use tasks::TRACEPOINTS;
 
 pub use gate::LsmGate;
 pub use pin::{remove_pins, version_dir};
@@ -221,7 +224,12 @@ impl LsmBackend {
         let btf = crate::btf::Btf::from_sys_fs()?;
         let hooks = hooks_of(&btf);
         let ver = pin::version_dir(pin_dir, crate::EBPF_OBJECT);
-        let adopted = pin::complete(&ver, &hooks);
+        let links: Vec<&str> = hooks
+            .iter()
+            .copied()
+            .chain(TRACEPOINTS.iter().map(|(p, _)| *p))
+            .collect();
+        let adopted = pin::complete(&ver, &links);
         let maps = if adopted {
             tracing::info!(pins = %ver.display(), "adopting the pinned LSM programs");
             adopt(&ver)?
@@ -302,6 +310,19 @@ fn load_and_pin(
         prog.load(attach_point(hook), &aya_btf)
             .map_err(|e| explain_load_failure(hook, e))?;
     }
+    // Every program is loaded before any map is taken out of the object below (a map taken
+    // and dropped closes the descriptor the loader would relocate into a later program).
+    for &(name, tp) in TRACEPOINTS {
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .ok_or(LsmError::Unavailable(format!(
+                "program {name} missing from the object"
+            )))?
+            .try_into()
+            .map_err(|source| LsmError::Program { hook: name, source })?;
+        prog.load(tp, &aya_btf)
+            .map_err(|source| LsmError::Program { hook: name, source })?;
+    }
     pin::pin_maps(&ebpf, ver)?;
     set_offsets(&mut ebpf, offsets)?;
     let agents = KernelAgents::take(&mut ebpf)?;
@@ -322,6 +343,21 @@ fn load_and_pin(
             .map_err(|source| LsmError::Program { hook, source })?;
         pin::pin_link(ver, hook, FdLink::from(link))?;
     }
+    // The programs that keep agent membership stuck to processes (tasks.rs).
+    for &(name, _) in TRACEPOINTS {
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .expect("loaded above")
+            .try_into()
+            .expect("tp_btf");
+        let id = prog
+            .attach()
+            .map_err(|source| LsmError::Program { hook: name, source })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| LsmError::Program { hook: name, source })?;
+        pin::pin_link(ver, name, FdLink::from(link))?;
+    }
     Ok(maps)
 }
 
@@ -330,7 +366,8 @@ fn adopt(ver: &Path) -> Result<Maps, LsmError> {
     let agents = KernelAgents::from_maps(
         HashMap::try_from(pin::open_map(ver, "AGENT_ROOTS")?).map_err(map_err("AGENT_ROOTS"))?,
         Array::try_from(pin::open_map(ver, "SETTINGS")?).map_err(map_err("SETTINGS"))?,
-    );
+        pin::open_map(ver, "AGENT_TASKS")?,
+    )?;
     Maps::from(|name| pin::open_map(ver, name), agents)
 }
 
@@ -375,6 +412,7 @@ pub(crate) fn set_offsets(
 pub(crate) struct KernelAgents {
     roots: HashMap<MapData, u64, u32>,
     settings: Array<MapData, Settings>,
+    tasks: AgentTasks,
     generation: u64,
 }
 
@@ -385,6 +423,7 @@ impl KernelAgents {
         Ok(KernelAgents {
             roots: HashMap::try_from(take("AGENT_ROOTS")?).map_err(map_err("AGENT_ROOTS"))?,
             settings: Array::try_from(take("SETTINGS")?).map_err(map_err("SETTINGS"))?,
+            tasks: AgentTasks::from(take("AGENT_TASKS")?)?,
             generation: 0,
         })
     }
@@ -394,13 +433,15 @@ impl KernelAgents {
     pub(crate) fn from_maps(
         roots: HashMap<MapData, u64, u32>,
         settings: Array<MapData, Settings>,
-    ) -> KernelAgents {
+        tasks: Map,
+    ) -> Result<KernelAgents, LsmError> {
         let generation = settings.get(&0, 0).map(|s| s.generation).unwrap_or(0);
-        KernelAgents {
+        Ok(KernelAgents {
             roots,
             settings,
+            tasks: AgentTasks::from(tasks)?,
             generation,
-        }
+        })
     }
 
     /// Makes the kernel's agent roots equal `agents` (with the slots `scopes` gives them) and
@@ -408,6 +449,7 @@ impl KernelAgents {
     pub(crate) fn sync(&mut self, agents: &AgentSet, scopes: &Scopes) -> Result<(), LsmError> {
         let roots = agent_roots(agents, |slot| scopes.has_own_rules(slot));
         sync_map("AGENT_ROOTS", &mut self.roots, &roots)?;
+        self.tasks.seed(agents, &roots)?;
         // A new generation makes every cached cgroup classification stale.
         self.generation += 1;
         let s = Settings {

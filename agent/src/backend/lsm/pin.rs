@@ -23,6 +23,7 @@ const VERSION_PREFIX: &str = "lsm-";
 pub(crate) const ADOPTED_MAPS: &[&str] = &[
     "SETTINGS",
     "AGENT_ROOTS",
+    "AGENT_TASKS",
     "EXEC_INODES",
     "EXEC_ENTRIES",
     "EXEC_DIGESTS",
