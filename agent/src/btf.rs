@@ -275,6 +275,8 @@ impl Btf {
             vma_vm_file: m("vm_area_struct", "vm_file")?,
             vma_vm_flags: m("vm_area_struct", "vm_flags")?,
             task_pid: m("task_struct", "pid")?,
+            inode_i_mode: m("inode", "i_mode")?,
+            inode_i_rdev: m("inode", "i_rdev")?,
         })
     }
 

@@ -510,7 +510,8 @@ fn rule_targets(p: &CompiledPolicy) -> std::collections::HashMap<u32, String> {
         .iter()
         .filter(|t| t.rule.rule_id != airlock_common::SELF_RULE)
         .map(|t| (t.rule.rule_id, &t.canonical));
-    for (id, path) in exec.chain(protected) {
+    let wild = p.connect_wild.iter().map(|t| (t.rule.rule_id, &t.path));
+    for (id, path) in exec.chain(protected).chain(wild) {
         m.entry(id).or_insert_with(|| path.display().to_string());
     }
     m

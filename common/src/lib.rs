@@ -186,6 +186,35 @@ pub mod flags {
     pub const UNIDENTIFIED: u32 = 1 << 10;
 }
 
+/// A `connect` rule with a wildcard (`/run/user/*/bus`) in the rule maps: the directory above
+/// the `*` (its inode), how many literal components follow it (`depth`, the socket's name
+/// included), and [`wild_fold`] over their names from the socket upwards.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WildKey {
+    pub dir_ino: u64,
+    pub dev: u32,
+    /// The agent the entry applies to, as in [`InodeKey::slot`].
+    pub slot: u32,
+    pub depth: u32,
+    pub _pad: u32,
+    pub hash: u64,
+}
+
+/// Most literal components after a wildcard that the kernel walks.
+pub const WILD_DEPTH: u32 = 3;
+
+/// Folds one path component into a [`WildKey::hash`] (FNV-1a over its bytes, then `/`); start
+/// from [`FNV_OFFSET`] with the socket's own name.
+pub fn wild_fold(mut h: u64, name: &[u8]) -> u64 {
+    let mut i = 0;
+    while i < name.len() {
+        h = (h ^ name[i] as u64).wrapping_mul(FNV_PRIME);
+        i += 1;
+    }
+    (h ^ b'/' as u64).wrapping_mul(FNV_PRIME)
+}
+
 /// The kernel's `HASH_ALGO_SHA256` (`enum hash_algo`), which `bpf_ima_file_hash` returns when
 /// it hashed with SHA-256 (IMA's default hash on the kernels airlock supports).
 pub const HASH_ALGO_SHA256: u32 = 4;
@@ -455,6 +484,10 @@ pub struct KernelOffsets {
     pub vma_vm_flags: u32,
     /// `task_struct` → `pid` (thread id; equal to `tgid` for a process's first thread).
     pub task_pid: u32,
+    /// `struct inode` → `i_mode` (16 bits) and `i_rdev` (a device node's device, `s_dev`
+    /// encoding): block devices that hold protected trees.
+    pub inode_i_mode: u32,
+    pub inode_i_rdev: u32,
 }
 
 /// Bytes of an exec'd file name kept in [`ExecContext`] (longer names are cut).
@@ -516,6 +549,7 @@ mod user {
     unsafe impl aya::Pod for DigestKey {}
     unsafe impl aya::Pod for FileDigest {}
     unsafe impl aya::Pod for AgentTask {}
+    unsafe impl aya::Pod for WildKey {}
 }
 
 /// Converts a userspace `st_dev` (glibc `makedev` encoding) to the kernel's `s_dev`.

@@ -36,6 +36,7 @@ mod guard;
 mod hold;
 mod privilege;
 mod sticky;
+mod wild;
 
 use hold::{Decision, capture_argv, decide, finish, settle, settle_unrecorded};
 
@@ -81,6 +82,11 @@ pub(crate) static CONNECT_ENTRIES: HashMap<DirEntryKey, RuleRef> =
 /// `privilege` rules by op (`airlock_policy::privilege_key`).
 #[map]
 pub(crate) static PRIVILEGE: HashMap<InodeKey, RuleRef> = HashMap::with_max_entries(256, 0);
+
+/// Block devices that hold protected trees (key: `ino` = the device, `dev` 0; see
+/// `airlock_policy::effective_block_map`).
+#[map]
+pub(crate) static BLOCK_DEVS: HashMap<InodeKey, RuleRef> = HashMap::with_max_entries(1024, 0);
 /// airlockd's secrets (its host key) by inode: no agent process opens them, reads included.
 #[map]
 pub(crate) static SECRETS: HashMap<InodeKey, u32> = HashMap::with_max_entries(64, 0);
@@ -497,8 +503,9 @@ pub fn unix_stream_connect(ctx: LsmContext) -> i32 {
         return 0;
     }
     let key = inode_key(o, inode);
-    let Some((rule, extra)) = file_rule(o, &CONNECT_INODES, &CONNECT_ENTRIES, &key, dentry, slot)
-    else {
+    let found = file_rule(o, &CONNECT_INODES, &CONNECT_ENTRIES, &key, dentry, slot)
+        .or_else(|| wild::wild_rule(o, dentry, slot).map(|r| (r, 0)));
+    let Some((rule, extra)) = found else {
         return 0;
     };
     if rule.action == action::ALLOW {
@@ -549,10 +556,48 @@ fn gate_file(o: &KernelOffsets, file: u64, truncates: bool) -> i32 {
     if let Some(r) = guard::cgroup_move(o, dentry) {
         return r;
     }
+    let inode = read_u64(file + o.file_f_inode as u64);
     if in_agent_cgroup().is_some() {
-        digest::forget(o, read_u64(file + o.file_f_inode as u64));
+        digest::forget(o, inode);
+    }
+    if read_u32(inode + o.inode_i_mode as u64) & S_IFMT == S_IFBLK {
+        return ret(gate_block(o, inode, dentry));
     }
     ret(gate_tree(dentry, op::OPEN_WRITE))
+}
+
+/// `S_IFMT` and `S_IFBLK` of `i_mode`.
+const S_IFMT: u32 = 0o170_000;
+const S_IFBLK: u32 = 0o060_000;
+
+/// A write open of a block device node: gated by the rules of the protected trees on the
+/// filesystems it holds (writing the device rewrites them under every path rule).
+#[inline(always)]
+fn gate_block(o: &KernelOffsets, inode: u64, dentry: u64) -> u32 {
+    let Some(Agent { cg, slot }) = agent() else {
+        return GO;
+    };
+    let dev = InodeKey {
+        ino: u64::from(read_u32(inode + o.inode_i_rdev as u64)),
+        dev: 0,
+        slot: 0,
+    };
+    let Some(rule) = rule_for_inode(&BLOCK_DEVS, &dev, slot) else {
+        return GO;
+    };
+    if rule.ops & op::bit(op::OPEN_WRITE) == 0 {
+        return GO;
+    }
+    let d = decide(
+        cg,
+        op::OPEN_WRITE,
+        &rule,
+        &inode_key(o, inode),
+        dentry,
+        0,
+        0,
+    );
+    settle(o, cg, op::OPEN_WRITE, &d)
 }
 
 /// truncate(2), and on kernels before 6.2 also ftruncate(2) and the truncation of an open with

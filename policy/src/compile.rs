@@ -158,6 +158,16 @@ fn compile_rule(policy: &Policy, rule: &Rule, resolver: &dyn Resolver, out: &mut
                 FileKind::Socket
             };
             for spec in specs {
+                let text = spec.path.to_string_lossy();
+                if kind == FileKind::Socket
+                    && let Ok(w) = crate::values::wildcard_socket(&text)
+                {
+                    match wild_target(resolver, rule_ref, &spec.path, &w) {
+                        Ok(t) => out.connect_wild.push(t),
+                        Err(note) => out.notes.push(format!("{}: {note}", what(spec))),
+                    }
+                    continue;
+                }
                 match file_target(resolver, rule_ref, &spec.path, kind) {
                     Ok((target, notes)) => {
                         out.notes
@@ -181,6 +191,40 @@ fn compile_rule(policy: &Policy, rule: &Rule, resolver: &dyn Resolver, out: &mut
             }
         }
     }
+}
+
+/// The key for a wildcard `connect` path, or why there is none (its directory is missing).
+fn wild_target(
+    resolver: &dyn Resolver,
+    rule: RuleRef,
+    path: &Path,
+    w: &crate::values::WildcardSocket,
+) -> Result<crate::WildTarget, String> {
+    let dir = resolver
+        .canonicalize(&w.dir)
+        .map_err(|e| format!("cannot resolve {} ({e}); not gated", w.dir.display()))?;
+    let id = resolver
+        .stat(&dir)
+        .map_err(|e| format!("cannot stat {}: {e}; not gated", dir.display()))?;
+    let hash = w
+        .suffix
+        .iter()
+        .rev()
+        .fold(airlock_common::FNV_OFFSET, |h, name| {
+            airlock_common::wild_fold(h, name.as_bytes())
+        });
+    Ok(crate::WildTarget {
+        rule,
+        path: path.to_path_buf(),
+        key: airlock_common::WildKey {
+            dir_ino: id.key.ino,
+            dev: id.key.dev,
+            slot: 0,
+            depth: w.suffix.len() as u32,
+            _pad: 0,
+            hash,
+        },
+    })
 }
 
 /// A directory-entry key, or `None` when the name does not fit (the key would never match).

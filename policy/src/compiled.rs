@@ -101,6 +101,17 @@ pub struct ExecTarget {
     pub content: Option<crate::resolve::Content>,
 }
 
+/// A `connect` path with a wildcard, resolved: see [`airlock_common::WildKey`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WildTarget {
+    /// The map value for these sockets.
+    pub rule: RuleRef,
+    /// The path as written in the policy.
+    pub path: PathBuf,
+    /// The map key (slot 0).
+    pub key: airlock_common::WildKey,
+}
+
 /// A protected tree (or single file) as the policy named it, and its resolved identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProtectedTarget {
@@ -140,6 +151,9 @@ pub struct CompiledPolicy {
     /// gated binary (its inode, and its name in its directory, which a service that restarts
     /// and binds its socket anew keeps).
     pub connect: Vec<ExecTarget>,
+    /// `connect` paths with a wildcard component (`/run/user/*/bus`): per-user sockets,
+    /// matched by the directory above the `*` and the names below it, whenever they appear.
+    pub connect_wild: Vec<WildTarget>,
     /// Things worth telling the operator that are not errors (missing binaries, missing paths).
     pub notes: Vec<String>,
     /// airlockd's secrets (its host key) by inode: agent processes may not open them at all,

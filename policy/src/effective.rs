@@ -68,6 +68,47 @@ pub fn effective_exec_digest_map(
     (digests, sizes)
 }
 
+/// Block devices that hold protected trees, by device (`ino`: the kernel's `dev_t`, `dev` 0):
+/// writing one writes the filesystem under every rule on it. `devices_of(s_dev)` names the
+/// devices that hold a filesystem (itself, the whole disk of a partition, what a mapped or
+/// RAID device is built on); each gets the rules of the trees on that filesystem that gate
+/// write opens, merged like any object's.
+pub fn effective_block_map(
+    policy: &CompiledPolicy,
+    devices_of: impl Fn(u32) -> Vec<u32>,
+) -> HashMap<InodeKey, RuleRef> {
+    let mut by_fs: HashMap<u32, Vec<u32>> = HashMap::new();
+    let items = policy
+        .protected
+        .iter()
+        .filter(|t| t.rule.ops & op::bit(op::OPEN_WRITE) != 0)
+        .flat_map(|t| {
+            let devs = by_fs
+                .entry(t.inode.dev)
+                .or_insert_with(|| devices_of(t.inode.dev))
+                .clone();
+            devs.into_iter().map(move |d| (block_key(d), t.rule))
+        })
+        .collect::<Vec<_>>();
+    merge(policy, items.into_iter())
+}
+
+/// The block-device map's key for device `dev` (`s_dev` encoding).
+pub fn block_key(dev: u32) -> InodeKey {
+    InodeKey {
+        ino: u64::from(dev),
+        dev: 0,
+        slot: 0,
+    }
+}
+
+/// Gated service sockets by wildcard path (`/run/user/*/bus`).
+pub fn effective_connect_wild_map(
+    policy: &CompiledPolicy,
+) -> HashMap<airlock_common::WildKey, RuleRef> {
+    merge(policy, policy.connect_wild.iter().map(|t| (t.key, t.rule)))
+}
+
 /// Gated service sockets by inode.
 pub fn effective_connect_map(policy: &CompiledPolicy) -> HashMap<InodeKey, RuleRef> {
     merge(

@@ -37,9 +37,10 @@ pub use compile::{CompileError, compile, protected_ancestors};
 pub use compiled::*;
 pub use diag::{Diagnostic, Diagnostics, Location, Problem};
 pub use effective::{
-    effective_connect_entry_map, effective_connect_map, effective_exec_digest_map,
-    effective_exec_entry_map, effective_exec_map, effective_privilege_map, effective_protected_map,
-    merge_into, merge_rules, privilege_key,
+    block_key, effective_block_map, effective_connect_entry_map, effective_connect_map,
+    effective_connect_wild_map, effective_exec_digest_map, effective_exec_entry_map,
+    effective_exec_map, effective_privilege_map, effective_protected_map, merge_into, merge_rules,
+    privilege_key,
 };
 pub use load::{LoadError, load_paths, parse_str};
 pub use model::{

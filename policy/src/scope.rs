@@ -44,6 +44,12 @@ impl SlotKey for InodeKey {
     }
 }
 
+impl SlotKey for airlock_common::WildKey {
+    fn with_slot(&self, slot: u32) -> Self {
+        airlock_common::WildKey { slot, ..*self }
+    }
+}
+
 impl SlotKey for airlock_common::DigestKey {
     fn with_slot(&self, slot: u32) -> Self {
         airlock_common::DigestKey { slot, ..*self }

@@ -301,6 +301,9 @@ pub(crate) fn check_path(raw: &str, usage: PathUse) -> Result<PathBuf, SchemaErr
             _ => {}
         }
     }
+    if usage == PathUse::Socket && trimmed.contains(['*', '?', '[']) {
+        wildcard_socket(trimmed).map_err(bad)?;
+    }
     if usage != PathUse::Protect {
         let name = trimmed.rsplit('/').next().unwrap_or_default();
         if name.len() > MAX_EXEC_NAME_LEN {
@@ -310,6 +313,49 @@ pub(crate) fn check_path(raw: &str, usage: PathUse) -> Result<PathBuf, SchemaErr
         }
     }
     Ok(PathBuf::from(trimmed))
+}
+
+/// Most literal components after the wildcard of a `connect` path (the socket's name included).
+pub const MAX_WILDCARD_DEPTH: usize = 3;
+
+/// A `connect` path with a wildcard, split: the directory before the `*` component, and the
+/// literal components after it (the socket's name last).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WildcardSocket {
+    pub dir: PathBuf,
+    pub suffix: Vec<String>,
+}
+
+/// Splits a `connect` path with one whole-component `*` (`/run/user/*/bus`): per-user and
+/// per-session service sockets, matched in the kernel by the directory above the wildcard
+/// and the names below it.
+pub fn wildcard_socket(path: &str) -> Result<WildcardSocket, &'static str> {
+    let components: Vec<&str> = path[1..].split('/').collect();
+    let wild: Vec<usize> = components
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.contains(['*', '?', '[']))
+        .map(|(i, _)| i)
+        .collect();
+    let [w] = wild[..] else {
+        return Err("a connect path may have one wildcard component, not several");
+    };
+    if components[w] != "*" {
+        return Err(
+            "a wildcard component of a connect path must be exactly * (e.g. /run/user/*/bus)",
+        );
+    }
+    let suffix: Vec<String> = components[w + 1..].iter().map(|c| c.to_string()).collect();
+    if suffix.is_empty() {
+        return Err("the socket's own name cannot be a wildcard: put * in a directory above it");
+    }
+    if suffix.len() > MAX_WILDCARD_DEPTH {
+        return Err("at most 3 components may follow the * of a connect path");
+    }
+    Ok(WildcardSocket {
+        dir: PathBuf::from(format!("/{}", components[..w].join("/"))),
+        suffix,
+    })
 }
 
 /// Checks a cgroup path glob: absolute, and a valid glob where `*` stays within one component.

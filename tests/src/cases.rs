@@ -88,6 +88,8 @@ impl Fixture {
         std::fs::create_dir_all(&shared)?;
         // A protected tree three levels down, and a free file beside its ancestors.
         std::fs::create_dir_all(dir.join("deep/a/b/tree"))?;
+        // Per-user sockets appear below it later (`user-sockets`: DIR/sockets/*/svc.sock).
+        std::fs::create_dir_all(dir.join("sockets"))?;
         std::fs::write(dir.join("deep/a/free.txt"), "free\n")?;
         std::fs::write(shared.join("notes"), "notes\n")?;
         let etc = dir.join("etc");
@@ -116,14 +118,16 @@ impl Fixture {
                  \x20 - name: bystander-only-tree\n    action: deny\n    paths: [\"{}\"]\n    agents: [bystander]\n\
                  \x20 - name: deep-tree\n    action: deny\n    paths: [\"{}\"]\n\
                  \x20 - name: bystander-privilege\n    action: deny\n    privilege: [setuid, setgid, userns, caps]\n    agents: [bystander]\n\
-                 \x20 - name: loaded-tool\n    action: deny\n    exec: [\"{}\"]\n",
+                 \x20 - name: loaded-tool\n    action: deny\n    exec: [\"{}\"]\n\
+                 \x20 - name: user-sockets\n    action: deny\n    connect: [\"{}/sockets/*/svc.sock\"]\n",
                 gated.path.display(),
                 audited.path.display(),
                 etc.display(),
                 scoped.path.display(),
                 shared.display(),
                 dir.join("deep/a/b/tree").display(),
-                loaded.display()
+                loaded.display(),
+                dir.display()
             ),
         )?;
         Ok(Fixture {

@@ -63,6 +63,72 @@ pub const CASES: &[(&str, Case)] = &[
         "agent_process_moved_out_of_its_cgroup_stays_gated",
         moved_out_agent_process_stays_gated,
     ),
+    (
+        "per_user_socket_under_a_wildcard_connect_rule_is_gated",
+        |c| {
+            // A user's session directory and socket, created after the policy was compiled.
+            let user = c.fx.dir.join("sockets/u1000");
+            std::fs::create_dir_all(&user)?;
+            let svc = user.join("svc.sock");
+            let other = user.join("other.sock");
+            let _l1 = std::os::unix::net::UnixListener::bind(&svc)?;
+            let _l2 = std::os::unix::net::UnixListener::bind(&other)?;
+            let s = svc.to_string_lossy().to_string();
+            let (pid, out) = c.op(c.agent(), "connect", &[&s])?;
+            expect(&out, "errno=1", "agent connect to a per-user socket")?;
+            let ev = c
+                .daemon
+                .wait_event(|e| e["pid"].as_u64() == Some(u64::from(pid)))
+                .context("no event for the per-user socket")?;
+            ensure(
+                ev["op"] == "connect" && ev["rule"] == "user-sockets",
+                || format!("per-user socket: {ev}"),
+            )?;
+            let o = other.to_string_lossy().to_string();
+            expect(
+                &c.op(c.agent(), "connect", &[&o])?.1,
+                "ok",
+                "agent connect to another socket",
+            )?;
+            expect(
+                &c.op(c.outside(), "connect", &[&s])?.1,
+                "ok",
+                "outside connect",
+            )
+        },
+    ),
+    (
+        "block_device_holding_a_protected_tree_is_protected_for_writing",
+        |c| {
+            // A device node with the number of the filesystem that holds the protected tree (in
+            // the guest an anonymous one; on a host the disk and partition behind it too).
+            use std::os::unix::fs::MetadataExt as _;
+            let st_dev = std::fs::metadata(&c.fx.etc)?.dev();
+            let node = c.fx.dir.join("blockdev");
+            let _ = std::fs::remove_file(&node);
+            let p = std::ffi::CString::new(node.to_string_lossy().as_bytes())?;
+            // SAFETY: mknod on a NUL-terminated path.
+            let rc =
+                unsafe { libc::mknod(p.as_ptr(), libc::S_IFBLK | 0o600, st_dev as libc::dev_t) };
+            ensure(rc == 0, || {
+                format!("mknod: {}", std::io::Error::last_os_error())
+            })?;
+            let n = node.to_string_lossy().to_string();
+            let (pid, out) = c.op(c.agent(), "write", &[&n])?;
+            expect(&out, "errno=1", "agent write open of the block device")?;
+            let ev = c
+                .daemon
+                .wait_event(|e| e["pid"].as_u64() == Some(u64::from(pid)))
+                .context("no event for the block device")?;
+            ensure(
+                ev["op"] == "open_write" && ev["rule"] == "protected-etc",
+                || format!("block device: {ev}"),
+            )?;
+            // Outside agents the open reaches the (absent) driver.
+            let out = c.op(c.outside(), "write", &[&n])?.1;
+            ensure(out != "errno=1", || format!("outside write open: {out}"))
+        },
+    ),
     ("module_autoload_asked_by_an_agent_is_refused", |c| {
         let (pid, _) = c.op(c.agent(), "socket-family", &[UNLOADED_FAMILY])?;
         let ev = c

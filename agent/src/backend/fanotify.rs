@@ -524,10 +524,11 @@ fn build(
                 .to_owned(),
         );
     }
-    for t in &policy.connect {
+    let sockets = policy.connect.iter().map(|t| &t.canonical);
+    for p in sockets.chain(policy.connect_wild.iter().map(|t| &t.path)) {
         m.notes.push(format!(
             "socket {} is not gated: the fanotify fallback cannot see connect(2) (BPF LSM only)",
-            t.canonical.display()
+            p.display()
         ));
     }
     Ok(())

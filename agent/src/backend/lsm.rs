@@ -24,6 +24,7 @@ use super::{Backend, BackendError, BackendKind, BackendStats, EventSender};
 use crate::agents::AgentSet;
 use crate::event::GateEvent;
 
+mod blockdev;
 pub mod gate;
 pub mod pin;
 mod rules;

@@ -108,3 +108,69 @@ fn host_resolver_hashes_the_whole_file_with_sha256() {
         "a directory has no content"
     );
 }
+
+#[test]
+fn wildcard_connect_paths_compile_to_the_directory_above_and_a_hash_of_the_rest() {
+    let r = host().dir("/run/user", 40);
+    let src = format!(
+        "{}rules:\n  - name: user-services\n    action: approve\n    connect: [/run/user/*/bus, /run/user/*/systemd/private, /nowhere/*/x]\n",
+        header("p", "enforce")
+    );
+    let policies = parse_str(Path::new("t.yaml"), &src).unwrap();
+    let c = compile(&policies, &r).unwrap();
+    assert_eq!(c.connect_wild.len(), 2, "{:?}", c.connect_wild);
+    let fold = |names: &[&str]| {
+        names.iter().fold(airlock_common::FNV_OFFSET, |h, n| {
+            airlock_common::wild_fold(h, n.as_bytes())
+        })
+    };
+    let bus = &c.connect_wild[0].key;
+    assert_eq!((bus.dir_ino, bus.depth), (40, 1));
+    assert_eq!(bus.hash, fold(&["bus"]));
+    let private = &c.connect_wild[1].key;
+    assert_eq!(private.depth, 2);
+    // From the socket upwards.
+    assert_eq!(private.hash, fold(&["private", "systemd"]));
+    assert_ne!(private.hash, fold(&["systemd", "private"]));
+    assert!(
+        c.notes
+            .iter()
+            .any(|n| n.contains("/nowhere") && n.contains("not gated")),
+        "{:?}",
+        c.notes
+    );
+}
+
+#[test]
+fn bad_wildcard_connect_paths_say_what_is_wrong() {
+    use crate::values::wildcard_socket;
+    assert!(
+        wildcard_socket("/run/*/x/*/bus")
+            .unwrap_err()
+            .contains("one wildcard")
+    );
+    assert!(
+        wildcard_socket("/tmp/tmux-*/default")
+            .unwrap_err()
+            .contains("exactly *")
+    );
+    assert!(
+        wildcard_socket("/run/user/1000/*")
+            .unwrap_err()
+            .contains("own name")
+    );
+    assert!(
+        wildcard_socket("/run/*/a/b/c/d")
+            .unwrap_err()
+            .contains("at most 3")
+    );
+    // And through the policy loader, with the place of the path.
+    let src = format!(
+        "{}rules:\n  - name: s\n    action: deny\n    connect: [/tmp/tmux-*/default]\n",
+        header("p", "enforce")
+    );
+    let e = parse_str(Path::new("t.yaml"), &src)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("t.yaml:") && e.contains("exactly *"), "{e}");
+}

@@ -60,7 +60,12 @@ fn every_shipped_policy_checks_and_compiles_fully() {
         let path_specs = specs(|t| matches!(t, Target::Paths(_)));
         assert_eq!(c.protected.len(), path_specs, "{}", file.display());
         let socket_specs = specs(|t| matches!(t, Target::Connect(_)));
-        assert_eq!(c.connect.len(), socket_specs, "{}", file.display());
+        assert_eq!(
+            c.connect.len() + c.connect_wild.len(),
+            socket_specs,
+            "{}",
+            file.display()
+        );
         assert!(
             c.exec
                 .iter()

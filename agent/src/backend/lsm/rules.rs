@@ -1,5 +1,5 @@
 //! The rule maps of the LSM programs, and writing a compiled policy into them.
-use airlock_common::{DigestKey, DirEntryKey, InodeKey, RuleRef};
+use airlock_common::{DigestKey, DirEntryKey, InodeKey, RuleRef, WildKey};
 use airlock_policy::CompiledPolicy;
 use aya::maps::{Array, HashMap, Map, MapData};
 
@@ -15,7 +15,9 @@ pub(crate) struct RuleMaps {
     protected: HashMap<MapData, InodeKey, RuleRef>,
     connect_inodes: HashMap<MapData, InodeKey, RuleRef>,
     connect_entries: HashMap<MapData, DirEntryKey, RuleRef>,
+    connect_wild: HashMap<MapData, WildKey, RuleRef>,
     privilege: HashMap<MapData, InodeKey, RuleRef>,
+    block_devs: HashMap<MapData, InodeKey, RuleRef>,
     secrets: HashMap<MapData, InodeKey, u32>,
     secrets_on: Array<MapData, u32>,
 }
@@ -40,7 +42,9 @@ impl RuleMaps {
             protected: typed(&mut take, "PROTECTED")?,
             connect_inodes: typed(&mut take, "CONNECT_INODES")?,
             connect_entries: typed(&mut take, "CONNECT_ENTRIES")?,
+            connect_wild: typed(&mut take, "CONNECT_WILD")?,
             privilege: typed(&mut take, "PRIVILEGE")?,
+            block_devs: typed(&mut take, "BLOCK_DEVS")?,
             secrets: typed(&mut take, "SECRETS")?,
             secrets_on: Array::try_from(take("SECRETS_ON")?).map_err(map_err("SECRETS_ON"))?,
         })
@@ -68,6 +72,12 @@ impl RuleMaps {
         sync_map("CONNECT_INODES", &mut self.connect_inodes, &sockets)?;
         let entries = p::effective_connect_entry_map(policy);
         sync_map("CONNECT_ENTRIES", &mut self.connect_entries, &entries)?;
+        let wild = p::effective_connect_wild_map(policy);
+        sync_map("CONNECT_WILD", &mut self.connect_wild, &wild)?;
+        let sys = std::path::Path::new("/sys");
+        let blocks =
+            p::effective_block_map(policy, |dev| super::blockdev::devices_holding(sys, dev));
+        sync_map("BLOCK_DEVS", &mut self.block_devs, &blocks)?;
         let privilege = p::effective_privilege_map(policy);
         sync_map("PRIVILEGE", &mut self.privilege, &privilege)?;
         let secrets: std::collections::HashMap<InodeKey, u32> =
