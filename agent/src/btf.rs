@@ -53,6 +53,8 @@ struct Type {
     kind: u32,
     /// size_or_type: the referenced type for modifiers and typedefs.
     ty: u32,
+    /// Number of members, parameters or values (a function prototype's parameter count).
+    vlen: u32,
     members: Vec<Member>,
 }
 
@@ -106,6 +108,7 @@ impl Btf {
             name: 0,
             kind: 0,
             ty: 0,
+            vlen: 0,
             members: Vec::new(),
         }];
         let mut p = 0usize;
@@ -142,6 +145,7 @@ impl Btf {
                 name,
                 kind,
                 ty,
+                vlen: vlen as u32,
                 members,
             });
         }
@@ -165,6 +169,16 @@ impl Btf {
         self.types
             .iter()
             .any(|t| t.kind == KIND_FUNC && self.str_at(t.name) == name)
+    }
+
+    /// How many parameters function `name` takes (by its prototype), if the BTF has it.
+    pub fn func_params(&self, name: &str) -> Option<u32> {
+        let f = self
+            .types
+            .iter()
+            .find(|t| t.kind == KIND_FUNC && self.str_at(t.name) == name)?;
+        let proto = self.types.get(f.ty as usize)?;
+        (proto.kind == KIND_FUNC_PROTO).then_some(proto.vlen)
     }
 
     fn str_at(&self, off: u32) -> &str {
@@ -320,9 +334,13 @@ mod tests {
         assert_ne!(o.file_f_inode, o.file_f_mode);
         // task_struct.flags sits right after the stack pointer and usage count; ptrace after it.
         assert!(o.task_flags > 0 && o.task_ptrace > o.task_flags);
-        // The ctime's seconds and nanoseconds are neighbours (timespec64, or two fields).
-        assert!(o.inode_ctime_nsec == o.inode_ctime_sec + 8);
+        // Two fields (6.11 on, not neighbours) or a timespec64 (nanoseconds 8 bytes on).
+        assert!(o.inode_ctime_sec > 0 && o.inode_ctime_nsec > 0);
+        assert_ne!(o.inode_ctime_sec, o.inode_ctime_nsec);
         assert!(o.inode_i_size > 0 && o.mm_exe_file > 0 && o.vma_vm_file > 0);
+        // 6.8 added the idmap in front of inode_setattr's two parameters.
+        let n = btf.func_params("bpf_lsm_inode_setattr");
+        assert!(matches!(n, Some(2 | 3)), "{n:?}");
     }
 
     #[test]

@@ -78,6 +78,7 @@ pub fn op_to_proto(op: Op) -> pb::Op {
         Op::Caps => pb::Op::Caps,
         Op::ReadSecret => pb::Op::ReadSecret,
         Op::MapExec => pb::Op::MapExec,
+        Op::Setattr => pb::Op::Setattr,
     }
 }
 
@@ -111,6 +112,7 @@ pub fn op_from_proto(field: &'static str, v: i32) -> Result<Op, ConvertError> {
         pb::Op::Caps => Op::Caps,
         pb::Op::ReadSecret => Op::ReadSecret,
         pb::Op::MapExec => Op::MapExec,
+        pb::Op::Setattr => Op::Setattr,
     })
 }
 
@@ -490,6 +492,7 @@ mod tests {
             Op::Caps,
             Op::ReadSecret,
             Op::MapExec,
+            Op::Setattr,
         ];
         for op in ops {
             assert_eq!(op_from_proto("op", op_to_proto(op) as i32).unwrap(), op);

@@ -46,6 +46,8 @@ pub enum Op {
     ReadSecret,
     /// Mapping a gated program's code executable outside its exec (mmap/mprotect).
     MapExec,
+    /// Changing inode flags or timestamps of a protected object.
+    Setattr,
 }
 
 impl Op {
@@ -78,6 +80,7 @@ impl Op {
             op::CAPS => Op::Caps,
             op::READ_SECRET => Op::ReadSecret,
             op::MAP_EXEC => Op::MapExec,
+            op::SETATTR => Op::Setattr,
             _ => return None,
         })
     }
@@ -111,6 +114,7 @@ impl Op {
             Op::Caps => op::CAPS,
             Op::ReadSecret => op::READ_SECRET,
             Op::MapExec => op::MAP_EXEC,
+            Op::Setattr => op::SETATTR,
         }
     }
 }

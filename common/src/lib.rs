@@ -93,8 +93,11 @@ pub mod op {
     /// directly (`ld.so /usr/bin/gated`), a loader of its own. `exec` rules gate it like the
     /// exec itself.
     pub const MAP_EXEC: u32 = 26;
+    /// Changing a protected object's other attributes: inode flags (`chattr`: immutable,
+    /// append-only, …) and timestamps set by `utimensat` (`touch`).
+    pub const SETATTR: u32 = 27;
     /// Highest value in use.
-    pub const MAX: u32 = 26;
+    pub const MAX: u32 = 27;
 
     /// Bit of `op` in a [`crate::RuleRef::ops`] mask.
     pub const fn bit(op: u32) -> u32 {
@@ -114,6 +117,7 @@ pub mod op {
         | bit(RMDIR)
         | bit(SYMLINK)
         | bit(XATTR)
+        | bit(SETATTR)
         | bit(MOUNT);
 }
 

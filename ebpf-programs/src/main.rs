@@ -30,6 +30,7 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 
+mod attrs;
 mod digest;
 mod exec_context;
 mod guard;
@@ -317,7 +318,7 @@ fn decide_match(cg: u64, opv: u32, m: &TreeMatch, dentry: u64) -> Decision {
 
 /// Gate on the protected tree containing `dentry` for `opv`.
 #[inline(always)]
-fn gate_tree(dentry: u64, opv: u32) -> u32 {
+pub(crate) fn gate_tree(dentry: u64, opv: u32) -> u32 {
     let Some(Agent { cg, slot }) = agent() else {
         return GO;
     };

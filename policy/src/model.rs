@@ -108,7 +108,7 @@ pub const ACTIONS: [(&str, u32); 4] = [
 ];
 
 /// Policy spelling of each path operation and its `airlock_common::op`.
-pub const OPERATIONS: [(&str, u32); 13] = [
+pub const OPERATIONS: [(&str, u32); 14] = [
     ("write", op::OPEN_WRITE),
     ("create", op::CREATE),
     ("unlink", op::UNLINK),
@@ -121,6 +121,7 @@ pub const OPERATIONS: [(&str, u32); 13] = [
     ("rmdir", op::RMDIR),
     ("symlink", op::SYMLINK),
     ("xattr", op::XATTR),
+    ("setattr", op::SETATTR),
     ("mount", op::MOUNT),
 ];
 

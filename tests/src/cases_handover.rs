@@ -129,6 +129,37 @@ pub const CASES: &[(&str, Case)] = &[
             ensure(out != "errno=1", || format!("outside write open: {out}"))
         },
     ),
+    (
+        "inode_flags_and_timestamps_of_protected_files_are_gated",
+        |c| {
+            let f = c.fx.etc.join("attrs");
+            std::fs::write(&f, "attrs\n")?;
+            let p = f.to_string_lossy().to_string();
+            for op in ["chattr-append", "set-times"] {
+                let (pid, out) = c.op(c.agent(), op, &[&p])?;
+                expect(&out, "errno=1", &format!("agent {op}"))?;
+                let ev = c
+                    .daemon
+                    .wait_event(|e| e["pid"].as_u64() == Some(u64::from(pid)))
+                    .with_context(|| format!("no event for {op}"))?;
+                ensure(
+                    ev["op"] == "setattr" && ev["rule"] == "protected-etc",
+                    || format!("{op}: {ev}"),
+                )?;
+            }
+            // Outside agents the timestamps change (inode flags depend on the filesystem).
+            expect(
+                &c.op(c.outside(), "set-times", &[&p])?.1,
+                "ok",
+                "outside set-times",
+            )?;
+            let out = c.op(c.outside(), "chattr-append", &[&p])?.1;
+            ensure(out != "errno=1", || format!("outside chattr: {out}"))?;
+            // Clear it again (append-only would stop the fixture's cleanup).
+            let _ = c.op(c.outside(), "chattr-append", &[&p, "clear"]);
+            Ok(())
+        },
+    ),
     ("module_autoload_asked_by_an_agent_is_refused", |c| {
         let (pid, _) = c.op(c.agent(), "socket-family", &[UNLOADED_FAMILY])?;
         let ev = c

@@ -150,6 +150,37 @@ pub fn run(op: &str, args: &[String]) -> ! {
                 libc::execv(path.as_ptr(), ptrs.as_ptr());
                 report(-1)
             }
+            // `chattr-append PATH [clear]`: sets (or clears) the append-only inode flag
+            // (chattr +a) through an ioctl on a read-only descriptor.
+            "chattr-append" => {
+                let fd = libc::open(c(a(0)).as_ptr(), libc::O_RDONLY);
+                if fd < 0 {
+                    report(-1)
+                }
+                let mut flags: libc::c_long = 0;
+                if libc::ioctl(fd, 0x8008_6601, &mut flags) < 0 {
+                    report(-1)
+                }
+                if args.get(1).is_some_and(|s| s == "clear") {
+                    flags &= !0x20;
+                } else {
+                    flags |= 0x20; // FS_APPEND_FL
+                }
+                report(i64::from(libc::ioctl(fd, 0x4008_6602, &flags)))
+            }
+            // `set-times PATH`: sets its access and modification times to the epoch (touch -d).
+            "set-times" => {
+                let t = [libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                }; 2];
+                report(i64::from(libc::utimensat(
+                    libc::AT_FDCWD,
+                    c(a(0)).as_ptr(),
+                    t.as_ptr(),
+                    0,
+                )))
+            }
             // `socket-family N`: a socket of address family N (one the kernel has not loaded
             // asks for its module).
             "socket-family" => report(i64::from(libc::socket(

@@ -78,12 +78,16 @@ pub const HOOKS: &[&str] = &[
     // Descriptors passed in by other processes; module autoload requests.
     "file_receive",
     "kernel_module_request",
+    // Inode flags (chattr) of protected objects; timestamps by `inode_setattr_*` below.
+    "file_ioctl",
 ];
 
-/// The hook program `name` attaches to: a second program on a hook needs a name of its own.
+/// The hook program `name` attaches to: a second program on a hook needs a name of its own,
+/// and so does each version of a hook whose parameters changed.
 pub fn attach_point(name: &'static str) -> &'static str {
     match name {
         "bprm_exec_content" => "bprm_creds_from_file",
+        "inode_setattr_dentry" | "inode_setattr_idmap" => "inode_setattr",
         other => other,
     }
 }
@@ -95,9 +99,16 @@ pub const OPTIONAL_HOOKS: &[&str] = &["inode_set_acl", "inode_remove_acl"];
 /// The hooks to attach on the kernel described by `btf`: every one of [`HOOKS`] and those of
 /// [`OPTIONAL_HOOKS`] it has.
 fn hooks_of(btf: &crate::btf::Btf) -> Vec<&'static str> {
+    // `inode_setattr(dentry, attr)` until 6.7, `(idmap, dentry, attr)` from 6.8.
+    let setattr = match btf.func_params("bpf_lsm_inode_setattr") {
+        Some(3) => Some("inode_setattr_idmap"),
+        Some(2) => Some("inode_setattr_dentry"),
+        _ => None,
+    };
     HOOKS
         .iter()
         .copied()
+        .chain(setattr)
         .chain(
             OPTIONAL_HOOKS
                 .iter()

@@ -111,6 +111,7 @@ pub(crate) fn op_name(op: Op) -> &'static str {
         Op::Caps => "caps",
         Op::ReadSecret => "read_secret",
         Op::MapExec => "map_exec",
+        Op::Setattr => "setattr",
     }
 }
 

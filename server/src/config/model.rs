@@ -181,7 +181,7 @@ impl Channel {
 }
 
 /// The config's operation names: [`Op`]'s snake_case serde names, as on the wire.
-pub const OPERATIONS: [(&str, Op); 13] = [
+pub const OPERATIONS: [(&str, Op); 14] = [
     ("exec", Op::Exec),
     ("map_exec", Op::MapExec),
     ("open_write", Op::OpenWrite),
@@ -195,4 +195,5 @@ pub const OPERATIONS: [(&str, Op); 13] = [
     ("mkdir", Op::Mkdir),
     ("rmdir", Op::Rmdir),
     ("symlink", Op::Symlink),
+    ("setattr", Op::Setattr),
 ];
