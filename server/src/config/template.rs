@@ -48,8 +48,8 @@ routes:
   #     labels: { env: prod }    # host labels (given at enrolment), all must be equal
   #     agents: [claude]         # agent name globs
   #     rules: ["etc-*"]         # policy rule name globs
-  #     operations: [open_write, create]  # exec, open_write, create, unlink, rename, truncate,
-  #                              # link, chmod, chown, mkdir, rmdir, symlink
+  #     operations: [open_write, create]  # exec, map_exec, open_write, create, unlink, rename,
+  #                              # truncate, link, chmod, chown, mkdir, rmdir, symlink, setattr
   #     paths: ["/etc/**"]       # target path globs: * within a component, ** across
   #     binaries: ["/usr/bin/kubectl"]  # exec requests only: the binary run
   #   approvers: [sre]           # groups whose members may vote

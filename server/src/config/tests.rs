@@ -346,8 +346,8 @@ fn bad_operation_and_channel_names_suggest_the_right_one() {
             "server.yaml:8:34: routes[0].match.operations[1]: unknown operation \"exex\" \
              (did you mean \"exec\"?)",
             "server.yaml:8:40: routes[0].match.operations[2]: unknown operation \"fly\" \
-             (expected one of: exec, open_write, create, unlink, rename, truncate, link, chmod, \
-             chown, mkdir, rmdir, symlink)",
+             (expected one of: exec, map_exec, open_write, create, unlink, rename, truncate, link, \
+             chmod, chown, mkdir, rmdir, symlink, setattr)",
             "server.yaml:9:16: routes[0].channels[0]: unknown channel \"slak\" (did you mean \
              \"slack\"?)",
         ]
