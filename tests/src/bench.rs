@@ -14,6 +14,8 @@ use anyhow::{Context as _, bail};
 use crate::harness::{Daemon, Pins, run_in};
 
 // Declared here rather than in main.rs: the server part is reached only through `run`.
+#[path = "bench_pacer.rs"]
+mod bench_pacer;
 #[path = "bench_server.rs"]
 mod bench_server;
 

@@ -31,8 +31,8 @@ use airlock_server::store::Store;
 use airlock_server::testing::{self, FakeHost, HostIdentity, Options, TempDir, TestServer};
 use anyhow::{Context as _, bail};
 
-const HOSTS: usize = 100;
-const REQUESTS: usize = 10_000;
+pub(crate) const HOSTS: usize = 100;
+pub(crate) const REQUESTS: usize = 10_000;
 const WARMUP: usize = 300;
 const IDLE_HOSTS: usize = 1_000;
 /// Requests per second offered in all by the hosts in the open-loop pass: each of the 100
@@ -47,12 +47,12 @@ const BASE: &str = "/var/tmp";
 /// Longest wait for one decision.
 const WAIT: Duration = Duration::from_secs(10);
 
-fn pct(v: &mut [u64], p: f64) -> u64 {
+pub(crate) fn pct(v: &mut [u64], p: f64) -> u64 {
     v.sort_unstable();
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn ms(ns: u64) -> f64 {
+pub(crate) fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 
@@ -410,7 +410,7 @@ async fn every_host(
     }
     let pacer = paced.then(|| {
         let due = due.clone();
-        std::thread::spawn(move || pace(go, due))
+        std::thread::spawn(move || super::bench_pacer::pace(go, due))
     });
     let mut ns = Vec::with_capacity(REQUESTS);
     let mut back = Vec::with_capacity(HOSTS);
@@ -432,41 +432,6 @@ async fn every_host(
         },
         back,
     ))
-}
-
-/// Releases request k of host i at `due(i, k)` (in due order: k, then i), sleeping in
-/// between with the kernel's timer (microseconds, not Tokio's milliseconds). Returns how
-/// late the releases were, as text.
-fn pace(
-    go: Vec<tokio::sync::mpsc::UnboundedSender<()>>,
-    due: impl Fn(usize, usize) -> Option<Instant>,
-) -> String {
-    // A thread's timer slack (default 50 µs) is how late the kernel may wake it; 1 ns asks
-    // for no more lateness than the wakeup itself.
-    // SAFETY: prctl(PR_SET_TIMERSLACK) on the calling thread, with an integer argument.
-    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
-    let mut late = Vec::with_capacity(REQUESTS);
-    for k in 0..REQUESTS / HOSTS {
-        for (i, tx) in go.iter().enumerate() {
-            let Some(at) = due(i, k) else { continue };
-            let now = Instant::now();
-            if at > now {
-                std::thread::sleep(at - now);
-            }
-            late.push(at.elapsed().as_nanos() as u64);
-            // A host whose task ended (an error) is reported by the task.
-            let _ = tx.send(());
-        }
-    }
-    if late.is_empty() {
-        return "none".into();
-    }
-    let (p50, p99) = (pct(&mut late, 0.5), pct(&mut late, 0.99));
-    format!(
-        "p50 {:.3} ms, p99 {:.3} ms after they were due",
-        ms(p50),
-        ms(p99)
-    )
 }
 
 /// VmRSS of `pid`, KiB.
