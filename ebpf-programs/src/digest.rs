@@ -28,8 +28,7 @@
 //! (what every JIT does, so it cannot be refused wholesale); scripts (their interpreter is
 //! what runs).
 use airlock_common::{
-    DigestKey, FileDigest, HASH_ALGO_SHA256, InodeKey, KernelOffsets, RuleRef, SELF_RULE, action,
-    flags, op, verdict,
+    DigestKey, FileDigest, HASH_ALGO_SHA256, InodeKey, KernelOffsets, RuleRef, action, flags, op,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_ima_file_hash},
@@ -38,10 +37,11 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 
-use crate::hold::{Decision, capture_argv, decide, finish, settle, settle_unrecorded};
+use crate::guard::refuse_object;
+use crate::hold::{decide, settle};
 use crate::{
-    Agent, EVENTS, EXEC_ENTRIES, EXEC_INODES, REFUSE, agent, chained, file_rule, inode_key,
-    offsets, read_u32, read_u64, ret,
+    Agent, EXEC_ENTRIES, EXEC_INODES, agent, chained, file_rule, gate_exec, inode_key, offsets,
+    read_u32, read_u64, ret, rule_in_slot,
 };
 
 /// Gated binaries by content.
@@ -104,33 +104,32 @@ enum Content {
 /// The rule for content `sha256` that applies to the agent in `slot` (its own entry first).
 #[inline(always)]
 fn rule_for_digest(sha256: [u8; 32], slot: u32) -> Option<RuleRef> {
-    let mut k = DigestKey {
+    let k = DigestKey {
         sha256,
-        slot,
+        slot: 0,
         _pad: 0,
     };
-    if slot != 0 {
-        // SAFETY: the value is copied out at once.
-        if let Some(r) = unsafe { EXEC_DIGESTS.get(&k) } {
-            return Some(*r);
-        }
-        k.slot = 0;
-    }
-    // SAFETY: as above.
-    unsafe { EXEC_DIGESTS.get(&k) }.copied()
+    rule_in_slot(&EXEC_DIGESTS, &k, slot, |slot| DigestKey { slot, ..k })
 }
 
-/// The content identity of `file` (a trusted pointer: sleepable hooks only), hashing it if
-/// no current digest is kept.
+/// The content identity of the file `key`, from the digest kept for its current version, else
+/// by hashing `file` when given (a trusted pointer: sleepable hooks only), else unknown.
 #[inline(always)]
-fn identify(o: &KernelOffsets, file: u64, key: &InodeKey, inode: u64, slot: u32) -> Content {
+fn identify(
+    o: &KernelOffsets,
+    file: Option<u64>,
+    key: &InodeKey,
+    inode: u64,
+    slot: u32,
+) -> Content {
     let v = version(o, inode);
     if !gated_size(v.0) {
         return Content::Unmatched;
     }
-    let sha256 = match kept(key, v) {
-        Some(d) => d,
-        None => {
+    let sha256 = match (kept(key, v), file) {
+        (Some(d), _) => d,
+        (None, None) => return Content::Unknown,
+        (None, Some(file)) => {
             let mut buf = [0u8; 32];
             // SAFETY: `file` is the hook's own argument (a trusted `struct file *`), `buf` a
             // stack buffer of the size passed.
@@ -162,32 +161,6 @@ fn identify(o: &KernelOffsets, file: u64, key: &InodeKey, inode: u64, slot: u32)
 #[inline(always)]
 pub(crate) fn forget(o: &KernelOffsets, inode: u64) {
     let _ = DIGESTS.remove(&inode_key(o, inode));
-}
-
-/// A refusal of `opv` on the file at `dentry` whose content could not be identified.
-#[inline(always)]
-fn refuse_unknown(o: &KernelOffsets, cg: u64, opv: u32, key: &InodeKey, dentry: u64) -> i32 {
-    let d = Decision {
-        rule: RuleRef {
-            rule_id: SELF_RULE,
-            action: action::DENY,
-            ops: 0,
-            flags: 0,
-        },
-        target: *key,
-        dentry,
-        verdict: verdict::DENIED,
-        flags: flags::UNIDENTIFIED,
-        argv_hash: 0,
-        consume: 0,
-        _pad: 0,
-    };
-    let code = settle(o, cg, opv, &d);
-    if code == REFUSE {
-        -crate::EPERM
-    } else {
-        ret(code)
-    }
 }
 
 /// Whether `file` is the current task's own program (`mm->exe_file`): the ELF loader mapping
@@ -224,73 +197,39 @@ pub fn bprm_exec_content(ctx: LsmContext) -> i32 {
     if file_rule(o, &EXEC_INODES, &EXEC_ENTRIES, &key, dentry, slot).is_some() {
         return 0;
     }
-    let rule = match identify(o, file, &key, inode, slot) {
-        Content::Unmatched => return 0,
-        Content::Unknown => return refuse_unknown(o, cg, op::EXEC, &key, dentry),
-        Content::Gated(r) => r,
-    };
-    if rule.action == action::ALLOW {
-        return 0;
-    }
-    let Some(mut entry) = EVENTS.reserve::<airlock_common::Event>(0) else {
-        let d = decide(
-            cg,
-            op::EXEC,
-            &rule,
-            &key,
-            dentry,
-            flags::MATCHED_BY_CONTENT,
-            0,
-        );
-        return ret(settle_unrecorded(op::EXEC, &d));
-    };
-    let e = entry.as_mut_ptr();
-    let (argc, argv_flags) = capture_argv(e);
-    // SAFETY: the record is exclusively owned; its argv slots were fully written above.
-    let hash = unsafe {
-        (*e).argc = argc;
-        let h = airlock_common::argv_hash(argc, &(*e).argv);
-        (*e).argv_hash = h;
-        h
-    };
-    let extra = flags::MATCHED_BY_CONTENT | argv_flags;
-    let d = decide(cg, op::EXEC, &rule, &key, dentry, extra, hash);
-    ret(finish(o, cg, op::EXEC, &d, entry))
-}
-
-/// The rule for mapping `file` executable, by inode, entry or content; `None`: not gated.
-#[inline(always)]
-fn map_rule(
-    o: &KernelOffsets,
-    key: &InodeKey,
-    dentry: u64,
-    slot: u32,
-    content: impl FnOnce() -> Content,
-) -> Result<Option<(RuleRef, u32)>, ()> {
-    if let Some(found) = file_rule(o, &EXEC_INODES, &EXEC_ENTRIES, key, dentry, slot) {
-        return Ok(Some(found));
-    }
-    match content() {
-        Content::Unmatched => Ok(None),
-        Content::Unknown => Err(()),
-        Content::Gated(r) => Ok(Some((r, flags::MATCHED_BY_CONTENT))),
+    match identify(o, Some(file), &key, inode, slot) {
+        Content::Unmatched => 0,
+        Content::Unknown => refuse_object(cg, op::EXEC, &key, dentry, flags::UNIDENTIFIED),
+        Content::Gated(rule) => gate_exec(o, cg, &rule, &key, dentry, flags::MATCHED_BY_CONTENT),
     }
 }
 
-/// Carries out `rule` for a mapping of the file `key` at `dentry` turned executable.
+/// Gates mapping the file `key` (at `dentry`) executable: by its inode or entry rule, else by
+/// its content (`file`: hash it if no digest is kept; `None`: only a kept digest will do).
 #[inline(always)]
 fn gate_map(
     o: &KernelOffsets,
-    cg: u64,
-    rule: &RuleRef,
-    extra: u32,
+    a: Agent,
+    file: Option<u64>,
     key: &InodeKey,
+    inode: u64,
     dentry: u64,
 ) -> i32 {
+    let Agent { cg, slot } = a;
+    let (rule, extra) = match file_rule(o, &EXEC_INODES, &EXEC_ENTRIES, key, dentry, slot) {
+        Some(found) => found,
+        None => match identify(o, file, key, inode, slot) {
+            Content::Unmatched => return 0,
+            Content::Unknown => {
+                return refuse_object(cg, op::MAP_EXEC, key, dentry, flags::UNIDENTIFIED);
+            }
+            Content::Gated(r) => (r, flags::MATCHED_BY_CONTENT),
+        },
+    };
     if rule.action == action::ALLOW {
         return 0;
     }
-    let d = decide(cg, op::MAP_EXEC, rule, key, dentry, extra, 0);
+    let d = decide(cg, op::MAP_EXEC, &rule, key, dentry, extra, 0);
     ret(settle(o, cg, op::MAP_EXEC, &d))
 }
 
@@ -306,7 +245,7 @@ pub fn mmap_file(ctx: LsmContext) -> i32 {
     if file == 0 {
         return 0;
     }
-    let Some(Agent { cg, slot }) = agent() else {
+    let Some(a) = agent() else {
         return 0;
     };
     let Some(o) = offsets() else { return 0 };
@@ -314,23 +253,18 @@ pub fn mmap_file(ctx: LsmContext) -> i32 {
     let inode = read_u64(file + u64::from(o.file_f_inode));
     let key = inode_key(o, inode);
     if prot & PROT_EXEC == 0 {
-        let _ = identify(o, file, &key, inode, slot);
+        let _ = identify(o, Some(file), &key, inode, a.slot);
         return 0;
     }
     if is_own_program(o, inode) {
         return 0;
     }
     let dentry = read_u64(file + u64::from(o.file_f_path + o.path_dentry));
-    match map_rule(o, &key, dentry, slot, || {
-        identify(o, file, &key, inode, slot)
-    }) {
-        Ok(None) => 0,
-        Ok(Some((rule, extra))) => gate_map(o, cg, &rule, extra, &key, dentry),
-        Err(()) => refuse_unknown(o, cg, op::MAP_EXEC, &key, dentry),
-    }
+    gate_map(o, a, Some(file), &key, inode, dentry)
 }
 
-/// mprotect(2) adding `PROT_EXEC` to a mapping of a file that was not executable.
+/// mprotect(2) adding `PROT_EXEC` to a mapping of a file that was not executable. Not
+/// sleepable, so it cannot hash: only a digest kept since the file last changed identifies it.
 #[lsm(hook = "file_mprotect")]
 pub fn file_mprotect(ctx: LsmContext) -> i32 {
     let prev: u64 = ctx.arg(3);
@@ -341,7 +275,7 @@ pub fn file_mprotect(ctx: LsmContext) -> i32 {
     if prot & PROT_EXEC == 0 {
         return 0;
     }
-    let Some(Agent { cg, slot }) = agent() else {
+    let Some(a) = agent() else {
         return 0;
     };
     let Some(o) = offsets() else { return 0 };
@@ -356,22 +290,5 @@ pub fn file_mprotect(ctx: LsmContext) -> i32 {
     }
     let key = inode_key(o, inode);
     let dentry = read_u64(file + u64::from(o.file_f_path + o.path_dentry));
-    let known = || {
-        let v = version(o, inode);
-        if !gated_size(v.0) {
-            return Content::Unmatched;
-        }
-        match kept(&key, v) {
-            None => Content::Unknown,
-            Some(d) => match rule_for_digest(d, slot) {
-                Some(r) => Content::Gated(r),
-                None => Content::Unmatched,
-            },
-        }
-    };
-    match map_rule(o, &key, dentry, slot, known) {
-        Ok(None) => 0,
-        Ok(Some((rule, extra))) => gate_map(o, cg, &rule, extra, &key, dentry),
-        Err(()) => refuse_unknown(o, cg, op::MAP_EXEC, &key, dentry),
-    }
+    gate_map(o, a, None, &key, inode, dentry)
 }

@@ -26,6 +26,18 @@ const READING_FIRMWARE: u32 = 1;
 /// Refuses and records `opv` on `what` (a tgid, a bpf command, a load id) for agent cgroup `cg`.
 #[inline(always)]
 fn refuse(cg: u64, opv: u32, what: u64) -> i32 {
+    let target = InodeKey {
+        ino: what,
+        dev: 0,
+        slot: 0,
+    };
+    refuse_object(cg, opv, &target, 0, 0)
+}
+
+/// Refuses and records `opv` on `target` (named by `dentry`, or 0), with event `flags`, as
+/// self-protection ([`SELF_RULE`]) whatever the policy says.
+#[inline(always)]
+pub(crate) fn refuse_object(cg: u64, opv: u32, target: &InodeKey, dentry: u64, flags: u32) -> i32 {
     let Some(o) = offsets() else {
         // No offsets, no record; refused all the same.
         return -EPERM;
@@ -37,14 +49,10 @@ fn refuse(cg: u64, opv: u32, what: u64) -> i32 {
             ops: 0,
             flags: 0,
         },
-        target: InodeKey {
-            ino: what,
-            dev: 0,
-            slot: 0,
-        },
-        dentry: 0,
+        target: *target,
+        dentry,
         verdict: verdict::DENIED,
-        flags: 0,
+        flags,
         argv_hash: 0,
         consume: 0,
         _pad: 0,

@@ -228,15 +228,26 @@ pub(crate) fn rule_for_inode(
     key: &InodeKey,
     slot: u32,
 ) -> Option<RuleRef> {
+    rule_in_slot(map, key, slot, |slot| InodeKey { slot, ..*key })
+}
+
+/// [`rule_for_inode`] for any rule-map key: `everyone` is the key with slot 0, `own(slot)` the
+/// same object's key in the agent's slot.
+#[inline(always)]
+pub(crate) fn rule_in_slot<K>(
+    map: &HashMap<K, RuleRef>,
+    everyone: &K,
+    slot: u32,
+    own: impl FnOnce(u32) -> K,
+) -> Option<RuleRef> {
     if slot != 0 {
-        let own = InodeKey { slot, ..*key };
         // SAFETY: the value is copied out at once.
-        if let Some(r) = unsafe { map.get(&own) } {
+        if let Some(r) = unsafe { map.get(&own(slot)) } {
             return Some(*r);
         }
     }
     // SAFETY: as above.
-    unsafe { map.get(key) }.copied()
+    unsafe { map.get(everyone) }.copied()
 }
 
 #[inline(always)]
@@ -458,6 +469,22 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let Some((rule, extra)) = file_rule(o, &EXEC_INODES, &EXEC_ENTRIES, &key, dentry, slot) else {
         return 0;
     };
+    gate_exec(o, cg, &rule, &key, dentry, extra)
+}
+
+/// Carries out `rule` for the exec of the file `key` at `dentry` by agent cgroup `cg`, with
+/// the caller's argv in the record (`extra`: how the file matched).
+#[inline(always)]
+pub(crate) fn gate_exec(
+    o: &KernelOffsets,
+    cg: u64,
+    rule: &RuleRef,
+    key: &InodeKey,
+    dentry: u64,
+    extra: u32,
+) -> i32 {
+    let rule = *rule;
+    let key = *key;
     if rule.action == action::ALLOW {
         return 0;
     }
@@ -553,16 +580,16 @@ fn gate_file(o: &KernelOffsets, file: u64, truncates: bool) -> i32 {
     if mode & FMODE_WRITE == 0 && !truncates {
         return guard::secret_open(o, file);
     }
+    // Every write open on the host comes here: one classification lookup for non-agents.
+    let Some(a) = agent() else { return 0 };
     let dentry = read_u64(file + (o.file_f_path + o.path_dentry) as u64);
     if let Some(r) = guard::cgroup_move(o, dentry) {
         return r;
     }
     let inode = read_u64(file + o.file_f_inode as u64);
-    if in_agent_cgroup().is_some() {
-        digest::forget(o, inode);
-    }
+    digest::forget(o, inode);
     if read_u32(inode + o.inode_i_mode as u64) & S_IFMT == S_IFBLK {
-        return ret(gate_block(o, inode, dentry));
+        return ret(gate_block(o, a, inode, dentry));
     }
     ret(gate_tree(dentry, op::OPEN_WRITE))
 }
@@ -574,10 +601,8 @@ const S_IFBLK: u32 = 0o060_000;
 /// A write open of a block device node: gated by the rules of the protected trees on the
 /// filesystems it holds (writing the device rewrites them under every path rule).
 #[inline(always)]
-fn gate_block(o: &KernelOffsets, inode: u64, dentry: u64) -> u32 {
-    let Some(Agent { cg, slot }) = agent() else {
-        return GO;
-    };
+fn gate_block(o: &KernelOffsets, a: Agent, inode: u64, dentry: u64) -> u32 {
+    let Agent { cg, slot } = a;
     let dev = InodeKey {
         ino: u64::from(read_u32(inode + o.inode_i_rdev as u64)),
         dev: 0,

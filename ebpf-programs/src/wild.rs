@@ -8,7 +8,7 @@ use airlock_common::{
 };
 use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::map, maps::HashMap};
 
-use crate::{inode_key, read_u64};
+use crate::{inode_key, read_u64, rule_in_slot};
 
 /// Wildcard socket rules.
 #[map]
@@ -45,24 +45,16 @@ pub(crate) fn wild_rule(o: &KernelOffsets, dentry: u64, slot: u32) -> Option<Rul
             return None;
         }
         let id = inode_key(o, read_u64(dir + u64::from(o.dentry_d_inode)));
-        let mut key = WildKey {
+        let key = WildKey {
             dir_ino: id.ino,
             dev: id.dev,
-            slot,
+            slot: 0,
             depth,
             _pad: 0,
             hash: h,
         };
-        if slot != 0 {
-            // SAFETY: the value is copied out at once.
-            if let Some(r) = unsafe { CONNECT_WILD.get(&key) } {
-                return Some(*r);
-            }
-            key.slot = 0;
-        }
-        // SAFETY: as above.
-        if let Some(r) = unsafe { CONNECT_WILD.get(&key) } {
-            return Some(*r);
+        if let Some(r) = rule_in_slot(&CONNECT_WILD, &key, slot, |slot| WildKey { slot, ..key }) {
+            return Some(r);
         }
         d = wild;
         depth += 1;

@@ -224,7 +224,7 @@ pub fn moved_out_agent_process_stays_gated(c: &Ctx) -> anyhow::Result<()> {
         g.as_str(),
     ];
     argv.extend(c.fx.gated.args.iter().map(String::as_str));
-    let child = crate::harness::spawn_in(&c.fx.agent_cg, &argv)?;
+    let child = crate::harness::spawn_in(c.agent(), None, &argv)?;
     let pid = child.id();
     // Moved by this process (outside every agent), as an administrator or a service would.
     std::fs::write(c.fx.outside_cg.join("cgroup.procs"), pid.to_string())

@@ -217,6 +217,14 @@ pub fn run_in(
     cwd: Option<&Path>,
     argv: &[&str],
 ) -> anyhow::Result<(u32, Output)> {
+    let child = spawn_in(cgroup, cwd, argv)?;
+    let pid = child.id();
+    let out = child.wait_with_output()?;
+    Ok((pid, out))
+}
+
+/// Starts `argv` like [`run_in`] without waiting for it; stdout and stderr are piped.
+pub fn spawn_in(cgroup: Option<&Path>, cwd: Option<&Path>, argv: &[&str]) -> anyhow::Result<Child> {
     let mut cmd = Command::new(argv[0]);
     cmd.args(&argv[1..])
         .stdin(Stdio::null())
@@ -228,20 +236,6 @@ pub fn run_in(
     if let Some(cg) = cgroup {
         join_cgroup(&mut cmd, cg)?;
     }
-    let child = cmd.spawn().with_context(|| format!("spawning {argv:?}"))?;
-    let pid = child.id();
-    let out = child.wait_with_output()?;
-    Ok((pid, out))
-}
-
-/// Starts `argv` in `cgroup` (like [`run_in`]) without waiting for it; stdout is piped.
-pub fn spawn_in(cgroup: &Path, argv: &[&str]) -> anyhow::Result<Child> {
-    let mut cmd = Command::new(argv[0]);
-    cmd.args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    join_cgroup(&mut cmd, cgroup)?;
     cmd.spawn().with_context(|| format!("spawning {argv:?}"))
 }
 
