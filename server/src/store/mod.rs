@@ -217,6 +217,8 @@ pub struct Store {
     /// API tokens found valid, shared by the clones of this `Store` (not by another `Store`
     /// on the same database: another replica or process keeps its own).
     token_cache: Arc<tokens::TokenCache>,
+    /// SQLite only: checkpoints the WAL outside the writes (see `open::Checkpointer`).
+    checkpointer: Option<Arc<open::Checkpointer>>,
 }
 
 impl std::fmt::Debug for Store {

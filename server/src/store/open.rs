@@ -33,10 +33,66 @@ const RELAXED_POSTGRES_POOL: u32 = 4;
 /// - `busy_timeout`: see [`SQLITE_BUSY_TIMEOUT_MS`].
 /// - `foreign_keys = ON`: SQLite leaves them off unless asked, per connection (sqlx already
 ///   asks; repeated here so the setting does not depend on the driver's defaults).
+/// - `wal_autocheckpoint`: see [`BACKSTOP_CHECKPOINT_PAGES`].
 fn sqlite_pragmas(synchronous: &str) -> String {
     format!(
-        "PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA foreign_keys = ON;"
+        "PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES};"
     )
+}
+
+/// How often the checkpointer (see [`checkpointer`]) copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// SQLite's own checkpoint, run by whichever connection commits past this many WAL pages, as
+/// a backstop only: by default (1000 pages) it runs inside a committing write, which then
+/// copies megabytes and fsyncs the database file before its caller hears back, a spike of
+/// several milliseconds every hundred or so decisions. The checkpointer keeps the WAL far
+/// below this; the backstop bounds it (about 40 MB) should the checkpointer fall behind.
+const BACKSTOP_CHECKPOINT_PAGES: u32 = 10_000;
+
+/// SQLite: a connection of its own that checkpoints the WAL every [`CHECKPOINT_EVERY`]
+/// (`PASSIVE`: it never takes the write lock or waits for readers, so writers go on meanwhile
+/// and only this task waits for the database file's fsync). Stops when the last clone of its
+/// `Store` is dropped, or at [`Store::close_pool`].
+pub(super) struct Checkpointer {
+    conn: sqlx::AnyPool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    async fn start(url: &str) -> Result<Checkpointer, StoreError> {
+        let conn = pool_with(url, 1, sqlite_pragmas("FULL")).await?;
+        let c = conn.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first tick is at once; the file was just opened, with nothing to copy.
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&c)
+                    .await
+                {
+                    // The backstop checkpoints instead; a failing database shows in the
+                    // writes' own errors.
+                    tracing::debug!(error = %e, "WAL checkpoint failed");
+                }
+            }
+        });
+        Ok(Checkpointer { conn, task })
+    }
+
+    async fn stop(&self) {
+        self.task.abort();
+        self.conn.close().await;
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// A pooled connection idle for longer than this is pinged before it is handed out (see
@@ -114,12 +170,17 @@ impl Store {
             ),
         };
         migrate(&pool, kind).await?;
+        let checkpointer = match kind {
+            DbKind::Sqlite => Some(Arc::new(Checkpointer::start(&with_create_mode(url)).await?)),
+            DbKind::Postgres => None,
+        };
         Ok(Store {
             pool,
             relaxed,
             kind,
             writer,
             token_cache: Arc::default(),
+            checkpointer,
         })
     }
 
@@ -147,6 +208,9 @@ impl Store {
     /// Closes the pool: waits for connections in use to come back, then closes them all (on
     /// SQLite the last one checkpoints the WAL).
     pub async fn close_pool(&self) {
+        if let Some(c) = &self.checkpointer {
+            c.stop().await;
+        }
         self.relaxed.close().await;
         self.pool.close().await;
     }

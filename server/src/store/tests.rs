@@ -130,3 +130,45 @@ fn urls() {
         super::DbKind::Postgres
     );
 }
+
+/// Guards the checkpointer (`open::Checkpointer`): a commit reaches the database file itself
+/// within a few checkpoint periods, so no write pays for copying the WAL. Without it SQLite
+/// leaves a small commit in the WAL until 1,000 (here: `BACKSTOP_CHECKPOINT_PAGES`) pages
+/// have piled up, and a later writer copies them all before its caller hears back.
+#[tokio::test]
+async fn commits_reach_the_database_file_without_a_write_checkpointing() {
+    let (dir, store) = temp_store().await;
+    store
+        .add_enrollment(
+            "h1",
+            &Default::default(),
+            "secret-sha",
+            9_999_999_999_999,
+            1,
+        )
+        .await
+        .unwrap();
+    // `immutable=1` reads the database file as it is and ignores the WAL.
+    let file = format!(
+        "{}?immutable=1",
+        Store::sqlite_url(&dir.path().join("s.db"))
+    );
+    let in_file = || async {
+        use sqlx::{Connection as _, sqlite::SqliteConnection};
+        let mut c = SqliteConnection::connect(&file).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM hosts WHERE name = 'h1'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap_or(0);
+        n
+    };
+    let t = std::time::Instant::now();
+    while in_file().await == 0 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "the commit is still only in the WAL after 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    store.close_pool().await;
+}
