@@ -20,6 +20,7 @@ use crate::event::GateEvent;
 use crate::hold::Gate;
 
 mod holds;
+mod notice;
 pub mod records;
 mod self_protect;
 
@@ -481,6 +482,7 @@ impl State {
                 tracing::info!(rules = p.rules.len(), "policy reloaded");
                 self.sync_exec_probe(&a);
                 self.rule_targets = rule_targets(&p);
+                self.holds.notices.set_policy(&p);
                 self.policy = p;
                 self.sync_exec_rules();
                 self.matcher = m;
@@ -565,6 +567,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     );
     backend.apply(&policy, &agents)?;
     let holds = holds::Holds::start(&cfg.state_dir, gate, kind)?;
+    holds.notices.set_policy(&policy);
     if kind == BackendKind::Lsm {
         let n = holds::rewake_stopped_agents(&agents);
         if n > 0 {
@@ -675,7 +678,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             }
             Some(u) = st.holds.journal.recv() => {
                 let link = st.link.as_ref().map(|l| &l.updates);
-                holds::on_update(u, &mut st.records, link);
+                st.holds.on_update(u, &mut st.records, link);
             }
             Some(ch) = link_change => st.link_change(ch),
             _ = hold_tick.tick() => {

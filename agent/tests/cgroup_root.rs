@@ -278,6 +278,7 @@ fn run_args(root: &CgroupDir, agent: &str, kill_on_exit: bool, cmd: &str) -> Run
         state_dir: std::path::PathBuf::from("/nonexistent-airlock-state"),
         unguarded: true,
         reason: None,
+        quiet: false,
         command: ["sh", "-c", cmd].iter().map(Into::into).collect(),
     }
 }

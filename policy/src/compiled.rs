@@ -70,6 +70,9 @@ pub struct Approval {
     pub timeout: Duration,
     /// What happens when nobody decides in time (policy default deny).
     pub on_timeout: OnTimeout,
+    /// Whether airlockd writes a line about the hold (opened, then decided or timed out) to
+    /// the held process's standard error (`tellAgent`, default true).
+    pub tell_agent: bool,
 }
 
 /// What an unanswered approval turns into.

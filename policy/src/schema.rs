@@ -40,6 +40,7 @@ const RULE_KEYS: &[&str] = &[
     "agents",
     "timeout",
     "onTimeout",
+    "tellAgent",
 ];
 
 /// A document that does not follow the policy schema, beyond the shape problems every reader
@@ -372,7 +373,7 @@ impl Walker<'_> {
         let is_approve = rule_action == Some(action::APPROVE);
         if rule_action.is_some() && !is_approve {
             // With an unknown action, whether these belong is unknowable: say nothing.
-            for key in ["timeout", "onTimeout"] {
+            for key in ["timeout", "onTimeout", "tellAgent"] {
                 if let Some(pos) = f.key_pos(key) {
                     self.err(pos, &join(field, key), SchemaError::ApprovalOnly);
                 }
@@ -382,7 +383,14 @@ impl Walker<'_> {
         let mut approval = Approval {
             timeout: DEFAULT_TIMEOUT,
             on_timeout: OnTimeout::Deny,
+            tell_agent: true,
         };
+        if let Some(b) = f
+            .get("tellAgent")
+            .and_then(|n| self.bool(n, &join(field, "tellAgent")))
+        {
+            approval.tell_agent = b;
+        }
         if let Some(d) = f
             .get("timeout")
             .and_then(|n| self.duration(n, &join(field, "timeout"), &TIMEOUT))

@@ -359,7 +359,20 @@ pub const CASES: &[(&str, Case)] = &[
         let child = c.spawn_exec(&c.fx.held, "must-not-run")?;
         let id = c.wait_pending(child.pid)?;
         c.cli_ok(&["deny", &id, "--reason", "not today"])?;
-        out_is(&child.finish(WAIT)?, "errno=1", "denied exec")?;
+        let o = child.finish(WAIT)?;
+        out_is(&o, "errno=1", "denied exec")?;
+        // The agent heard why its command stopped, and what came of it, on its stderr.
+        let err = String::from_utf8_lossy(&o.stderr);
+        let held = format!("is held for approval by rule held-tool (request {id}); waiting up to");
+        let denied = format!("airlock: request {id} ");
+        ensure(
+            err.lines()
+                .any(|l| l.starts_with("airlock: exec ") && l.contains(&held))
+                && err.lines().any(|l| {
+                    l.starts_with(&denied) && l.ends_with(": denied by root via cli: not today")
+                }),
+            || format!("the agent's stderr lacks airlock's lines: {err:?}"),
+        )?;
         let r = c
             .requests()
             .into_iter()

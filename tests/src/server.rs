@@ -265,6 +265,10 @@ pub struct Ctx<'a> {
     pub bin_dir: PathBuf,
     /// The host identity directory airlockd links with.
     pub identity: PathBuf,
+    /// Requests [`Ctx::wait_pending_at_server`] returned already: a later case waits for its
+    /// own. (The server lists a request as pending until the host reports its outcome, so an
+    /// earlier case's decided request can still be listed when the next case starts.)
+    pub seen: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 impl Ctx<'_> {
@@ -317,17 +321,25 @@ impl Ctx<'_> {
         Spawned::start(&self.fx.outside_cg, &argv)
     }
 
-    /// The request of `rule` pending at the server (waits for it to arrive there).
+    /// A request of `rule` pending at the server that no earlier call returned (waits for it
+    /// to arrive there).
     fn wait_pending_at_server(&self, rule: &str) -> anyhow::Result<serde_json::Value> {
         let deadline = Instant::now() + WAIT;
         loop {
             let o = self.remote("alice", &["pending", "--json"])?;
+            let fresh = |r: &&serde_json::Value| {
+                r["context"]["rule"] == rule
+                    && r["id"]
+                        .as_str()
+                        .is_some_and(|id| !self.seen.borrow().contains(id))
+            };
             if o.status.success()
                 && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout)
-                && let Some(r) = v
-                    .as_array()
-                    .and_then(|a| a.iter().find(|r| r["context"]["rule"] == rule).cloned())
+                && let Some(r) = v.as_array().and_then(|a| a.iter().find(fresh).cloned())
             {
+                if let Some(id) = r["id"].as_str() {
+                    self.seen.borrow_mut().insert(id.to_string());
+                }
                 return Ok(r);
             }
             if Instant::now() > deadline {
@@ -704,6 +716,7 @@ pub fn run_all(r: &mut Report, bin_dir: &Path, me: &Path, base: &Path, all: bool
         me: me.to_path_buf(),
         bin_dir: bin_dir.to_path_buf(),
         identity: id.clone(),
+        seen: Default::default(),
     };
     r.check("airlockd_links_to_the_server", ctx.link_up(true));
     let before = r.failed;

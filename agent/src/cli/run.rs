@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// a reason per action by setting AIRLOCK_REASON in its environment).
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
+    /// Do not write airlock's lines about held actions (held, then decided or timed out) to
+    /// the standard error of this run's processes.
+    #[arg(long)]
+    pub quiet: bool,
     /// The command to run, and its arguments.
     #[arg(
         required = true,
@@ -288,7 +292,11 @@ impl RunRecord {
             reason: args.reason.clone(),
         };
         let path = crate::paths::run_record(state_dir, scope);
-        let body = serde_json::to_vec(&launcher).expect("launcher serializes");
+        let file = crate::hold::RunRecordFile {
+            launcher,
+            quiet: args.quiet,
+        };
+        let body = serde_json::to_vec(&file).expect("run record serializes");
         let written = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)

@@ -21,6 +21,8 @@ use crate::hold::{
 /// Requests and their bookkeeping.
 pub(crate) struct Holds {
     pub approvals: Approvals,
+    /// Lines on the held processes' stderr (see `notice.rs`).
+    pub notices: Arc<super::notice::Notices>,
     /// Every request update, losslessly (the table's journal): records and the server link.
     pub journal: mpsc::UnboundedReceiver<Update>,
     host: String,
@@ -53,6 +55,8 @@ impl Holds {
             tracing::error!(error = %e, "unreadable request record kept aside");
         }
         let mut table = HoldTable::new(gate, Some(store));
+        let notices = Arc::new(super::notice::Notices::new(state_dir));
+        table.set_herald(notices.clone());
         let (journal_tx, journal) = mpsc::unbounded_channel();
         table.set_journal(journal_tx);
         let n = loaded.pending.len();
@@ -80,6 +84,7 @@ impl Holds {
             .unwrap_or_default();
         Ok(Holds {
             approvals,
+            notices,
             journal,
             host,
             state_dir: state_dir.to_path_buf(),
@@ -169,18 +174,27 @@ impl Holds {
         link: Option<&mpsc::UnboundedSender<Update>>,
     ) {
         while let Ok(u) = self.journal.try_recv() {
-            on_update(u, records, link);
+            self.on_update(u, records, link);
+        }
+    }
+
+    /// One request update: log line, record, link.
+    pub fn on_update(
+        &self,
+        u: Update,
+        records: &mut Records,
+        link: Option<&mpsc::UnboundedSender<Update>>,
+    ) {
+        record_update(&u, records);
+        if let Some(l) = link {
+            let _ = l.send(u);
         }
     }
 }
 
-/// One request update: log line, record, link.
-pub(crate) fn on_update(
-    u: Update,
-    records: &mut Records,
-    link: Option<&mpsc::UnboundedSender<Update>>,
-) {
-    let (change, r) = match &u {
+/// One request update's log line and record.
+fn record_update(u: &Update, records: &mut Records) {
+    let (change, r) = match u {
         Update::Opened(r) => (RequestChange::Opened, r),
         Update::Closed(r) => (RequestChange::Closed, r),
     };
@@ -203,9 +217,6 @@ pub(crate) fn on_update(
         ),
     }
     records.write(&Record::Request { change, request: r });
-    if let Some(l) = link {
-        let _ = l.send(u);
-    }
 }
 
 /// After a restart on the LSM backend: a thread held while no daemon ran, whose event was read

@@ -33,6 +33,18 @@ pub(crate) mod testing;
 
 pub use approvals::Approvals;
 
+/// `STATE_DIR/runs/<scope>.json`, written by `airlock run`: who launched the run (shown with
+/// its requests; the launcher's fields at the top level, so the file reads as a
+/// [`Launcher`] too) and whether the run asked not to be told about holds on its stderr.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecordFile {
+    #[serde(flatten)]
+    pub launcher: Launcher,
+    /// `airlock run --quiet`.
+    #[serde(default)]
+    pub quiet: bool,
+}
+
 /// Default time a request waits for a decision when its rule names none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -125,6 +137,12 @@ pub trait Gate: Send + Sync {
     /// Writes a standing decision; later attempts of the cgroup on the object are decided by it
     /// in the kernel (LSM) or the listener (fanotify) without a new request.
     fn standing(&self, s: &Standing) -> Result<(), GateError>;
+}
+
+/// Told of each request as it opens, and as it closes right before its holders are released
+/// (while they still wait): airlockd writes a line to the held processes' stderr.
+pub trait Herald: Send + Sync {
+    fn tell(&self, u: &Update);
 }
 
 /// One held action waiting for (or having had) a decision.

@@ -19,8 +19,8 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::store::Store;
 use super::{
-    Approver, Decision, DecisionRecord, Gate, HoldError, HoldKey, Holder, OnTimeout, Release,
-    Request, RequestContext, RequestState, Standing, Update,
+    Approver, Decision, DecisionRecord, Gate, Herald, HoldError, HoldKey, Holder, OnTimeout,
+    Release, Request, RequestContext, RequestState, Standing, Update,
 };
 
 /// Closed requests kept in memory for `airlock show`.
@@ -53,6 +53,8 @@ pub struct HoldTable {
     /// because a record or an outcome must never be skipped (the broadcast above may lag and
     /// drop for slow watchers; they are told with DATA_LOSS).
     journal: Option<mpsc::UnboundedSender<Update>>,
+    /// Told of each request as it opens and right before its holders are released.
+    herald: Option<Arc<dyn Herald>>,
 }
 
 impl HoldTable {
@@ -66,7 +68,27 @@ impl HoldTable {
             store,
             updates: broadcast::channel(1024).0,
             journal: None,
+            herald: None,
         }
+    }
+
+    /// Tells `h` of every request as it opens and as it closes, before its holders go.
+    pub fn set_herald(&mut self, h: Arc<dyn Herald>) {
+        self.herald = Some(h);
+    }
+
+    fn herald(&self, u: &Update) {
+        if let Some(h) = &self.herald {
+            h.tell(u);
+        }
+    }
+
+    /// `r` as it will be once closed: what the herald is told before the release.
+    fn closing(r: &Request, state: RequestState, decision: &DecisionRecord) -> Update {
+        let mut c = r.clone();
+        c.state = state;
+        c.decision = Some(decision.clone());
+        Update::Closed(c)
     }
 
     /// Sends every later update to `tx` too, losslessly (see the field's comment).
@@ -173,7 +195,9 @@ impl HoldTable {
         // Announce first: the person deciding waits on this; the disk copy only matters if the
         // daemon dies, and then the held thread re-reports itself (LSM: pinned ring and the
         // restart's SIGCONT; fallback: the backstop).
-        self.announce(Update::Opened(r.clone()));
+        let opened = Update::Opened(r.clone());
+        self.announce(opened.clone());
+        self.herald(&opened);
         self.persist(&r);
         Joined { id, opened: true }
     }
@@ -280,11 +304,6 @@ impl HoldTable {
                 (Release::Deny, standing, (None, *always, reason.clone()))
             }
         };
-        if let Some(s) = &standing {
-            self.gate.standing(s)?;
-        }
-        self.gate.release(&r.key, &r.holders, release)?;
-        let r = r.clone();
         let state = match release {
             Release::Allow => RequestState::Approved,
             Release::Deny => RequestState::Denied,
@@ -297,6 +316,13 @@ impl HoldTable {
             by: Some(by),
             at_unix_ms: now_unix_ms,
         };
+        if let Some(s) = &standing {
+            self.gate.standing(s)?;
+        }
+        // Before the release: a released process may be gone a moment later.
+        self.herald(&Self::closing(r, state, &rec));
+        self.gate.release(&r.key, &r.holders, release)?;
+        let r = r.clone();
         Ok(self.close(r, state, Some(rec), now_unix_ms))
     }
 
@@ -321,11 +347,6 @@ impl HoldTable {
                 OnTimeout::Deny => Release::Deny,
                 OnTimeout::Allow => Release::Allow,
             };
-            if let Err(e) = self.gate.release(&r.key, &r.holders, release) {
-                tracing::error!(id = %id, error = %e, "releasing a timed-out hold failed; retrying next tick");
-                continue;
-            }
-            let r = r.clone();
             let secs = (r.deadline_unix_ms - r.created_unix_ms) / 1000;
             let rec = DecisionRecord {
                 release,
@@ -341,6 +362,14 @@ impl HoldTable {
                 by: None,
                 at_unix_ms: now_unix_ms,
             };
+            // Before the release, as for a decision (a failed release is retried next tick,
+            // and the line may then be written again).
+            self.herald(&Self::closing(r, RequestState::TimedOut, &rec));
+            if let Err(e) = self.gate.release(&r.key, &r.holders, release) {
+                tracing::error!(id = %id, error = %e, "releasing a timed-out hold failed; retrying next tick");
+                continue;
+            }
+            let r = r.clone();
             out.push(self.close(r, RequestState::TimedOut, Some(rec), now_unix_ms));
         }
         out

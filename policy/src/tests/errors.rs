@@ -48,7 +48,7 @@ fn unknown_keys_are_errors_with_the_expected_keys() {
     assert_eq!(
         errors_of(&src),
         [
-            "t.yaml:10:5: rules[0]: unknown key \"operation\" (expected name, description, action, exec, paths, connect, privilege, operations, agents, timeout or onTimeout)"
+            "t.yaml:10:5: rules[0]: unknown key \"operation\" (expected name, description, action, exec, paths, connect, privilege, operations, agents, timeout, onTimeout or tellAgent)"
         ]
     );
 }
@@ -166,7 +166,7 @@ fn duplicate_policy_and_agent_names_across_files_name_both_places() {
 #[test]
 fn durations_and_approval_only_keys() {
     let src = format!(
-        "{}rules:\n  - name: a\n    action: approve\n    paths: [/etc]\n    timeout: 5\n    onTimeout: maybe\n  - name: d\n    action: deny\n    paths: [/etc]\n    timeout: 5m\n",
+        "{}rules:\n  - name: a\n    action: approve\n    paths: [/etc]\n    timeout: 5\n    onTimeout: maybe\n    tellAgent: yes\n  - name: d\n    action: deny\n    paths: [/etc]\n    timeout: 5m\n    tellAgent: \"no\"\n",
         header("p", "enforce")
     );
     assert_eq!(
@@ -174,7 +174,9 @@ fn durations_and_approval_only_keys() {
         [
             "t.yaml:10:14: rules[0].timeout: invalid duration \"5\" (expected a number with a unit: 30s, 5m, 1h, 1h30m)",
             "t.yaml:11:16: rules[0].onTimeout: unknown onTimeout \"maybe\" (expected deny or allow)",
-            "t.yaml:15:5: rules[1].timeout: only valid with action approve",
+            "t.yaml:12:16: rules[0].tellAgent: expected true or false, found \"yes\"",
+            "t.yaml:16:5: rules[1].timeout: only valid with action approve",
+            "t.yaml:17:5: rules[1].tellAgent: only valid with action approve",
         ]
     );
 }

@@ -33,6 +33,7 @@ rules:
     agents: [claude]
     timeout: 1h30m
     onTimeout: allow
+    tellAgent: false
   - name: boot
     action: approve
     paths: [/boot]
@@ -98,7 +99,8 @@ fn full_policy_parses_with_every_field() {
         r.approval,
         Some(Approval {
             timeout: Duration::from_secs(5400),
-            on_timeout: OnTimeout::Allow
+            on_timeout: OnTimeout::Allow,
+            tell_agent: false,
         })
     );
     assert_eq!(
@@ -114,7 +116,8 @@ fn full_policy_parses_with_every_field() {
         r.approval,
         Some(Approval {
             timeout: Duration::from_secs(300),
-            on_timeout: OnTimeout::Deny
+            on_timeout: OnTimeout::Deny,
+            tell_agent: true,
         })
     );
     assert_eq!(p.rules[3].action, action::AUDIT);
@@ -122,7 +125,7 @@ fn full_policy_parses_with_every_field() {
     let p = &policies[1];
     assert_eq!((p.name.as_str(), p.mode), ("second", Mode::Enforce));
     assert!(p.agents.is_empty() && p.rules.is_empty());
-    assert_eq!(p.location.line, 34);
+    assert_eq!(p.location.line, 35);
 }
 
 #[test]

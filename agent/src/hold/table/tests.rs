@@ -411,3 +411,69 @@ fn an_unreadable_record_is_kept_aside_and_reported() {
         "nothing recorded is deleted"
     );
 }
+
+/// Records what it is told, with how many releases the gate had made by then.
+struct Ears {
+    gate: Arc<FakeGate>,
+    heard: std::sync::Mutex<Vec<(Update, usize)>>,
+}
+
+impl super::Herald for Ears {
+    fn tell(&self, u: &Update) {
+        let released = self.gate.released.lock().unwrap().len();
+        self.heard.lock().unwrap().push((u.clone(), released));
+    }
+}
+
+/// Guards the order that lets a held process read why it was released: the herald hears of
+/// the decision (or the timeout) while the holders still wait, not after they were let go.
+#[test]
+fn the_herald_hears_of_a_close_before_the_holders_are_released() {
+    let (mut t, g) = table();
+    let ears = Arc::new(Ears {
+        gate: g.clone(),
+        heard: Default::default(),
+    });
+    t.set_herald(ears.clone());
+    let a = t.on_held(key(10), holder(10, 10), 0, || {
+        opening(1000, OnTimeout::Deny)
+    });
+    let reason = Some("not now".to_string());
+    t.decide(
+        &a.id,
+        Decision::Deny {
+            always: false,
+            reason: reason.clone(),
+        },
+        who(),
+        5,
+        0,
+    )
+    .unwrap();
+    t.on_held(key(11), holder(11, 11), 0, || {
+        opening(1000, OnTimeout::Allow)
+    });
+    t.tick(2000, |_| true);
+    let heard = ears.heard.lock().unwrap();
+    let kinds: Vec<(&str, RequestState, usize)> = heard
+        .iter()
+        .map(|(u, n)| match u {
+            Update::Opened(r) => ("opened", r.state, *n),
+            Update::Closed(r) => ("closed", r.state, *n),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("opened", RequestState::Pending, 0),
+            ("closed", RequestState::Denied, 0),
+            ("opened", RequestState::Pending, 1),
+            ("closed", RequestState::TimedOut, 1),
+        ]
+    );
+    let Update::Closed(denied) = &heard[1].0 else {
+        unreachable!()
+    };
+    assert_eq!(denied.decision.as_ref().unwrap().reason, reason);
+    assert_eq!(g.released.lock().unwrap().len(), 2);
+}
