@@ -21,30 +21,8 @@ use crate::hold::testing::FakeGate;
 
 fn ctx() -> RequestContext {
     RequestContext {
-        host: "h".into(),
-        agent: Some("a".into()),
-        agent_cgroup: Some("/a".into()),
-        cgroup_id: 99,
-        unit: None,
-        launched_by: None,
-        pid: 1,
-        tgid: 1,
-        uid: 0,
-        euid: 0,
-        comm: "c".into(),
-        exe: None,
-        ancestry: vec![],
         argv: vec!["apt".into(), "install".into(), "x".into()],
-        argv_truncated: false,
-        cwd: None,
-        op: Op::Exec,
-        target_path: Some("/usr/bin/apt".into()),
-        target_dev: 8 << 20,
-        target_ino: 42,
-        rule: Some("r".into()),
-        policy: Some("p".into()),
-        reason: None,
-        backend: "lsm".into(),
+        ..crate::hold::testing::context(99)
     }
 }
 
