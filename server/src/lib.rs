@@ -2,7 +2,8 @@
 //! request ([`store`], SQLite or PostgreSQL), routes it to approvers ([`config`], [`route`]),
 //! collects their votes ([`broker`]) from the CLI and other channels ([`approvals`]), and sends
 //! the decision down the host's stream. Hosts get their certificates from the server's CA
-//! ([`pki`]) in exchange for a one-time token ([`enroll`]).
+//! ([`pki`]) in exchange for a one-time token ([`enroll`]). Channel traffic is signed and
+//! checked by [`signing`].
 //!
 //! The flow and the file that owns each step are in docs/ARCHITECTURE.md.
 pub mod approvals;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod link;
 pub mod pki;
 pub mod route;
+pub mod signing;
 pub mod store;
 pub mod testing;
 pub mod wire;
