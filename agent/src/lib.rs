@@ -15,6 +15,7 @@ pub mod event;
 pub mod hold;
 pub mod link;
 pub mod paths;
+pub mod proc;
 
 /// The eBPF object built from `ebpf-programs/` by build.rs.
 pub static EBPF_OBJECT: &[u8] =

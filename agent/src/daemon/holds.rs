@@ -30,13 +30,7 @@ pub(crate) struct Holds {
 }
 
 fn thread_alive(h: &Holder) -> bool {
-    Path::new(&format!("/proc/{}/task/{}", h.tgid, h.tid)).exists()
-}
-
-/// Process state letter from /proc/PID/stat ('T' = stopped).
-fn proc_state(pid: u32) -> Option<char> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s[s.rfind(')')? + 2..].chars().next()
+    crate::proc::has_thread(h.tgid, h.tid)
 }
 
 impl Holds {
@@ -228,7 +222,7 @@ pub(crate) fn rewake_stopped_agents(agents: &AgentSet) -> usize {
     for root in agents.roots.values() {
         let dir = crate::cgroup::cgroup_dir(&agents.mount, &root.path);
         for pid in crate::cgroup::procs_recursive(&dir) {
-            if proc_state(pid) == Some('T') {
+            if crate::proc::state(pid) == Some('T') {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid as i32),
                     nix::sys::signal::Signal::SIGCONT,

@@ -1,10 +1,10 @@
 //! What a request tells the person deciding, gathered from procfs when the request opens (the
 //! held process cannot change while it waits: LSM holds stop every thread of it, fanotify holds
 //! keep the thread inside its syscall). argv comes from the kernel, not from here.
-use std::path::Path;
 
 use super::{Ancestor, Launcher, RequestContext};
 use crate::event::GateEvent;
+use crate::proc;
 
 /// Environment variable an agent sets to tell approvers why it does something.
 pub const REASON_ENV: &str = "AIRLOCK_REASON";
@@ -28,10 +28,9 @@ pub struct Sources<'a> {
 
 /// Builds the context of a new request.
 pub fn gather(ev: &GateEvent, src: &Sources<'_>) -> RequestContext {
-    let proc_dir = Path::new("/proc").join(ev.tgid.to_string());
-    let reason = environ_var(&proc_dir.join("environ"), REASON_ENV)
+    let reason = proc::environ_var(ev.tgid, REASON_ENV, MAX_REASON)
         .or_else(|| src.launched_by.as_ref().and_then(|l| l.reason.clone()));
-    let exe = src.exe.clone().or_else(|| read_link(&proc_dir.join("exe")));
+    let exe = src.exe.clone().or_else(|| shown(proc::exe(ev.tgid)));
     RequestContext {
         host: src.host.to_string(),
         agent: src.agent.map(|m| m.root.agent.clone()),
@@ -52,7 +51,7 @@ pub fn gather(ev: &GateEvent, src: &Sources<'_>) -> RequestContext {
         ancestry: ancestry(ev.tgid, src.in_agent),
         argv: ev.argv.clone(),
         argv_truncated: ev.argv_truncated,
-        cwd: read_link(&proc_dir.join("cwd")),
+        cwd: shown(proc::cwd(ev.tgid)),
         op: ev.op,
         target_path: ev.target_path.clone(),
         target_dev: ev.target_dev,
@@ -64,8 +63,8 @@ pub fn gather(ev: &GateEvent, src: &Sources<'_>) -> RequestContext {
     }
 }
 
-fn read_link(p: &Path) -> Option<String> {
-    std::fs::read_link(p).ok().map(|p| p.display().to_string())
+fn shown(p: Option<std::path::PathBuf>) -> Option<String> {
+    p.map(|p| p.display().to_string())
 }
 
 /// The systemd unit a cgroup path belongs to: its deepest `.scope` or `.service` component.
@@ -76,42 +75,19 @@ pub fn unit_of(cgroup_path: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// `NAME=value` from a NUL-separated environment file, cut at [`MAX_REASON`] bytes.
-pub fn environ_var(path: &Path, name: &str) -> Option<String> {
-    let bytes = std::fs::read(path).ok()?;
-    parse_environ(&bytes, name)
-}
-
-fn parse_environ(bytes: &[u8], name: &str) -> Option<String> {
-    let prefix = format!("{name}=");
-    bytes.split(|&b| b == 0).find_map(|kv| {
-        let v = kv.strip_prefix(prefix.as_bytes())?;
-        let v = &v[..v.len().min(MAX_REASON)];
-        (!v.is_empty()).then(|| String::from_utf8_lossy(v).into_owned())
-    })
-}
-
-/// `pid`'s (ppid, comm) from /proc/PID/stat (comm may contain spaces and parentheses).
-fn stat(pid: u32) -> Option<(u32, String)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let open = s.find('(')?;
-    let close = s.rfind(')')?;
-    let comm = s[open + 1..close].to_string();
-    let ppid = s[close + 2..].split_whitespace().nth(1)?.parse().ok()?;
-    Some((ppid, comm))
-}
-
 /// The held process and its ancestors while they are inside the agent (at most
 /// [`MAX_ANCESTRY`]): who in the agent led to this action.
 pub fn ancestry(pid: u32, in_agent: &dyn Fn(u32) -> bool) -> Vec<Ancestor> {
     let mut out = Vec::new();
     let mut cur = pid;
     while out.len() < MAX_ANCESTRY && cur > 1 {
-        let Some((ppid, comm)) = stat(cur) else { break };
+        let Some((ppid, comm)) = proc::parent_and_comm(cur) else {
+            break;
+        };
         out.push(Ancestor {
             pid: cur,
             comm,
-            exe: read_link(&Path::new("/proc").join(cur.to_string()).join("exe")),
+            exe: shown(proc::exe(cur)),
         });
         if !in_agent(ppid) {
             break;
@@ -136,18 +112,6 @@ mod tests {
             Some("agent.service")
         );
         assert_eq!(unit_of("/airlock-e2e-1/agent"), None);
-    }
-
-    #[test]
-    fn reason_is_read_from_the_environment_and_bounded() {
-        let env = b"PATH=/bin\0AIRLOCK_REASON=install deps\0X=1\0";
-        assert_eq!(
-            parse_environ(env, REASON_ENV).as_deref(),
-            Some("install deps")
-        );
-        assert_eq!(parse_environ(b"AIRLOCK_REASONX=no\0", REASON_ENV), None);
-        let long = [b"AIRLOCK_REASON=".as_slice(), &[b'a'; 2000]].concat();
-        assert_eq!(parse_environ(&long, REASON_ENV).unwrap().len(), MAX_REASON);
     }
 
     #[test]

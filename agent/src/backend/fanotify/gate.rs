@@ -256,13 +256,7 @@ impl FanotifyGate {
 
 /// Is thread `tid` there and not a zombie?
 fn thread_alive(tid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{tid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rfind(')')
-                .and_then(|i| s[i + 1..].trim_start().chars().next())
-        })
-        .is_some_and(|c| c != 'Z' && c != 'X')
+    crate::proc::alive(tid)
 }
 
 /// Is process `tgid` still running the image the backstop stopped (so that a signal meant for

@@ -101,15 +101,9 @@ pub(crate) fn once_keys(key: &HoldKey, holders: &[Holder]) -> Result<Vec<OnceKey
         .collect()
 }
 
-/// Threads of process `tgid` (from /proc; empty when it is gone).
+/// Threads of process `tgid` (empty when it is gone).
 fn threads_of(tgid: u32) -> Vec<u32> {
-    std::fs::read_dir(format!("/proc/{tgid}/task"))
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+    crate::proc::threads(tgid)
 }
 
 /// Once-keys for the threads of the holders' processes that are not holders themselves.
