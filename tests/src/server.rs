@@ -301,12 +301,17 @@ impl Ctx<'_> {
 
     /// Starts `airlock run --agent e2esrv -- airlock-e2e --op ARGS...`.
     fn spawn_op(&self, args: &[&str]) -> anyhow::Result<Spawned> {
+        self.spawn_op_with(&[], args)
+    }
+
+    /// [`Ctx::spawn_op`] with more `airlock run` options (`run_opts`).
+    fn spawn_op_with(&self, run_opts: &[&str], args: &[&str]) -> anyhow::Result<Spawned> {
         let airlock = self.bin_dir.join("airlock").to_string_lossy().to_string();
         let sd = self.daemon.state_dir.to_string_lossy().to_string();
         let me = self.me.to_string_lossy().to_string();
-        let mut argv = vec![
-            airlock.as_str(),
-            "run",
+        let mut argv = vec![airlock.as_str(), "run"];
+        argv.extend_from_slice(run_opts);
+        argv.extend_from_slice(&[
             "--agent",
             "e2esrv",
             "--state-dir",
@@ -316,7 +321,7 @@ impl Ctx<'_> {
             "--",
             &me,
             "--op",
-        ];
+        ]);
         argv.extend_from_slice(args);
         Spawned::start(&self.fx.outside_cg, &argv)
     }
@@ -389,6 +394,22 @@ fn said(o: &Output) -> String {
     format!("{} {}", stdout(o), String::from_utf8_lossy(&o.stderr))
 }
 
+/// The agent's stderr has airlock's line for the request opening and the one for its close
+/// ending with `closed_tail` (the release was told before it happened: see `notice.rs`).
+fn told(o: &Output, id: &str, closed_tail: &str) -> anyhow::Result<()> {
+    let err = String::from_utf8_lossy(&o.stderr);
+    let opened = format!("is held for approval by rule held-tool (request {id})");
+    let closed = format!("airlock: request {id} ");
+    ensure(
+        err.lines()
+            .any(|l| l.starts_with("airlock: exec ") && l.contains(&opened))
+            && err
+                .lines()
+                .any(|l| l.starts_with(&closed) && l.ends_with(closed_tail)),
+        || format!("the agent's stderr lacks airlock's lines for {id}: {err:?}"),
+    )
+}
+
 type Case = fn(&Ctx) -> anyhow::Result<()>;
 
 /// The remote-approval scenarios, in order.
@@ -443,6 +464,7 @@ pub const CASES: &[(&str, Case)] = &[
             stdout(&o).ends_with("remote-ok") && o.status.success(),
             || format!("approved: {}", said(&o)),
         )?;
+        told(&o, &id, ": approved by alice via server")?;
         let l = c.local(&id).context("local record")?;
         ensure(
             l["decision"]["by"]["principal"] == "alice" && l["decision"]["by"]["via"] == "server",
@@ -459,8 +481,28 @@ pub const CASES: &[(&str, Case)] = &[
         let o = child.finish(WAIT)?;
         ensure(stdout(&o).ends_with("errno=1"), || {
             format!("denied: {}", said(&o))
-        })
+        })?;
+        told(&o, &id, ": denied by bob via server: not from here")
     }),
+    (
+        "airlock_run_quiet_keeps_airlocks_lines_off_the_agents_stderr",
+        |c| {
+            let t = c.fx.held.to_string_lossy().to_string();
+            let child =
+                c.spawn_op_with(&["--quiet"], &["exec", &t, "--op", "echo", "must-not-run"])?;
+            let id = c.wait_pending_at_server("held-tool")?["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            c.remote_ok("bob", &["deny", &id, "--reason", "quietly"])?;
+            let o = child.finish(WAIT)?;
+            let err = String::from_utf8_lossy(&o.stderr);
+            ensure(
+                stdout(&o).ends_with("errno=1") && !err.contains(&id) && !err.contains("held for"),
+                || format!("a --quiet run was told: {}", said(&o)),
+            )
+        },
+    ),
     ("two_of_two_route_needs_two_different_principals", |c| {
         let mut child = c.spawn(&c.fx.pair, "pair-ok")?;
         let id = c.wait_pending_at_server("pair-tool")?["id"]
