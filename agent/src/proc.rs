@@ -61,7 +61,8 @@ pub fn threads(tgid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// The value of `name` in `pid`'s environment (as it was at exec), lossily UTF-8, cut to
+/// The value of `name` in `pid`'s environment block (set at exec; the process can have
+/// rewritten that memory since), lossily UTF-8, cut to
 /// `max` bytes; `None` when unset, empty or unreadable.
 pub fn environ_var(pid: u32, name: &str, max: usize) -> Option<String> {
     let env = process(pid)?.environ().ok()?;

@@ -2,8 +2,8 @@
 //! request ([`store`], SQLite or PostgreSQL), routes it to approvers ([`config`], [`route`]),
 //! collects their votes ([`broker`]) from the CLI and other channels ([`approvals`]), and sends
 //! the decision down the host's stream. Hosts get their certificates from the server's CA
-//! ([`pki`]) in exchange for a one-time token ([`enroll`]). Channel traffic is signed and
-//! checked by [`signing`].
+//! ([`pki`]) in exchange for a one-time token ([`enroll`]). [`signing`] holds the request
+//! signatures of the chat and webhook channels (Slack's, airlock's webhook scheme).
 //!
 //! The flow and the file that owns each step are in docs/ARCHITECTURE.md.
 pub mod approvals;

@@ -4,7 +4,7 @@
 //!   `v0=` + lowercase hex of HMAC-SHA256(signing secret, `v0:{timestamp}:{raw body}`), sent in
 //!   `X-Slack-Signature` with the timestamp in `X-Slack-Request-Timestamp`; a request more
 //!   than [`MAX_SKEW_S`] away from the server's clock is refused (a captured request cannot be
-//!   replayed later).
+//!   replayed after that window; within it, what it carries must be idempotent, as votes are).
 //! - **server ↔ webhook receivers**: airlock's own scheme for the generic webhook, in both
 //!   directions (the server's POSTs, and decisions a receiver sends back). Header
 //!   `X-Airlock-Signature: t={unix seconds},v1={hex}`, where hex is HMAC-SHA256(shared secret,
@@ -40,6 +40,9 @@ pub enum SignatureError {
     /// The signature header is not of the expected form.
     #[error("signature header is malformed (expected {0})")]
     Malformed(&'static str),
+    /// No secret is configured to check against (an empty key would let anyone sign).
+    #[error("no signing secret is configured")]
+    NoSecret,
     /// Well-formed, fresh, and wrong.
     #[error("signature does not match the body")]
     Mismatch,
@@ -47,7 +50,8 @@ pub enum SignatureError {
 
 /// Bytes of lowercase or uppercase hex; `None` if `s` is not hex of whole bytes.
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
+    // from_str_radix would take a leading '+': one signature, one spelling.
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -57,9 +61,12 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 fn fresh(ts: &str, now_unix_s: u64) -> Result<u64, SignatureError> {
-    let t: u64 = ts
-        .parse()
-        .map_err(|_| SignatureError::BadTimestamp(ts.chars().take(32).collect()))?;
+    let bad = || SignatureError::BadTimestamp(ts.chars().take(32).collect());
+    // Digits only (u64's parser would take a leading '+').
+    if ts.is_empty() || !ts.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let t: u64 = ts.parse().map_err(|_| bad())?;
     let skew_s = t.abs_diff(now_unix_s);
     if skew_s > MAX_SKEW_S {
         return Err(SignatureError::Stale { ts: t, skew_s });
@@ -77,6 +84,9 @@ fn signed(secret: &[u8], parts: &[&[u8]]) -> hmac::Tag {
 }
 
 fn verify(secret: &[u8], parts: &[&[u8]], sig: &[u8]) -> Result<(), SignatureError> {
+    if secret.is_empty() {
+        return Err(SignatureError::NoSecret);
+    }
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
     let msg: Vec<u8> = parts.concat();
     hmac::verify(&key, &msg, sig).map_err(|_| SignatureError::Mismatch)
@@ -197,7 +207,21 @@ mod tests {
             slack(Some("soon"), Some(SLACK_SIG), SLACK_BODY, NOW),
             Err(SignatureError::BadTimestamp("soon".into()))
         );
-        for bad in ["a2114d57", "v1=a2114d57", "v0=zz", "v0=abc"] {
+        assert_eq!(
+            slack(Some("+1531420618"), Some(SLACK_SIG), SLACK_BODY, NOW),
+            Err(SignatureError::BadTimestamp("+1531420618".into()))
+        );
+        assert_eq!(
+            verify_slack(
+                b"",
+                Some(SLACK_TS),
+                Some(SLACK_SIG),
+                SLACK_BODY.as_bytes(),
+                NOW
+            ),
+            Err(SignatureError::NoSecret)
+        );
+        for bad in ["a2114d57", "v1=a2114d57", "v0=zz", "v0=abc", "v0=+a"] {
             assert_eq!(
                 slack(Some(SLACK_TS), Some(bad), SLACK_BODY, NOW),
                 Err(SignatureError::Malformed("v0=<hex>")),

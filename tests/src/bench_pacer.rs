@@ -153,12 +153,12 @@ impl Witness {
     /// Starts the threads; the disk's in a file in `dir` (none if it cannot be created).
     pub(crate) fn start(dir: &std::path::Path) -> Witness {
         let stop = Arc::new(AtomicBool::new(false));
-        let disk = tempfile_in(dir).map(|f| {
+        let disk = tempfile::tempfile_in(dir).ok().map(|f| {
             let s = stop.clone();
             std::thread::spawn(move || sync_loop(f, &s))
         });
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = (0..cpus)
+        let threads = allowed_cpus()
+            .into_iter()
             .map(|cpu| {
                 let s = stop.clone();
                 std::thread::spawn(move || watch(cpu, &s))
@@ -173,14 +173,13 @@ impl Witness {
 
     /// What was seen: the CPU stalls (when the sleep began, how much it overran, ns) and the
     /// disk's syncs (when, how long, ns; empty when the disk thread could not start).
-    pub(crate) fn stop(self) -> Seen {
+    pub(crate) fn stop(mut self) -> Seen {
         self.stop.store(true, Ordering::Relaxed);
-        let cpu = self
-            .threads
+        let cpu = std::mem::take(&mut self.threads)
             .into_iter()
             .flat_map(|t| t.join().unwrap_or_default())
             .collect();
-        let disk = self.disk.map(|t| t.join().unwrap_or_default());
+        let disk = self.disk.take().map(|t| t.join().unwrap_or_default());
         Seen { cpu, disk }
     }
 }
@@ -199,18 +198,27 @@ impl Seen {
     }
 }
 
-/// An unlinked file in `dir`, for the [`Witness`]'s syncs.
-fn tempfile_in(dir: &std::path::Path) -> Option<std::fs::File> {
-    let path = dir.join(format!("airlock-bench-witness-{}", std::process::id()));
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .ok()?;
-    let _ = std::fs::remove_file(&path);
-    Some(f)
+/// The CPUs this process may run on (its affinity mask, which `taskset` or a container may
+/// narrow; CPU numbers need not be 0..n).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity(0) fills it for this
+    // thread; CPU_ISSET reads within it for cpu < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![0];
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+impl Drop for Witness {
+    /// Stops the threads when a pass ends early (an error): they end within a sleep.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The [`Witness`]'s disk thread: every [`DISK_EVERY`], 4 KiB appended (the file is cut back
@@ -222,7 +230,8 @@ fn sync_loop(f: std::fs::File, stop: &AtomicBool) -> Vec<(Instant, u64)> {
     let mut f = f;
     while !stop.load(Ordering::Relaxed) {
         if syncs.len() % 1000 == 999 {
-            let _ = f.set_len(0);
+            use std::io::Seek as _;
+            let _ = f.set_len(0).and_then(|()| f.rewind());
         }
         let t = Instant::now();
         if f.write_all(&page).and_then(|()| f.sync_data()).is_err() {

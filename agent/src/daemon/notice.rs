@@ -3,13 +3,11 @@
 //! it may wait, and who decided what (an agent otherwise sees a command that hangs, then
 //! EPERM).
 //!
-//! Written only where standard error is a pipe or a terminal (what an agent's tool runner
-//! reads), never to a file or a device: the daemon runs as root, and the agent chooses what
-//! its fd 2 is. So the fd is first opened `O_PATH` through `/proc/<tid>/fd/2` (no open of the
-//! object itself happens), its type checked on that handle, and only a FIFO or a terminal
-//! (character devices of the tty majors) is then reopened for writing through the handle,
-//! non-blocking: a full pipe loses the line rather than stalling the daemon. Turned off per
-//! rule (`tellAgent: false`) or per run (`airlock run --quiet`, kept in the run record).
+//! Written only where standard error is a pipe, a stream socket or a terminal (what an agent's
+//! tool runner reads) that the process itself holds open for writing, never to a file or
+//! another device: the daemon runs as root, and the agent chooses what its fd 2 is (see
+//! [`write_to_stderr`]). Turned off per rule (`tellAgent: false`) or per run
+//! (`airlock run --quiet`, kept in the run record).
 use std::collections::{BTreeSet, HashSet};
 use std::io::Write as _;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
@@ -65,13 +63,14 @@ impl Herald for Notices {
             return;
         }
         let text = line(u, now_unix_ms());
-        let mut tids: BTreeSet<u32> = r.holders.iter().map(|h| h.tid).collect();
-        if tids.is_empty() {
-            tids.insert(r.context.pid);
+        // One line per process: its threads share one descriptor table.
+        let mut tgids: BTreeSet<u32> = r.holders.iter().map(|h| h.tgid).collect();
+        if tgids.is_empty() {
+            tgids.insert(r.context.tgid);
         }
-        for tid in tids {
-            if let Err(e) = write_to_stderr(tid, &text) {
-                tracing::debug!(tid, error = %e, "not told on its stderr");
+        for tgid in tgids {
+            if let Err(e) = write_to_stderr(tgid, &text) {
+                tracing::debug!(tgid, error = %e, "not told on its stderr");
             }
         }
     }
@@ -148,7 +147,11 @@ pub(crate) fn line(u: &Update, now_ms: u64) -> String {
         .chars()
         .map(|ch| if ch.is_control() { ' ' } else { ch })
         .collect();
-    s.truncate(s.floor_char_boundary(MAX_LINE - 1));
+    let mut cut = s.len().min(MAX_LINE - 1);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
     s.push('\n');
     s
 }
@@ -186,44 +189,137 @@ pub(crate) enum NoticeError {
         what: &'static str,
         source: std::io::Error,
     },
-    #[error("stderr is neither a pipe nor a terminal")]
+    #[error("stderr is not open for writing by the process (O_PATH or read-only)")]
+    NotWritable,
+    #[error("stderr is neither a pipe, a stream socket nor a terminal")]
     NotPipeOrTerminal,
 }
 
-/// Character-device majors of terminals (Documentation/admin-guide/devices.txt): 4 virtual
-/// consoles and serial ports, 5 /dev/tty and /dev/ptmx, 136-143 pseudo-terminal slaves.
-fn tty_major(major: u64) -> bool {
-    major == 4 || major == 5 || (136..=143).contains(&major)
+/// Character-device majors of terminals an agent runs in (Documentation/admin-guide/
+/// devices.txt): 136-143 pseudo-terminal slaves, and 4 below minor 64, the virtual consoles.
+/// Not major 5 (/dev/tty would be airlockd's own terminal, /dev/console, ptmx, ttyprintk)
+/// and not serial ports (4, minor 64 and up: opening one changes modem lines).
+fn terminal(major: u32, minor: u32) -> bool {
+    (136..=143).contains(&major) || (major == 4 && minor < 64)
 }
 
-/// Writes `text` to the stderr of thread `tid` when that is a FIFO or a terminal.
-pub(crate) fn write_to_stderr(tid: u32, text: &str) -> Result<(), NoticeError> {
-    let io = |what| move |source| NoticeError::Io { what, source };
-    // O_PATH: a handle to whatever fd 2 is, without opening the object (no side effects of
-    // opening a device, no blocking open of a FIFO).
-    let path = std::ffi::CString::new(format!("/proc/{tid}/fd/2")).expect("no NUL");
-    // SAFETY: open(2) of a NUL-terminated path; the result is checked and owned below.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+fn last_os_error(what: &'static str) -> NoticeError {
+    NoticeError::Io {
+        what,
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+/// Writes `text` to the stderr of process `tgid` when the process itself holds it open for
+/// writing and it is a FIFO, a stream socket or a terminal.
+///
+/// The process's own descriptor is taken with `pidfd_getfd` (no path is followed, so an
+/// agent cannot make fd 2 an `O_PATH` handle on something it may not write and have root
+/// write there): its access mode is the agent's own. Its type is read with `statx` and
+/// `AT_STATX_DONT_SYNC` (no round trip to a FUSE server or an NFS mount the agent could
+/// stall). A pipe or terminal is then reopened non-blocking through the descriptor (the same
+/// object), a socket written with `MSG_DONTWAIT`: a full pipe loses the line rather than
+/// stalling the daemon.
+pub(crate) fn write_to_stderr(tgid: u32, text: &str) -> Result<(), NoticeError> {
+    // SAFETY: pidfd_open(2) with a pid and no flags; the result is checked and owned below.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, tgid as libc::pid_t, 0) };
+    if pidfd < 0 {
+        return Err(last_os_error("pidfd_open"));
+    }
+    // SAFETY: a new descriptor, owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    // SAFETY: pidfd_getfd(2) of fd 2 with no flags; the result is checked and owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), 2, 0) };
     if fd < 0 {
-        return Err(io("open /proc/TID/fd/2")(std::io::Error::last_os_error()));
+        return Err(last_os_error("pidfd_getfd"));
     }
-    // SAFETY: `fd` was just returned by open and is owned by nobody else.
-    let handle = unsafe { OwnedFd::from_raw_fd(fd) };
-    let st = nix::sys::stat::fstat(&handle)
-        .map_err(|e| io("fstat")(std::io::Error::from_raw_os_error(e as i32)))?;
-    let kind = st.st_mode & libc::S_IFMT;
-    let ok = kind == libc::S_IFIFO
-        || (kind == libc::S_IFCHR && tty_major(u64::from(libc::major(st.st_rdev))));
-    if !ok {
-        return Err(NoticeError::NotPipeOrTerminal);
+    // SAFETY: a new descriptor, owned by nobody else.
+    let theirs = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: F_GETFL on a descriptor we own.
+    let fl = unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_GETFL) };
+    if fl < 0 {
+        return Err(last_os_error("fcntl"));
     }
-    // Reopen the very object the handle holds (not whatever fd 2 is by now).
+    if fl & libc::O_PATH != 0 || fl & libc::O_ACCMODE == libc::O_RDONLY {
+        return Err(NoticeError::NotWritable);
+    }
+    // SAFETY: statx(2) of the descriptor itself (empty path, AT_EMPTY_PATH) into a zeroed
+    // struct of the right type.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::statx(
+            theirs.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
+            libc::STATX_TYPE,
+            &mut stx,
+        )
+    };
+    if r < 0 {
+        return Err(last_os_error("statx"));
+    }
+    match u32::from(stx.stx_mode) & libc::S_IFMT {
+        libc::S_IFSOCK => send(&theirs, text),
+        libc::S_IFIFO => reopen_and_write(&theirs, text),
+        libc::S_IFCHR if terminal(stx.stx_rdev_major, stx.stx_rdev_minor) => {
+            reopen_and_write(&theirs, text)
+        }
+        _ => Err(NoticeError::NotPipeOrTerminal),
+    }
+}
+
+/// Writes through a new non-blocking open file description of the object `fd` holds (setting
+/// O_NONBLOCK on `fd` itself would change the agent's own description).
+fn reopen_and_write(fd: &OwnedFd, text: &str) -> Result<(), NoticeError> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(format!("/proc/self/fd/{}", handle.as_raw_fd()))
-        .map_err(io("reopen for writing"))?;
-    f.write_all(text.as_bytes()).map_err(io("write"))
+        .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|source| NoticeError::Io {
+            what: "reopen for writing",
+            source,
+        })?;
+    f.write_all(text.as_bytes())
+        .map_err(|source| NoticeError::Io {
+            what: "write",
+            source,
+        })
+}
+
+/// Sends on a stream socket (what Node's child_process gives a child as stderr), without
+/// waiting and without SIGPIPE.
+fn send(fd: &OwnedFd, text: &str) -> Result<(), NoticeError> {
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt(SO_TYPE) into an int of the size given.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut ty as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(last_os_error("getsockopt"));
+    }
+    if ty != libc::SOCK_STREAM {
+        return Err(NoticeError::NotPipeOrTerminal);
+    }
+    // SAFETY: send(2) of a buffer we own, with its length.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            text.as_ptr().cast(),
+            text.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(last_os_error("send"));
+    }
+    Ok(())
 }
 
 use std::os::unix::fs::OpenOptionsExt as _;

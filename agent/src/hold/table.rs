@@ -11,7 +11,7 @@
 //! first writes the standing decision (if any), then releases every holder through the
 //! [`Gate`]; only when the gate succeeds does the request close, so a failed release leaves it
 //! pending and nothing recorded changes.
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +55,9 @@ pub struct HoldTable {
     journal: Option<mpsc::UnboundedSender<Update>>,
     /// Told of each request as it opens and right before its holders are released.
     herald: Option<Arc<dyn Herald>>,
+    /// Pending requests whose close the herald was told of, but whose release failed: not
+    /// told again when the release is retried (a timeout is retried every tick).
+    heralded: HashSet<String>,
 }
 
 impl HoldTable {
@@ -69,6 +72,7 @@ impl HoldTable {
             updates: broadcast::channel(1024).0,
             journal: None,
             herald: None,
+            heralded: HashSet::new(),
         }
     }
 
@@ -77,10 +81,14 @@ impl HoldTable {
         self.herald = Some(h);
     }
 
-    fn herald(&self, u: &Update) {
-        if let Some(h) = &self.herald {
-            h.tell(u);
+    fn herald(&mut self, u: &Update) {
+        let Some(h) = &self.herald else { return };
+        if let Update::Closed(r) = u
+            && !self.heralded.insert(r.id.clone())
+        {
+            return;
         }
+        h.tell(u);
     }
 
     /// `r` as it will be once closed: what the herald is told before the release.
@@ -241,6 +249,7 @@ impl HoldTable {
         _now: u64,
     ) -> Request {
         self.pending.remove(&r.id);
+        self.heralded.remove(&r.id);
         if self.by_key.get(&r.key) == Some(&r.id) {
             self.by_key.remove(&r.key);
         }
@@ -320,9 +329,9 @@ impl HoldTable {
             self.gate.standing(s)?;
         }
         // Before the release: a released process may be gone a moment later.
-        self.herald(&Self::closing(r, state, &rec));
-        self.gate.release(&r.key, &r.holders, release)?;
         let r = r.clone();
+        self.herald(&Self::closing(&r, state, &rec));
+        self.gate.release(&r.key, &r.holders, release)?;
         Ok(self.close(r, state, Some(rec), now_unix_ms))
     }
 
@@ -362,14 +371,14 @@ impl HoldTable {
                 by: None,
                 at_unix_ms: now_unix_ms,
             };
-            // Before the release, as for a decision (a failed release is retried next tick,
-            // and the line may then be written again).
-            self.herald(&Self::closing(r, RequestState::TimedOut, &rec));
+            // Before the release, as for a decision (once: a failed release is retried next
+            // tick without telling again).
+            let r = r.clone();
+            self.herald(&Self::closing(&r, RequestState::TimedOut, &rec));
             if let Err(e) = self.gate.release(&r.key, &r.holders, release) {
                 tracing::error!(id = %id, error = %e, "releasing a timed-out hold failed; retrying next tick");
                 continue;
             }
-            let r = r.clone();
             out.push(self.close(r, RequestState::TimedOut, Some(rec), now_unix_ms));
         }
         out

@@ -1,6 +1,7 @@
 //! The lines, and where they may be written.
 use std::io::Read as _;
-use std::os::fd::AsRawFd as _;
+use std::os::fd::{AsRawFd as _, FromRawFd as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 
 use super::{NoticeError, line, write_to_stderr};
 use crate::hold::Herald as _;
@@ -120,26 +121,75 @@ fn a_line_reaches_a_stderr_that_is_a_pipe() {
 }
 
 /// Guards the rule that the daemon (root) never writes into a file an agent made its stderr:
-/// an agent could point fd 2 at a file it wants changed.
+/// an agent could point fd 2 at a file it wants changed, opened read-only or for writing.
 #[test]
 fn a_stderr_that_is_a_file_is_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
     std::fs::write(&path, b"kept").unwrap();
-    // Read-only, as an agent would hand over a file it may not write.
-    let f = std::fs::File::open(&path).unwrap();
-    assert!(f.as_raw_fd() >= 0);
-    let c = child_with_stderr(f.into());
+    let ro = std::fs::File::open(&path).unwrap();
+    let c = child_with_stderr(ro.into());
+    let e = write_to_stderr(c.0.id(), "airlock: hello\n").unwrap_err();
+    assert!(matches!(e, NoticeError::NotWritable), "{e}");
+    let rw = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let c = child_with_stderr(rw.into());
     let e = write_to_stderr(c.0.id(), "airlock: hello\n").unwrap_err();
     assert!(matches!(e, NoticeError::NotPipeOrTerminal), "{e}");
     assert_eq!(std::fs::read(&path).unwrap(), b"kept");
 }
 
+/// Guards against the O_PATH trick: a handle that grants no access (open(O_PATH) needs no
+/// permission on the object) must not become a root write to a FIFO or terminal the agent
+/// cannot write itself.
 #[test]
-fn a_stderr_that_is_a_device_other_than_a_terminal_is_left_alone() {
-    let c = child_with_stderr(std::fs::File::open("/dev/null").unwrap().into());
+fn an_o_path_stderr_is_refused_even_on_a_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // A reader, so that a write would succeed if it were attempted.
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let p = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: open(2) of a NUL-terminated path; checked and owned below.
+    let fd = unsafe { libc::open(p.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: a new descriptor owned by nobody else.
+    let handle = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let c = child_with_stderr(handle.into());
+    let e = write_to_stderr(c.0.id(), "airlock: hello\n").unwrap_err();
+    assert!(matches!(e, NoticeError::NotWritable), "{e}");
+    let mut got = Vec::new();
+    let _ = (&reader).read_to_end(&mut got);
+    assert!(got.is_empty(), "{got:?}");
+}
+
+#[test]
+fn a_device_other_than_a_terminal_is_left_alone() {
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    let c = child_with_stderr(null.into());
     let e = write_to_stderr(c.0.id(), "airlock: hello\n").unwrap_err();
     assert!(matches!(e, NoticeError::NotPipeOrTerminal), "{e}");
+}
+
+/// Node's child_process gives a child a socketpair end as stderr.
+#[test]
+fn a_line_reaches_a_stderr_that_is_a_stream_socket() {
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let c = child_with_stderr(std::os::fd::OwnedFd::from(theirs).into());
+    write_to_stderr(c.0.id(), "airlock: hello\n").unwrap();
+    drop(c);
+    let mut got = String::new();
+    ours.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "airlock: hello\n");
 }
 
 #[test]
@@ -172,6 +222,7 @@ fn a_rule_with_tell_agent_false_keeps_quiet() {
     let c = child_with_stderr(wr.into());
     let mut r = request();
     r.context.pid = c.0.id();
+    r.context.tgid = c.0.id();
     n.tell(&Update::Opened(r.clone()));
     r.context.rule = Some("loud".into());
     n.tell(&Update::Opened(r));

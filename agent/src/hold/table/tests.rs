@@ -452,3 +452,31 @@ fn the_herald_hears_of_a_close_before_the_holders_are_released() {
     assert_eq!(denied.decision.as_ref().unwrap().reason, reason);
     assert_eq!(g.released.lock().unwrap().len(), 2);
 }
+
+/// Guards against a line per tick: a timed-out request whose release keeps failing is
+/// retried every tick, and its holders are told once.
+#[test]
+fn the_herald_hears_of_a_close_once_while_its_release_is_retried() {
+    let (mut t, g) = table();
+    let ears = Arc::new(Ears {
+        gate: g.clone(),
+        heard: Default::default(),
+    });
+    t.set_herald(ears.clone());
+    t.on_held(key(10), holder(10, 10), 0, || {
+        opening(1000, OnTimeout::Deny)
+    });
+    *g.fail.lock().unwrap() = true;
+    assert!(t.tick(2000, |_| true).is_empty());
+    assert!(t.tick(2200, |_| true).is_empty());
+    *g.fail.lock().unwrap() = false;
+    assert_eq!(t.tick(2400, |_| true).len(), 1);
+    let closes = ears
+        .heard
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(u, _)| matches!(u, Update::Closed(_)))
+        .count();
+    assert_eq!(closes, 1);
+}
