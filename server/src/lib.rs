@@ -19,4 +19,5 @@ pub mod route;
 pub mod signing;
 pub mod store;
 pub mod testing;
+pub mod webhook;
 pub mod wire;

@@ -207,6 +207,7 @@ impl TestServer {
             .await
             .with_context(|| format!("opening {database}"))?;
         let broker = Broker::new(store.clone(), config);
+        let _webhook = crate::webhook::spawn(&broker, dir.path().to_path_buf());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let conns: Arc<Mutex<Vec<OwnedFd>>> = Arc::default();

@@ -24,6 +24,11 @@ pub fn run(a: ConfigArgs) -> anyhow::Result<ExitCode> {
     match a.cmd {
         ConfigCmd::Check { file } => match crate::config::load(&file) {
             Ok(c) => {
+                let dir = file.parent().unwrap_or(std::path::Path::new("."));
+                if let Err(e) = crate::webhook::check(&c, dir) {
+                    eprintln!("{}: {e}", file.display());
+                    return Ok(ExitCode::from(1));
+                }
                 for n in &c.notes {
                     println!("note: {n}");
                 }

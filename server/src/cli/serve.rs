@@ -29,6 +29,7 @@ pub struct ServeArgs {
 pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     super::block_on(async move {
         let (cfg, store) = a.dir.open().await?;
+        crate::webhook::check(&cfg, &a.dir.dir)?;
         for n in &cfg.notes {
             tracing::warn!(note = %n, "config");
         }
@@ -44,6 +45,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
             crate::pki::server_tls(&a.dir.dir).context("loading the server's TLS identity")?;
         let ca = Arc::new(crate::pki::Ca::load(&a.dir.dir).context("loading the CA")?);
         let broker = Broker::new(store.clone(), cfg);
+        let _webhook = crate::webhook::spawn(&broker, a.dir.dir.clone());
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
@@ -71,7 +73,13 @@ pub async fn serve(
     let reloader = tokio::spawn(async move {
         while hup.recv().await.is_some() {
             let path = super::config_path(&dir);
-            match crate::config::load(&path) {
+            let loaded = crate::config::load(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| {
+                    crate::webhook::check(&c, &dir)?;
+                    Ok(c)
+                });
+            match loaded {
                 Ok(c) => {
                     reload_broker.set_config(c);
                     tracing::info!(path = %path.display(), "config reloaded");

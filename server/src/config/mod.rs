@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use airlock_policy::{Diagnostic, Diagnostics, LoadError, Location};
 
 pub use model::{
-    Channel, Escalation, Glob, HostUser, Match, OPERATIONS, Principal, Route, ServerConfig,
+    Channel, Escalation, Glob, HostUser, Match, OPERATIONS, Principal, Route, ServerConfig, Webhook,
 };
 pub use problem::ConfigProblem;
 pub use template::{DEFAULT_LISTEN, TEMPLATE, template};

@@ -24,9 +24,21 @@ pub struct ServerConfig {
     pub principals: BTreeMap<String, Principal>,
     /// Routes in file order; the first whose match fits a request decides who may vote on it.
     pub routes: Vec<Route>,
+    /// The generic webhook channel (`webhook:`), for routes that name `webhook`.
+    pub webhook: Option<Webhook>,
     /// Warnings that do not stop the server (`file:line:col: message`), e.g. no catch-all
     /// route. `config check` and `serve` print them.
     pub notes: Vec<String>,
+}
+
+/// `webhook: { url, secret_file }`: where the webhook channel POSTs, and the file holding the
+/// shared secret its signatures use (read at start and on reload; see `crate::webhook`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Webhook {
+    /// `http://…` or `https://…`.
+    pub url: String,
+    /// Relative paths are relative to the server's directory.
+    pub secret_file: std::path::PathBuf,
 }
 
 /// One person (or service identity) who may vote.

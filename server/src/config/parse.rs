@@ -9,11 +9,21 @@ use airlock_policy::walk::{Fields, KeyHint, Text, WalkError, Walker, closest, jo
 use airlock_policy::yaml::{Kind, Node, Pos, parse_documents};
 use airlock_policy::{Diagnostic, Diagnostics, Location};
 
-use super::model::{Channel, Escalation, Match, OPERATIONS, Principal, Route, ServerConfig};
+use super::model::{
+    Channel, Escalation, Match, OPERATIONS, Principal, Route, ServerConfig, Webhook,
+};
 use super::problem::ConfigProblem;
 use super::values::{self, DELAY, GROUP_NAME, GlobUse, PRINCIPAL_NAME, ROUTE_NAME};
 
-const TOP_KEYS: &[&str] = &["listen", "database", "break_glass", "principals", "routes"];
+const TOP_KEYS: &[&str] = &[
+    "listen",
+    "database",
+    "break_glass",
+    "principals",
+    "routes",
+    "webhook",
+];
+const WEBHOOK_KEYS: &[&str] = &["url", "secret_file"];
 const PRINCIPAL_KEYS: &[&str] = &["groups", "host_users"];
 const ROUTE_KEYS: &[&str] = &[
     "name",
@@ -122,6 +132,7 @@ impl Reader<'_> {
             break_glass: true,
             principals: BTreeMap::new(),
             routes: Vec::new(),
+            webhook: None,
             notes: Vec::new(),
         };
         if let Some(t) = top.get("listen").and_then(|n| self.string(n, "listen")) {
@@ -155,11 +166,69 @@ impl Reader<'_> {
                 members.entry(g.clone()).or_default().insert(name.clone());
             }
         }
+        if let Some(node) = top.get("webhook") {
+            cfg.webhook = self.webhook(node);
+        }
         if let Some(node) = top.get("routes") {
             cfg.routes = self.routes(node, &members);
+            if cfg.webhook.is_none() {
+                self.channel_needs_section(node, Channel::Webhook, "webhook");
+            }
         }
         cfg.notes = self.notes(&top, &cfg.routes);
         Some(cfg)
+    }
+
+    fn webhook(&mut self, node: &Node) -> Option<Webhook> {
+        let f = self.mapping(node, "webhook", WEBHOOK_KEYS)?;
+        let url = self.required_string(&f, "webhook", "url");
+        let secret = self.required_string(&f, "webhook", "secret_file");
+        let url = match url {
+            Some(t) if t.text.starts_with("http://") || t.text.starts_with("https://") => t.text,
+            Some(t) => {
+                self.err(
+                    t.pos,
+                    "webhook.url",
+                    ConfigProblem::BadWebhookUrl { found: t.text },
+                );
+                return None;
+            }
+            None => return None,
+        };
+        Some(Webhook {
+            url,
+            secret_file: std::path::PathBuf::from(secret?.text),
+        })
+    }
+
+    /// Reports each `channels:` entry naming `channel` when its section is missing.
+    fn channel_needs_section(&mut self, routes: &Node, channel: Channel, section: &'static str) {
+        let Kind::Seq(items) = &routes.kind else {
+            return;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let Kind::Map(entries) = &item.kind else {
+                continue;
+            };
+            for (k, v) in entries {
+                if !matches!(&k.kind, Kind::Scalar { value, .. } if value == "channels") {
+                    continue;
+                }
+                let Kind::Seq(names) = &v.kind else { continue };
+                for (j, n) in names.iter().enumerate() {
+                    if matches!(&n.kind, Kind::Scalar { value, .. } if value == channel.as_str()) {
+                        self.err(
+                            n.pos,
+                            &format!("routes[{i}].channels[{j}]"),
+                            ConfigProblem::ChannelNotConfigured {
+                                channel: channel.as_str(),
+                                section,
+                            },
+                        );
+                    }
+                }
+            }
+        }
     }
 
     fn principals(&mut self, node: &Node) -> BTreeMap<String, Principal> {

@@ -62,6 +62,15 @@ pub enum ConfigProblem {
         "invalid listen address {found:?} (expected IP:PORT, e.g. 127.0.0.1:7443 or [::]:7443)"
     )]
     BadListen { found: String },
+    /// A webhook URL that is not http:// or https://.
+    #[error("webhook URL {found:?}: expected http://… or https://…")]
+    BadWebhookUrl { found: String },
+    /// A channel a route names that needs a section the config does not have.
+    #[error("channel {channel} needs a top-level `{section}:` section")]
+    ChannelNotConfigured {
+        channel: &'static str,
+        section: &'static str,
+    },
     /// A database URL the store cannot open.
     #[error("unsupported database URL (expected postgres://… or sqlite://PATH)")]
     BadDatabase,

@@ -22,6 +22,17 @@ listen: "127.0.0.1:7443"
 # the only way to decide.
 break_glass: true
 
+# The generic webhook channel, for routes that list `webhook` in their channels: one JSON POST
+# per request when it opens and when its host reports the outcome ({"event": "opened" or
+# "closed", "request": {...}}), retried with backoff. Each is signed: header
+# X-Airlock-Signature: t=UNIX_SECONDS,v1=HEX where HEX is the lowercase hex HMAC-SHA256, keyed
+# with the secret, of "UNIX_SECONDS." followed by the raw body. A receiver recomputes it over
+# the bytes it received, compares in constant time and refuses a t more than 300 s from its
+# clock. secret_file (relative to this directory) holds the shared secret.
+# webhook:
+#   url: https://hooks.example.com/airlock
+#   secret_file: webhook.secret
+
 # The people who may vote. API tokens are issued to these names
 # (airlock-server tokens create NAME). Names: a-z, 0-9, ., _, - and @.
 principals:

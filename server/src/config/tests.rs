@@ -167,7 +167,7 @@ fn unknown_keys_are_errors_with_did_you_mean() {
             "server.yaml:1:1: unknown key \"listn\" (did you mean \"listen\"?)",
             "server.yaml:2:1: unknown key \"breakGlass\" (did you mean \"break_glass\"?)",
             "server.yaml:3:1: unknown key \"colour\" (expected one of: listen, database, \
-             break_glass, principals, routes)",
+             break_glass, principals, routes, webhook)",
         ]
     );
     assert_eq!(
@@ -533,4 +533,43 @@ fn several_problems_are_reported_together_in_file_order() {
     assert!(e[0].starts_with("server.yaml:7:17: "), "{e:?}");
     assert!(e[1].starts_with("server.yaml:8:16: "), "{e:?}");
     assert!(e[2].starts_with("server.yaml:9:11: "), "{e:?}");
+}
+
+#[test]
+fn webhook_section_is_read_and_a_route_may_name_it() {
+    let src = format!(
+        "{}webhook:\n  url: https://hooks.example.com/airlock\n  secret_file: /etc/airlock-server/hook.secret\n",
+        with_routes("  - name: d\n    approvers: [sre]\n    channels: [cli, webhook]\n")
+    );
+    let c = parse(&src, "server.yaml").unwrap();
+    assert_eq!(
+        c.webhook,
+        Some(Webhook {
+            url: "https://hooks.example.com/airlock".into(),
+            secret_file: "/etc/airlock-server/hook.secret".into(),
+        })
+    );
+    assert_eq!(c.routes[0].channels, [Channel::Cli, Channel::Webhook]);
+}
+
+#[test]
+fn webhook_errors_name_the_key_and_a_route_naming_an_unconfigured_webhook() {
+    assert_eq!(
+        errors(&format!(
+            "{}webhook:\n  url: ftp://hooks.example.com/a\n",
+            with_routes("  - name: d\n    approvers: [sre]\n")
+        )),
+        [
+            "server.yaml:9:3: webhook: missing required key \"secret_file\"",
+            "server.yaml:9:8: webhook.url: webhook URL \"ftp://hooks.example.com/a\": expected http://… or https://…",
+        ]
+    );
+    assert_eq!(
+        errors(&with_routes(
+            "  - name: d\n    approvers: [sre]\n    channels: [cli, webhook]\n"
+        )),
+        [
+            "server.yaml:8:21: routes[0].channels[1]: channel webhook needs a top-level `webhook:` section"
+        ]
+    );
 }
