@@ -83,6 +83,25 @@ impl Fault {
     }
 }
 
+/// The HTTP status of a gRPC code, for the HTTP listener (`http.rs`): the one mapping of
+/// faults to HTTP, next to the one to gRPC.
+pub fn http_status(c: Code) -> u16 {
+    match c {
+        Code::Ok => 200,
+        Code::InvalidArgument | Code::OutOfRange => 400,
+        Code::Unauthenticated => 401,
+        Code::PermissionDenied => 403,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => 409,
+        Code::ResourceExhausted => 429,
+        Code::Cancelled => 499,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
+        Code::DeadlineExceeded => 504,
+        Code::Unknown | Code::Internal | Code::DataLoss => 500,
+    }
+}
+
 /// The code's name as recorded with refused attempts ("PERMISSION_DENIED").
 pub fn code_name(c: Code) -> &'static str {
     match c {

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod enroll;
 pub mod error;
+pub mod http;
 pub mod link;
 pub mod pki;
 pub mod route;

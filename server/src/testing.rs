@@ -159,6 +159,10 @@ pub struct TestServer {
     pub url: String,
     /// The bound address.
     pub addr: SocketAddr,
+    /// The HTTP listener's address (channel callbacks, see `crate::http`; always on here,
+    /// on an ephemeral loopback port).
+    pub http_addr: SocketAddr,
+    http_task: tokio::task::JoinHandle<()>,
     /// The CA certificate (PEM): what hosts and approvers trust.
     pub ca_pem: String,
     /// The CA (signs host certificates in [`TestServer::enroll`]).
@@ -208,6 +212,12 @@ impl TestServer {
             .with_context(|| format!("opening {database}"))?;
         let broker = Broker::new(store.clone(), config);
         let _webhook = crate::webhook::spawn(&broker, dir.path().to_path_buf());
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let http_addr = http.local_addr()?;
+        let http_router = crate::http::router(broker.clone(), dir.path().to_path_buf());
+        let http_task = tokio::spawn(async move {
+            let _ = axum::serve(http, http_router).await;
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let conns: Arc<Mutex<Vec<OwnedFd>>> = Arc::default();
@@ -232,6 +242,8 @@ impl TestServer {
         Ok(TestServer {
             url: format!("https://{addr}"),
             addr,
+            http_addr,
+            http_task,
             ca_pem,
             ca,
             broker,
@@ -249,6 +261,11 @@ impl TestServer {
     /// [`Options::pki_dir`]).
     pub fn pki_dir(&self) -> &Path {
         &self.pki_dir
+    }
+
+    /// `http://127.0.0.1:PORT` of the HTTP listener.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr)
     }
 
     /// The server's temporary directory (its SQLite file, unless another database is used).
@@ -323,6 +340,7 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
+        self.http_task.abort();
         self.shutdown();
         if let Some(t) = self.task.take() {
             t.abort();

@@ -46,6 +46,24 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         let ca = Arc::new(crate::pki::Ca::load(&a.dir.dir).context("loading the CA")?);
         let broker = Broker::new(store.clone(), cfg);
         let _webhook = crate::webhook::spawn(&broker, a.dir.dir.clone());
+        let _http = match broker.config().http_listen.clone() {
+            Some(h) => {
+                let addr: SocketAddr = h
+                    .parse()
+                    .with_context(|| format!("http_listen {h:?}: expected IP:PORT"))?;
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the HTTP listener {addr}"))?;
+                tracing::info!(%addr, "HTTP listener (channel callbacks)");
+                let router = crate::http::router(broker.clone(), a.dir.dir.clone());
+                Some(tokio::spawn(async move {
+                    if let Err(e) = axum::serve(l, router).await {
+                        tracing::error!(error = %e, "HTTP listener stopped");
+                    }
+                }))
+            }
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;

@@ -14,6 +14,9 @@ pub struct ServerConfig {
     /// Address the gRPC (TLS) listener binds, `IP:PORT`; `None` leaves it to the command line
     /// (`serve` has its own default).
     pub listen: Option<String>,
+    /// Address the HTTP listener binds (channel callbacks), `IP:PORT`; `None`: no HTTP
+    /// listener.
+    pub http_listen: Option<String>,
     /// Database URL (`postgres://…` for replicas, `sqlite://PATH`); `None` means the SQLite
     /// file `airlock.db` in the server's directory.
     pub database: Option<String>,

@@ -17,6 +17,7 @@ use super::values::{self, DELAY, GROUP_NAME, GlobUse, PRINCIPAL_NAME, ROUTE_NAME
 
 const TOP_KEYS: &[&str] = &[
     "listen",
+    "http_listen",
     "database",
     "break_glass",
     "principals",
@@ -128,6 +129,7 @@ impl Reader<'_> {
         let top = self.mapping(doc, "", TOP_KEYS)?;
         let mut cfg = ServerConfig {
             listen: None,
+            http_listen: None,
             database: None,
             break_glass: true,
             principals: BTreeMap::new(),
@@ -140,6 +142,20 @@ impl Reader<'_> {
                 cfg.listen = Some(t.text);
             } else {
                 self.err(t.pos, "listen", ConfigProblem::BadListen { found: t.text });
+            }
+        }
+        if let Some(t) = top
+            .get("http_listen")
+            .and_then(|n| self.string(n, "http_listen"))
+        {
+            if t.text.parse::<std::net::SocketAddr>().is_ok() {
+                cfg.http_listen = Some(t.text);
+            } else {
+                self.err(
+                    t.pos,
+                    "http_listen",
+                    ConfigProblem::BadListen { found: t.text },
+                );
             }
         }
         if let Some(t) = top.get("database").and_then(|n| self.string(n, "database")) {

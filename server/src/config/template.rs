@@ -13,6 +13,10 @@ pub const TEMPLATE: &str = r#"# airlock-server configuration. Check it after edi
 # Address the gRPC listener binds (TLS; hosts and approvers connect to it), IP:PORT.
 listen: "127.0.0.1:7443"
 
+# Address of the HTTP listener for channel callbacks (the webhook's decisions), IP:PORT. Plain
+# HTTP: keep it on loopback or a private address behind a TLS-terminating proxy. Default: none.
+# http_listen: "127.0.0.1:7480"
+
 # Database. Default: the SQLite file airlock.db in the server's directory. Several replicas
 # share one PostgreSQL database:
 # database: postgres://airlock@db.example.com/airlock

@@ -166,8 +166,8 @@ fn unknown_keys_are_errors_with_did_you_mean() {
         [
             "server.yaml:1:1: unknown key \"listn\" (did you mean \"listen\"?)",
             "server.yaml:2:1: unknown key \"breakGlass\" (did you mean \"break_glass\"?)",
-            "server.yaml:3:1: unknown key \"colour\" (expected one of: listen, database, \
-             break_glass, principals, routes, webhook)",
+            "server.yaml:3:1: unknown key \"colour\" (expected one of: listen, http_listen, \
+             database, break_glass, principals, routes, webhook)",
         ]
     );
     assert_eq!(
@@ -570,6 +570,19 @@ fn webhook_errors_name_the_key_and_a_route_naming_an_unconfigured_webhook() {
         )),
         [
             "server.yaml:8:21: routes[0].channels[1]: channel webhook needs a top-level `webhook:` section"
+        ]
+    );
+}
+
+#[test]
+fn http_listen_is_an_address() {
+    let c = parse("http_listen: \"127.0.0.1:7480\"\n", "server.yaml").unwrap();
+    assert_eq!(c.http_listen.as_deref(), Some("127.0.0.1:7480"));
+    assert_eq!(parse("{}", "server.yaml").unwrap().http_listen, None);
+    assert_eq!(
+        errors("http_listen: localhost\n"),
+        [
+            "server.yaml:1:14: http_listen: invalid listen address \"localhost\" (expected IP:PORT, e.g. 127.0.0.1:7443 or [::]:7443)"
         ]
     );
 }
