@@ -11,9 +11,10 @@
 //!
 //! The receiver vouches for who `principal` is (it signed the call); the server applies the
 //! same approver rules as on every channel (the principal must be eligible for the request's
-//! route, never the agent's launcher; N-of-M; a reason when the route wants one). Idempotent
-//! by request id: the same principal's same decision sent again answers 200 with the request
-//! as it is, changing nothing. Answers are JSON: `{"id", "state", "decided", "votes"}` on
+//! route, never the agent's launcher; N-of-M; a reason when the route wants one), and only on
+//! requests whose route lists `webhook` in its channels. Idempotent by request id: the same
+//! principal's same decision (same duration, same reason) sent again answers 200 with the
+//! request as it is, changing nothing; a different one is a conflict (409). Answers are JSON: `{"id", "state", "decided", "votes"}` on
 //! success, `{"error", "code"}` otherwise, with the HTTP status of [`crate::error::http_status`].
 //! Every refused call is recorded (channel `webhook`).
 //!
@@ -32,6 +33,7 @@ use axum::routing::post;
 use serde::Deserialize;
 
 use crate::broker::{Broker, now_ms};
+use crate::config::Channel;
 use crate::error::{Fault, http_status};
 use crate::store::StoreError;
 
@@ -90,7 +92,7 @@ async fn decision(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
         return refuse(
             "unknown".into(),
             None,
-            tonic::Code::FailedPrecondition,
+            tonic::Code::NotFound,
             "no webhook is configured on this server".into(),
         )
         .await;
@@ -98,14 +100,10 @@ async fn decision(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
     let secret = match crate::webhook::read_secret(&app.dir, &hook.secret_file) {
         Ok(s) => s,
         Err(e) => {
+            // The path stays in the server's log: this answer goes to unauthenticated callers.
             tracing::error!(error = %e, "webhook callback: secret unreadable");
-            return refuse(
-                "unknown".into(),
-                None,
-                tonic::Code::Unavailable,
-                e.to_string(),
-            )
-            .await;
+            let msg = "the webhook secret is unreadable; see the server's log".to_string();
+            return refuse("unknown".into(), None, tonic::Code::Unavailable, msg).await;
         }
     };
     let sig = headers
@@ -140,9 +138,36 @@ async fn decision(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
             return refuse(who, Some(id), tonic::Code::InvalidArgument, msg).await;
         }
     };
-    let wanted = match &decision {
-        Decision::Approve { .. } => Release::Allow,
-        Decision::Deny { .. } => Release::Deny,
+    // Only requests whose route takes decisions from this channel: a route that leaves
+    // `webhook` out must not be decidable by whoever holds the receiver's secret.
+    match b.store.request(&id).await {
+        Ok(Some(r)) => {
+            let takes = r.route.as_deref().is_some_and(|name| {
+                cfg.routes
+                    .iter()
+                    .any(|rt| rt.name == name && rt.channels.contains(&Channel::Webhook))
+            });
+            if !takes {
+                let msg = format!(
+                    "request {id}: its route does not take decisions from the webhook channel"
+                );
+                return refuse(who, Some(id), tonic::Code::PermissionDenied, msg).await;
+            }
+        }
+        Ok(None) => {
+            let msg = format!("no request with id {id:?}");
+            return refuse(who, Some(id), tonic::Code::NotFound, msg).await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "webhook callback: reading the request");
+            let msg = "the server could not read its database; nothing changed, retry".to_string();
+            return refuse(who, Some(id), tonic::Code::Unavailable, msg).await;
+        }
+    }
+    // What a repeat of this call must match to count as the same vote.
+    let same = match &decision {
+        Decision::Approve { for_ } => (Release::Allow, for_.map(|d| d.as_millis() as u64), None),
+        Decision::Deny { reason, .. } => (Release::Deny, None, reason.clone()),
     };
     match b.vote(&who, None, CHANNEL, &id, decision).await {
         Ok(r) => answer(StatusCode::OK, summary(&r)),
@@ -155,7 +180,7 @@ async fn decision(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
             ) && let Ok(Some(r)) = b.store.request(&id).await
                 && r.votes
                     .iter()
-                    .any(|v| v.principal == who && v.release == wanted)
+                    .any(|v| v.principal == who && (v.release, v.for_ms, v.reason.clone()) == same)
             {
                 return answer(StatusCode::OK, summary(&r));
             }

@@ -105,6 +105,9 @@ pub fn spawn(broker: &Arc<Broker>, dir: PathBuf) -> tokio::task::JoinHandle<()> 
     tokio::spawn(async move {
         let client = match reqwest::Client::builder()
             .timeout(TIMEOUT)
+            // A redirect would turn the POST into a GET without the body, and its answer
+            // would count as delivered.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("airlock-server/", env!("CARGO_PKG_VERSION")))
             .build()
         {
@@ -145,7 +148,9 @@ pub fn spawn(broker: &Arc<Broker>, dir: PathBuf) -> tokio::task::JoinHandle<()> 
             if !wants {
                 continue;
             }
-            if secret.as_ref().is_none_or(|(h, _)| *h != hook) {
+            // Read at every event (events are few): a secret rotated in its file is used at
+            // once, without a reload.
+            {
                 match read_secret(&dir, &hook.secret_file) {
                     Ok(s) => secret = Some((hook.clone(), s.into())),
                     Err(e) => {
@@ -208,7 +213,11 @@ impl Delivery {
             }
         }
         if let Some(b) = broker.upgrade() {
-            let msg = format!("{} not delivered to {}: {last}", self.event, self.url);
+            let msg = format!(
+                "{} not delivered to {}: {last}",
+                self.event,
+                origin(&self.url)
+            );
             b.record(
                 "server",
                 CHANNEL,
@@ -233,12 +242,38 @@ impl Delivery {
             .body(self.body.clone())
             .send()
             .await
-            .map_err(|e| (e.to_string(), true))?;
+            // Without the URL: it may carry a token, and this text is recorded.
+            .map_err(|e| (e.without_url().to_string(), true))?;
         let status = res.status();
         if status.is_success() {
             return Ok(());
         }
         let retry = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
         Err((format!("HTTP {status}"), retry))
+    }
+}
+
+/// `scheme://host[:port]` of a URL, for records (its path and query may carry a token).
+fn origin(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+            // Credentials in the authority stay out too.
+            let host = host.rsplit('@').next().unwrap_or(host);
+            format!("{scheme}://{host}")
+        }
+        None => "(webhook URL)".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn records_name_the_origin_only() {
+        assert_eq!(
+            super::origin("https://user:pw@hooks.example.com:8443/t/SECRET?k=v"),
+            "https://hooks.example.com:8443"
+        );
+        assert_eq!(super::origin("http://127.0.0.1:9/x"), "http://127.0.0.1:9");
     }
 }

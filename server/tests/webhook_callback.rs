@@ -10,16 +10,28 @@ use airlock_server::testing::{Options, TestServer, closed_by, new_id, request, w
 const T: Duration = Duration::from_secs(10);
 const SECRET: &str = "callback-secret";
 
-fn config() -> String {
-    format!(
-        "{}webhook:\n  url: \"http://127.0.0.1:9/unused\"\n  secret_file: hook.secret\n",
-        airlock_server::testing::DEFAULT_CONFIG
-    )
+/// DEFAULT_CONFIG with a webhook; its default route takes webhook decisions when
+/// `channel` is set.
+fn config(channel: bool) -> String {
+    let base = airlock_server::testing::DEFAULT_CONFIG;
+    let routes = if channel {
+        base.replace(
+            "    approvers: [sre, bots]\n",
+            "    approvers: [sre, bots]\n    channels: [cli, webhook]\n",
+        )
+    } else {
+        base.to_string()
+    };
+    format!("{routes}webhook:\n  url: \"http://127.0.0.1:9/unused\"\n  secret_file: hook.secret\n")
 }
 
 async fn server() -> TestServer {
+    server_with(true).await
+}
+
+async fn server_with(channel: bool) -> TestServer {
     let srv = TestServer::with(Options {
-        config: config(),
+        config: config(channel),
         ..Options::default()
     })
     .await
@@ -189,4 +201,52 @@ async fn bad_signatures_bodies_and_principals_are_refused_and_recorded() {
             .any(|m| m.starts_with("alice INVALID_ARGUMENT decision:")),
         "{on_r:#?}"
     );
+}
+
+/// Guards the route's channel list: a route that leaves `webhook` out cannot be decided by
+/// whoever holds the receiver's secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_without_the_webhook_channel_refuses_its_callbacks() {
+    let srv = server_with(false).await;
+    let host = srv.host("web-1").await.unwrap();
+    let r = request("web-1", &new_id());
+    host.opened(r.clone()).unwrap();
+    wait_stored(&srv.store, &r.id, T).await.unwrap();
+    let body = format!(
+        r#"{{"id":"{}","principal":"alice","decision":"approve"}}"#,
+        r.id
+    );
+    let (status, v) = call(&srv, &body, SECRET, now_s()).await;
+    assert_eq!(status, 403, "{v}");
+    let s = srv.store.request(&r.id).await.unwrap().unwrap();
+    assert!(s.votes.is_empty(), "{s:?}");
+    assert!(
+        recorded(&srv, Some(&r.id))
+            .await
+            .iter()
+            .any(|m| m.starts_with("alice PERMISSION_DENIED")),
+    );
+}
+
+/// A repeat counts as the same call only when it says the same: approving for 15 minutes,
+/// then for 8 hours, is a conflict, not a silent "done".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_with_a_different_duration_is_a_conflict() {
+    let srv = server().await;
+    let host = srv.host("web-1").await.unwrap();
+    let r = request("web-1", &new_id());
+    host.opened(r.clone()).unwrap();
+    wait_stored(&srv.store, &r.id, T).await.unwrap();
+    let short = format!(
+        r#"{{"id":"{}","principal":"alice","decision":"approve","for":"15m"}}"#,
+        r.id
+    );
+    assert_eq!(call(&srv, &short, SECRET, now_s()).await.0, 200);
+    assert_eq!(call(&srv, &short, SECRET, now_s()).await.0, 200);
+    let long = format!(
+        r#"{{"id":"{}","principal":"alice","decision":"approve","for":"8h"}}"#,
+        r.id
+    );
+    let (status, v) = call(&srv, &long, SECRET, now_s()).await;
+    assert_eq!(status, 409, "{v}");
 }
