@@ -11,8 +11,8 @@
 //!
 //! The receiver vouches for who `principal` is (it signed the call); the server applies the
 //! same approver rules as on every channel (the principal must be eligible for the request's
-//! route, never the agent's launcher; N-of-M; a reason when the route wants one), and only on
-//! requests whose route lists `webhook` in its channels. Idempotent by request id: the same
+//! route, never the agent's launcher; N-of-M; a reason when the route wants one; a route
+//! that does not list `webhook` refuses it, see `route::check_vote`). Idempotent by request id: the same
 //! principal's same decision (same duration, same reason) sent again answers 200 with the
 //! request as it is, changing nothing; a different one is a conflict (409). Answers are JSON: `{"id", "state", "decided", "votes"}` on
 //! success, `{"error", "code"}` otherwise, with the HTTP status of [`crate::error::http_status`].
@@ -33,7 +33,6 @@ use axum::routing::post;
 use serde::Deserialize;
 
 use crate::broker::{Broker, now_ms};
-use crate::config::Channel;
 use crate::error::{Fault, http_status};
 use crate::store::StoreError;
 
@@ -138,32 +137,6 @@ async fn decision(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
             return refuse(who, Some(id), tonic::Code::InvalidArgument, msg).await;
         }
     };
-    // Only requests whose route takes decisions from this channel: a route that leaves
-    // `webhook` out must not be decidable by whoever holds the receiver's secret.
-    match b.store.request(&id).await {
-        Ok(Some(r)) => {
-            let takes = r.route.as_deref().is_some_and(|name| {
-                cfg.routes
-                    .iter()
-                    .any(|rt| rt.name == name && rt.channels.contains(&Channel::Webhook))
-            });
-            if !takes {
-                let msg = format!(
-                    "request {id}: its route does not take decisions from the webhook channel"
-                );
-                return refuse(who, Some(id), tonic::Code::PermissionDenied, msg).await;
-            }
-        }
-        Ok(None) => {
-            let msg = format!("no request with id {id:?}");
-            return refuse(who, Some(id), tonic::Code::NotFound, msg).await;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "webhook callback: reading the request");
-            let msg = "the server could not read its database; nothing changed, retry".to_string();
-            return refuse(who, Some(id), tonic::Code::Unavailable, msg).await;
-        }
-    }
     // What a repeat of this call must match to count as the same vote.
     let same = match &decision {
         Decision::Approve { for_ } => (Release::Allow, for_.map(|d| d.as_millis() as u64), None),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use airlock_approval::{Approver, DecisionRecord, Op, Release, RequestContext, Vote};
 
-use crate::config::{Glob, Match, Principal, Route, ServerConfig};
+use crate::config::{Channel, Glob, Match, Principal, Route, ServerConfig};
 
 /// What a route is matched against.
 #[derive(Clone, Copy, Debug)]
@@ -64,6 +64,14 @@ pub enum Refusal {
          airlock-server; it times out on its host per its rule's onTimeout"
     )]
     NoRoute,
+    /// The vote came through a channel the route does not list (the API behind the CLI is
+    /// always open to approvers; the other channels only where the route names them, so that
+    /// whoever holds a webhook receiver's secret cannot decide another route's requests).
+    #[error("route {route} does not take decisions from the {channel} channel")]
+    ChannelNotOnRoute {
+        route: String,
+        channel: &'static str,
+    },
     /// The caller's principal is not in the config (removed since its token was issued).
     #[error("principal {principal:?} is not in the server config")]
     UnknownPrincipal { principal: String },
@@ -170,6 +178,15 @@ pub fn check_vote(
         return Err(Refusal::NotOwnVote {
             principal: principal.to_owned(),
             vote_principal: vote.principal.clone(),
+        });
+    }
+    if let Some(ch) = Channel::parse(&vote.via)
+        && ch != Channel::Cli
+        && !route.channels.contains(&ch)
+    {
+        return Err(Refusal::ChannelNotOnRoute {
+            route: route.name.clone(),
+            channel: ch.as_str(),
         });
     }
     let in_any = |groups: &[String]| p.groups.iter().any(|g| groups.contains(g));

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::broker::{Broker, Change, now_ms};
-use crate::config::{Channel, Webhook};
+use crate::config::Channel;
 use crate::store::StoredRequest;
 
 /// Attempts per event.
@@ -117,7 +117,7 @@ pub fn spawn(broker: &Arc<Broker>, dir: PathBuf) -> tokio::task::JoinHandle<()> 
                 return;
             }
         };
-        let mut secret: Option<(Webhook, Arc<[u8]>)> = None;
+        let mut secret: Option<Arc<[u8]>> = None;
         loop {
             let change = match changes.recv().await {
                 Ok(c) => c,
@@ -150,25 +150,23 @@ pub fn spawn(broker: &Arc<Broker>, dir: PathBuf) -> tokio::task::JoinHandle<()> 
             }
             // Read at every event (events are few): a secret rotated in its file is used at
             // once, without a reload.
-            {
-                match read_secret(&dir, &hook.secret_file) {
-                    Ok(s) => secret = Some((hook.clone(), s.into())),
-                    Err(e) => {
-                        tracing::error!(error = %e, "webhook secret unreadable; keeping the previous one");
-                        broker
-                            .record(
-                                "server",
-                                CHANNEL,
-                                "configure",
-                                None,
-                                tonic::Code::FailedPrecondition,
-                                &e.to_string(),
-                            )
-                            .await;
-                    }
+            match read_secret(&dir, &hook.secret_file) {
+                Ok(s) => secret = Some(s.into()),
+                Err(e) => {
+                    tracing::error!(error = %e, "webhook secret unreadable; keeping the previous one");
+                    broker
+                        .record(
+                            "server",
+                            CHANNEL,
+                            "configure",
+                            None,
+                            tonic::Code::FailedPrecondition,
+                            &e.to_string(),
+                        )
+                        .await;
                 }
             }
-            let Some((_, key)) = &secret else { continue };
+            let Some(key) = &secret else { continue };
             let job = Delivery {
                 client: client.clone(),
                 url: hook.url.clone(),

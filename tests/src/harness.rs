@@ -383,3 +383,99 @@ impl Drop for RemoveIfCreated {
         }
     }
 }
+
+/// Agent names the scenarios start with `airlock run` (its scopes are
+/// `airlock.slice/airlock-AGENT-UNIQUE.scope`).
+const RUN_AGENTS: &[&str] = &["e2e", "e2esrv", "nobody-defines-this", "demo"];
+
+/// Removes, on drop, the `airlock run` scopes of [`RUN_AGENTS`] under `slice` that appeared
+/// while it lived. `airlock run` removes its scope when it exits, but a case that fails kills
+/// it (SIGKILL, `Spawned`'s drop) and the scope stays: its processes are killed
+/// (`cgroup.kill`) and the directory removed. Scopes that were there before are not touched.
+pub struct ScopeSweep {
+    slice: Option<PathBuf>,
+    before: std::collections::HashSet<std::ffi::OsString>,
+}
+
+impl ScopeSweep {
+    pub fn new(slice: Option<PathBuf>) -> ScopeSweep {
+        let before = slice.as_deref().map(ours).unwrap_or_default();
+        ScopeSweep { slice, before }
+    }
+}
+
+/// Names of the scopes of [`RUN_AGENTS`] in `slice`.
+fn ours(slice: &Path) -> std::collections::HashSet<std::ffi::OsString> {
+    let Ok(rd) = std::fs::read_dir(slice) else {
+        return Default::default();
+    };
+    rd.filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| {
+            let n = n.to_string_lossy();
+            n.ends_with(".scope")
+                && RUN_AGENTS.iter().any(|a| {
+                    n.strip_prefix(&format!("airlock-{a}-"))
+                        .is_some_and(|rest| !rest.contains('-'))
+                })
+        })
+        .collect()
+}
+
+impl Drop for ScopeSweep {
+    fn drop(&mut self) {
+        let Some(slice) = &self.slice else { return };
+        for name in ours(slice).difference(&self.before) {
+            let dir = slice.join(name);
+            // Opened, never created (outside cgroupfs there is nothing to kill).
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("cgroup.kill"))
+            {
+                let _ = std::io::Write::write_all(&mut f, b"1");
+            }
+            let t = std::time::Instant::now();
+            while std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| !p.is_empty())
+                && t.elapsed() < std::time::Duration::from_secs(2)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if let Err(e) = std::fs::remove_dir(&dir) {
+                eprintln!("airlock-e2e: leftover cgroup {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ScopeSweep;
+
+    /// Guards the host against cgroups a failed case leaves: new scopes of the scenarios'
+    /// agents go, the ones that were there and other agents' stay.
+    #[test]
+    fn scope_sweep_removes_only_scenario_scopes_made_while_it_lived() {
+        let slice = tempfile::tempdir().unwrap();
+        let mk = |n: &str| std::fs::create_dir(slice.path().join(n)).unwrap();
+        mk("airlock-e2e-1x1.scope");
+        let sweep = ScopeSweep::new(Some(slice.path().to_path_buf()));
+        mk("airlock-e2esrv-2x2.scope");
+        mk("airlock-e2e-3x3.scope");
+        mk("airlock-someone-4x4.scope");
+        mk("airlock-e2e-team-5x5.scope");
+        drop(sweep);
+        let mut left: Vec<String> = std::fs::read_dir(slice.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "airlock-e2e-1x1.scope",
+                "airlock-e2e-team-5x5.scope",
+                "airlock-someone-4x4.scope"
+            ]
+        );
+    }
+}

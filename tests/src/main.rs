@@ -121,7 +121,9 @@ fn main() -> ExitCode {
         .ok()
         .map(|m| m.join("airlock.slice"));
     let slice_was_there = slice.as_ref().is_some_and(|s| s.exists());
-    let _slice = harness::RemoveIfCreated(if slice_was_there { None } else { slice });
+    let _slice = harness::RemoveIfCreated(if slice_was_there { None } else { slice.clone() });
+    // Dropped before `_slice`: the scopes of runs a failed case killed go first.
+    let _scopes = harness::ScopeSweep::new(slice);
     // SAFETY: getuid has no preconditions.
     let root = unsafe { libc::getuid() } == 0;
     if a.tier == "demo" || a.tier == "bench" {

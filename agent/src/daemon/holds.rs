@@ -15,7 +15,7 @@ use crate::hold::context::{Sources, gather};
 use crate::hold::store::Store;
 use crate::hold::table::{HoldTable, Opening};
 use crate::hold::{
-    Approvals, DEFAULT_TIMEOUT, Gate, HoldKey, HoldKind, Holder, Launcher, OnTimeout, Update,
+    Approvals, DEFAULT_TIMEOUT, Gate, HoldKey, HoldKind, Holder, OnTimeout, RunRecordFile, Update,
 };
 
 /// Requests and their bookkeeping.
@@ -120,10 +120,8 @@ impl Holds {
             let launched_by = agent
                 .as_ref()
                 .and_then(|m| crate::hold::context::unit_of(&m.root.path))
-                .and_then(|unit| {
-                    std::fs::read(crate::paths::run_record(&self.state_dir, &unit)).ok()
-                })
-                .and_then(|b| serde_json::from_slice::<Launcher>(&b).ok());
+                .and_then(|unit| RunRecordFile::read(&self.state_dir, &unit))
+                .map(|f| f.launcher);
             let in_agent = |pid: u32| agents.classify_pid(pid).is_some();
             let context = gather(
                 ev,

@@ -81,10 +81,7 @@ fn run_is_quiet(r: &Request, state_dir: &Path) -> bool {
     let Some(unit) = r.context.unit.as_deref() else {
         return false;
     };
-    std::fs::read(crate::paths::run_record(state_dir, unit))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<crate::hold::RunRecordFile>(&b).ok())
-        .is_some_and(|f| f.quiet)
+    crate::hold::RunRecordFile::read(state_dir, unit).is_some_and(|f| f.quiet)
 }
 
 fn now_unix_ms() -> u64 {

@@ -45,6 +45,14 @@ pub struct RunRecordFile {
     pub quiet: bool,
 }
 
+impl RunRecordFile {
+    /// The record of the run whose systemd unit (scope) is `unit`, if it has one and it reads.
+    pub fn read(state_dir: &std::path::Path, unit: &str) -> Option<RunRecordFile> {
+        let b = std::fs::read(crate::paths::run_record(state_dir, unit)).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+}
+
 /// Default time a request waits for a decision when its rule names none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
