@@ -99,7 +99,7 @@ fn event(c: &Change) -> Option<Result<pb::WatchEvent, Fault>> {
             pb::watch_event::Kind::Opened,
             Ok(wire::to_proto_with(&p.request, &p.body)),
         ),
-        Change::Voted(_) => return None,
+        Change::Voted(_) | Change::Reminder(_) | Change::Escalated { .. } => return None,
         Change::Closed(r) => (pb::watch_event::Kind::Closed, wire::to_proto(r)),
     };
     Some(request.map(|r| pb::WatchEvent {

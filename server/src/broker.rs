@@ -33,6 +33,16 @@ pub enum Change {
     Voted(StoredRequest),
     /// The host reported the outcome.
     Closed(StoredRequest),
+    /// The route's `reminder` came due and the request is still undecided: channels remind
+    /// the approvers (see `crate::remind`).
+    Reminder(StoredRequest),
+    /// The route's `escalation.after` passed undecided: the escalation groups (`to`) may vote
+    /// now and channels notify them.
+    Escalated {
+        request: StoredRequest,
+        /// The route's escalation groups.
+        to: Vec<String>,
+    },
 }
 
 impl Change {
@@ -40,7 +50,8 @@ impl Change {
     pub fn request(&self) -> &StoredRequest {
         match self {
             Change::Opened(p) => &p.request,
-            Change::Voted(r) | Change::Closed(r) => r,
+            Change::Voted(r) | Change::Closed(r) | Change::Reminder(r) => r,
+            Change::Escalated { request, .. } => request,
         }
     }
 }
@@ -145,7 +156,8 @@ impl Hub {
         self.changes.subscribe()
     }
 
-    fn publish(&self, c: Change) {
+    /// Announces `c` to every watcher on this replica.
+    pub fn publish(&self, c: Change) {
         let _ = self.changes.send(c);
     }
 }

@@ -133,6 +133,8 @@ pub fn spawn(broker: &Arc<Broker>, dir: PathBuf) -> tokio::task::JoinHandle<()> 
             let (event, r) = match &change {
                 Change::Opened(p) => ("opened", &p.request),
                 Change::Closed(r) => ("closed", r),
+                Change::Reminder(r) => ("reminder", r),
+                Change::Escalated { request, .. } => ("escalated", request),
                 Change::Voted(_) => continue,
             };
             let Some(broker) = weak.upgrade() else { return };

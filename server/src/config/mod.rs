@@ -10,6 +10,7 @@ mod parse;
 mod problem;
 mod template;
 mod values;
+mod web;
 
 #[cfg(test)]
 mod tests;
@@ -20,7 +21,8 @@ use std::path::{Path, PathBuf};
 use airlock_policy::{Diagnostic, Diagnostics, LoadError, Location};
 
 pub use model::{
-    Channel, Escalation, Glob, HostUser, Match, OPERATIONS, Principal, Route, ServerConfig, Webhook,
+    Channel, Escalation, Glob, HostUser, Match, OPERATIONS, Oidc, Principal, Route, ServerConfig,
+    Web, Webhook,
 };
 pub use problem::ConfigProblem;
 pub use template::{DEFAULT_LISTEN, TEMPLATE, template};

@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub routes: Vec<Route>,
     /// The generic webhook channel (`webhook:`), for routes that name `webhook`.
     pub webhook: Option<Webhook>,
+    /// The web page (`web:`), served on the HTTP listener; other channels link to it.
+    pub web: Option<Web>,
     /// Warnings that do not stop the server (`file:line:col: message`), e.g. no catch-all
     /// route. `config check` and `serve` print them.
     pub notes: Vec<String>,
@@ -42,6 +44,45 @@ pub struct Webhook {
     pub url: String,
     /// Relative paths are relative to the server's directory.
     pub secret_file: std::path::PathBuf,
+}
+
+/// `web:`: the approval page airlock-server serves on its HTTP listener (see `crate::web`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Web {
+    /// The page's address as approvers' browsers reach it (`https://airlock.example.com`),
+    /// without a trailing slash: links in Slack and Teams messages, the OIDC redirect, the
+    /// origin forms must come from. An `https://` address makes the session cookie `Secure`.
+    pub public_url: String,
+    /// How long a sign-in lasts. Default 8h.
+    pub session: Duration,
+    /// Sign-in with OpenID Connect; without it, approvers sign in with an API token.
+    pub oidc: Option<Oidc>,
+}
+
+impl Web {
+    /// The page of request `id`, for links in other channels' messages.
+    pub fn request_url(&self, id: &str) -> String {
+        format!("{}/requests/{id}", self.public_url)
+    }
+}
+
+/// `web.oidc:`: an OpenID Connect provider (authorization code flow with PKCE).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Oidc {
+    /// The issuer URL; its `/.well-known/openid-configuration` is read at sign-in.
+    pub issuer: String,
+    /// The client id registered with the provider.
+    pub client_id: String,
+    /// File holding the client secret (relative to the server's directory); `None` for a
+    /// public client (PKCE alone).
+    pub client_secret_file: Option<std::path::PathBuf>,
+    /// The ID token claim naming the principal. Default `email`.
+    pub principal_claim: String,
+    /// The ID token claim listing the user's groups at the provider. Default `groups`.
+    pub groups_claim: String,
+    /// Provider group → airlock approver group. A signed-in user's groups are their
+    /// principal's groups in this config plus the mapped ones.
+    pub groups: BTreeMap<String, String>,
 }
 
 /// One person (or service identity) who may vote.

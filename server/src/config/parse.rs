@@ -23,6 +23,7 @@ const TOP_KEYS: &[&str] = &[
     "principals",
     "routes",
     "webhook",
+    "web",
 ];
 const WEBHOOK_KEYS: &[&str] = &["url", "secret_file"];
 const PRINCIPAL_KEYS: &[&str] = &["groups", "host_users"];
@@ -108,7 +109,7 @@ pub(crate) fn config(src: &str, file: &Path) -> Result<ServerConfig, Diagnostics
 /// Reads the config: the policy crate's [`Walker`] (types, keys, strings, lists, durations,
 /// reported as in policies but with "did you mean" for unknown keys) and the server's own
 /// parts on top.
-struct Reader<'a>(Walker<'a>);
+pub(super) struct Reader<'a>(Walker<'a>);
 
 impl<'a> Deref for Reader<'a> {
     type Target = Walker<'a>;
@@ -135,6 +136,7 @@ impl Reader<'_> {
             principals: BTreeMap::new(),
             routes: Vec::new(),
             webhook: None,
+            web: None,
             notes: Vec::new(),
         };
         if let Some(t) = top.get("listen").and_then(|n| self.string(n, "listen")) {
@@ -185,8 +187,14 @@ impl Reader<'_> {
         if let Some(node) = top.get("webhook") {
             cfg.webhook = self.webhook(node);
         }
+        if let Some(node) = top.get("web") {
+            cfg.web = self.web(node, cfg.http_listen.is_some());
+        }
         if let Some(node) = top.get("routes") {
             cfg.routes = self.routes(node, &members);
+            if cfg.web.is_none() {
+                self.channel_needs_section(node, Channel::Web, "web");
+            }
             if cfg.webhook.is_none() {
                 self.channel_needs_section(node, Channel::Webhook, "webhook");
             }
@@ -218,7 +226,7 @@ impl Reader<'_> {
     }
 
     /// Reports each `channels:` entry naming `channel` when its section is missing.
-    fn channel_needs_section(&mut self, routes: &Node, channel: Channel, section: &'static str) {
+    pub(super) fn channel_needs_section(&mut self, routes: &Node, channel: Channel, section: &'static str) {
         let Kind::Seq(items) = &routes.kind else {
             return;
         };

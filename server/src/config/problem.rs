@@ -65,6 +65,15 @@ pub enum ConfigProblem {
     /// A webhook URL that is not http:// or https://.
     #[error("webhook URL {found:?}: expected http://… or https://…")]
     BadWebhookUrl { found: String },
+    /// `web:` without `http_listen`, which serves the page.
+    #[error("the web page is served on the HTTP listener: set http_listen too")]
+    WebNeedsHttpListen,
+    /// A page or issuer address that is not an http(s) URL without query or credentials.
+    #[error("{found:?}: expected http://HOST[:PORT][/PATH] or https://… (no query, fragment or credentials)")]
+    BadPageUrl { found: String },
+    /// A sign-in lifetime under a minute.
+    #[error("sessions last at least 1m")]
+    SessionTooShort,
     /// A channel a route names that needs a section the config does not have.
     #[error("channel {channel} needs a top-level `{section}:` section")]
     ChannelNotConfigured {
