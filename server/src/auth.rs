@@ -94,6 +94,12 @@ pub async fn principal(
             "authorization header: expected `Bearer TOKEN`".into(),
         ));
     };
+    token_caller(store, token, now).await
+}
+
+/// The caller behind an API token's secret (the web page's token sign-in, the bearer header
+/// of the approvals API), if it is known, unexpired and unrevoked.
+pub async fn token_caller(store: &Store, token: &str, now: u64) -> Result<Caller, Fault> {
     if token.len() > 256 {
         return Err(Fault::Unauthenticated(
             "API token longer than 256 bytes".into(),
@@ -104,6 +110,21 @@ pub async fn principal(
         return Err(Fault::Unauthenticated("unknown API token".into()));
     };
     usable(row, hash, now)
+}
+
+/// The caller behind a token whose secret hashes to `token_sha256` (a web session signed in
+/// with a token keeps only the hash), checked like [`token_caller`].
+pub async fn token_caller_by_hash(
+    store: &Store,
+    token_sha256: &str,
+    now: u64,
+) -> Result<Caller, Fault> {
+    let Some(row) = store.lookup_token(token_sha256, now).await? else {
+        return Err(Fault::Unauthenticated(
+            "the API token this session signed in with no longer exists".into(),
+        ));
+    };
+    usable(row, token_sha256.to_string(), now)
 }
 
 /// Checks again, at `now`, the token a call authenticated with: a stream that outlives the

@@ -138,6 +138,11 @@ impl Hub {
         }
     }
 
+    /// Whether `host` has a stream on this replica.
+    pub fn is_linked(&self, host: &str) -> bool {
+        self.links().contains_key(host)
+    }
+
     /// Hosts with a stream on this replica.
     pub fn connected(&self) -> Vec<String> {
         self.links().keys().cloned().collect()
@@ -175,6 +180,9 @@ pub struct Broker {
     /// context, route, threshold, times): what a vote may change is read and checked in the
     /// vote's transaction.
     opened: Mutex<HashMap<String, Arc<Parsed>>>,
+    /// The reminder task's inbox (`crate::remind`), when one runs: each request opened
+    /// through this replica, and each re-sent one it did not have in memory.
+    reminders: std::sync::OnceLock<mpsc::UnboundedSender<crate::remind::Opened>>,
 }
 
 /// Most requests [`Broker`] keeps in memory; past it, the map is emptied and votes read the
@@ -189,6 +197,28 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// `2026-12-01 16:04:05 UTC` for a Unix time in milliseconds (what channels show people).
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days to civil date (Howard Hinnant's algorithm), proleptic Gregorian.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 impl Broker {
     /// A broker over `store` with `config`.
     ///
@@ -201,6 +231,7 @@ impl Broker {
             hub: Hub::new(),
             labels: Mutex::default(),
             opened: Mutex::default(),
+            reminders: std::sync::OnceLock::new(),
         });
         tokio::spawn(crate::link::watch_store(Arc::downgrade(&b)));
         b
@@ -290,14 +321,28 @@ impl Broker {
                 tracing::info!(id = %s.id, host, route = s.route.as_deref().unwrap_or("-"), "request opened");
                 let p = Arc::new(p);
                 self.remember(p.clone());
+                self.remind(p.clone(), false);
                 self.hub.publish(Change::Opened(p));
                 Ok(None)
             }
-            Upserted::Existing(cur) => Ok(if cur.state == RequestState::Pending {
-                wire::decision_message(&cur)
-            } else {
-                None
-            }),
+            Upserted::Existing(cur) => {
+                // Re-sent after a reconnect (to this or another replica) or a server restart:
+                // this replica takes it over unless it has it already (see `crate::remind`).
+                if cur.state == RequestState::Pending
+                    && cur.decision.is_none()
+                    && !self.is_open_here(&cur.id)
+                    && let Ok(p) = Parsed::new(cur.clone())
+                {
+                    let p = Arc::new(p);
+                    self.remember(p.clone());
+                    self.remind(p, true);
+                }
+                Ok(if cur.state == RequestState::Pending {
+                    wire::decision_message(&cur)
+                } else {
+                    None
+                })
+            }
         }
     }
 
@@ -337,6 +382,21 @@ impl Broker {
     pub async fn vote(
         &self,
         principal: &str,
+        token: Option<&str>,
+        via: &str,
+        id: &str,
+        decision: Decision,
+    ) -> Result<StoredRequest, Fault> {
+        self.vote_with(principal, &[], token, via, id, decision)
+            .await
+    }
+
+    /// [`Broker::vote`] by a principal whose identity provider vouched for `idp_groups` (the
+    /// web page's OIDC sign-in; see `route::effective_principal`).
+    pub async fn vote_with(
+        &self,
+        principal: &str,
+        idp_groups: &[String],
         token: Option<&str>,
         via: &str,
         id: &str,
@@ -390,10 +450,11 @@ impl Broker {
                 at_unix_ms: now,
             },
         };
-        route::check_vote(
+        route::check_vote_with(
             &cfg,
             route,
             principal,
+            idp_groups,
             &vote,
             &subject,
             cur.created_unix_ms,
@@ -462,6 +523,23 @@ impl Broker {
             m.clear();
         }
         m.insert(p.request.id.clone(), p);
+    }
+
+    /// Whether request `id` opened (or was re-sent) through this replica and is not closed.
+    pub fn is_open_here(&self, id: &str) -> bool {
+        self.lock_opened().contains_key(id)
+    }
+
+    /// Hands this broker's requests to the reminder task listening on `tx`; false when one
+    /// was set already.
+    pub fn set_reminders(&self, tx: mpsc::UnboundedSender<crate::remind::Opened>) -> bool {
+        self.reminders.set(tx).is_ok()
+    }
+
+    fn remind(&self, request: Arc<Parsed>, resent: bool) {
+        if let Some(tx) = self.reminders.get() {
+            let _ = tx.send(crate::remind::Opened { request, resent });
+        }
     }
 
     fn remembered(&self, id: &str) -> Option<Arc<Parsed>> {

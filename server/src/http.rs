@@ -52,7 +52,12 @@ pub fn router(broker: Arc<Broker>, dir: PathBuf) -> Router {
     Router::new()
         .route("/v1/webhook/decision", post(decision))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(App { broker, dir })
+        .with_state(App {
+            broker: broker.clone(),
+            dir: dir.clone(),
+        })
+        .merge(crate::web::router(broker.clone(), dir.clone()))
+        .merge(crate::slack::router(broker, dir))
 }
 
 /// A decision callback's body.

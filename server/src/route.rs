@@ -1,11 +1,12 @@
 //! Routing and voting rules, pure (no I/O): which route takes a request ([`ServerConfig::route_for`]),
 //! who may vote on it ([`check_vote`]), and when the votes decide it ([`tally`]).
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use airlock_approval::{Approver, DecisionRecord, Op, Release, RequestContext, Vote};
 
-use crate::config::{Channel, Glob, Match, Principal, Route, ServerConfig};
+use crate::config::{Channel, Glob, HostUser, Match, Principal, Route, ServerConfig};
 
 /// What a route is matched against.
 #[derive(Clone, Copy, Debug)]
@@ -118,7 +119,7 @@ pub enum Refusal {
 }
 
 /// `2m30s`, `45s`, `0s`: seconds rounded up, so "in 0s" only when it is due.
-fn human(ms: u64) -> String {
+pub(crate) fn human(ms: u64) -> String {
     let s = ms.div_ceil(1000);
     let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
     let mut out = String::new();
@@ -169,11 +170,72 @@ pub fn check_vote(
     created_ms: u64,
     now_ms: u64,
 ) -> Result<(), Refusal> {
-    let Some(p) = cfg.principal(principal) else {
+    check_vote_with(
+        cfg,
+        route,
+        principal,
+        &[],
+        vote,
+        subject,
+        created_ms,
+        now_ms,
+    )
+}
+
+/// The principal as the rules see it: the config's entry, with `idp_groups` (approver groups
+/// an identity provider vouched for at sign-in, see `crate::web`) added. A principal missing
+/// from the config exists only through such groups; then its host user is taken to be the
+/// principal's name up to any `@` (`alice@example.com` launched an agent as `alice`), so the
+/// self-approval rule still has a name to compare.
+pub fn effective_principal<'c>(
+    cfg: &'c ServerConfig,
+    principal: &str,
+    idp_groups: &[String],
+) -> Option<Cow<'c, Principal>> {
+    match cfg.principal(principal) {
+        Some(p) if idp_groups.is_empty() => Some(Cow::Borrowed(p)),
+        Some(p) => {
+            let mut q = p.clone();
+            for g in idp_groups {
+                if !q.groups.contains(g) {
+                    q.groups.push(g.clone());
+                }
+            }
+            Some(Cow::Owned(q))
+        }
+        None if idp_groups.is_empty() => None,
+        None => {
+            let user = principal.split('@').next().unwrap_or(principal);
+            Some(Cow::Owned(Principal {
+                groups: idp_groups.to_vec(),
+                host_users: vec![HostUser {
+                    user: user.to_owned(),
+                    hosts: None,
+                }],
+            }))
+        }
+    }
+}
+
+/// [`check_vote`] for a principal with approver groups from an identity provider on top of
+/// the config's (see [`effective_principal`]).
+#[allow(clippy::too_many_arguments)]
+pub fn check_vote_with(
+    cfg: &ServerConfig,
+    route: &Route,
+    principal: &str,
+    idp_groups: &[String],
+    vote: &Vote,
+    subject: &Subject,
+    created_ms: u64,
+    now_ms: u64,
+) -> Result<(), Refusal> {
+    let Some(p) = effective_principal(cfg, principal, idp_groups) else {
         return Err(Refusal::UnknownPrincipal {
             principal: principal.to_owned(),
         });
     };
+    let p = &*p;
     if vote.principal != principal {
         return Err(Refusal::NotOwnVote {
             principal: principal.to_owned(),

@@ -20,7 +20,9 @@
 //! - [`pg`] starts a throwaway PostgreSQL cluster.
 //!
 //! Nothing here is used by the server itself.
+pub mod oidc;
 pub mod pg;
+pub mod slack;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -129,7 +131,8 @@ pub fn init_dir(dir: &Path, config: &str) -> anyhow::Result<Arc<Ca>> {
 /// How to start a [`TestServer`].
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// `server.yaml` text ([`DEFAULT_CONFIG`] by default).
+    /// `server.yaml` text ([`DEFAULT_CONFIG`] by default); `{http_url}` in it is replaced by
+    /// the HTTP listener's `http://127.0.0.1:PORT` (for `web.public_url`).
     pub config: String,
     /// Database URL; `None`: a SQLite file in the server's temporary directory.
     pub database: Option<String>,
@@ -193,6 +196,15 @@ impl TestServer {
             Some(b) => TempDir::new_in(b, "airlock-test-server")?,
             None => TempDir::new("airlock-test-server")?,
         };
+        // Bound first: a config may name the page's address (`{http_url}`, for `web:`).
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let http_addr = http.local_addr()?;
+        let o = Options {
+            config: o
+                .config
+                .replace("{http_url}", &format!("http://{http_addr}")),
+            ..o
+        };
         let (ca, pki_dir) = match &o.pki_dir {
             Some(p) => (
                 Arc::new(Ca::load(p).context("loading the shared CA")?),
@@ -212,8 +224,9 @@ impl TestServer {
             .with_context(|| format!("opening {database}"))?;
         let broker = Broker::new(store.clone(), config);
         let _webhook = crate::webhook::spawn(&broker, dir.path().to_path_buf());
-        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let http_addr = http.local_addr()?;
+        let _slack = crate::slack::spawn(&broker, dir.path().to_path_buf());
+        let _teams = crate::teams::spawn(&broker, dir.path().to_path_buf());
+        let _remind = crate::remind::spawn(&broker)?;
         let http_router = crate::http::router(broker.clone(), dir.path().to_path_buf());
         let http_task = tokio::spawn(async move {
             let _ = axum::serve(http, http_router).await;

@@ -8,30 +8,21 @@
 //!
 //! Each event is posted by the replica it happened on (a request opens and closes on the
 //! replica its host is linked to), so a fleet behind several replicas posts it once. A failed
-//! POST (no answer, a 5xx, 408 or 429) is retried with doubling delays ([`FIRST_RETRY`] up to
-//! [`LAST_RETRY`], [`ATTEMPTS`] in all); a final failure, or another 4xx, is recorded as an
-//! attempt (`channel: webhook`). Meanwhile the request stays decidable from the CLI and the
+//! POST (no answer, a 5xx, 408 or 429) is retried with doubling delays (see [`crate::outbound`],
+//! shared with the Teams channel); a final failure, or another 4xx, is recorded as an attempt
+//! (`channel: webhook`). Meanwhile the request stays decidable from the CLI and the
 //! other channels. Retries are kept in memory: a server restart drops those still waiting.
 //!
 //! The config is read at every event, so a reload that changes `webhook:` takes effect for the
 //! next event; a secret file that cannot be read keeps the previous secret (and says so).
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
-
-use tokio::sync::broadcast::error::RecvError;
+use std::sync::Arc;
 
 use crate::broker::{Broker, Change, now_ms};
 use crate::config::Channel;
+use crate::outbound;
 use crate::store::StoredRequest;
 
-/// Attempts per event.
-const ATTEMPTS: u32 = 8;
-/// Delay before the first retry; doubled each time up to [`LAST_RETRY`].
-const FIRST_RETRY: Duration = Duration::from_millis(500);
-const LAST_RETRY: Duration = Duration::from_secs(60);
-/// Per attempt: connecting and the answer.
-const TIMEOUT: Duration = Duration::from_secs(10);
 /// The channel name in records.
 const CHANNEL: &str = "webhook";
 
@@ -45,8 +36,6 @@ pub enum WebhookError {
     },
     #[error("webhook secret file {path} is empty")]
     EmptySecret { path: PathBuf },
-    #[error("HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
 }
 
 /// The secret in `file` (relative to `dir`), without a trailing newline.
@@ -103,14 +92,7 @@ pub fn spawn(broker: &Arc<Broker>, dir: PathBuf) -> tokio::task::JoinHandle<()> 
     let mut changes = broker.hub.subscribe();
     let weak = Arc::downgrade(broker);
     tokio::spawn(async move {
-        let client = match reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            // A redirect would turn the POST into a GET without the body, and its answer
-            // would count as delivered.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("airlock-server/", env!("CARGO_PKG_VERSION")))
-            .build()
-        {
+        let client = match outbound::client() {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "webhook channel: no HTTP client; webhooks are not sent");
@@ -118,18 +100,7 @@ pub fn spawn(broker: &Arc<Broker>, dir: PathBuf) -> tokio::task::JoinHandle<()> 
             }
         };
         let mut secret: Option<Arc<[u8]>> = None;
-        loop {
-            let change = match changes.recv().await {
-                Ok(c) => c,
-                Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(
-                        missed = n,
-                        "webhook channel fell behind; {n} request changes were not posted"
-                    );
-                    continue;
-                }
-                Err(RecvError::Closed) => return,
-            };
+        while let Some(change) = outbound::next_change(&mut changes, CHANNEL).await {
             let (event, r) = match &change {
                 Change::Opened(p) => ("opened", &p.request),
                 Change::Closed(r) => ("closed", r),
@@ -142,138 +113,33 @@ pub fn spawn(broker: &Arc<Broker>, dir: PathBuf) -> tokio::task::JoinHandle<()> 
             let Some(hook) = cfg.webhook.clone() else {
                 continue;
             };
-            let wants = r.route.as_ref().is_some_and(|name| {
-                cfg.routes
-                    .iter()
-                    .any(|rt| &rt.name == name && rt.channels.contains(&Channel::Webhook))
-            });
-            if !wants {
+            if !outbound::route_lists(&cfg, r, Channel::Webhook) {
                 continue;
             }
             // Read at every event (events are few): a secret rotated in its file is used at
             // once, without a reload.
             match read_secret(&dir, &hook.secret_file) {
                 Ok(s) => secret = Some(s.into()),
-                Err(e) => {
-                    tracing::error!(error = %e, "webhook secret unreadable; keeping the previous one");
-                    broker
-                        .record(
-                            "server",
-                            CHANNEL,
-                            "configure",
-                            None,
-                            tonic::Code::FailedPrecondition,
-                            &e.to_string(),
-                        )
-                        .await;
-                }
+                Err(e) => outbound::unusable_file(&broker, CHANNEL, &e).await,
             }
-            let Some(key) = &secret else { continue };
-            let job = Delivery {
+            let Some(key) = secret.clone() else { continue };
+            let post = outbound::Post {
+                channel: CHANNEL,
                 client: client.clone(),
                 url: hook.url.clone(),
-                secret: key.clone(),
                 id: r.id.clone(),
-                body: body(event, r),
                 event,
+                body: body(event, r),
+                // Signed at each attempt: a retry minutes later still carries a fresh time.
+                headers: Some(Arc::new(move |body: &str| {
+                    let sig = crate::signing::sign_webhook(&key, body.as_bytes(), now_ms() / 1000);
+                    vec![
+                        (crate::signing::WEBHOOK_HEADER, sig),
+                        ("X-Airlock-Event", event.to_string()),
+                    ]
+                })),
             };
-            tokio::spawn(job.run(Arc::downgrade(&broker)));
+            tokio::spawn(post.run(Arc::downgrade(&broker)));
         }
     })
-}
-
-/// One event's POST, with its retries.
-struct Delivery {
-    client: reqwest::Client,
-    url: String,
-    secret: Arc<[u8]>,
-    id: String,
-    body: String,
-    event: &'static str,
-}
-
-impl Delivery {
-    async fn run(self, broker: Weak<Broker>) {
-        let mut delay = FIRST_RETRY;
-        let mut last = String::new();
-        for attempt in 1..=ATTEMPTS {
-            match self.post().await {
-                Ok(()) => return,
-                Err((why, retry)) => {
-                    tracing::warn!(id = %self.id, event = self.event, attempt, error = %why, "webhook POST failed");
-                    last = why;
-                    if !retry {
-                        break;
-                    }
-                }
-            }
-            if attempt < ATTEMPTS {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(LAST_RETRY);
-            }
-        }
-        if let Some(b) = broker.upgrade() {
-            let msg = format!(
-                "{} not delivered to {}: {last}",
-                self.event,
-                origin(&self.url)
-            );
-            b.record(
-                "server",
-                CHANNEL,
-                "deliver",
-                Some(&self.id),
-                tonic::Code::Unavailable,
-                &msg,
-            )
-            .await;
-        }
-    }
-
-    /// One attempt: `Err((why, worth retrying))`.
-    async fn post(&self) -> Result<(), (String, bool)> {
-        let sig = crate::signing::sign_webhook(&self.secret, self.body.as_bytes(), now_ms() / 1000);
-        let res = self
-            .client
-            .post(&self.url)
-            .header("Content-Type", "application/json")
-            .header(crate::signing::WEBHOOK_HEADER, sig)
-            .header("X-Airlock-Event", self.event)
-            .body(self.body.clone())
-            .send()
-            .await
-            // Without the URL: it may carry a token, and this text is recorded.
-            .map_err(|e| (e.without_url().to_string(), true))?;
-        let status = res.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let retry = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
-        Err((format!("HTTP {status}"), retry))
-    }
-}
-
-/// `scheme://host[:port]` of a URL, for records (its path and query may carry a token).
-fn origin(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-            // Credentials in the authority stay out too.
-            let host = host.rsplit('@').next().unwrap_or(host);
-            format!("{scheme}://{host}")
-        }
-        None => "(webhook URL)".to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn records_name_the_origin_only() {
-        assert_eq!(
-            super::origin("https://user:pw@hooks.example.com:8443/t/SECRET?k=v"),
-            "https://hooks.example.com:8443"
-        );
-        assert_eq!(super::origin("http://127.0.0.1:9/x"), "http://127.0.0.1:9");
-    }
 }

@@ -17,6 +17,7 @@ mod ops;
 mod ops_fd;
 mod ops_unholdable;
 mod server;
+mod web;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

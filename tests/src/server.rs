@@ -84,6 +84,8 @@ pub struct Fixture {
     pub policy: PathBuf,
     pub outside_cg: PathBuf,
     pub tokens: std::collections::HashMap<&'static str, String>,
+    /// The web page's side (OIDC provider, address), on the host tier only.
+    pub web: Option<crate::web::WebSide>,
     pub _cg: CgroupDir,
 }
 
@@ -187,7 +189,7 @@ pub fn enroll_with(
 }
 
 impl Fixture {
-    fn new(base: &Path, bin_dir: &Path) -> anyhow::Result<Fixture> {
+    fn new(base: &Path, bin_dir: &Path, web: bool) -> anyhow::Result<Fixture> {
         let dir = base.join(format!("airlock-e2e-server-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         for d in ["held", "pair", "short"] {
@@ -220,16 +222,33 @@ impl Fixture {
             ),
         )?;
         let sdir = dir.join("server");
+        std::fs::create_dir_all(&sdir)?;
+        let web = if web {
+            Some(crate::web::WebSide::start().context("the web page's OIDC provider")?)
+        } else {
+            None
+        };
+        let web_config = match &web {
+            Some(w) => w.config(&sdir)?,
+            None => String::new(),
+        };
+        let channels = if web.is_some() {
+            "    channels: [cli, web]\n"
+        } else {
+            ""
+        };
         // Approvers: alice and bob (sre), carol (dba: not an approver here), and the person
         // who launches the agents (root on this host) who is an sre too but may not approve
         // their own agent's requests.
         let (url, _) = init_server(
             bin_dir,
             &sdir,
-            "principals:\n  alice:\n    groups: [sre]\n  bob:\n    groups: [sre]\n  carol:\n    groups: [dba]\n\
+            &format!(
+                "principals:\n  alice:\n    groups: [sre]\n  bob:\n    groups: [sre]\n  carol:\n    groups: [dba]\n\
                  \x20 operator:\n    groups: [sre]\n    host_users: [root]\n\
-                 routes:\n  - name: pair\n    match:\n      rules: [pair-tool]\n    approvers: [sre]\n    threshold: 2\n\
-                 \x20 - name: default\n    approvers: [sre]\n",
+                 routes:\n  - name: pair\n    match:\n      rules: [pair-tool]\n    approvers: [sre]\n    threshold: 2\n{channels}\
+                 \x20 - name: default\n    approvers: [sre]\n{channels}{web_config}",
+            ),
         )?;
         let mut tokens = std::collections::HashMap::new();
         for p in ["alice", "bob", "carol", "operator"] {
@@ -245,6 +264,7 @@ impl Fixture {
             policy,
             outside_cg,
             tokens,
+            web,
             _cg: cg,
         })
     }
@@ -294,7 +314,7 @@ impl Ctx<'_> {
     }
 
     /// Starts `airlock run --agent e2esrv -- airlock-e2e --op exec TOOL --op echo WORD`.
-    fn spawn(&self, tool: &Path, word: &str) -> anyhow::Result<Spawned> {
+    pub(crate) fn spawn(&self, tool: &Path, word: &str) -> anyhow::Result<Spawned> {
         let t = tool.to_string_lossy().to_string();
         self.spawn_op(&["exec", &t, "--op", "echo", word])
     }
@@ -328,7 +348,7 @@ impl Ctx<'_> {
 
     /// A request of `rule` pending at the server that no earlier call returned (waits for it
     /// to arrive there).
-    fn wait_pending_at_server(&self, rule: &str) -> anyhow::Result<serde_json::Value> {
+    pub(crate) fn wait_pending_at_server(&self, rule: &str) -> anyhow::Result<serde_json::Value> {
         let deadline = Instant::now() + WAIT;
         loop {
             let o = self.remote("alice", &["pending", "--json"])?;
@@ -390,13 +410,13 @@ impl Ctx<'_> {
     }
 }
 
-fn said(o: &Output) -> String {
+pub(crate) fn said(o: &Output) -> String {
     format!("{} {}", stdout(o), String::from_utf8_lossy(&o.stderr))
 }
 
 /// The agent's stderr has airlock's line for the request opening and the one for its close
 /// ending with `closed_tail` (the release was told before it happened: see `notice.rs`).
-fn told(o: &Output, id: &str, closed_tail: &str) -> anyhow::Result<()> {
+pub(crate) fn told(o: &Output, id: &str, closed_tail: &str) -> anyhow::Result<()> {
     let err = String::from_utf8_lossy(&o.stderr);
     let opened = format!("is held for approval by rule held-tool (request {id})");
     let closed = format!("airlock: request {id} ");
@@ -410,7 +430,7 @@ fn told(o: &Output, id: &str, closed_tail: &str) -> anyhow::Result<()> {
     )
 }
 
-type Case = fn(&Ctx) -> anyhow::Result<()>;
+pub(crate) type Case = fn(&Ctx) -> anyhow::Result<()>;
 
 /// The remote-approval scenarios, in order.
 pub const CASES: &[(&str, Case)] = &[
@@ -723,7 +743,7 @@ pub const CASES: &[(&str, Case)] = &[
 /// Runs the remote-approval scenarios with their own server, daemon and cgroups.
 /// `all: false` (the guest tier, where every second of TCG counts) runs only the first two.
 pub fn run_all(r: &mut Report, bin_dir: &Path, me: &Path, base: &Path, all: bool) {
-    let fx = match Fixture::new(base, bin_dir) {
+    let fx = match Fixture::new(base, bin_dir, all) {
         Ok(f) => f,
         Err(e) => return r.check("server_fixture", Err(e)),
     };
@@ -762,7 +782,18 @@ pub fn run_all(r: &mut Report, bin_dir: &Path, me: &Path, base: &Path, all: bool
     };
     r.check("airlockd_links_to_the_server", ctx.link_up(true));
     let before = r.failed;
-    for (name, f) in CASES.iter().take(if all { CASES.len() } else { 3 }) {
+    for (i, (name, f)) in CASES
+        .iter()
+        .take(if all { CASES.len() } else { 3 })
+        .enumerate()
+    {
+        // The browser scenarios (host tier), while the server and the link are as set up:
+        // later cases restart the server, reload its config and revoke the host.
+        if all && i == 3 {
+            for (name, f) in crate::web::CASES {
+                r.check(name, f(&ctx));
+            }
+        }
         r.check(name, f(&ctx));
     }
     if r.failed > before {

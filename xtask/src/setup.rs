@@ -17,6 +17,10 @@ const APT_PACKAGES: &[&str] = &[
     // airlock-server's storage suite and replica tests run against a real PostgreSQL; the test
     // harness starts throwaway clusters itself (nothing is started by the package here).
     "postgresql",
+    // The web page's browser tests (host tier) drive headless Chromium through chromedriver;
+    // the harness starts and stops both itself.
+    "chromium",
+    "chromium-driver",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker's LLVM must match the nightly rustc's LLVM major.

@@ -29,6 +29,14 @@ pub fn run(a: ConfigArgs) -> anyhow::Result<ExitCode> {
                     eprintln!("{}: {e}", file.display());
                     return Ok(ExitCode::from(1));
                 }
+                if let Err(e) = crate::slack::check(&c, dir) {
+                    eprintln!("{}: {e}", file.display());
+                    return Ok(ExitCode::from(1));
+                }
+                if let Err(e) = crate::teams::check(&c, dir) {
+                    eprintln!("{}: {e}", file.display());
+                    return Ok(ExitCode::from(1));
+                }
                 for n in &c.notes {
                     println!("note: {n}");
                 }

@@ -30,6 +30,8 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     super::block_on(async move {
         let (cfg, store) = a.dir.open().await?;
         crate::webhook::check(&cfg, &a.dir.dir)?;
+        crate::slack::check(&cfg, &a.dir.dir)?;
+        crate::teams::check(&cfg, &a.dir.dir)?;
         for n in &cfg.notes {
             tracing::warn!(note = %n, "config");
         }
@@ -46,6 +48,9 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         let ca = Arc::new(crate::pki::Ca::load(&a.dir.dir).context("loading the CA")?);
         let broker = Broker::new(store.clone(), cfg);
         let _webhook = crate::webhook::spawn(&broker, a.dir.dir.clone());
+        let _slack = crate::slack::spawn(&broker, a.dir.dir.clone());
+        let _teams = crate::teams::spawn(&broker, a.dir.dir.clone());
+        let _remind = crate::remind::spawn(&broker)?;
         let _http = match broker.config().http_listen.clone() {
             Some(h) => {
                 let addr: SocketAddr = h
@@ -95,6 +100,8 @@ pub async fn serve(
                 .map_err(anyhow::Error::from)
                 .and_then(|c| {
                     crate::webhook::check(&c, &dir)?;
+                    crate::slack::check(&c, &dir)?;
+                    crate::teams::check(&c, &dir)?;
                     Ok(c)
                 });
             match loaded {

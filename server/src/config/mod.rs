@@ -8,12 +8,16 @@
 mod model;
 mod parse;
 mod problem;
+mod slack;
+mod teams;
 mod template;
 mod values;
 mod web;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_slack;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -22,7 +26,7 @@ use airlock_policy::{Diagnostic, Diagnostics, LoadError, Location};
 
 pub use model::{
     Channel, Escalation, Glob, HostUser, Match, OPERATIONS, Oidc, Principal, Route, ServerConfig,
-    Web, Webhook,
+    Slack, SlackMode, Teams, Web, Webhook,
 };
 pub use problem::ConfigProblem;
 pub use template::{DEFAULT_LISTEN, TEMPLATE, template};

@@ -31,6 +31,10 @@ pub struct ServerConfig {
     pub webhook: Option<Webhook>,
     /// The web page (`web:`), served on the HTTP listener; other channels link to it.
     pub web: Option<Web>,
+    /// The Slack channel (`slack:`), for routes that name `slack` (see `crate::slack`).
+    pub slack: Option<Slack>,
+    /// The Microsoft Teams channel (`teams:`), for routes that name `teams`.
+    pub teams: Option<Teams>,
     /// Warnings that do not stop the server (`file:line:col: message`), e.g. no catch-all
     /// route. `config check` and `serve` print them.
     pub notes: Vec<String>,
@@ -44,6 +48,45 @@ pub struct Webhook {
     pub url: String,
     /// Relative paths are relative to the server's directory.
     pub secret_file: std::path::PathBuf,
+}
+
+/// `teams: { webhook_url_file }`: the file holding the URL of a Teams Workflows webhook ("When a
+/// Teams webhook request is received"), read at start, on reload and at each message (see
+/// `crate::teams`). The URL is kept in a file because it is the credential: whoever has it
+/// posts to the channel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Teams {
+    /// Relative paths are relative to the server's directory.
+    pub webhook_url_file: std::path::PathBuf,
+}
+
+/// `slack:`: the Slack app that announces requests and takes decisions (see `crate::slack`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Slack {
+    /// How Slack delivers clicks: Socket Mode (default) or HTTP interactivity.
+    pub mode: SlackMode,
+    /// File holding the bot token (`xoxb-…`) for the Web API; relative paths are relative to
+    /// the server's directory.
+    pub bot_token_file: std::path::PathBuf,
+    /// File holding the app-level token (`xapp-…`, scope `connections:write`); Socket Mode.
+    pub app_token_file: Option<std::path::PathBuf>,
+    /// File holding the app's signing secret; HTTP mode.
+    pub signing_secret_file: Option<std::path::PathBuf>,
+    /// The conversation requests are posted to (`C…`, `G…`).
+    pub channel: String,
+    /// The Web API's base URL, without a trailing slash. Default `https://slack.com/api`.
+    pub api_url: String,
+    /// Slack user id (`U…`, `W…`) → principal: who a click is from.
+    pub users: BTreeMap<String, String>,
+}
+
+/// `slack.mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlackMode {
+    /// Socket Mode: the server opens a WebSocket to Slack (outbound only).
+    Socket,
+    /// Slack POSTs clicks to `/v1/slack/interactivity` on the HTTP listener.
+    Http,
 }
 
 /// `web:`: the approval page airlock-server serves on its HTTP listener (see `crate::web`).
@@ -141,6 +184,9 @@ pub struct Route {
     pub escalation: Option<Escalation>,
     /// Channels that announce this route's requests. Default `[cli]`.
     pub channels: Vec<Channel>,
+    /// Chat channels (Slack) only link to the web page for this route's requests: no buttons,
+    /// and a decision sent through them is refused. Needs `web:`. Default false.
+    pub web_only: bool,
 }
 
 /// `escalation: { after, to }`.

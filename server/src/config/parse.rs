@@ -24,6 +24,8 @@ const TOP_KEYS: &[&str] = &[
     "routes",
     "webhook",
     "web",
+    "teams",
+    "slack",
 ];
 const WEBHOOK_KEYS: &[&str] = &["url", "secret_file"];
 const PRINCIPAL_KEYS: &[&str] = &["groups", "host_users"];
@@ -36,6 +38,7 @@ const ROUTE_KEYS: &[&str] = &[
     "reminder",
     "escalation",
     "channels",
+    "web_only",
 ];
 const MATCH_KEYS: &[&str] = &[
     "hosts",
@@ -137,6 +140,8 @@ impl Reader<'_> {
             routes: Vec::new(),
             webhook: None,
             web: None,
+            teams: None,
+            slack: None,
             notes: Vec::new(),
         };
         if let Some(t) = top.get("listen").and_then(|n| self.string(n, "listen")) {
@@ -190,13 +195,33 @@ impl Reader<'_> {
         if let Some(node) = top.get("web") {
             cfg.web = self.web(node, cfg.http_listen.is_some());
         }
+        if let Some(node) = top.get("teams") {
+            cfg.teams = self.teams(node);
+        }
+        if let Some(node) = top.get("slack") {
+            cfg.slack = self.slack(node, &cfg);
+        }
         if let Some(node) = top.get("routes") {
             cfg.routes = self.routes(node, &members);
+            // A `slack:` with errors is reported already.
+            if top.get("slack").is_none() {
+                self.channel_needs_section(node, Channel::Slack, "slack");
+            }
+            if cfg.web.is_none() {
+                self.web_only_needs_web(node);
+            }
             if cfg.web.is_none() {
                 self.channel_needs_section(node, Channel::Web, "web");
             }
             if cfg.webhook.is_none() {
                 self.channel_needs_section(node, Channel::Webhook, "webhook");
+            }
+            if cfg.teams.is_none() {
+                self.channel_needs_section(node, Channel::Teams, "teams");
+            }
+            // Teams webhook cards cannot deliver clicks: their button opens the web page.
+            if cfg.web.is_none() {
+                self.channel_needs_section(node, Channel::Teams, "web");
             }
         }
         cfg.notes = self.notes(&top, &cfg.routes);
@@ -226,7 +251,12 @@ impl Reader<'_> {
     }
 
     /// Reports each `channels:` entry naming `channel` when its section is missing.
-    pub(super) fn channel_needs_section(&mut self, routes: &Node, channel: Channel, section: &'static str) {
+    pub(super) fn channel_needs_section(
+        &mut self,
+        routes: &Node,
+        channel: Channel,
+        section: &'static str,
+    ) {
         let Kind::Seq(items) = &routes.kind else {
             return;
         };
@@ -332,6 +362,7 @@ impl Reader<'_> {
             reminder: None,
             escalation: None,
             channels: vec![Channel::Cli],
+            web_only: false,
         };
         let mut name = None;
         if let Some(t) = self.required_string(&f, field, "name") {
@@ -380,6 +411,9 @@ impl Reader<'_> {
         }
         if let Some(n) = f.get("escalation") {
             route.escalation = self.escalation(n, &join(field, "escalation"), members);
+        }
+        if let Some(n) = f.get("web_only") {
+            route.web_only = self.bool(n, &join(field, "web_only")).unwrap_or(false);
         }
         if let Some(n) = f.get("channels") {
             let c_field = join(field, "channels");

@@ -69,7 +69,9 @@ pub enum ConfigProblem {
     #[error("the web page is served on the HTTP listener: set http_listen too")]
     WebNeedsHttpListen,
     /// A page or issuer address that is not an http(s) URL without query or credentials.
-    #[error("{found:?}: expected http://HOST[:PORT][/PATH] or https://… (no query, fragment or credentials)")]
+    #[error(
+        "{found:?}: expected http://HOST[:PORT][/PATH] or https://… (no query, fragment or credentials)"
+    )]
     BadPageUrl { found: String },
     /// A sign-in lifetime under a minute.
     #[error("sessions last at least 1m")]

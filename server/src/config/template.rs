@@ -27,8 +27,9 @@ listen: "127.0.0.1:7443"
 break_glass: true
 
 # The generic webhook channel, for routes that list `webhook` in their channels: one JSON POST
-# per request when it opens and when its host reports the outcome ({"event": "opened" or
-# "closed", "request": {...}}), retried with backoff. Each is signed: header
+# per request when it opens, when its reminder or escalation comes due and when its host
+# reports the outcome ({"event": "opened", "reminder", "escalated" or "closed", "request":
+# {...}}), retried with backoff. Each is signed: header
 # X-Airlock-Signature: t=UNIX_SECONDS,v1=HEX where HEX is the lowercase hex HMAC-SHA256, keyed
 # with the secret, of "UNIX_SECONDS." followed by the raw body. A receiver recomputes it over
 # the bytes it received, compares in constant time and refuses a t more than 300 s from its
@@ -36,6 +37,34 @@ break_glass: true
 # webhook:
 #   url: https://hooks.example.com/airlock
 #   secret_file: webhook.secret
+
+# Microsoft Teams, for routes that list `teams`: an Adaptive Card per request when it opens,
+# when its reminder or escalation comes due, and when it closes, posted to a Teams Workflows
+# webhook ("When a Teams webhook request is received"). Its URL is the credential, so it is
+# kept in a file (relative to this directory). Teams cards cannot take clicks: their button
+# opens the request on the web page, so a route listing teams needs web: (and http_listen).
+# teams:
+#   webhook_url_file: teams.url
+
+# Slack, for routes that list `slack`: a message per request in `channel` (a conversation id,
+# C...) with its context and the buttons Approve, Approve 15m and Deny (Deny asks for the
+# reason in a form); each vote is a reply in the message's thread, and the message is updated
+# with the outcome when the request closes. Failed posts are retried while the request is
+# pending. The app needs the bot scopes chat:write (and the bot in the channel), and takes
+# clicks either by Socket Mode (default: outbound only; an app-level token with
+# connections:write) or by HTTP (mode: http; Slack POSTs to /v1/slack/interactivity on
+# http_listen, behind your TLS proxy; checked with the app's signing secret). Files are
+# relative to this directory. users maps Slack user ids to principals: a click by anyone else
+# is refused (the user sees why; every refusal is recorded).
+# slack:
+#   bot_token_file: slack-bot.token          # xoxb-...
+#   app_token_file: slack-app.token          # xapp-..., Socket Mode
+#   # mode: http                             # instead of Socket Mode:
+#   # signing_secret_file: slack-signing.secret
+#   channel: C0123ABCD
+#   users:
+#     U0123ABCD: alice
+#     U0456EFGH: bob
 
 # The people who may vote. API tokens are issued to these names
 # (airlock-server tokens create NAME). Names: a-z, 0-9, ., _, - and @.
@@ -71,10 +100,14 @@ routes:
   #   threshold: 2               # distinct approvals needed (default 1; at most the number
   #                              # of principals in the approver groups); one deny decides
   #   deny_requires_reason: true # default false
-  #   reminder: 2m               # remind approvers this long before the deadline (s, m, h, d)
-  #   escalation: { after: 5m, to: [oncall] }  # these groups may vote too after the delay
+  #   reminder: 2m               # remind approvers this long before the deadline (s, m, h, d):
+  #                              # the route's channels post a reminder, once, if undecided
+  #   escalation: { after: 5m, to: [oncall] }  # these groups may vote too after the delay;
+  #                              # the channels announce it once, if still undecided
   #   channels: [cli]            # where requests are announced: cli, web, slack, teams,
   #                              # webhook (default [cli])
+  #   web_only: true             # chat channels (slack) only link to the web page: no
+  #                              # buttons, their votes refused; needs web: (default false)
   - name: default
     match: {}                    # no criteria: every request
     approvers: [admins]

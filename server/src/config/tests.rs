@@ -35,6 +35,11 @@ routes:
     channels: [cli, slack]
   - name: default
     approvers: [sre]
+slack:
+  bot_token_file: slack-bot.token
+  app_token_file: slack-app.token
+  channel: C0123ABCD
+  users: { U0123ABCD: alice }
 "#;
 
 /// The diagnostics of a config that must fail, one string per line.
@@ -167,7 +172,7 @@ fn unknown_keys_are_errors_with_did_you_mean() {
             "server.yaml:1:1: unknown key \"listn\" (did you mean \"listen\"?)",
             "server.yaml:2:1: unknown key \"breakGlass\" (did you mean \"break_glass\"?)",
             "server.yaml:3:1: unknown key \"colour\" (expected one of: listen, http_listen, \
-             database, break_glass, principals, routes, webhook)",
+             database, break_glass, principals, routes, webhook, web, teams, slack)",
         ]
     );
     assert_eq!(

@@ -20,13 +20,15 @@
 //!   `SQLITE_BUSY_SNAPSHOT` when upgrading a read snapshot.
 //!
 //! The methods live by topic, one file each: `open.rs` (connecting, pragmas, migrations),
-//! `hosts.rs` (enrolment, hosts), `tokens.rs`, `requests.rs`, `votes.rs`, `attempts.rs`.
+//! `hosts.rs` (enrolment, hosts), `tokens.rs`, `requests.rs`, `votes.rs`, `attempts.rs`, `web.rs` (the web page's sign-ins).
 mod attempts;
 mod hosts;
 mod open;
 mod requests;
+mod slack;
 mod tokens;
 mod votes;
+mod web;
 
 #[cfg(test)]
 mod tests;
@@ -35,6 +37,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use airlock_approval::{DecisionRecord, RequestState, Vote};
+
+pub use slack::SlackMessage;
+pub use web::{WebLogin, WebSession};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]

@@ -69,13 +69,19 @@ pub(super) fn vote_from_row(row: &AnyRow, request_id: &str) -> Result<Option<Vot
 /// The SELECT of [`select_requests`]: requests matching `cond` (a WHERE clause over
 /// `requests`, or empty), oldest first, at most `limit` (a parameter number), joined with
 /// their votes.
+#[cfg(test)]
 fn select_sql(cond: &str, limit: Option<usize>) -> String {
+    select_sql_ordered(cond, limit, "")
+}
+
+/// [`select_sql`] with the requests in `dir` order of creation (`""` or `" DESC"`).
+fn select_sql_ordered(cond: &str, limit: Option<usize>, dir: &str) -> String {
     let limit = limit.map(|n| format!(" LIMIT ${n}")).unwrap_or_default();
     format!(
         "SELECT r.*, v.principal, v.verdict, v.for_ms, v.deny_always, v.reason, v.via, v.at_ms \
-         FROM (SELECT {REQUEST_COLS} FROM requests {cond} ORDER BY created_ms, id{limit}) r \
+         FROM (SELECT {REQUEST_COLS} FROM requests {cond} ORDER BY created_ms{dir}, id{dir}{limit}) r \
          LEFT JOIN votes v ON v.request_id = r.id \
-         ORDER BY r.created_ms, r.id, v.seq"
+         ORDER BY r.created_ms{dir}, r.id{dir}, v.seq"
     )
 }
 
@@ -133,14 +139,25 @@ pub(super) fn list_sql(f: &RequestFilter) -> (String, Vec<String>) {
 async fn select_requests(
     conn: &mut AnyConnection,
     cond: &str,
+    args: Vec<Arg>,
+    limit: Option<u32>,
+) -> Result<Vec<StoredRequest>, StoreError> {
+    select_requests_ordered(conn, cond, args, limit, "").await
+}
+
+/// [`select_requests`] in `dir` order of creation (`""` or `" DESC"`).
+async fn select_requests_ordered(
+    conn: &mut AnyConnection,
+    cond: &str,
     mut args: Vec<Arg>,
     limit: Option<u32>,
+    dir: &str,
 ) -> Result<Vec<StoredRequest>, StoreError> {
     let limit = limit.map(|n| {
         args.push(Arg::Int(i64::from(n)));
         args.len()
     });
-    let sql = select_sql(cond, limit);
+    let sql = select_sql_ordered(cond, limit, dir);
     let mut q = sqlx::query::<Any>(&sql);
     for a in args {
         q = match a {
@@ -220,6 +237,31 @@ impl Store {
         )
         .await?;
         Ok(found.pop())
+    }
+
+    /// Recent requests, newest first, at most `limit`: `f`'s filters, and when `approver` is
+    /// given only requests that principal voted on (the web page's history).
+    pub async fn recent_requests(
+        &self,
+        f: &RequestFilter,
+        approver: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredRequest>, StoreError> {
+        let (mut cond, mut args) = filter_sql(f);
+        if let Some(p) = approver {
+            args.push(Arg::Text(p.to_string()));
+            let voted = format!(
+                "EXISTS (SELECT 1 FROM votes WHERE votes.request_id = requests.id AND votes.principal = ${})",
+                args.len()
+            );
+            cond = if cond.is_empty() {
+                format!("WHERE {voted}")
+            } else {
+                format!("{cond} AND {voted}")
+            };
+        }
+        let mut conn = self.pool.acquire().await?;
+        select_requests_ordered(&mut conn, &cond, args, Some(limit), " DESC").await
     }
 
     /// Requests matching every filter given, oldest first (created, id), with their votes.
