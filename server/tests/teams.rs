@@ -25,7 +25,7 @@ fn config() -> String {
         "http_listen: \"127.0.0.1:0\"\nweb:\n  public_url: {PAGE}\nteams:\n  webhook_url_file: teams.url\n{}",
         DEFAULT_CONFIG.replace(
             "    approvers: [sre, bots]\n",
-            "    approvers: [sre, bots]\n    channels: [cli, teams]\n"
+            "    approvers: [sre, bots]\n    channels: [cli, teams, web]\n"
         )
     )
 }
@@ -242,7 +242,7 @@ async fn a_refused_post_is_recorded_naming_the_urls_origin_only() {
 async fn a_route_without_teams_posts_no_card() {
     let (base, mut posts) = receiver::start(vec![]).await;
     // Teams configured, but no route names it.
-    let cfg = config().replace("    channels: [cli, teams]\n", "");
+    let cfg = config().replace("    channels: [cli, teams, web]\n", "");
     let srv = TestServer::with(Options {
         config: cfg,
         ..Options::default()
@@ -261,8 +261,8 @@ async fn a_route_without_teams_posts_no_card() {
 async fn a_reminder_and_an_escalation_each_post_a_card_linking_to_the_page() {
     let (base, mut posts) = receiver::start(vec![]).await;
     let cfg = config().replace(
-        "    channels: [cli, teams]\n",
-        "    channels: [cli, teams]\n    reminder: 2s\n    escalation: { after: 1s, to: [dba] }\n",
+        "    channels: [cli, teams, web]\n",
+        "    channels: [cli, teams, web]\n    reminder: 2s\n    escalation: { after: 1s, to: [dba] }\n",
     );
     let srv = TestServer::with(Options {
         config: cfg,

@@ -431,6 +431,18 @@ impl Reader<'_> {
                     }
                 }
             }
+            // Teams cards and web-only Slack messages send people to the page to decide; a
+            // route that does not take votes from the page would refuse every one of them.
+            let links_to_page = route.channels.contains(&Channel::Teams)
+                || (route.web_only && route.channels.contains(&Channel::Slack));
+            if links_to_page && !route.channels.contains(&Channel::Web) {
+                let via = if route.channels.contains(&Channel::Teams) {
+                    "teams"
+                } else {
+                    "slack (web_only)"
+                };
+                self.err(n.pos, &c_field, ConfigProblem::PageNotOnRoute { via });
+            }
         }
         Some((route, name))
     }

@@ -65,6 +65,9 @@ pub enum ConfigProblem {
     /// A webhook URL that is not http:// or https://.
     #[error("webhook URL {found:?}: expected http://… or https://…")]
     BadWebhookUrl { found: String },
+    /// A route whose messages send approvers to the web page but does not list `web`.
+    #[error("{via} sends approvers to the web page to decide: add web to this route's channels")]
+    PageNotOnRoute { via: &'static str },
     /// `web:` without `http_listen`, which serves the page.
     #[error("the web page is served on the HTTP listener: set http_listen too")]
     WebNeedsHttpListen,

@@ -24,7 +24,7 @@ mod tests {
 
     const PRINCIPALS: &str = "principals:\n  alice: { groups: [sre] }\n";
     const TEAMS_ROUTE: &str =
-        "routes:\n  - name: d\n    approvers: [sre]\n    channels: [cli, teams]\n";
+        "routes:\n  - name: d\n    approvers: [sre]\n    channels: [cli, teams, web]\n";
     const WEB: &str =
         "http_listen: \"127.0.0.1:7480\"\nweb:\n  public_url: https://airlock.example.com\n";
 
@@ -46,7 +46,10 @@ mod tests {
                 webhook_url_file: "teams.url".into()
             })
         );
-        assert_eq!(c.routes[0].channels, [Channel::Cli, Channel::Teams]);
+        assert_eq!(
+            c.routes[0].channels,
+            [Channel::Cli, Channel::Teams, Channel::Web]
+        );
     }
 
     #[test]
@@ -67,7 +70,8 @@ mod tests {
                 "teams:\n  webhook_url_file: teams.url\n{PRINCIPALS}{TEAMS_ROUTE}"
             )),
             [
-                "server.yaml:8:21: routes[0].channels[1]: channel teams needs a top-level `web:` section"
+                "server.yaml:8:21: routes[0].channels[1]: channel teams needs a top-level `web:` section",
+                "server.yaml:8:28: routes[0].channels[2]: channel web needs a top-level `web:` section",
             ]
         );
     }

@@ -13,7 +13,7 @@ pub const TEMPLATE: &str = r#"# airlock-server configuration. Check it after edi
 # Address the gRPC listener binds (TLS; hosts and approvers connect to it), IP:PORT.
 listen: "127.0.0.1:7443"
 
-# Address of the HTTP listener for channel callbacks (the webhook's decisions), IP:PORT. Plain
+# Address of the HTTP listener (the web page, Slack's and the webhook's callbacks), IP:PORT. Plain
 # HTTP: keep it on loopback or a private address behind a TLS-terminating proxy. Default: none.
 # http_listen: "127.0.0.1:7480"
 
@@ -25,6 +25,26 @@ listen: "127.0.0.1:7443"
 # decisions are recorded as break-glass and reported to this server. false makes the server
 # the only way to decide.
 break_glass: true
+
+# The approval page, for routes that list `web` (served on http_listen; put a TLS proxy in
+# front). Approvers sign in with single sign-on (OpenID Connect, authorization code + PKCE) or
+# with an API token (airlock-server tokens issue NAME). public_url is the page's address as
+# browsers reach it: Slack and Teams messages link to it, the provider redirects back to
+# PUBLIC_URL/login/oidc/callback (register that), and forms must come from it; an https://
+# address makes the session cookie Secure. session: how long a sign-in lasts (default 8h).
+# oidc.principal_claim (default email) names the principal; the provider's groups claim
+# (groups_claim, default groups) maps to approver groups through oidc.groups, on top of the
+# principal's groups below. Someone not listed under principals may vote only through a mapped
+# group, and is then taken to be host user NAME for the self-approval rule (NAME@domain).
+# client_secret_file (relative to this directory) is left out for a public client.
+# web:
+#   public_url: https://airlock.example.com
+#   session: 8h
+#   oidc:
+#     issuer: https://login.example.com
+#     client_id: airlock
+#     client_secret_file: oidc-client.secret
+#     groups: { platform-oncall: sre }
 
 # The generic webhook channel, for routes that list `webhook` in their channels: one JSON POST
 # per request when it opens, when its reminder or escalation comes due and when its host

@@ -119,7 +119,8 @@ fn web_only_with_slack_needs_the_web_page() {
     assert_eq!(
         errors(&src),
         [
-            "server.yaml:8:15: routes[0].web_only: web_only links Slack messages to the web page: add a top-level `web:` section"
+            "server.yaml:7:15: routes[0].channels: slack (web_only) sends approvers to the web page to decide: add web to this route's channels",
+            "server.yaml:8:15: routes[0].web_only: web_only links Slack messages to the web page: add a top-level `web:` section",
         ]
     );
     let with_web = with_slack(
@@ -127,7 +128,8 @@ fn web_only_with_slack_needs_the_web_page() {
         &format!(
             "http_listen: 127.0.0.1:7480\nweb:\n  public_url: https://airlock.example.com\n{SOCKET}"
         ),
-    );
+    )
+    .replace("[cli, slack]", "[cli, slack, web]");
     let c = parse(&with_web, "server.yaml").unwrap();
     assert!(c.routes[0].web_only);
     assert_eq!(

@@ -129,3 +129,70 @@ fn http_url(s: &str) -> Option<String> {
     }
     Some(s.trim_end_matches('/').to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ConfigError, parse};
+
+    const PRINCIPALS: &str = "principals:\n  alice: { groups: [sre] }\n";
+
+    fn errors(src: &str) -> Vec<String> {
+        match parse(src, "server.yaml") {
+            Ok(c) => panic!("parsed: {c:?}"),
+            Err(ConfigError::Invalid(d)) => d.iter().map(|d| d.to_string()).collect(),
+            Err(e) => panic!("not invalid: {e}"),
+        }
+    }
+
+    #[test]
+    fn the_web_section_is_read_with_its_defaults() {
+        let src = format!(
+            "http_listen: 127.0.0.1:7480\nweb:\n  public_url: https://airlock.example.com/\n  \
+             oidc:\n    issuer: https://idp.example.com\n    client_id: airlock\n    \
+             groups: {{ oncall: sre }}\n{PRINCIPALS}"
+        );
+        let c = parse(&src, "server.yaml").unwrap();
+        let w = c.web.unwrap();
+        assert_eq!(w.public_url, "https://airlock.example.com");
+        assert_eq!(w.session, super::DEFAULT_SESSION);
+        let o = w.oidc.unwrap();
+        assert_eq!(
+            (o.principal_claim.as_str(), o.groups_claim.as_str()),
+            ("email", "groups")
+        );
+        assert_eq!(o.groups.get("oncall").map(String::as_str), Some("sre"));
+        assert_eq!(o.client_secret_file, None);
+    }
+
+    #[test]
+    fn web_section_errors_say_where_and_what() {
+        let src = format!(
+            "web:\n  public_url: ftp://airlock\n  session: 10s\n  oidc:\n    issuer: https://u:p@idp\n    \
+             groups: {{ oncall: \"SRE!\" }}\n{PRINCIPALS}"
+        );
+        let e = errors(&src);
+        let want = [
+            "server.yaml:2:3: web: the web page is served on the HTTP listener: set http_listen too",
+            "server.yaml:2:15: web.public_url: \"ftp://airlock\": expected http://HOST[:PORT][/PATH]",
+            "server.yaml:3:12: web.session:",
+            "server.yaml:5:5: web.oidc: missing required key \"client_id\"",
+            "server.yaml:5:13: web.oidc.issuer: \"https://u:p@idp\": expected",
+            "server.yaml:6:23: web.oidc.groups.oncall: invalid group name",
+        ];
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+        for (got, w) in e.iter().zip(want) {
+            assert!(got.starts_with(w), "{got:?} does not start with {w:?}");
+        }
+    }
+
+    #[test]
+    fn a_route_taking_web_votes_needs_the_web_section() {
+        let src = format!(
+            "{PRINCIPALS}routes:\n  - name: d\n    approvers: [sre]\n    channels: [cli, web]\n"
+        );
+        assert_eq!(
+            errors(&src),
+            ["server.yaml:6:21: routes[0].channels[1]: channel web needs a top-level `web:` section"]
+        );
+    }
+}

@@ -37,15 +37,18 @@ pub fn config(fake: &FakeSlack, tokens: &TempDir, mode: Mode, web_only: bool) ->
             t.join("signing").display()
         ),
     };
-    let web = if web_only {
-        "web:\n  public_url: https://airlock.example.com\n"
+    let (web, channels) = if web_only {
+        (
+            "web:\n  public_url: https://airlock.example.com\n",
+            "[cli, slack, web]",
+        )
     } else {
-        ""
+        ("", "[cli, slack]")
     };
     format!(
         "http_listen: 127.0.0.1:1\n{web}principals:\n  alice: {{ groups: [sre], host_users: [alice] }}\n  \
          bob: {{ groups: [sre] }}\n  carol: {{ groups: [dba] }}\nroutes:\n  - name: default\n    \
-         approvers: [sre]\n    channels: [cli, slack]\n    web_only: {web_only}\n\
+         approvers: [sre]\n    channels: {channels}\n    web_only: {web_only}\n\
          slack:\n  bot_token_file: {}\n{transport}  channel: {CHANNEL}\n  api_url: {}\n  \
          users:\n    U0ALICE: alice\n    U0BOB: bob\n    U0CAROL: carol\n",
         t.join("bot").display(),
