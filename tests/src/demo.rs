@@ -5,6 +5,11 @@
 //! syscalls are held in the kernel; this program plays the remote approver with `airlock
 //! --server URL --token TOKEN`: it shows each request, approves the package manager and denies
 //! the /etc write; the decisions travel down the host's link and release the holds.
+//!
+//! `--web` (`cargo xtask demo --web`): the server also serves its approval page on
+//! 127.0.0.1:7480 (or a free port), and nobody decides by script: the demo prints the page's
+//! address and alice's API token, and a person signs in, sees each held request with its
+//! context and clicks Approve or Deny (the rules wait 2 minutes per request, then deny).
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -79,8 +84,16 @@ impl Drop for Remote {
     }
 }
 
-/// Initialises and starts airlock-server, issues alice's token, enrols this host.
-fn start_server(bin_dir: &Path, identity: &Path) -> anyhow::Result<Remote> {
+/// The page's address for `--web`: 127.0.0.1:7480 when free, else a free loopback port.
+fn web_listen() -> anyhow::Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:7480")
+        .or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))?;
+    Ok(l.local_addr()?.to_string())
+}
+
+/// Initialises and starts airlock-server, issues alice's token, enrols this host. `web`: the
+/// page's listen address.
+fn start_server(bin_dir: &Path, identity: &Path, web: Option<&str>) -> anyhow::Result<Remote> {
     use crate::server::{ServerProc, enroll_with, init_server, issue_token};
     let dir = std::path::PathBuf::from(format!(
         "/var/tmp/airlock-demo-server-{}",
@@ -93,11 +106,19 @@ fn start_server(bin_dir: &Path, identity: &Path) -> anyhow::Result<Remote> {
         token: String::new(),
         server: None,
     };
+    let page = match web {
+        Some(l) => {
+            format!("    channels: [cli, web]\nhttp_listen: {l}\nweb:\n  public_url: http://{l}\n")
+        }
+        None => String::new(),
+    };
     let (url, listen) = init_server(
         bin_dir,
         &dir,
-        "principals:\n  alice:\n    groups: [sre]\n  root-at-host:\n    groups: [sre]\n    host_users: [root]\n\
-         routes:\n  - name: default\n    approvers: [sre]\n    deny_requires_reason: true\n",
+        &format!(
+            "principals:\n  alice:\n    groups: [sre]\n  root-at-host:\n    groups: [sre]\n    host_users: [root]\n\
+             routes:\n  - name: default\n    approvers: [sre]\n    deny_requires_reason: true\n{page}"
+        ),
     )?;
     println!(
         "[admin] $ airlock-server init --dir {} --listen {listen}",
@@ -139,8 +160,8 @@ fn airlock_quiet(bin_dir: &Path, remote: &Remote, args: &[&str]) -> anyhow::Resu
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-/// Runs the demo.
-pub fn run(bin_dir: &Path, repo: &Path) -> anyhow::Result<()> {
+/// Runs the demo; `web`: a person decides on the web page instead of the scripted approver.
+pub fn run(bin_dir: &Path, repo: &Path, web: bool) -> anyhow::Result<()> {
     let policy = repo.join("policies/demo.yaml");
     let state = std::path::PathBuf::from(format!("/run/airlock-demo-{}", std::process::id()));
     let _pins = Pins;
@@ -148,7 +169,21 @@ pub fn run(bin_dir: &Path, repo: &Path) -> anyhow::Result<()> {
     println!("== airlock demo: remote approval through airlock-server ==");
     let identity = state.join("identity");
     std::fs::create_dir_all(&state)?;
-    let remote = start_server(bin_dir, &identity)?;
+    let page = if web { Some(web_listen()?) } else { None };
+    let remote = start_server(bin_dir, &identity, page.as_deref())?;
+    if let Some(l) = &page {
+        println!();
+        println!("== the approval page: open http://{l}/ and sign in with alice's API token:");
+        println!("   {}", remote.token);
+        println!(
+            "   (from another machine: ssh -L {port}:127.0.0.1:{port} THIS-HOST, then open http://127.0.0.1:{port}/)",
+            port = l.rsplit(':').next().unwrap_or("7480")
+        );
+        println!(
+            "   approve the package install, deny the /etc/hosts write (a reason is required)."
+        );
+        println!();
+    }
     println!("policy: {}", policy.display());
     let idp = identity.to_string_lossy().to_string();
     let mut daemon = Daemon::start_with(
@@ -201,7 +236,8 @@ pub fn run(bin_dir: &Path, repo: &Path) -> anyhow::Result<()> {
         .context("airlock run")?;
     let mut seen = std::collections::HashSet::new();
     let (mut approved, mut denied) = (0, 0);
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // By hand, each request may wait its rule's full 2 minutes.
+    let deadline = Instant::now() + Duration::from_secs(if web { 600 } else { 120 });
     let status = loop {
         if let Some(st) = agent.try_wait()? {
             break st;
@@ -221,6 +257,14 @@ pub fn run(bin_dir: &Path, repo: &Path) -> anyhow::Result<()> {
                 continue;
             }
             seen.insert(id.clone());
+            if let Some(l) = &page {
+                println!(
+                    "[host] held: {} {} — decide at http://{l}/requests/{id}",
+                    r["context"]["op"].as_str().unwrap_or("?"),
+                    r["context"]["target_path"].as_str().unwrap_or("")
+                );
+                continue;
+            }
             airlock(bin_dir, &remote, &["pending"])?;
             airlock(bin_dir, &remote, &["show", &id])?;
             if r["context"]["op"] == "exec" {
@@ -260,6 +304,12 @@ pub fn run(bin_dir: &Path, repo: &Path) -> anyhow::Result<()> {
         bail!("/etc/hosts changed: the denied write happened");
     }
     println!();
+    if web {
+        println!(
+            "the agent's commands waited in the kernel while you decided on the page; `airlock events` above shows what was held, who decided and how."
+        );
+        return Ok(());
+    }
     if approved == 0 || denied == 0 {
         bail!(
             "expected a held package install (approved) and a held /etc write (denied); saw {approved} approved, {denied} denied"

@@ -31,6 +31,8 @@ struct Args {
     rounds: usize,
     /// `--in-guest ACCEL`: the benchmark runs inside a guest (its accelerator, for the label).
     in_guest: Option<String>,
+    /// `--web` (with `--demo`): a person decides on the server's web page.
+    web: bool,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -38,6 +40,7 @@ fn parse() -> anyhow::Result<Args> {
     let mut bin_dir = None;
     let mut rounds = 5;
     let mut in_guest = None;
+    let mut web = false;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -53,6 +56,7 @@ fn parse() -> anyhow::Result<Args> {
                 bench::worker(&kind, n, &file);
             }
             "--demo" => tier = Some("demo".to_string()),
+            "--web" => web = true,
             "--bench" => tier = Some("bench".to_string()),
             "--rounds" => rounds = it.next().context("--rounds N")?.parse()?,
             "--in-guest" => in_guest = Some(it.next().context("--in-guest tcg|kvm")?),
@@ -80,6 +84,7 @@ fn parse() -> anyhow::Result<Args> {
         bin_dir,
         rounds,
         in_guest,
+        web,
     })
 }
 
@@ -137,7 +142,7 @@ fn main() -> ExitCode {
         }
         let repo = std::env::current_dir().unwrap_or_default();
         let res = if a.tier == "demo" {
-            demo::run(&a.bin_dir, &repo)
+            demo::run(&a.bin_dir, &repo, a.web)
         } else {
             bench::run(&a.bin_dir, a.rounds, a.in_guest.as_deref())
         };

@@ -170,6 +170,16 @@ fn which(bin: &str) -> Option<PathBuf> {
     })
 }
 
+/// With `AIRLOCK_WEB_SCREENSHOTS=DIR`, saves what the browser shows as DIR/NAME.png (to look
+/// at the page's layout after a run).
+async fn screenshot(cl: &Client, name: &str) {
+    if let Some(dir) = std::env::var_os("AIRLOCK_WEB_SCREENSHOTS")
+        && let Ok(png) = cl.screenshot().await
+    {
+        let _ = std::fs::write(PathBuf::from(dir).join(format!("{name}.png")), png);
+    }
+}
+
 /// Waits until `css` is on the page; returns its text.
 async fn wait_for(cl: &Client, css: &str) -> anyhow::Result<String> {
     let el = cl
@@ -253,11 +263,14 @@ pub const CASES: &[(&str, Case)] = &[
                     format!("the card lacks {want:?}: {card}")
                 })?;
             }
+            screenshot(cl, "desktop-request").await;
             cl.find(Locator::Css(&format!("#req-{id} button.approve")))
                 .await?
                 .click()
                 .await?;
-            wait_text(cl, &format!("#req-{id} .outcome"), "approved once").await
+            let done = wait_text(cl, &format!("#req-{id} .outcome"), "approved once").await;
+            screenshot(cl, "desktop-approved").await;
+            done
         });
         chrome.close(&web.rt);
         r?;
@@ -292,6 +305,7 @@ pub const CASES: &[(&str, Case)] = &[
             ensure(sw <= iw, || {
                 format!("on a phone the page is {sw}px wide in a {iw}px window")
             })?;
+            screenshot(cl, "phone-request").await;
             let reason = cl
                 .find(Locator::Css(&format!("#req-{id} input.reason")))
                 .await?;

@@ -192,7 +192,9 @@ mod tests {
         );
         assert_eq!(
             errors(&src),
-            ["server.yaml:6:21: routes[0].channels[1]: channel web needs a top-level `web:` section"]
+            [
+                "server.yaml:6:21: routes[0].channels[1]: channel web needs a top-level `web:` section"
+            ]
         );
     }
 }

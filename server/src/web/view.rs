@@ -76,7 +76,8 @@ impl RequestView {
             pending: r.state == RequestState::Pending && r.decision.is_none(),
             route: r.route.clone().unwrap_or_else(|| "(none)".into()),
             op: c
-                .map(|c| format!("{:?}", c.op).to_lowercase())
+                .and_then(|c| crate::config::OPERATIONS.iter().find(|(_, o)| *o == c.op))
+                .map(|(name, _)| name.to_string())
                 .unwrap_or_else(dash),
             target: c.and_then(|c| c.target_path.clone()).unwrap_or_else(dash),
             rule: c.and_then(|c| c.rule.clone()).unwrap_or_else(dash),
