@@ -123,3 +123,57 @@ async fn id_tokens_that_must_not_sign_anyone_in_are_refused() {
         .to_string();
     assert!(e.contains("signature does not verify"), "{e}");
 }
+
+/// Most providers sign with RS256: a 2048-bit test key (made once with `openssl genpkey`,
+/// used for nothing else) signs, the verifier checks with the JWK's n and e.
+#[test]
+fn an_rs256_id_token_verifies_with_the_published_modulus_and_exponent() {
+    use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair, RsaPublicKeyComponents};
+    let key = RsaKeyPair::from_pkcs8(include_bytes!("rsa-test-key.pk8")).unwrap();
+    let pubc: RsaPublicKeyComponents<Vec<u8>> = key.public().into();
+    let jwk: Jwk = serde_json::from_value(serde_json::json!({
+        "kty": "RSA", "kid": "rsa-1", "n": B64.encode(&pubc.n), "e": B64.encode(&pubc.e),
+    }))
+    .unwrap();
+    let now = 1_800_000_000u64;
+    let o = oidc("https://idp.example.com");
+    let sign = |header: &str, claims: &serde_json::Value| {
+        let input = format!("{}.{}", B64.encode(header), B64.encode(claims.to_string()));
+        let mut sig = vec![0; key.public().modulus_len()];
+        key.sign(
+            &RSA_PKCS1_SHA256,
+            &ring::rand::SystemRandom::new(),
+            input.as_bytes(),
+            &mut sig,
+        )
+        .unwrap();
+        format!("{input}.{}", B64.encode(sig))
+    };
+    let claims = serde_json::json!({
+        "iss": "https://idp.example.com", "aud": [CLIENT_ID, "other"], "azp": CLIENT_ID,
+        "exp": now + 60, "nonce": "n1", "email": "bob@example.com", "email_verified": true,
+    });
+    let t = sign(r#"{"alg":"RS256","kid":"rsa-1"}"#, &claims);
+    let id = verify_id_token(&t, &[jwk.clone()], &o, "n1", now).unwrap();
+    assert_eq!(id.principal, "bob@example.com");
+    assert!(id.groups.is_empty());
+    // The same signature presented as another algorithm (alg confusion) does not verify.
+    let parts: Vec<&str> = t.split('.').collect();
+    let as_es = format!(
+        "{}.{}.{}",
+        B64.encode(r#"{"alg":"ES256","kid":"rsa-1"}"#),
+        parts[1],
+        parts[2]
+    );
+    assert!(verify_id_token(&as_es, &[jwk.clone()], &o, "n1", now).is_err());
+    let hs = format!(
+        "{}.{}.{}",
+        B64.encode(r#"{"alg":"HS256","kid":"rsa-1"}"#),
+        parts[1],
+        parts[2]
+    );
+    let e = verify_id_token(&hs, &[jwk], &o, "n1", now)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not accepted"), "{e}");
+}
