@@ -662,3 +662,33 @@ async fn the_event_stream_announces_a_new_request_and_pages_carry_strict_headers
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_out_ends_the_live_stream_of_that_session() {
+    let srv = server(None).await;
+    let mut b = Browser::new(&srv.http_url());
+    sign_in_with_token(&srv, &mut b, "bob").await;
+    let page = b.get("/").await;
+    let mut events = b
+        .http
+        .get(b.url("/events"))
+        .header("Cookie", b.cookie_header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    let out = b.post("/logout", &[("csrf", &csrf(&page.body))]).await;
+    assert_eq!(out.status, 303);
+    let mut got = String::new();
+    let t0 = std::time::Instant::now();
+    while !got.contains("event: ended") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(12),
+            "stream still open: {got:?}"
+        );
+        match tokio::time::timeout(Duration::from_secs(12), events.chunk()).await {
+            Ok(Ok(Some(chunk))) => got.push_str(&String::from_utf8_lossy(&chunk)),
+            other => panic!("stream ended without saying so: {other:?} {got:?}"),
+        }
+    }
+}

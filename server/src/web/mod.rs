@@ -48,6 +48,8 @@ pub(crate) struct App {
     /// The server's directory (the OIDC client secret file is relative to it).
     pub dir: PathBuf,
     pub oidc: Arc<oidc::Provider>,
+    /// Live streams open (`GET /events`), at most [`pages::MAX_STREAMS`].
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// The page's routes. They answer 404 while the config has no `web:` section (a reload can
@@ -57,6 +59,7 @@ pub fn router(broker: Arc<Broker>, dir: PathBuf) -> Router {
         broker,
         dir,
         oidc: Arc::new(oidc::Provider::new()),
+        streams: Arc::new(tokio::sync::Semaphore::new(pages::MAX_STREAMS)),
     };
     Router::new()
         .route("/", get(pages::index))

@@ -22,6 +22,10 @@ use crate::store::RequestFilter;
 pub(super) const CHANNEL: &str = "web";
 /// Rows the history shows.
 const HISTORY_ROWS: u32 = 200;
+/// How often a live stream checks that its session still stands.
+const RECHECK: Duration = Duration::from_secs(5);
+/// Live streams one replica serves at once.
+pub(super) const MAX_STREAMS: usize = 1024;
 
 #[derive(Template)]
 #[template(path = "index.html")]
@@ -409,30 +413,51 @@ pub(super) async fn history(
 }
 
 /// Live updates: an event `change` (data: the request id, or `*` after a gap) for every
-/// request change on this replica; `ended` when the session expires. Changes made on other
-/// replicas reach this page when their host's outcome or a vote passes through here; the
-/// page also refreshes on reconnect.
+/// request change on this replica; `ended` when the session expires or is ended (checked
+/// every [`RECHECK`]: a signed-out browser or a revoked token stops hearing at once). Changes
+/// made on other replicas reach this page when their host's outcome or a vote passes through
+/// here; the page also refreshes on reconnect. At most [`MAX_STREAMS`] streams at once per
+/// replica (a 503 past it; the browser's EventSource retries).
 pub(super) async fn events(State(app): State<App>, headers: HeaderMap) -> Response {
     let s = match session::signed_in(&app, &headers).await {
         Ok(s) => s,
         Err(e) => return refuse(&e),
     };
+    let Ok(permit) = app.streams.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many live pages are open on this server; retry later",
+        )
+            .into_response();
+    };
     let rx = app.broker.hub.subscribe();
     let left = Duration::from_millis(s.session.expires_unix_ms.saturating_sub(now_ms()));
     let until = tokio::time::Instant::now() + left;
-    let stream = futures_util::stream::unfold(Some(rx), move |rx| async move {
-        let mut rx = rx?;
-        let ev = tokio::select! {
-            r = rx.recv() => match r {
-                Ok(c) => Event::default().event("change").data(c.request().id.clone()),
-                Err(RecvError::Lagged(_)) => Event::default().event("change").data("*"),
-                Err(RecvError::Closed) => return None,
-            },
-            () = tokio::time::sleep_until(until) => {
-                return Some((Ok::<_, std::convert::Infallible>(Event::default().event("ended").data("session expired")), None));
-            }
-        };
-        Some((Ok(ev), Some(rx)))
+    let mut recheck = tokio::time::interval(RECHECK);
+    recheck.reset();
+    let state = (rx, recheck, app, headers, permit);
+    let ended = || Event::default().event("ended").data("signed out");
+    let stream = futures_util::stream::unfold(Some(state), move |st| async move {
+        let (mut rx, mut recheck, app, headers, permit) = st?;
+        loop {
+            let ev = tokio::select! {
+                r = rx.recv() => match r {
+                    Ok(c) => Event::default().event("change").data(c.request().id.clone()),
+                    Err(RecvError::Lagged(_)) => Event::default().event("change").data("*"),
+                    Err(RecvError::Closed) => return None,
+                },
+                () = tokio::time::sleep_until(until) => {
+                    return Some((Ok::<_, std::convert::Infallible>(ended()), None));
+                }
+                _ = recheck.tick() => {
+                    if session::signed_in(&app, &headers).await.is_err() {
+                        return Some((Ok(ended()), None));
+                    }
+                    continue;
+                }
+            };
+            return Some((Ok(ev), Some((rx, recheck, app, headers, permit))));
+        }
     });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(20)))
