@@ -197,6 +197,14 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// At most `max` characters of `s`, marked when cut.
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
 /// `2026-12-01 16:04:05 UTC` for a Unix time in milliseconds (what channels show people).
 pub fn utc(ms: u64) -> String {
     let secs = ms / 1000;
@@ -268,6 +276,10 @@ impl Broker {
         result: tonic::Code,
         message: &str,
     ) {
+        // Refusals of unauthenticated callers carry text they chose: records keep a bounded
+        // amount of it.
+        let (who, message) = (clip(who, 200), clip(message, 1000));
+        let (who, message) = (who.as_str(), message.as_str());
         let a = Attempt {
             at_unix_ms: now_ms(),
             who: who.to_string(),

@@ -71,6 +71,7 @@ impl Fault {
                 }
                 // Another host's request id: the caller may not even learn it exists.
                 StoreError::OtherHost { .. } => Code::PermissionDenied,
+                StoreError::TooMany { .. } => Code::ResourceExhausted,
                 StoreError::BadEnrollment
                 | StoreError::TokenRevoked { .. }
                 | StoreError::TokenExpired { .. } => Code::Unauthenticated,

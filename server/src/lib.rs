@@ -24,6 +24,7 @@ pub mod slack;
 pub mod store;
 pub mod teams;
 pub mod testing;
+pub mod text;
 pub mod web;
 pub mod webhook;
 pub mod wire;

@@ -73,6 +73,18 @@ pub enum Refusal {
         route: String,
         channel: &'static str,
     },
+    /// A vote through a channel name the server does not know (a caller bug).
+    #[error("votes through {via:?} are not taken: not a channel")]
+    UnknownChannel { via: String },
+    /// A Slack vote on a web-only route (its messages carry a link, no buttons).
+    #[error("route {route} is web-only: decide on the web page, not in Slack")]
+    WebOnly { route: String },
+    /// An approval by a principal known only through the identity provider, for an agent
+    /// whose launcher no config principal is: nobody can tell it is not their own agent.
+    #[error(
+        "{principal} is not in the server config and this agent's launcher is no known          principal, so the self-approval rule cannot be checked: only a principal of the          config may approve it (anyone eligible may deny)"
+    )]
+    LauncherUnknown { principal: String },
     /// The caller's principal is not in the config (removed since its token was issued).
     #[error("principal {principal:?} is not in the server config")]
     UnknownPrincipal { principal: String },
@@ -242,13 +254,33 @@ pub fn check_vote_with(
             vote_principal: vote.principal.clone(),
         });
     }
-    if let Some(ch) = Channel::parse(&vote.via)
-        && ch != Channel::Cli
-        && !route.channels.contains(&ch)
-    {
+    let Some(ch) = Channel::parse(&vote.via) else {
+        return Err(Refusal::UnknownChannel {
+            via: vote.via.clone(),
+        });
+    };
+    if ch != Channel::Cli && !route.channels.contains(&ch) {
         return Err(Refusal::ChannelNotOnRoute {
             route: route.name.clone(),
             channel: ch.as_str(),
+        });
+    }
+    // Checked here, against the route the broker actually uses (not only in the Slack
+    // handler, which could see another route after a reload).
+    if ch == Channel::Slack && route.web_only {
+        return Err(Refusal::WebOnly {
+            route: route.name.clone(),
+        });
+    }
+    // Someone known only through an identity provider has no host user of record, so the
+    // self-approval rule can only be kept when the launcher is a known principal (who is
+    // then someone else). Otherwise they may deny, never approve.
+    if vote.release == Release::Allow
+        && cfg.principal(principal).is_none()
+        && launcher_principals(cfg, subject).is_empty()
+    {
+        return Err(Refusal::LauncherUnknown {
+            principal: principal.to_owned(),
         });
     }
     let in_any = |groups: &[String]| p.groups.iter().any(|g| groups.contains(g));

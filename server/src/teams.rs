@@ -382,6 +382,7 @@ fn text(s: &str) -> String {
         }
         match ch {
             c if c.is_control() => out.push(' '),
+            c if crate::text::is_hidden(c) => out.push('\u{FFFD}'),
             '\\' | '*' | '_' | '[' | ']' | '`' | '~' | '<' | '>' => {
                 out.push('\\');
                 out.push(ch);

@@ -509,6 +509,23 @@ async fn oidc_sign_in_with_pkce_maps_the_providers_groups_to_approver_groups() {
     assert_eq!(p.status, 303, "{}", p.body);
     let d = host.decision(T).await.unwrap();
     assert_eq!(d.by.unwrap().principal.as_deref(), Some("erin@example.com"));
+    // erin has no host user of record and this agent's launcher (dave) is no principal:
+    // nobody can tell it is not erin's own agent, so she may deny but not approve.
+    let r2 = request("web-1", &new_id());
+    host.opened(r2.clone()).unwrap();
+    wait_stored(&srv.store, &r2.id, T).await.unwrap();
+    let p = b
+        .post(
+            &format!("/requests/{}/decide", r2.id),
+            &[("csrf", &c), ("action", "approve")],
+        )
+        .await;
+    assert_eq!(p.status, 403);
+    assert!(
+        p.body.contains("self-approval rule cannot be checked"),
+        "{}",
+        p.body
+    );
     use airlock_proto::v1::decide_request::Decision as D;
     match d.decide.and_then(|x| x.decision) {
         Some(D::Deny(x)) => assert_eq!(x.reason, "not during the freeze"),
@@ -564,6 +581,15 @@ async fn oidc_callbacks_from_another_browser_replayed_or_for_strangers_sign_nobo
         "{}",
         p.body
     );
+
+    // alice of the config signing in as alice@example.com through a mapped group would be a
+    // second principal for one person (two votes towards N of M): refused.
+    idp.sign_in_as(serde_json::json!({"email": "alice@example.com", "groups": ["oncall"]}));
+    let mut twin = Browser::new(&srv.http_url());
+    let p = oidc_sign_in(&mut twin).await;
+    assert_eq!(p.status, 403, "{}", p.body);
+    assert!(p.body.contains("looks like principal alice"), "{}", p.body);
+    assert!(!twin.cookies.contains_key("airlock_session"));
 
     // A provider user with no mapped group and no principal entry is not an approver.
     idp.sign_in_as(serde_json::json!({"email": "stranger@example.com", "groups": ["staff"]}));

@@ -596,3 +596,68 @@ fn refusals_say_who_and_why() {
     assert_eq!(human(0), "0s");
     assert_eq!(human(3_600_000 + 1), "1h1s");
 }
+
+#[test]
+fn votes_through_an_unknown_channel_or_slack_on_a_web_only_route_are_refused() {
+    let mut c = cfg();
+    let r = c.routes.iter_mut().find(|r| r.name == "by-host").unwrap();
+    r.channels = vec![Channel::Cli, Channel::Slack, Channel::Web];
+    r.web_only = true;
+    let (c, labels) = (c, BTreeMap::new());
+    let r = c.routes.iter().find(|r| r.name == "by-host").unwrap();
+    let context = ctx();
+    let s = Subject {
+        host: "web-1",
+        labels: &labels,
+        context: &context,
+    };
+    let via = |ch: &str| Vote {
+        via: ch.into(),
+        ..approve("alice", None)
+    };
+    assert!(matches!(
+        check_vote(&c, r, "alice", &via("slack"), &s, 0, 1),
+        Err(Refusal::WebOnly { .. })
+    ));
+    assert!(matches!(
+        check_vote(&c, r, "alice", &via("carrier-pigeon"), &s, 0, 1),
+        Err(Refusal::UnknownChannel { .. })
+    ));
+    assert_eq!(check_vote(&c, r, "alice", &via("web"), &s, 0, 1), Ok(()));
+}
+
+#[test]
+fn a_provider_only_principal_approves_only_when_the_launcher_is_a_known_other_principal() {
+    let c = cfg();
+    let r = c.routes.iter().find(|r| r.name == "by-host").unwrap();
+    let labels = BTreeMap::new();
+    let sre = ["sre".to_string()];
+    let mut context = ctx();
+    context.launched_by = Some(Launcher {
+        uid: 1000,
+        user: None,
+        sudo_user: None,
+        reason: None,
+    });
+    let run = |context: &RequestContext, v: &Vote| {
+        let s = Subject {
+            host: "web-1",
+            labels: &labels,
+            context,
+        };
+        check_vote_with(&c, r, "erin@example.com", &sre, v, &s, 0, 1)
+    };
+    // The launcher is alice (a principal): erin is someone else and may approve.
+    context.launched_by.as_mut().unwrap().user = Some("alice".into());
+    assert_eq!(run(&context, &approve("erin@example.com", None)), Ok(()));
+    // The launcher is nobody the config knows: erin may deny, not approve.
+    context.launched_by.as_mut().unwrap().user = Some("zed".into());
+    assert!(matches!(
+        run(&context, &approve("erin@example.com", None)),
+        Err(Refusal::LauncherUnknown { .. })
+    ));
+    assert_eq!(run(&context, &deny("erin@example.com", None)), Ok(()));
+    // erin launched it (host user erin, the name before @): refused as self-approval.
+    context.launched_by.as_mut().unwrap().user = Some("erin".into());
+    assert!(run(&context, &approve("erin@example.com", None)).is_err());
+}

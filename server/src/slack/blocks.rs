@@ -27,9 +27,11 @@ const FIELD_MAX: usize = 1900;
 const TEXT_MAX: usize = 2900;
 const HEADER_MAX: usize = 150;
 
-/// `s` escaped for mrkdwn.
+/// `s` escaped for mrkdwn, after [`crate::text::shown`] (no line breaks or invisible
+/// characters from the host: a value cannot fake another field).
 pub fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
+    crate::text::shown(s)
+        .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
@@ -133,8 +135,14 @@ fn context_blocks(r: &StoredRequest, b: &Body, route: Option<&Route>) -> Vec<Val
             argv.push_str(" …");
         }
         // In a code span, mrkdwn is not interpreted, but `<` still is: escape anyway.
-        let argv = text(&argv.replace('`', "'"), TEXT_MAX - 20);
+        let shown = argv.replace('`', "'");
+        let argv = text(&shown, TEXT_MAX - 20);
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*Command*\n```{argv}```")}}));
+        // A command longer than a message holds could hide its dangerous end: say so, next
+        // to the buttons.
+        if c.argv_truncated || shown.chars().count() > TEXT_MAX - 20 {
+            blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(":warning: the command is longer than shown here: read it whole with `airlock show {}` or on the web page before approving", r.id)}]}));
+        }
     }
     let why = c
         .reason

@@ -82,6 +82,9 @@ pub enum StoreError {
     /// (the host link refuses such messages before they get here).
     #[error("request {id}: pending is not an outcome")]
     NotAnOutcome { id: String },
+    /// A table that anyone can add rows to is at its cap.
+    #[error("too many {what}; retry later")]
+    TooMany { what: &'static str },
     /// The API token a vote came with was revoked (or is gone) by the time the vote would
     /// have been stored; nothing changed.
     #[error("API token {token} was revoked")]

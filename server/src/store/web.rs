@@ -5,6 +5,9 @@ use sqlx::any::AnyRow;
 
 use super::{Store, StoreError, from_json, ms, ms_out, to_json};
 
+/// Most OIDC sign-ins under way at once (each lives 10 minutes).
+pub const MAX_LOGINS: i64 = 10_000;
+
 /// A signed-in browser.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebSession {
@@ -107,9 +110,30 @@ impl Store {
         Ok(())
     }
 
-    /// Stores an OIDC sign-in under way.
-    pub async fn add_login(&self, state_sha256: &str, l: &WebLogin) -> Result<(), StoreError> {
+    /// Stores an OIDC sign-in under way, after deleting expired ones. Anyone can start a
+    /// sign-in, so at most [`MAX_LOGINS`] may be under way at once
+    /// ([`StoreError::TooMany`] past it).
+    pub async fn add_login(
+        &self,
+        state_sha256: &str,
+        l: &WebLogin,
+        now: u64,
+    ) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM web_logins WHERE expires_ms <= $1")
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM web_logins")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if n >= MAX_LOGINS {
+            return Err(StoreError::TooMany {
+                what: "OIDC sign-ins under way",
+            });
+        }
         sqlx::query(
             "INSERT INTO web_logins (state_sha256, browser_sha256, verifier, nonce, next_path, expires_ms) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -120,8 +144,9 @@ impl Store {
         .bind(&l.nonce)
         .bind(&l.next_path)
         .bind(ms(l.expires_unix_ms))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 

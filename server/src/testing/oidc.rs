@@ -256,6 +256,7 @@ async fn token(
         m.insert("exp".into(), (now + 300).into());
         m.insert("nonce".into(), p.nonce.into());
         m.entry("sub").or_insert_with(|| "fake-subject".into());
+        m.entry("email_verified").or_insert(true.into());
     }
     axum::Json(serde_json::json!({
         "access_token": "fake-access-token",

@@ -48,6 +48,11 @@ pub enum OidcError {
     },
     #[error("{0} is not an approver here: not in the server config and no mapped group")]
     NotAnApprover(String),
+    #[error(
+        "{who} looks like principal {principal} of the server config (same name or host user): \
+         one person may not be two approvers; name the principal {who} in the config instead"
+    )]
+    LooksLike { who: String, principal: String },
     #[error("the page is not configured for OIDC sign-in")]
     NotConfigured,
 }
@@ -238,7 +243,7 @@ async fn begin(app: &App, web: &Web, next: &str) -> Result<Response, OidcError> 
     };
     app.broker
         .store
-        .add_login(&sha256_hex(state.as_bytes()), &login)
+        .add_login(&sha256_hex(state.as_bytes()), &login, now_ms())
         .await
         .map_err(|e| fault(e.into()))?;
     let q: String = form_urlencoded::Serializer::new(String::new())
@@ -301,11 +306,13 @@ pub(super) async fn callback(
         }
         Err(e) => {
             let who = match &e {
-                OidcError::NotAnApprover(p) => p.clone(),
+                OidcError::NotAnApprover(p) | OidcError::LooksLike { who: p, .. } => p.clone(),
                 _ => "unknown".into(),
             };
             let code = match &e {
-                OidcError::NotAnApprover(_) => tonic::Code::PermissionDenied,
+                OidcError::NotAnApprover(_) | OidcError::LooksLike { .. } => {
+                    tonic::Code::PermissionDenied
+                }
                 OidcError::Provider { .. } | OidcError::Secret { .. } => tonic::Code::Unavailable,
                 _ => tonic::Code::Unauthenticated,
             };
@@ -328,8 +335,16 @@ async fn finish(
 ) -> Result<(String, Vec<String>, String), OidcError> {
     let o = oidc_of(web)?;
     if let Some(e) = &q.error {
-        let d = q.error_description.as_deref().unwrap_or("");
-        return Err(OidcError::Denied(format!("{e} {d}").trim().to_string()));
+        // Anyone can send a browser here with any text: only the error code, clipped and
+        // limited to its documented characters, is shown and recorded; the description goes
+        // to the log.
+        tracing::warn!(error = %clip(e), description = %clip(q.error_description.as_deref().unwrap_or("")), "OIDC provider refused the sign-in");
+        let code: String = e
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(40)
+            .collect();
+        return Err(OidcError::Denied(code));
     }
     let (Some(code), Some(state)) = (&q.code, &q.state) else {
         return Err(OidcError::BadState);
@@ -418,14 +433,28 @@ async fn finish(
         .filter_map(|g| o.groups.get(g).cloned())
         .collect();
     let cfg = app.broker.config();
-    if cfg.principal(&id.principal).is_none() && groups.is_empty() {
-        return Err(OidcError::NotAnApprover(id.principal));
+    if cfg.principal(&id.principal).is_none() {
+        if groups.is_empty() {
+            return Err(OidcError::NotAnApprover(id.principal));
+        }
+        // A provider identity that looks like a principal of the config (alice@example.com
+        // next to alice) would be a second principal for one person: two votes towards N of
+        // M. Such a person signs in only as the config's principal (name it by the claim).
+        let local = id.principal.split('@').next().unwrap_or("");
+        if let Some((name, _)) = cfg.principals.iter().find(|(name, p)| {
+            name.as_str() == local || p.host_users.iter().any(|h| h.user == local)
+        }) {
+            return Err(OidcError::LooksLike {
+                who: id.principal,
+                principal: name.clone(),
+            });
+        }
     }
     Ok((id.principal, groups, login.next_path))
 }
 
 fn clip(s: &str) -> String {
-    s.chars().take(200).collect()
+    s.chars().take(200).filter(|c| !c.is_control()).collect()
 }
 
 /// Verifies an ID token (compact JWS) against `keys`: signature, `iss`, `aud` (and `azp`),
@@ -510,8 +539,12 @@ pub fn verify_id_token(
         .as_str()
         .ok_or_else(|| OidcError::Token(format!("no string claim {:?}", o.principal_claim)))?
         .to_lowercase();
-    if o.principal_claim == "email" && c["email_verified"] == serde_json::Value::Bool(false) {
-        return Err(bad("the provider says this email is not verified"));
+    // An address the provider has not verified may be anyone's (some providers let users set
+    // it): it must be marked verified, not merely not marked unverified.
+    if o.principal_claim == "email" && c["email_verified"] != serde_json::Value::Bool(true) {
+        return Err(bad(
+            "the provider does not say this email is verified (email_verified)",
+        ));
     }
     let groups = match &c[o.groups_claim.as_str()] {
         serde_json::Value::Array(a) => a

@@ -210,7 +210,16 @@ pub(crate) fn origin_of(url: &str) -> String {
 /// backslash (which browsers read as a slash).
 pub(crate) fn local_path(next: Option<&str>) -> String {
     match next {
-        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => p.to_string(),
+        // Browsers drop tabs and newlines from URLs (`/\t/evil` becomes `//evil`): only
+        // printable ASCII without spaces passes.
+        Some(p)
+            if p.starts_with('/')
+                && !p.starts_with("//")
+                && !p.contains('\\')
+                && p.bytes().all(|b| (0x21..0x7f).contains(&b)) =>
+        {
+            p.to_string()
+        }
         _ => "/".to_string(),
     }
 }
@@ -225,6 +234,10 @@ mod tests {
         assert_eq!(local_path(Some("//evil.example/x")), "/");
         assert_eq!(local_path(Some("/\\evil.example")), "/");
         assert_eq!(local_path(Some("https://evil.example/")), "/");
+        // Browsers strip tabs and newlines: `/\t/evil.example` would become `//evil.example`.
+        assert_eq!(local_path(Some("/\t/evil.example")), "/");
+        assert_eq!(local_path(Some("/\n/evil.example")), "/");
+        assert_eq!(local_path(Some("/ /evil.example")), "/");
         assert_eq!(local_path(None), "/");
     }
 

@@ -68,6 +68,7 @@ impl RequestView {
                 )
             })
             .collect();
+        let shown = crate::text::shown;
         RequestView {
             id: r.id.clone(),
             host: r.host.clone(),
@@ -145,6 +146,29 @@ impl RequestView {
             votes,
             outcome: outcome(r),
         }
+        .shown_safely(shown)
+    }
+
+    /// Every field a host or agent wrote, through [`crate::text::shown`].
+    fn shown_safely(mut self, shown: fn(&str) -> String) -> RequestView {
+        for f in [
+            &mut self.agent,
+            &mut self.target,
+            &mut self.rule,
+            &mut self.policy,
+            &mut self.launcher,
+            &mut self.reason,
+            &mut self.process,
+            &mut self.argv,
+            &mut self.cwd,
+            &mut self.outcome,
+        ] {
+            *f = shown(f);
+        }
+        for a in self.ancestry.iter_mut().chain(self.votes.iter_mut()) {
+            *a = shown(a);
+        }
+        self
     }
 }
 

@@ -19,7 +19,8 @@ fn keys(idp: &FakeIdp) -> Vec<Jwk> {
 fn claims(idp: &FakeIdp, now: u64) -> serde_json::Value {
     serde_json::json!({
         "iss": idp.issuer(), "aud": CLIENT_ID, "exp": now + 300, "iat": now,
-        "nonce": "n1", "email": "Alice@Example.com", "groups": ["oncall", "other"],
+        "nonce": "n1", "email": "Alice@Example.com", "email_verified": true,
+        "groups": ["oncall", "other"],
     })
 }
 
@@ -73,6 +74,13 @@ async fn id_tokens_that_must_not_sign_anyone_in_are_refused() {
         (
             "unverified email",
             with(&|c| c["email_verified"] = false.into()),
+            "verified",
+        ),
+        (
+            "email not said to be verified",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("email_verified");
+            }),
             "verified",
         ),
         (
