@@ -179,6 +179,17 @@ impl pb::approvals_server::Approvals for ApprovalsService {
         }
     }
 
+    type AuditQueryStream = ReceiverStream<Result<pb::AuditEntry, Status>>;
+
+    async fn audit_query(
+        &self,
+        _req: Request<pb::AuditQueryRequest>,
+    ) -> Result<Response<Self::AuditQueryStream>, Status> {
+        Err(Status::unimplemented(
+            "audit records are queried on airlock-server (airlock --server URL audit query)",
+        ))
+    }
+
     type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;
 
     async fn watch(

@@ -257,6 +257,18 @@ async fn run(
                         }
                     }
                 }
+                Some(Ok(pb::HostMessage { body: Some(Up::Audit(batch)) })) => {
+                    // The collector is not wired yet: refused, so the host keeps its records.
+                    let _ = tx.send(pb::ServerMessage {
+                        body: Some(pb::server_message::Body::AuditAck(pb::AuditAck {
+                            up_to_seq: 0,
+                            refused: format!(
+                                "this server does not collect audit records yet (batch from {})",
+                                batch.first_seq
+                            ),
+                        })),
+                    });
+                }
             },
             Some(d) = deliveries.recv() => match d {
                 Delivery::Message(m) => {

@@ -597,6 +597,7 @@ impl FakeHost {
             body: Some(pb::host_message::Body::Hello(pb::Hello {
                 version: FAKE_VERSION.into(),
                 pending,
+                audit_key: String::new(),
             })),
         })
     }

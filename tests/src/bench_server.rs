@@ -185,6 +185,13 @@ impl pb::approvals_server::Approvals for Echo {
     ) -> Result<tonic::Response<pb::HoldRequest>, tonic::Status> {
         Err(tonic::Status::unimplemented("echo"))
     }
+    type AuditQueryStream = tokio_stream::Empty<Result<pb::AuditEntry, tonic::Status>>;
+    async fn audit_query(
+        &self,
+        _: tonic::Request<pb::AuditQueryRequest>,
+    ) -> Result<tonic::Response<Self::AuditQueryStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("echo"))
+    }
     type WatchStream = tokio_stream::Empty<Result<pb::WatchEvent, tonic::Status>>;
     async fn watch(
         &self,

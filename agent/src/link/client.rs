@@ -260,6 +260,7 @@ impl Link {
         // out in this order: Hello, every pending request, the outcomes it may have missed.
         let pending = self.approvals.pending();
         let hello = pb::Hello {
+            audit_key: String::new(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             pending: pending.iter().map(|r| r.id.clone()).collect(),
         };
@@ -324,6 +325,8 @@ impl Link {
                             self.local.set(want);
                         }
                     }
+                    // Audit shipping is not wired yet: nothing is sent, so nothing is acked.
+                    Some(Ok(pb::ServerMessage { body: Some(Down::AuditAck(_)) })) => {}
                     // A message kind from a newer server: nothing to apply.
                     Some(Ok(pb::ServerMessage { body: None })) => {}
                 },
