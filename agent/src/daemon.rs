@@ -19,6 +19,7 @@ use crate::backend::{Backend, BackendError, BackendKind};
 use crate::event::GateEvent;
 use crate::hold::Gate;
 
+pub mod audit;
 mod holds;
 mod notice;
 pub mod records;
@@ -78,6 +79,9 @@ pub enum DaemonError {
     Store(#[from] crate::hold::store::StoreError),
     #[error("approvals API: {0}")]
     Api(#[from] crate::api::ApiError),
+    /// The audit stream could not be opened (key, spool); gating does not start without it.
+    #[error("audit stream: {0}")]
+    Audit(#[from] audit::AuditLogError),
     #[error("record stream: {0}")]
     Records(#[from] records::RecordsError),
     #[error("server link: {0}")]
@@ -338,7 +342,9 @@ impl State {
             request = request.as_deref().unwrap_or(""),
             "flagged"
         );
-        self.records.write(&Record::Event(rec));
+        // A held event whose audit record failed is refused when its request opens (the
+        // request's own record fails too, and `record_update` denies it).
+        let _ = self.records.write(&Record::Event(rec));
     }
 
     fn drain_updates(&mut self) {
@@ -360,7 +366,7 @@ impl State {
             }
             _ => {}
         }
-        self.records.write(&Record::Link {
+        let _ = self.records.write(&Record::Link {
             at_unix_ms: crate::hold::approvals::now_unix_ms(),
             change: &change,
         });
@@ -480,6 +486,12 @@ impl State {
         match result {
             Ok((p, m, a)) => {
                 tracing::info!(rules = p.rules.len(), "policy reloaded");
+                if let Some(au) = self.records.audit.as_mut() {
+                    au.note(
+                        airlock_audit::Kind::PolicyLoaded,
+                        serde_json::json!({"rules": p.rules.len(), "paths": self.status.policy_paths}),
+                    );
+                }
                 self.sync_exec_probe(&a);
                 self.rule_targets = rule_targets(&p);
                 self.holds.notices.set_policy(&p);
@@ -491,6 +503,12 @@ impl State {
             }
             Err(e) => {
                 tracing::error!(error = %e, "policy reload failed; the previous policy stays in force");
+                if let Some(au) = self.records.audit.as_mut() {
+                    au.note(
+                        airlock_audit::Kind::PolicyRejected,
+                        serde_json::json!({"error": e.to_string()}),
+                    );
+                }
                 self.status.last_reload_error = Some(e.to_string());
             }
         }
@@ -541,11 +559,36 @@ fn sd_notify(msg: &str) {
     }
 }
 
+/// The host's audit stream: under the enrolled name with the key beside the host's identity
+/// when linked, else under this machine's host name with the key in the state directory.
+fn open_audit(cfg: &DaemonConfig) -> Result<audit::AuditLog, DaemonError> {
+    let (host, key_dir) = match &cfg.link {
+        Some(l) => {
+            let id = crate::link::identity::Identity::load(&l.identity_dir)
+                .map_err(audit::AuditLogError::from)?;
+            (id.host, l.identity_dir.clone())
+        }
+        None => {
+            let h = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default();
+            let h = if airlock_audit::chain::valid_host(&h) {
+                h
+            } else {
+                "localhost".to_string()
+            };
+            (h, cfg.state_dir.clone())
+        }
+    };
+    Ok(audit::AuditLog::open(&cfg.state_dir, &key_dir, &host)?)
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let policy = load_policy(&cfg.policy_paths)?;
     std::fs::create_dir_all(&cfg.state_dir).map_err(io_err(&cfg.state_dir))?;
-    let records = Records::open(&crate::paths::event_log(&cfg.state_dir))?;
+    let mut records = Records::open(&crate::paths::event_log(&cfg.state_dir))?;
+    records.audit = Some(open_audit(&cfg)?);
     let mount = crate::cgroup::cgroup2_mount()?;
     // Watch before the first resolve so that no cgroup created in between goes unnoticed.
     let mut watcher = CgroupWatcher::spawn(mount.clone())?;
@@ -592,11 +635,18 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         (Some(_), true) => crate::api::LocalDecisions::BreakGlass,
         (Some(_), false) => crate::api::LocalDecisions::Forbidden,
     });
+    let shipper = records.audit.as_ref().map(|a| a.shipper());
     let link = cfg
         .link
         .clone()
         .map(|l| {
-            crate::link::client::spawn(l, holds.approvals.clone(), local.clone(), cfg.break_glass)
+            crate::link::client::spawn(
+                l,
+                holds.approvals.clone(),
+                local.clone(),
+                cfg.break_glass,
+                shipper,
+            )
         })
         .transpose()?;
     let api = crate::api::serve(
@@ -639,6 +689,20 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         }),
         ..Status::default()
     };
+    if let Some(a) = records.audit.as_mut() {
+        a.note(
+            airlock_audit::Kind::DaemonStart,
+            serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "policy": cfg.policy_paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            }),
+        );
+        a.note(
+            airlock_audit::Kind::Backend,
+            serde_json::json!({"backend": kind.as_str(), "reason": status.backend_reason}),
+        );
+    }
     let mut st = State {
         cfg,
         rule_targets: rule_targets(&policy),
@@ -684,19 +748,34 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             _ = hold_tick.tick() => {
                 st.holds.tick();
                 st.drain_updates();
+                if let Some(a) = st.records.audit.as_mut() {
+                    let _ = a.flush();
+                }
             }
             Some(r) = st.exec_rx.recv() => st.note_exec(r),
             _ = hup.recv() => st.reload(),
             _ = term.recv() => break,
             _ = int.recv() => break,
             Ok(_) = watcher.changed() => st.rescan_agents(),
-            _ = tick.tick() => st.refresh_status(),
+            _ = tick.tick() => {
+                if let Some(a) = st.records.audit.as_mut() {
+                    a.tick();
+                }
+                st.refresh_status();
+            }
         }
     }
     while let Ok(ev) = rx.try_recv() {
         st.record(&ev);
     }
     sd_notify("STOPPING=1");
+    if let Some(a) = st.records.audit.as_mut() {
+        a.note(
+            airlock_audit::Kind::DaemonStop,
+            serde_json::json!({"pid": std::process::id()}),
+        );
+        let _ = a.flush();
+    }
     if let Err(e) = api.shutdown().await {
         tracing::warn!(error = %e, "approvals API did not stop cleanly");
     }

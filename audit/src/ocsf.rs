@@ -110,7 +110,12 @@ pub fn map(kind: &Kind, op: &str, decided: Option<&str>) -> Option<Ocsf> {
 /// `body.disposition`).
 pub fn map_record(r: &Record) -> Option<Ocsf> {
     let op = r.body.get("op")?.as_str()?;
-    let decided = r.body.get("disposition").and_then(|d| d.as_str());
+    // airlockd writes the outcome as `decision` (`approved`, `denied`, `timed_out`, …).
+    let decided = r
+        .body
+        .get("disposition")
+        .or_else(|| r.body.get("decision"))
+        .and_then(|d| d.as_str());
     map(&r.kind, op, decided)
 }
 

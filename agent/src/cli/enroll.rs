@@ -44,6 +44,14 @@ pub fn run(args: EnrollArgs) -> anyhow::Result<ExitCode> {
                 "identity   {} (host.key, host.pem, ca.pem, server)",
                 out.dir.display()
             );
+            // The host's audit key is made here, beside the identity, readable by root only;
+            // airlockd signs its audit checkpoints with it and the collector trusts the first
+            // key it sees from this host.
+            let key_file = out.dir.join(crate::daemon::audit::AUDIT_KEY);
+            let key =
+                crate::daemon::audit::load_or_make_key(&key_file, &format!("airlock-{}", out.host))
+                    .with_context(|| key_file.display().to_string())?;
+            println!("audit key  {} ({})", key_file.display(), key.verifier());
             Ok(ExitCode::SUCCESS)
         }
         Err(EnrollError::Refused { message, .. }) => {

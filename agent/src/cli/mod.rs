@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod approve;
+pub mod audit;
 pub mod deny;
 pub mod enroll;
 pub mod events;
@@ -45,6 +46,8 @@ pub enum Command {
     Watch(watch::WatchArgs),
     /// Enrol this host with airlock-server (one-time token from `airlock-server hosts enroll`).
     Enroll(enroll::EnrollArgs),
+    /// The tamper-evident audit stream: verify, export, key, query the collector.
+    Audit(audit::AuditArgs),
 }
 
 /// Runs one parsed command line.
@@ -60,6 +63,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deny(a) => deny::run(a),
         Command::Watch(a) => watch::run(a),
         Command::Enroll(a) => enroll::run(a),
+        Command::Audit(a) => audit::run(a),
     }
 }
 

@@ -177,7 +177,7 @@ impl Holds {
         records: &mut Records,
         link: Option<&mpsc::UnboundedSender<Update>>,
     ) {
-        record_update(&u, records);
+        record_update(&u, records, &self.approvals);
         if let Some(l) = link {
             let _ = l.send(u);
         }
@@ -185,7 +185,7 @@ impl Holds {
 }
 
 /// One request update's log line and record.
-fn record_update(u: &Update, records: &mut Records) {
+fn record_update(u: &Update, records: &mut Records, approvals: &Approvals) {
     let (change, r) = match u {
         Update::Opened(r) => (RequestChange::Opened, r),
         Update::Closed(r) => (RequestChange::Closed, r),
@@ -208,7 +208,23 @@ fn record_update(u: &Update, records: &mut Records) {
             "request closed"
         ),
     }
-    records.write(&Record::Request { change, request: r });
+    if !records.write(&Record::Request { change, request: r }) && change == RequestChange::Opened {
+        // Fail closed: an action whose request cannot be in the audit stream does not happen.
+        let by = airlock_approval::Approver {
+            uid: 0,
+            pid: std::process::id(),
+            user: None,
+            via: "airlockd-audit".to_string(),
+            principal: None,
+        };
+        let deny = airlock_approval::Decision::Deny {
+            always: false,
+            reason: Some("the audit record of this request could not be written".into()),
+        };
+        if let Err(e) = approvals.decide(&r.id, deny, by) {
+            tracing::error!(id = %r.id, error = %e, "could not deny a request whose audit record failed");
+        }
+    }
 }
 
 /// After a restart on the LSM backend: a thread held while no daemon ran, whose event was read

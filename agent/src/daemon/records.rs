@@ -126,6 +126,8 @@ pub struct Records {
     file: std::fs::File,
     /// Lines that could not be written (disk full, I/O error); reported in the status.
     pub failed: u64,
+    /// The tamper-evident copy of every record (see `audit.rs`), once opened.
+    pub audit: Option<super::audit::AuditLog>,
 }
 
 impl Records {
@@ -143,12 +145,25 @@ impl Records {
             path: path.to_path_buf(),
             file,
             failed: 0,
+            audit: None,
         })
     }
 
     /// Appends one record as one line (one `write` call, so a reader never sees half a line
-    /// from a completed write).
-    pub fn write(&mut self, r: &Record<'_>) {
+    /// from a completed write), and to the audit spool. Returns false when the record must be
+    /// in the audit stream (an approve rule's request) and could not be written there: the
+    /// caller fails closed.
+    #[must_use = "a request whose audit record failed must be denied"]
+    pub fn write(&mut self, r: &Record<'_>) -> bool {
+        let audited = match self.audit.as_mut() {
+            Some(a) => a.write(r).is_ok(),
+            None => true,
+        };
+        self.write_line(r);
+        audited
+    }
+
+    fn write_line(&mut self, r: &Record<'_>) {
         let mut line = match r.to_line() {
             Ok(l) => l,
             Err(e) => {
@@ -179,10 +194,10 @@ mod tests {
             error: "refused".into(),
             retry_in_ms: 500,
         };
-        r.write(&Record::Link {
+        assert!(r.write(&Record::Link {
             at_unix_ms: 5,
             change: &ch,
-        });
+        }));
         let text = std::fs::read_to_string(&path).unwrap();
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["record"], "link");

@@ -92,12 +92,14 @@ pub fn spawn(
     approvals: Approvals,
     local: crate::api::LocalPolicy,
     host_allows_break_glass: bool,
+    audit: Option<crate::daemon::audit::Shipper>,
 ) -> Result<LinkHandle, LinkError> {
     let endpoint = endpoint(&cfg)?;
     let (updates, updates_rx) = mpsc::unbounded_channel();
     let (changes_tx, changes) = mpsc::unbounded_channel();
     let (connected_tx, connected) = watch::channel(false);
     let link = Link {
+        audit,
         server: cfg.server.clone(),
         endpoint,
         approvals,
@@ -154,6 +156,8 @@ fn endpoint(cfg: &LinkConfig) -> Result<Endpoint, LinkError> {
 }
 
 struct Link {
+    /// The audit spool to ship, if this daemon writes one.
+    audit: Option<crate::daemon::audit::Shipper>,
     server: String,
     endpoint: Endpoint,
     approvals: Approvals,
@@ -260,7 +264,11 @@ impl Link {
         // out in this order: Hello, every pending request, the outcomes it may have missed.
         let pending = self.approvals.pending();
         let hello = pb::Hello {
-            audit_key: String::new(),
+            audit_key: self
+                .audit
+                .as_ref()
+                .map(|a| a.key.clone())
+                .unwrap_or_default(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             pending: pending.iter().map(|r| r.id.clone()).collect(),
         };
@@ -291,8 +299,35 @@ impl Link {
             server: self.server.clone(),
             resent,
         });
+        let mut ship = self.audit.clone().map(super::ship::Ship::new);
         loop {
+            if let Some(s) = ship.as_mut()
+                && s.idle()
+                && let Some(m) = s.next()
+                && tx.send(m).await.is_err()
+            {
+                return End::Broken("the stream closed".into());
+            }
+            let appended = async {
+                match ship.as_ref() {
+                    Some(s) if s.idle() => s.shipper.appended.notified().await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let retry = async {
+                match ship.as_ref() {
+                    Some(s) => s.retry_due().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                // New audit records, or a retry after a refusal: the loop's top sends.
+                () = appended => {}
+                () = retry => {
+                    if let Some(s) = ship.as_mut() {
+                        s.clear_retry();
+                    }
+                }
                 u = self.updates.recv() => {
                     let m = match u {
                         None => return End::Stop,
@@ -325,8 +360,11 @@ impl Link {
                             self.local.set(want);
                         }
                     }
-                    // Audit shipping is not wired yet: nothing is sent, so nothing is acked.
-                    Some(Ok(pb::ServerMessage { body: Some(Down::AuditAck(_)) })) => {}
+                    Some(Ok(pb::ServerMessage { body: Some(Down::AuditAck(a)) })) => {
+                        if let Some(s) = ship.as_mut() {
+                            s.on_ack(a);
+                        }
+                    }
                     // A message kind from a newer server: nothing to apply.
                     Some(Ok(pb::ServerMessage { body: None })) => {}
                 },

@@ -4,4 +4,5 @@
 pub mod client;
 pub mod enroll;
 pub mod identity;
+mod ship;
 pub mod tls;

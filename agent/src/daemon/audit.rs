@@ -1,0 +1,293 @@
+//! The host's tamper-evident audit stream (airlock-audit): every record the one writer
+//! (`records.rs`) writes is also sealed into this host's hash chain and appended, fsynced, to
+//! the spool in `<state>/audit/<host>/`, with Ed25519 checkpoints signed by the host's audit
+//! key. The link ships the spool to airlock-server's collector ([`Shipper`]); acknowledged
+//! records are deleted.
+//!
+//! Every record carries top-level `agent`, `op`, `decision` and `approver` strings where they
+//! apply, so the collector can filter without knowing each kind's body.
+//!
+//! When the spool is full, records of an `approve` rule's request (held events, requests,
+//! outcomes) cannot be written and the request is denied (fail closed: an action nobody can
+//! account for does not happen); other records are dropped, counted, and the count is itself
+//! recorded (`audit.dropped`) once there is room again.
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use airlock_audit::{Draft, Kind, Priority, SigningKey, Spool, SpoolConfig, SpoolError};
+use serde_json::{Value, json};
+
+use super::records::{Record, RequestChange};
+use crate::event::Verdict;
+use crate::hold::approvals::now_unix_ms;
+
+/// The audit key's file name (in the identity directory when enrolled, else the state
+/// directory).
+pub const AUDIT_KEY: &str = "audit.key";
+
+/// Errors opening the audit stream.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditLogError {
+    #[error("audit key {path}: {source}")]
+    Key {
+        path: PathBuf,
+        source: airlock_audit::KeyError,
+    },
+    #[error("audit spool: {0}")]
+    Spool(#[from] SpoolError),
+    /// The enrolled identity names the host the chain is of.
+    #[error("host identity: {0}")]
+    Identity(#[from] crate::link::identity::IdentityError),
+}
+
+/// The spool and what the link needs to ship it.
+#[derive(Clone)]
+pub struct Shipper {
+    spool: Arc<Mutex<Spool>>,
+    /// Woken when records were appended.
+    pub appended: Arc<tokio::sync::Notify>,
+    /// The host's verifier key (signed-note verifier form), sent in Hello.
+    pub key: String,
+}
+
+impl Shipper {
+    /// The spool (shared by the writer and the link).
+    pub fn spool(&self) -> MutexGuard<'_, Spool> {
+        self.spool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The writer's side of the audit stream.
+pub struct AuditLog {
+    shipper: Shipper,
+    /// Audit-only records waiting for the next group commit ([`AuditLog::flush`], at the
+    /// latest [`FLUSH_EVERY`] of them or the daemon's 200 ms tick, or with the next
+    /// must-write record): one fsync for many allowed/denied events instead of one each on
+    /// the daemon's loop.
+    pending: Vec<(Draft, Priority)>,
+    /// Records that could not be written (spool full for a must-write record, I/O errors).
+    pub failed: u64,
+}
+
+/// Audit-only records buffered before a group commit.
+const FLUSH_EVERY: usize = 256;
+
+/// Loads the host's audit key from `path`, making it (mode 0600) when absent.
+pub fn load_or_make_key(path: &Path, name: &str) -> Result<SigningKey, AuditLogError> {
+    let bad = |source| AuditLogError::Key {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.exists() {
+        return SigningKey::load(path).map_err(bad);
+    }
+    let k = SigningKey::generate(name).map_err(bad)?;
+    k.write_new(path).map_err(bad)?;
+    Ok(k)
+}
+
+impl AuditLog {
+    /// Opens the spool of `host` under `state_dir`, with the key in `key_dir`.
+    pub fn open(state_dir: &Path, key_dir: &Path, host: &str) -> Result<AuditLog, AuditLogError> {
+        let key = load_or_make_key(&key_dir.join(AUDIT_KEY), &format!("airlock-{host}"))?;
+        let verifier = key.verifier().to_string();
+        let dir = state_dir.join("audit").join(host);
+        let spool = Spool::open(&dir, host, SpoolConfig::default(), Some(key), now_unix_ms())?;
+        let r = spool.recovery();
+        if r.torn_bytes > 0 {
+            tracing::warn!(
+                bytes = r.torn_bytes,
+                segment = ?r.torn_segment,
+                "audit spool: a torn write at the end was cut off (every complete record kept)"
+            );
+        }
+        Ok(AuditLog {
+            shipper: Shipper {
+                spool: Arc::new(Mutex::new(spool)),
+                appended: Arc::new(tokio::sync::Notify::new()),
+                key: verifier,
+            },
+            pending: Vec::new(),
+            failed: 0,
+        })
+    }
+
+    /// What the link ships from.
+    pub fn shipper(&self) -> Shipper {
+        self.shipper.clone()
+    }
+
+    /// Appends `r` (synced before this returns). `Err` only when a must-write record could
+    /// not be written: the caller fails closed.
+    pub fn write(&mut self, r: &Record<'_>) -> Result<(), SpoolError> {
+        let Some((draft, priority)) = draft(r) else {
+            return Ok(());
+        };
+        self.append(draft, priority)
+    }
+
+    /// Appends a record of `kind` made here (daemon start and stop, backend, policy).
+    pub fn note(&mut self, kind: Kind, body: Value) {
+        let _ = self.append(Draft::new(now_unix_ms(), kind, body), Priority::AuditOnly);
+    }
+
+    fn append(&mut self, draft: Draft, priority: Priority) -> Result<(), SpoolError> {
+        self.pending.push((draft, priority));
+        if priority == Priority::MustWrite || self.pending.len() >= FLUSH_EVERY {
+            return self.flush();
+        }
+        Ok(())
+    }
+
+    /// Writes (one fsync) every buffered record. `Err` when a must-write record among them
+    /// could not be written (nothing of that call is then written; the audit-only records are
+    /// counted as dropped).
+    pub fn flush(&mut self) -> Result<(), SpoolError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let items = std::mem::take(&mut self.pending);
+        let n = items.len();
+        // Kept for a second try: when the batch fails for want of room, its audit-only
+        // records go again on their own, to be written or dropped and counted (never lost
+        // uncounted along with the must-write record).
+        let audit_only: Vec<(Draft, Priority)> = items
+            .iter()
+            .filter(|(_, p)| *p == Priority::AuditOnly)
+            .cloned()
+            .collect();
+        let res = self.shipper.spool().append_many(items);
+        if res.is_err() && !audit_only.is_empty() && audit_only.len() < n {
+            let _ = self.shipper.spool().append_many(audit_only);
+        }
+        match res {
+            Ok(done) => {
+                let dropped = done
+                    .iter()
+                    .filter(|a| matches!(a, airlock_audit::Appended::Dropped { .. }))
+                    .count();
+                if dropped > 0 {
+                    self.failed += dropped as u64;
+                    tracing::warn!(
+                        dropped,
+                        "audit spool full: audit-only records dropped (counted)"
+                    );
+                }
+                if dropped < n {
+                    self.shipper.appended.notify_one();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.failed += n as u64;
+                tracing::error!(error = %e, records = n, "audit records not written");
+                Err(e)
+            }
+        }
+    }
+
+    /// Signs a checkpoint when one is due (also when idle), after writing what is buffered.
+    pub fn tick(&mut self) {
+        let _ = self.flush();
+        let r = self.shipper.spool().tick(now_unix_ms());
+        match r {
+            Ok(Some(_)) => self.shipper.appended.notify_one(),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "audit checkpoint not written"),
+        }
+    }
+}
+
+/// The record `r` becomes, with its priority; `None` for nothing to record.
+fn draft(r: &Record<'_>) -> Option<(Draft, Priority)> {
+    match r {
+        Record::Event(e) => {
+            let ev = e.event;
+            let kind = match ev.verdict {
+                Verdict::Held => Kind::EventHeld,
+                Verdict::Denied => Kind::EventDenied,
+                Verdict::Allowed => Kind::EventAllowed,
+            };
+            let mut body = serde_json::to_value(e).ok()?;
+            summary(&mut body, e.agent, Some(&op_name(ev.op)), None, None);
+            let mut d = Draft::new(now_unix_ms(), kind, body);
+            if let Some(id) = e.request {
+                d = d.corr(id);
+            }
+            // Held events are part of an approve rule's request: fail closed.
+            let p = if ev.verdict == Verdict::Held {
+                Priority::MustWrite
+            } else {
+                Priority::AuditOnly
+            };
+            Some((d, p))
+        }
+        Record::Request { change, request } => {
+            let c = &request.context;
+            // Wrapped: the request's own `decision` is an object, the summary's a word.
+            let mut body = json!({ "request": serde_json::to_value(request).ok()? });
+            let (kind, decision, approver) = match change {
+                RequestChange::Opened => (Kind::RequestOpened, None, None),
+                RequestChange::Closed => {
+                    let by = request.decision.as_ref().and_then(|d| d.by.as_ref());
+                    (
+                        Kind::Outcome,
+                        Some(request.state.as_str().to_string()),
+                        by.and_then(|b| b.principal.clone().or_else(|| b.user.clone())),
+                    )
+                }
+            };
+            summary(
+                &mut body,
+                c.agent.as_deref(),
+                Some(&op_name(c.op)),
+                decision.as_deref(),
+                approver.as_deref(),
+            );
+            let d = Draft::new(now_unix_ms(), kind, body).corr(request.id.clone());
+            Some((d, Priority::MustWrite))
+        }
+        Record::Link { at_unix_ms, change } => {
+            use super::records::LinkChange;
+            let kind = match change {
+                LinkChange::Up { .. } => Kind::LinkUp,
+                LinkChange::Down { .. } => Kind::LinkDown,
+                LinkChange::DecisionRefused { .. } | LinkChange::Rejected { .. } => {
+                    Kind::ApiRefused
+                }
+            };
+            let body = serde_json::to_value(change).ok()?;
+            Some((Draft::new(*at_unix_ms, kind, body), Priority::AuditOnly))
+        }
+    }
+}
+
+/// The operation's name as on the wire and in policies (`exec`, `open_write`).
+fn op_name(op: airlock_approval::Op) -> String {
+    serde_json::to_value(op)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "other".into())
+}
+
+/// Adds the top-level strings the collector filters on.
+fn summary(
+    body: &mut Value,
+    agent: Option<&str>,
+    op: Option<&str>,
+    decision: Option<&str>,
+    approver: Option<&str>,
+) {
+    if let Value::Object(m) = body {
+        for (k, v) in [
+            ("agent", agent),
+            ("op", op),
+            ("decision", decision),
+            ("approver", approver),
+        ] {
+            if let Some(v) = v {
+                m.insert(k.to_string(), json!(v));
+            }
+        }
+    }
+}
