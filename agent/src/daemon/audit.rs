@@ -89,10 +89,20 @@ pub fn load_or_make_key(path: &Path, name: &str) -> Result<SigningKey, AuditLogE
 impl AuditLog {
     /// Opens the spool of `host` under `state_dir`, with the key in `key_dir`.
     pub fn open(state_dir: &Path, key_dir: &Path, host: &str) -> Result<AuditLog, AuditLogError> {
+        Self::open_with(state_dir, key_dir, host, SpoolConfig::default())
+    }
+
+    /// [`AuditLog::open`] with the spool's sizes given (tests fill a small one).
+    pub fn open_with(
+        state_dir: &Path,
+        key_dir: &Path,
+        host: &str,
+        cfg: SpoolConfig,
+    ) -> Result<AuditLog, AuditLogError> {
         let key = load_or_make_key(&key_dir.join(AUDIT_KEY), &format!("airlock-{host}"))?;
         let verifier = key.verifier().to_string();
         let dir = state_dir.join("audit").join(host);
-        let spool = Spool::open(&dir, host, SpoolConfig::default(), Some(key), now_unix_ms())?;
+        let spool = Spool::open(&dir, host, cfg, Some(key), now_unix_ms())?;
         let r = spool.recovery();
         if r.torn_bytes > 0 {
             tracing::warn!(
@@ -289,5 +299,130 @@ fn summary(
                 m.insert(k.to_string(), json!(v));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use airlock_approval::{OnTimeout, RequestState};
+
+    use super::*;
+    use crate::daemon::records::{LinkChange, Records};
+    use crate::hold::{HoldKey, Request};
+
+    fn request(id: &str) -> Request {
+        let context = crate::hold::testing::context(7);
+        Request {
+            id: id.into(),
+            state: RequestState::Pending,
+            key: HoldKey {
+                tgid: 1,
+                op: context.op,
+                dev: context.target_dev,
+                ino: context.target_ino,
+                argv_hash: 0,
+            },
+            holders: vec![],
+            attempts: 1,
+            created_unix_ms: 1,
+            deadline_unix_ms: 2,
+            on_timeout: OnTimeout::Deny,
+            context,
+            decision: None,
+        }
+    }
+
+    fn records(dir: &Path, cfg: SpoolConfig) -> Records {
+        let mut r = Records::open(&dir.join("events.jsonl")).unwrap();
+        r.audit = Some(AuditLog::open_with(dir, dir, "host-1", cfg).unwrap());
+        r
+    }
+
+    #[test]
+    fn what_the_one_writer_writes_is_in_a_chain_that_verifies_with_the_hosts_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = records(dir.path(), SpoolConfig::default());
+        let down = LinkChange::Down {
+            server: "https://s".into(),
+            error: "refused".into(),
+            retry_in_ms: 5,
+        };
+        assert!(r.write(&Record::Link {
+            at_unix_ms: 1,
+            change: &down
+        }));
+        let req = request("01TEST");
+        assert!(r.write(&Record::Request {
+            change: RequestChange::Opened,
+            request: &req
+        }));
+        let a = r.audit.as_mut().unwrap();
+        a.tick();
+        let spool = a.shipper();
+        let head = spool.spool().head().seq;
+        assert_eq!(
+            head, 2,
+            "the link record waited for the must-write request's commit"
+        );
+        let key = SigningKey::load(&dir.path().join(AUDIT_KEY)).unwrap();
+        let report = airlock_audit::verify_spool_dir(
+            &key.verifier(),
+            &Default::default(),
+            &dir.path().join("audit/host-1"),
+        )
+        .unwrap();
+        assert!(report.is_ok(), "{report:?}");
+        let batch = spool.spool().read_from(1, 10).unwrap();
+        let opened = &batch.records[1];
+        assert_eq!(opened.kind, Kind::RequestOpened);
+        assert_eq!(opened.corr.as_deref(), Some("01TEST"));
+        assert_eq!(opened.body["agent"], "a");
+        assert_eq!(opened.body["op"], "exec");
+        assert_eq!(opened.body["request"]["id"], "01TEST");
+    }
+
+    #[test]
+    fn a_request_whose_record_cannot_be_written_is_reported_for_failing_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for a few records only.
+        let cfg = SpoolConfig {
+            max_bytes: 4096,
+            segment_bytes: 4096,
+            ..SpoolConfig::default()
+        };
+        let mut r = records(dir.path(), cfg);
+        let mut refused = 0;
+        for i in 0..20 {
+            if !r.write(&Record::Request {
+                change: RequestChange::Opened,
+                request: &request(&format!("01R{i}")),
+            }) {
+                refused += 1;
+            }
+        }
+        assert!(refused > 0, "a full spool must refuse must-write records");
+        let a = r.audit.as_ref().unwrap();
+        assert!(a.failed >= refused);
+        // What was written still verifies.
+        let key = SigningKey::load(&dir.path().join(AUDIT_KEY)).unwrap();
+        let report = airlock_audit::verify_spool_dir(
+            &key.verifier(),
+            &Default::default(),
+            &dir.path().join("audit/host-1"),
+        )
+        .unwrap();
+        assert!(report.is_ok(), "{report:?}");
+    }
+
+    #[test]
+    fn the_audit_key_is_made_once_root_only_and_kept() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(AUDIT_KEY);
+        let k1 = load_or_make_key(&path, "airlock-h").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let k2 = load_or_make_key(&path, "airlock-h").unwrap();
+        assert_eq!(k1.verifier().to_string(), k2.verifier().to_string());
     }
 }
