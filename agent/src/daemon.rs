@@ -55,6 +55,8 @@ pub struct DaemonConfig {
     pub link: Option<crate::link::client::LinkConfig>,
     /// With a link: whether a decision on the local socket (break-glass) is allowed.
     pub break_glass: bool,
+    /// Most bytes the audit spool keeps unacknowledged (see `daemon/audit.rs`).
+    pub audit_spool_max: u64,
 }
 
 /// Errors that stop the daemon.
@@ -580,7 +582,18 @@ fn open_audit(cfg: &DaemonConfig) -> Result<audit::AuditLog, DaemonError> {
             (h, cfg.state_dir.clone())
         }
     };
-    Ok(audit::AuditLog::open(&cfg.state_dir, &key_dir, &host)?)
+    let spool = airlock_audit::SpoolConfig {
+        max_bytes: cfg.audit_spool_max,
+        // Segments are the unit acknowledgements free: small enough that a small spool still
+        // has several.
+        segment_bytes: (cfg.audit_spool_max / 8).clamp(4096, 1 << 20),
+        ..Default::default()
+    };
+    let mut log = audit::AuditLog::open_with(&cfg.state_dir, &key_dir, &host, spool)?;
+    if cfg.link.is_none() {
+        log.set_standalone();
+    }
+    Ok(log)
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.

@@ -183,11 +183,28 @@ impl pb::approvals_server::Approvals for ApprovalsService {
 
     async fn audit_query(
         &self,
-        _req: Request<pb::AuditQueryRequest>,
+        req: Request<pb::AuditQueryRequest>,
     ) -> Result<Response<Self::AuditQueryStream>, Status> {
-        Err(Status::unimplemented(
-            "audit records are queried on airlock-server (airlock --server URL audit query)",
-        ))
+        let caller = self.caller(&req, "audit", None).await?;
+        let q = req.into_inner();
+        let query = crate::audit_query::AuditQuery::from_proto(&q)?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let broker = self.broker.clone();
+        tokio::spawn(async move {
+            let end = query
+                .run(&broker, &tx, || still_allowed(&broker, &caller))
+                .await;
+            if let Err(f) = end {
+                if matches!(f, Fault::Unauthenticated(_) | Fault::Forbidden(_)) {
+                    let why = f.to_string();
+                    broker
+                        .record(&caller.principal, CHANNEL, "audit", None, f.code(), &why)
+                        .await;
+                }
+                let _ = tx.send(Err(Status::from(f))).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;

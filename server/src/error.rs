@@ -5,6 +5,7 @@
 //! `approvals.proto` are decided here.
 use tonic::{Code, Status};
 
+use crate::collector::CollectError;
 use crate::route::Refusal;
 use crate::store::StoreError;
 
@@ -38,6 +39,9 @@ pub enum Fault {
     /// The server is stopping.
     #[error("airlock-server is shutting down")]
     ShuttingDown,
+    /// The audit collector refused a batch or a host's audit key.
+    #[error(transparent)]
+    Audit(CollectError),
     /// Something on this side broke (certificate signing, encoding).
     #[error("{0}")]
     Internal(String),
@@ -49,6 +53,23 @@ impl Fault {
         Fault::Invalid {
             field,
             why: why.into(),
+        }
+    }
+
+    /// The status code of a store error.
+    fn store_code(e: &StoreError) -> Code {
+        match e {
+            StoreError::NotFound { .. } | StoreError::NoSuch { .. } => Code::NotFound,
+            StoreError::Closed { .. } | StoreError::AlreadyVoted { .. } => Code::FailedPrecondition,
+            // Another host's request id: the caller may not even learn it exists.
+            StoreError::OtherHost { .. } => Code::PermissionDenied,
+            StoreError::TooMany { .. } => Code::ResourceExhausted,
+            // Another stream of the host stored a batch meanwhile: resending works.
+            StoreError::AuditHeadMoved { .. } => Code::Aborted,
+            StoreError::BadEnrollment
+            | StoreError::TokenRevoked { .. }
+            | StoreError::TokenExpired { .. } => Code::Unauthenticated,
+            _ => Code::Internal,
         }
     }
 
@@ -64,23 +85,33 @@ impl Fault {
             },
             Fault::Invalid { .. } => Code::InvalidArgument,
             Fault::OutOfOrder(_) => Code::FailedPrecondition,
-            Fault::Store(e) => match e {
-                StoreError::NotFound { .. } | StoreError::NoSuch { .. } => Code::NotFound,
-                StoreError::Closed { .. } | StoreError::AlreadyVoted { .. } => {
-                    Code::FailedPrecondition
-                }
-                // Another host's request id: the caller may not even learn it exists.
-                StoreError::OtherHost { .. } => Code::PermissionDenied,
-                StoreError::TooMany { .. } => Code::ResourceExhausted,
-                StoreError::BadEnrollment
-                | StoreError::TokenRevoked { .. }
-                | StoreError::TokenExpired { .. } => Code::Unauthenticated,
-                _ => Code::Internal,
-            },
+            Fault::Audit(e) => collect_code(e),
+            Fault::Store(e) => Fault::store_code(e),
             Fault::Lagged { .. } => Code::DataLoss,
             Fault::ShuttingDown => Code::Unavailable,
             Fault::Internal(_) => Code::Internal,
         }
+    }
+}
+
+/// The code of a collector refusal (recorded with the refused attempt).
+pub fn collect_code(e: &CollectError) -> Code {
+    match e {
+        CollectError::TooManyRecords { .. }
+        | CollectError::TooManyBytes { .. }
+        | CollectError::TooManyCheckpoints { .. } => Code::ResourceExhausted,
+        CollectError::NoKey
+        | CollectError::BadKey(_)
+        | CollectError::FirstSeq { .. }
+        | CollectError::Malformed { .. }
+        | CollectError::NotCanonical { .. }
+        | CollectError::BadNote { .. } => Code::InvalidArgument,
+        CollectError::KeyChanged { .. } => Code::PermissionDenied,
+        // A chain that does not hold: records changed, lost or inserted.
+        CollectError::Chain(_) | CollectError::CheckpointDisagrees { .. } => Code::DataLoss,
+        CollectError::StoredKey(_) => Code::Internal,
+        CollectError::ShuttingDown => Code::Unavailable,
+        CollectError::Store(s) => Fault::store_code(s),
     }
 }
 
@@ -123,6 +154,15 @@ pub fn code_name(c: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+impl From<CollectError> for Fault {
+    fn from(e: CollectError) -> Fault {
+        match e {
+            CollectError::Store(s) => Fault::Store(s),
+            e => Fault::Audit(e),
+        }
     }
 }
 

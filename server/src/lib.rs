@@ -7,9 +7,11 @@
 //!
 //! The flow and the file that owns each step are in docs/ARCHITECTURE.md.
 pub mod approvals;
+pub mod audit_query;
 pub mod auth;
 pub mod broker;
 pub mod cli;
+pub mod collector;
 pub mod config;
 pub mod enroll;
 pub mod error;

@@ -188,6 +188,7 @@ async fn run(
     let who = format!("host:{host}");
     let mut hello = false;
     let mut sent = Sent::default();
+    let mut audit = crate::collector::HostAudit::new(&host);
     let reason = loop {
         tokio::select! {
             m = inbound.next() => match m {
@@ -195,6 +196,19 @@ async fn run(
                 Some(Err(s)) => {
                     // Malformed or oversized frames end the stream with tonic's status
                     // (OUT_OF_RANGE for an oversized message); nothing was decoded or changed.
+                    b.record(&who, "link", "message", None, s.code(), s.message()).await;
+                    break Some(s);
+                }
+                // The link admits messages up to an audit batch's bound; every other message
+                // keeps the server's general bound, as if the transport had refused it.
+                Some(Ok(m)) if !matches!(m.body, Some(Up::Audit(_)))
+                    && prost::Message::encoded_len(&m) > crate::cli::serve::MAX_MESSAGE =>
+                {
+                    let s = Status::out_of_range(format!(
+                        "message of {} bytes: at most {} (audit batches excepted)",
+                        prost::Message::encoded_len(&m),
+                        crate::cli::serve::MAX_MESSAGE
+                    ));
                     b.record(&who, "link", "message", None, s.code(), s.message()).await;
                     break Some(s);
                 }
@@ -212,6 +226,7 @@ async fn run(
                     }
                     hello = true;
                     tracing::debug!(host = %host, version = %h.version, pending = h.pending.len(), "hello");
+                    audit.hello(&b, &h.audit_key).await;
                 }
                 Some(Ok(pb::HostMessage { body: Some(body) })) if !hello => {
                     let _ = body;
@@ -258,16 +273,9 @@ async fn run(
                     }
                 }
                 Some(Ok(pb::HostMessage { body: Some(Up::Audit(batch)) })) => {
-                    // The collector is not wired yet: refused, so the host keeps its records.
-                    let _ = tx.send(pb::ServerMessage {
-                        body: Some(pb::server_message::Body::AuditAck(pb::AuditAck {
-                            up_to_seq: 0,
-                            refused: format!(
-                                "this server does not collect audit records yet (batch from {})",
-                                batch.first_seq
-                            ),
-                        })),
-                    });
+                    // Verified and stored (or refused) before the next message is read: one
+                    // batch at a time, as the host sends them.
+                    let _ = tx.send(audit.batch(&b, batch).await);
                 }
             },
             Some(d) = deliveries.recv() => match d {

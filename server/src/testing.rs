@@ -18,8 +18,11 @@
 //! - [`request`] and [`context`] make realistic requests the way airlockd does (through
 //!   `airlock_approval`'s types and converters).
 //! - [`pg`] starts a throwaway PostgreSQL cluster.
+//! - [`audit`] chains a host's audit records and signs its checkpoints (airlock-audit), and
+//!   ships them as a [`FakeHost`] (`Hello.audit_key`, `AuditBatch` → `AuditAck`).
 //!
 //! Nothing here is used by the server itself.
+pub mod audit;
 pub mod oidc;
 pub mod pg;
 pub mod slack;
@@ -227,6 +230,7 @@ impl TestServer {
         let _slack = crate::slack::spawn(&broker, dir.path().to_path_buf());
         let _teams = crate::teams::spawn(&broker, dir.path().to_path_buf());
         let _remind = crate::remind::spawn(&broker)?;
+        let _prune = crate::collector::spawn_pruner(&broker);
         let http_router = crate::http::router(broker.clone(), dir.path().to_path_buf());
         let http_task = tokio::spawn(async move {
             let _ = axum::serve(http, http_router).await;

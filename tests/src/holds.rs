@@ -840,4 +840,67 @@ pub fn run_all(r: &mut Report, bin_dir: &Path, me: &Path, base: &Path, lsm: bool
         println!("--- airlockd (holds) log ---\n{}", daemon.log_text());
     }
     drop(daemon);
+    r.check(
+        "a_held_action_whose_audit_record_cannot_be_written_is_denied",
+        full_audit_spool_denies(&fx, bin_dir, me, lsm),
+    );
+}
+
+/// A daemon whose audit spool has no room (`--audit-spool-max 1024`): a held exec fails at
+/// once with EPERM, its request closed as denied by airlockd naming the audit record (fail
+/// closed: an action nobody could account for does not happen).
+fn full_audit_spool_denies(
+    fx: &HoldFixture,
+    bin_dir: &Path,
+    me: &Path,
+    lsm: bool,
+) -> anyhow::Result<()> {
+    let state = fx.dir.join("state-full-spool");
+    let d = Daemon::start_with(
+        bin_dir,
+        &fx.policy,
+        &state,
+        "auto",
+        &["--audit-spool-max", "1024"],
+    )?;
+    let c = HoldCtx {
+        fx,
+        daemon: &d,
+        me: me.to_path_buf(),
+        bin_dir: bin_dir.to_path_buf(),
+        lsm,
+    };
+    let t0 = Instant::now();
+    let child = c.spawn_exec(&fx.held, "must-not-run")?;
+    let pid = child.pid;
+    let o = match child.finish(WAIT) {
+        Ok(o) => o,
+        Err(e) => {
+            println!("--- airlockd (full spool) log ---\n{}", d.log_text());
+            return Err(e);
+        }
+    };
+    out_is(&o, "errno=1", "exec held while the audit spool is full")?;
+    ensure(t0.elapsed() < Duration::from_secs(5), || {
+        format!("denied only after {:?}", t0.elapsed())
+    })?;
+    let r = c
+        .requests()
+        .into_iter()
+        .find(|r| r["key"]["tgid"].as_u64() == Some(pid as u64))
+        .context("request record")?;
+    let result = ensure(
+        r["state"] == "denied"
+            && r["decision"]["by"]["via"] == "airlockd-audit"
+            && r["decision"]["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("audit record")),
+        || format!("record: {r}"),
+    );
+    if result.is_err() {
+        println!("--- airlockd (full spool) log ---\n{}", d.log_text());
+    }
+    drop(d);
+    let _ = std::fs::remove_dir_all(&state);
+    result
 }

@@ -4,6 +4,7 @@
 //! QEMU guests that xtask boots (BPF LSM). Prints `PASS`/`FAIL`/`SKIP` lines and a closing
 //! `e2e: N passed, M failed, K skipped`; exits non-zero on any failure. `--op` is the child
 //! helper the scenarios run inside agent cgroups.
+mod audit;
 mod bench;
 mod bench_holds;
 mod cases;

@@ -790,7 +790,7 @@ pub fn run_all(r: &mut Report, bin_dir: &Path, me: &Path, base: &Path, all: bool
         // The browser scenarios (host tier), while the server and the link are as set up:
         // later cases restart the server, reload its config and revoke the host.
         if all && i == 3 {
-            for (name, f) in crate::web::CASES {
+            for (name, f) in crate::web::CASES.iter().chain(crate::audit::CASES) {
                 r.check(name, f(&ctx));
             }
         }

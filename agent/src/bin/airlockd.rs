@@ -48,6 +48,11 @@ struct Args {
     /// reported to the server). `--break-glass=false` refuses them.
     #[arg(long, env = "AIRLOCK_BREAK_GLASS", default_value_t = true, action = clap::ArgAction::Set)]
     break_glass: bool,
+    /// Most bytes the audit spool (<state>/audit) keeps before the collector acknowledges
+    /// them. When full, an approve rule's request is denied (its record cannot be written)
+    /// and other records are dropped and counted.
+    #[arg(long, env = "AIRLOCK_AUDIT_SPOOL_MAX", default_value_t = 256 << 20, value_name = "BYTES")]
+    audit_spool_max: u64,
 }
 
 fn main() -> ExitCode {
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
             }
         }),
         break_glass: args.break_glass,
+        audit_spool_max: args.audit_spool_max,
     };
     match rt.block_on(airlock_agent::daemon::run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,

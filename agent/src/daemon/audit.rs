@@ -65,6 +65,11 @@ pub struct AuditLog {
     /// must-write record): one fsync for many allowed/denied events instead of one each on
     /// the daemon's loop.
     pending: Vec<(Draft, Priority)>,
+    /// No collector will ever acknowledge this spool (airlockd runs without a server): it
+    /// is then a rotating local log (see [`AuditLog::rotate`]).
+    standalone: bool,
+    /// Bytes the spool may hold.
+    max_bytes: u64,
     /// Records that could not be written (spool full for a must-write record, I/O errors).
     pub failed: u64,
 }
@@ -118,8 +123,52 @@ impl AuditLog {
                 key: verifier,
             },
             pending: Vec::new(),
+            standalone: false,
+            max_bytes: cfg.max_bytes,
             failed: 0,
         })
+    }
+
+    /// Marks the spool as never shipped (no server): it rotates instead of filling up.
+    pub fn set_standalone(&mut self) {
+        self.standalone = true;
+    }
+
+    /// Without a collector nobody acknowledges records, and a spool that only fills would in
+    /// the end refuse every approve rule's request. A standalone host keeps its spool as a
+    /// rotating log instead: past three quarters full, the oldest quarter of its records is
+    /// let go (whole segments; the chain stays verifiable from the first record kept, and
+    /// the rotation is itself recorded as `audit.rotated`).
+    fn rotate(&mut self) {
+        if !self.standalone {
+            return;
+        }
+        let mut spool = self.shipper.spool();
+        if spool.used_bytes() * 4 < self.max_bytes * 3 {
+            return;
+        }
+        let (acked, head) = (spool.acked(), spool.head().seq);
+        let up_to = acked + (head - acked) / 4;
+        match spool.ack(up_to) {
+            Ok(out) if out.segments_deleted > 0 => {
+                drop(spool);
+                tracing::info!(
+                    up_to,
+                    freed = out.bytes_freed,
+                    "standalone audit spool rotated"
+                );
+                self.pending.push((
+                    Draft::new(
+                        now_unix_ms(),
+                        Kind::Other("audit.rotated".into()),
+                        json!({"up_to_seq": up_to, "bytes_freed": out.bytes_freed}),
+                    ),
+                    Priority::AuditOnly,
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "audit spool rotation failed"),
+        }
     }
 
     /// What the link ships from.
@@ -156,6 +205,7 @@ impl AuditLog {
         if self.pending.is_empty() {
             return Ok(());
         }
+        self.rotate();
         let items = std::mem::take(&mut self.pending);
         let n = items.len();
         // Kept for a second try: when the batch fails for want of room, its audit-only
@@ -404,6 +454,42 @@ mod tests {
         let a = r.audit.as_ref().unwrap();
         assert!(a.failed >= refused);
         // What was written still verifies.
+        let key = SigningKey::load(&dir.path().join(AUDIT_KEY)).unwrap();
+        let report = airlock_audit::verify_spool_dir(
+            &key.verifier(),
+            &Default::default(),
+            &dir.path().join("audit/host-1"),
+        )
+        .unwrap();
+        assert!(report.is_ok(), "{report:?}");
+    }
+
+    #[test]
+    fn a_standalone_spool_rotates_instead_of_refusing_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpoolConfig {
+            max_bytes: 32 << 10,
+            segment_bytes: 4 << 10,
+            ..SpoolConfig::default()
+        };
+        let mut r = records(dir.path(), cfg);
+        r.audit.as_mut().unwrap().set_standalone();
+        for i in 0..200 {
+            assert!(
+                r.write(&Record::Request {
+                    change: RequestChange::Opened,
+                    request: &request(&format!("01R{i}")),
+                }),
+                "request {i} refused by a standalone spool"
+            );
+        }
+        let a = r.audit.as_ref().unwrap();
+        let spool = a.shipper();
+        let s = spool.spool();
+        assert!(s.used_bytes() <= 32 << 10, "{}", s.used_bytes());
+        assert!(s.head().seq >= 200 && s.acked() > 0);
+        drop(s);
+        // What is kept still verifies, from the first record kept.
         let key = SigningKey::load(&dir.path().join(AUDIT_KEY)).unwrap();
         let report = airlock_audit::verify_spool_dir(
             &key.verifier(),

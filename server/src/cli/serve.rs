@@ -51,6 +51,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         let _slack = crate::slack::spawn(&broker, a.dir.dir.clone());
         let _teams = crate::teams::spawn(&broker, a.dir.dir.clone());
         let _remind = crate::remind::spawn(&broker)?;
+        let _prune = crate::collector::spawn_pruner(&broker);
         let _http = match broker.config().http_listen.clone() {
             Some(h) => {
                 let addr: SocketAddr = h
@@ -167,10 +168,11 @@ pub fn router(
     ca: Arc<crate::pki::Ca>,
     tls: tonic::transport::ServerTlsConfig,
 ) -> anyhow::Result<tonic::transport::server::Router> {
+    // The link carries audit batches too, bounded by the collector.
     let link = airlock_proto::HostLinkServer::new(crate::link::LinkService {
         broker: broker.clone(),
     })
-    .max_decoding_message_size(MAX_MESSAGE);
+    .max_decoding_message_size(crate::collector::MAX_LINK_MESSAGE);
     let approvals = airlock_proto::ApprovalsServer::new(crate::approvals::ApprovalsService {
         broker: broker.clone(),
     })

@@ -5,6 +5,7 @@
 //! Read with the policy crate's located YAML tree, so that every problem is reported like a
 //! policy's, `file:line:col: field: message`, all at once ([`load`], [`parse`]). The format
 //! is documented by the file `init` writes ([`template`]).
+mod audit;
 mod model;
 mod parse;
 mod problem;
@@ -25,8 +26,8 @@ use std::path::{Path, PathBuf};
 use airlock_policy::{Diagnostic, Diagnostics, LoadError, Location};
 
 pub use model::{
-    Channel, Escalation, Glob, HostUser, Match, OPERATIONS, Oidc, Principal, Route, ServerConfig,
-    Slack, SlackMode, Teams, Web, Webhook,
+    Audit, Channel, Escalation, Glob, HostUser, Match, OPERATIONS, Oidc, Principal, Route,
+    ServerConfig, Slack, SlackMode, Teams, Web, Webhook,
 };
 pub use problem::ConfigProblem;
 pub use template::{DEFAULT_LISTEN, TEMPLATE, template};

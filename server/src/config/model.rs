@@ -35,9 +35,19 @@ pub struct ServerConfig {
     pub slack: Option<Slack>,
     /// The Microsoft Teams channel (`teams:`), for routes that name `teams`.
     pub teams: Option<Teams>,
+    /// The audit collector (`audit:`).
+    pub audit: Audit,
     /// Warnings that do not stop the server (`file:line:col: message`), e.g. no catch-all
     /// route. `config check` and `serve` print them.
     pub notes: Vec<String>,
+}
+
+/// `audit: { retention }`: how long the collector keeps hosts' audit records.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Audit {
+    /// Records (and alerts) stored longer ago than this are deleted by the hourly prune;
+    /// each host's chain goes on from the last deleted record. `None` (default): kept forever.
+    pub retention: Option<Duration>,
 }
 
 /// `webhook: { url, secret_file }`: where the webhook channel POSTs, and the file holding the

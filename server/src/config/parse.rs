@@ -26,6 +26,7 @@ const TOP_KEYS: &[&str] = &[
     "web",
     "teams",
     "slack",
+    "audit",
 ];
 const WEBHOOK_KEYS: &[&str] = &["url", "secret_file"];
 const PRINCIPAL_KEYS: &[&str] = &["groups", "host_users"];
@@ -142,6 +143,7 @@ impl Reader<'_> {
             web: None,
             teams: None,
             slack: None,
+            audit: Default::default(),
             notes: Vec::new(),
         };
         if let Some(t) = top.get("listen").and_then(|n| self.string(n, "listen")) {
@@ -200,6 +202,9 @@ impl Reader<'_> {
         }
         if let Some(node) = top.get("slack") {
             cfg.slack = self.slack(node, &cfg);
+        }
+        if let Some(node) = top.get("audit") {
+            cfg.audit = self.audit(node);
         }
         if let Some(node) = top.get("routes") {
             cfg.routes = self.routes(node, &members);

@@ -86,6 +86,14 @@ break_glass: true
 #     U0123ABCD: alice
 #     U0456EFGH: bob
 
+# The audit collector: hosts ship their hash-chained audit records over the link; the server
+# verifies each batch (the chain it stored, the host's signed checkpoints, the key the host
+# presented first) and stores it. retention: how long stored records and the collector's
+# alerts are kept (h or d; deleted hourly, each host's chain goes on from the last deleted
+# record). Default: kept forever.
+# audit:
+#   retention: 90d
+
 # The people who may vote. API tokens are issued to these names
 # (airlock-server tokens create NAME). Names: a-z, 0-9, ., _, - and @.
 principals:

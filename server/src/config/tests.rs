@@ -172,7 +172,7 @@ fn unknown_keys_are_errors_with_did_you_mean() {
             "server.yaml:1:1: unknown key \"listn\" (did you mean \"listen\"?)",
             "server.yaml:2:1: unknown key \"breakGlass\" (did you mean \"break_glass\"?)",
             "server.yaml:3:1: unknown key \"colour\" (expected one of: listen, http_listen, \
-             database, break_glass, principals, routes, webhook, web, teams, slack)",
+             database, break_glass, principals, routes, webhook, web, teams, slack, audit)",
         ]
     );
     assert_eq!(

@@ -20,8 +20,10 @@
 //!   `SQLITE_BUSY_SNAPSHOT` when upgrading a read snapshot.
 //!
 //! The methods live by topic, one file each: `open.rs` (connecting, pragmas, migrations),
-//! `hosts.rs` (enrolment, hosts), `tokens.rs`, `requests.rs`, `votes.rs`, `attempts.rs`, `web.rs` (the web page's sign-ins).
+//! `hosts.rs` (enrolment, hosts), `tokens.rs`, `requests.rs`, `votes.rs`, `attempts.rs`, `web.rs` (the web page's sign-ins),
+//! `audit.rs` (the audit collector's records, checkpoints, alerts and retention).
 mod attempts;
+mod audit;
 mod hosts;
 mod open;
 mod requests;
@@ -38,6 +40,7 @@ use std::sync::Arc;
 
 use airlock_approval::{DecisionRecord, RequestState, Vote};
 
+pub use audit::{AuditAlert, AuditFilter, AuditKey, AuditRow, NewAuditRecord, Pruned};
 pub use slack::SlackMessage;
 pub use web::{WebLogin, WebSession};
 
@@ -93,6 +96,14 @@ pub enum StoreError {
     /// nothing changed.
     #[error("API token {token} expired")]
     TokenExpired { token: String },
+    /// An audit batch was verified against a head of `host`'s chain that is no longer the
+    /// stored one (another stream of the host stored records meanwhile); nothing stored.
+    #[error("the stored audit chain of {host} moved from {expected} to {found} meanwhile; resend")]
+    AuditHeadMoved {
+        host: String,
+        expected: u64,
+        found: u64,
+    },
 }
 
 /// Which database.

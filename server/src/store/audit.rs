@@ -1,0 +1,536 @@
+//! The audit collector's tables (migration `0004_audit.sql`): each host's audit key (trust on
+//! first use), its verified records and checkpoints, the collector's alerts, and retention.
+//!
+//! Rows are numbered by a cursor given out in commit order (see the migration's
+//! `audit_counters`): every transaction that adds records or an alert starts by bumping its
+//! counter, which holds the counter row until it commits.
+use std::collections::BTreeMap;
+
+use airlock_audit::{Anchor, Hash, Record};
+use serde_json::Value;
+use sqlx::any::{Any, AnyRow};
+use sqlx::{AnyConnection, Row};
+
+use super::{Store, StoreError, from_name, ms, ms_out};
+
+/// Rows per INSERT statement: 14 parameters each, well under both databases' limits.
+const INSERT_CHUNK: usize = 256;
+
+/// A host's audit key as the collector keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditKey {
+    /// Signed-note verifier key (`NAME+KEYID+BASE64`).
+    pub key: String,
+    /// When the collector first saw it.
+    pub first_seen_unix_ms: u64,
+}
+
+/// A verified record, ready to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewAuditRecord {
+    pub seq: u64,
+    pub hash: Hash,
+    pub prev: Hash,
+    pub kind: String,
+    pub corr: Option<String>,
+    pub at_unix_ms: u64,
+    /// The body's top-level `agent`, `op`, `decision` and `approver` strings, for filters.
+    pub agent: Option<String>,
+    pub op: Option<String>,
+    pub decision: Option<String>,
+    pub approver: Option<String>,
+    /// The canonical JSON the host sent.
+    pub record: String,
+}
+
+impl NewAuditRecord {
+    /// The row of `r`, whose canonical text is `text`.
+    pub fn new(r: &Record, text: String) -> NewAuditRecord {
+        // Best effort: a body without these fields (or with non-string ones) is stored all
+        // the same and matches no filter on them.
+        let field = |name: &str| match &r.body {
+            Value::Object(m) => m.get(name).and_then(Value::as_str).map(str::to_owned),
+            _ => None,
+        };
+        NewAuditRecord {
+            seq: r.seq,
+            hash: r.hash,
+            prev: r.prev,
+            kind: r.kind.as_str().to_owned(),
+            corr: r.corr.clone(),
+            at_unix_ms: r.at_unix_ms,
+            agent: field("agent"),
+            op: field("op"),
+            decision: field("decision"),
+            approver: field("approver"),
+            record: text,
+        }
+    }
+}
+
+/// Filters of [`Store::audit_records`] and [`Store::audit_alerts`]; `None` matches anything.
+/// Alerts use only `host`, the times, `after_cursor` and `limit`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub host: Option<String>,
+    pub agent: Option<String>,
+    /// At or after (the record's `at_unix_ms`, an alert's time).
+    pub since_unix_ms: Option<u64>,
+    /// Before.
+    pub until_unix_ms: Option<u64>,
+    pub op: Option<String>,
+    pub decision: Option<String>,
+    pub approver: Option<String>,
+    pub kind: Option<String>,
+    /// Only rows stored after this cursor.
+    pub after_cursor: u64,
+    /// At most this many rows.
+    pub limit: u32,
+}
+
+/// A stored record, as a query returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRow {
+    pub host: String,
+    pub seq: u64,
+    /// Storage order; pass the last one as [`AuditFilter::after_cursor`] to go on.
+    pub cursor: u64,
+    pub at_unix_ms: u64,
+    pub kind: String,
+    /// The canonical JSON the host sent.
+    pub record: String,
+}
+
+/// An alert of the collector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditAlert {
+    pub cursor: u64,
+    pub host: String,
+    pub at_unix_ms: u64,
+    pub message: String,
+}
+
+/// What [`Store::prune_audit`] deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub records: u64,
+    pub checkpoints: u64,
+    pub alerts: u64,
+}
+
+/// A parameter of a query assembled at run time.
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// Cursors are BIGINT; one past `i64::MAX` is never given out.
+fn cursor_in(c: u64) -> i64 {
+    i64::try_from(c).unwrap_or(i64::MAX)
+}
+
+fn hash_out(host: &str, text: &str) -> Result<Hash, StoreError> {
+    from_name("audit hash", host, text)
+}
+
+/// The head of `host`'s stored chain on `conn`: its last stored record, else the last one
+/// retention deleted, else the start of the chain.
+async fn head_on(conn: &mut AnyConnection, host: &str) -> Result<Anchor, StoreError> {
+    let last = sqlx::query(
+        "SELECT seq, hash FROM audit_records WHERE host = $1 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(host)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let pruned = sqlx::query("SELECT pruned_seq, pruned_hash FROM audit_hosts WHERE host = $1")
+        .bind(host)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let mut head = Anchor::GENESIS;
+    for (row, seq, hash) in [(last, "seq", "hash"), (pruned, "pruned_seq", "pruned_hash")] {
+        if let Some(row) = row {
+            let seq = ms_out(row.try_get(seq)?);
+            if seq > head.seq {
+                let text: String = row.try_get(hash)?;
+                head = Anchor {
+                    seq,
+                    hash: hash_out(host, &text)?,
+                };
+            }
+        }
+    }
+    Ok(head)
+}
+
+/// Bumps counter `name` by `n` as the transaction's first write (see the migration) and
+/// returns the first of the `n` cursors it reserved.
+async fn reserve(conn: &mut AnyConnection, name: &str, n: usize) -> Result<u64, StoreError> {
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
+    let row =
+        sqlx::query("UPDATE audit_counters SET value = value + $1 WHERE name = $2 RETURNING value")
+            .bind(n)
+            .bind(name)
+            .fetch_one(&mut *conn)
+            .await?;
+    let end: i64 = row.try_get("value")?;
+    Ok(ms_out(end - n + 1))
+}
+
+fn row_of(row: &AnyRow) -> Result<AuditRow, StoreError> {
+    Ok(AuditRow {
+        host: row.try_get("host")?,
+        seq: ms_out(row.try_get("seq")?),
+        cursor: ms_out(row.try_get("cursor")?),
+        at_unix_ms: ms_out(row.try_get("at_ms")?),
+        kind: row.try_get("kind")?,
+        record: row.try_get("record")?,
+    })
+}
+
+fn alert_of(row: &AnyRow) -> Result<AuditAlert, StoreError> {
+    Ok(AuditAlert {
+        cursor: ms_out(row.try_get("cursor")?),
+        host: row.try_get("host")?,
+        at_unix_ms: ms_out(row.try_get("at_ms")?),
+        message: row.try_get("message")?,
+    })
+}
+
+/// Runs `sql` with `args` and reads every row with `read`.
+async fn select<T>(
+    store: &Store,
+    sql: &str,
+    args: Vec<Arg>,
+    read: fn(&AnyRow) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut q = sqlx::query::<Any>(sql);
+    for a in args {
+        q = match a {
+            Arg::Text(s) => q.bind(s),
+            Arg::Int(i) => q.bind(i),
+        };
+    }
+    q.fetch_all(&store.pool).await?.iter().map(read).collect()
+}
+
+/// The WHERE clause (cursor, host, time) both queries share, with its parameters.
+fn common_conds(f: &AuditFilter, time_col: &str) -> (Vec<String>, Vec<Arg>) {
+    let mut args = vec![Arg::Int(cursor_in(f.after_cursor))];
+    let mut conds = vec!["cursor > $1".to_string()];
+    if let Some(h) = &f.host {
+        args.push(Arg::Text(h.clone()));
+        conds.push(format!("host = ${}", args.len()));
+    }
+    if let Some(t) = f.since_unix_ms {
+        args.push(Arg::Int(ms(t)));
+        conds.push(format!("{time_col} >= ${}", args.len()));
+    }
+    if let Some(t) = f.until_unix_ms {
+        args.push(Arg::Int(ms(t)));
+        conds.push(format!("{time_col} < ${}", args.len()));
+    }
+    (conds, args)
+}
+
+impl Store {
+    /// `host`'s audit key, if it ever presented one.
+    pub async fn audit_key(&self, host: &str) -> Result<Option<AuditKey>, StoreError> {
+        let row =
+            sqlx::query("SELECT verifier_key, first_seen_ms FROM audit_hosts WHERE host = $1")
+                .bind(host)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| {
+            Ok(AuditKey {
+                key: r.try_get("verifier_key")?,
+                first_seen_unix_ms: ms_out(r.try_get("first_seen_ms")?),
+            })
+        })
+        .transpose()
+    }
+
+    /// Keeps `key` as `host`'s audit key unless it has one already (one atomic statement, so
+    /// two replicas seeing the host's first Hello keep the same key); returns the key in force.
+    pub async fn set_audit_key_if_absent(
+        &self,
+        host: &str,
+        key: &str,
+        now: u64,
+    ) -> Result<AuditKey, StoreError> {
+        {
+            let _turn = self.write_turn().await;
+            sqlx::query(
+                "INSERT INTO audit_hosts (host, verifier_key, first_seen_ms, pruned_seq, pruned_hash) \
+                 VALUES ($1, $2, $3, 0, $4) ON CONFLICT (host) DO NOTHING",
+            )
+            .bind(host)
+            .bind(key)
+            .bind(ms(now))
+            .bind(Hash::ZERO.to_string())
+            .execute(&self.pool)
+            .await?;
+        }
+        // Rows of audit_hosts are never deleted.
+        self.audit_key(host)
+            .await?
+            .ok_or_else(|| StoreError::NoSuch {
+                what: "audit host",
+                name: host.to_string(),
+            })
+    }
+
+    /// The head of `host`'s stored chain: its last record, else the anchor of the history
+    /// retention deleted, else [`Anchor::GENESIS`].
+    pub async fn audit_head(&self, host: &str) -> Result<Anchor, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        head_on(&mut conn, host).await
+    }
+
+    /// The stored hashes of `host`'s records `from..=to` (those retention has not deleted).
+    pub async fn audit_hashes(
+        &self,
+        host: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<BTreeMap<u64, Hash>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, hash FROM audit_records WHERE host = $1 AND seq >= $2 AND seq <= $3",
+        )
+        .bind(host)
+        .bind(ms(from))
+        .bind(ms(to))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = BTreeMap::new();
+        for r in &rows {
+            let text: String = r.try_get("hash")?;
+            out.insert(ms_out(r.try_get("seq")?), hash_out(host, &text)?);
+        }
+        Ok(out)
+    }
+
+    /// Stores a verified batch of `host`'s records (continuing `expected`, the head they were
+    /// verified against) and its verified checkpoints `(size, note)`, in ONE transaction:
+    /// all of it or nothing. Returns the new head.
+    ///
+    /// [`StoreError::AuditHeadMoved`] when the stored head is no longer `expected` (another
+    /// stream of the host stored a batch meanwhile): nothing stored, verify again. A
+    /// checkpoint already stored for its size is left as it is.
+    pub async fn store_audit_batch(
+        &self,
+        host: &str,
+        expected: Anchor,
+        records: &[NewAuditRecord],
+        checkpoints: &[(u64, String)],
+        now: u64,
+    ) -> Result<Anchor, StoreError> {
+        let _turn = self.write_turn().await;
+        let mut tx = self.pool.begin().await?;
+        let first_cursor = reserve(&mut tx, "records", records.len()).await?;
+        let found = head_on(&mut tx, host).await?;
+        if found != expected {
+            tx.rollback().await?;
+            return Err(StoreError::AuditHeadMoved {
+                host: host.to_string(),
+                expected: expected.seq,
+                found: found.seq,
+            });
+        }
+        let mut cursor = first_cursor;
+        for chunk in records.chunks(INSERT_CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p: Vec<String> = (1..=14).map(|j| format!("${}", i * 14 + j)).collect();
+                    format!("({})", p.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO audit_records (host, seq, hash, prev, kind, corr, at_ms, agent, op, \
+                 decision, approver, record, cursor, stored_ms) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query::<Any>(&sql);
+            for r in chunk {
+                q = q
+                    .bind(host)
+                    .bind(ms(r.seq))
+                    .bind(r.hash.to_string())
+                    .bind(r.prev.to_string())
+                    .bind(r.kind.as_str())
+                    .bind(r.corr.as_deref())
+                    .bind(ms(r.at_unix_ms))
+                    .bind(r.agent.as_deref())
+                    .bind(r.op.as_deref())
+                    .bind(r.decision.as_deref())
+                    .bind(r.approver.as_deref())
+                    .bind(r.record.as_str())
+                    .bind(cursor_in(cursor))
+                    .bind(ms(now));
+                cursor += 1;
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for (size, note) in checkpoints {
+            sqlx::query(
+                "INSERT INTO audit_checkpoints (host, size, note, stored_ms) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (host, size) DO NOTHING",
+            )
+            .bind(host)
+            .bind(ms(*size))
+            .bind(note.as_str())
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(records.last().map_or(expected, |r| Anchor {
+            seq: r.seq,
+            hash: r.hash,
+        }))
+    }
+
+    /// `host`'s stored checkpoints `(size, note)`, by size.
+    pub async fn audit_checkpoints(&self, host: &str) -> Result<Vec<(u64, String)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT size, note FROM audit_checkpoints WHERE host = $1 ORDER BY size")
+                .bind(host)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((ms_out(r.try_get("size")?), r.try_get("note")?)))
+            .collect()
+    }
+
+    /// Records an alert of the collector about `host`; returns its cursor.
+    pub async fn add_audit_alert(
+        &self,
+        host: &str,
+        message: &str,
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await;
+        let mut tx = self.pool.begin().await?;
+        let cursor = reserve(&mut tx, "alerts", 1).await?;
+        sqlx::query(
+            "INSERT INTO audit_alerts (cursor, host, at_ms, message) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(cursor_in(cursor))
+        .bind(host)
+        .bind(ms(now))
+        .bind(message)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(cursor)
+    }
+
+    /// Stored records matching every filter of `f`, in storage order (cursor), at most
+    /// `f.limit`.
+    pub async fn audit_records(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+        let (mut conds, mut args) = common_conds(f, "at_ms");
+        for (col, v) in [
+            ("agent", &f.agent),
+            ("op", &f.op),
+            ("decision", &f.decision),
+            ("approver", &f.approver),
+            ("kind", &f.kind),
+        ] {
+            if let Some(v) = v {
+                args.push(Arg::Text(v.clone()));
+                conds.push(format!("{col} = ${}", args.len()));
+            }
+        }
+        args.push(Arg::Int(i64::from(f.limit)));
+        let sql = format!(
+            "SELECT host, seq, cursor, at_ms, kind, record FROM audit_records WHERE {} \
+             ORDER BY cursor LIMIT ${}",
+            conds.join(" AND "),
+            args.len()
+        );
+        select(self, &sql, args, row_of).await
+    }
+
+    /// Alerts matching `f`'s host, times and cursor, oldest first, at most `f.limit`.
+    pub async fn audit_alerts(&self, f: &AuditFilter) -> Result<Vec<AuditAlert>, StoreError> {
+        let (conds, mut args) = common_conds(f, "at_ms");
+        args.push(Arg::Int(i64::from(f.limit)));
+        let sql = format!(
+            "SELECT cursor, host, at_ms, message FROM audit_alerts WHERE {} ORDER BY cursor LIMIT ${}",
+            conds.join(" AND "),
+            args.len()
+        );
+        select(self, &sql, args, alert_of).await
+    }
+
+    /// Deletes the records and alerts the collector stored before `before_ms`, host by host
+    /// (each in its own transaction), keeping for each host the last deleted record's seq and
+    /// hash as the anchor its chain continues from. A host's deletion is always a prefix of
+    /// its chain (every record up to the newest one stored before `before_ms`), so the anchor
+    /// is the record right before the oldest kept. Checkpoints below the anchor go too; the
+    /// one at the anchor, if any, stays (it signs the anchor).
+    pub async fn prune_audit(&self, before_ms: u64) -> Result<Pruned, StoreError> {
+        let cuts = sqlx::query(
+            "SELECT host, MAX(seq) AS cut FROM audit_records WHERE stored_ms < $1 GROUP BY host",
+        )
+        .bind(ms(before_ms))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Pruned::default();
+        for row in &cuts {
+            let host: String = row.try_get("host")?;
+            let cut: i64 = row.try_get("cut")?;
+            let _turn = self.write_turn().await;
+            let mut tx = self.pool.begin().await?;
+            // First write: takes the records counter, so no batch of this host is stored
+            // while its anchor moves (see the migration).
+            reserve(&mut tx, "records", 0).await?;
+            let hash = sqlx::query("SELECT hash FROM audit_records WHERE host = $1 AND seq = $2")
+                .bind(&host)
+                .bind(cut)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(hash) = hash else {
+                // Pruned meanwhile by another replica.
+                tx.rollback().await?;
+                continue;
+            };
+            let hash: String = hash.try_get("hash")?;
+            let anchored = sqlx::query(
+                "UPDATE audit_hosts SET pruned_seq = $2, pruned_hash = $3 WHERE host = $1",
+            )
+            .bind(&host)
+            .bind(cut)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if anchored != 1 {
+                // Records without a key row are not written by the collector; keep them
+                // rather than lose the anchor.
+                tx.rollback().await?;
+                continue;
+            }
+            out.records += sqlx::query("DELETE FROM audit_records WHERE host = $1 AND seq <= $2")
+                .bind(&host)
+                .bind(cut)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            out.checkpoints +=
+                sqlx::query("DELETE FROM audit_checkpoints WHERE host = $1 AND size < $2")
+                    .bind(&host)
+                    .bind(cut)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            tx.commit().await?;
+        }
+        let _turn = self.write_turn().await;
+        out.alerts = sqlx::query("DELETE FROM audit_alerts WHERE at_ms < $1")
+            .bind(ms(before_ms))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(out)
+    }
+}
