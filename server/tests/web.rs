@@ -718,3 +718,66 @@ async fn signing_out_ends_the_live_stream_of_that_session() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_page_searches_the_collectors_records_of_the_fleet() {
+    use airlock_audit::Kind;
+    use airlock_server::testing::audit::{HostChain, batch};
+    let srv = server(None).await;
+    let mut chain = HostChain::new("web-1");
+    // Within the page's default window (the last 24 hours).
+    chain.at_unix_ms = airlock_server::broker::now_ms() - 60_000;
+    let id = srv.enroll("web-1").await.unwrap();
+    let mut host = airlock_server::testing::FakeHost::connect_with_audit_key(
+        &srv.url,
+        &srv.ca_pem,
+        &id,
+        &chain.verifier_key(),
+    )
+    .await
+    .unwrap();
+    let records = vec![
+        chain.record(
+            Kind::RequestOpened,
+            serde_json::json!({"agent": "claude", "op": "exec", "request": {"context": {"target_path": "/usr/bin/apt"}}}),
+        ),
+        chain.record(
+            Kind::Outcome,
+            serde_json::json!({"agent": "claude", "op": "exec", "decision": "denied", "approver": "bob"}),
+        ),
+        chain.record(Kind::LinkUp, serde_json::json!({"server": "s"})),
+    ];
+    let ack = host.audit(batch(&records, &[]), T).await.unwrap();
+    assert_eq!(ack.refused, "");
+    let mut b = Browser::new(&srv.http_url());
+    sign_in_with_token(&srv, &mut b, "bob").await;
+    let all = b.get("/audit").await;
+    assert_eq!(all.status, 200, "{}", all.body);
+    let kind = |k: &str| format!("class=\"kind\">{k}<");
+    for want in [
+        kind("request.opened"),
+        kind("outcome"),
+        kind("link.up"),
+        "exec /usr/bin/apt".to_string(),
+    ] {
+        assert!(
+            all.body.contains(&want),
+            "{want} not on the page: {}",
+            all.body
+        );
+    }
+    let denied = b.get("/audit?decision=denied&approver=bob").await;
+    assert!(
+        denied.body.contains(&kind("outcome")) && !denied.body.contains(&kind("link.up")),
+        "{}",
+        denied.body
+    );
+    // They are a minute old: the last hour holds them.
+    let old = b.get("/audit?since=1h&kind=link.up").await;
+    assert!(old.body.contains(&kind("link.up")));
+    let none = b.get("/audit?host=web-2").await;
+    assert!(none.body.contains("No record matches") && !none.body.contains(&kind("outcome")));
+    let bad = b.get("/audit?since=forever").await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("since:"), "{}", bad.body);
+}

@@ -6,6 +6,7 @@
 //!  GET  /                         pending requests (signed in), live (GET /events, SSE)
 //!  GET  /requests/{id}            one request; POST /requests/{id}/decide votes (channel web)
 //!  GET  /history?host&agent&state&approver   recent requests, newest first
+//!  GET  /audit?host&agent&kind&decision&approver&since   the collector's audit records
 //!  GET  /login                    sign in: OIDC (GET /login/oidc → provider → /login/oidc/callback)
 //!                                 or an API token (POST /login/token); POST /logout
 //! ```
@@ -21,6 +22,7 @@
 //! eligible groups, never the agent's launcher, N-of-M, a reason where the route asks one, and
 //! a route must list `web` in its channels. Refusals are recorded (channel `web`).
 mod assets;
+mod audit;
 mod oidc;
 mod pages;
 mod session;
@@ -66,6 +68,7 @@ pub fn router(broker: Arc<Broker>, dir: PathBuf) -> Router {
         .route("/requests/{id}", get(pages::request))
         .route("/requests/{id}/decide", post(pages::decide))
         .route("/history", get(pages::history))
+        .route("/audit", get(audit::page))
         .route("/fragment/pending", get(pages::pending_fragment))
         .route("/fragment/requests/{id}", get(pages::request_fragment))
         .route("/events", get(pages::events))

@@ -101,7 +101,11 @@ fn refuse(e: &SessionError) -> Response {
 }
 
 /// For page GETs: the session, or a redirect to the sign-in page that comes back to `path`.
-async fn page_session(app: &App, headers: &HeaderMap, path: &str) -> Result<Signed, Response> {
+pub(super) async fn page_session(
+    app: &App,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<Signed, Response> {
     match session::signed_in(app, headers).await {
         Ok(s) => Ok(s),
         Err(SessionError::SignedOut | SessionError::TokenGone(_)) => Err(Redirect::to(&format!(
