@@ -174,12 +174,17 @@ pub fn run(bin_dir: &Path, rounds_n: usize, in_guest: Option<&str>) -> anyhow::R
         // `AIRLOCK_BENCH_ONLY=server`: only airlock-server's benchmark (no kernel parts).
         return bench_server::run(bin_dir);
     }
+    if std::env::var("AIRLOCK_BENCH_ONLY").as_deref() == Ok("audit") {
+        // `AIRLOCK_BENCH_ONLY=audit`: only the audit stream's benchmark.
+        return crate::bench_audit::run();
+    }
     if rounds_n > 0 {
         overhead(bin_dir, &me, rounds_n, Loops::HOST, true)?;
     }
     // `--rounds 0`: only the hold benchmark, then the server's.
     crate::bench_holds::run(bin_dir, &me)?;
-    bench_server::run(bin_dir)
+    bench_server::run(bin_dir)?;
+    crate::bench_audit::run()
 }
 
 /// The exec and open+close overhead table.

@@ -6,6 +6,7 @@
 //! helper the scenarios run inside agent cgroups.
 mod audit;
 mod bench;
+mod bench_audit;
 mod bench_holds;
 mod cases;
 mod cases_content;

@@ -1,0 +1,248 @@
+//! The audit stream's benchmark (`cargo xtask bench`, issue 10): how fast ring-buffer records
+//! become events, records are spooled durably, and a spool's records reach the collector's
+//! store with acknowledgements on loopback (SQLite and PostgreSQL), each beside a baseline
+//! measured in the same run; plus spool bytes per record and records lost (must be 0).
+use std::time::{Duration, Instant};
+
+use airlock_audit::Kind;
+use airlock_server::testing::audit::{HostChain, batch};
+use airlock_server::testing::{Options, TestServer};
+
+/// Ring-buffer records decoded per pass.
+const DECODE: usize = 200_000;
+/// Records shipped to the collector per database.
+const SHIPPED: usize = 100_000;
+/// Records per batch (the collector's limit is 4096).
+const BATCH: usize = 4096;
+/// Targets of the issue.
+const DECODE_TARGET: f64 = 500_000.0;
+const STORE_TARGET: f64 = 100_000.0;
+
+/// A typical held-exec record body (the size airlockd writes for an exec event).
+fn body(i: usize) -> serde_json::Value {
+    serde_json::json!({
+        "agent": "claude", "op": "exec", "backend": "fanotify", "pid": 4242 + i as u64,
+        "tgid": 4242, "ppid": 4100, "uid": 1000, "euid": 1000, "cgroup_id": 77_123,
+        "comm": "bash", "target_path": "/usr/bin/apt-get", "target_name": "apt-get",
+        "rule": "package-managers", "policy": "demo", "verdict": "held",
+        "argv": ["apt-get", "install", "-y", "cowsay"], "exe": "/usr/bin/bash",
+    })
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+/// Runs the audit benchmark and prints its table.
+pub fn run() -> anyhow::Result<()> {
+    println!();
+    println!("audit stream (issue 10): decode, spool, ship to the collector…");
+    let decode_base = decode_baseline();
+    let decode = decode_events()?;
+    let (append1, bytes1) = airlock_audit::bench_append(2_000);
+    let (append_many, bytes_many) = airlock_audit::bench_append_many(50_000, 256);
+    let fsync_base = fsync_baseline()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (verify_base, records) = verify_baseline()?;
+    let mut shipped = vec![("SQLite".to_string(), rt.block_on(ship_to(None, &records))?)];
+    match airlock_server::testing::pg::PgCluster::start() {
+        Some(pg) => {
+            let url = pg.create_database();
+            shipped.push((
+                "PostgreSQL".into(),
+                rt.block_on(ship_to(Some(url), &records))?,
+            ));
+        }
+        None => println!("SKIP PostgreSQL row: PostgreSQL is not installed"),
+    }
+    let ok = |v: f64, t: f64| if v >= t { "ok" } else { "MISSED" };
+    println!();
+    println!(
+        "| path                                                   | records/s   | / baseline | target                 |"
+    );
+    println!(
+        "|--------------------------------------------------------|-------------|------------|------------------------|"
+    );
+    println!(
+        "| baseline: copy {DECODE} ring-buffer-sized records          | {decode_base:>11.0} | 1.0×       |                        |"
+    );
+    println!(
+        "| ring-buffer record → decoded event (GateEvent::decode)   | {decode:>11.0} | {:>9.2}× | ≥ {DECODE_TARGET:.0}/s: {:<8} |",
+        decode / decode_base,
+        ok(decode, DECODE_TARGET)
+    );
+    println!(
+        "| baseline: 630-byte append + fdatasync                    | {fsync_base:>11.0} | 1.0×       |                        |"
+    );
+    println!(
+        "| spool append, each synced                                | {append1:>11.0} | {:>9.2}× | ({bytes1:.0} bytes/record)   |",
+        append1 / fsync_base
+    );
+    println!(
+        "| spool append, group commit of 256                        | {append_many:>11.0} | {:>9.2}× | ({bytes_many:.0} bytes/record)   |",
+        append_many / fsync_base
+    );
+    println!(
+        "| baseline: verify the chain in process (ChainVerifier)     | {verify_base:>11.0} | 1.0×       |                        |"
+    );
+    for (db, s) in &shipped {
+        println!(
+            "| spool → collector store + ack, {db:<10} (loopback TLS) | {:>11.0} | {:>9.2}× | ≥ {STORE_TARGET:.0}/s: {:<8} |",
+            s.rate,
+            s.rate / verify_base,
+            ok(s.rate, STORE_TARGET)
+        );
+    }
+    for (db, s) in &shipped {
+        println!(
+            "{db}: {} records sent, {} stored, lost {}, duplicated {}",
+            s.sent, s.stored, s.lost, s.duplicated
+        );
+        anyhow::ensure!(
+            s.lost == 0 && s.duplicated == 0,
+            "{db}: records lost or duplicated"
+        );
+    }
+    Ok(())
+}
+
+/// Copying event-sized byte buffers: what decoding cannot beat.
+fn decode_baseline() -> f64 {
+    let raw = vec![7u8; core::mem::size_of::<airlock_common::Event>()];
+    let mut sink = 0u64;
+    let t0 = Instant::now();
+    for i in 0..DECODE {
+        let v = raw.clone();
+        sink = sink.wrapping_add(v[i % v.len()] as u64);
+    }
+    std::hint::black_box(sink);
+    rate(DECODE, t0.elapsed())
+}
+
+/// Raw ring-buffer records (an exec with 4 arguments) through the daemon's decoder.
+fn decode_events() -> anyhow::Result<f64> {
+    let mut ev: airlock_common::Event = unsafe { core::mem::zeroed() };
+    ev.op = 1;
+    ev.action = 3;
+    ev.verdict = 2;
+    ev.comm[..4].copy_from_slice(b"bash");
+    ev.name[..7].copy_from_slice(b"apt-get");
+    ev.argc = 4;
+    for (slot, a) in ev
+        .argv
+        .iter_mut()
+        .zip(["apt-get", "install", "-y", "cowsay"])
+    {
+        slot[..a.len()].copy_from_slice(a.as_bytes());
+    }
+    // SAFETY: Event is repr(C) plain data; its bytes are what the ring buffer carries.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&ev as *const airlock_common::Event).cast::<u8>(),
+            core::mem::size_of::<airlock_common::Event>(),
+        )
+    }
+    .to_vec();
+    let t0 = Instant::now();
+    for _ in 0..DECODE {
+        let e = airlock_agent::event::GateEvent::decode("lsm", std::hint::black_box(&bytes))?;
+        std::hint::black_box(e);
+    }
+    Ok(rate(DECODE, t0.elapsed()))
+}
+
+/// A record-sized append and fdatasync to a file in the same place the spool benchmark writes.
+fn fsync_baseline() -> anyhow::Result<f64> {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir()?;
+    let mut f = std::fs::File::create(dir.path().join("baseline"))?;
+    let buf = vec![b'x'; 630];
+    let n = 2_000;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        f.write_all(&buf)?;
+        f.sync_data()?;
+    }
+    Ok(rate(n, t0.elapsed()))
+}
+
+/// Seals the records shipped (once, for every database) and times verifying them in process.
+fn verify_baseline() -> anyhow::Result<(f64, (HostChain, Vec<String>))> {
+    let mut chain = HostChain::new("bench-host");
+    chain.at_unix_ms = airlock_server::broker::now_ms() - 3_600_000;
+    let records: Vec<String> = (0..SHIPPED)
+        .map(|i| chain.record(Kind::EventHeld, body(i)))
+        .collect();
+    let key: airlock_audit::VerifierKey = chain.verifier_key().parse()?;
+    let t0 = Instant::now();
+    let mut v = airlock_audit::ChainVerifier::new(key, Some("bench-host"));
+    for t in &records {
+        let r: airlock_audit::Record = serde_json::from_str(t)?;
+        v.record(&r)
+            .map_err(|p| anyhow::anyhow!("baseline chain: {p}"))?;
+    }
+    Ok((rate(SHIPPED, t0.elapsed()), (chain, records)))
+}
+
+/// What one shipping pass saw.
+struct Shipped {
+    rate: f64,
+    sent: usize,
+    stored: usize,
+    lost: usize,
+    duplicated: usize,
+}
+
+/// Sends every record in batches, each after the previous one's ack, then counts what the
+/// store holds.
+async fn ship_to(
+    db: Option<String>,
+    records: &(HostChain, Vec<String>),
+) -> anyhow::Result<Shipped> {
+    let (chain, records) = records;
+    let srv = TestServer::with(Options {
+        database: db,
+        ..Options::default()
+    })
+    .await?;
+    let id = srv.enroll("bench-host").await?;
+    let mut host = airlock_server::testing::FakeHost::connect_with_audit_key(
+        &srv.url,
+        &srv.ca_pem,
+        &id,
+        &chain.verifier_key(),
+    )
+    .await?;
+    let t0 = Instant::now();
+    for chunk in records.chunks(BATCH) {
+        let ack = host
+            .audit(batch(chunk, &[]), Duration::from_secs(60))
+            .await?;
+        anyhow::ensure!(ack.refused.is_empty(), "batch refused: {}", ack.refused);
+    }
+    let wall = t0.elapsed();
+    let stored = srv
+        .store
+        .audit_records(&airlock_server::store::AuditFilter {
+            host: Some("bench-host".into()),
+            limit: u32::MAX,
+            ..Default::default()
+        })
+        .await?;
+    let mut seqs: Vec<u64> = stored.iter().map(|r| r.seq).collect();
+    let n = seqs.len();
+    seqs.dedup();
+    let duplicated = n - seqs.len();
+    let lost = (1..=records.len() as u64)
+        .filter(|s| seqs.binary_search(s).is_err())
+        .count();
+    Ok(Shipped {
+        rate: rate(records.len(), wall),
+        sent: records.len(),
+        stored: n,
+        lost,
+        duplicated,
+    })
+}
