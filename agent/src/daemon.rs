@@ -378,7 +378,17 @@ impl State {
     fn refresh_status(&mut self) {
         let s = self.backend.stats();
         self.status.events = s.events;
-        self.status.lost = s.lost + self.exec_probe.as_ref().map_or(0, |p| p.lost());
+        let lost = s.lost + self.exec_probe.as_ref().map_or(0, |p| p.lost());
+        if lost > self.status.lost
+            && let Some(a) = self.records.audit.as_mut()
+        {
+            // Kernel events that never reached userspace are part of the record too.
+            a.note(
+                airlock_audit::Kind::EventsLost,
+                serde_json::json!({"lost": lost - self.status.lost, "lost_total": lost}),
+            );
+        }
+        self.status.lost = lost;
         self.status.updated_unix = now_unix();
         self.status.pending_requests = self.holds.approvals.pending_count();
         self.status.records_failed = self.records.failed;
