@@ -570,9 +570,26 @@ impl FakeHost {
         id: &HostIdentity,
         pending: Vec<String>,
     ) -> Result<FakeHost, Status> {
+        let hello = pb::Hello {
+            version: FAKE_VERSION.into(),
+            pending,
+            audit_key: String::new(),
+        };
+        FakeHost::connect_with_hello(url, ca_pem, id, hello).await
+    }
+
+    /// Opens the stream, sends `hello` and waits for the server's `Settings`.
+    pub async fn connect_with_hello(
+        url: &str,
+        ca_pem: &str,
+        id: &HostIdentity,
+        hello: pb::Hello,
+    ) -> Result<FakeHost, Status> {
         let mut h = FakeHost::connect_raw(url, ca_pem, id).await?;
-        h.hello(pending)
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        h.send(pb::HostMessage {
+            body: Some(pb::host_message::Body::Hello(hello)),
+        })
+        .map_err(|e| Status::unavailable(e.to_string()))?;
         match h.recv_raw(Duration::from_secs(5)).await {
             Ok(pb::ServerMessage {
                 body: Some(pb::server_message::Body::Settings(s)),

@@ -7,7 +7,7 @@ use airlock_audit::{Chain, Checkpoint, Draft, Kind, Record, SigningKey};
 use airlock_proto::v1 as pb;
 use tonic::Status;
 
-use super::{FAKE_VERSION, FakeHost, HostIdentity, RecvError};
+use super::{FAKE_VERSION, FakeHost, HostIdentity};
 
 /// One host's chain and signing key.
 pub struct HostChain {
@@ -113,28 +113,12 @@ impl FakeHost {
         id: &HostIdentity,
         audit_key: &str,
     ) -> Result<FakeHost, Status> {
-        let mut h = FakeHost::connect_raw(url, ca_pem, id).await?;
-        h.send(pb::HostMessage {
-            body: Some(pb::host_message::Body::Hello(pb::Hello {
-                version: FAKE_VERSION.into(),
-                pending: Vec::new(),
-                audit_key: audit_key.to_string(),
-            })),
-        })
-        .map_err(|e| Status::unavailable(e.to_string()))?;
-        match h.recv_raw(Duration::from_secs(5)).await {
-            Ok(pb::ServerMessage {
-                body: Some(pb::server_message::Body::Settings(s)),
-            }) => {
-                h.settings = Some(s);
-                Ok(h)
-            }
-            Ok(other) => Err(Status::internal(format!(
-                "expected Settings first, got {other:?}"
-            ))),
-            Err(RecvError::Status(s)) => Err(s),
-            Err(e) => Err(Status::unavailable(e.to_string())),
-        }
+        let hello = pb::Hello {
+            version: FAKE_VERSION.into(),
+            pending: Vec::new(),
+            audit_key: audit_key.to_string(),
+        };
+        FakeHost::connect_with_hello(url, ca_pem, id, hello).await
     }
 
     /// Sends `batch` and waits for its `AuditAck`.
