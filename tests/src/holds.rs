@@ -884,11 +884,20 @@ fn full_audit_spool_denies(
     ensure(t0.elapsed() < Duration::from_secs(5), || {
         format!("denied only after {:?}", t0.elapsed())
     })?;
-    let r = c
-        .requests()
-        .into_iter()
-        .find(|r| r["key"]["tgid"].as_u64() == Some(pid as u64))
-        .context("request record")?;
+    // The record is rewritten as the hold is released, not necessarily before the child has
+    // run to its end (LSM): wait a moment for the closed state.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let r = loop {
+        let r = c
+            .requests()
+            .into_iter()
+            .find(|r| r["key"]["tgid"].as_u64() == Some(pid as u64))
+            .context("request record")?;
+        if r["state"] != "pending" || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let result = ensure(
         r["state"] == "denied"
             && r["decision"]["by"]["via"] == "airlockd-audit"
