@@ -21,6 +21,7 @@ pub mod outbound;
 pub mod pki;
 pub mod remind;
 pub mod route;
+pub mod secret_file;
 pub mod signing;
 pub mod slack;
 pub mod store;

@@ -36,15 +36,9 @@ const MAX_FACT: usize = 300;
 /// Errors of the Teams channel.
 #[derive(Debug, thiserror::Error)]
 pub enum TeamsError {
-    /// The URL file could not be read.
-    #[error("teams webhook URL file {path}: {source}")]
-    UrlFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// The URL file holds nothing (or only whitespace).
-    #[error("teams webhook URL file {path} is empty")]
-    EmptyUrl { path: PathBuf },
+    /// The URL file cannot be read or is empty.
+    #[error(transparent)]
+    UrlFile(#[from] crate::secret_file::SecretFileError),
     /// The file holds something other than an http(s) URL (the URL itself is not shown: it is
     /// the credential).
     #[error("teams webhook URL file {path} does not hold an https:// (or http://) URL")]
@@ -53,21 +47,15 @@ pub enum TeamsError {
 
 /// The Workflows URL in `file` (relative to `dir`), without surrounding whitespace.
 pub fn read_url(dir: &Path, file: &Path) -> Result<String, TeamsError> {
-    let path = dir.join(file);
-    let text = std::fs::read_to_string(&path).map_err(|source| TeamsError::UrlFile {
-        path: path.clone(),
-        source,
-    })?;
-    let url = text.trim();
-    if url.is_empty() {
-        return Err(TeamsError::EmptyUrl { path });
-    }
+    let url = crate::secret_file::read(dir, file, "teams webhook URL")?;
     if !(url.starts_with("https://") || url.starts_with("http://"))
         || url.contains(char::is_whitespace)
     {
-        return Err(TeamsError::NotAUrl { path });
+        return Err(TeamsError::NotAUrl {
+            path: dir.join(file),
+        });
     }
-    Ok(url.to_string())
+    Ok(url)
 }
 
 /// Whether the URL file `cfg` names can be used (relative to `dir`): checked at start, on
@@ -419,14 +407,18 @@ mod tests {
         std::fs::write(p.join("empty"), " \n").unwrap();
         assert!(matches!(
             read_url(p, Path::new("empty")),
-            Err(TeamsError::EmptyUrl { .. })
+            Err(TeamsError::UrlFile(
+                crate::secret_file::SecretFileError::Empty { .. }
+            ))
         ));
         std::fs::write(p.join("bad"), "sig=SECRET").unwrap();
         let e = read_url(p, Path::new("bad")).unwrap_err();
         assert!(!e.to_string().contains("SECRET"), "{e}");
         assert!(matches!(
             read_url(p, Path::new("missing")),
-            Err(TeamsError::UrlFile { .. })
+            Err(TeamsError::UrlFile(
+                crate::secret_file::SecretFileError::Read { .. }
+            ))
         ));
     }
 }

@@ -29,29 +29,13 @@ const CHANNEL: &str = "webhook";
 /// Errors of the webhook channel.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
-    #[error("webhook secret file {path}: {source}")]
-    Secret {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("webhook secret file {path} is empty")]
-    EmptySecret { path: PathBuf },
+    #[error(transparent)]
+    Secret(#[from] crate::secret_file::SecretFileError),
 }
 
-/// The secret in `file` (relative to `dir`), without a trailing newline.
+/// The secret in `file` (relative to `dir`), without surrounding whitespace.
 pub fn read_secret(dir: &Path, file: &Path) -> Result<Vec<u8>, WebhookError> {
-    let path = dir.join(file);
-    let mut s = std::fs::read(&path).map_err(|source| WebhookError::Secret {
-        path: path.clone(),
-        source,
-    })?;
-    while s.last().is_some_and(|b| b.is_ascii_whitespace()) {
-        s.pop();
-    }
-    if s.is_empty() {
-        return Err(WebhookError::EmptySecret { path });
-    }
-    Ok(s)
+    Ok(crate::secret_file::read(dir, file, "webhook secret")?.into_bytes())
 }
 
 /// Whether the files `cfg` names for the webhook can be used (relative to `dir`): checked at

@@ -60,10 +60,9 @@ impl Shipper {
 /// The writer's side of the audit stream.
 pub struct AuditLog {
     shipper: Shipper,
-    /// Audit-only records waiting for the next group commit ([`AuditLog::flush`], at the
-    /// latest [`FLUSH_EVERY`] of them or the daemon's 200 ms tick, or with the next
-    /// must-write record): one fsync for many allowed/denied events instead of one each on
-    /// the daemon's loop.
+    /// Records waiting for the next group commit ([`AuditLog::flush`]: at the latest
+    /// [`FLUSH_EVERY`] of them, the daemon's 200 ms tick, or the next request's record): one
+    /// fsync for many events instead of one each on the daemon's loop.
     pending: Vec<(Draft, Priority)>,
     /// No collector will ever acknowledge this spool (airlockd runs without a server): it
     /// is then a rotating local log (see [`AuditLog::rotate`]).
@@ -176,26 +175,26 @@ impl AuditLog {
         self.shipper.clone()
     }
 
-    /// Appends `r` (synced before this returns). `Err` only when a must-write record could
-    /// not be written: the caller fails closed.
+    /// Appends `r`. A request's record is synced before this returns (with everything
+    /// buffered before it, held events included: one fsync per request on the daemon's loop);
+    /// `Err` only when it could not be written, and the caller fails closed. Other records
+    /// wait for the next group commit.
     pub fn write(&mut self, r: &Record<'_>) -> Result<(), SpoolError> {
         let Some((draft, priority)) = draft(r) else {
             return Ok(());
         };
-        self.append(draft, priority)
-    }
-
-    /// Appends a record of `kind` made here (daemon start and stop, backend, policy).
-    pub fn note(&mut self, kind: Kind, body: Value) {
-        let _ = self.append(Draft::new(now_unix_ms(), kind, body), Priority::AuditOnly);
-    }
-
-    fn append(&mut self, draft: Draft, priority: Priority) -> Result<(), SpoolError> {
         self.pending.push((draft, priority));
-        if priority == Priority::MustWrite || self.pending.len() >= FLUSH_EVERY {
+        if matches!(r, Record::Request { .. }) || self.pending.len() >= FLUSH_EVERY {
             return self.flush();
         }
         Ok(())
+    }
+
+    /// Appends a record of `kind` made here (daemon start and stop, backend, policy), with the
+    /// next group commit.
+    pub fn note(&mut self, kind: Kind, body: Value) {
+        self.pending
+            .push((Draft::new(now_unix_ms(), kind, body), Priority::AuditOnly));
     }
 
     /// Writes (one fsync) every buffered record. `Err` when a must-write record among them
@@ -382,6 +381,18 @@ mod tests {
         }
     }
 
+    /// The spool of `host-1` under `dir` verifies with the key beside it.
+    fn assert_spool_verifies(dir: &Path) {
+        let key = SigningKey::load(&dir.join(AUDIT_KEY)).unwrap();
+        let report = airlock_audit::verify_spool_dir(
+            &key.verifier(),
+            &Default::default(),
+            &dir.join("audit/host-1"),
+        )
+        .unwrap();
+        assert!(report.is_ok(), "{report:?}");
+    }
+
     fn records(dir: &Path, cfg: SpoolConfig) -> Records {
         let mut r = Records::open(&dir.join("events.jsonl")).unwrap();
         r.audit = Some(AuditLog::open_with(dir, dir, "host-1", cfg).unwrap());
@@ -414,14 +425,7 @@ mod tests {
             head, 2,
             "the link record waited for the must-write request's commit"
         );
-        let key = SigningKey::load(&dir.path().join(AUDIT_KEY)).unwrap();
-        let report = airlock_audit::verify_spool_dir(
-            &key.verifier(),
-            &Default::default(),
-            &dir.path().join("audit/host-1"),
-        )
-        .unwrap();
-        assert!(report.is_ok(), "{report:?}");
+        assert_spool_verifies(dir.path());
         let batch = spool.spool().read_from(1, 10).unwrap();
         let opened = &batch.records[1];
         assert_eq!(opened.kind, Kind::RequestOpened);
@@ -454,14 +458,7 @@ mod tests {
         let a = r.audit.as_ref().unwrap();
         assert!(a.failed >= refused);
         // What was written still verifies.
-        let key = SigningKey::load(&dir.path().join(AUDIT_KEY)).unwrap();
-        let report = airlock_audit::verify_spool_dir(
-            &key.verifier(),
-            &Default::default(),
-            &dir.path().join("audit/host-1"),
-        )
-        .unwrap();
-        assert!(report.is_ok(), "{report:?}");
+        assert_spool_verifies(dir.path());
     }
 
     #[test]
@@ -490,14 +487,7 @@ mod tests {
         assert!(s.head().seq >= 200 && s.acked() > 0);
         drop(s);
         // What is kept still verifies, from the first record kept.
-        let key = SigningKey::load(&dir.path().join(AUDIT_KEY)).unwrap();
-        let report = airlock_audit::verify_spool_dir(
-            &key.verifier(),
-            &Default::default(),
-            &dir.path().join("audit/host-1"),
-        )
-        .unwrap();
-        assert!(report.is_ok(), "{report:?}");
+        assert_spool_verifies(dir.path());
     }
 
     #[test]

@@ -49,29 +49,14 @@ pub const CHANNEL: &str = "slack";
 /// Errors of the Slack channel's files.
 #[derive(Debug, thiserror::Error)]
 pub enum SlackError {
-    /// A token or secret file cannot be read.
-    #[error("Slack credential file {path}: {source}")]
-    File {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// A token or secret file is empty.
-    #[error("Slack credential file {path} is empty")]
-    Empty { path: PathBuf },
+    /// A token or secret file cannot be used.
+    #[error(transparent)]
+    File(#[from] crate::secret_file::SecretFileError),
 }
 
 /// The token or secret in `file` (relative to `dir`), without surrounding whitespace.
 pub fn read_token(dir: &Path, file: &Path) -> Result<String, SlackError> {
-    let path = dir.join(file);
-    let s = std::fs::read_to_string(&path).map_err(|source| SlackError::File {
-        path: path.clone(),
-        source,
-    })?;
-    let s = s.trim();
-    if s.is_empty() {
-        return Err(SlackError::Empty { path });
-    }
-    Ok(s.to_string())
+    Ok(crate::secret_file::read(dir, file, "Slack credential")?)
 }
 
 /// Whether the files `cfg`'s `slack:` names can be read (relative to `dir`): the bot token,

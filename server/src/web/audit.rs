@@ -4,11 +4,11 @@
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 
 use super::App;
-use super::pages::{page_session, render};
+use super::pages::{fault_page, page_session, render};
 use crate::broker::{now_ms, utc};
 use crate::store::AuditFilter;
 
@@ -132,12 +132,7 @@ pub(super) async fn page(
             .await,
     ) {
         (Ok(r), Ok(a)) => (r, a),
-        (Err(e), _) | (_, Err(e)) => {
-            let f = crate::error::Fault::from(e);
-            let status = StatusCode::from_u16(crate::error::http_status(f.code()))
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return (status, tonic::Status::from(f).message().to_string()).into_response();
-        }
+        (Err(e), _) | (_, Err(e)) => return fault_page(e.into()),
     };
     let next = (rows.len() as u32 == PAGE).then(|| {
         let q: String = form_urlencoded::Serializer::new(String::new())

@@ -41,11 +41,8 @@ pub enum OidcError {
     BadState,
     #[error("ID token: {0}")]
     Token(String),
-    #[error("client secret file {path}: {source}")]
-    Secret {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Secret(#[from] crate::secret_file::SecretFileError),
     #[error("{0} is not an approver here: not in the server config and no mapped group")]
     NotAnApprover(String),
     #[error(
@@ -313,7 +310,7 @@ pub(super) async fn callback(
                 OidcError::NotAnApprover(_) | OidcError::LooksLike { .. } => {
                     tonic::Code::PermissionDenied
                 }
-                OidcError::Provider { .. } | OidcError::Secret { .. } => tonic::Code::Unavailable,
+                OidcError::Provider { .. } | OidcError::Secret(_) => tonic::Code::Unavailable,
                 _ => tonic::Code::Unauthenticated,
             };
             app.broker
@@ -321,7 +318,15 @@ pub(super) async fn callback(
                 .await;
             let status = StatusCode::from_u16(crate::error::http_status(code))
                 .unwrap_or(StatusCode::UNAUTHORIZED);
-            login_page(&web, "/", Some(e.to_string()), status)
+            // The browser is not signed in: a server-side file's path stays in the log.
+            let shown = match &e {
+                OidcError::Secret(_) => {
+                    tracing::error!(error = %e, "OIDC sign-in: client secret unusable");
+                    "single sign-on is misconfigured on this server; see its log".to_string()
+                }
+                _ => e.to_string(),
+            };
+            login_page(&web, "/", Some(shown), status)
         }
     }
 }
@@ -366,14 +371,7 @@ async fn finish(
     }
     let (d, _) = app.oidc.load(&o.issuer, false).await?;
     let secret = match &o.client_secret_file {
-        Some(f) => Some(
-            crate::webhook::read_secret(&app.dir, f)
-                .map_err(|e| OidcError::Provider {
-                    url: o.issuer.clone(),
-                    why: e.to_string(),
-                })
-                .map(|s| String::from_utf8_lossy(&s).into_owned())?,
-        ),
+        Some(f) => Some(crate::secret_file::read(&app.dir, f, "OIDC client secret")?),
         None => None,
     };
     let form = [

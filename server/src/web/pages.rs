@@ -128,7 +128,7 @@ async fn pending_views(app: &App) -> Result<Vec<RequestView>, Fault> {
         .collect())
 }
 
-fn fault_page(f: Fault) -> Response {
+pub(super) fn fault_page(f: Fault) -> Response {
     let status = StatusCode::from_u16(crate::error::http_status(f.code()))
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, tonic::Status::from(f).message().to_string()).into_response()
