@@ -324,6 +324,7 @@ pub fn decision_record_to_proto(d: &DecisionRecord) -> pb::DecisionRecord {
 /// A decision record, from the wire.
 pub fn decision_record_from_proto(d: pb::DecisionRecord) -> Result<DecisionRecord, ConvertError> {
     Ok(DecisionRecord {
+        votes: Vec::new(),
         release: release_from_proto("decision.release", d.release)?,
         for_ms: d.for_ms,
         always: d.always,
@@ -444,6 +445,7 @@ mod tests {
         };
         assert_eq!(vote_from_proto(vote_to_proto(&v)).unwrap(), v);
         let d = DecisionRecord {
+            votes: Vec::new(),
             release: Release::Deny,
             for_ms: None,
             always: true,

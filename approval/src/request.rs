@@ -156,6 +156,10 @@ pub struct DecisionRecord {
     /// `None` for a timeout.
     pub by: Option<Approver>,
     pub at_unix_ms: u64,
+    /// The votes that made a server's decision, each as cast (empty for a local decision,
+    /// whose one approver is `by`): the host's audit stream records each as a `vote`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub votes: Vec<Vote>,
 }
 
 impl RequestState {

@@ -163,6 +163,9 @@ pub struct Spool {
     chain: Chain,
     signer: Option<SigningKey>,
     schedule: CheckpointSchedule,
+    /// The last checkpoint this process wrote: shipped on its own when it covers records
+    /// already acknowledged (a host gone quiet), see [`Spool::latest_checkpoint`].
+    latest: Option<SignedCheckpoint>,
     segments: Vec<Segment>,
     active: std::fs::File,
     total: u64,
@@ -248,6 +251,7 @@ impl Spool {
             dir: dir.to_path_buf(),
             schedule: CheckpointSchedule::new(cfg.checkpoints, last_checkpoint, now_ms),
             cfg,
+            latest: None,
             chain: Chain::resume(host, head)?,
             signer,
             segments,
@@ -288,6 +292,13 @@ impl Spool {
     /// What [`Spool::open`] found.
     pub fn recovery(&self) -> &Recovery {
         &self.recovery
+    }
+
+    /// The last checkpoint written since this spool was opened. A checkpoint the idle timer
+    /// signs after its records were shipped covers no unacknowledged record, so
+    /// [`Spool::read_from`] never returns it; the shipper sends it on its own.
+    pub fn latest_checkpoint(&self) -> Option<&SignedCheckpoint> {
+        self.latest.as_ref()
     }
 
     /// The checkpoint schedule (for the writer's idle timer: `next_due_ms`).
@@ -382,13 +393,14 @@ impl Spool {
             // A checkpoint that does not fit waits for the next append or tick.
             if (buf.len() + f.len()) as u64 <= room {
                 buf.extend_from_slice(&f);
-                signed = Some((cp.claimed().size, at));
+                signed = Some((cp, at));
             }
         }
         self.write_frames(&buf, &chain)?;
         self.chain = chain;
-        if let Some((size, at)) = signed {
-            self.schedule.written(size, at);
+        if let Some((cp, at)) = signed {
+            self.schedule.written(cp.claimed().size, at);
+            self.latest = Some(cp);
         }
         if dropped != self.state.dropped {
             self.state.dropped = dropped;
@@ -425,6 +437,7 @@ impl Spool {
         let chain = self.chain.clone();
         self.write_frames(&buf, &chain)?;
         self.schedule.written(cp.claimed().size, now_ms);
+        self.latest = Some(cp.clone());
         Ok(cp)
     }
 

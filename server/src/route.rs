@@ -350,6 +350,7 @@ pub fn tally(threshold: u32, votes: &[Vote], now_ms: u64) -> Option<DecisionReco
         match v.release {
             Release::Deny => {
                 return Some(DecisionRecord {
+                    votes: Vec::new(),
                     release: Release::Deny,
                     for_ms: None,
                     always: v.always,
@@ -386,6 +387,7 @@ fn approved(approving: &[&Vote], by: &str, now_ms: u64) -> DecisionRecord {
         .filter(|r| !r.is_empty())
         .collect();
     DecisionRecord {
+        votes: Vec::new(),
         release: Release::Allow,
         for_ms,
         always: false,

@@ -98,6 +98,51 @@ async fn a_verified_batch_is_stored_with_its_checkpoint_and_acked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_hosts_checkpoint_over_stored_records_is_kept_and_a_forged_one_alerted() {
+    let (srv, mut host, mut chain) = linked().await;
+    let records = chain.records(4);
+    let ack = host.audit(batch(&records, &[]), T).await.unwrap();
+    assert_eq!((ack.up_to_seq, ack.refused.as_str()), (4, ""));
+    assert!(
+        srv.store
+            .audit_checkpoints("web-1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // As airlockd's shipper sends it: no records, first_seq after what was acknowledged.
+    let cp = chain.checkpoint();
+    let idle = pb::AuditBatch {
+        first_seq: 5,
+        records: Vec::new(),
+        checkpoints: vec![cp.clone()],
+    };
+    let ack = host.audit(idle, T).await.unwrap();
+    assert_eq!((ack.up_to_seq, ack.refused.as_str()), (4, ""));
+    assert_eq!(
+        srv.store.audit_checkpoints("web-1").await.unwrap(),
+        [(4, cp)]
+    );
+    // Signed by another key: refused and alerted, nothing kept.
+    let forged = chain.checkpoint_by(&SigningKey::generate("airlock-web-1").unwrap());
+    let ack = host
+        .audit(
+            pb::AuditBatch {
+                first_seq: 5,
+                records: Vec::new(),
+                checkpoints: vec![forged],
+            },
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack.up_to_seq, 4);
+    assert!(!ack.refused.is_empty());
+    assert_eq!(srv.store.audit_checkpoints("web-1").await.unwrap().len(), 1);
+    assert_eq!(alerts(&srv.store).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resend_after_a_lost_ack_is_acked_and_stores_nothing_twice() {
     let (srv, mut host, mut chain) = linked().await;
     let records = chain.records(5);

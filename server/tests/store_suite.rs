@@ -690,6 +690,7 @@ async fn close_idempotent(db: Db) {
     .await
     .unwrap();
     let glass = DecisionRecord {
+        votes: Vec::new(),
         release: Release::Deny,
         for_ms: None,
         always: false,

@@ -201,6 +201,7 @@ mod tests {
                 backend: "fanotify".into(),
             },
             decision: Some(DecisionRecord {
+                votes: Vec::new(),
                 release: Release::Allow,
                 for_ms: Some(600_000),
                 always: false,

@@ -183,6 +183,13 @@ impl AuditLog {
         let Some((draft, priority)) = draft(r) else {
             return Ok(());
         };
+        if let Record::Request {
+            change: RequestChange::Closed,
+            request,
+        } = r
+        {
+            self.pending.extend(decided(request));
+        }
         self.pending.push((draft, priority));
         if matches!(r, Record::Request { .. }) || self.pending.len() >= FLUSH_EVERY {
             return self.flush();
@@ -255,6 +262,62 @@ impl AuditLog {
             Err(e) => tracing::warn!(error = %e, "audit checkpoint not written"),
         }
     }
+}
+
+/// The records of how a closed request was decided, written before its outcome with the same
+/// correlation id: a `vote` per vote a server counted (each approver, channel, grant and
+/// reason as cast), then the `decision` (release, grant, reason, who; none for a request
+/// abandoned before anyone decided).
+fn decided(request: &crate::hold::Request) -> Vec<(Draft, Priority)> {
+    let Some(d) = &request.decision else {
+        return Vec::new();
+    };
+    let c = &request.context;
+    let op = op_name(c.op);
+    let now = now_unix_ms();
+    let mut out = Vec::with_capacity(d.votes.len() + 1);
+    for v in &d.votes {
+        let Ok(vote) = serde_json::to_value(v) else {
+            continue;
+        };
+        let mut body = json!({ "vote": vote });
+        let word = match v.release {
+            airlock_approval::Release::Allow => "approve",
+            airlock_approval::Release::Deny => "deny",
+        };
+        summary(
+            &mut body,
+            c.agent.as_deref(),
+            Some(&op),
+            Some(word),
+            Some(&v.principal),
+        );
+        out.push((
+            Draft::new(now, Kind::Vote, body).corr(request.id.clone()),
+            Priority::MustWrite,
+        ));
+    }
+    let by =
+        d.by.as_ref()
+            .and_then(|b| b.principal.clone().or_else(|| b.user.clone()));
+    // The votes went into their own records above.
+    let mut record = d.clone();
+    record.votes.clear();
+    if let Ok(decision) = serde_json::to_value(&record) {
+        let mut body = json!({ "decision_record": decision, "state": request.state.as_str() });
+        summary(
+            &mut body,
+            c.agent.as_deref(),
+            Some(&op),
+            Some(request.state.as_str()),
+            by.as_deref(),
+        );
+        out.push((
+            Draft::new(now, Kind::Decision, body).corr(request.id.clone()),
+            Priority::MustWrite,
+        ));
+    }
+    out
 }
 
 /// The record `r` becomes, with its priority; `None` for nothing to record.
@@ -352,153 +415,4 @@ fn summary(
 }
 
 #[cfg(test)]
-mod tests {
-    use airlock_approval::{OnTimeout, RequestState};
-
-    use super::*;
-    use crate::daemon::records::{LinkChange, Records};
-    use crate::hold::{HoldKey, Request};
-
-    fn request(id: &str) -> Request {
-        let context = crate::hold::testing::context(7);
-        Request {
-            id: id.into(),
-            state: RequestState::Pending,
-            key: HoldKey {
-                tgid: 1,
-                op: context.op,
-                dev: context.target_dev,
-                ino: context.target_ino,
-                argv_hash: 0,
-            },
-            holders: vec![],
-            attempts: 1,
-            created_unix_ms: 1,
-            deadline_unix_ms: 2,
-            on_timeout: OnTimeout::Deny,
-            context,
-            decision: None,
-        }
-    }
-
-    /// The spool of `host-1` under `dir` verifies with the key beside it.
-    fn assert_spool_verifies(dir: &Path) {
-        let key = SigningKey::load(&dir.join(AUDIT_KEY)).unwrap();
-        let report = airlock_audit::verify_spool_dir(
-            &key.verifier(),
-            &Default::default(),
-            &dir.join("audit/host-1"),
-        )
-        .unwrap();
-        assert!(report.is_ok(), "{report:?}");
-    }
-
-    fn records(dir: &Path, cfg: SpoolConfig) -> Records {
-        let mut r = Records::open(&dir.join("events.jsonl")).unwrap();
-        r.audit = Some(AuditLog::open_with(dir, dir, "host-1", cfg).unwrap());
-        r
-    }
-
-    #[test]
-    fn what_the_one_writer_writes_is_in_a_chain_that_verifies_with_the_hosts_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut r = records(dir.path(), SpoolConfig::default());
-        let down = LinkChange::Down {
-            server: "https://s".into(),
-            error: "refused".into(),
-            retry_in_ms: 5,
-        };
-        assert!(r.write(&Record::Link {
-            at_unix_ms: 1,
-            change: &down
-        }));
-        let req = request("01TEST");
-        assert!(r.write(&Record::Request {
-            change: RequestChange::Opened,
-            request: &req
-        }));
-        let a = r.audit.as_mut().unwrap();
-        a.tick();
-        let spool = a.shipper();
-        let head = spool.spool().head().seq;
-        assert_eq!(
-            head, 2,
-            "the link record waited for the must-write request's commit"
-        );
-        assert_spool_verifies(dir.path());
-        let batch = spool.spool().read_from(1, 10).unwrap();
-        let opened = &batch.records[1];
-        assert_eq!(opened.kind, Kind::RequestOpened);
-        assert_eq!(opened.corr.as_deref(), Some("01TEST"));
-        assert_eq!(opened.body["agent"], "a");
-        assert_eq!(opened.body["op"], "exec");
-        assert_eq!(opened.body["request"]["id"], "01TEST");
-    }
-
-    #[test]
-    fn a_request_whose_record_cannot_be_written_is_reported_for_failing_closed() {
-        let dir = tempfile::tempdir().unwrap();
-        // Room for a few records only.
-        let cfg = SpoolConfig {
-            max_bytes: 4096,
-            segment_bytes: 4096,
-            ..SpoolConfig::default()
-        };
-        let mut r = records(dir.path(), cfg);
-        let mut refused = 0;
-        for i in 0..20 {
-            if !r.write(&Record::Request {
-                change: RequestChange::Opened,
-                request: &request(&format!("01R{i}")),
-            }) {
-                refused += 1;
-            }
-        }
-        assert!(refused > 0, "a full spool must refuse must-write records");
-        let a = r.audit.as_ref().unwrap();
-        assert!(a.failed >= refused);
-        // What was written still verifies.
-        assert_spool_verifies(dir.path());
-    }
-
-    #[test]
-    fn a_standalone_spool_rotates_instead_of_refusing_requests() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = SpoolConfig {
-            max_bytes: 32 << 10,
-            segment_bytes: 4 << 10,
-            ..SpoolConfig::default()
-        };
-        let mut r = records(dir.path(), cfg);
-        r.audit.as_mut().unwrap().set_standalone();
-        for i in 0..200 {
-            assert!(
-                r.write(&Record::Request {
-                    change: RequestChange::Opened,
-                    request: &request(&format!("01R{i}")),
-                }),
-                "request {i} refused by a standalone spool"
-            );
-        }
-        let a = r.audit.as_ref().unwrap();
-        let spool = a.shipper();
-        let s = spool.spool();
-        assert!(s.used_bytes() <= 32 << 10, "{}", s.used_bytes());
-        assert!(s.head().seq >= 200 && s.acked() > 0);
-        drop(s);
-        // What is kept still verifies, from the first record kept.
-        assert_spool_verifies(dir.path());
-    }
-
-    #[test]
-    fn the_audit_key_is_made_once_root_only_and_kept() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(AUDIT_KEY);
-        let k1 = load_or_make_key(&path, "airlock-h").unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        let k2 = load_or_make_key(&path, "airlock-h").unwrap();
-        assert_eq!(k1.verifier().to_string(), k2.verifier().to_string());
-    }
-}
+mod tests;

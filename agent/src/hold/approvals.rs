@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 
 use super::table::{HoldTable, Joined, Opening};
-use super::{Approver, Decision, HoldError, HoldKey, Holder, Request, Update};
+use super::{Approver, Decision, HoldError, HoldKey, Holder, Request, Update, Vote};
 
 /// Shared, cloneable access to the request table.
 #[derive(Clone)]
@@ -63,6 +63,18 @@ impl Approvals {
     pub fn decide(&self, id: &str, decision: Decision, by: Approver) -> Result<Request, HoldError> {
         self.lock()
             .decide(id, decision, by, now_unix_ms(), now_boot_ns())
+    }
+
+    /// Applies a decision made by `votes` (a server's), which its record keeps.
+    pub fn decide_voted(
+        &self,
+        id: &str,
+        decision: Decision,
+        by: Approver,
+        votes: Vec<Vote>,
+    ) -> Result<Request, HoldError> {
+        self.lock()
+            .decide_voted(id, decision, by, votes, now_unix_ms(), now_boot_ns())
     }
 
     /// New and closed requests from now on.

@@ -21,7 +21,7 @@ use crate::event::Op;
 // table, its key and its holders are this host's own.
 pub use airlock_approval::{
     Ancestor, Approver, Decision, DecisionRecord, Launcher, MAX_GRANT, OnTimeout, Release,
-    RequestContext, RequestState,
+    RequestContext, RequestState, Vote,
 };
 
 pub mod approvals;

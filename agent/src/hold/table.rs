@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::store::Store;
 use super::{
     Approver, Decision, DecisionRecord, Gate, Herald, HoldError, HoldKey, Holder, OnTimeout,
-    Release, Request, RequestContext, RequestState, Standing, Update,
+    Release, Request, RequestContext, RequestState, Standing, Update, Vote,
 };
 
 /// Closed requests kept in memory for `airlock show`.
@@ -270,6 +270,19 @@ impl HoldTable {
         now_unix_ms: u64,
         now_boot_ns: u64,
     ) -> Result<Request, HoldError> {
+        self.decide_voted(id, decision, by, Vec::new(), now_unix_ms, now_boot_ns)
+    }
+
+    /// Applies a decision made by `votes` (a server's N-of-M), kept on the decision record.
+    pub fn decide_voted(
+        &mut self,
+        id: &str,
+        decision: Decision,
+        by: Approver,
+        votes: Vec<Vote>,
+        now_unix_ms: u64,
+        now_boot_ns: u64,
+    ) -> Result<Request, HoldError> {
         let Some(r) = self.pending.get(id) else {
             return Err(match self.get(id) {
                 Ok(c) => HoldError::Closed {
@@ -318,6 +331,7 @@ impl HoldTable {
             Release::Deny => RequestState::Denied,
         };
         let rec = DecisionRecord {
+            votes,
             release,
             for_ms: record.0,
             always: record.1,
@@ -358,6 +372,7 @@ impl HoldTable {
             };
             let secs = (r.deadline_unix_ms - r.created_unix_ms) / 1000;
             let rec = DecisionRecord {
+                votes: Vec::new(),
                 release,
                 for_ms: None,
                 always: false,

@@ -411,7 +411,12 @@ impl Link {
             via: "server".into(),
             principal: by.and_then(|b| b.principal),
         };
-        match self.approvals.decide(&id, decision, by) {
+        let votes = d
+            .votes
+            .into_iter()
+            .filter_map(|v| airlock_approval::convert::vote_from_proto(v).ok())
+            .collect();
+        match self.approvals.decide_voted(&id, decision, by, votes) {
             // The journal carries the closed request to the server as an outcome.
             Ok(_) => None,
             Err(HoldError::Closed { .. }) => match self.approvals.get(&id) {

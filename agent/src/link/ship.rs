@@ -3,6 +3,10 @@
 //! `AuditAck` lets the spool delete what is stored and sends the next batch. After a
 //! reconnect or a restart, shipping resumes from the spool's last acknowledgement, so a batch
 //! whose ack was lost is sent again (the collector skips records it already has).
+//!
+//! Checkpoints travel with the records they follow. One the idle timer signs after its
+//! records were acknowledged (a host gone quiet) goes alone, in a batch without records, so
+//! the collector holds a signature over every record a quiet host wrote.
 use std::time::Duration;
 
 use airlock_proto::v1 as pb;
@@ -20,6 +24,11 @@ pub(super) struct Ship {
     pub shipper: Shipper,
     /// The last seq of the batch sent and not yet acknowledged.
     in_flight: Option<u64>,
+    /// The largest checkpoint size in the batch in flight.
+    checkpoint_in_flight: u64,
+    /// The largest checkpoint size the collector acknowledged (since this process started;
+    /// after a restart the next checkpoint covers everything before it anyway).
+    checkpoint_acked: u64,
     retry_at: Option<Instant>,
 }
 
@@ -28,6 +37,8 @@ impl Ship {
         Ship {
             shipper,
             in_flight: None,
+            checkpoint_in_flight: 0,
+            checkpoint_acked: 0,
             retry_at: None,
         }
     }
@@ -67,8 +78,13 @@ impl Ship {
                 return None;
             }
         };
+        let Some((first, last)) = batch.range() else {
+            let (msg, acked, size) = idle_checkpoint(&spool, self.checkpoint_acked)?;
+            self.in_flight = Some(acked);
+            self.checkpoint_in_flight = size;
+            return Some(msg);
+        };
         drop(spool);
-        let (first, last) = batch.range()?;
         let mut records = Vec::with_capacity(batch.records.len());
         for r in &batch.records {
             match r.to_canonical() {
@@ -81,6 +97,12 @@ impl Ship {
             }
         }
         self.in_flight = Some(last);
+        self.checkpoint_in_flight = batch
+            .checkpoints
+            .iter()
+            .map(|c| c.claimed().size)
+            .max()
+            .unwrap_or(0);
         Some(pb::HostMessage {
             body: Some(pb::host_message::Body::Audit(pb::AuditBatch {
                 first_seq: first,
@@ -97,7 +119,9 @@ impl Ship {
     /// The collector's answer to the batch in flight.
     pub fn on_ack(&mut self, a: pb::AuditAck) {
         self.in_flight = None;
-        if !a.refused.is_empty() {
+        if a.refused.is_empty() {
+            self.checkpoint_acked = self.checkpoint_acked.max(self.checkpoint_in_flight);
+        } else {
             tracing::warn!(refused = %a.refused, stored_up_to = a.up_to_seq, "airlock-server refused an audit batch; retrying later");
             self.retry_at = Some(Instant::now() + RETRY);
         }
@@ -117,5 +141,98 @@ impl Ship {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "audit acknowledgement not recorded"),
         }
+    }
+}
+
+/// A batch of the spool's latest checkpoint alone, when it covers only acknowledged records
+/// and is larger than `checkpoint_acked`; with the acknowledged seq and the checkpoint's size.
+fn idle_checkpoint(
+    spool: &airlock_audit::Spool,
+    checkpoint_acked: u64,
+) -> Option<(pb::HostMessage, u64, u64)> {
+    let cp = spool.latest_checkpoint()?;
+    let size = cp.claimed().size;
+    let acked = spool.acked();
+    if size <= checkpoint_acked || size > acked {
+        return None;
+    }
+    let msg = pb::HostMessage {
+        body: Some(pb::host_message::Body::Audit(pb::AuditBatch {
+            first_seq: acked + 1,
+            records: Vec::new(),
+            checkpoints: vec![cp.text().to_string()],
+        })),
+    };
+    Some((msg, acked, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use airlock_audit::{CheckpointPolicy, Draft, Kind, Priority, SpoolConfig};
+
+    use super::*;
+    use crate::daemon::audit::AuditLog;
+
+    fn batch_of(m: pb::HostMessage) -> pb::AuditBatch {
+        match m.body {
+            Some(pb::host_message::Body::Audit(b)) => b,
+            other => panic!("not an audit batch: {other:?}"),
+        }
+    }
+
+    fn ack(up_to_seq: u64, refused: &str) -> pb::AuditAck {
+        pb::AuditAck {
+            up_to_seq,
+            refused: refused.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_signed_after_its_records_were_acked_is_shipped_alone_once() {
+        let dir = tempfile::tempdir().unwrap();
+        // No checkpoint rides with the records: the time rule is far off.
+        let cfg = SpoolConfig {
+            checkpoints: CheckpointPolicy {
+                every_records: 1_000,
+                every_ms: 3_600_000,
+            },
+            ..SpoolConfig::default()
+        };
+        let log = AuditLog::open_with(dir.path(), dir.path(), "host-1", cfg).unwrap();
+        let mut ship = Ship::new(log.shipper());
+        for i in 0..3 {
+            ship.shipper
+                .spool()
+                .append(
+                    Draft::new(1_000 + i, Kind::DaemonStart, serde_json::json!({ "i": i })),
+                    Priority::AuditOnly,
+                )
+                .unwrap();
+        }
+        let b = batch_of(ship.next().unwrap());
+        assert_eq!((b.first_seq, b.records.len()), (1, 3));
+        assert!(b.checkpoints.is_empty());
+        assert!(ship.next().is_none(), "one batch in flight");
+        ship.on_ack(ack(3, ""));
+        assert!(ship.next().is_none(), "nothing new, no checkpoint yet");
+
+        // The host goes quiet; its idle timer signs the head.
+        let cp = ship.shipper.spool().checkpoint_now(9_000).unwrap();
+        assert_eq!(cp.claimed().size, 3);
+        let b = batch_of(ship.next().unwrap());
+        assert_eq!(b.first_seq, 4);
+        assert!(b.records.is_empty());
+        assert_eq!(b.checkpoints, [cp.text().to_string()]);
+
+        // Refused: sent again after the wait.
+        ship.on_ack(ack(3, "store unavailable"));
+        assert!(!ship.idle());
+        ship.clear_retry();
+        let again = batch_of(ship.next().unwrap());
+        assert_eq!(again.checkpoints, [cp.text().to_string()]);
+
+        // Stored: never sent again.
+        ship.on_ack(ack(3, ""));
+        assert!(ship.next().is_none());
     }
 }

@@ -57,6 +57,7 @@ impl Db {
 /// The decision the server records when `v` decides, at `at`.
 pub fn record_of(v: &Vote, at: u64) -> DecisionRecord {
     DecisionRecord {
+        votes: Vec::new(),
         release: v.release,
         for_ms: v.for_ms,
         always: v.always,

@@ -52,6 +52,7 @@ fn closed_line_names_who_decided_how_and_why() {
     let mut r = request();
     r.state = RequestState::Denied;
     r.decision = Some(DecisionRecord {
+        votes: Vec::new(),
         release: Release::Deny,
         for_ms: None,
         always: false,
@@ -76,6 +77,7 @@ fn a_reason_cannot_forge_more_lines_in_the_agents_output() {
     let mut r = request();
     r.state = RequestState::Approved;
     r.decision = Some(DecisionRecord {
+        votes: Vec::new(),
         release: Release::Allow,
         for_ms: Some(900_000),
         always: false,
