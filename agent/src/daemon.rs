@@ -53,6 +53,9 @@ pub struct DaemonConfig {
     pub socket_group: Option<String>,
     /// airlock-server to link to; `None`: decisions are made on this host's socket only.
     pub link: Option<crate::link::client::LinkConfig>,
+    /// A separate audit collector (`airlock-server collector`) to ship the audit spool to
+    /// instead of over `link`; same identity.
+    pub collector: Option<crate::link::client::LinkConfig>,
     /// With a link: whether a decision on the local socket (break-glass) is allowed.
     pub break_glass: bool,
     /// Most bytes the audit spool keeps unacknowledged (see `daemon/audit.rs`).
@@ -277,6 +280,8 @@ struct State {
     status: Status,
     records: Records,
     link: Option<crate::link::client::LinkHandle>,
+    /// The link to a separate collector, when configured.
+    collector: Option<crate::link::client::LinkHandle>,
 }
 
 const MAX_EXES: usize = 65536;
@@ -574,7 +579,7 @@ fn sd_notify(msg: &str) {
 /// The host's audit stream: under the enrolled name with the key beside the host's identity
 /// when linked, else under this machine's host name with the key in the state directory.
 fn open_audit(cfg: &DaemonConfig) -> Result<audit::AuditLog, DaemonError> {
-    let (host, key_dir) = match &cfg.link {
+    let (host, key_dir) = match cfg.link.as_ref().or(cfg.collector.as_ref()) {
         Some(l) => {
             let id = crate::link::identity::Identity::load(&l.identity_dir)
                 .map_err(audit::AuditLogError::from)?;
@@ -600,7 +605,7 @@ fn open_audit(cfg: &DaemonConfig) -> Result<audit::AuditLog, DaemonError> {
         ..Default::default()
     };
     let mut log = audit::AuditLog::open_with(&cfg.state_dir, &key_dir, &host, spool)?;
-    if cfg.link.is_none() {
+    if cfg.link.is_none() && cfg.collector.is_none() {
         log.set_standalone();
     }
     Ok(log)
@@ -659,6 +664,16 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         (Some(_), false) => crate::api::LocalDecisions::Forbidden,
     });
     let shipper = records.audit.as_ref().map(|a| a.shipper());
+    // With a separate collector, the spool goes there and the server link carries approvals.
+    let collector = match (&cfg.collector, &shipper) {
+        (Some(c), Some(s)) => Some(crate::link::client::spawn_collector(
+            c.clone(),
+            holds.approvals.clone(),
+            s.clone(),
+        )?),
+        _ => None,
+    };
+    let shipper = shipper.filter(|_| collector.is_none());
     let link = cfg
         .link
         .clone()
@@ -741,6 +756,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         status,
         records,
         link,
+        collector,
     };
     st.refresh_status();
     sd_notify("READY=1\nSTATUS=gating");
@@ -758,6 +774,12 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
                 None => std::future::pending().await,
             }
         };
+        let collector_change = async {
+            match st.collector.as_mut() {
+                Some(l) => l.changes.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             Some(ev) = rx.recv() => {
                 st.record(&ev);
@@ -768,6 +790,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
                 st.holds.on_update(u, &mut st.records, link);
             }
             Some(ch) = link_change => st.link_change(ch),
+            Some(ch) = collector_change => st.link_change(ch),
             _ = hold_tick.tick() => {
                 st.holds.tick();
                 st.drain_updates();

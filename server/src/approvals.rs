@@ -24,6 +24,8 @@ const WATCH_BUFFER: usize = 256;
 /// The Approvals service over the broker.
 pub struct ApprovalsService {
     pub broker: Arc<Broker>,
+    /// `airlock-server collector`: only the audit query is served.
+    pub collector_only: bool,
 }
 
 impl ApprovalsService {
@@ -34,6 +36,12 @@ impl ApprovalsService {
         id: Option<&str>,
     ) -> Result<Caller, Status> {
         let b = &self.broker;
+        if self.collector_only && action != "audit" {
+            let f = Fault::NotServed(crate::collector::COLLECTOR_ONLY.into());
+            b.record("unknown", CHANNEL, action, id, f.code(), &f.to_string())
+                .await;
+            return Err(f.into());
+        }
         if let Some(fp) = crate::pki::peer_fingerprint(req) {
             let f = Fault::Forbidden(
                 "a host certificate cannot list or decide requests; approvers use an API token"

@@ -120,6 +120,9 @@ pub struct HostAudit {
 }
 
 /// An `AuditAck`.
+/// What a collector-only process answers to anything but the audit stream and its queries.
+pub const COLLECTOR_ONLY: &str = "this airlock-server runs as an audit collector only (airlock-server collector): requests, decisions and settings are served by airlock-server serve";
+
 fn ack(up_to_seq: u64, refused: String) -> pb::ServerMessage {
     pb::ServerMessage {
         body: Some(pb::server_message::Body::AuditAck(pb::AuditAck {

@@ -45,6 +45,10 @@ pub enum Fault {
     /// Something on this side broke (certificate signing, encoding).
     #[error("{0}")]
     Internal(String),
+    /// This process does not serve that (`airlock-server collector` serves the audit stream
+    /// and its queries only).
+    #[error("{0}")]
+    NotServed(String),
 }
 
 impl Fault {
@@ -90,6 +94,7 @@ impl Fault {
             Fault::Lagged { .. } => Code::DataLoss,
             Fault::ShuttingDown => Code::Unavailable,
             Fault::Internal(_) => Code::Internal,
+            Fault::NotServed(_) => Code::Unimplemented,
         }
     }
 }

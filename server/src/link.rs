@@ -32,6 +32,9 @@ pub const HOST_CHECK: Duration = Duration::from_secs(1);
 /// The HostLink service.
 pub struct LinkService {
     pub broker: Arc<Broker>,
+    /// `airlock-server collector`: the link carries audit batches only (no requests,
+    /// outcomes, decisions or settings).
+    pub collector_only: bool,
 }
 
 type Out = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
@@ -96,7 +99,10 @@ impl airlock_proto::HostLink for LinkService {
         let session = b.hub.attach(&name, &fp, deliver_tx);
         // Settings first: the host applies the server's break-glass policy from now on. Read
         // after attaching, so a reload in between is in this message or queued behind it.
-        let _ = tx.send(crate::wire::settings_message(b.config().break_glass));
+        // A collector has no say in approvals.
+        if !self.collector_only {
+            let _ = tx.send(crate::wire::settings_message(b.config().break_glass));
+        }
         tracing::info!(host = %name, "host link up");
         let inbound = req.into_inner();
         tokio::spawn(run(
@@ -106,6 +112,7 @@ impl airlock_proto::HostLink for LinkService {
                 id: session,
                 tx,
                 end: end_tx,
+                collector_only: self.collector_only,
             },
             inbound,
             deliver_rx,
@@ -129,6 +136,8 @@ struct Session {
     tx: mpsc::UnboundedSender<pb::ServerMessage>,
     /// The status that ends the stream, when it ends with one.
     end: mpsc::UnboundedSender<Status>,
+    /// See [`LinkService::collector_only`].
+    collector_only: bool,
 }
 
 /// Closed requests [`Sent`] keeps per generation.
@@ -184,6 +193,7 @@ async fn run(
         id: session,
         tx,
         end,
+        collector_only,
     } = s;
     let who = format!("host:{host}");
     let mut hello = false;
@@ -234,6 +244,11 @@ async fn run(
                     b.record(&who, "link", "message", None, f.code(), &f.to_string()).await;
                     break Some(Status::from(f));
                 }
+                Some(Ok(pb::HostMessage { body: Some(Up::Opened(_) | Up::Outcome(_)) })) if collector_only => {
+                    let f = Fault::NotServed(crate::collector::COLLECTOR_ONLY.into());
+                    b.record(&who, "link", "message", None, f.code(), &f.to_string()).await;
+                    let _ = tx.send(rejected("", &f));
+                }
                 Some(Ok(pb::HostMessage { body: Some(Up::Opened(o)) })) => {
                     let Some(r) = o.request else {
                         let f = Fault::invalid("opened.request", "required");
@@ -279,6 +294,8 @@ async fn run(
                 }
             },
             Some(d) = deliveries.recv() => match d {
+                // Decisions and settings are the approval server's to send.
+                Delivery::Message(_) if collector_only => {}
                 Delivery::Message(m) => {
                     // The store watch may have found this decision first (its commit is visible
                     // before the hub's push is handled here): each decision goes to the host once.

@@ -144,6 +144,9 @@ pub struct Options {
     pub pki_dir: Option<PathBuf>,
     /// Where the temporary directory goes; `None`: the system's temporary directory.
     pub base: Option<PathBuf>,
+    /// What it serves ([`Services::All`] by default; a collector with a replica's
+    /// [`Options::pki_dir`] and [`Options::database`] is `airlock-server collector`).
+    pub services: crate::cli::serve::Services,
 }
 
 impl Default for Options {
@@ -153,6 +156,7 @@ impl Default for Options {
             database: None,
             pki_dir: None,
             base: None,
+            services: crate::cli::serve::Services::All,
         }
     }
 }
@@ -251,7 +255,7 @@ impl TestServer {
             })
         });
         let (stop, stopped) = oneshot::channel::<()>();
-        let router = crate::cli::serve::router(broker.clone(), ca.clone(), tls)?;
+        let router = crate::cli::serve::router(broker.clone(), ca.clone(), tls, o.services)?;
         let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
             let _ = stopped.await;
         }));

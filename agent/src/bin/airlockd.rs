@@ -37,6 +37,10 @@ struct Args {
     /// first (`airlock enroll`). Without it, decisions are made on this host's socket only.
     #[arg(long, env = "AIRLOCK_SERVER")]
     server: Option<String>,
+    /// A separate audit collector (`airlock-server collector`, https://HOST:PORT) to ship
+    /// the audit spool to, instead of over the --server link; the same enrolled identity.
+    #[arg(long, env = "AIRLOCK_COLLECTOR")]
+    collector: Option<String>,
     /// The host identity made by `airlock enroll`.
     #[arg(
         long,
@@ -80,6 +84,12 @@ fn main() -> ExitCode {
         socket,
         socket_group: args.socket_group.filter(|g| !g.is_empty()),
         link: args.server.filter(|s| !s.is_empty()).map(|server| {
+            airlock_agent::link::client::LinkConfig {
+                server,
+                identity_dir: args.identity_dir.clone(),
+            }
+        }),
+        collector: args.collector.filter(|s| !s.is_empty()).map(|server| {
             airlock_agent::link::client::LinkConfig {
                 server,
                 identity_dir: args.identity_dir.clone(),

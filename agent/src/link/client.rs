@@ -94,6 +94,29 @@ pub fn spawn(
     host_allows_break_glass: bool,
     audit: Option<crate::daemon::audit::Shipper>,
 ) -> Result<LinkHandle, LinkError> {
+    start(cfg, approvals, local, host_allows_break_glass, audit, false)
+}
+
+/// A link that ships the audit spool and nothing else, to a separate collector
+/// (`airlock-server collector`, `airlockd --collector`): no requests or outcomes go up, and
+/// decisions and settings coming down are not applied.
+pub fn spawn_collector(
+    cfg: LinkConfig,
+    approvals: Approvals,
+    audit: crate::daemon::audit::Shipper,
+) -> Result<LinkHandle, LinkError> {
+    let local = crate::api::LocalPolicy::new(crate::api::LocalDecisions::Forbidden);
+    start(cfg, approvals, local, false, Some(audit), true)
+}
+
+fn start(
+    cfg: LinkConfig,
+    approvals: Approvals,
+    local: crate::api::LocalPolicy,
+    host_allows_break_glass: bool,
+    audit: Option<crate::daemon::audit::Shipper>,
+    audit_only: bool,
+) -> Result<LinkHandle, LinkError> {
     let endpoint = endpoint(&cfg)?;
     let (updates, updates_rx) = mpsc::unbounded_channel();
     let (changes_tx, changes) = mpsc::unbounded_channel();
@@ -111,6 +134,7 @@ pub fn spawn(
         recent: VecDeque::new(),
         local: local.clone(),
         host_allows_break_glass,
+        audit_only,
     };
     let task = tokio::spawn(link.run());
     Ok(LinkHandle {
@@ -172,6 +196,8 @@ struct Link {
     recent: VecDeque<(Instant, Request)>,
     local: crate::api::LocalPolicy,
     host_allows_break_glass: bool,
+    /// A collector's link: audit batches only (see [`spawn_collector`]).
+    audit_only: bool,
 }
 
 /// Why a session ended.
@@ -262,7 +288,11 @@ impl Link {
         let (tx, rx) = mpsc::channel::<pb::HostMessage>(OUT_BUFFER);
         // Everything the server must learn first is queued before the call starts, so it goes
         // out in this order: Hello, every pending request, the outcomes it may have missed.
-        let pending = self.approvals.pending();
+        let pending = if self.audit_only {
+            Vec::new()
+        } else {
+            self.approvals.pending()
+        };
         let hello = pb::Hello {
             audit_key: self
                 .audit
@@ -341,6 +371,9 @@ impl Link {
                 m = inbound.next() => match m {
                     None => return End::Broken("the server ended the stream".into()),
                     Some(Err(s)) => return End::Broken(format!("{}: {}", code_name(s.code()), s.message())),
+                    Some(Ok(pb::ServerMessage { body: Some(Down::Decision(_) | Down::Settings(_)) })) if self.audit_only => {
+                        tracing::warn!(server = %self.server, "the collector sent a decision or settings; ignored");
+                    }
                     Some(Ok(pb::ServerMessage { body: Some(Down::Decision(d)) })) => {
                         if let Some(m) = self.apply(d)
                             && tx.send(m).await.is_err()

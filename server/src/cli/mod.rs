@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+pub mod collector;
 pub mod config;
 pub mod hosts;
 pub mod init;
@@ -28,6 +29,8 @@ pub enum Command {
     Init(init::InitArgs),
     /// Run the server.
     Serve(serve::ServeArgs),
+    /// Run the audit collector alone (hosts ship to it with `airlockd --collector`).
+    Collector(collector::CollectorArgs),
     /// Enrol, list and revoke hosts.
     Hosts(hosts::HostsArgs),
     /// Issue, list and revoke approvers' API tokens.
@@ -174,6 +177,7 @@ pub fn main() -> ExitCode {
     let res = match cli.cmd {
         Command::Init(a) => init::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Collector(a) => collector::run(a),
         Command::Hosts(a) => hosts::run(a),
         Command::Tokens(a) => tokens::run(a),
         Command::Config(a) => config::run(a),

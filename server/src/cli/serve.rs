@@ -74,10 +74,21 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("binding {addr}"))?;
         let bound = listener.local_addr()?;
-        serve(broker, ca, tls, listener, a.dir.dir.clone()).await?;
+        serve(broker, ca, tls, listener, a.dir.dir.clone(), Services::All).await?;
         tracing::info!(%bound, "stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// What a server process serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Services {
+    /// Everything: the host link, approvals, enrolment (`airlock-server serve`).
+    All,
+    /// The audit collector alone (`airlock-server collector`): the host link carries audit
+    /// batches only, the Approvals service answers audit queries only, and there is no
+    /// enrolment (hosts enrol with the approval server, whose CA and store this shares).
+    Collector,
 }
 
 /// Serves on `listener` until SIGTERM/SIGINT. Public for tests and benchmarks that start the
@@ -88,6 +99,7 @@ pub async fn serve(
     tls: tonic::transport::ServerTlsConfig,
     listener: tokio::net::TcpListener,
     dir: std::path::PathBuf,
+    services: Services,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -143,7 +155,7 @@ pub async fn serve(
         }
         tracing::info!("stopping");
     };
-    tracing::info!(%addr, "airlock-server listening");
+    tracing::info!(%addr, ?services, "airlock-server listening");
     // tonic's `tcp_nodelay` applies only to listeners it binds itself: set it on each accepted
     // connection, or Nagle delays small replies (measured: ~49 ms per round trip instead of ~4).
     let incoming = tokio_stream::StreamExt::map(
@@ -154,7 +166,7 @@ pub async fn serve(
             })
         },
     );
-    router(broker, ca, tls)?
+    router(broker, ca, tls, services)?
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving")?;
@@ -167,27 +179,34 @@ pub fn router(
     broker: Arc<Broker>,
     ca: Arc<crate::pki::Ca>,
     tls: tonic::transport::ServerTlsConfig,
+    services: Services,
 ) -> anyhow::Result<tonic::transport::server::Router> {
+    let collector_only = services == Services::Collector;
     // The link carries audit batches too, bounded by the collector.
     let link = airlock_proto::HostLinkServer::new(crate::link::LinkService {
         broker: broker.clone(),
+        collector_only,
     })
     .max_decoding_message_size(crate::collector::MAX_LINK_MESSAGE);
     let approvals = airlock_proto::ApprovalsServer::new(crate::approvals::ApprovalsService {
         broker: broker.clone(),
+        collector_only,
     })
     .max_decoding_message_size(MAX_MESSAGE);
-    let enroll = airlock_proto::EnrollmentServer::new(crate::enroll::EnrollService {
-        store: broker.store.clone(),
-        ca,
-    })
-    .max_decoding_message_size(MAX_MESSAGE);
-    Ok(tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .tcp_nodelay(true)
         .add_service(link)
-        .add_service(approvals)
-        .add_service(enroll))
+        .add_service(approvals);
+    // Enrolment (which signs host certificates) stays with the approval server alone.
+    let enroll = (!collector_only).then(|| {
+        airlock_proto::EnrollmentServer::new(crate::enroll::EnrollService {
+            store: broker.store.clone(),
+            ca,
+        })
+        .max_decoding_message_size(MAX_MESSAGE)
+    });
+    Ok(router.add_optional_service(enroll))
 }
