@@ -16,8 +16,10 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::cgroup::{self, cgroup_dir, cgroup_id};
 
+pub mod reap;
 mod watch;
 
+pub use reap::ScopeReaper;
 pub use watch::{CgroupWatcher, FALLBACK_RESCAN, SAFETY_RESCAN, WatchError};
 
 /// Errors resolving agent cgroups.

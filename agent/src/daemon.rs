@@ -22,10 +22,13 @@ use crate::hold::Gate;
 pub mod audit;
 mod holds;
 mod notice;
+pub mod policy_watch;
 pub mod records;
 mod self_protect;
+mod watchdog;
 
 use records::{EventRecord, Record, Records};
+use watchdog::sd_notify;
 
 /// Which backend to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -60,6 +63,9 @@ pub struct DaemonConfig {
     pub break_glass: bool,
     /// Most bytes the audit spool keeps unacknowledged (see `daemon/audit.rs`).
     pub audit_spool_max: u64,
+    /// Where to serve Prometheus metrics (`GET /metrics`, see `crate::metrics`); `None`: no
+    /// listener.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Errors that stop the daemon.
@@ -91,6 +97,8 @@ pub enum DaemonError {
     Records(#[from] records::RecordsError),
     #[error("server link: {0}")]
     Link(#[from] crate::link::client::LinkError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
@@ -141,6 +149,9 @@ pub struct Status {
     /// Records that could not be written to the record stream.
     #[serde(default)]
     pub records_failed: u64,
+    /// Policies applied since start (1: the one loaded at start; each reload adds one).
+    #[serde(default)]
+    pub policy_generation: u64,
 }
 
 /// The server link in [`Status`].
@@ -360,6 +371,7 @@ impl State {
     }
 
     fn link_change(&mut self, change: records::LinkChange) {
+        self.holds.metrics.on_link_change(&change);
         match &change {
             records::LinkChange::Up { server, resent } => {
                 tracing::info!(server = %server, resent, "server link up")
@@ -428,6 +440,9 @@ impl State {
             v.dedup();
             v
         };
+        self.holds
+            .metrics
+            .refresh(&self.status, self.records.audit.as_ref());
         let path = crate::paths::status_file(&self.cfg.state_dir);
         let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(&self.status).unwrap_or_default();
@@ -492,7 +507,9 @@ impl State {
         }
     }
 
-    fn reload(&mut self) {
+    /// Loads the policy again (`trigger`: what asked, for the log and the record) and
+    /// switches to it only when all of it compiled and applied.
+    fn reload(&mut self, trigger: &str) {
         let result = load_policy(&self.cfg.policy_paths).and_then(|p| {
             let p = self_protect::protect_self(p, &self.cfg, self.backend.kind());
             let matcher = AgentMatcher::new(&p.agents)?;
@@ -502,11 +519,17 @@ impl State {
         });
         match result {
             Ok((p, m, a)) => {
-                tracing::info!(rules = p.rules.len(), "policy reloaded");
+                self.status.policy_generation += 1;
+                tracing::info!(
+                    rules = p.rules.len(),
+                    trigger,
+                    generation = self.status.policy_generation,
+                    "policy reloaded"
+                );
                 if let Some(au) = self.records.audit.as_mut() {
                     au.note(
                         airlock_audit::Kind::PolicyLoaded,
-                        serde_json::json!({"rules": p.rules.len(), "paths": self.status.policy_paths}),
+                        serde_json::json!({"rules": p.rules.len(), "paths": self.status.policy_paths, "trigger": trigger, "generation": self.status.policy_generation}),
                     );
                 }
                 self.sync_exec_probe(&a);
@@ -519,11 +542,11 @@ impl State {
                 self.status.last_reload_error = None;
             }
             Err(e) => {
-                tracing::error!(error = %e, "policy reload failed; the previous policy stays in force");
+                tracing::error!(error = %e, trigger, "policy reload failed; the previous policy stays in force");
                 if let Some(au) = self.records.audit.as_mut() {
                     au.note(
                         airlock_audit::Kind::PolicyRejected,
-                        serde_json::json!({"error": e.to_string()}),
+                        serde_json::json!({"error": e.to_string(), "trigger": trigger, "generation_in_force": self.status.policy_generation}),
                     );
                 }
                 self.status.last_reload_error = Some(e.to_string());
@@ -552,28 +575,6 @@ fn rule_targets(p: &CompiledPolicy) -> std::collections::HashMap<u32, String> {
         m.entry(id).or_insert_with(|| path.display().to_string());
     }
     m
-}
-
-/// Tells systemd (Type=notify) that the daemon is ready, when started by systemd.
-fn sd_notify(msg: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    let bytes = path.as_encoded_bytes();
-    let r = if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt as _;
-        std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
-    } else {
-        sock.send_to(msg.as_bytes(), Path::new(&path))
-    };
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "sd_notify failed");
-    }
 }
 
 /// The host's audit stream: under the enrolled name with the key beside the host's identity
@@ -620,6 +621,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let mount = crate::cgroup::cgroup2_mount()?;
     // Watch before the first resolve so that no cgroup created in between goes unnoticed.
     let mut watcher = CgroupWatcher::spawn(mount.clone())?;
+    // Empty scopes of `airlock run`s that are gone (SIGKILLed, say) are removed (agents/reap.rs).
+    let _reaper = crate::agents::ScopeReaper::spawn(mount.clone(), cfg.state_dir.clone())?;
     let matcher = AgentMatcher::new(&policy.agents)?;
     let agents = AgentSet::resolve_with(mount, &matcher)?;
     let (tx, mut rx) = mpsc::channel::<GateEvent>(65536);
@@ -637,7 +640,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         backend.as_ref(),
     );
     backend.apply(&policy, &agents)?;
-    let holds = holds::Holds::start(&cfg.state_dir, gate, kind)?;
+    let (metrics, _metrics_listener) = crate::metrics::start(&cfg).await?;
+    let holds = holds::Holds::start(&cfg.state_dir, gate, kind, metrics)?;
     holds.notices.set_policy(&policy);
     if kind == BackendKind::Lsm {
         let n = holds::rewake_stopped_agents(&agents);
@@ -704,6 +708,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     }
     tracing::info!(exec_context = %exec_context, "exec context");
     let status = Status {
+        policy_generation: 1,
         exec_context,
         pid: std::process::id(),
         backend: kind.as_str().to_string(),
@@ -762,15 +767,31 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     sd_notify("READY=1\nSTATUS=gating");
 
     let mut hup = signal(SignalKind::hangup()).map_err(io_err(Path::new("SIGHUP")))?;
+    // Without the watch, SIGHUP still reloads.
+    let mut watch = match policy_watch::PolicyWatch::new(&st.cfg.policy_paths) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "policy files are not watched; reload with SIGHUP");
+            None
+        }
+    };
     let mut term = signal(SignalKind::terminate()).map_err(io_err(Path::new("SIGTERM")))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err(Path::new("SIGINT")))?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // Timeouts are checked 5 times a second: a rule's timeout is met within 200 ms.
     let mut hold_tick = tokio::time::interval(Duration::from_millis(200));
+    // Pinged from the tick below, so a stuck loop stops pinging (see daemon/watchdog.rs).
+    let mut dog = watchdog::Watchdog::from_env();
     loop {
         let link_change = async {
             match st.link.as_mut() {
                 Some(l) => l.changes.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let policy_changed = async {
+            match watch.as_mut() {
+                Some(w) => w.changed().await,
                 None => std::future::pending().await,
             }
         };
@@ -799,7 +820,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
                 }
             }
             Some(r) = st.exec_rx.recv() => st.note_exec(r),
-            _ = hup.recv() => st.reload(),
+            _ = hup.recv() => st.reload("SIGHUP"),
+            () = policy_changed => st.reload("policy files changed"),
             _ = term.recv() => break,
             _ = int.recv() => break,
             Ok(_) = watcher.changed() => st.rescan_agents(),
@@ -808,13 +830,18 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
                     a.tick();
                 }
                 st.refresh_status();
+                dog.tick(std::time::Instant::now(), &[
+                    ("backend event reader", st.backend.is_alive()),
+                    ("cgroup watcher", watcher.is_alive()),
+                ]);
             }
         }
     }
+    // Shutdown starts here: tell systemd first, so it stops expecting watchdog pings.
+    sd_notify("STOPPING=1");
     while let Ok(ev) = rx.try_recv() {
         st.record(&ev);
     }
-    sd_notify("STOPPING=1");
     if let Some(a) = st.records.audit.as_mut() {
         a.note(
             airlock_audit::Kind::DaemonStop,

@@ -10,10 +10,14 @@ pub mod backend;
 pub mod btf;
 pub mod cgroup;
 pub mod cli;
+pub mod config;
 pub mod daemon;
+pub mod daemon_args;
+pub mod docs;
 pub mod event;
 pub mod hold;
 pub mod link;
+pub mod metrics;
 pub mod paths;
 pub mod proc;
 

@@ -88,7 +88,8 @@ pub fn write(v: &Value, out: &mut Vec<u8>) -> Result<(), CanonError> {
     Ok(())
 }
 
-fn write_str(s: &str, out: &mut Vec<u8>) {
+/// Appends the canonical encoding of the string `s`.
+pub(crate) fn write_str(s: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     for &b in s.as_bytes() {

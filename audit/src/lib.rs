@@ -104,6 +104,7 @@ pub mod chain;
 pub mod keys;
 pub mod note;
 pub mod ocsf;
+pub mod read;
 pub mod record;
 pub mod spool;
 pub mod verify;
@@ -112,6 +113,7 @@ pub use bench::{bench_append, bench_append_many};
 pub use chain::{Chain, ChainError};
 pub use keys::{KeyError, SigningKey, VerifierKey};
 pub use note::{Checkpoint, CheckpointPolicy, CheckpointSchedule, NoteError, SignedCheckpoint};
+pub use read::{ReadError, ReadRecord};
 pub use record::{Anchor, Draft, Hash, Kind, Priority, Record, RecordError, SCHEMA_VERSION};
 pub use spool::{AckOutcome, Appended, Batch, Recovery, Spool, SpoolConfig, SpoolError};
 pub use verify::{

@@ -18,6 +18,12 @@
 //! (`"approved"` → 8 Approved, `"denied"` → 2 Blocked). `type_uid` is
 //! `class_uid * 100 + activity_id`, as OCSF defines it.
 //!
+//! Every number above was checked against the OCSF schema repository (ocsf/ocsf-schema,
+//! commit a5cfc68e): `dictionary.json`'s `disposition_id` enum (1 Allowed, 2 Blocked,
+//! 8 Approved, 14 Delayed), `categories.json` (System Activity 1, Network Activity 4) and
+//! the `activity_id` enums of `events/system/process_activity.json`,
+//! `events/system/file_activity.json` and `events/network/network_activity.json`.
+//!
 //! Other kinds (policy, daemon, link, API, spool) and other operations (self-protection,
 //! mounts, capabilities, …) have no natural OCSF class and map to nothing; they stay in
 //! airlock's own form.

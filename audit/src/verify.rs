@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::keys::VerifierKey;
 use crate::note::{NoteError, SignedCheckpoint, origin_for};
+use crate::read::ReadRecord;
 use crate::record::{Anchor, Hash, Record, SCHEMA_VERSION};
 use crate::spool::SpoolError;
 
@@ -273,26 +274,53 @@ impl ChainVerifier {
 
     /// Checks the next record.
     pub fn record(&mut self, r: &Record) -> Result<(), Problem> {
-        let seq = r.seq;
-        if r.v != SCHEMA_VERSION {
-            return Err(Problem::UnsupportedVersion { seq, v: r.v });
+        self.check(r.v, r.seq, &r.host, r.prev, r.hash, || {
+            match r.compute_hash() {
+                Ok(h) if h == r.hash => Ok(()),
+                Ok(_) => Err(Problem::Altered { seq: r.seq }),
+                Err(_) => Err(Problem::NotCanonical { seq: r.seq }),
+            }
+        })
+    }
+
+    /// [`ChainVerifier::record`] of a record read by [`Record::read_canonical`], which
+    /// already hashed it (perhaps on another thread): the same checks in the same order.
+    pub fn record_read(&mut self, r: &ReadRecord) -> Result<(), Problem> {
+        self.check(r.v, r.seq, &r.host, r.prev, r.hash, || {
+            if r.hash_matches() {
+                Ok(())
+            } else {
+                Err(Problem::Altered { seq: r.seq })
+            }
+        })
+    }
+
+    /// Checks record `seq`: its version, its host, its own hash (`hash_ok`), then its place
+    /// in the chain (`prev`) and the checkpoints that name it (`hash`).
+    fn check(
+        &mut self,
+        v: u32,
+        seq: u64,
+        host: &str,
+        prev: Hash,
+        hash: Hash,
+        hash_ok: impl FnOnce() -> Result<(), Problem>,
+    ) -> Result<(), Problem> {
+        if v != SCHEMA_VERSION {
+            return Err(Problem::UnsupportedVersion { seq, v });
         }
-        let host = self.host.get_or_insert_with(|| r.host.clone());
-        if r.host != *host {
+        let expected = self.host.get_or_insert_with(|| host.to_owned());
+        if host != expected {
             return Err(Problem::WrongHost {
                 seq,
-                expected: host.clone(),
-                found: r.host.clone(),
+                expected: expected.clone(),
+                found: host.to_owned(),
             });
         }
-        match r.compute_hash() {
-            Ok(h) if h == r.hash => {}
-            Ok(_) => return Err(Problem::Altered { seq }),
-            Err(_) => return Err(Problem::NotCanonical { seq }),
-        }
+        hash_ok()?;
         let head = match self.head {
             Some(h) => h,
-            None => self.first_head(r)?,
+            None => self.first_head(seq, prev)?,
         };
         let expected = head.seq + 1;
         if seq > expected {
@@ -304,10 +332,10 @@ impl ChainVerifier {
         if seq < expected {
             return Err(Problem::Repeated { seq });
         }
-        if r.prev != head.hash {
+        if prev != head.hash {
             return Err(Problem::BrokenLink { seq });
         }
-        let now = Anchor { seq, hash: r.hash };
+        let now = Anchor { seq, hash };
         self.head = Some(now);
         if self.recent.len() == RECENT {
             self.recent.pop_front();
@@ -317,7 +345,7 @@ impl ChainVerifier {
         self.counts.first_seq.get_or_insert(seq);
         self.counts.last_seq = Some(seq);
         if let Some(claimed) = self.claims.get(&seq) {
-            if *claimed != r.hash {
+            if *claimed != hash {
                 return Err(Problem::HeadMismatch {
                     checkpoint_seq: seq,
                     last_good_seq: self.confirmed,
@@ -331,11 +359,11 @@ impl ChainVerifier {
 
     /// The head before the first record: seq 1 starts at zero, a checkpoint right before it
     /// anchors it, otherwise its own `prev` is taken on trust (and `anchored` stays false).
-    fn first_head(&mut self, r: &Record) -> Result<Anchor, Problem> {
-        let before = r.seq.saturating_sub(1);
+    fn first_head(&mut self, seq: u64, prev: Hash) -> Result<Anchor, Problem> {
+        let before = seq.saturating_sub(1);
         let skipped = self.claims.range(..before).count() as u64;
         self.counts.checkpoints_skipped += skipped;
-        let trusted = if r.seq <= 1 {
+        let trusted = if seq <= 1 {
             Some(Hash::ZERO)
         } else if let Some(h) = self.claims.get(&before) {
             self.counts.checkpoints_verified += 1;
@@ -346,13 +374,13 @@ impl ChainVerifier {
         self.counts.anchored = trusted.is_some();
         if let Some(h) = trusted {
             self.confirmed = before;
-            if r.prev != h {
-                return Err(Problem::BrokenLink { seq: r.seq });
+            if prev != h {
+                return Err(Problem::BrokenLink { seq });
             }
         }
         Ok(Anchor {
             seq: before,
-            hash: r.prev,
+            hash: prev,
         })
     }
 

@@ -79,14 +79,17 @@ pub struct Hub {
     links: Mutex<HashMap<String, LinkEntry>>,
     next_session: std::sync::atomic::AtomicU64,
     changes: broadcast::Sender<Change>,
+    /// `airlock_server_hosts_connected`: the number of `links`, set as they change.
+    connected: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Hub {
-    fn new() -> Hub {
+    fn new(connected: prometheus_client::metrics::gauge::Gauge) -> Hub {
         Hub {
             links: Mutex::new(HashMap::new()),
             next_session: 0.into(),
             changes: broadcast::channel(4096).0,
+            connected,
         }
     }
 
@@ -102,7 +105,8 @@ impl Hub {
         let n = self
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.links().insert(
+        let mut l = self.links();
+        l.insert(
             host.to_string(),
             LinkEntry {
                 session: n,
@@ -110,6 +114,7 @@ impl Hub {
                 tx,
             },
         );
+        self.connected.set(l.len() as i64);
         n
     }
 
@@ -118,6 +123,7 @@ impl Hub {
         let mut l = self.links();
         if l.get(host).is_some_and(|e| e.session == n) {
             l.remove(host);
+            self.connected.set(l.len() as i64);
         }
     }
 
@@ -172,6 +178,8 @@ pub struct Broker {
     pub store: Store,
     config: RwLock<Arc<ServerConfig>>,
     pub hub: Hub,
+    /// This process's metrics (see `crate::metrics`).
+    pub metrics: crate::metrics::Metrics,
     /// Hosts' labels, read when a host links and every [`crate::link::HOST_CHECK`] by the
     /// store watch while any host is linked here; a host missing here is read from the store.
     labels: Mutex<HashMap<String, Arc<BTreeMap<String, String>>>>,
@@ -233,10 +241,12 @@ impl Broker {
     /// Starts the store watch (decisions made on other replicas, revocations; see
     /// `link::watch_store`) in the current Tokio runtime; it ends when the broker is dropped.
     pub fn new(store: Store, config: ServerConfig) -> Arc<Broker> {
+        let metrics = crate::metrics::Metrics::new();
         let b = Arc::new(Broker {
             store,
             config: RwLock::new(Arc::new(config)),
-            hub: Hub::new(),
+            hub: Hub::new(metrics.hosts_connected.clone()),
+            metrics,
             labels: Mutex::default(),
             opened: Mutex::default(),
             reminders: std::sync::OnceLock::new(),
@@ -317,11 +327,12 @@ impl Broker {
         let cfg = self.config();
         let labels = self.labels_of(host).await?;
         let s = &mut p.request;
-        if let Some(route) = cfg.route_for(&Subject {
+        let route = cfg.route_for(&Subject {
             host,
             labels: &labels,
             context: &p.body.context,
-        }) {
+        });
+        if let Some(route) = route {
             s.route = Some(route.name.clone());
             s.threshold = route.threshold;
         } else {
@@ -331,6 +342,7 @@ impl Broker {
         match self.store.upsert_opened(s).await? {
             Upserted::New => {
                 tracing::info!(id = %s.id, host, route = s.route.as_deref().unwrap_or("-"), "request opened");
+                self.metrics.opened(route);
                 let p = Arc::new(p);
                 self.remember(p.clone());
                 self.remind(p.clone(), false);
@@ -381,6 +393,7 @@ impl Broker {
             {
                 tracing::warn!(id = %id, host, user = ?by.user, "request decided by break-glass on the host");
             }
+            self.metrics.closed(closed.request.state);
             // `close` committed durably before returning (see `Store::close`).
             self.hub.publish(Change::Closed(closed.request));
         }
@@ -406,6 +419,23 @@ impl Broker {
     /// [`Broker::vote`] by a principal whose identity provider vouched for `idp_groups` (the
     /// web page's OIDC sign-in; see `route::effective_principal`).
     pub async fn vote_with(
+        &self,
+        principal: &str,
+        idp_groups: &[String],
+        token: Option<&str>,
+        via: &str,
+        id: &str,
+        decision: Decision,
+    ) -> Result<StoredRequest, Fault> {
+        let r = self
+            .cast(principal, idp_groups, token, via, id, decision)
+            .await;
+        self.metrics.vote(via, r.is_ok());
+        r
+    }
+
+    /// [`Broker::vote_with`] without counting it.
+    async fn cast(
         &self,
         principal: &str,
         idp_groups: &[String],
@@ -478,7 +508,8 @@ impl Broker {
                 route::tally(threshold, votes, now)
             })
             .await?;
-        if res.decided.is_some() {
+        if let Some(d) = &res.decided {
+            self.metrics.decided(&route.name, d.release);
             tracing::info!(id, host = %cur.host, principal, "request decided");
             if let Some(m) = wire::decision_message(&res.request) {
                 self.hub.send(&cur.host, m);

@@ -6,9 +6,19 @@
 //!  Hello.audit_key ──▶ trust on first use: the first key a host presents is kept (under the
 //!                      name of its certificate); another key later → alert, batches refused
 //!  AuditBatch ──▶ bounds ─▶ stored head ─▶ verify (airlock_audit::ChainVerifier::resume from
-//!                 it; records already stored must be identical) ─▶ one transaction ─▶ AuditAck
+//!                 it; records already stored must be identical) ─▶ one transaction, run by a
+//!                 task of its own ─▶ AuditAck once it committed
 //!                 any problem: alert + attempt, nothing stored, AuditAck{stored head, refused}
 //! ```
+//!
+//! Batches are pipelined: a host may send the next batch before the previous one's
+//! acknowledgement. While a batch commits, the next one is read and verified against the
+//! last record of the one committing (it continues that one or is handled after it
+//! committed); it is stored only once that commit succeeded, in the next transaction.
+//! Acknowledgements go out in batch order, each only after its own commit (durable: SQLite
+//! `synchronous = FULL`, PostgreSQL `synchronous_commit` on). A batch that starts right after
+//! a refused (or failed) one, beyond the stored head, was sent before the host heard of the
+//! refusal: it is refused without an alert, and the host resends from the stored head.
 //!
 //! A resend after a lost acknowledgement is the common duplicate: records at or below the
 //! stored head are compared with what is stored (by hash, the record itself re-hashed) and
@@ -19,19 +29,19 @@
 //!
 //! The host's chain must be named after its enrolled name (records' `host`, checkpoints'
 //! origin `airlock/<host>`): a host cannot file records under another's name.
-use std::collections::BTreeMap;
+mod check;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_audit::{
-    Anchor, ChainVerifier, Hash, KeyError, NoteError, Problem, Record, SignedCheckpoint,
-    VerifierKey,
-};
+use airlock_audit::{Anchor, KeyError, NoteError, Problem, VerifierKey};
 use airlock_proto::v1 as pb;
 
 use crate::broker::{Broker, now_ms};
 use crate::error::Fault;
-use crate::store::{NewAuditRecord, Pruned, Store, StoreError};
+use crate::store::{Pruned, Store, StoreError};
+
+pub use check::{Verified, verify};
 
 /// Most records in one batch.
 pub const MAX_BATCH_RECORDS: usize = 4096;
@@ -94,6 +104,12 @@ pub enum CollectError {
     /// The chain is broken (changed, missing, reordered, inserted record; bad checkpoint).
     #[error("{0}")]
     Chain(#[from] Problem),
+    /// Sent before the host heard that an earlier batch was refused or not stored: it does not
+    /// continue the stored chain. Not an alert; the host resends from the stored head.
+    #[error(
+        "batch from {first_seq} does not continue the stored head {head}: a batch before it was not stored; resend"
+    )]
+    Behind { first_seq: u64, head: u64 },
     /// The verification task was cancelled (the runtime is stopping).
     #[error("airlock-server is shutting down; resend")]
     ShuttingDown,
@@ -117,12 +133,33 @@ enum KeyState {
 pub struct HostAudit {
     host: String,
     key: KeyState,
+    /// The verified batch being stored, if any.
+    storing: Option<Storing>,
+    /// After a batch of this session was refused or not stored: the seq right after its last
+    /// record, where a batch the host sent behind it (before hearing of the refusal) starts.
+    /// Such a batch is refused as [`CollectError::Behind`], without an alert.
+    behind: Option<u64>,
 }
 
-/// An `AuditAck`.
+/// A verified batch committing in a task of its own.
+#[derive(Debug)]
+struct Storing {
+    first_seq: u64,
+    /// The stored head it was verified against (the refusal's `up_to_seq` if it fails).
+    from: Anchor,
+    /// Its last record: the head once it is stored, which the next batch is verified against.
+    tip: Anchor,
+    task: tokio::task::JoinHandle<Result<Anchor, StoreError>>,
+}
+
+/// How the store of a batch ended, from [`HostAudit::stored`], for [`HostAudit::acknowledge`].
+#[derive(Debug)]
+pub struct StoreOutcome(Result<Anchor, CollectError>);
+
 /// What a collector-only process answers to anything but the audit stream and its queries.
 pub const COLLECTOR_ONLY: &str = "this airlock-server runs as an audit collector only (airlock-server collector): requests, decisions and settings are served by airlock-server serve";
 
+/// An `AuditAck`.
 fn ack(up_to_seq: u64, refused: String) -> pb::ServerMessage {
     pb::ServerMessage {
         body: Some(pb::server_message::Body::AuditAck(pb::AuditAck {
@@ -132,12 +169,19 @@ fn ack(up_to_seq: u64, refused: String) -> pb::ServerMessage {
     }
 }
 
+/// A batch's verification or store result: `Ok(Some(head))` when nothing was left to store
+/// (acknowledged at once), `Ok(None)` when its store started (acknowledged when it ends),
+/// `Err` with the stored head for the refusal's `up_to_seq`.
+type Handled = Result<Option<Anchor>, (u64, CollectError)>;
+
 impl HostAudit {
     /// The collector of `host` (the name from its certificate).
     pub fn new(host: &str) -> HostAudit {
         HostAudit {
             host: host.to_string(),
             key: KeyState::Unknown,
+            storing: None,
+            behind: None,
         }
     }
 
@@ -197,19 +241,105 @@ impl HostAudit {
         }
     }
 
-    /// Handles one batch; returns the `AuditAck` to send.
-    pub async fn batch(&mut self, b: &Broker, batch: pb::AuditBatch) -> pb::ServerMessage {
+    /// Handles one batch; returns the `AuditAck`s to send now, in order: the one of the batch
+    /// that was being stored when this one had to wait for it, and this batch's own when it
+    /// is refused or has nothing to store. A batch whose store starts is acknowledged through
+    /// [`HostAudit::stored`] and [`HostAudit::acknowledge`].
+    pub async fn batch(&mut self, b: &Broker, batch: pb::AuditBatch) -> Vec<pb::ServerMessage> {
         let first_seq = batch.first_seq;
+        let end = after_last(&batch);
+        let mut out = Vec::new();
         if let KeyState::Refused(why) = &self.key {
             // Alerted once, at the Hello; the host retries each batch later.
             let why = why.clone();
+            out.extend(self.finish(b).await);
             let head = b.store.audit_head(&self.host).await.map_or(0, |h| h.seq);
-            return ack(head, why);
+            out.push(ack(head, why));
+            return out;
         }
-        match self.store(b, batch).await {
+        let handled = match self.storing.as_ref().map(|s| s.tip) {
+            Some(tip) if continues(&batch, tip) => {
+                self.after_storing(b, batch, tip, &mut out).await
+            }
+            _ => {
+                out.extend(self.finish(b).await);
+                self.after_stored(b, batch).await
+            }
+        };
+        match handled {
+            Ok(Some(head)) => out.push(ack(head.seq, String::new())),
+            Ok(None) => {}
+            Err((head, e)) => out.push(self.refuse(b, first_seq, end, head, e).await),
+        }
+        out
+    }
+
+    /// Whether a batch is being stored (then [`HostAudit::stored`] ends).
+    pub fn storing(&self) -> bool {
+        self.storing.is_some()
+    }
+
+    /// Waits until the batch being stored is committed or failed (forever when none is).
+    /// Cancel-safe: a link polls it beside its other work, then passes the outcome to
+    /// [`HostAudit::acknowledge`].
+    pub async fn stored(&mut self) -> StoreOutcome {
+        match &mut self.storing {
+            Some(s) => StoreOutcome(joined((&mut s.task).await)),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The `AuditAck` of the batch whose store ended with `outcome`.
+    pub async fn acknowledge(&mut self, b: &Broker, outcome: StoreOutcome) -> pb::ServerMessage {
+        match self.storing.take() {
+            Some(s) => self.answer(b, &s, outcome.0).await,
+            // Not reached: `stored` ends only while a batch is being stored.
+            None => ack(0, String::new()),
+        }
+    }
+
+    /// Waits for the batch being stored, if any, and returns its `AuditAck`.
+    async fn finish(&mut self, b: &Broker) -> Option<pb::ServerMessage> {
+        let mut s = self.storing.take()?;
+        let _g = Probe(std::time::Instant::now(), "wait");
+        let outcome = joined((&mut s.task).await);
+        Some(self.answer(b, &s, outcome).await)
+    }
+
+    async fn answer(
+        &mut self,
+        b: &Broker,
+        s: &Storing,
+        outcome: Result<Anchor, CollectError>,
+    ) -> pb::ServerMessage {
+        match outcome {
             Ok(head) => ack(head.seq, String::new()),
+            Err(e) => {
+                let end = Some(s.tip.seq + 1);
+                self.refuse(b, s.first_seq, end, s.from.seq, e).await
+            }
+        }
+    }
+
+    /// The refusal of the batch from `first_seq` whose records end before `end` (the stored
+    /// head is `head`): an alert and the attempt for problems of the host's chain; the
+    /// attempt only for the store's failures; neither for a batch behind a refused one.
+    async fn refuse(
+        &mut self,
+        b: &Broker,
+        first_seq: u64,
+        end: Option<u64>,
+        head: u64,
+        e: CollectError,
+    ) -> pb::ServerMessage {
+        self.behind = end;
+        match e {
+            e @ CollectError::Behind { .. } => {
+                tracing::debug!(host = %self.host, error = %e, "audit batch sent behind a refused one");
+                ack(head, e.to_string())
+            }
             // Not the host's doing: no alert; the host resends later.
-            Err((head, CollectError::Store(e))) => {
+            CollectError::Store(e) => {
                 tracing::warn!(host = %self.host, first_seq, error = %e, "storing an audit batch failed");
                 let f = Fault::Store(e);
                 let code = f.code();
@@ -219,7 +349,7 @@ impl HostAudit {
                 b.record(&who, "link", "audit", None, code, &shown).await;
                 ack(head, shown)
             }
-            Err((head, e)) => {
+            e => {
                 let why = e.to_string();
                 self.alert(b, &e, &format!("batch from {first_seq}: {why}"))
                     .await;
@@ -245,26 +375,85 @@ impl HostAudit {
         .await;
     }
 
-    /// Verifies and stores; Err carries the stored head for the refusal's `up_to_seq`.
-    async fn store(
-        &mut self,
-        b: &Broker,
-        batch: pb::AuditBatch,
-    ) -> Result<Anchor, (u64, CollectError)> {
+    /// A batch with nothing being stored before it: verified against the stored head.
+    async fn after_stored(&mut self, b: &Broker, batch: pb::AuditBatch) -> Handled {
         let store = &b.store;
         let head = store
             .audit_head(&self.host)
             .await
             .map_err(|e| (0, e.into()))?;
         let fail = |e: CollectError| (head.seq, e);
-        check_bounds(&batch).map_err(fail)?;
+        check::check_bounds(&batch).map_err(fail)?;
         let key = self.key(b).await.map_err(fail)?;
-        let notes = parse_notes(&batch.checkpoints).map_err(fail)?;
-        let stored = stored_hashes(store, &self.host, head, &batch, &notes)
+        let notes = check::parse_notes(&batch.checkpoints).map_err(fail)?;
+        // Right behind a refused batch and not continuing the stored head: sent before the
+        // host heard of the refusal. Anything else is verified (a gap is alerted).
+        if self.behind.take() == Some(batch.first_seq) && batch.first_seq > head.seq + 1 {
+            return Err(fail(CollectError::Behind {
+                first_seq: batch.first_seq,
+                head: head.seq,
+            }));
+        }
+        let stored = check::stored_hashes(store, &self.host, head, &batch, &notes)
             .await
             .map_err(|e| fail(e.into()))?;
+        let verified = self
+            .verify(key, head, batch, notes, stored)
+            .await
+            .map_err(fail)?;
+        if verified.records.is_empty() && verified.checkpoints.is_empty() {
+            return Ok(Some(head));
+        }
+        self.start_store(b, head, verified);
+        Ok(None)
+    }
+
+    /// A batch that continues the one being stored (see [`continues`]): verified against that
+    /// one's last record while it commits, stored after it.
+    async fn after_storing(
+        &mut self,
+        b: &Broker,
+        batch: pb::AuditBatch,
+        tip: Anchor,
+        out: &mut Vec<pb::ServerMessage>,
+    ) -> Handled {
+        let first_seq = batch.first_seq;
+        let checked = match (check::check_bounds(&batch), self.key(b).await) {
+            (Ok(()), Ok(key)) => check::parse_notes(&batch.checkpoints).map(|n| (key, n)),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        let verified = match checked {
+            Ok((key, notes)) => {
+                // The only stored record a continuing batch can refer to.
+                let stored = [(tip.seq, tip.hash)].into();
+                self.verify(key, tip, batch, notes, stored).await
+            }
+            Err(e) => Err(e),
+        };
+        out.extend(self.finish(b).await);
+        if self.behind.take() == Some(first_seq) {
+            // The batch before was not stored: this one does not continue the stored head.
+            let head = b.store.audit_head(&self.host).await.map_or(0, |h| h.seq);
+            return Err((head, CollectError::Behind { first_seq, head }));
+        }
+        let verified = verified.map_err(|e| (tip.seq, e))?;
+        self.start_store(b, tip, verified);
+        Ok(None)
+    }
+
+    /// Verifies a batch against `head` off the async threads.
+    async fn verify(
+        &self,
+        key: VerifierKey,
+        head: Anchor,
+        batch: pb::AuditBatch,
+        notes: Vec<airlock_audit::SignedCheckpoint>,
+        stored: std::collections::BTreeMap<u64, airlock_audit::Hash>,
+    ) -> Result<Verified, CollectError> {
         let host = self.host.clone();
-        let verified = tokio::task::spawn_blocking(move || {
+        let t0 = std::time::Instant::now();
+        let _g = Probe(t0, "verify");
+        tokio::task::spawn_blocking(move || {
             verify(
                 &host,
                 &key,
@@ -278,205 +467,70 @@ impl HostAudit {
         .await
         .map_err(|e| match e.try_into_panic() {
             Ok(p) => std::panic::resume_unwind(p),
-            Err(_) => fail(CollectError::ShuttingDown),
+            Err(_) => CollectError::ShuttingDown,
         })?
-        .map_err(fail)?;
-        if verified.records.is_empty() && verified.checkpoints.is_empty() {
-            return Ok(head);
-        }
-        store
-            .store_audit_batch(
-                &self.host,
-                head,
-                &verified.records,
-                &verified.checkpoints,
-                now_ms(),
-            )
-            .await
-            .map_err(|e| fail(e.into()))
     }
-}
 
-/// The batch's size bounds, checked before anything is parsed.
-fn check_bounds(batch: &pb::AuditBatch) -> Result<(), CollectError> {
-    if batch.records.len() > MAX_BATCH_RECORDS {
-        return Err(CollectError::TooManyRecords {
-            records: batch.records.len(),
-        });
-    }
-    if batch.checkpoints.len() > MAX_BATCH_CHECKPOINTS {
-        return Err(CollectError::TooManyCheckpoints {
-            checkpoints: batch.checkpoints.len(),
-        });
-    }
-    let bytes: usize = batch.records.iter().map(String::len).sum::<usize>()
-        + batch.checkpoints.iter().map(String::len).sum::<usize>();
-    if bytes > MAX_BATCH_BYTES {
-        return Err(CollectError::TooManyBytes { bytes });
-    }
-    Ok(())
-}
-
-fn parse_notes(texts: &[String]) -> Result<Vec<SignedCheckpoint>, CollectError> {
-    texts
-        .iter()
-        .enumerate()
-        .map(|(index, t)| {
-            SignedCheckpoint::parse(t).map_err(|source| CollectError::BadNote { index, source })
-        })
-        .collect()
-}
-
-/// The stored hashes the batch's duplicates and its checkpoints over stored records are
-/// compared with.
-async fn stored_hashes(
-    store: &Store,
-    host: &str,
-    head: Anchor,
-    batch: &pb::AuditBatch,
-    notes: &[SignedCheckpoint],
-) -> Result<BTreeMap<u64, Hash>, StoreError> {
-    let mut out = BTreeMap::new();
-    if !batch.records.is_empty() && batch.first_seq <= head.seq {
-        let last = batch
-            .first_seq
-            .saturating_add(batch.records.len() as u64 - 1);
-        out = store
-            .audit_hashes(host, batch.first_seq, last.min(head.seq))
-            .await?;
-    }
-    for n in notes {
-        let size = n.claimed().size;
-        if size < head.seq && !out.contains_key(&size) {
-            out.extend(store.audit_hashes(host, size, size).await?);
-        }
-    }
-    out.insert(head.seq, head.hash);
-    Ok(out)
-}
-
-/// What a batch adds once verified.
-#[derive(Debug, Default)]
-pub struct Verified {
-    /// Records after the stored head, in order.
-    pub records: Vec<NewAuditRecord>,
-    /// Checkpoints `(size, note)` that verified against a record.
-    pub checkpoints: Vec<(u64, String)>,
-}
-
-/// Verifies a batch of `host`'s chain against the stored `head` with `key`. `stored`: hashes
-/// of stored records (those the batch repeats and those its checkpoints name, and the head).
-pub fn verify(
-    host: &str,
-    key: &VerifierKey,
-    head: Anchor,
-    first_seq: u64,
-    texts: Vec<String>,
-    notes: Vec<SignedCheckpoint>,
-    stored: &BTreeMap<u64, Hash>,
-) -> Result<Verified, CollectError> {
-    let mut records = Vec::with_capacity(texts.len());
-    for (index, text) in texts.into_iter().enumerate() {
-        let r: Record = serde_json::from_str(&text)
-            .map_err(|source| CollectError::Malformed { index, source })?;
-        // The stored text is what queries return and exports re-verify: it must be the
-        // encoding the hash covers, byte for byte.
-        match r.to_canonical() {
-            Ok(c) if c == text.as_bytes() => {}
-            Ok(_) => return Err(CollectError::NotCanonical { seq: r.seq }),
-            Err(_) => return Err(Problem::NotCanonical { seq: r.seq }.into()),
-        }
-        records.push((r, text));
-    }
-    if let Some((r, _)) = records.first()
-        && r.seq != first_seq
-    {
-        return Err(CollectError::FirstSeq {
-            first_seq,
+    /// Starts storing `verified` (which continues `head`) in a task of its own.
+    fn start_store(&mut self, b: &Broker, head: Anchor, verified: Verified) {
+        let tip = verified.records.last().map_or(head, |r| Anchor {
             seq: r.seq,
+            hash: r.hash,
+        });
+        let first_seq = verified.records.first().map_or(0, |r| r.seq);
+        let store = b.store.clone();
+        let host = self.host.clone();
+        let task = tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            let r = store
+                .store_audit_batch(
+                    &host,
+                    head,
+                    &verified.records,
+                    &verified.checkpoints,
+                    now_ms(),
+                )
+                .await;
+            eprintln!("PROBE store {:?}", t0.elapsed());
+            r
+        });
+        self.storing = Some(Storing {
+            first_seq,
+            from: head,
+            tip,
+            task,
         });
     }
-    contiguous(&records)?;
-    let mut v = ChainVerifier::resume(key.clone(), host, head);
-    let mut out = Verified::default();
-    for n in &notes {
-        v.checkpoint(n)?;
-        let size = n.claimed().size;
-        if size <= head.seq {
-            match stored.get(&size) {
-                Some(h) if *h != n.claimed().hash => {
-                    return Err(CollectError::CheckpointDisagrees { size });
-                }
-                Some(_) => out.checkpoints.push((size, n.text().to_string())),
-                // Over a record retention deleted: its signature verified, nothing to
-                // compare it with, not kept.
-                None => {}
-            }
-        }
-    }
-    for (r, text) in records {
-        if r.seq <= head.seq {
-            // A record the collector has: skipped when it is the same record.
-            match r.compute_hash() {
-                Ok(h) if h == r.hash => {}
-                _ => return Err(Problem::Altered { seq: r.seq }.into()),
-            }
-            if r.host != host {
-                return Err(Problem::WrongHost {
-                    seq: r.seq,
-                    expected: host.to_string(),
-                    found: r.host,
-                }
-                .into());
-            }
-            if stored.get(&r.seq).is_some_and(|h| *h != r.hash) {
-                return Err(Problem::Altered { seq: r.seq }.into());
-            }
-            continue;
-        }
-        v.record(&r)?;
-        out.records.push(NewAuditRecord::new(&r, text));
-    }
-    v.finish()?;
-    for n in &notes {
-        let size = n.claimed().size;
-        if size > head.seq {
-            out.checkpoints.push((size, n.text().to_string()));
-        }
-    }
-    Ok(out)
 }
 
-/// The batch's records are numbered one after another; names the first that is not: one
-/// that belongs later or earlier in the batch is out of order, one whose number was seen
-/// already is repeated, and a number that never comes is missing.
-fn contiguous(records: &[(Record, String)]) -> Result<(), Problem> {
-    let Some((first, _)) = records.first() else {
-        return Ok(());
-    };
-    for (i, (r, _)) in records.iter().enumerate() {
-        let expected = first.seq + i as u64;
-        if r.seq < expected {
-            let seen = records[..i].iter().any(|(x, _)| x.seq == r.seq);
-            return Err(if seen {
-                Problem::Repeated { seq: r.seq }
-            } else {
-                Problem::Reordered { seq: r.seq }
-            });
-        }
-        if r.seq > expected {
-            let later = records[i..].iter().any(|(x, _)| x.seq == expected);
-            return Err(if later {
-                Problem::Reordered { seq: expected }
-            } else {
-                Problem::Missing {
-                    seq: expected,
-                    found: r.seq,
-                }
-            });
-        }
+/// The seq right after the last record of `batch` (None without records).
+fn after_last(batch: &pb::AuditBatch) -> Option<u64> {
+    let n = u64::try_from(batch.records.len()).ok()?;
+    (n > 0).then(|| batch.first_seq.saturating_add(n))
+}
+
+/// Whether `batch` can be verified while the batch ending at `tip` is stored: its records
+/// start right after `tip`, and none of its checkpoints names an earlier record (whose hash
+/// would have to be read from the store).
+fn continues(batch: &pb::AuditBatch, tip: Anchor) -> bool {
+    !batch.records.is_empty()
+        && batch.first_seq == tip.seq + 1
+        && batch.checkpoints.iter().all(|t| {
+            airlock_audit::SignedCheckpoint::parse(t).is_ok_and(|n| n.claimed().size >= tip.seq)
+        })
+}
+
+/// A store task's result.
+fn joined(
+    r: Result<Result<Anchor, StoreError>, tokio::task::JoinError>,
+) -> Result<Anchor, CollectError> {
+    match r {
+        Ok(r) => r.map_err(CollectError::from),
+        Err(e) => match e.try_into_panic() {
+            Ok(p) => std::panic::resume_unwind(p),
+            Err(_) => Err(CollectError::ShuttingDown),
+        },
     }
-    Ok(())
 }
 
 /// Deletes what the collector stored longer than `retention` before `now`.
@@ -510,4 +564,11 @@ pub fn spawn_pruner(b: &Arc<Broker>) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+struct Probe(std::time::Instant, &'static str);
+impl Drop for Probe {
+    fn drop(&mut self) {
+        eprintln!("PROBE {} {:?}", self.1, self.0.elapsed());
+    }
 }

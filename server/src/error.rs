@@ -116,6 +116,8 @@ pub fn collect_code(e: &CollectError) -> Code {
         CollectError::Chain(_) | CollectError::CheckpointDisagrees { .. } => Code::DataLoss,
         CollectError::StoredKey(_) => Code::Internal,
         CollectError::ShuttingDown => Code::Unavailable,
+        // Behind a refused batch: sent again once the host hears of the refusal.
+        CollectError::Behind { .. } => Code::Aborted,
         CollectError::Store(s) => Fault::store_code(s),
     }
 }

@@ -8,15 +8,18 @@
 //! The flow and the file that owns each step are in docs/ARCHITECTURE.md.
 pub mod approvals;
 pub mod audit_query;
+pub mod audit_verify;
 pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod collector;
 pub mod config;
+pub mod docs;
 pub mod enroll;
 pub mod error;
 pub mod http;
 pub mod link;
+pub mod metrics;
 pub mod outbound;
 pub mod pki;
 pub mod remind;

@@ -288,11 +288,20 @@ async fn run(
                     }
                 }
                 Some(Ok(pb::HostMessage { body: Some(Up::Audit(batch)) })) => {
-                    // Verified and stored (or refused) before the next message is read: one
-                    // batch at a time, as the host sends them.
-                    let _ = tx.send(audit.batch(&b, batch).await);
+                    // Verified before the next message is read (while the batch before it
+                    // commits, if it continues that one); stored by a task, acknowledged below.
+                    for m in audit.batch(&b, batch).await {
+                        b.metrics.sent(&m);
+                        let _ = tx.send(m);
+                    }
                 }
             },
+            // A batch committed (or failed): its AuditAck, in batch order.
+            o = audit.stored(), if audit.storing() => {
+                let m = audit.acknowledge(&b, o).await;
+                b.metrics.sent(&m);
+                let _ = tx.send(m);
+            }
             Some(d) = deliveries.recv() => match d {
                 // Decisions and settings are the approval server's to send.
                 Delivery::Message(_) if collector_only => {}

@@ -113,6 +113,9 @@ impl Post {
                 Ok(()) => return,
                 Err((why, retry)) => {
                     tracing::warn!(channel = self.channel, id = %self.id, event = self.event, attempt, error = %why, "POST failed");
+                    if let Some(b) = broker.upgrade() {
+                        b.metrics.delivery_error(self.channel);
+                    }
                     last = why;
                     if !retry {
                         break;
@@ -125,6 +128,7 @@ impl Post {
             }
         }
         if let Some(b) = broker.upgrade() {
+            b.metrics.delivery_failed(self.channel);
             let msg = format!(
                 "{} not delivered to {}: {last}",
                 self.event,

@@ -173,6 +173,10 @@ pub struct TestServer {
     /// on an ephemeral loopback port).
     pub http_addr: SocketAddr,
     http_task: tokio::task::JoinHandle<()>,
+    /// The metrics listener's address (`GET /metrics`; always on here, on an ephemeral
+    /// loopback port).
+    pub metrics_addr: SocketAddr,
+    _metrics: crate::metrics::Listener,
     /// The CA certificate (PEM): what hosts and approvers trust.
     pub ca_pem: String,
     /// The CA (signs host certificates in [`TestServer::enroll`]).
@@ -239,6 +243,7 @@ impl TestServer {
         let http_task = tokio::spawn(async move {
             let _ = axum::serve(http, http_router).await;
         });
+        let metrics = crate::metrics::listen("127.0.0.1:0", broker.clone()).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let conns: Arc<Mutex<Vec<OwnedFd>>> = Arc::default();
@@ -265,6 +270,8 @@ impl TestServer {
             addr,
             http_addr,
             http_task,
+            metrics_addr: metrics.addr,
+            _metrics: metrics,
             ca_pem,
             ca,
             broker,

@@ -184,6 +184,16 @@ async fn a_webhook_route_posts_signed_opened_and_closed_events_and_retries_a_fai
     assert_eq!(v["request"]["state"], "approved");
     assert_eq!(v["request"]["decision"]["by"]["principal"], "alice");
     assert_eq!(v["request"]["votes"][0]["principal"], "alice");
+    // Metrics: the 503 was one delivery error, nothing was given up (`airlock_server::metrics`).
+    let m = srv.broker.metrics.encode(false);
+    for line in [
+        "airlock_server_channel_requests_total{channel=\"webhook\"} 1",
+        "airlock_server_channel_delivery_errors_total{channel=\"webhook\"} 1",
+        "airlock_server_requests_closed_total{state=\"approved\"} 1",
+        "airlock_server_channel_delivery_failures_total{channel=\"webhook\"} 0",
+    ] {
+        assert!(m.lines().any(|l| l == line), "no {line:?} in:\n{m}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -82,7 +82,63 @@ pub const CASES: &[(&str, Case)] = &[
         "collector_holds_every_record_the_host_wrote_once",
         collector_holds_every_record,
     ),
+    (
+        "server_votes_are_host_records_before_their_decision_and_outcome",
+        votes_are_recorded,
+    ),
 ];
+
+/// Each vote the server counted is a `vote` record of the host, followed by the request's
+/// `decision` and `outcome` under the same correlation id, in the collector's store.
+fn votes_are_recorded(c: &Ctx) -> anyhow::Result<()> {
+    let token = c.fx.tokens.get("alice").context("alice's token")?;
+    let q = Command::new(c.bin_dir.join("airlock"))
+        .args([
+            "audit", "query", "--json", "--limit", "10000", "--host", "e2e-host",
+        ])
+        .args(["--server", &c.fx.url, "--token", token, "--ca"])
+        .arg(c.fx.sdir.join("ca.pem"))
+        .output()?;
+    ensure(q.status.success(), || {
+        format!("audit query: {}", String::from_utf8_lossy(&q.stderr))
+    })?;
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&q.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let of = |kind: &str, corr: &str| {
+        rows.iter()
+            .filter(|r| r["kind"] == kind && r["corr"] == corr)
+            .filter_map(|r| r["seq"].as_u64())
+            .collect::<Vec<u64>>()
+    };
+    let votes: Vec<&serde_json::Value> = rows.iter().filter(|r| r["kind"] == "vote").collect();
+    ensure(!votes.is_empty(), || {
+        format!("no vote record among {} records", rows.len())
+    })?;
+    for v in votes {
+        let corr = v["corr"]
+            .as_str()
+            .context("a vote without a correlation id")?;
+        let seq = v["seq"].as_u64().context("seq")?;
+        ensure(v["body"]["approver"].is_string(), || {
+            format!("vote {seq} names no approver: {v}")
+        })?;
+        let (decision, outcome) = (of("decision", corr), of("outcome", corr));
+        ensure(
+            decision.len() == 1
+                && outcome.len() == 1
+                && seq < decision[0]
+                && decision[0] < outcome[0],
+            || {
+                format!(
+                    "request {corr}: vote at {seq}, decision at {decision:?}, outcome at {outcome:?}"
+                )
+            },
+        )?;
+    }
+    Ok(())
+}
 
 /// The collector holds every record of the host from seq 1 up to the host's head, each once
 /// (waits up to [`WAIT`] for shipping to catch up).

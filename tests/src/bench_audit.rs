@@ -14,6 +14,9 @@ const DECODE: usize = 200_000;
 const SHIPPED: usize = 100_000;
 /// Records per batch (the collector's limit is 4096).
 const BATCH: usize = 4096;
+/// Batches in flight: the next is sent before the previous one's ack, as airlockd's shipper
+/// does (the collector verifies it while the previous one commits).
+const WINDOW: usize = 2;
 /// Targets of the issue.
 const DECODE_TARGET: f64 = 500_000.0;
 const STORE_TARGET: f64 = 100_000.0;
@@ -195,8 +198,8 @@ struct Shipped {
     duplicated: usize,
 }
 
-/// Sends every record in batches, each after the previous one's ack, then counts what the
-/// store holds.
+/// Sends every record in batches, at most [`WINDOW`] of them unacknowledged, then counts what
+/// the store holds. Each ack must be the next batch's, stored.
 async fn ship_to(
     db: Option<String>,
     records: &(HostChain, Vec<String>),
@@ -216,11 +219,18 @@ async fn ship_to(
     )
     .await?;
     let t0 = Instant::now();
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut sent = 0u64;
     for chunk in records.chunks(BATCH) {
-        let ack = host
-            .audit(batch(chunk, &[]), Duration::from_secs(60))
-            .await?;
-        anyhow::ensure!(ack.refused.is_empty(), "batch refused: {}", ack.refused);
+        if in_flight.len() == WINDOW {
+            acked(&mut host, &mut in_flight).await?;
+        }
+        host.send_audit(batch(chunk, &[]))?;
+        sent += chunk.len() as u64;
+        in_flight.push_back(sent);
+    }
+    while !in_flight.is_empty() {
+        acked(&mut host, &mut in_flight).await?;
     }
     let wall = t0.elapsed();
     let stored = srv
@@ -245,4 +255,20 @@ async fn ship_to(
         lost,
         duplicated,
     })
+}
+
+/// Waits for the ack of the oldest batch in flight (whose last seq is `in_flight`'s front).
+async fn acked(
+    host: &mut airlock_server::testing::FakeHost,
+    in_flight: &mut std::collections::VecDeque<u64>,
+) -> anyhow::Result<()> {
+    let ack = host.audit_ack(Duration::from_secs(60)).await?;
+    anyhow::ensure!(ack.refused.is_empty(), "batch refused: {}", ack.refused);
+    let last = in_flight.pop_front();
+    anyhow::ensure!(
+        Some(ack.up_to_seq) == last,
+        "ack up to {} for the batch ending at {last:?}",
+        ack.up_to_seq
+    );
+    Ok(())
 }

@@ -260,6 +260,11 @@ type Case = fn(&Ctx) -> anyhow::Result<()>;
 
 /// (name, needs the LSM backend, check).
 pub const CASES: &[(&str, bool, Case)] = &[
+    (
+        "sigkilled_airlock_run_leaves_no_scope_behind",
+        false,
+        crate::scopes::sigkilled_run,
+    ),
     ("agent_exec_of_gated_binary_is_denied", false, |c| {
         denied(
             c.exec(c.agent(), &c.fx.gated.path, &c.fx.gated)?,

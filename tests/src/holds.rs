@@ -126,7 +126,7 @@ impl HoldCtx<'_> {
         self.cli_in(None, args)
     }
 
-    fn cli_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn cli_ok(&self, args: &[&str]) -> anyhow::Result<String> {
         let o = self.cli(args)?;
         ensure(o.status.success(), || {
             format!(
@@ -150,7 +150,7 @@ impl HoldCtx<'_> {
     }
 
     /// Starts an exec of `tool --op echo WORD` in the agent cgroup.
-    fn spawn_exec(&self, tool: &Path, word: &str) -> anyhow::Result<Spawned> {
+    pub(crate) fn spawn_exec(&self, tool: &Path, word: &str) -> anyhow::Result<Spawned> {
         let t = tool.to_string_lossy().to_string();
         self.spawn_op("exec", &[&t, "--op", "echo", word])
     }
@@ -176,7 +176,7 @@ impl HoldCtx<'_> {
     }
 
     /// Waits for a pending request of `pid`; returns its id.
-    fn wait_pending(&self, pid: u32) -> anyhow::Result<String> {
+    pub(crate) fn wait_pending(&self, pid: u32) -> anyhow::Result<String> {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(r) = self.requests_of(pid, "pending").first() {
@@ -652,6 +652,10 @@ pub const CASES: &[(&str, Case)] = &[
         let o = run.finish(WAIT)?;
         out_is(&o, "via-run", "agent under airlock run")
     }),
+    (
+        "policy_file_change_reloads_and_a_bad_one_is_refused_with_its_position",
+        crate::reload::policy_file_change_reloads_and_a_bad_one_is_refused,
+    ),
 ];
 
 /// What airlockd logs when it treats an open whose flags it could not read as a write.

@@ -5,6 +5,7 @@
 //! `e2e: N passed, M failed, K skipped`; exits non-zero on any failure. `--op` is the child
 //! helper the scenarios run inside agent cgroups.
 mod audit;
+mod audit_stream;
 mod bench;
 mod bench_audit;
 mod bench_holds;
@@ -18,7 +19,10 @@ mod holds;
 mod ops;
 mod ops_fd;
 mod ops_unholdable;
+mod reload;
+mod scopes;
 mod server;
+mod units;
 mod web;
 
 use std::path::PathBuf;
@@ -177,6 +181,31 @@ fn main() -> ExitCode {
         );
         return finish(&r);
     }
+    // Development shortcut: only the audit stream's outage and kill scenarios (host tier).
+    if std::env::var("AIRLOCK_E2E_ONLY").as_deref() == Ok("audit-stream") {
+        let me = std::env::current_exe().unwrap_or_default();
+        let pins = harness::Pins;
+        audit_stream::run_all(&mut r, &a.bin_dir, &me, &base);
+        r.check(
+            "test_pins_removed",
+            ensure(pins.remove(), || "pins left".into()),
+        );
+        return finish(&r);
+    }
+    // Development shortcut: only the hold scenarios.
+    if std::env::var("AIRLOCK_E2E_ONLY").as_deref() == Ok("holds") {
+        let me = std::env::current_exe().unwrap_or_default();
+        let pins = harness::Pins;
+        holds::run_all(&mut r, &a.bin_dir, &me, &base, a.tier == "guest");
+        r.check(
+            "test_pins_removed",
+            ensure(pins.remove(), || "pins left".into()),
+        );
+        return finish(&r);
+    }
+    if a.tier == "host" {
+        units::run_all(&mut r, &a.bin_dir);
+    }
     r.check(
         "bad_policy_is_refused_with_file_line_column",
         bad_policy_is_refused_with_location(&a, &base),
@@ -324,6 +353,9 @@ fn main() -> ExitCode {
     drop(fx);
     holds::run_all(&mut r, &a.bin_dir, &me, &base, want_backend == "lsm");
     server::run_all(&mut r, &a.bin_dir, &me, &base, a.tier == "host");
+    if a.tier == "host" {
+        audit_stream::run_all(&mut r, &a.bin_dir, &me, &base);
+    }
     r.check(
         "test_cgroups_and_pins_removed",
         (|| {

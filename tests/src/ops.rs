@@ -426,6 +426,8 @@ pub fn run(op: &str, args: &[String]) -> ! {
                 crate::ops_unholdable::open(a(0), args.get(1).is_some_and(|m| m == "async"))
             }
             "traced-write" => crate::ops_unholdable::traced_write(a(0)),
+            // `write-until PATH STOPFILE PAUSE_US`: the audit stream's bulk writer.
+            "write-until" => crate::audit_stream::write_until(a(0), a(1), a(2)),
             "echo" => {
                 println!("{}", args.join(" "));
                 std::process::exit(0)

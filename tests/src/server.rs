@@ -45,11 +45,17 @@ impl ServerProc {
         })
     }
 
-    fn kill(&mut self) {
+    /// SIGKILL (by PID) and reap.
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Its PID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGHUP (config reload), by PID.

@@ -18,6 +18,22 @@ pub fn build(ctx: &Ctx) -> Result<()> {
     util::run(cargo(ctx).arg("build"))
 }
 
+/// `cargo build` (debug) of only the binaries `cargo xtask man` runs: airlock (which writes
+/// airlockd's docs too) and airlock-server.
+pub fn build_docs_writers(ctx: &Ctx) -> Result<()> {
+    util::run(cargo(ctx).args([
+        "build",
+        "-p",
+        "airlock-agent",
+        "--bin",
+        "airlock",
+        "-p",
+        "airlock-server",
+        "--bin",
+        "airlock-server",
+    ]))
+}
+
 /// `cargo build --release`: benchmarks measure optimized binaries.
 pub fn build_release(ctx: &Ctx) -> Result<()> {
     util::run(cargo(ctx).args(["build", "--release"]))

@@ -6,6 +6,8 @@ mod cpio;
 mod guest;
 mod initramfs;
 mod kernels;
+mod lint;
+mod man;
 mod report;
 mod setup;
 mod stream;
@@ -63,6 +65,9 @@ enum Cmd {
     Bench(bench::Args),
     /// Boot a guest kernel and run a command inside (no command: interactive shell).
     Vm(vm::Args),
+    /// Build, then write the man pages and shell completions of airlock, airlockd and
+    /// airlock-server (DIR/man/, DIR/completions/{bash,zsh,fish}/).
+    Man(man::Args),
 }
 
 fn main() {
@@ -94,6 +99,7 @@ fn real_main(cli: Cli) -> Result<i32> {
         Cmd::Demo { args } => e2e_mode(&ctx, "demo", &args),
         Cmd::Bench(args) => bench::run(&ctx, &args),
         Cmd::Vm(args) => vm::run(&ctx, &args),
+        Cmd::Man(args) => man::run(&ctx, &args),
     }
 }
 

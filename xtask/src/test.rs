@@ -1,4 +1,4 @@
-//! `cargo xtask test`: setup, build, then the unit, host and guest tiers; a per-tier table and a
+//! `cargo xtask test`: setup, build, then the lint, unit, host and guest tiers; a per-tier table and a
 //! final `xtask: N passed, M failed[, K skipped]` line.
 use crate::guest::{self, Accel, Boot};
 use crate::initramfs::{self, Payload, Spec};
@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Tier {
+    /// fmt, clippy -D warnings, the dependency policy, unused dependencies (`lint.rs`).
+    Lint,
     Unit,
     Host,
     Guest,
@@ -167,6 +169,13 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<i32> {
     };
     util::check_interrupted()?;
 
+    if args.runs(Tier::Lint) {
+        let step = Step::new("lint: fmt, clippy, dependencies");
+        let t = crate::lint::run(ctx)?;
+        let d = step.done(&t.counts());
+        row(&mut rows, &mut total, "lint", t, d, None);
+    }
+    util::check_interrupted()?;
     if built.is_ok() {
         if args.runs(Tier::Unit) {
             let step = Step::new("unit tier: cargo test");

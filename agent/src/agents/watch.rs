@@ -117,6 +117,12 @@ impl CgroupWatcher {
         *self.rx.borrow()
     }
 
+    /// Whether the watching thread still runs (the daemon's watchdog checks it: without it new
+    /// agent cgroups would never be gated).
+    pub fn is_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Whether inotify is in use (false: periodic rescans only).
     pub fn uses_inotify(&self) -> bool {
         self.inotify

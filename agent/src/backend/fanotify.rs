@@ -552,6 +552,9 @@ impl Backend for FanotifyBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Fanotify
     }
+    fn is_alive(&self) -> bool {
+        self.threads.iter().all(|t| !t.is_finished())
+    }
     fn set_backstop(&self, allow: Option<Arc<ExecAllow>>) {
         FanotifyBackend::set_backstop(self, allow);
     }

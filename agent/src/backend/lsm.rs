@@ -546,4 +546,8 @@ impl Backend for LsmBackend {
             lost: kernel_lost + self.dropped.load(Ordering::Relaxed),
         }
     }
+
+    fn is_alive(&self) -> bool {
+        !self.reader.is_finished()
+    }
 }

@@ -58,6 +58,11 @@ pub trait Backend: Send {
     /// The fallback's exec backstop: execs this backend lets through must be recorded in
     /// `allow` first (see `exec_context`). Backends that decide in the kernel ignore it.
     fn set_backstop(&self, _allow: Option<std::sync::Arc<exec_context::ExecAllow>>) {}
+    /// Whether the threads or tasks that deliver events to the daemon still run (the
+    /// watchdog's health check: with them gone, held syscalls never become requests).
+    fn is_alive(&self) -> bool {
+        true
+    }
 }
 
 /// Errors starting or updating a backend.

@@ -4,6 +4,15 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // `airlock __generate-docs DIR`: man pages and completions of airlock and airlockd, for
+    // `cargo xtask man` (hidden: not part of the clap definition).
+    if let Some(code) = airlock_cli_support::docs::hidden_command(
+        "airlock",
+        std::env::args_os().skip(1),
+        airlock_agent::docs::generate,
+    ) {
+        return code;
+    }
     airlock_agent::cli::init_logging();
     let cli = airlock_agent::cli::Cli::parse();
     match airlock_agent::cli::dispatch(cli) {

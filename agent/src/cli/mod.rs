@@ -144,19 +144,9 @@ where
     }
 }
 
-/// Logs to stderr; plain lines without timestamps under journald (it stamps them itself).
+/// Logs to stderr as `AIRLOCK_LOG` (filter) and `AIRLOCK_LOG_FORMAT` (`text` or `json`) say;
+/// text is plain, without timestamps, under journald. Shared with airlock-server: see
+/// `airlock_cli_support::logging`.
 pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colour only for a person at a terminal: log files and journald get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        b.without_time().with_ansi(false).init();
-    } else {
-        b.init();
-    }
+    airlock_cli_support::logging::init();
 }

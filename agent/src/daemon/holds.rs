@@ -25,6 +25,8 @@ pub(crate) struct Holds {
     pub notices: Arc<super::notice::Notices>,
     /// Every request update, losslessly (the table's journal): records and the server link.
     pub journal: mpsc::UnboundedReceiver<Update>,
+    /// The daemon's metrics (requests are counted from the journal, in [`Holds::on_update`]).
+    pub metrics: Arc<crate::metrics::Metrics>,
     host: String,
     state_dir: PathBuf,
 }
@@ -37,12 +39,14 @@ impl Holds {
     /// Opens the request store and restores pending requests of a previous run. `kind` tells
     /// which holds can have survived: LSM holds (stopped threads, pinned programs) and backstop
     /// holds do; fanotify permission events were released by the kernel when the previous
-    /// daemon's group closed.
+    /// daemon's group closed. Releases are timed for `metrics` (see `crate::metrics`).
     pub fn start(
         state_dir: &Path,
         gate: Arc<dyn Gate>,
         kind: BackendKind,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Holds, crate::hold::store::StoreError> {
+        let gate = crate::metrics::MeteredGate::wrap(gate, metrics.clone());
         let store = Store::open(&crate::paths::requests_dir(state_dir))?;
         let loaded = store.load(std::time::SystemTime::now())?;
         for e in &loaded.errors {
@@ -80,6 +84,7 @@ impl Holds {
             approvals,
             notices,
             journal,
+            metrics,
             host,
             state_dir: state_dir.to_path_buf(),
         })
@@ -178,6 +183,7 @@ impl Holds {
         link: Option<&mpsc::UnboundedSender<Update>>,
     ) {
         record_update(&u, records, &self.approvals);
+        self.metrics.on_update(&u, self.approvals.pending_count());
         if let Some(l) = link {
             let _ = l.send(u);
         }

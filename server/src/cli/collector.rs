@@ -26,6 +26,10 @@ pub struct CollectorArgs {
         default_value = "127.0.0.1:7444"
     )]
     pub listen: String,
+    /// Serve Prometheus metrics on this address (IP:PORT, `GET /metrics`, plain HTTP);
+    /// default: none (server.yaml's `metrics_listen` is the approval server's).
+    #[arg(long, env = "AIRLOCK_COLLECTOR_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 /// Runs the collector until SIGTERM or SIGINT (SIGHUP reloads server.yaml, as `serve`).
@@ -41,6 +45,10 @@ pub fn run(a: CollectorArgs) -> anyhow::Result<ExitCode> {
         let ca = Arc::new(crate::pki::Ca::load(&a.dir.dir).context("loading the CA")?);
         let broker = Broker::new(store, cfg);
         let _prune = crate::collector::spawn_pruner(&broker);
+        let _metrics = match a.metrics_listen.as_deref().filter(|m| !m.is_empty()) {
+            Some(m) => Some(crate::metrics::listen(m, broker.clone()).await?),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+pub mod audit;
 pub mod collector;
 pub mod config;
 pub mod hosts;
@@ -37,6 +38,8 @@ pub enum Command {
     Tokens(tokens::TokensArgs),
     /// Config tools.
     Config(config::ConfigArgs),
+    /// Audit store tools (verify the collector's store).
+    Audit(audit::AuditArgs),
 }
 
 /// Where the server's files are, shared by every subcommand.
@@ -142,21 +145,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
-/// Logs to stderr; plain lines without timestamps under journald.
+/// Logs to stderr as `AIRLOCK_LOG` (filter) and `AIRLOCK_LOG_FORMAT` (`text` or `json`) say;
+/// text is plain, without timestamps, under journald. The same setup as airlockd's and
+/// airlock's: see `airlock_cli_support::logging`.
 pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colour only for a person at a terminal: log files and journald get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        b.without_time().with_ansi(false).init();
-    } else {
-        b.init();
-    }
+    airlock_cli_support::logging::init();
 }
 
 /// Runs `f` on a multi-threaded runtime.
@@ -181,6 +174,7 @@ pub fn main() -> ExitCode {
         Command::Hosts(a) => hosts::run(a),
         Command::Tokens(a) => tokens::run(a),
         Command::Config(a) => config::run(a),
+        Command::Audit(a) => audit::run(a),
     };
     match res {
         Ok(c) => c,

@@ -23,6 +23,10 @@ pub struct ServeArgs {
     /// Listen address [default: from server.yaml].
     #[arg(long, env = "AIRLOCK_LISTEN")]
     pub listen: Option<String>,
+    /// Serve Prometheus metrics on this address (IP:PORT, `GET /metrics`, plain HTTP)
+    /// [default: `metrics_listen` from server.yaml, else none].
+    #[arg(long, env = "AIRLOCK_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 /// Runs the server.
@@ -68,6 +72,15 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
                     }
                 }))
             }
+            None => None,
+        };
+        let metrics_listen = a
+            .metrics_listen
+            .clone()
+            .filter(|m| !m.is_empty())
+            .or_else(|| broker.config().metrics_listen.clone());
+        let _metrics = match metrics_listen {
+            Some(m) => Some(crate::metrics::listen(&m, broker.clone()).await?),
             None => None,
         };
         let listener = tokio::net::TcpListener::bind(addr)

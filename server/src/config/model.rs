@@ -17,6 +17,9 @@ pub struct ServerConfig {
     /// Address the HTTP listener binds (channel callbacks), `IP:PORT`; `None`: no HTTP
     /// listener.
     pub http_listen: Option<String>,
+    /// Address the metrics listener binds (`GET /metrics`, Prometheus), `IP:PORT`; `None`:
+    /// none. Read at start (`serve --metrics-listen` overrides it).
+    pub metrics_listen: Option<String>,
     /// Database URL (`postgres://…` for replicas, `sqlite://PATH`); `None` means the SQLite
     /// file `airlock.db` in the server's directory.
     pub database: Option<String>,

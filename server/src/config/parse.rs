@@ -18,6 +18,7 @@ use super::values::{self, DELAY, GROUP_NAME, GlobUse, PRINCIPAL_NAME, ROUTE_NAME
 const TOP_KEYS: &[&str] = &[
     "listen",
     "http_listen",
+    "metrics_listen",
     "database",
     "break_glass",
     "principals",
@@ -135,6 +136,7 @@ impl Reader<'_> {
         let mut cfg = ServerConfig {
             listen: None,
             http_listen: None,
+            metrics_listen: None,
             database: None,
             break_glass: true,
             principals: BTreeMap::new(),
@@ -165,6 +167,17 @@ impl Reader<'_> {
                     "http_listen",
                     ConfigProblem::BadListen { found: t.text },
                 );
+            }
+        }
+        if let Some(t) = top
+            .get("metrics_listen")
+            .and_then(|n| self.string(n, "metrics_listen"))
+        {
+            if t.text.parse::<std::net::SocketAddr>().is_ok() {
+                cfg.metrics_listen = Some(t.text);
+            } else {
+                let found = t.text;
+                self.err(t.pos, "metrics_listen", ConfigProblem::BadListen { found });
             }
         }
         if let Some(t) = top.get("database").and_then(|n| self.string(n, "database")) {

@@ -17,6 +17,10 @@ listen: "127.0.0.1:7443"
 # HTTP: keep it on loopback or a private address behind a TLS-terminating proxy. Default: none.
 # http_listen: "127.0.0.1:7480"
 
+# Address of the Prometheus metrics listener (GET /metrics, plain HTTP, nothing else on it),
+# IP:PORT. Read at start; `serve --metrics-listen` overrides it. Default: none.
+# metrics_listen: "127.0.0.1:9464"
+
 # Database. Default: the SQLite file airlock.db in the server's directory. Several replicas
 # share one PostgreSQL database:
 # database: postgres://airlock@db.example.com/airlock

@@ -172,7 +172,7 @@ fn unknown_keys_are_errors_with_did_you_mean() {
             "server.yaml:1:1: unknown key \"listn\" (did you mean \"listen\"?)",
             "server.yaml:2:1: unknown key \"breakGlass\" (did you mean \"break_glass\"?)",
             "server.yaml:3:1: unknown key \"colour\" (expected one of: listen, http_listen, \
-             database, break_glass, principals, routes, webhook, web, teams, slack, audit)",
+             metrics_listen, database, break_glass, principals, routes, webhook, web, teams, slack, audit)",
         ]
     );
     assert_eq!(
@@ -588,6 +588,19 @@ fn http_listen_is_an_address() {
         errors("http_listen: localhost\n"),
         [
             "server.yaml:1:14: http_listen: invalid listen address \"localhost\" (expected IP:PORT, e.g. 127.0.0.1:7443 or [::]:7443)"
+        ]
+    );
+}
+
+#[test]
+fn metrics_listen_is_an_address() {
+    let c = parse("metrics_listen: \"127.0.0.1:9464\"\n", "server.yaml").unwrap();
+    assert_eq!(c.metrics_listen.as_deref(), Some("127.0.0.1:9464"));
+    assert_eq!(parse("{}", "server.yaml").unwrap().metrics_listen, None);
+    assert_eq!(
+        errors("listen: 127.0.0.1:7443\nmetrics_listen: :9464\n"),
+        [
+            "server.yaml:2:17: metrics_listen: invalid listen address \":9464\" (expected IP:PORT, e.g. 127.0.0.1:7443 or [::]:7443)"
         ]
     );
 }

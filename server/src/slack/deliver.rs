@@ -250,6 +250,7 @@ impl Worker {
             };
             if let Some(e) = &err {
                 tracing::warn!(id = %self.id, error = %e, "slack: message not posted; retrying");
+                c.broker.metrics.delivery_error(CHANNEL);
                 if !recorded {
                     recorded = true;
                     let msg = format!("message not posted, retrying: {e}");
@@ -267,6 +268,7 @@ impl Worker {
                 if !e.retryable() {
                     // A mistake a retry repeats (bad token, unknown channel): the sweep
                     // tries again later, after the operator fixed it.
+                    c.broker.metrics.delivery_failed(CHANNEL);
                     return;
                 }
             }
@@ -402,6 +404,7 @@ impl Worker {
                 Ok(()) => return true,
                 Err(e) => {
                     tracing::warn!(id = %self.id, what, attempt, error = %e, "slack: call failed");
+                    c.broker.metrics.delivery_error(CHANNEL);
                     let retry = e.retryable();
                     let wait = e.retry_after().map_or(delay, |ra| ra.max(delay));
                     last = e.to_string();
@@ -416,6 +419,7 @@ impl Worker {
             }
         }
         if let Some(b) = self.broker.upgrade() {
+            b.metrics.delivery_failed(CHANNEL);
             let msg = format!("{what} not delivered: {last}");
             b.record(
                 "server",

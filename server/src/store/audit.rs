@@ -5,16 +5,22 @@
 //! `audit_counters`): every transaction that adds records or an alert starts by bumping its
 //! counter, which holds the counter row until it commits.
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
-use airlock_audit::{Anchor, Hash, Record};
+use airlock_audit::{Anchor, Hash, ReadRecord, Record};
 use serde_json::Value;
 use sqlx::any::{Any, AnyRow};
 use sqlx::{AnyConnection, Row};
 
-use super::{Store, StoreError, from_name, ms, ms_out};
+use super::{DbKind, Store, StoreError, from_name, ms, ms_out};
 
-/// Rows per INSERT statement: 14 parameters each, well under both databases' limits.
-const INSERT_CHUNK: usize = 256;
+/// Most rows per INSERT statement: 1024 × 14 = 14336 parameters, under both databases'
+/// limits (SQLite 32766 since 3.32, PostgreSQL 65535). Fewer statements per batch mean fewer
+/// trips to the database (PostgreSQL) or to sqlx's SQLite worker thread; larger ones buy
+/// little more.
+const INSERT_CHUNK: usize = 1024;
+/// Parameters of one row of `audit_records`.
+const ROW_PARAMS: usize = 14;
 
 /// A host's audit key as the collector keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,13 +62,39 @@ impl NewAuditRecord {
             seq: r.seq,
             hash: r.hash,
             prev: r.prev,
-            kind: r.kind.as_str().to_owned(),
-            corr: r.corr.clone(),
-            at_unix_ms: r.at_unix_ms,
             agent: field("agent"),
             op: field("op"),
             decision: field("decision"),
             approver: field("approver"),
+            kind: r.kind.as_str().to_owned(),
+            corr: r.corr.clone(),
+            at_unix_ms: r.at_unix_ms,
+            record: text,
+        }
+    }
+}
+
+/// The body's top-level string fields kept in columns of their own, for filters, in the
+/// order of [`NewAuditRecord::from_read`]'s `body_strings`.
+pub const BODY_FIELDS: [&str; 4] = ["agent", "op", "decision", "approver"];
+
+impl NewAuditRecord {
+    /// The row of a record read by [`Record::read_canonical`] with [`BODY_FIELDS`], whose
+    /// canonical text is `text`.
+    pub fn from_read(r: ReadRecord, text: String) -> NewAuditRecord {
+        let [agent, op, decision, approver] = <[Option<String>; 4]>::try_from(r.body_strings)
+            .unwrap_or_else(|_| [None, None, None, None]);
+        NewAuditRecord {
+            seq: r.seq,
+            hash: r.hash,
+            prev: r.prev,
+            kind: r.kind.as_str().to_owned(),
+            corr: r.corr,
+            at_unix_ms: r.at_unix_ms,
+            agent,
+            op,
+            decision,
+            approver,
             record: text,
         }
     }
@@ -196,6 +228,49 @@ fn alert_of(row: &AnyRow) -> Result<AuditAlert, StoreError> {
     })
 }
 
+/// Rows in the next INSERT of a batch with `left` rows to go: [`INSERT_CHUNK`] while that
+/// many remain, then the largest power of two that fits. Every statement is prepared once
+/// per connection and kept in sqlx's statement cache (on PostgreSQL, in the server's memory
+/// too), so only these 11 shapes ever exist rather than one per batch length.
+fn chunk_len(left: usize) -> usize {
+    if left >= INSERT_CHUNK {
+        INSERT_CHUNK
+    } else {
+        1 << left.ilog2()
+    }
+}
+
+/// `INSERT INTO audit_records … VALUES (…), …` for `rows` rows.
+///
+/// SQLite gets anonymous `?` parameters, not the `$N` of every other query here: SQLite keeps
+/// named parameters (`$N` is one) in a list it searches linearly, both when it prepares the
+/// statement and when sqlx asks each parameter's name to bind it, so a statement of thousands
+/// of `$N` costs quadratic time (that search was a third of the collector's CPU time).
+/// Anonymous parameters are numbered in order without a name.
+fn insert_sql(kind: DbKind, rows: usize) -> String {
+    let mut sql = String::with_capacity(160 + rows * ROW_PARAMS * 7);
+    sql.push_str(
+        "INSERT INTO audit_records (host, seq, hash, prev, kind, corr, at_ms, agent, op, \
+         decision, approver, record, cursor, stored_ms) VALUES ",
+    );
+    for i in 0..rows {
+        sql.push_str(if i == 0 { "(" } else { ", (" });
+        for j in 0..ROW_PARAMS {
+            if j > 0 {
+                sql.push_str(", ");
+            }
+            match kind {
+                DbKind::Sqlite => sql.push('?'),
+                DbKind::Postgres => {
+                    let _ = write!(sql, "${}", i * ROW_PARAMS + j + 1);
+                }
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// Runs `sql` with `args` and reads every row with `read`.
 async fn select<T>(
     store: &Store,
@@ -324,7 +399,9 @@ impl Store {
         checkpoints: &[(u64, String)],
         now: u64,
     ) -> Result<Anchor, StoreError> {
+        let p0 = std::time::Instant::now();
         let _turn = self.write_turn().await;
+        let p1 = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
         let first_cursor = reserve(&mut tx, "records", records.len()).await?;
         let found = head_on(&mut tx, host).await?;
@@ -336,19 +413,20 @@ impl Store {
                 found: found.seq,
             });
         }
+        if self.kind == DbKind::Postgres {
+            // The INSERTs below are all parameters: PostgreSQL's first five runs of a
+            // prepared statement on each connection otherwise plan it again with the values
+            // (thousands of them per statement) before settling on the generic plan.
+            sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let p2 = std::time::Instant::now();
         let mut cursor = first_cursor;
-        for chunk in records.chunks(INSERT_CHUNK) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p: Vec<String> = (1..=14).map(|j| format!("${}", i * 14 + j)).collect();
-                    format!("({})", p.join(", "))
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO audit_records (host, seq, hash, prev, kind, corr, at_ms, agent, op, \
-                 decision, approver, record, cursor, stored_ms) VALUES {}",
-                values.join(", ")
-            );
+        let mut rest = records;
+        while !rest.is_empty() {
+            let (chunk, after) = rest.split_at(chunk_len(rest.len()));
+            let sql = insert_sql(self.kind, chunk.len());
             let mut q = sqlx::query::<Any>(&sql);
             for r in chunk {
                 q = q
@@ -369,6 +447,7 @@ impl Store {
                 cursor += 1;
             }
             q.execute(&mut *tx).await?;
+            rest = after;
         }
         for (size, note) in checkpoints {
             sqlx::query(
@@ -382,7 +461,15 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        let p3 = std::time::Instant::now();
         tx.commit().await?;
+        eprintln!(
+            "PROBE st lock {:?} begin {:?} insert {:?} commit {:?}",
+            p1 - p0,
+            p2 - p1,
+            p3 - p2,
+            p3.elapsed()
+        );
         Ok(records.last().map_or(expected, |r| Anchor {
             seq: r.seq,
             hash: r.hash,
@@ -464,21 +551,43 @@ impl Store {
 
     /// Deletes the records and alerts the collector stored before `before_ms`, host by host
     /// (each in its own transaction), keeping for each host the last deleted record's seq and
-    /// hash as the anchor its chain continues from. A host's deletion is always a prefix of
-    /// its chain (every record up to the newest one stored before `before_ms`), so the anchor
+    /// hash as the anchor its chain continues from. Records are deleted in storage order: all
+    /// those before the first one stored at or after `before_ms` (by the storing replica's
+    /// clock; one stored earlier behind it waits for a later run). A host's records are
+    /// stored in chain order, so its deletion is always a prefix of its chain and the anchor
     /// is the record right before the oldest kept. Checkpoints below the anchor go too; the
     /// one at the anchor, if any, stays (it signs the anchor).
+    ///
+    /// Found through the cursor indexes (migration 0005 dropped the one on `stored_ms`, which
+    /// every stored record paid for and only this hourly task used): the first query reads
+    /// the rows it is about to delete, the others one row per host.
     pub async fn prune_audit(&self, before_ms: u64) -> Result<Pruned, StoreError> {
-        let cuts = sqlx::query(
-            "SELECT host, MAX(seq) AS cut FROM audit_records WHERE stored_ms < $1 GROUP BY host",
+        let keep = sqlx::query(
+            "SELECT cursor FROM audit_records WHERE stored_ms >= $1 ORDER BY cursor LIMIT 1",
         )
         .bind(ms(before_ms))
-        .fetch_all(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
+        let keep: i64 = match keep {
+            Some(row) => row.try_get("cursor")?,
+            None => i64::MAX,
+        };
+        let hosts = sqlx::query("SELECT host FROM audit_hosts ORDER BY host")
+            .fetch_all(&self.pool)
+            .await?;
         let mut out = Pruned::default();
-        for row in &cuts {
+        for row in &hosts {
             let host: String = row.try_get("host")?;
-            let cut: i64 = row.try_get("cut")?;
+            let cut = sqlx::query(
+                "SELECT seq FROM audit_records WHERE host = $1 AND cursor < $2 \
+                 ORDER BY cursor DESC LIMIT 1",
+            )
+            .bind(&host)
+            .bind(keep)
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some(cut) = cut else { continue };
+            let cut: i64 = cut.try_get("seq")?;
             let _turn = self.write_turn().await;
             let mut tx = self.pool.begin().await?;
             // First write: takes the records counter, so no batch of this host is stored

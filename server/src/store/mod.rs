@@ -21,9 +21,11 @@
 //!
 //! The methods live by topic, one file each: `open.rs` (connecting, pragmas, migrations),
 //! `hosts.rs` (enrolment, hosts), `tokens.rs`, `requests.rs`, `votes.rs`, `attempts.rs`, `web.rs` (the web page's sign-ins),
-//! `audit.rs` (the audit collector's records, checkpoints, alerts and retention).
+//! `audit.rs` (the audit collector's records, checkpoints, alerts and retention),
+//! `audit_hosts.rs` (the hosts with a chain, for verifying the store).
 mod attempts;
 mod audit;
+mod audit_hosts;
 mod hosts;
 mod open;
 mod requests;
@@ -40,7 +42,8 @@ use std::sync::Arc;
 
 use airlock_approval::{DecisionRecord, RequestState, Vote};
 
-pub use audit::{AuditAlert, AuditFilter, AuditKey, AuditRow, NewAuditRecord, Pruned};
+pub use audit::{AuditAlert, AuditFilter, AuditKey, AuditRow, BODY_FIELDS, NewAuditRecord, Pruned};
+pub use audit_hosts::AuditHost;
 pub use slack::SlackMessage;
 pub use web::{WebLogin, WebSession};
 

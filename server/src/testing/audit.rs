@@ -127,9 +127,20 @@ impl FakeHost {
         batch: pb::AuditBatch,
         timeout: Duration,
     ) -> anyhow::Result<pb::AuditAck> {
+        self.send_audit(batch)?;
+        self.audit_ack(timeout).await
+    }
+
+    /// Sends `batch` without waiting for its `AuditAck` (a host keeps a few batches in
+    /// flight; the acks come in order, through [`FakeHost::audit_ack`]).
+    pub fn send_audit(&self, batch: pb::AuditBatch) -> anyhow::Result<()> {
         self.send(pb::HostMessage {
             body: Some(pb::host_message::Body::Audit(batch)),
-        })?;
+        })
+    }
+
+    /// Waits for the next `AuditAck`.
+    pub async fn audit_ack(&mut self, timeout: Duration) -> anyhow::Result<pb::AuditAck> {
         match self.recv(timeout).await? {
             pb::ServerMessage {
                 body: Some(pb::server_message::Body::AuditAck(a)),

@@ -1,0 +1,120 @@
+//! Pipelined audit batches: a host may send the next batch before the previous one's
+//! `AuditAck` (airlockd keeps two in flight). SQLite in a temporary directory.
+//!
+//! What is guarded: acks come in batch order, each after its batch is stored; a batch sent
+//! right behind a refused one is refused too (it does not continue the stored head) without an
+//! alert of its own, nothing of either is stored, and the host goes on from the stored head.
+use std::time::Duration;
+
+use airlock_audit::Record;
+use airlock_server::store::{AuditFilter, Store};
+use airlock_server::testing::audit::{HostChain, batch, canonical};
+use airlock_server::testing::{FakeHost, TestServer};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(10);
+
+async fn linked() -> (TestServer, FakeHost, HostChain) {
+    let srv = TestServer::start().await.unwrap();
+    let chain = HostChain::new("web-1");
+    let id = srv.enroll("web-1").await.unwrap();
+    let host = FakeHost::connect_with_audit_key(&srv.url, &srv.ca_pem, &id, &chain.verifier_key())
+        .await
+        .unwrap();
+    (srv, host, chain)
+}
+
+async fn stored(s: &Store) -> Vec<u64> {
+    let f = AuditFilter {
+        host: Some("web-1".into()),
+        limit: 10_000,
+        ..Default::default()
+    };
+    let rows = s.audit_records(&f).await.unwrap();
+    rows.iter().map(|r| r.seq).collect()
+}
+
+async fn alerts(s: &Store) -> usize {
+    let f = AuditFilter {
+        limit: 10_000,
+        ..Default::default()
+    };
+    s.audit_alerts(&f).await.unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_in_flight_are_stored_and_acked_in_order() {
+    let (srv, mut host, mut chain) = linked().await;
+    let records = chain.records(40);
+    let cp = chain.checkpoint();
+    // Eight batches of five at once; the last carries a checkpoint over its last record.
+    for (i, part) in records.chunks(5).enumerate() {
+        let cps = if i == 7 { vec![cp.clone()] } else { Vec::new() };
+        host.send_audit(batch(part, &cps)).unwrap();
+    }
+    for i in 1..=8 {
+        let ack = host.audit_ack(T).await.unwrap();
+        assert_eq!((ack.up_to_seq, ack.refused.as_str()), (5 * i, ""));
+    }
+    assert_eq!(stored(&srv.store).await, (1..=40).collect::<Vec<_>>());
+    assert_eq!(
+        srv.store.audit_checkpoints("web-1").await.unwrap(),
+        [(40, cp)]
+    );
+    assert_eq!(alerts(&srv.store).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_behind_a_refused_one_is_refused_quietly_then_the_host_resends() {
+    let (srv, mut host, mut chain) = linked().await;
+    let good = chain.records(2);
+    host.send_audit(batch(&good, &[])).unwrap();
+    let next = chain.records(6); // seq 3..=8
+    // Record 4 changed after it was written (hash kept), and the batch after it in flight.
+    let mut r: Record = serde_json::from_str(&next[1]).unwrap();
+    r.body = json!({"op": "exec", "i": 99});
+    let changed = vec![next[0].clone(), canonical(&r), next[2].clone()];
+    host.send_audit(batch(&changed, &[])).unwrap();
+    host.send_audit(batch(&next[3..], &[])).unwrap();
+
+    let ack = host.audit_ack(T).await.unwrap();
+    assert_eq!((ack.up_to_seq, ack.refused.as_str()), (2, ""));
+    let ack = host.audit_ack(T).await.unwrap();
+    assert_eq!(ack.up_to_seq, 2);
+    assert!(ack.refused.contains("record 4 was changed"), "{ack:?}");
+    let behind = host.audit_ack(T).await.unwrap();
+    assert_eq!(behind.up_to_seq, 2);
+    assert!(behind.refused.contains("resend"), "{behind:?}");
+    assert_eq!(stored(&srv.store).await, [1, 2]);
+    assert_eq!(alerts(&srv.store).await, 1, "one alert: the changed record");
+
+    // A batch that skips records is still a gap, and alerted, after the quiet refusal.
+    let ack = host.audit(batch(&next[4..], &[]), T).await.unwrap();
+    assert!(ack.refused.contains("record 3 is missing"), "{ack:?}");
+    assert_eq!(alerts(&srv.store).await, 2);
+
+    // The host resends from the stored head, two batches in flight.
+    host.send_audit(batch(&next[..3], &[])).unwrap();
+    host.send_audit(batch(&next[3..], &[])).unwrap();
+    for up_to in [5, 8] {
+        let ack = host.audit_ack(T).await.unwrap();
+        assert_eq!((ack.up_to_seq, ack.refused.as_str()), (up_to, ""));
+    }
+    assert_eq!(stored(&srv.store).await, (1..=8).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_overlapping_the_batch_being_stored_waits_for_it() {
+    let (srv, mut host, mut chain) = linked().await;
+    let records = chain.records(6);
+    // The second batch repeats record 3 of the first: it is checked against the stored
+    // record once the first is committed, not against the one in flight.
+    host.send_audit(batch(&records[..3], &[])).unwrap();
+    host.send_audit(batch(&records[2..], &[])).unwrap();
+    for up_to in [3, 6] {
+        let ack = host.audit_ack(T).await.unwrap();
+        assert_eq!((ack.up_to_seq, ack.refused.as_str()), (up_to, ""));
+    }
+    assert_eq!(stored(&srv.store).await, (1..=6).collect::<Vec<_>>());
+    assert_eq!(alerts(&srv.store).await, 0);
+}
