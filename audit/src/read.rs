@@ -193,8 +193,7 @@ impl Scan<'_> {
         self.b[self.i..].starts_with(l).then(|| self.i += l.len())
     }
 
-    /// A canonical integer (no sign, no leading zero) within u64; its magnitude and whether
-    /// it was negative for [`Scan::int`].
+    /// Canonical digits (no leading zero) of a value within u64.
     fn digits(&mut self) -> Option<u64> {
         let start = self.i;
         let mut n: u64 = 0;

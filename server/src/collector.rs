@@ -154,7 +154,10 @@ struct Storing {
 
 /// How the store of a batch ended, from [`HostAudit::stored`], for [`HostAudit::acknowledge`].
 #[derive(Debug)]
-pub struct StoreOutcome(Result<Anchor, CollectError>);
+pub struct StoreOutcome {
+    storing: Storing,
+    result: Result<Anchor, CollectError>,
+}
 
 /// What a collector-only process answers to anything but the audit stream and its queries.
 pub const COLLECTOR_ONLY: &str = "this airlock-server runs as an audit collector only (airlock-server collector): requests, decisions and settings are served by airlock-server serve";
@@ -283,25 +286,25 @@ impl HostAudit {
     /// Cancel-safe: a link polls it beside its other work, then passes the outcome to
     /// [`HostAudit::acknowledge`].
     pub async fn stored(&mut self) -> StoreOutcome {
-        match &mut self.storing {
-            Some(s) => StoreOutcome(joined((&mut s.task).await)),
+        let result = match &mut self.storing {
+            Some(s) => joined((&mut s.task).await),
+            None => return std::future::pending().await,
+        };
+        // No await from here on: the batch leaves with its outcome or not at all.
+        match self.storing.take() {
+            Some(storing) => StoreOutcome { storing, result },
             None => std::future::pending().await,
         }
     }
 
     /// The `AuditAck` of the batch whose store ended with `outcome`.
     pub async fn acknowledge(&mut self, b: &Broker, outcome: StoreOutcome) -> pb::ServerMessage {
-        match self.storing.take() {
-            Some(s) => self.answer(b, &s, outcome.0).await,
-            // Not reached: `stored` ends only while a batch is being stored.
-            None => ack(0, String::new()),
-        }
+        self.answer(b, &outcome.storing, outcome.result).await
     }
 
     /// Waits for the batch being stored, if any, and returns its `AuditAck`.
     async fn finish(&mut self, b: &Broker) -> Option<pb::ServerMessage> {
         let mut s = self.storing.take()?;
-        let _g = Probe(std::time::Instant::now(), "wait");
         let outcome = joined((&mut s.task).await);
         Some(self.answer(b, &s, outcome).await)
     }
@@ -315,7 +318,9 @@ impl HostAudit {
         match outcome {
             Ok(head) => ack(head.seq, String::new()),
             Err(e) => {
-                let end = Some(s.tip.seq + 1);
+                // Where a batch sent behind this one starts (none behind one without records:
+                // the next batch still continues the stored head).
+                let end = (s.tip.seq > s.from.seq).then_some(s.tip.seq + 1);
                 self.refuse(b, s.first_seq, end, s.from.seq, e).await
             }
         }
@@ -451,8 +456,6 @@ impl HostAudit {
         stored: std::collections::BTreeMap<u64, airlock_audit::Hash>,
     ) -> Result<Verified, CollectError> {
         let host = self.host.clone();
-        let t0 = std::time::Instant::now();
-        let _g = Probe(t0, "verify");
         tokio::task::spawn_blocking(move || {
             verify(
                 &host,
@@ -481,8 +484,7 @@ impl HostAudit {
         let store = b.store.clone();
         let host = self.host.clone();
         let task = tokio::spawn(async move {
-            let t0 = std::time::Instant::now();
-            let r = store
+            store
                 .store_audit_batch(
                     &host,
                     head,
@@ -490,9 +492,7 @@ impl HostAudit {
                     &verified.checkpoints,
                     now_ms(),
                 )
-                .await;
-            eprintln!("PROBE store {:?}", t0.elapsed());
-            r
+                .await
         });
         self.storing = Some(Storing {
             first_seq,
@@ -564,11 +564,4 @@ pub fn spawn_pruner(b: &Arc<Broker>) -> tokio::task::JoinHandle<()> {
             }
         }
     })
-}
-
-struct Probe(std::time::Instant, &'static str);
-impl Drop for Probe {
-    fn drop(&mut self) {
-        eprintln!("PROBE {} {:?}", self.1, self.0.elapsed());
-    }
 }

@@ -114,9 +114,11 @@ pub fn run_all(r: &mut Report, bin_dir: &Path) {
         return;
     };
     let dir = units_dir();
+    // ExecStart= needs an absolute path; --bin-dir is often given relative (target/debug).
+    let bin_dir = std::path::absolute(bin_dir).unwrap_or_else(|_| bin_dir.to_path_buf());
     r.check(
         name,
-        verify_dir(&analyze, &dir, bin_dir).and_then(|n| {
+        verify_dir(&analyze, &dir, &bin_dir).and_then(|n| {
             crate::harness::ensure(n >= 3, || format!("only {n} units in {}", dir.display()))
         }),
     );

@@ -11,8 +11,9 @@
 //!
 //! `--kill-on-exit` (default true): when CMD exits, processes it left behind are killed and the
 //! cgroup removed. With `--kill-on-exit=false` they keep running, and the cgroup stays as long
-//! as they do, so they remain agent processes (still gated). In cgroupfs mode it is then not
-//! removed by anyone; remove it with rmdir once empty.
+//! as they do, so they remain agent processes (still gated). Once they are gone, airlockd
+//! removes it (as it removes the scope of an `airlock run` that was killed: agents/reap.rs);
+//! under systemd, systemd collects the transient scope itself.
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -38,7 +39,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<PathBuf>,
     /// When CMD exits, kill what it left running and remove its cgroup. With false, leftover
-    /// processes keep running in the agent cgroup, which then stays.
+    /// processes keep running in the agent cgroup, which stays until they are gone.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub kill_on_exit: bool,
     /// Notes on stderr about the cgroup used.

@@ -331,12 +331,14 @@ impl Link {
         });
         let mut ship = self.audit.clone().map(super::ship::Ship::new);
         loop {
-            if let Some(s) = ship.as_mut()
+            // Fills the shipping window (the collector acknowledges batches in order).
+            while let Some(s) = ship.as_mut()
                 && s.idle()
                 && let Some(m) = s.next()
-                && tx.send(m).await.is_err()
             {
-                return End::Broken("the stream closed".into());
+                if tx.send(m).await.is_err() {
+                    return End::Broken("the stream closed".into());
+                }
             }
             let appended = async {
                 match ship.as_ref() {

@@ -1,8 +1,12 @@
-//! Shipping the host's audit spool over the link (at least once): one batch in flight at a
-//! time, from the oldest record the collector has not acknowledged; the collector's
-//! `AuditAck` lets the spool delete what is stored and sends the next batch. After a
-//! reconnect or a restart, shipping resumes from the spool's last acknowledgement, so a batch
-//! whose ack was lost is sent again (the collector skips records it already has).
+//! Shipping the host's audit spool over the link (at least once): up to [`WINDOW`] batches in
+//! flight, from the oldest record the collector has not acknowledged, each starting after the
+//! one sent before it (the collector verifies the next while the previous one commits, and
+//! acknowledges them in order, each once stored); an `AuditAck` lets the spool delete what is
+//! stored and makes room for the next batch. A refusal stops sending until the retry, which
+//! starts again after the acknowledged head (a batch already sent behind the refused one is
+//! refused too). After a reconnect or a restart, shipping resumes from the spool's last
+//! acknowledgement, so a batch whose ack was lost is sent again (the collector skips records
+//! it already has).
 //!
 //! Checkpoints travel with the records they follow. One the idle timer signs after its
 //! records were acknowledged (a host gone quiet) goes alone, in a batch without records, so
@@ -16,16 +20,17 @@ use crate::daemon::audit::Shipper;
 
 /// Records per batch.
 const BATCH: usize = 512;
+/// Batches sent and not yet acknowledged, at most.
+const WINDOW: usize = 2;
 /// After a refused batch (or a spool read error), wait this long before sending again.
 const RETRY: Duration = Duration::from_secs(5);
 
 /// The shipping state of one stream.
 pub(super) struct Ship {
     pub shipper: Shipper,
-    /// The last seq of the batch sent and not yet acknowledged.
-    in_flight: Option<u64>,
-    /// The largest checkpoint size in the batch in flight.
-    checkpoint_in_flight: u64,
+    /// The batches sent and not yet acknowledged, oldest first: each one's last seq (the
+    /// acknowledged seq for a checkpoint alone) and its largest checkpoint size.
+    in_flight: std::collections::VecDeque<(u64, u64)>,
     /// The largest checkpoint size the collector acknowledged (since this process started;
     /// after a restart the next checkpoint covers everything before it anyway).
     checkpoint_acked: u64,
@@ -36,22 +41,21 @@ impl Ship {
     pub fn new(shipper: Shipper) -> Ship {
         Ship {
             shipper,
-            in_flight: None,
-            checkpoint_in_flight: 0,
+            in_flight: std::collections::VecDeque::new(),
             checkpoint_acked: 0,
             retry_at: None,
         }
     }
 
-    /// Whether a batch may be sent now (none in flight, no retry pending).
+    /// Whether a batch may be sent now (room in the window, no retry pending).
     pub fn idle(&self) -> bool {
-        self.in_flight.is_none() && self.retry_at.is_none()
+        self.in_flight.len() < WINDOW && self.retry_at.is_none()
     }
 
     /// Resolves when it is time to try again after a refusal (never when none is pending).
     pub async fn retry_due(&self) {
         match self.retry_at {
-            Some(t) if self.in_flight.is_none() => tokio::time::sleep_until(t).await,
+            Some(t) if self.in_flight.is_empty() => tokio::time::sleep_until(t).await,
             _ => std::future::pending().await,
         }
     }
@@ -61,14 +65,15 @@ impl Ship {
         self.retry_at = None;
     }
 
-    /// The next batch to send, if there are unacknowledged records and nothing is in flight.
+    /// The next batch to send, if there are records after those sent and room in the window.
     pub fn next(&mut self) -> Option<pb::HostMessage> {
-        if self.in_flight.is_some() {
+        if self.in_flight.len() >= WINDOW {
             return None;
         }
         self.retry_at = None;
         let spool = self.shipper.spool();
-        let from = spool.acked() + 1;
+        let sent = self.in_flight.back().map_or(0, |f| f.0);
+        let from = spool.acked().max(sent) + 1;
         let batch = match spool.read_from(from, BATCH) {
             Ok(b) => b,
             Err(e) => {
@@ -79,9 +84,11 @@ impl Ship {
             }
         };
         let Some((first, last)) = batch.range() else {
+            if !self.in_flight.is_empty() {
+                return None;
+            }
             let (msg, acked, size) = idle_checkpoint(&spool, self.checkpoint_acked)?;
-            self.in_flight = Some(acked);
-            self.checkpoint_in_flight = size;
+            self.in_flight.push_back((acked, size));
             return Some(msg);
         };
         drop(spool);
@@ -96,13 +103,13 @@ impl Ship {
                 }
             }
         }
-        self.in_flight = Some(last);
-        self.checkpoint_in_flight = batch
+        let checkpoint = batch
             .checkpoints
             .iter()
             .map(|c| c.claimed().size)
             .max()
             .unwrap_or(0);
+        self.in_flight.push_back((last, checkpoint));
         Some(pb::HostMessage {
             body: Some(pb::host_message::Body::Audit(pb::AuditBatch {
                 first_seq: first,
@@ -116,11 +123,11 @@ impl Ship {
         })
     }
 
-    /// The collector's answer to the batch in flight.
+    /// The collector's answer to the oldest batch in flight.
     pub fn on_ack(&mut self, a: pb::AuditAck) {
-        self.in_flight = None;
+        let checkpoint = self.in_flight.pop_front().map_or(0, |f| f.1);
         if a.refused.is_empty() {
-            self.checkpoint_acked = self.checkpoint_acked.max(self.checkpoint_in_flight);
+            self.checkpoint_acked = self.checkpoint_acked.max(checkpoint);
         } else {
             tracing::warn!(refused = %a.refused, stored_up_to = a.up_to_seq, "airlock-server refused an audit batch; retrying later");
             self.retry_at = Some(Instant::now() + RETRY);
@@ -234,5 +241,39 @@ mod tests {
         // Stored: never sent again.
         ship.on_ack(ack(3, ""));
         assert!(ship.next().is_none());
+    }
+
+    #[tokio::test]
+    async fn two_batches_go_in_flight_and_a_refusal_resends_from_the_acked_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let log =
+            AuditLog::open_with(dir.path(), dir.path(), "host-1", SpoolConfig::default()).unwrap();
+        let mut ship = Ship::new(log.shipper());
+        let drafts = (0..BATCH as u64 * 2 + 10)
+            .map(|i| {
+                (
+                    Draft::new(i, Kind::DaemonStart, serde_json::json!({ "i": i })),
+                    Priority::AuditOnly,
+                )
+            })
+            .collect();
+        ship.shipper.spool().append_many(drafts).unwrap();
+        let n = BATCH as u64;
+        let first = batch_of(ship.next().unwrap());
+        assert!(ship.idle(), "room for a second batch");
+        let second = batch_of(ship.next().unwrap());
+        assert_eq!((first.first_seq, second.first_seq), (1, n + 1));
+        assert!(!ship.idle() && ship.next().is_none(), "the window is full");
+
+        // The first is stored: room for the third, after the second.
+        ship.on_ack(ack(n, ""));
+        assert_eq!(batch_of(ship.next().unwrap()).first_seq, 2 * n + 1);
+        // The second is refused, and so is the third sent behind it: nothing is sent until
+        // the retry, which starts after the acknowledged head.
+        ship.on_ack(ack(n, "record 600 was changed"));
+        assert!(!ship.idle() && ship.next().is_none());
+        ship.on_ack(ack(n, "resend"));
+        ship.clear_retry();
+        assert_eq!(batch_of(ship.next().unwrap()).first_seq, n + 1);
     }
 }

@@ -32,6 +32,7 @@ pub(super) fn check_bounds(batch: &pb::AuditBatch) -> Result<(), CollectError> {
     Ok(())
 }
 
+/// The batch's checkpoints, parsed (their signatures are checked by the chain verifier).
 pub(super) fn parse_notes(texts: &[String]) -> Result<Vec<SignedCheckpoint>, CollectError> {
     texts
         .iter()

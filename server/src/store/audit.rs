@@ -5,22 +5,12 @@
 //! `audit_counters`): every transaction that adds records or an alert starts by bumping its
 //! counter, which holds the counter row until it commits.
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
-use airlock_audit::{Anchor, Hash, ReadRecord, Record};
-use serde_json::Value;
+use airlock_audit::{Anchor, Hash};
 use sqlx::any::{Any, AnyRow};
 use sqlx::{AnyConnection, Row};
 
-use super::{DbKind, Store, StoreError, from_name, ms, ms_out};
-
-/// Most rows per INSERT statement: 1024 × 14 = 14336 parameters, under both databases'
-/// limits (SQLite 32766 since 3.32, PostgreSQL 65535). Fewer statements per batch mean fewer
-/// trips to the database (PostgreSQL) or to sqlx's SQLite worker thread; larger ones buy
-/// little more.
-const INSERT_CHUNK: usize = 1024;
-/// Parameters of one row of `audit_records`.
-const ROW_PARAMS: usize = 14;
+use super::{Store, StoreError, from_name, ms, ms_out};
 
 /// A host's audit key as the collector keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,75 +19,6 @@ pub struct AuditKey {
     pub key: String,
     /// When the collector first saw it.
     pub first_seen_unix_ms: u64,
-}
-
-/// A verified record, ready to store.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewAuditRecord {
-    pub seq: u64,
-    pub hash: Hash,
-    pub prev: Hash,
-    pub kind: String,
-    pub corr: Option<String>,
-    pub at_unix_ms: u64,
-    /// The body's top-level `agent`, `op`, `decision` and `approver` strings, for filters.
-    pub agent: Option<String>,
-    pub op: Option<String>,
-    pub decision: Option<String>,
-    pub approver: Option<String>,
-    /// The canonical JSON the host sent.
-    pub record: String,
-}
-
-impl NewAuditRecord {
-    /// The row of `r`, whose canonical text is `text`.
-    pub fn new(r: &Record, text: String) -> NewAuditRecord {
-        // Best effort: a body without these fields (or with non-string ones) is stored all
-        // the same and matches no filter on them.
-        let field = |name: &str| match &r.body {
-            Value::Object(m) => m.get(name).and_then(Value::as_str).map(str::to_owned),
-            _ => None,
-        };
-        NewAuditRecord {
-            seq: r.seq,
-            hash: r.hash,
-            prev: r.prev,
-            agent: field("agent"),
-            op: field("op"),
-            decision: field("decision"),
-            approver: field("approver"),
-            kind: r.kind.as_str().to_owned(),
-            corr: r.corr.clone(),
-            at_unix_ms: r.at_unix_ms,
-            record: text,
-        }
-    }
-}
-
-/// The body's top-level string fields kept in columns of their own, for filters, in the
-/// order of [`NewAuditRecord::from_read`]'s `body_strings`.
-pub const BODY_FIELDS: [&str; 4] = ["agent", "op", "decision", "approver"];
-
-impl NewAuditRecord {
-    /// The row of a record read by [`Record::read_canonical`] with [`BODY_FIELDS`], whose
-    /// canonical text is `text`.
-    pub fn from_read(r: ReadRecord, text: String) -> NewAuditRecord {
-        let [agent, op, decision, approver] = <[Option<String>; 4]>::try_from(r.body_strings)
-            .unwrap_or_else(|_| [None, None, None, None]);
-        NewAuditRecord {
-            seq: r.seq,
-            hash: r.hash,
-            prev: r.prev,
-            kind: r.kind.as_str().to_owned(),
-            corr: r.corr,
-            at_unix_ms: r.at_unix_ms,
-            agent,
-            op,
-            decision,
-            approver,
-            record: text,
-        }
-    }
 }
 
 /// Filters of [`Store::audit_records`] and [`Store::audit_alerts`]; `None` matches anything.
@@ -157,7 +78,7 @@ enum Arg {
 }
 
 /// Cursors are BIGINT; one past `i64::MAX` is never given out.
-fn cursor_in(c: u64) -> i64 {
+pub(super) fn cursor_in(c: u64) -> i64 {
     i64::try_from(c).unwrap_or(i64::MAX)
 }
 
@@ -167,7 +88,7 @@ fn hash_out(host: &str, text: &str) -> Result<Hash, StoreError> {
 
 /// The head of `host`'s stored chain on `conn`: its last stored record, else the last one
 /// retention deleted, else the start of the chain.
-async fn head_on(conn: &mut AnyConnection, host: &str) -> Result<Anchor, StoreError> {
+pub(super) async fn head_on(conn: &mut AnyConnection, host: &str) -> Result<Anchor, StoreError> {
     let last = sqlx::query(
         "SELECT seq, hash FROM audit_records WHERE host = $1 ORDER BY seq DESC LIMIT 1",
     )
@@ -196,7 +117,11 @@ async fn head_on(conn: &mut AnyConnection, host: &str) -> Result<Anchor, StoreEr
 
 /// Bumps counter `name` by `n` as the transaction's first write (see the migration) and
 /// returns the first of the `n` cursors it reserved.
-async fn reserve(conn: &mut AnyConnection, name: &str, n: usize) -> Result<u64, StoreError> {
+pub(super) async fn reserve(
+    conn: &mut AnyConnection,
+    name: &str,
+    n: usize,
+) -> Result<u64, StoreError> {
     let n = i64::try_from(n).unwrap_or(i64::MAX);
     let row =
         sqlx::query("UPDATE audit_counters SET value = value + $1 WHERE name = $2 RETURNING value")
@@ -226,49 +151,6 @@ fn alert_of(row: &AnyRow) -> Result<AuditAlert, StoreError> {
         at_unix_ms: ms_out(row.try_get("at_ms")?),
         message: row.try_get("message")?,
     })
-}
-
-/// Rows in the next INSERT of a batch with `left` rows to go: [`INSERT_CHUNK`] while that
-/// many remain, then the largest power of two that fits. Every statement is prepared once
-/// per connection and kept in sqlx's statement cache (on PostgreSQL, in the server's memory
-/// too), so only these 11 shapes ever exist rather than one per batch length.
-fn chunk_len(left: usize) -> usize {
-    if left >= INSERT_CHUNK {
-        INSERT_CHUNK
-    } else {
-        1 << left.ilog2()
-    }
-}
-
-/// `INSERT INTO audit_records … VALUES (…), …` for `rows` rows.
-///
-/// SQLite gets anonymous `?` parameters, not the `$N` of every other query here: SQLite keeps
-/// named parameters (`$N` is one) in a list it searches linearly, both when it prepares the
-/// statement and when sqlx asks each parameter's name to bind it, so a statement of thousands
-/// of `$N` costs quadratic time (that search was a third of the collector's CPU time).
-/// Anonymous parameters are numbered in order without a name.
-fn insert_sql(kind: DbKind, rows: usize) -> String {
-    let mut sql = String::with_capacity(160 + rows * ROW_PARAMS * 7);
-    sql.push_str(
-        "INSERT INTO audit_records (host, seq, hash, prev, kind, corr, at_ms, agent, op, \
-         decision, approver, record, cursor, stored_ms) VALUES ",
-    );
-    for i in 0..rows {
-        sql.push_str(if i == 0 { "(" } else { ", (" });
-        for j in 0..ROW_PARAMS {
-            if j > 0 {
-                sql.push_str(", ");
-            }
-            match kind {
-                DbKind::Sqlite => sql.push('?'),
-                DbKind::Postgres => {
-                    let _ = write!(sql, "${}", i * ROW_PARAMS + j + 1);
-                }
-            }
-        }
-        sql.push(')');
-    }
-    sql
 }
 
 /// Runs `sql` with `args` and reads every row with `read`.
@@ -382,98 +264,6 @@ impl Store {
             out.insert(ms_out(r.try_get("seq")?), hash_out(host, &text)?);
         }
         Ok(out)
-    }
-
-    /// Stores a verified batch of `host`'s records (continuing `expected`, the head they were
-    /// verified against) and its verified checkpoints `(size, note)`, in ONE transaction:
-    /// all of it or nothing. Returns the new head.
-    ///
-    /// [`StoreError::AuditHeadMoved`] when the stored head is no longer `expected` (another
-    /// stream of the host stored a batch meanwhile): nothing stored, verify again. A
-    /// checkpoint already stored for its size is left as it is.
-    pub async fn store_audit_batch(
-        &self,
-        host: &str,
-        expected: Anchor,
-        records: &[NewAuditRecord],
-        checkpoints: &[(u64, String)],
-        now: u64,
-    ) -> Result<Anchor, StoreError> {
-        let p0 = std::time::Instant::now();
-        let _turn = self.write_turn().await;
-        let p1 = std::time::Instant::now();
-        let mut tx = self.pool.begin().await?;
-        let first_cursor = reserve(&mut tx, "records", records.len()).await?;
-        let found = head_on(&mut tx, host).await?;
-        if found != expected {
-            tx.rollback().await?;
-            return Err(StoreError::AuditHeadMoved {
-                host: host.to_string(),
-                expected: expected.seq,
-                found: found.seq,
-            });
-        }
-        if self.kind == DbKind::Postgres {
-            // The INSERTs below are all parameters: PostgreSQL's first five runs of a
-            // prepared statement on each connection otherwise plan it again with the values
-            // (thousands of them per statement) before settling on the generic plan.
-            sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
-                .execute(&mut *tx)
-                .await?;
-        }
-        let p2 = std::time::Instant::now();
-        let mut cursor = first_cursor;
-        let mut rest = records;
-        while !rest.is_empty() {
-            let (chunk, after) = rest.split_at(chunk_len(rest.len()));
-            let sql = insert_sql(self.kind, chunk.len());
-            let mut q = sqlx::query::<Any>(&sql);
-            for r in chunk {
-                q = q
-                    .bind(host)
-                    .bind(ms(r.seq))
-                    .bind(r.hash.to_string())
-                    .bind(r.prev.to_string())
-                    .bind(r.kind.as_str())
-                    .bind(r.corr.as_deref())
-                    .bind(ms(r.at_unix_ms))
-                    .bind(r.agent.as_deref())
-                    .bind(r.op.as_deref())
-                    .bind(r.decision.as_deref())
-                    .bind(r.approver.as_deref())
-                    .bind(r.record.as_str())
-                    .bind(cursor_in(cursor))
-                    .bind(ms(now));
-                cursor += 1;
-            }
-            q.execute(&mut *tx).await?;
-            rest = after;
-        }
-        for (size, note) in checkpoints {
-            sqlx::query(
-                "INSERT INTO audit_checkpoints (host, size, note, stored_ms) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (host, size) DO NOTHING",
-            )
-            .bind(host)
-            .bind(ms(*size))
-            .bind(note.as_str())
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await?;
-        }
-        let p3 = std::time::Instant::now();
-        tx.commit().await?;
-        eprintln!(
-            "PROBE st lock {:?} begin {:?} insert {:?} commit {:?}",
-            p1 - p0,
-            p2 - p1,
-            p3 - p2,
-            p3.elapsed()
-        );
-        Ok(records.last().map_or(expected, |r| Anchor {
-            seq: r.seq,
-            hash: r.hash,
-        }))
     }
 
     /// `host`'s stored checkpoints `(size, note)`, by size.

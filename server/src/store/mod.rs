@@ -22,9 +22,11 @@
 //! The methods live by topic, one file each: `open.rs` (connecting, pragmas, migrations),
 //! `hosts.rs` (enrolment, hosts), `tokens.rs`, `requests.rs`, `votes.rs`, `attempts.rs`, `web.rs` (the web page's sign-ins),
 //! `audit.rs` (the audit collector's records, checkpoints, alerts and retention),
+//! `audit_batch.rs` (storing a verified batch of them),
 //! `audit_hosts.rs` (the hosts with a chain, for verifying the store).
 mod attempts;
 mod audit;
+mod audit_batch;
 mod audit_hosts;
 mod hosts;
 mod open;
@@ -42,7 +44,8 @@ use std::sync::Arc;
 
 use airlock_approval::{DecisionRecord, RequestState, Vote};
 
-pub use audit::{AuditAlert, AuditFilter, AuditKey, AuditRow, BODY_FIELDS, NewAuditRecord, Pruned};
+pub use audit::{AuditAlert, AuditFilter, AuditKey, AuditRow, Pruned};
+pub use audit_batch::{BODY_FIELDS, NewAuditRecord};
 pub use audit_hosts::AuditHost;
 pub use slack::SlackMessage;
 pub use web::{WebLogin, WebSession};

@@ -1,0 +1,247 @@
+//! Storing a verified audit batch (`Store::store_audit_batch`): its records in multi-row
+//! INSERTs and its checkpoints, in one transaction after the counter that gives out cursors
+//! (see `audit.rs` and migration 0004).
+use std::fmt::Write as _;
+
+use airlock_audit::{Anchor, Hash, ReadRecord, Record};
+use serde_json::Value;
+use sqlx::any::Any;
+
+use super::audit::{cursor_in, head_on, reserve};
+use super::{DbKind, Store, StoreError, ms};
+
+/// Most rows per INSERT statement: 1024 × 14 = 14336 parameters, under both databases'
+/// limits (SQLite 32766 since 3.32, PostgreSQL 65535). Fewer statements per batch mean fewer
+/// trips to the database (PostgreSQL) or to sqlx's SQLite worker thread; larger ones buy
+/// little more.
+const INSERT_CHUNK: usize = 1024;
+/// Parameters of one row of `audit_records`.
+const ROW_PARAMS: usize = 14;
+
+/// A verified record, ready to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewAuditRecord {
+    pub seq: u64,
+    pub hash: Hash,
+    pub prev: Hash,
+    pub kind: String,
+    pub corr: Option<String>,
+    pub at_unix_ms: u64,
+    /// The body's top-level `agent`, `op`, `decision` and `approver` strings, for filters.
+    pub agent: Option<String>,
+    pub op: Option<String>,
+    pub decision: Option<String>,
+    pub approver: Option<String>,
+    /// The canonical JSON the host sent.
+    pub record: String,
+}
+
+impl NewAuditRecord {
+    /// The row of `r`, whose canonical text is `text`.
+    pub fn new(r: &Record, text: String) -> NewAuditRecord {
+        // Best effort: a body without these fields (or with non-string ones) is stored all
+        // the same and matches no filter on them.
+        let field = |name: &str| match &r.body {
+            Value::Object(m) => m.get(name).and_then(Value::as_str).map(str::to_owned),
+            _ => None,
+        };
+        let [agent, op, decision, approver] = BODY_FIELDS.map(field);
+        NewAuditRecord {
+            seq: r.seq,
+            hash: r.hash,
+            prev: r.prev,
+            agent,
+            op,
+            decision,
+            approver,
+            kind: r.kind.as_str().to_owned(),
+            corr: r.corr.clone(),
+            at_unix_ms: r.at_unix_ms,
+            record: text,
+        }
+    }
+}
+
+/// The body's top-level string fields kept in columns of their own, for filters, in the
+/// order of [`NewAuditRecord::from_read`]'s `body_strings`.
+pub const BODY_FIELDS: [&str; 4] = ["agent", "op", "decision", "approver"];
+
+impl NewAuditRecord {
+    /// The row of a record read by [`Record::read_canonical`] with [`BODY_FIELDS`], whose
+    /// canonical text is `text`.
+    pub fn from_read(r: ReadRecord, text: String) -> NewAuditRecord {
+        let [agent, op, decision, approver] =
+            <[Option<String>; 4]>::try_from(r.body_strings).unwrap_or([None, None, None, None]);
+        NewAuditRecord {
+            seq: r.seq,
+            hash: r.hash,
+            prev: r.prev,
+            kind: r.kind.as_str().to_owned(),
+            corr: r.corr,
+            at_unix_ms: r.at_unix_ms,
+            agent,
+            op,
+            decision,
+            approver,
+            record: text,
+        }
+    }
+}
+
+/// Rows in the next INSERT of a batch with `left` rows to go: [`INSERT_CHUNK`] while that
+/// many remain, then the largest power of two that fits. Every statement is prepared once
+/// per connection and kept in sqlx's statement cache (on PostgreSQL, in the server's memory
+/// too), so only these 11 shapes ever exist rather than one per batch length.
+fn chunk_len(left: usize) -> usize {
+    if left >= INSERT_CHUNK {
+        INSERT_CHUNK
+    } else {
+        1 << left.ilog2()
+    }
+}
+
+/// `INSERT INTO audit_records … VALUES (…), …` for `rows` rows.
+///
+/// SQLite gets anonymous `?` parameters, not the `$N` of every other query here: SQLite keeps
+/// named parameters (`$N` is one) in a list it searches linearly, both when it prepares the
+/// statement and when sqlx asks each parameter's name to bind it, so a statement of thousands
+/// of `$N` costs quadratic time (that search was a third of the collector's CPU time).
+/// Anonymous parameters are numbered in order without a name.
+fn insert_sql(kind: DbKind, rows: usize) -> String {
+    let mut sql = String::with_capacity(160 + rows * ROW_PARAMS * 7);
+    sql.push_str(
+        "INSERT INTO audit_records (host, seq, hash, prev, kind, corr, at_ms, agent, op, \
+         decision, approver, record, cursor, stored_ms) VALUES ",
+    );
+    for i in 0..rows {
+        sql.push_str(if i == 0 { "(" } else { ", (" });
+        for j in 0..ROW_PARAMS {
+            if j > 0 {
+                sql.push_str(", ");
+            }
+            match kind {
+                DbKind::Sqlite => sql.push('?'),
+                DbKind::Postgres => {
+                    let _ = write!(sql, "${}", i * ROW_PARAMS + j + 1);
+                }
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+impl Store {
+    /// Stores a verified batch of `host`'s records (continuing `expected`, the head they were
+    /// verified against) and its verified checkpoints `(size, note)`, in ONE transaction:
+    /// all of it or nothing. Returns the new head.
+    ///
+    /// [`StoreError::AuditHeadMoved`] when the stored head is no longer `expected` (another
+    /// stream of the host stored a batch meanwhile): nothing stored, verify again. A
+    /// checkpoint already stored for its size is left as it is.
+    pub async fn store_audit_batch(
+        &self,
+        host: &str,
+        expected: Anchor,
+        records: &[NewAuditRecord],
+        checkpoints: &[(u64, String)],
+        now: u64,
+    ) -> Result<Anchor, StoreError> {
+        let _turn = self.write_turn().await;
+        let mut tx = self.pool.begin().await?;
+        let first_cursor = reserve(&mut tx, "records", records.len()).await?;
+        let found = head_on(&mut tx, host).await?;
+        if found != expected {
+            tx.rollback().await?;
+            return Err(StoreError::AuditHeadMoved {
+                host: host.to_string(),
+                expected: expected.seq,
+                found: found.seq,
+            });
+        }
+        if self.kind == DbKind::Postgres {
+            // The INSERTs below are all parameters: PostgreSQL's first five runs of a
+            // prepared statement on each connection otherwise plan it again with the values
+            // (thousands of them per statement) before settling on the generic plan.
+            sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut cursor = first_cursor;
+        let mut rest = records;
+        while !rest.is_empty() {
+            let (chunk, after) = rest.split_at(chunk_len(rest.len()));
+            let sql = insert_sql(self.kind, chunk.len());
+            let mut q = sqlx::query::<Any>(&sql);
+            for r in chunk {
+                q = q
+                    .bind(host)
+                    .bind(ms(r.seq))
+                    .bind(r.hash.to_string())
+                    .bind(r.prev.to_string())
+                    .bind(r.kind.as_str())
+                    .bind(r.corr.as_deref())
+                    .bind(ms(r.at_unix_ms))
+                    .bind(r.agent.as_deref())
+                    .bind(r.op.as_deref())
+                    .bind(r.decision.as_deref())
+                    .bind(r.approver.as_deref())
+                    .bind(r.record.as_str())
+                    .bind(cursor_in(cursor))
+                    .bind(ms(now));
+                cursor += 1;
+            }
+            q.execute(&mut *tx).await?;
+            rest = after;
+        }
+        for (size, note) in checkpoints {
+            sqlx::query(
+                "INSERT INTO audit_checkpoints (host, size, note, stored_ms) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (host, size) DO NOTHING",
+            )
+            .bind(host)
+            .bind(ms(*size))
+            .bind(note.as_str())
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(records.last().map_or(expected, |r| Anchor {
+            seq: r.seq,
+            hash: r.hash,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_split_into_few_statement_shapes() {
+        let mut shapes = std::collections::BTreeSet::new();
+        for n in 1..=4096 {
+            let (mut left, mut parts) = (n, 0);
+            while left > 0 {
+                let c = chunk_len(left);
+                assert!(c <= left && c <= INSERT_CHUNK);
+                shapes.insert(c);
+                left -= c;
+                parts += 1;
+            }
+            assert!(parts <= 4 + 10, "{n} rows in {parts} statements");
+        }
+        assert_eq!(shapes.len(), 11);
+    }
+
+    #[test]
+    fn insert_statements_number_their_parameters_for_each_database() {
+        let sqlite = insert_sql(DbKind::Sqlite, 3);
+        assert_eq!(sqlite.matches('?').count(), 3 * ROW_PARAMS);
+        assert!(!sqlite.contains('$'));
+        let pg = insert_sql(DbKind::Postgres, 3);
+        assert!(pg.contains("($1, $2,") && pg.ends_with(", $42)"));
+        assert!(!pg.contains('?'));
+    }
+}
