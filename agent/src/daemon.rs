@@ -152,6 +152,26 @@ pub struct Status {
     /// Policies applied since start (1: the one loaded at start; each reload adds one).
     #[serde(default)]
     pub policy_generation: u64,
+    /// The audit spool, when this daemon writes one.
+    #[serde(default)]
+    pub audit: Option<StatusAudit>,
+    /// Whether the separate collector's link is up, when one is configured.
+    #[serde(default)]
+    pub collector_connected: Option<bool>,
+}
+
+/// The audit spool in [`Status`].
+#[derive(Serialize, serde::Deserialize, Debug, Clone, Default)]
+pub struct StatusAudit {
+    /// The last record written.
+    pub head_seq: u64,
+    /// The last record the collector acknowledged (0 standalone or before the first ack).
+    pub acked_seq: u64,
+    /// Bytes the spool holds, and may hold.
+    pub bytes: u64,
+    pub max_bytes: u64,
+    /// Records that could not be written (full spool, I/O errors).
+    pub failed: u64,
 }
 
 /// The server link in [`Status`].
@@ -409,6 +429,18 @@ impl State {
         self.status.updated_unix = now_unix();
         self.status.pending_requests = self.holds.approvals.pending_count();
         self.status.records_failed = self.records.failed;
+        self.status.audit = self.records.audit.as_ref().map(|a| {
+            let sh = a.shipper();
+            let sp = sh.spool();
+            StatusAudit {
+                head_seq: sp.head().seq,
+                acked_seq: sp.acked(),
+                bytes: sp.used_bytes(),
+                max_bytes: self.cfg.audit_spool_max,
+                failed: a.failed,
+            }
+        });
+        self.status.collector_connected = self.collector.as_ref().map(|c| *c.connected.borrow());
         if let (Some(l), Some(s)) = (&self.link, self.status.link.as_mut()) {
             s.connected = *l.connected.borrow();
             s.local_decisions = match l.local.get() {
