@@ -118,6 +118,12 @@ pub fn sigkilled_run(c: &Ctx) -> anyhow::Result<()> {
         &c.daemon.state_dir,
         &scope.file_name().unwrap_or_default().to_string_lossy(),
     );
+    // The reaper removes the record right after the scope: give it a moment (a slow guest
+    // can be between the two when the scope's absence is seen).
+    let t = Instant::now();
+    while record.exists() && t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     ensure(!record.exists(), || {
         format!("run record {} left behind", record.display())
     })

@@ -101,13 +101,15 @@ fn sweep_with(
         if !empty || process_lives(pid) {
             continue;
         }
+        // The run record first: whoever sees the scope gone then finds no record either (a
+        // record without its scope would only name a launcher nothing runs under).
+        let _ = std::fs::remove_file(crate::paths::run_record(state_dir, name));
         match remove(&dir) {
             Ok(()) => {
                 tracing::info!(
                     scope = name,
                     "removed the empty scope of an `airlock run` that is gone"
                 );
-                let _ = std::fs::remove_file(crate::paths::run_record(state_dir, name));
                 removed.push(dir);
             }
             // A process joined meanwhile (EBUSY) or it is gone already: a later sweep decides.
