@@ -24,6 +24,23 @@ fn audit(c: &Ctx, args: &[&str]) -> anyhow::Result<std::process::Output> {
         .output()?)
 }
 
+/// What the collector holds of `e2e-host`, as JSON Lines (`airlock audit query --json` as
+/// alice).
+fn collector_records(c: &Ctx) -> anyhow::Result<String> {
+    let token = c.fx.tokens.get("alice").context("alice's token")?;
+    let q = Command::new(c.bin_dir.join("airlock"))
+        .args([
+            "audit", "query", "--json", "--limit", "10000", "--host", "e2e-host",
+        ])
+        .args(["--server", &c.fx.url, "--token", token, "--ca"])
+        .arg(c.fx.sdir.join("ca.pem"))
+        .output()?;
+    ensure(q.status.success(), || {
+        format!("audit query: {}", String::from_utf8_lossy(&q.stderr))
+    })?;
+    Ok(String::from_utf8_lossy(&q.stdout).into_owned())
+}
+
 /// The sequence numbers of the records in an export.
 fn seqs(export: &str) -> Vec<u64> {
     export
@@ -91,18 +108,7 @@ pub const CASES: &[(&str, Case)] = &[
 /// Each vote the server counted is a `vote` record of the host, followed by the request's
 /// `decision` and `outcome` under the same correlation id, in the collector's store.
 fn votes_are_recorded(c: &Ctx) -> anyhow::Result<()> {
-    let token = c.fx.tokens.get("alice").context("alice's token")?;
-    let q = Command::new(c.bin_dir.join("airlock"))
-        .args([
-            "audit", "query", "--json", "--limit", "10000", "--host", "e2e-host",
-        ])
-        .args(["--server", &c.fx.url, "--token", token, "--ca"])
-        .arg(c.fx.sdir.join("ca.pem"))
-        .output()?;
-    ensure(q.status.success(), || {
-        format!("audit query: {}", String::from_utf8_lossy(&q.stderr))
-    })?;
-    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&q.stdout)
+    let rows: Vec<serde_json::Value> = collector_records(c)?
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
@@ -144,7 +150,6 @@ fn votes_are_recorded(c: &Ctx) -> anyhow::Result<()> {
 /// (waits up to [`WAIT`] for shipping to catch up).
 pub fn collector_holds_every_record(c: &Ctx) -> anyhow::Result<()> {
     {
-        let token = c.fx.tokens.get("alice").context("alice's token")?;
         let deadline = Instant::now() + WAIT;
         loop {
             // What the host has written by now (its spool keeps unacknowledged records;
@@ -152,17 +157,7 @@ pub fn collector_holds_every_record(c: &Ctx) -> anyhow::Result<()> {
             let o = audit(c, &["export"])?;
             let local = seqs(&String::from_utf8_lossy(&o.stdout));
             let head = local.last().copied().unwrap_or(0);
-            let q = Command::new(c.bin_dir.join("airlock"))
-                .args([
-                    "audit", "query", "--json", "--limit", "10000", "--host", "e2e-host",
-                ])
-                .args(["--server", &c.fx.url, "--token", token, "--ca"])
-                .arg(c.fx.sdir.join("ca.pem"))
-                .output()?;
-            ensure(q.status.success(), || {
-                format!("audit query: {}", String::from_utf8_lossy(&q.stderr))
-            })?;
-            let stored = seqs(&String::from_utf8_lossy(&q.stdout));
+            let stored = seqs(&collector_records(c)?);
             let mut sorted = stored.clone();
             sorted.dedup();
             ensure(sorted.len() == stored.len(), || {

@@ -69,6 +69,7 @@ pub fn run(ctx: &Ctx, opts: &Opts) -> Result<()> {
     attempt("apt packages", apt_packages(&mut apt));
     util::check_interrupted()?;
     attempt("nightly rust-src", nightly_rust_src());
+    attempt("rustfmt and clippy", lint_components());
     util::check_interrupted()?;
     attempt("bpf-linker", bpf_linker());
     for &k in &opts.kernels {
@@ -117,6 +118,30 @@ fn apt_packages(apt: &mut Apt) -> Result<()> {
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["-q", "install", "-y", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
+
+/// rustfmt and clippy for the toolchain that builds the workspace (the lint tier runs both;
+/// a `minimal` rustup profile has neither).
+fn lint_components() -> Result<()> {
+    if util::which("rustup").is_none() {
+        bail!("no rustup in PATH (the lint tier needs rustfmt and clippy)");
+    }
+    let listed = capture(Command::new("rustup").args(["component", "list", "--installed"]))?;
+    let have = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let missing: Vec<&str> = ["rustfmt", "clippy"]
+        .into_iter()
+        .filter(|c| !have.lines().any(|l| l.trim().starts_with(c)))
+        .collect();
+    if missing.is_empty() {
+        println!("ok: rustfmt and clippy present");
+        return Ok(());
+    }
+    println!("installing {}", missing.join(" and "));
+    util::run(
+        Command::new("rustup")
+            .args(["component", "add"])
             .args(&missing),
     )
 }

@@ -219,7 +219,7 @@ mod tests {
         let b = batch_of(ship.next().unwrap());
         assert_eq!((b.first_seq, b.records.len()), (1, 3));
         assert!(b.checkpoints.is_empty());
-        assert!(ship.next().is_none(), "one batch in flight");
+        assert!(ship.next().is_none(), "nothing more to send");
         ship.on_ack(ack(3, ""));
         assert!(ship.next().is_none(), "nothing new, no checkpoint yet");
 
