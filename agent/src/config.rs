@@ -13,6 +13,7 @@
 //! collector: https://audit.example.com:7444
 //! identity_dir: /var/lib/airlock/identity
 //! break_glass: true                   # local decisions while linked, recorded as such
+//! audit_dir: /var/lib/airlock/audit   # spool kept until the collector acknowledges it
 //! audit_spool_max: 268435456          # bytes
 //! metrics_listen: 127.0.0.1:9464
 //! ```
@@ -60,6 +61,7 @@ pub struct FileConfig {
     pub collector: Option<LinkUrl>,
     pub identity_dir: Option<PathBuf>,
     pub break_glass: Option<bool>,
+    pub audit_dir: Option<PathBuf>,
     pub audit_spool_max: Option<u64>,
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -225,7 +227,8 @@ mod tests {
             err("backend: auto\nsevrer: https://x:1\n"),
             "/etc/airlock/airlockd.yaml:2:1: unknown field `sevrer`, expected one of \
              `policy`, `backend`, `state_dir`, `pin_dir`, `socket`, `socket_group`, `server`, \
-             `collector`, `identity_dir`, `break_glass`, `audit_spool_max`, `metrics_listen`"
+             `collector`, `identity_dir`, `break_glass`, `audit_dir`, `audit_spool_max`, \
+             `metrics_listen`"
         );
         let e = err("server: http://s.example:7443\n");
         assert!(e.starts_with("/etc/airlock/airlockd.yaml:1:9: "), "{e}");

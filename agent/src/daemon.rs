@@ -61,6 +61,9 @@ pub struct DaemonConfig {
     pub collector: Option<crate::link::client::LinkConfig>,
     /// With a link: whether a decision on the local socket (break-glass) is allowed.
     pub break_glass: bool,
+    /// The audit spool's directory (`HOST/` below it) and the unenrolled host's audit key:
+    /// on disk by default, see [`crate::paths::audit_dir`].
+    pub audit_dir: PathBuf,
     /// Most bytes the audit spool keeps unacknowledged (see `daemon/audit.rs`).
     pub audit_spool_max: u64,
     /// Where to serve Prometheus metrics (`GET /metrics`, see `crate::metrics`); `None`: no
@@ -610,7 +613,7 @@ fn rule_targets(p: &CompiledPolicy) -> std::collections::HashMap<u32, String> {
 }
 
 /// The host's audit stream: under the enrolled name with the key beside the host's identity
-/// when linked, else under this machine's host name with the key in the state directory.
+/// when linked, else under this machine's host name with the key in the audit directory.
 fn open_audit(cfg: &DaemonConfig) -> Result<audit::AuditLog, DaemonError> {
     let (host, key_dir) = match cfg.link.as_ref().or(cfg.collector.as_ref()) {
         Some(l) => {
@@ -627,7 +630,7 @@ fn open_audit(cfg: &DaemonConfig) -> Result<audit::AuditLog, DaemonError> {
             } else {
                 "localhost".to_string()
             };
-            (h, cfg.state_dir.clone())
+            (h, cfg.audit_dir.clone())
         }
     };
     let spool = airlock_audit::SpoolConfig {
@@ -637,7 +640,7 @@ fn open_audit(cfg: &DaemonConfig) -> Result<audit::AuditLog, DaemonError> {
         segment_bytes: (cfg.audit_spool_max / 8).clamp(4096, 1 << 20),
         ..Default::default()
     };
-    let mut log = audit::AuditLog::open_with(&cfg.state_dir, &key_dir, &host, spool)?;
+    let mut log = audit::AuditLog::open_with(&cfg.audit_dir, &key_dir, &host, spool)?;
     if cfg.link.is_none() && cfg.collector.is_none() {
         log.set_standalone();
     }

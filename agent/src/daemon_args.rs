@@ -60,7 +60,12 @@ pub struct DaemonArgs {
     /// reported to the server). `--break-glass=false` refuses them [default: true].
     #[arg(long, env = "AIRLOCK_BREAK_GLASS", action = clap::ArgAction::Set)]
     pub break_glass: Option<bool>,
-    /// Most bytes the audit spool (<state>/audit) keeps before the collector acknowledges
+    /// The audit spool (one directory per host name) and, on a host not enrolled, its audit
+    /// key [default: /var/lib/airlock/audit; STATE_DIR/audit when --state-dir is not the
+    /// default].
+    #[arg(long, env = "AIRLOCK_AUDIT_DIR", value_name = "DIR")]
+    pub audit_dir: Option<PathBuf>,
+    /// Most bytes the audit spool keeps before the collector acknowledges
     /// them. When full, an approve rule's request is denied (its record cannot be written)
     /// and other records are dropped and counted [default: 268435456].
     #[arg(long, env = "AIRLOCK_AUDIT_SPOOL_MAX", value_name = "BYTES")]
@@ -90,7 +95,7 @@ pub enum ConfigCmd {
 }
 
 /// Defaults of the settings neither a flag, its variable nor the file sets.
-const STATE_DIR: &str = "/run/airlock";
+const STATE_DIR: &str = crate::paths::DEFAULT_STATE_DIR;
 const PIN_DIR: &str = "/sys/fs/bpf/airlock";
 const POLICY: &str = "/etc/airlock/policies";
 const IDENTITY_DIR: &str = "/var/lib/airlock/identity";
@@ -153,6 +158,10 @@ impl DaemonArgs {
                 .filter(|s| !s.is_empty())
                 .map(link),
             break_glass: self.break_glass.or(file.break_glass).unwrap_or(true),
+            audit_dir: self
+                .audit_dir
+                .or(file.audit_dir)
+                .unwrap_or_else(|| crate::paths::audit_dir(&state_dir)),
             audit_spool_max: self
                 .audit_spool_max
                 .or(file.audit_spool_max)
@@ -236,5 +245,41 @@ mod tests {
         assert!(d.break_glass);
         assert_eq!(d.audit_spool_max, AUDIT_SPOOL_MAX);
         assert_eq!(d.backend, BackendChoice::Auto);
+    }
+
+    /// Unacknowledged audit records must outlive a reboot: by default the spool is on disk,
+    /// not in the tmpfs state directory; a daemon given its own state directory keeps it there.
+    #[test]
+    fn the_audit_spool_defaults_to_var_lib_not_the_tmpfs_state_dir() {
+        let parse = |args: &[&str], file: &str| {
+            let file = crate::config::parse(file, std::path::Path::new("airlockd.yaml")).unwrap();
+            DaemonArgs::try_parse_from(args)
+                .unwrap()
+                .into_config(file)
+                .audit_dir
+        };
+        assert_eq!(
+            parse(&["airlockd"], ""),
+            PathBuf::from("/var/lib/airlock/audit")
+        );
+        assert_eq!(
+            parse(&["airlockd", "--state-dir", "/tmp/st"], ""),
+            PathBuf::from("/tmp/st/audit")
+        );
+        assert_eq!(
+            parse(&["airlockd"], "state_dir: /tmp/f\n"),
+            PathBuf::from("/tmp/f/audit")
+        );
+        assert_eq!(
+            parse(&["airlockd"], "audit_dir: /data/audit\n"),
+            PathBuf::from("/data/audit")
+        );
+        assert_eq!(
+            parse(
+                &["airlockd", "--audit-dir", "/x"],
+                "audit_dir: /data/audit\n"
+            ),
+            PathBuf::from("/x")
+        );
     }
 }

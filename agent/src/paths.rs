@@ -5,7 +5,25 @@ use std::path::PathBuf;
 pub fn state_dir() -> PathBuf {
     std::env::var_os("AIRLOCK_STATE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/airlock"))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+/// airlockd's default runtime state directory.
+pub const DEFAULT_STATE_DIR: &str = "/run/airlock";
+/// Where the audit spool and the unenrolled host's audit key live by default: on disk, because
+/// records the collector has not yet acknowledged must outlive a reboot (`/run` is a tmpfs).
+pub const DEFAULT_AUDIT_DIR: &str = "/var/lib/airlock/audit";
+
+/// The audit directory (spools under `HOST/`, and `audit.key` when the host is not enrolled)
+/// when none is set: [`DEFAULT_AUDIT_DIR`] for the default state directory, else
+/// `STATE_DIR/audit`, so that a daemon given its own state directory (tests, side-by-side
+/// daemons) keeps everything in it.
+pub fn audit_dir(state_dir: &std::path::Path) -> PathBuf {
+    if state_dir == std::path::Path::new(DEFAULT_STATE_DIR) {
+        PathBuf::from(DEFAULT_AUDIT_DIR)
+    } else {
+        state_dir.join("audit")
+    }
 }
 
 /// Where the daemon writes its status (backend, reason, policy, counters) as JSON.

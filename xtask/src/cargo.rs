@@ -21,17 +21,26 @@ pub fn build(ctx: &Ctx) -> Result<()> {
 /// `cargo build` (debug) of only the binaries `cargo xtask man` runs: airlock (which writes
 /// airlockd's docs too) and airlock-server.
 pub fn build_docs_writers(ctx: &Ctx) -> Result<()> {
-    util::run(cargo(ctx).args([
-        "build",
-        "-p",
-        "airlock-agent",
-        "--bin",
-        "airlock",
-        "-p",
-        "airlock-server",
-        "--bin",
-        "airlock-server",
-    ]))
+    util::run(cargo(ctx).arg("build").args(bins(&["airlock"])))
+}
+
+/// `cargo build --release` of the three binaries the packages ship.
+pub fn build_release_bins(ctx: &Ctx) -> Result<()> {
+    util::run(
+        cargo(ctx)
+            .args(["build", "--release"])
+            .args(bins(&["airlockd", "airlock"])),
+    )
+}
+
+/// `-p` and `--bin` arguments for airlock-agent's binaries `agent` and airlock-server.
+fn bins<'a>(agent: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["-p", "airlock-agent"];
+    for b in agent {
+        a.extend(["--bin", b]);
+    }
+    a.extend(["-p", "airlock-server", "--bin", "airlock-server"]);
+    a
 }
 
 /// `cargo build --release`: benchmarks measure optimized binaries.

@@ -3,11 +3,14 @@
 mod bench;
 mod cargo;
 mod cpio;
+mod deb;
 mod guest;
 mod initramfs;
 mod kernels;
 mod lint;
 mod man;
+mod package;
+mod package_test;
 mod report;
 mod setup;
 mod stream;
@@ -68,6 +71,8 @@ enum Cmd {
     /// Build, then write the man pages and shell completions of airlock, airlockd and
     /// airlock-server (DIR/man/, DIR/completions/{bash,zsh,fish}/).
     Man(man::Args),
+    /// Build (release) the Debian packages airlock and airlock-server (target/debian/).
+    Package(package::Args),
 }
 
 fn main() {
@@ -100,6 +105,7 @@ fn real_main(cli: Cli) -> Result<i32> {
         Cmd::Bench(args) => bench::run(&ctx, &args),
         Cmd::Vm(args) => vm::run(&ctx, &args),
         Cmd::Man(args) => man::run(&ctx, &args),
+        Cmd::Package(args) => package::run(&ctx, &args),
     }
 }
 

@@ -21,6 +21,9 @@ const APT_PACKAGES: &[&str] = &[
     // the harness starts and stops both itself.
     "chromium",
     "chromium-driver",
+    // The package tier: a Debian tree to install the .debs into, and strip for their binaries.
+    "debootstrap",
+    "binutils",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker's LLVM must match the nightly rustc's LLVM major.

@@ -18,6 +18,9 @@ pub enum Tier {
     Lint,
     Unit,
     Host,
+    /// The .deb packages installed, upgraded, removed and purged in a Debian chroot
+    /// (`package_test.rs`).
+    Package,
     Guest,
     All,
 }
@@ -189,6 +192,24 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<i32> {
             let t = host_tier(ctx, args)?;
             let d = step.done(&t.counts());
             row(&mut rows, &mut total, "host", t, d, None);
+        }
+        util::check_interrupted()?;
+        if args.runs(Tier::Package) {
+            let step = Step::new("package tier");
+            let mut t = if util::is_root() {
+                crate::package_test::run(ctx)?
+            } else {
+                Tally::default()
+            };
+            if !util::is_root() {
+                missing(
+                    ctx,
+                    &mut t,
+                    "package tier: needs root (chroot, dpkg)".into(),
+                );
+            }
+            let d = step.done(&t.counts());
+            row(&mut rows, &mut total, "package", t, d, None);
         }
         util::check_interrupted()?;
         if args.runs(Tier::Guest) {

@@ -38,28 +38,39 @@ pub enum AuditCmd {
 /// Where this host's audit files are.
 #[derive(clap::Args, Debug)]
 pub struct Local {
-    /// airlockd's state directory (the spool is STATE_DIR/audit/HOST).
-    #[arg(long, env = "AIRLOCK_STATE_DIR", default_value = "/run/airlock")]
+    /// airlockd's state directory (it names the default --audit-dir).
+    #[arg(long, env = "AIRLOCK_STATE_DIR", default_value = crate::paths::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+    /// airlockd's audit directory (the spool is AUDIT_DIR/HOST) [default:
+    /// /var/lib/airlock/audit; STATE_DIR/audit when --state-dir is not the default].
+    #[arg(long, env = "AIRLOCK_AUDIT_DIR", value_name = "DIR")]
+    pub audit_dir: Option<PathBuf>,
     /// The enrolled identity (its audit.key), when the host is linked.
     #[arg(long, default_value = "/var/lib/airlock/identity")]
     pub identity_dir: PathBuf,
 }
 
 impl Local {
-    /// The audit key file in use: the identity's when there is one, else the state dir's.
+    /// The audit directory, as airlockd picks it.
+    fn audit_dir(&self) -> PathBuf {
+        self.audit_dir
+            .clone()
+            .unwrap_or_else(|| crate::paths::audit_dir(&self.state_dir))
+    }
+
+    /// The audit key file in use: the identity's when there is one, else the audit dir's.
     fn key_file(&self) -> PathBuf {
         let id = self.identity_dir.join(crate::daemon::audit::AUDIT_KEY);
         if id.exists() {
             id
         } else {
-            self.state_dir.join(crate::daemon::audit::AUDIT_KEY)
+            self.audit_dir().join(crate::daemon::audit::AUDIT_KEY)
         }
     }
 
-    /// The only spool directory under STATE_DIR/audit (a host has one name).
+    /// The only spool directory under AUDIT_DIR (a host has one name).
     fn spool_dir(&self) -> anyhow::Result<PathBuf> {
-        let base = self.state_dir.join("audit");
+        let base = self.audit_dir();
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(&base)
             .with_context(|| format!("{}: no audit spool here", base.display()))?
             .flatten()

@@ -1,6 +1,6 @@
 //! The host's tamper-evident audit stream (airlock-audit): every record the one writer
 //! (`records.rs`) writes is also sealed into this host's hash chain and appended, fsynced, to
-//! the spool in `<state>/audit/<host>/`, with Ed25519 checkpoints signed by the host's audit
+//! the spool in `<audit_dir>/<host>/` (see `crate::paths::audit_dir`), with Ed25519 checkpoints signed by the host's audit
 //! key. The link ships the spool to airlock-server's collector ([`Shipper`]); acknowledged
 //! records are deleted.
 //!
@@ -91,21 +91,21 @@ pub fn load_or_make_key(path: &Path, name: &str) -> Result<SigningKey, AuditLogE
 }
 
 impl AuditLog {
-    /// Opens the spool of `host` under `state_dir`, with the key in `key_dir`.
-    pub fn open(state_dir: &Path, key_dir: &Path, host: &str) -> Result<AuditLog, AuditLogError> {
-        Self::open_with(state_dir, key_dir, host, SpoolConfig::default())
+    /// Opens the spool of `host` under `audit_dir`, with the key in `key_dir`.
+    pub fn open(audit_dir: &Path, key_dir: &Path, host: &str) -> Result<AuditLog, AuditLogError> {
+        Self::open_with(audit_dir, key_dir, host, SpoolConfig::default())
     }
 
     /// [`AuditLog::open`] with the spool's sizes given (tests fill a small one).
     pub fn open_with(
-        state_dir: &Path,
+        audit_dir: &Path,
         key_dir: &Path,
         host: &str,
         cfg: SpoolConfig,
     ) -> Result<AuditLog, AuditLogError> {
         let key = load_or_make_key(&key_dir.join(AUDIT_KEY), &format!("airlock-{host}"))?;
         let verifier = key.verifier().to_string();
-        let dir = state_dir.join("audit").join(host);
+        let dir = audit_dir.join(host);
         let spool = Spool::open(&dir, host, cfg, Some(key), now_unix_ms())?;
         let r = spool.recovery();
         if r.torn_bytes > 0 {

@@ -29,12 +29,9 @@ fn request(id: &str) -> Request {
 /// The spool of `host-1` under `dir` verifies with the key beside it.
 fn assert_spool_verifies(dir: &Path) {
     let key = SigningKey::load(&dir.join(AUDIT_KEY)).unwrap();
-    let report = airlock_audit::verify_spool_dir(
-        &key.verifier(),
-        &Default::default(),
-        &dir.join("audit/host-1"),
-    )
-    .unwrap();
+    let report =
+        airlock_audit::verify_spool_dir(&key.verifier(), &Default::default(), &dir.join("host-1"))
+            .unwrap();
     assert!(report.is_ok(), "{report:?}");
 }
 
