@@ -1,5 +1,6 @@
 //! The audit collector end to end: hosts (`FakeHost`) ship hash-chained records over the
-//! real link, approvers read them back through `AuditQuery`. SQLite in a temporary directory.
+//! real link, approvers read them back through `AuditQuery`. SQLite in a temporary directory
+//! (one case on PostgreSQL too, which stores records another way).
 //!
 //! What is guarded: a batch is stored only when it continues the chain the server has, under
 //! the key the host presented first; anything else (a changed, missing, reordered record, a
@@ -144,7 +145,28 @@ async fn an_idle_hosts_checkpoint_over_stored_records_is_kept_and_a_forged_one_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resend_after_a_lost_ack_is_acked_and_stores_nothing_twice() {
-    let (srv, mut host, mut chain) = linked().await;
+    let (srv, host, chain) = linked().await;
+    resend_and_overlap(srv, host, chain).await;
+}
+
+/// The same on PostgreSQL, whose store COPYs a batch's records (`store/audit_copy.rs`)
+/// where SQLite INSERTs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_resend_and_an_overlap_store_each_record_once() {
+    let Some(pg) = testing::pg::PgCluster::shared() else {
+        return;
+    };
+    let srv = TestServer::with(Options {
+        database: Some(pg.create_database()),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let (host, chain) = link(&srv, "web-1").await;
+    resend_and_overlap(srv, host, chain).await;
+}
+
+async fn resend_and_overlap(srv: TestServer, mut host: FakeHost, mut chain: HostChain) {
     let records = chain.records(5);
     let first = batch(&records[..3], &[]);
     assert_eq!(host.audit(first.clone(), T).await.unwrap().up_to_seq, 3);
@@ -154,6 +176,37 @@ async fn a_resend_after_a_lost_ack_is_acked_and_stores_nothing_twice() {
     let overlap = host.audit(batch(&records[1..], &[]), T).await.unwrap();
     assert_eq!((overlap.up_to_seq, overlap.refused.as_str()), (5, ""));
     assert_eq!(stored(&srv.store, "web-1").await, seqs(1..=5));
+    // Text that needs escaping somewhere on its way, resent overlapping: stored once, as sent.
+    let awkward = [
+        r"C:\path\n \N \.",
+        "tab\t nl\n cr\r",
+        "quote \" ' | , ;",
+        "é 中文 🦀 \u{2028} e\u{301}",
+        "\u{1}\u{1f}\u{7f}",
+    ];
+    // NUL only where the collector keeps no column of its own: PostgreSQL's TEXT cannot hold
+    // it (the record's JSON escapes it).
+    let more: Vec<String> = awkward
+        .iter()
+        .map(|a| chain.record(Kind::EventAllowed, json!({"op": a, "argv": [a, "\u{0}"]})))
+        .collect();
+    let ack = host.audit(batch(&more[..3], &[]), T).await.unwrap();
+    assert_eq!((ack.up_to_seq, ack.refused.as_str()), (8, ""));
+    let ack = host.audit(batch(&more, &[]), T).await.unwrap();
+    assert_eq!((ack.up_to_seq, ack.refused.as_str()), (10, ""));
+    assert_eq!(stored(&srv.store, "web-1").await, seqs(1..=10));
+    let rows = srv
+        .store
+        .audit_records(&AuditFilter {
+            host: Some("web-1".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let texts: Vec<&str> = rows.iter().map(|r| r.record.as_str()).collect();
+    let sent: Vec<&str> = records.iter().chain(&more).map(String::as_str).collect();
+    assert_eq!(texts, sent, "stored as sent");
     assert!(alerts(&srv.store).await.is_empty());
 }
 

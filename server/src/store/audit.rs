@@ -86,34 +86,47 @@ fn hash_out(host: &str, text: &str) -> Result<Hash, StoreError> {
     from_name("audit hash", host, text)
 }
 
+/// The two queries of [`head_on`] (also run on the COPY path's PostgreSQL connection, see
+/// `audit_copy.rs`): `host`'s last stored record, and the last one retention deleted.
+pub(super) const LAST_RECORD_SQL: &str =
+    "SELECT seq, hash FROM audit_records WHERE host = $1 ORDER BY seq DESC LIMIT 1";
+pub(super) const PRUNED_ANCHOR_SQL: &str =
+    "SELECT pruned_seq, pruned_hash FROM audit_hosts WHERE host = $1";
+
 /// The head of `host`'s stored chain on `conn`: its last stored record, else the last one
 /// retention deleted, else the start of the chain.
 pub(super) async fn head_on(conn: &mut AnyConnection, host: &str) -> Result<Anchor, StoreError> {
-    let last = sqlx::query(
-        "SELECT seq, hash FROM audit_records WHERE host = $1 ORDER BY seq DESC LIMIT 1",
-    )
-    .bind(host)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let pruned = sqlx::query("SELECT pruned_seq, pruned_hash FROM audit_hosts WHERE host = $1")
+    let last = sqlx::query_as(LAST_RECORD_SQL)
         .bind(host)
         .fetch_optional(&mut *conn)
         .await?;
+    let pruned = sqlx::query_as(PRUNED_ANCHOR_SQL)
+        .bind(host)
+        .fetch_optional(&mut *conn)
+        .await?;
+    head_of(host, [last, pruned])
+}
+
+/// The head from the `(seq, hash)` rows of [`LAST_RECORD_SQL`] and [`PRUNED_ANCHOR_SQL`]:
+/// the later of the two, else [`Anchor::GENESIS`].
+pub(super) fn head_of(host: &str, rows: [Option<(i64, String)>; 2]) -> Result<Anchor, StoreError> {
     let mut head = Anchor::GENESIS;
-    for (row, seq, hash) in [(last, "seq", "hash"), (pruned, "pruned_seq", "pruned_hash")] {
-        if let Some(row) = row {
-            let seq = ms_out(row.try_get(seq)?);
-            if seq > head.seq {
-                let text: String = row.try_get(hash)?;
-                head = Anchor {
-                    seq,
-                    hash: hash_out(host, &text)?,
-                };
-            }
+    for (seq, hash) in rows.into_iter().flatten() {
+        let seq = ms_out(seq);
+        if seq > head.seq {
+            head = Anchor {
+                seq,
+                hash: hash_out(host, &hash)?,
+            };
         }
     }
     Ok(head)
 }
+
+/// [`reserve`]'s statement (also run on the COPY path's connection): bumps counter `$2` by
+/// `$1`, returning the new value.
+pub(super) const RESERVE_SQL: &str =
+    "UPDATE audit_counters SET value = value + $1 WHERE name = $2 RETURNING value";
 
 /// Bumps counter `name` by `n` as the transaction's first write (see the migration) and
 /// returns the first of the `n` cursors it reserved.
@@ -123,14 +136,17 @@ pub(super) async fn reserve(
     n: usize,
 ) -> Result<u64, StoreError> {
     let n = i64::try_from(n).unwrap_or(i64::MAX);
-    let row =
-        sqlx::query("UPDATE audit_counters SET value = value + $1 WHERE name = $2 RETURNING value")
-            .bind(n)
-            .bind(name)
-            .fetch_one(&mut *conn)
-            .await?;
-    let end: i64 = row.try_get("value")?;
-    Ok(ms_out(end - n + 1))
+    let (end,): (i64,) = sqlx::query_as(RESERVE_SQL)
+        .bind(n)
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(first_reserved(end, n))
+}
+
+/// The first of the `n` cursors a counter bumped to `end` reserved.
+pub(super) fn first_reserved(end: i64, n: i64) -> u64 {
+    ms_out(end - n + 1)
 }
 
 fn row_of(row: &AnyRow) -> Result<AuditRow, StoreError> {

@@ -1,6 +1,7 @@
 //! Storing a verified audit batch (`Store::store_audit_batch`): its records in multi-row
 //! INSERTs and its checkpoints, in one transaction after the counter that gives out cursors
-//! (see `audit.rs` and migration 0004).
+//! (see `audit.rs` and migration 0004). On PostgreSQL the same transaction sends the records
+//! with one COPY instead (`audit_copy.rs`); the INSERTs are SQLite's.
 use std::fmt::Write as _;
 
 use airlock_audit::{Anchor, Hash, ReadRecord, Record};
@@ -8,15 +9,24 @@ use serde_json::Value;
 use sqlx::any::Any;
 
 use super::audit::{cursor_in, head_on, reserve};
-use super::{DbKind, Store, StoreError, ms};
+use super::{Store, StoreError, audit_copy, ms};
 
-/// Most rows per INSERT statement: 1024 × 14 = 14336 parameters, under both databases'
-/// limits (SQLite 32766 since 3.32, PostgreSQL 65535). Fewer statements per batch mean fewer
-/// trips to the database (PostgreSQL) or to sqlx's SQLite worker thread; larger ones buy
-/// little more.
+/// Most rows per INSERT statement: 1024 × 14 = 14336 parameters, under SQLite's limit (32766
+/// since 3.32). Fewer statements per batch mean fewer trips to sqlx's SQLite worker thread;
+/// larger ones buy little more.
 const INSERT_CHUNK: usize = 1024;
 /// Parameters of one row of `audit_records`.
 const ROW_PARAMS: usize = 14;
+
+/// The columns of `audit_records` a batch fills, in the order of the INSERT's and the COPY's
+/// rows (`audit_copy.rs`).
+pub(super) const RECORD_COLUMNS: &str = "host, seq, hash, prev, kind, corr, at_ms, agent, op, \
+     decision, approver, record, cursor, stored_ms";
+
+/// Stores one verified checkpoint `($1 host, $2 size, $3 note, $4 stored_ms)`; one already
+/// stored for its size is left as it is.
+pub(super) const CHECKPOINT_SQL: &str = "INSERT INTO audit_checkpoints (host, size, note, stored_ms) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (host, size) DO NOTHING";
 
 /// A verified record, ready to store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,7 +52,7 @@ impl NewAuditRecord {
         // Best effort: a body without these fields (or with non-string ones) is stored all
         // the same and matches no filter on them.
         let field = |name: &str| match &r.body {
-            Value::Object(m) => m.get(name).and_then(Value::as_str).map(str::to_owned),
+            Value::Object(m) => m.get(name).and_then(Value::as_str).map(column_text),
             _ => None,
         };
         let [agent, op, decision, approver] = BODY_FIELDS.map(field);
@@ -55,11 +65,19 @@ impl NewAuditRecord {
             decision,
             approver,
             kind: r.kind.as_str().to_owned(),
-            corr: r.corr.clone(),
+            corr: r.corr.as_deref().map(column_text),
             at_unix_ms: r.at_unix_ms,
             record: text,
         }
     }
+}
+
+/// A string for a filter column: NUL becomes U+FFFD. PostgreSQL's TEXT cannot hold NUL, and
+/// a batch refused for it would be refused again on every resend, so the host's spool would
+/// never drain. Only the filter columns change; the record's canonical JSON (NUL escaped as
+/// `\u0000`) is stored as sent and still verifies.
+fn column_text(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
 }
 
 /// The body's top-level string fields kept in columns of their own, for filters, in the
@@ -70,14 +88,15 @@ impl NewAuditRecord {
     /// The row of a record read by [`Record::read_canonical`] with [`BODY_FIELDS`], whose
     /// canonical text is `text`.
     pub fn from_read(r: ReadRecord, text: String) -> NewAuditRecord {
-        let [agent, op, decision, approver] =
-            <[Option<String>; 4]>::try_from(r.body_strings).unwrap_or([None, None, None, None]);
+        let [agent, op, decision, approver] = <[Option<String>; 4]>::try_from(r.body_strings)
+            .unwrap_or([None, None, None, None])
+            .map(|f| f.map(|s| column_text(&s)));
         NewAuditRecord {
             seq: r.seq,
             hash: r.hash,
             prev: r.prev,
             kind: r.kind.as_str().to_owned(),
-            corr: r.corr,
+            corr: r.corr.as_deref().map(column_text),
             at_unix_ms: r.at_unix_ms,
             agent,
             op,
@@ -90,8 +109,8 @@ impl NewAuditRecord {
 
 /// Rows in the next INSERT of a batch with `left` rows to go: [`INSERT_CHUNK`] while that
 /// many remain, then the largest power of two that fits. Every statement is prepared once
-/// per connection and kept in sqlx's statement cache (on PostgreSQL, in the server's memory
-/// too), so only these 11 shapes ever exist rather than one per batch length.
+/// per connection and kept in sqlx's statement cache, so only these 11 shapes ever exist
+/// rather than one per batch length.
 fn chunk_len(left: usize) -> usize {
     if left >= INSERT_CHUNK {
         INSERT_CHUNK
@@ -100,31 +119,23 @@ fn chunk_len(left: usize) -> usize {
     }
 }
 
-/// `INSERT INTO audit_records … VALUES (…), …` for `rows` rows.
+/// `INSERT INTO audit_records … VALUES (…), …` for `rows` rows, for SQLite.
 ///
-/// SQLite gets anonymous `?` parameters, not the `$N` of every other query here: SQLite keeps
+/// Anonymous `?` parameters, not the `$N` of every other query here: SQLite keeps
 /// named parameters (`$N` is one) in a list it searches linearly, both when it prepares the
 /// statement and when sqlx asks each parameter's name to bind it, so a statement of thousands
 /// of `$N` costs quadratic time (that search was a third of the collector's CPU time).
 /// Anonymous parameters are numbered in order without a name.
-fn insert_sql(kind: DbKind, rows: usize) -> String {
+fn insert_sql(rows: usize) -> String {
     let mut sql = String::with_capacity(160 + rows * ROW_PARAMS * 7);
-    sql.push_str(
-        "INSERT INTO audit_records (host, seq, hash, prev, kind, corr, at_ms, agent, op, \
-         decision, approver, record, cursor, stored_ms) VALUES ",
-    );
+    let _ = write!(sql, "INSERT INTO audit_records ({RECORD_COLUMNS}) VALUES ");
     for i in 0..rows {
         sql.push_str(if i == 0 { "(" } else { ", (" });
         for j in 0..ROW_PARAMS {
             if j > 0 {
                 sql.push_str(", ");
             }
-            match kind {
-                DbKind::Sqlite => sql.push('?'),
-                DbKind::Postgres => {
-                    let _ = write!(sql, "${}", i * ROW_PARAMS + j + 1);
-                }
-            }
+            sql.push('?');
         }
         sql.push(')');
     }
@@ -138,7 +149,12 @@ impl Store {
     ///
     /// [`StoreError::AuditHeadMoved`] when the stored head is no longer `expected` (another
     /// stream of the host stored a batch meanwhile): nothing stored, verify again. A
-    /// checkpoint already stored for its size is left as it is.
+    /// checkpoint already stored for its size is left as it is. A record already stored
+    /// fails the whole batch (a unique violation), on either database: the collector skips
+    /// those before it stores a batch.
+    ///
+    /// SQLite gets multi-row INSERTs; PostgreSQL the same transaction with the records in one
+    /// binary COPY (`audit_copy.rs`).
     pub async fn store_audit_batch(
         &self,
         host: &str,
@@ -148,6 +164,10 @@ impl Store {
         now: u64,
     ) -> Result<Anchor, StoreError> {
         let _turn = self.write_turn().await;
+        if let Some(copy) = &self.copy {
+            // PostgreSQL: the same transaction with one COPY of the records.
+            return audit_copy::store_batch(copy, host, expected, records, checkpoints, now).await;
+        }
         let mut tx = self.pool.begin().await?;
         let first_cursor = reserve(&mut tx, "records", records.len()).await?;
         let found = head_on(&mut tx, host).await?;
@@ -159,19 +179,11 @@ impl Store {
                 found: found.seq,
             });
         }
-        if self.kind == DbKind::Postgres {
-            // The INSERTs below are all parameters: PostgreSQL's first five runs of a
-            // prepared statement on each connection otherwise plan it again with the values
-            // (thousands of them per statement) before settling on the generic plan.
-            sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
-                .execute(&mut *tx)
-                .await?;
-        }
         let mut cursor = first_cursor;
         let mut rest = records;
         while !rest.is_empty() {
             let (chunk, after) = rest.split_at(chunk_len(rest.len()));
-            let sql = insert_sql(self.kind, chunk.len());
+            let sql = insert_sql(chunk.len());
             let mut q = sqlx::query::<Any>(&sql);
             for r in chunk {
                 q = q
@@ -195,16 +207,13 @@ impl Store {
             rest = after;
         }
         for (size, note) in checkpoints {
-            sqlx::query(
-                "INSERT INTO audit_checkpoints (host, size, note, stored_ms) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (host, size) DO NOTHING",
-            )
-            .bind(host)
-            .bind(ms(*size))
-            .bind(note.as_str())
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(CHECKPOINT_SQL)
+                .bind(host)
+                .bind(ms(*size))
+                .bind(note.as_str())
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(records.last().map_or(expected, |r| Anchor {
@@ -236,12 +245,10 @@ mod tests {
     }
 
     #[test]
-    fn insert_statements_number_their_parameters_for_each_database() {
-        let sqlite = insert_sql(DbKind::Sqlite, 3);
-        assert_eq!(sqlite.matches('?').count(), 3 * ROW_PARAMS);
-        assert!(!sqlite.contains('$'));
-        let pg = insert_sql(DbKind::Postgres, 3);
-        assert!(pg.contains("($1, $2,") && pg.ends_with(", $42)"));
-        assert!(!pg.contains('?'));
+    fn insert_statements_have_anonymous_parameters() {
+        let sql = insert_sql(3);
+        assert_eq!(sql.matches('?').count(), 3 * ROW_PARAMS);
+        assert!(!sql.contains('$'));
+        assert!(sql.starts_with("INSERT INTO audit_records (host, seq,") && sql.ends_with(", ?)"));
     }
 }

@@ -22,11 +22,13 @@
 //! The methods live by topic, one file each: `open.rs` (connecting, pragmas, migrations),
 //! `hosts.rs` (enrolment, hosts), `tokens.rs`, `requests.rs`, `votes.rs`, `attempts.rs`, `web.rs` (the web page's sign-ins),
 //! `audit.rs` (the audit collector's records, checkpoints, alerts and retention),
-//! `audit_batch.rs` (storing a verified batch of them),
+//! `audit_batch.rs` (storing a verified batch of them), `audit_copy.rs` (the same with
+//! PostgreSQL's COPY),
 //! `audit_hosts.rs` (the hosts with a chain, for verifying the store).
 mod attempts;
 mod audit;
 mod audit_batch;
+mod audit_copy;
 mod audit_hosts;
 mod hosts;
 mod open;
@@ -110,6 +112,10 @@ pub enum StoreError {
         expected: u64,
         found: u64,
     },
+    /// A field of an audit record is longer than PostgreSQL's COPY can carry (2 GiB; the
+    /// collector's batches are far smaller); nothing stored.
+    #[error("audit record {seq} of {host} has a field too long to store")]
+    AuditFieldTooLong { host: String, seq: u64 },
 }
 
 /// Which database.
@@ -233,6 +239,10 @@ pub struct Store {
     /// crash of the database's machine, never one of a process crash, and every later durable
     /// commit (a vote) makes it durable too: both databases write their log in order.
     relaxed: sqlx::AnyPool,
+    /// PostgreSQL only: a small pool of native (not Any) connections to the same database,
+    /// used only by [`Store::store_audit_batch`], because the Any driver cannot run `COPY …
+    /// FROM STDIN`, which stores a batch's records faster than INSERTs (see `audit_copy.rs`).
+    copy: Option<sqlx::PgPool>,
     pub kind: DbKind,
     /// SQLite only: writers of this process queue here instead of in SQLite's busy handler,
     /// which polls with sleeps of 1 to 100 ms and would add them to the latency of every

@@ -4,11 +4,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::any::AnyPoolOptions;
+use sqlx::pool::PoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Executor};
 
-use super::{DbKind, Store, StoreError};
+use super::{DbKind, Store, StoreError, audit_copy};
 
 /// `server/migrations/`, embedded at build time and applied by [`Store::open`].
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -111,17 +111,7 @@ const PING_IF_IDLE: Duration = Duration::from_secs(60);
 /// ping is replaced before anyone uses it.
 async fn pool_with(url: &str, size: u32, setup: String) -> Result<sqlx::AnyPool, StoreError> {
     let setup: Arc<str> = setup.into();
-    Ok(AnyPoolOptions::new()
-        .max_connections(size)
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= PING_IF_IDLE {
-                    conn.ping().await?;
-                }
-                Ok(true)
-            })
-        })
+    Ok(pool_options::<sqlx::Any>(size)
         .after_connect(move |conn, _meta| {
             let setup = setup.clone();
             Box::pin(async move {
@@ -133,6 +123,23 @@ async fn pool_with(url: &str, size: u32, setup: String) -> Result<sqlx::AnyPool,
         })
         .connect(url)
         .await?)
+}
+
+/// Options of a pool of `size` connections, each pinged before it is handed out only when
+/// it was idle for [`PING_IF_IDLE`] (see [`pool_with`]). Generic for the COPY path's
+/// PostgreSQL pool (`audit_copy.rs`), which is not an Any pool.
+pub(super) fn pool_options<DB: sqlx::Database>(size: u32) -> PoolOptions<DB> {
+    PoolOptions::new()
+        .max_connections(size)
+        .test_before_acquire(false)
+        .before_acquire(|conn: &mut DB::Connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 impl Store {
@@ -147,7 +154,7 @@ impl Store {
         // Idempotent (a `Once` inside sqlx).
         sqlx::any::install_default_drivers();
         let kind = kind_of(url)?;
-        let (pool, relaxed, writer) = match kind {
+        let (pool, relaxed, writer, copy) = match kind {
             DbKind::Sqlite => {
                 let url = with_create_mode(url);
                 prepare_sqlite(&url).await?;
@@ -156,6 +163,7 @@ impl Store {
                     // Writes are one at a time anyway (the write turn).
                     pool_with(&url, 1, sqlite_pragmas("NORMAL")).await?,
                     Some(Arc::new(tokio::sync::Mutex::new(()))),
+                    None,
                 )
             }
             DbKind::Postgres => (
@@ -167,6 +175,7 @@ impl Store {
                 )
                 .await?,
                 None,
+                Some(audit_copy::open_pool(url).await?),
             ),
         };
         migrate(&pool, kind).await?;
@@ -177,6 +186,7 @@ impl Store {
         Ok(Store {
             pool,
             relaxed,
+            copy,
             kind,
             writer,
             token_cache: Arc::default(),
@@ -210,6 +220,9 @@ impl Store {
     pub async fn close_pool(&self) {
         if let Some(c) = &self.checkpointer {
             c.stop().await;
+        }
+        if let Some(copy) = &self.copy {
+            copy.close().await;
         }
         self.relaxed.close().await;
         self.pool.close().await;

@@ -1,0 +1,276 @@
+//! PostgreSQL only: storing a verified audit batch with `COPY audit_records (…) FROM STDIN`
+//! (binary format) instead of `audit_batch.rs`'s multi-row INSERTs. For an INSERT PostgreSQL
+//! parses and binds 14 parameters per row; COPY reads the rows as one stream, in the binary
+//! format without any text to parse or escape. On a 2-core VM that stored a batch of 4096
+//! records 20–30 % faster, and took the collector's benchmark on PostgreSQL from about 50k to
+//! 70–80k records/s (COPY's text format was no faster than the INSERTs).
+//!
+//! sqlx's Any driver cannot run COPY, so this runs on a connection of the store's small native
+//! pool (`Store::copy`), and the whole batch's transaction with it: the same statements as
+//! `audit_batch.rs` (the SQL is shared), in the same order, all or nothing, committed with the
+//! server's `synchronous_commit` (durable) before the caller acks. Records are never stored
+//! with ON CONFLICT (the collector skips those it has before it stores a batch), so a record
+//! already stored fails the COPY with the same unique violation as the INSERT: the whole
+//! batch is rolled back, as on SQLite.
+use airlock_audit::Anchor;
+use sqlx::postgres::{PgConnection, PgPool};
+
+use super::audit::{
+    LAST_RECORD_SQL, PRUNED_ANCHOR_SQL, RESERVE_SQL, cursor_in, first_reserved, head_of,
+};
+use super::audit_batch::{CHECKPOINT_SQL, NewAuditRecord, RECORD_COLUMNS};
+use super::open::pool_options;
+use super::{StoreError, ms};
+
+/// Connections of the COPY pool. Batches take turns at the cursor counter's row lock (the
+/// first write of each, see migration 0004) whatever the pool's size; two let one wait
+/// there while the other commits.
+const COPY_POOL: u32 = 2;
+
+/// Columns of a row: [`RECORD_COLUMNS`].
+const COLUMNS: i16 = 14;
+
+/// The binary COPY format's header: signature, flags (no OIDs), no header extension.
+const BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// The binary COPY format's trailer: a field count of -1.
+const BINARY_TRAILER: [u8; 2] = (-1i16).to_be_bytes();
+
+/// Opens the COPY pool on `url` (a PostgreSQL URL).
+pub(super) async fn open_pool(url: &str) -> Result<PgPool, StoreError> {
+    Ok(pool_options::<sqlx::Postgres>(COPY_POOL)
+        .connect(url)
+        .await?)
+}
+
+/// `Store::store_audit_batch` on PostgreSQL: the same transaction as the INSERT path's, with
+/// the records sent by one COPY.
+pub(super) async fn store_batch(
+    pool: &PgPool,
+    host: &str,
+    expected: Anchor,
+    records: &[NewAuditRecord],
+    checkpoints: &[(u64, String)],
+    now: u64,
+) -> Result<Anchor, StoreError> {
+    // Encoded before the transaction starts, so the counter row (held from the reservation
+    // to the commit) waits for less; the cursors are written in once reserved.
+    let rows = BinaryRows::new(host, records, now)?;
+    let mut tx = pool.begin().await?;
+    let n = i64::try_from(records.len()).unwrap_or(i64::MAX);
+    let (end,): (i64,) = sqlx::query_as(RESERVE_SQL)
+        .bind(n)
+        .bind("records")
+        .fetch_one(&mut *tx)
+        .await?;
+    let first_cursor = first_reserved(end, n);
+    let found = head_on(&mut tx, host).await?;
+    if found != expected {
+        tx.rollback().await?;
+        return Err(StoreError::AuditHeadMoved {
+            host: host.to_string(),
+            expected: expected.seq,
+            found: found.seq,
+        });
+    }
+    if !records.is_empty() {
+        let sql = format!("COPY audit_records ({RECORD_COLUMNS}) FROM STDIN WITH (FORMAT binary)");
+        let mut copy = tx.copy_in_raw(&sql).await?;
+        if let Err(e) = copy.send(rows.numbered(first_cursor)).await.map(|_| ()) {
+            // The connection is most likely gone; if not, this takes it out of COPY mode
+            // (the transaction is rolled back when dropped). Its own error adds nothing.
+            let _ = copy.abort("sending the audit batch failed").await;
+            return Err(e.into());
+        }
+        copy.finish().await?;
+    }
+    for (size, note) in checkpoints {
+        sqlx::query(CHECKPOINT_SQL)
+            .bind(host)
+            .bind(ms(*size))
+            .bind(note.as_str())
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(records.last().map_or(expected, |r| Anchor {
+        seq: r.seq,
+        hash: r.hash,
+    }))
+}
+
+/// `audit.rs`'s `head_on` on a native connection.
+async fn head_on(conn: &mut PgConnection, host: &str) -> Result<Anchor, StoreError> {
+    let last = sqlx::query_as(LAST_RECORD_SQL)
+        .bind(host)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let pruned = sqlx::query_as(PRUNED_ANCHOR_SQL)
+        .bind(host)
+        .fetch_optional(&mut *conn)
+        .await?;
+    head_of(host, [last, pruned])
+}
+
+/// A batch's rows in COPY's binary format, but for their cursors.
+struct BinaryRows {
+    data: Vec<u8>,
+    /// Where each row's cursor (8 bytes) goes, in order.
+    cursors: Vec<usize>,
+}
+
+impl BinaryRows {
+    fn new(host: &str, records: &[NewAuditRecord], now: u64) -> Result<BinaryRows, StoreError> {
+        // Each row: 14 lengths, the host, two hashes in hex, 5 BIGINTs and short names.
+        let size: usize = records.iter().map(|r| 300 + r.record.len()).sum();
+        let mut out = Binary(Vec::with_capacity(BINARY_HEADER.len() + size + 2));
+        let mut cursors = Vec::with_capacity(records.len());
+        out.0.extend_from_slice(BINARY_HEADER);
+        for r in records {
+            let cursor =
+                out.row(host, r, now)
+                    .map_err(|TooLong| StoreError::AuditFieldTooLong {
+                        host: host.to_string(),
+                        seq: r.seq,
+                    })?;
+            cursors.push(cursor);
+        }
+        out.0.extend_from_slice(&BINARY_TRAILER);
+        Ok(BinaryRows {
+            data: out.0,
+            cursors,
+        })
+    }
+
+    /// The data with the rows' cursors numbered from `first`.
+    fn numbered(mut self, first: u64) -> Vec<u8> {
+        for (at, cursor) in self.cursors.into_iter().zip(first..) {
+            self.data[at..at + 8].copy_from_slice(&cursor_in(cursor).to_be_bytes());
+        }
+        self.data
+    }
+}
+
+/// A field longer than the binary format's 32-bit length can say.
+struct TooLong;
+
+/// Fields in COPY's binary format: a 32-bit big-endian length (-1: NULL), then the value in
+/// its type's binary form (TEXT: the UTF-8 bytes, the connection's client encoding; BIGINT:
+/// 8 bytes big-endian). No escaping: any text arrives as it is.
+struct Binary(Vec<u8>);
+
+impl Binary {
+    fn text(&mut self, v: Option<&(impl AsRef<[u8]> + ?Sized)>) -> Result<(), TooLong> {
+        match v {
+            None => self.0.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(v) => {
+                let v = v.as_ref();
+                let len = i32::try_from(v.len()).map_err(|_| TooLong)?;
+                self.0.extend_from_slice(&len.to_be_bytes());
+                self.0.extend_from_slice(v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `r`'s row, in [`RECORD_COLUMNS`]' order, with cursor 0; returns where the
+    /// cursor's 8 bytes are.
+    fn row(&mut self, host: &str, r: &NewAuditRecord, now: u64) -> Result<usize, TooLong> {
+        self.0.extend_from_slice(&COLUMNS.to_be_bytes());
+        self.text(Some(host))?;
+        self.bigint(ms(r.seq));
+        self.text(Some(&r.hash.hex()))?;
+        self.text(Some(&r.prev.hex()))?;
+        self.text(Some(&r.kind))?;
+        self.text(r.corr.as_deref())?;
+        self.bigint(ms(r.at_unix_ms));
+        self.text(r.agent.as_deref())?;
+        self.text(r.op.as_deref())?;
+        self.text(r.decision.as_deref())?;
+        self.text(r.approver.as_deref())?;
+        self.text(Some(&r.record))?;
+        let cursor = self.0.len() + 4;
+        self.bigint(0);
+        self.bigint(ms(now));
+        Ok(cursor)
+    }
+
+    fn bigint(&mut self, v: i64) {
+        self.0.extend_from_slice(&8i32.to_be_bytes());
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use airlock_audit::Hash;
+
+    use super::*;
+
+    fn record(seq: u64, agent: Option<&str>, text: &str) -> NewAuditRecord {
+        NewAuditRecord {
+            seq,
+            hash: Hash::ZERO,
+            prev: Hash::ZERO,
+            kind: "decision".into(),
+            corr: None,
+            at_unix_ms: 7,
+            agent: agent.map(str::to_owned),
+            op: None,
+            decision: None,
+            approver: None,
+            record: text.into(),
+        }
+    }
+
+    #[test]
+    fn a_row_has_a_field_for_every_column() {
+        assert_eq!(
+            RECORD_COLUMNS.split(',').count(),
+            usize::try_from(COLUMNS).unwrap()
+        );
+    }
+
+    #[test]
+    fn rows_are_encoded_as_the_binary_format_says_and_numbered_once_reserved() {
+        let text = "tab\t\\ \u{1f980}";
+        let rows = [record(1, Some(""), text), record(2, None, "x")];
+        let data = BinaryRows::new("h", &rows, 9).unwrap().numbered(41);
+        assert!(data.starts_with(BINARY_HEADER) && data.ends_with(&BINARY_TRAILER));
+        let mut at = BINARY_HEADER.len();
+        let mut take = |n: usize| {
+            at += n;
+            &data[at - n..at]
+        };
+        for (r, cursor) in rows.iter().zip(41i64..) {
+            assert_eq!(take(2), COLUMNS.to_be_bytes());
+            let mut field = || {
+                let len = i32::from_be_bytes(take(4).try_into().unwrap());
+                usize::try_from(len).ok().map(|n| take(n).to_vec())
+            };
+            let int = |v: i64| Some(v.to_be_bytes().to_vec());
+            let text = |v: &str| Some(v.as_bytes().to_vec());
+            let fields: Vec<_> = (0..COLUMNS).map(|_| field()).collect();
+            let hex = text(&Hash::ZERO.to_string());
+            let want = [
+                text("h"),
+                int(ms(r.seq)),
+                hex.clone(),
+                hex,
+                text("decision"),
+                None,
+                int(7),
+                r.agent.as_deref().and_then(text),
+                None,
+                None,
+                None,
+                text(&r.record),
+                int(cursor),
+                int(9),
+            ];
+            assert_eq!(fields, want);
+        }
+        assert_eq!(take(2), BINARY_TRAILER);
+        assert_eq!(at, data.len());
+    }
+}
