@@ -33,6 +33,12 @@ pub enum AuditLogError {
         path: PathBuf,
         source: airlock_audit::KeyError,
     },
+    /// The directory the key goes in could not be made.
+    #[error("audit key directory {path}: {source}")]
+    KeyDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("audit spool: {0}")]
     Spool(#[from] SpoolError),
     /// The enrolled identity names the host the chain is of.
@@ -84,6 +90,19 @@ pub fn load_or_make_key(path: &Path, name: &str) -> Result<SigningKey, AuditLogE
     };
     if path.exists() {
         return SigningKey::load(path).map_err(bad);
+    }
+    // A first start makes the audit directory too (owner-only: it holds the private key);
+    // the packaged unit's StateDirectory= makes only /var/lib/airlock.
+    if let Some(dir) = path.parent() {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| AuditLogError::KeyDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
     }
     let k = SigningKey::generate(name).map_err(bad)?;
     k.write_new(path).map_err(bad)?;

@@ -222,3 +222,18 @@ fn the_audit_key_is_made_once_root_only_and_kept() {
     let k2 = load_or_make_key(&path, "airlock-h").unwrap();
     assert_eq!(k1.verifier().to_string(), k2.verifier().to_string());
 }
+
+/// Regression: with the spool moved to /var/lib/airlock/audit, a first start under the
+/// packaged unit found no audit directory and airlockd exited (seen booting the package).
+#[test]
+fn a_first_start_makes_the_missing_audit_directory_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("var/lib/airlock/audit");
+    let log = AuditLog::open(&audit, &audit, "host-1").expect("opens on a fresh machine");
+    drop(log);
+    let mode = std::fs::metadata(&audit).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert!(audit.join(AUDIT_KEY).is_file());
+    assert!(audit.join("host-1").is_dir());
+}
