@@ -106,6 +106,7 @@ fn guest_run(ctx: &Ctx, args: &Args, bin_dir: &std::path::Path) -> Result<i32> {
         accel,
         timeout: Duration::from_secs(args.guest_timeout),
         log: xdir.join(format!("bench-guest-{label}.log")),
+        mem_mib: None,
     };
     let r = guest::boot(&b);
     let _ = std::fs::remove_file(&initrd);

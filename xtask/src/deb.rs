@@ -14,6 +14,8 @@ pub struct Control {
     pub package: &'static str,
     pub version: String,
     pub section: &'static str,
+    /// Dependencies besides libc6 (which the binaries' symbol versions give); empty: none.
+    pub depends: &'static str,
     /// A `Recommends:` line's value; empty: none.
     pub recommends: &'static str,
     /// The one-line synopsis.
@@ -150,8 +152,15 @@ impl Staging {
              Homepage: https://github.com/airlock-dev/airlock\n",
             c.package, c.version, c.section
         );
+        let mut depends: Vec<String> = Vec::new();
         if self.glibc_minor > 0 {
-            writeln!(control, "Depends: libc6 (>= 2.{})", self.glibc_minor)?;
+            depends.push(format!("libc6 (>= 2.{})", self.glibc_minor));
+        }
+        if !c.depends.is_empty() {
+            depends.push(c.depends.to_string());
+        }
+        if !depends.is_empty() {
+            writeln!(control, "Depends: {}", depends.join(", "))?;
         }
         if !c.recommends.is_empty() {
             writeln!(control, "Recommends: {}", c.recommends)?;

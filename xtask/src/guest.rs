@@ -42,6 +42,8 @@ pub struct Boot<'a> {
     pub accel: Accel,
     pub timeout: Duration,
     pub log: PathBuf,
+    /// Guest memory in MiB instead of the default (`$AIRLOCK_GUEST_MEM`, else 1024).
+    pub mem_mib: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -94,14 +96,23 @@ pub fn qemu_available() -> bool {
     util::which(QEMU).is_some()
 }
 
-fn memory_mib() -> String {
+fn memory_mib(want: Option<u32>) -> String {
+    if let Some(m) = want {
+        return m.to_string();
+    }
     std::env::var("AIRLOCK_GUEST_MEM")
         .ok()
         .filter(|m| !m.is_empty())
         .unwrap_or_else(|| "1024".into())
 }
 
-fn qemu_command(kernel: &Path, initrd: &Path, append: &str, accel: Accel) -> Command {
+fn qemu_command(
+    kernel: &Path,
+    initrd: &Path,
+    append: &str,
+    accel: Accel,
+    mem_mib: Option<u32>,
+) -> Command {
     let mut cmd = Command::new(QEMU);
     cmd.args([
         "-accel",
@@ -111,7 +122,7 @@ fn qemu_command(kernel: &Path, initrd: &Path, append: &str, accel: Accel) -> Com
         "-smp",
         "1",
         "-m",
-        &memory_mib(),
+        &memory_mib(mem_mib),
     ])
     // No NIC: nothing in the guest uses one, and it spares the iPXE option ROM at boot.
     .args(["-nographic", "-no-reboot", "-nic", "none"])
@@ -136,7 +147,7 @@ pub fn boot(b: &Boot<'_>) -> Result<BootResult> {
         fmt_dur(b.timeout),
         b.log.display()
     );
-    let cmd = qemu_command(&b.kernel.vmlinuz, b.initrd, &append, b.accel);
+    let cmd = qemu_command(&b.kernel.vmlinuz, b.initrd, &append, b.accel, b.mem_mib);
     let prefix = format!("[{}] ", b.label);
     let start = Instant::now();
     let mut r = BootResult {
@@ -207,7 +218,13 @@ pub fn boot_interactive(
     lsm_override: bool,
     accel: Accel,
 ) -> Result<()> {
-    let mut cmd = qemu_command(&kernel.vmlinuz, initrd, &append_line(lsm_override), accel);
+    let mut cmd = qemu_command(
+        &kernel.vmlinuz,
+        initrd,
+        &append_line(lsm_override),
+        accel,
+        None,
+    );
     crate::util::die_with_parent(&mut cmd);
     println!(
         "+ {}\n(console attached: Ctrl-A X quits qemu)",
@@ -254,6 +271,7 @@ pub fn choose_accel(kernel: &GuestKernel, xdir: &Path) -> Result<Accel> {
         accel: Accel::Kvm,
         timeout: Duration::from_secs(60),
         log: xdir.join("kvm-probe.log"),
+        mem_mib: None,
     };
     let r = boot(&probe)?;
     let ok = r.rc.is_some() && matches!(r.outcome, Outcome::Exited(st) if st.success());

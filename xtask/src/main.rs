@@ -10,6 +10,7 @@ mod kernels;
 mod lint;
 mod man;
 mod package;
+mod package_boot;
 mod package_test;
 mod report;
 mod setup;

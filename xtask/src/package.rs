@@ -133,6 +133,9 @@ fn agent(ctx: &Ctx, bins: &Path, docs: &Path, dir: &Path, version: &str) -> Resu
             package: "airlock",
             version: version.to_string(),
             section: "admin",
+            // /bin/kill, for the unit's ExecReload (minimal Debian trees lack it; found
+            // booting the package).
+            depends: "procps",
             recommends: "systemd",
             summary: "kernel gate that holds AI agents' privileged actions for a human",
             description: "\
@@ -194,6 +197,7 @@ fn server(ctx: &Ctx, bins: &Path, docs: &Path, dir: &Path, version: &str) -> Res
             package: "airlock-server",
             version: version.to_string(),
             section: "admin",
+            depends: "procps",
             recommends: "",
             summary: "approval server and audit collector for airlock hosts",
             description: "\

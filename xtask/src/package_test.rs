@@ -9,7 +9,7 @@
 //! systemd does not run in the chroot, so the scripts take their offline path
 //! (deb-systemd-helper writes the symlinks; nothing is started), and `/sys/fs/bpf` there is a
 //! plain directory standing in for the host's bpffs: what is checked is that postrm removes
-//! the pins, not the kernel's reaction to it. `boot.rs` boots the installed tree under systemd
+//! the pins, not the kernel's reaction to it. `package_boot.rs` boots an installed tree under systemd
 //! in a guest for that.
 use crate::report::Tally;
 use crate::util::{self, Ctx, Step};
@@ -22,11 +22,14 @@ use std::process::{Command, Output, Stdio};
 /// there.
 const SUITE: &str = "bookworm";
 const MIRROR: &str = "http://deb.debian.org/debian";
+/// Packages beyond minbase: systemd (the units, deb-systemd-helper) and what the packages
+/// depend on. The cache is named after this list, so a change makes a new tree.
+const INCLUDE: &str = "systemd,systemd-sysv,procps";
 
 /// A Debian tree made once by debootstrap and copied for each run.
 pub fn debian_root(ctx: &Ctx) -> Result<PathBuf> {
     let cache = ctx.cache_dir().join("debian-root");
-    let root = cache.join(SUITE);
+    let root = cache.join(format!("{SUITE}-{}", INCLUDE.replace(',', "-")));
     if root.join("usr/bin/deb-systemd-helper").is_file() && root.join(".complete").is_file() {
         return Ok(root);
     }
@@ -35,10 +38,11 @@ pub fn debian_root(ctx: &Ctx) -> Result<PathBuf> {
     }
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&cache)?;
-    let step = Step::new(format!("debootstrap {SUITE} (minbase + systemd)"));
+    let step = Step::new(format!("debootstrap {SUITE} (minbase + {INCLUDE})"));
     util::run(
         Command::new("debootstrap")
-            .args(["--variant=minbase", "--include=systemd,systemd-sysv"])
+            .arg("--variant=minbase")
+            .arg(format!("--include={INCLUDE}"))
             .arg(SUITE)
             .arg(&root)
             .arg(MIRROR)
@@ -456,5 +460,13 @@ fn run_checks(ctx: &Ctx, k: &mut Checks) -> Result<()> {
         !enabled(&c, "airlockd.service") && !enabled(&c, "airlock-server.service"),
         "multi-user.target.wants/ still links them",
     );
+    drop(c);
+
+    // Boot a fresh install under systemd (package_boot.rs).
+    let c = Chroot::copy_of(&base, &work.join("boot-root"))?;
+    let d1 = stage(&debs, &c)?;
+    dpkg(&c, &["-i"], &d1)?;
+    let b = crate::package_boot::run(ctx, &c, &work)?;
+    k.t.add("boot", &b);
     Ok(())
 }

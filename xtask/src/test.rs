@@ -124,6 +124,8 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<i32> {
         let started = Instant::now();
         let kernels = if args.runs(Tier::Guest) {
             args.kernels()
+        } else if args.runs(Tier::Package) {
+            vec![Kernel::V6_12]
         } else {
             Vec::new()
         };
@@ -366,6 +368,7 @@ fn run_kernel(
                 .saturating_sub(start.elapsed())
                 .max(Duration::from_secs(1)),
             log: xdir.join(format!("guest-{label}.log")),
+            mem_mib: None,
         };
         let r = guest::boot(&b)?;
         if r.no_bpf_lsm && !lsm_override && attempt == 1 {

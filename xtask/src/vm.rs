@@ -99,6 +99,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<i32> {
             accel,
             timeout: Duration::from_secs(args.timeout),
             log: xdir.join(format!("vm-{label}.log")),
+            mem_mib: None,
         };
         guest::boot(&b).and_then(|r| match (r.rc, r.outcome) {
             (_, Outcome::Interrupted) => bail!("interrupted"),

@@ -13,6 +13,13 @@ fn main() -> ExitCode {
     ) {
         return code;
     }
+    // `airlock __gated-exec …`: what `airlock run` starts inside a systemd scope (hidden as
+    // well; see `cli/run/gated_exec.rs`).
+    if let Some(code) =
+        airlock_agent::cli::run::gated_exec::hidden_command(std::env::args_os().skip(1))
+    {
+        return code;
+    }
     airlock_agent::cli::init_logging();
     let cli = airlock_agent::cli::Cli::parse();
     match airlock_agent::cli::dispatch(cli) {

@@ -14,6 +14,8 @@
 //! as they do, so they remain agent processes (still gated). Once they are gone, airlockd
 //! removes it (as it removes the scope of an `airlock run` that was killed: agents/reap.rs);
 //! under systemd, systemd collects the transient scope itself.
+pub mod gated_exec;
+
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -95,7 +97,7 @@ static RUN_LOCK: Mutex<()> = Mutex::new(());
 
 /// How long `airlock run` waits for airlockd to pick up a new agent cgroup (it normally takes
 /// one inotify round trip).
-const GATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const GATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Waits until airlockd's status lists cgroup `id` among the agent cgroups it gates, so that
 /// nothing of CMD runs before the kernel side knows the cgroup.
@@ -240,11 +242,8 @@ fn run_in_systemd_scope(args: &RunArgs, systemd_run: &Path) -> anyhow::Result<u8
             args.agent
         ),
     );
-    let mut argv: Vec<OsString> = systemd_run_args(&unit)
-        .into_iter()
-        .map(OsString::from)
-        .collect();
-    argv.extend(args.command.iter().cloned());
+    let exe = std::env::current_exe().context("the airlock binary's path")?;
+    let argv = scope_argv(&unit, &exe, args);
     let cmd = command(args, systemd_run.as_os_str(), &argv);
     let _record = RunRecord::write(&args.state_dir, &format!("{unit}.scope"), args);
     let status = spawn_and_wait(args, cmd)?;
@@ -260,6 +259,25 @@ fn run_in_systemd_scope(args: &RunArgs, systemd_run: &Path) -> anyhow::Result<u8
         }
     }
     Ok(status)
+}
+
+/// `systemd-run`'s arguments: the scope, then `airlock __gated-exec`, which waits inside the
+/// scope until airlockd gates it and only then execs CMD (see `run/gated_exec.rs`).
+fn scope_argv(unit: &str, exe: &Path, args: &RunArgs) -> Vec<OsString> {
+    let mut argv: Vec<OsString> = systemd_run_args(unit)
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+    argv.push(exe.into());
+    argv.push(gated_exec::NAME.into());
+    argv.push("--state-dir".into());
+    argv.push(args.state_dir.clone().into());
+    if args.unguarded {
+        argv.push("--unguarded".into());
+    }
+    argv.push("--".into());
+    argv.extend(args.command.iter().cloned());
+    argv
 }
 
 /// Arguments to `systemd-run` before CMD.
@@ -452,6 +470,7 @@ impl Drop for SignalForwarder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use clap::Parser;
 
     #[derive(clap::Parser, Debug)]
@@ -507,6 +526,40 @@ mod tests {
                 "--"
             ]
         );
+    }
+
+    /// Regression: under systemd, CMD ran before airlockd gated its scope (systemd-run execs
+    /// it at once); the scope's first program must be the gate wait, with CMD after `--`.
+    #[test]
+    fn under_systemd_the_scope_starts_with_the_gate_wait_then_cmd() {
+        let a = parse(&["--agent", "claude", "--", "dpkg", "--", "-i"]).unwrap();
+        let argv = scope_argv("airlock-claude-1x2", Path::new("/usr/bin/airlock"), &a);
+        let argv: Vec<&str> = argv.iter().map(|s| s.to_str().unwrap()).collect();
+        assert_eq!(
+            argv,
+            [
+                "--scope",
+                "--slice=airlock.slice",
+                "--unit=airlock-claude-1x2",
+                "--quiet",
+                "--",
+                "/usr/bin/airlock",
+                "__gated-exec",
+                "--state-dir",
+                "/run/airlock",
+                "--",
+                "dpkg",
+                "--",
+                "-i"
+            ]
+        );
+        // And the hidden command parses it back to the same CMD.
+        let g = gated_exec::GatedExecCli::try_parse_from(argv[6..].iter().copied())
+            .unwrap()
+            .args;
+        assert_eq!(g.command, ["dpkg", "--", "-i"]);
+        assert!(!g.unguarded);
+        assert_eq!(g.state_dir, PathBuf::from("/run/airlock"));
     }
 
     #[test]
