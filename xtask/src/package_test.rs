@@ -417,8 +417,8 @@ fn run_checks(ctx: &Ctx, k: &mut Checks) -> Result<()> {
         "still there",
     );
     k.check(
-        "remove: runtime state removed, undecided requests reported",
-        !c.path("run/airlock").exists() && rm.contains("requests left undecided"),
+        "remove: runtime state removed, held processes reported",
+        !c.path("run/airlock").exists() && rm.contains("held at this moment stays stopped"),
         &rm,
     );
 
