@@ -198,18 +198,17 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<i32> {
         util::check_interrupted()?;
         if args.runs(Tier::Package) {
             let step = Step::new("package tier");
-            let mut t = if util::is_root() {
+            let t = if util::is_root() {
                 crate::package_test::run(ctx)?
             } else {
-                Tally::default()
-            };
-            if !util::is_root() {
+                let mut t = Tally::default();
                 missing(
                     ctx,
                     &mut t,
                     "package tier: needs root (chroot, dpkg)".into(),
                 );
-            }
+                t
+            };
             let d = step.done(&t.counts());
             row(&mut rows, &mut total, "package", t, d, None);
         }

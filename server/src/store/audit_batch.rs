@@ -52,7 +52,10 @@ impl NewAuditRecord {
         // Best effort: a body without these fields (or with non-string ones) is stored all
         // the same and matches no filter on them.
         let field = |name: &str| match &r.body {
-            Value::Object(m) => m.get(name).and_then(Value::as_str).map(column_text),
+            Value::Object(m) => m
+                .get(name)
+                .and_then(Value::as_str)
+                .map(|v| column_text(v.to_owned())),
             _ => None,
         };
         let [agent, op, decision, approver] = BODY_FIELDS.map(field);
@@ -65,7 +68,7 @@ impl NewAuditRecord {
             decision,
             approver,
             kind: r.kind.as_str().to_owned(),
-            corr: r.corr.as_deref().map(column_text),
+            corr: r.corr.clone().map(column_text),
             at_unix_ms: r.at_unix_ms,
             record: text,
         }
@@ -76,8 +79,14 @@ impl NewAuditRecord {
 /// a batch refused for it would be refused again on every resend, so the host's spool would
 /// never drain. Only the filter columns change; the record's canonical JSON (NUL escaped as
 /// `\u0000`) is stored as sent and still verifies.
-fn column_text(s: &str) -> String {
-    s.replace('\0', "\u{FFFD}")
+/// Takes the string by value: the collector's fast path moves each field in, and only the
+/// rare one with a NUL is copied.
+fn column_text(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s
+    }
 }
 
 /// The body's top-level string fields kept in columns of their own, for filters, in the
@@ -90,13 +99,13 @@ impl NewAuditRecord {
     pub fn from_read(r: ReadRecord, text: String) -> NewAuditRecord {
         let [agent, op, decision, approver] = <[Option<String>; 4]>::try_from(r.body_strings)
             .unwrap_or([None, None, None, None])
-            .map(|f| f.map(|s| column_text(&s)));
+            .map(|f| f.map(column_text));
         NewAuditRecord {
             seq: r.seq,
             hash: r.hash,
             prev: r.prev,
             kind: r.kind.as_str().to_owned(),
-            corr: r.corr.as_deref().map(column_text),
+            corr: r.corr.map(column_text),
             at_unix_ms: r.at_unix_ms,
             agent,
             op,
