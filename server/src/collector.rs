@@ -31,6 +31,7 @@
 //! origin `airlock/<host>`): a host cannot file records under another's name.
 mod check;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +40,7 @@ use airlock_proto::v1 as pb;
 
 use crate::broker::{Broker, now_ms};
 use crate::error::Fault;
-use crate::store::{Pruned, Store, StoreError};
+use crate::store::{AuditFollow, AuditTurn, Pruned, Store, StoreError};
 
 pub use check::{Verified, verify};
 
@@ -133,20 +134,32 @@ enum KeyState {
 pub struct HostAudit {
     host: String,
     key: KeyState,
-    /// The verified batch being stored, if any.
-    storing: Option<Storing>,
+    /// The verified batches being stored, oldest first: at most [`MAX_STORING`], each
+    /// continuing the one before it.
+    storing: VecDeque<Storing>,
     /// After a batch of this session was refused or not stored: the seq right after its last
     /// record, where a batch the host sent behind it (before hearing of the refusal) starts.
     /// Such a batch is refused as [`CollectError::Behind`], without an alert.
     behind: Option<u64>,
 }
 
+/// Most batches of one host storing at once: one committing while the next copies its
+/// records beside it (PostgreSQL; on SQLite the next one waits, see `store::AuditTurn`).
+/// More would only queue at the database: a host has at most two batches in flight.
+const MAX_STORING: usize = 2;
+
 /// A verified batch committing in a task of its own.
 #[derive(Debug)]
 struct Storing {
     first_seq: u64,
-    /// The stored head it was verified against (the refusal's `up_to_seq` if it fails).
+    /// The head it was verified against: the stored head, or the last record of the batch
+    /// stored ahead of it (`ahead`).
     from: Anchor,
+    /// Started while the batch before it was still storing: `from` is stored only if that
+    /// one committed.
+    ahead: bool,
+    /// What the store of the next batch follows.
+    follow: AuditFollow,
     /// Its last record: the head once it is stored, which the next batch is verified against.
     tip: Anchor,
     task: tokio::task::JoinHandle<Result<Anchor, StoreError>>,
@@ -183,7 +196,7 @@ impl HostAudit {
         HostAudit {
             host: host.to_string(),
             key: KeyState::Unknown,
-            storing: None,
+            storing: VecDeque::new(),
             behind: None,
         }
     }
@@ -255,17 +268,17 @@ impl HostAudit {
         if let KeyState::Refused(why) = &self.key {
             // Alerted once, at the Hello; the host retries each batch later.
             let why = why.clone();
-            out.extend(self.finish(b).await);
+            self.finish(b, &mut out).await;
             let head = b.store.audit_head(&self.host).await.map_or(0, |h| h.seq);
             out.push(ack(head, why));
             return out;
         }
-        let handled = match self.storing.as_ref().map(|s| s.tip) {
+        let handled = match self.storing.back().map(|s| s.tip) {
             Some(tip) if continues(&batch, tip) => {
                 self.after_storing(b, batch, tip, &mut out).await
             }
             _ => {
-                out.extend(self.finish(b).await);
+                self.finish(b, &mut out).await;
                 self.after_stored(b, batch).await
             }
         };
@@ -279,19 +292,19 @@ impl HostAudit {
 
     /// Whether a batch is being stored (then [`HostAudit::stored`] ends).
     pub fn storing(&self) -> bool {
-        self.storing.is_some()
+        !self.storing.is_empty()
     }
 
-    /// Waits until the batch being stored is committed or failed (forever when none is).
-    /// Cancel-safe: a link polls it beside its other work, then passes the outcome to
+    /// Waits until the oldest batch being stored is committed or failed (forever when none
+    /// is). Cancel-safe: a link polls it beside its other work, then passes the outcome to
     /// [`HostAudit::acknowledge`].
     pub async fn stored(&mut self) -> StoreOutcome {
-        let result = match &mut self.storing {
+        let result = match self.storing.front_mut() {
             Some(s) => joined((&mut s.task).await),
             None => return std::future::pending().await,
         };
         // No await from here on: the batch leaves with its outcome or not at all.
-        match self.storing.take() {
+        match self.storing.pop_front() {
             Some(storing) => StoreOutcome { storing, result },
             None => std::future::pending().await,
         }
@@ -302,11 +315,18 @@ impl HostAudit {
         self.answer(b, &outcome.storing, outcome.result).await
     }
 
-    /// Waits for the batch being stored, if any, and returns its `AuditAck`.
-    async fn finish(&mut self, b: &Broker) -> Option<pb::ServerMessage> {
-        let mut s = self.storing.take()?;
+    /// Waits for the oldest batch being stored, if any, and returns its `AuditAck`.
+    async fn finish_one(&mut self, b: &Broker) -> Option<pb::ServerMessage> {
+        let mut s = self.storing.pop_front()?;
         let outcome = joined((&mut s.task).await);
         Some(self.answer(b, &s, outcome).await)
+    }
+
+    /// Waits for every batch being stored, adding their `AuditAck`s to `out` in order.
+    async fn finish(&mut self, b: &Broker, out: &mut Vec<pb::ServerMessage>) {
+        while let Some(m) = self.finish_one(b).await {
+            out.push(m);
+        }
     }
 
     async fn answer(
@@ -321,7 +341,25 @@ impl HostAudit {
                 // Where a batch sent behind this one starts (none behind one without records:
                 // the next batch still continues the stored head).
                 let end = (s.tip.seq > s.from.seq).then_some(s.tip.seq + 1);
-                self.refuse(b, s.first_seq, end, s.from.seq, e).await
+                // The refusal names the stored head, which the host keeps everything after:
+                // `from` is it only for a batch with none ahead (the one ahead may have
+                // failed). An unreadable head names 0, which takes nothing from the host.
+                let head = if s.ahead {
+                    b.store.audit_head(&self.host).await.map_or(0, |h| h.seq)
+                } else {
+                    s.from.seq
+                };
+                let e = match e {
+                    // Sent and stored behind a batch that failed: not an alert.
+                    CollectError::Store(StoreError::AuditAheadFailed { .. }) => {
+                        CollectError::Behind {
+                            first_seq: s.first_seq,
+                            head,
+                        }
+                    }
+                    e => e,
+                };
+                self.refuse(b, s.first_seq, end, head, e).await
             }
         }
     }
@@ -435,7 +473,16 @@ impl HostAudit {
             }
             Err(e) => Err(e),
         };
-        out.extend(self.finish(b).await);
+        if verified.is_err() {
+            // Refused: the ones storing are answered first, and their outcome decides the
+            // head this refusal names (`tip` only once they all committed).
+            self.finish(b, out).await;
+        } else {
+            // Its store starts behind the one before it, unless as many as can store are.
+            while self.storing.len() >= MAX_STORING {
+                out.extend(self.finish_one(b).await);
+            }
+        }
         if self.behind.take() == Some(first_seq) {
             // The batch before was not stored: this one does not continue the stored head.
             let head = b.store.audit_head(&self.host).await.map_or(0, |h| h.seq);
@@ -483,20 +530,28 @@ impl HostAudit {
         let first_seq = verified.records.first().map_or(0, |r| r.seq);
         let store = b.store.clone();
         let host = self.host.clone();
+        let ahead = self.storing.back().map(|s| s.follow.clone());
+        let (turn, follow) = match &ahead {
+            Some(f) => AuditTurn::after(f),
+            None => AuditTurn::first(),
+        };
         let task = tokio::spawn(async move {
             store
-                .store_audit_batch(
+                .store_audit_batch_in_turn(
                     &host,
                     head,
                     &verified.records,
                     &verified.checkpoints,
                     now_ms(),
+                    turn,
                 )
                 .await
         });
-        self.storing = Some(Storing {
+        self.storing.push_back(Storing {
             first_seq,
             from: head,
+            ahead: ahead.is_some(),
+            follow,
             tip,
             task,
         });

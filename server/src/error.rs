@@ -69,7 +69,10 @@ impl Fault {
             StoreError::OtherHost { .. } => Code::PermissionDenied,
             StoreError::TooMany { .. } => Code::ResourceExhausted,
             // Another stream of the host stored a batch meanwhile: resending works.
-            StoreError::AuditHeadMoved { .. } => Code::Aborted,
+            StoreError::AuditHeadMoved { .. } | StoreError::AuditAheadFailed { .. } => {
+                Code::Aborted
+            }
+            StoreError::AuditStoreTimeout { .. } => Code::Unavailable,
             StoreError::BadEnrollment
             | StoreError::TokenRevoked { .. }
             | StoreError::TokenExpired { .. } => Code::Unauthenticated,

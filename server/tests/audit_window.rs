@@ -1,21 +1,40 @@
 //! Pipelined audit batches: a host may send the next batch before the previous one's
-//! `AuditAck` (airlockd keeps two in flight). SQLite in a temporary directory.
+//! `AuditAck` (airlockd keeps two in flight), and the collector stores a batch while the one
+//! before it commits. Each case runs on SQLite (`sqlite::CASE`) and PostgreSQL
+//! (`postgres::CASE`, where the two stores overlap in the database).
 //!
 //! What is guarded: acks come in batch order, each after its batch is stored; a batch sent
 //! right behind a refused one is refused too (it does not continue the stored head) without an
 //! alert of its own, nothing of either is stored, and the host goes on from the stored head.
+// Only `Db` and `cases!` are used here.
+#[allow(dead_code)]
+#[macro_use]
+mod common;
+
 use std::time::Duration;
 
 use airlock_audit::Record;
 use airlock_server::store::{AuditFilter, Store};
 use airlock_server::testing::audit::{HostChain, batch, canonical};
-use airlock_server::testing::{FakeHost, TestServer};
+use airlock_server::testing::{FakeHost, Options, TestServer};
+use common::Db;
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(10);
 
-async fn linked() -> (TestServer, FakeHost, HostChain) {
-    let srv = TestServer::start().await.unwrap();
+cases!(
+    batches_in_flight_are_stored_and_acked_in_order,
+    a_batch_behind_a_refused_one_is_refused_quietly_then_the_host_resends,
+    a_resend_overlapping_the_batch_being_stored_waits_for_it,
+);
+
+async fn linked(db: &Db) -> (TestServer, FakeHost, HostChain) {
+    let srv = TestServer::with(Options {
+        database: Some(db.url.clone()),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
     let chain = HostChain::new("web-1");
     let id = srv.enroll("web-1").await.unwrap();
     let host = FakeHost::connect_with_audit_key(&srv.url, &srv.ca_pem, &id, &chain.verifier_key())
@@ -42,9 +61,8 @@ async fn alerts(s: &Store) -> usize {
     s.audit_alerts(&f).await.unwrap().len()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_in_flight_are_stored_and_acked_in_order() {
-    let (srv, mut host, mut chain) = linked().await;
+async fn batches_in_flight_are_stored_and_acked_in_order(db: Db) {
+    let (srv, mut host, mut chain) = linked(&db).await;
     let records = chain.records(40);
     let cp = chain.checkpoint();
     // Eight batches of five at once; the last carries a checkpoint over its last record.
@@ -64,9 +82,8 @@ async fn batches_in_flight_are_stored_and_acked_in_order() {
     assert_eq!(alerts(&srv.store).await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_behind_a_refused_one_is_refused_quietly_then_the_host_resends() {
-    let (srv, mut host, mut chain) = linked().await;
+async fn a_batch_behind_a_refused_one_is_refused_quietly_then_the_host_resends(db: Db) {
+    let (srv, mut host, mut chain) = linked(&db).await;
     let good = chain.records(2);
     host.send_audit(batch(&good, &[])).unwrap();
     let next = chain.records(6); // seq 3..=8
@@ -103,9 +120,8 @@ async fn a_batch_behind_a_refused_one_is_refused_quietly_then_the_host_resends()
     assert_eq!(stored(&srv.store).await, (1..=8).collect::<Vec<_>>());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resend_overlapping_the_batch_being_stored_waits_for_it() {
-    let (srv, mut host, mut chain) = linked().await;
+async fn a_resend_overlapping_the_batch_being_stored_waits_for_it(db: Db) {
+    let (srv, mut host, mut chain) = linked(&db).await;
     let records = chain.records(6);
     // The second batch repeats record 3 of the first: it is checked against the stored
     // record once the first is committed, not against the one in flight.

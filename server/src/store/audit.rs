@@ -10,6 +10,7 @@ use airlock_audit::{Anchor, Hash};
 use sqlx::any::{Any, AnyRow};
 use sqlx::{AnyConnection, Row};
 
+use super::audit_copy::PENDING_EXPIRES;
 use super::{Store, StoreError, from_name, ms, ms_out};
 
 /// A host's audit key as the collector keeps it.
@@ -90,6 +91,10 @@ fn hash_out(host: &str, text: &str) -> Result<Hash, StoreError> {
 /// `audit_copy.rs`): `host`'s last stored record, and the last one retention deleted.
 pub(super) const LAST_RECORD_SQL: &str =
     "SELECT seq, hash FROM audit_records WHERE host = $1 ORDER BY seq DESC LIMIT 1";
+/// [`LAST_RECORD_SQL`] among the records before seq `$2`: the COPY path checks the head
+/// after copying the batch's own records, which its transaction already sees.
+pub(super) const LAST_RECORD_BELOW_SQL: &str =
+    "SELECT seq, hash FROM audit_records WHERE host = $1 AND seq < $2 ORDER BY seq DESC LIMIT 1";
 pub(super) const PRUNED_ANCHOR_SQL: &str =
     "SELECT pruned_seq, pruned_hash FROM audit_hosts WHERE host = $1";
 
@@ -203,6 +208,20 @@ fn common_conds(f: &AuditFilter, time_col: &str) -> (Vec<String>, Vec<Arg>) {
         conds.push(format!("{time_col} < ${}", args.len()));
     }
     (conds, args)
+}
+
+/// This replica's clock, in ms since the epoch: the time of a reservation (`audit_pending`),
+/// whatever time the caller stores its records under.
+pub(super) fn clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Reservations made before this (the reader's clock) are of batches that died storing.
+fn pending_fresh_since() -> u64 {
+    let expires = u64::try_from(PENDING_EXPIRES.as_millis()).unwrap_or(u64::MAX);
+    clock_ms().saturating_sub(expires)
 }
 
 impl Store {
@@ -333,6 +352,15 @@ impl Store {
                 conds.push(format!("{col} = ${}", args.len()));
             }
         }
+        // Only below the lowest reservation of a batch still storing (migration 0006), read in
+        // the same statement (one snapshot), so a reader never moves past a cursor whose
+        // records commit later.
+        args.push(Arg::Int(ms(pending_fresh_since())));
+        conds.push(format!(
+            "cursor < (SELECT COALESCE(MIN(first_cursor), {}) FROM audit_pending WHERE reserved_ms > ${})",
+            i64::MAX,
+            args.len()
+        ));
         args.push(Arg::Int(i64::from(f.limit)));
         let sql = format!(
             "SELECT host, seq, cursor, at_ms, kind, record FROM audit_records WHERE {} \
@@ -441,6 +469,11 @@ impl Store {
             tx.commit().await?;
         }
         let _turn = self.write_turn().await;
+        // Reservations of batches that died storing (readers already ignore them).
+        sqlx::query("DELETE FROM audit_pending WHERE reserved_ms <= $1")
+            .bind(ms(pending_fresh_since()))
+            .execute(&self.pool)
+            .await?;
         out.alerts = sqlx::query("DELETE FROM audit_alerts WHERE at_ms < $1")
             .bind(ms(before_ms))
             .execute(&self.pool)

@@ -1,7 +1,8 @@
-//! Storing a verified audit batch (`Store::store_audit_batch`): its records in multi-row
-//! INSERTs and its checkpoints, in one transaction after the counter that gives out cursors
-//! (see `audit.rs` and migration 0004). On PostgreSQL the same transaction sends the records
-//! with one COPY instead (`audit_copy.rs`); the INSERTs are SQLite's.
+//! Storing a verified audit batch (`Store::store_audit_batch`): on SQLite its records in
+//! multi-row INSERTs and its checkpoints, in one transaction after the counter that gives out
+//! cursors (see `audit.rs` and migration 0004), one batch at a time. On PostgreSQL the
+//! records go in by one COPY, and batches store side by side (`audit_copy.rs`, migration
+//! 0006); `audit_order.rs` keeps one host's batches in chain order either way.
 use std::fmt::Write as _;
 
 use airlock_audit::{Anchor, Hash, ReadRecord, Record};
@@ -9,6 +10,7 @@ use serde_json::Value;
 use sqlx::any::Any;
 
 use super::audit::{cursor_in, head_on, reserve};
+use super::audit_order::AuditTurn;
 use super::{Store, StoreError, audit_copy, ms};
 
 /// Most rows per INSERT statement: 1024 × 14 = 14336 parameters, under SQLite's limit (32766
@@ -162,8 +164,8 @@ impl Store {
     /// fails the whole batch (a unique violation), on either database: the collector skips
     /// those before it stores a batch.
     ///
-    /// SQLite gets multi-row INSERTs; PostgreSQL the same transaction with the records in one
-    /// binary COPY (`audit_copy.rs`).
+    /// SQLite gets multi-row INSERTs in one transaction; PostgreSQL a reservation, then the
+    /// records in one binary COPY (`audit_copy.rs`).
     pub async fn store_audit_batch(
         &self,
         host: &str,
@@ -172,11 +174,32 @@ impl Store {
         checkpoints: &[(u64, String)],
         now: u64,
     ) -> Result<Anchor, StoreError> {
-        let _turn = self.write_turn().await;
+        let (turn, _) = AuditTurn::first();
+        self.store_audit_batch_in_turn(host, expected, records, checkpoints, now, turn)
+            .await
+    }
+
+    /// [`Store::store_audit_batch`] for a batch whose store may start before the one ahead
+    /// of it (the same host's previous batch, which it continues) has committed: `turn`
+    /// orders the two (see `audit_order.rs`). On PostgreSQL their records are copied side by
+    /// side; on SQLite this one starts once the one ahead has ended. When the one ahead
+    /// failed, nothing of this one is stored ([`StoreError::AuditAheadFailed`]).
+    pub async fn store_audit_batch_in_turn(
+        &self,
+        host: &str,
+        expected: Anchor,
+        records: &[NewAuditRecord],
+        checkpoints: &[(u64, String)],
+        now: u64,
+        mut turn: AuditTurn,
+    ) -> Result<Anchor, StoreError> {
         if let Some(copy) = &self.copy {
-            // PostgreSQL: the same transaction with one COPY of the records.
-            return audit_copy::store_batch(copy, host, expected, records, checkpoints, now).await;
+            // PostgreSQL: reserved apart, then one COPY of the records (`audit_copy.rs`).
+            return audit_copy::store_batch(copy, host, expected, records, checkpoints, now, turn)
+                .await;
         }
+        turn.ahead_committed(host).await?;
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         let first_cursor = reserve(&mut tx, "records", records.len()).await?;
         let found = head_on(&mut tx, host).await?;
@@ -225,6 +248,7 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
+        turn.committed();
         Ok(records.last().map_or(expected, |r| Anchor {
             seq: r.seq,
             hash: r.hash,

@@ -1,31 +1,50 @@
 //! PostgreSQL only: storing a verified audit batch with `COPY audit_records (…) FROM STDIN`
-//! (binary format) instead of `audit_batch.rs`'s multi-row INSERTs. For an INSERT PostgreSQL
-//! parses and binds 14 parameters per row; COPY reads the rows as one stream, in the binary
-//! format without any text to parse or escape. On a 2-core VM that stored a batch of 4096
-//! records 20–30 % faster, and took the collector's benchmark on PostgreSQL from about 50k to
-//! 70–80k records/s (COPY's text format was no faster than the INSERTs).
+//! (binary format) instead of `audit_batch.rs`'s multi-row INSERTs, in two transactions so
+//! that batches store side by side.
 //!
-//! sqlx's Any driver cannot run COPY, so this runs on a connection of the store's small native
-//! pool (`Store::copy`), and the whole batch's transaction with it: the same statements as
-//! `audit_batch.rs` (the SQL is shared), in the same order, all or nothing, committed with the
-//! server's `synchronous_commit` (durable) before the caller acks. Records are never stored
-//! with ON CONFLICT (the collector skips those it has before it stores a batch), so a record
-//! already stored fails the COPY with the same unique violation as the INSERT: the whole
-//! batch is rolled back, as on SQLite.
+//! COPY: for an INSERT PostgreSQL parses and binds 14 parameters per row; COPY reads the rows
+//! as one stream, in the binary format without any text to parse or escape. On a 2-core VM
+//! that stored a batch of 4096 records 20–30 % faster (COPY's text format was no faster than
+//! the INSERTs). sqlx's Any driver cannot run COPY, so this runs on the store's small native
+//! pool (`Store::copy`).
+//!
+//! Two transactions (migration 0006): the first reserves the batch's cursors and records the
+//! reservation, and commits at once; the second copies the records, waits for the batch
+//! ahead of it (`audit_order.rs`), checks the stored head, adds the checkpoints, deletes the
+//! reservation and commits durably (the server's `synchronous_commit`) before the caller
+//! acks. The counter row is held for the reservation only, so a host's next batch (and other
+//! hosts' batches) copy their records while one commits; a single PostgreSQL backend copying
+//! 4096 indexed rows was the collector's bottleneck. Readers stay below the lowest open
+//! reservation (`Store::audit_records`), so none skips a record that commits later with a
+//! smaller cursor. All or nothing: a record already stored fails the COPY with a unique
+//! violation (the collector skips those it has before it stores a batch), and the batch is
+//! rolled back, as on SQLite.
+use std::time::Duration;
+
 use airlock_audit::Anchor;
 use sqlx::postgres::{PgConnection, PgPool};
 
 use super::audit::{
-    LAST_RECORD_SQL, PRUNED_ANCHOR_SQL, RESERVE_SQL, cursor_in, first_reserved, head_of,
+    LAST_RECORD_BELOW_SQL, PRUNED_ANCHOR_SQL, RESERVE_SQL, clock_ms, cursor_in, first_reserved,
+    head_of,
 };
 use super::audit_batch::{CHECKPOINT_SQL, NewAuditRecord, RECORD_COLUMNS};
+use super::audit_order::AuditTurn;
 use super::open::pool_options;
 use super::{StoreError, ms};
 
-/// Connections of the COPY pool. Batches take turns at the cursor counter's row lock (the
-/// first write of each, see migration 0004) whatever the pool's size; two let one wait
-/// there while the other commits.
-const COPY_POOL: u32 = 2;
+/// Connections of the COPY pool: a host's batch storing while the next one copies its records
+/// beside it (see `audit_order.rs`), and another host's batch.
+const COPY_POOL: u32 = 4;
+
+/// The longest a batch's store may take from its reservation to its commit; it is rolled back
+/// past that ([`StoreError::AuditStoreTimeout`]), so no reservation outlives it.
+pub(super) const STORE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Readers ignore a reservation (`audit_pending`) older than this: its batch's process died
+/// before it could commit or delete it. Well past [`STORE_TIMEOUT`], so that clocks of
+/// replicas several minutes apart still never ignore a batch that can commit.
+pub(crate) const PENDING_EXPIRES: Duration = Duration::from_secs(600);
 
 /// Columns of a row: [`RECORD_COLUMNS`].
 const COLUMNS: i16 = 14;
@@ -35,6 +54,11 @@ const BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// The binary COPY format's trailer: a field count of -1.
 const BINARY_TRAILER: [u8; 2] = (-1i16).to_be_bytes();
 
+/// Adds a reservation (`$1` its first cursor, `$2` the time) to `audit_pending`.
+const PENDING_SQL: &str = "INSERT INTO audit_pending (first_cursor, reserved_ms) VALUES ($1, $2)";
+/// Deletes the reservation whose first cursor is `$1`.
+const UNPENDING_SQL: &str = "DELETE FROM audit_pending WHERE first_cursor = $1";
+
 /// Opens the COPY pool on `url` (a PostgreSQL URL).
 pub(super) async fn open_pool(url: &str) -> Result<PgPool, StoreError> {
     Ok(pool_options::<sqlx::Postgres>(COPY_POOL)
@@ -42,8 +66,14 @@ pub(super) async fn open_pool(url: &str) -> Result<PgPool, StoreError> {
         .await?)
 }
 
-/// `Store::store_audit_batch` on PostgreSQL: the same transaction as the INSERT path's, with
-/// the records sent by one COPY.
+/// `Store::store_audit_batch_in_turn` on PostgreSQL, in two transactions (see migration
+/// 0006): the first reserves the batch's cursors and commits at once; the second copies the
+/// records, waits for the batch ahead of it to commit, checks the stored head, adds the
+/// checkpoints, deletes the reservation and commits (durably) before the caller acks. So the
+/// batches of one host, and those of other hosts, copy their records side by side: the
+/// counter row is held only for the reservation, not through a batch's copy and commit.
+/// All or nothing: a record already stored fails the COPY with a unique violation (the
+/// collector skips those it has before it stores a batch), and the batch is rolled back.
 pub(super) async fn store_batch(
     pool: &PgPool,
     host: &str,
@@ -51,58 +81,151 @@ pub(super) async fn store_batch(
     records: &[NewAuditRecord],
     checkpoints: &[(u64, String)],
     now: u64,
+    mut turn: AuditTurn,
 ) -> Result<Anchor, StoreError> {
-    // Encoded before the transaction starts, so the counter row (held from the reservation
-    // to the commit) waits for less; the cursors are written in once reserved.
+    // Encoded before anything waits; the cursors are written in once reserved.
     let rows = BinaryRows::new(host, records, now)?;
+    turn.ahead_reserved(host).await?;
+    let first = match records.len() {
+        0 => None,
+        n => Some(reserve(pool, n).await?),
+    };
+    turn.reserved();
+    let batch = Batch {
+        host,
+        expected,
+        below: records.first().map_or(expected.seq + 1, |r| r.seq),
+        checkpoints,
+        now,
+    };
+    let stored = tokio::time::timeout(STORE_TIMEOUT, batch.store(pool, rows, first, &mut turn))
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::AuditStoreTimeout {
+                host: host.to_string(),
+                seconds: STORE_TIMEOUT.as_secs(),
+            })
+        });
+    match &stored {
+        Ok(_) => turn.committed(),
+        Err(_) => {
+            if let Some(first) = first {
+                // Rolled back; the reservation would hold readers below it until it expired.
+                if let Err(e) = sqlx::query(UNPENDING_SQL)
+                    .bind(cursor_in(first))
+                    .execute(pool)
+                    .await
+                {
+                    tracing::warn!(host, first_cursor = first, error = %e,
+                        "deleting an audit batch's reservation failed; readers ignore it once expired");
+                }
+            }
+        }
+    }
+    stored.map(|()| {
+        records.last().map_or(expected, |r| Anchor {
+            seq: r.seq,
+            hash: r.hash,
+        })
+    })
+}
+
+/// Reserves `n` cursors and records the reservation (at this replica's clock), in a
+/// transaction of its own; returns the first cursor.
+async fn reserve(pool: &PgPool, n: usize) -> Result<u64, StoreError> {
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
     let mut tx = pool.begin().await?;
-    let n = i64::try_from(records.len()).unwrap_or(i64::MAX);
+    // Not waiting for the disk loses nothing: records with these cursors are stored only by
+    // a later durable commit, which flushes the log up to and past this one.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
     let (end,): (i64,) = sqlx::query_as(RESERVE_SQL)
         .bind(n)
         .bind("records")
         .fetch_one(&mut *tx)
         .await?;
-    let first_cursor = first_reserved(end, n);
-    let found = head_on(&mut tx, host).await?;
-    if found != expected {
-        tx.rollback().await?;
-        return Err(StoreError::AuditHeadMoved {
-            host: host.to_string(),
-            expected: expected.seq,
-            found: found.seq,
-        });
-    }
-    if !records.is_empty() {
-        let sql = format!("COPY audit_records ({RECORD_COLUMNS}) FROM STDIN WITH (FORMAT binary)");
-        let mut copy = tx.copy_in_raw(&sql).await?;
-        if let Err(e) = copy.send(rows.numbered(first_cursor)).await.map(|_| ()) {
-            // The connection is most likely gone; if not, this takes it out of COPY mode
-            // (the transaction is rolled back when dropped). Its own error adds nothing.
-            let _ = copy.abort("sending the audit batch failed").await;
-            return Err(e.into());
-        }
-        copy.finish().await?;
-    }
-    for (size, note) in checkpoints {
-        sqlx::query(CHECKPOINT_SQL)
-            .bind(host)
-            .bind(ms(*size))
-            .bind(note.as_str())
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await?;
-    }
+    let first = first_reserved(end, n);
+    sqlx::query(PENDING_SQL)
+        .bind(cursor_in(first))
+        .bind(ms(clock_ms()))
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
-    Ok(records.last().map_or(expected, |r| Anchor {
-        seq: r.seq,
-        hash: r.hash,
-    }))
+    Ok(first)
 }
 
-/// `audit.rs`'s `head_on` on a native connection.
-async fn head_on(conn: &mut PgConnection, host: &str) -> Result<Anchor, StoreError> {
-    let last = sqlx::query_as(LAST_RECORD_SQL)
+/// What a batch's second transaction stores beside its records.
+struct Batch<'a> {
+    host: &'a str,
+    /// The head the batch was verified against.
+    expected: Anchor,
+    /// The seq of its first record (without records: right after `expected`).
+    below: u64,
+    checkpoints: &'a [(u64, String)],
+    now: u64,
+}
+
+impl Batch<'_> {
+    /// The second transaction: rows numbered from `first` (None: no records).
+    async fn store(
+        &self,
+        pool: &PgPool,
+        rows: BinaryRows,
+        first: Option<u64>,
+        turn: &mut AuditTurn,
+    ) -> Result<(), StoreError> {
+        let host = self.host;
+        let mut tx = pool.begin().await?;
+        if let Some(first) = first {
+            let sql =
+                format!("COPY audit_records ({RECORD_COLUMNS}) FROM STDIN WITH (FORMAT binary)");
+            let mut copy = tx.copy_in_raw(&sql).await?;
+            if let Err(e) = copy.send(rows.numbered(first)).await.map(|_| ()) {
+                // The connection is most likely gone; if not, this takes it out of COPY mode
+                // (the transaction is rolled back when dropped). Its own error adds nothing.
+                let _ = copy.abort("sending the audit batch failed").await;
+                return Err(e.into());
+            }
+            copy.finish().await?;
+        }
+        turn.ahead_committed(host).await?;
+        // The head below this batch's own records, which this transaction already sees: a
+        // record another stream stored at or after them made the COPY fail (unique).
+        let found = head_below(&mut tx, host, self.below).await?;
+        if found != self.expected {
+            tx.rollback().await?;
+            return Err(StoreError::AuditHeadMoved {
+                host: host.to_string(),
+                expected: self.expected.seq,
+                found: found.seq,
+            });
+        }
+        for (size, note) in self.checkpoints {
+            sqlx::query(CHECKPOINT_SQL)
+                .bind(host)
+                .bind(ms(*size))
+                .bind(note.as_str())
+                .bind(ms(self.now))
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(first) = first {
+            sqlx::query(UNPENDING_SQL)
+                .bind(cursor_in(first))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// `audit.rs`'s `head_on` on a native connection, from the records before seq `below`.
+async fn head_below(conn: &mut PgConnection, host: &str, below: u64) -> Result<Anchor, StoreError> {
+    let last = sqlx::query_as(LAST_RECORD_BELOW_SQL)
         .bind(host)
+        .bind(ms(below))
         .fetch_optional(&mut *conn)
         .await?;
     let pruned = sqlx::query_as(PRUNED_ANCHOR_SQL)

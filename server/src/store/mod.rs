@@ -30,6 +30,9 @@ mod audit;
 mod audit_batch;
 mod audit_copy;
 mod audit_hosts;
+mod audit_order;
+#[cfg(test)]
+mod audit_pending_tests;
 mod hosts;
 mod open;
 mod requests;
@@ -49,6 +52,7 @@ use airlock_approval::{DecisionRecord, RequestState, Vote};
 pub use audit::{AuditAlert, AuditFilter, AuditKey, AuditRow, Pruned};
 pub use audit_batch::{BODY_FIELDS, NewAuditRecord};
 pub use audit_hosts::AuditHost;
+pub use audit_order::{AuditFollow, AuditTurn};
 pub use slack::SlackMessage;
 pub use web::{WebLogin, WebSession};
 
@@ -116,6 +120,18 @@ pub enum StoreError {
     /// collector's batches are far smaller); nothing stored.
     #[error("audit record {seq} of {host} has a field too long to store")]
     AuditFieldTooLong { host: String, seq: u64 },
+    /// The store of the audit batch of `host` right before this one (which it continues)
+    /// failed, so this one was not stored either; nothing stored.
+    #[error(
+        "the audit batch of {host} before this one was not stored; resend from the stored head"
+    )]
+    AuditAheadFailed { host: String },
+    /// An audit batch's store took longer than its bound (`audit_copy::STORE_TIMEOUT`); it
+    /// was rolled back and nothing is stored.
+    #[error(
+        "storing an audit batch of {host} took longer than {seconds} s; nothing stored, resend"
+    )]
+    AuditStoreTimeout { host: String, seconds: u64 },
 }
 
 /// Which database.
