@@ -1,17 +1,19 @@
 //! The audit collector's tables (migration `0004_audit.sql`): each host's audit key (trust on
 //! first use), its verified records and checkpoints, the collector's alerts, and retention.
 //!
-//! Rows are numbered by a cursor given out in commit order (see the migration's
-//! `audit_counters`): every transaction that adds records or an alert starts by bumping its
-//! counter, which holds the counter row until it commits.
+//! Rows are numbered by a cursor from a counter (see the migration's `audit_counters`). On
+//! SQLite, and for alerts, a transaction that adds rows starts by bumping its counter, which
+//! holds the counter row until it commits: cursors in commit order. On PostgreSQL a batch of
+//! records reserves its cursors in a transaction of its own and stores them in another
+//! (`audit_copy.rs`, migration 0006); readers stay below the lowest open reservation, which
+//! gives them the same guarantee: no record commits later with a cursor they have passed.
 use std::collections::BTreeMap;
 
 use airlock_audit::{Anchor, Hash};
 use sqlx::any::{Any, AnyRow};
 use sqlx::{AnyConnection, Row};
 
-use super::audit_copy::PENDING_EXPIRES;
-use super::{Store, StoreError, from_name, ms, ms_out};
+use super::{DbKind, Store, StoreError, from_name, ms, ms_out};
 
 /// A host's audit key as the collector keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,19 +212,11 @@ fn common_conds(f: &AuditFilter, time_col: &str) -> (Vec<String>, Vec<Arg>) {
     (conds, args)
 }
 
-/// This replica's clock, in ms since the epoch: the time of a reservation (`audit_pending`),
-/// whatever time the caller stores its records under.
-pub(super) fn clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Reservations made before this (the reader's clock) are of batches that died storing.
-fn pending_fresh_since() -> u64 {
-    let expires = u64::try_from(PENDING_EXPIRES.as_millis()).unwrap_or(u64::MAX);
-    clock_ms().saturating_sub(expires)
-}
+/// PostgreSQL: the reservations (`audit_pending`, migration 0006) of batches whose
+/// transaction was still running when the statement's snapshot was taken. Those of
+/// transactions that ended without deleting theirs (rolled back, their process gone) are
+/// not. Evaluated in the reader's own statement, against that statement's snapshot.
+const OPEN_RESERVATION: &str = "NOT pg_visible_in_snapshot(xid::text::xid8, pg_current_snapshot())";
 
 impl Store {
     /// `host`'s audit key, if it ever presented one.
@@ -352,15 +346,22 @@ impl Store {
                 conds.push(format!("{col} = ${}", args.len()));
             }
         }
-        // Only below the lowest reservation of a batch still storing (migration 0006), read in
-        // the same statement (one snapshot), so a reader never moves past a cursor whose
-        // records commit later.
-        args.push(Arg::Int(ms(pending_fresh_since())));
-        conds.push(format!(
-            "cursor < (SELECT COALESCE(MIN(first_cursor), {}) FROM audit_pending WHERE reserved_ms > ${})",
-            i64::MAX,
-            args.len()
-        ));
+        if self.kind == DbKind::Postgres {
+            // Only below the lowest open reservation (of this host, when the query names one:
+            // a host's batches commit in cursor order), read in the same statement, so a
+            // reader never moves past a cursor whose records commit later. SQLite commits
+            // one batch at a time, in cursor order.
+            let host = match &f.host {
+                // `common_conds` binds the host second.
+                Some(_) => "host = $2 AND ",
+                None => "",
+            };
+            conds.push(format!(
+                "cursor < (SELECT COALESCE(MIN(first_cursor), {}) FROM audit_pending \
+                 WHERE {host}{OPEN_RESERVATION})",
+                i64::MAX
+            ));
+        }
         args.push(Arg::Int(i64::from(f.limit)));
         let sql = format!(
             "SELECT host, seq, cursor, at_ms, kind, record FROM audit_records WHERE {} \
@@ -469,11 +470,14 @@ impl Store {
             tx.commit().await?;
         }
         let _turn = self.write_turn().await;
-        // Reservations of batches that died storing (readers already ignore them).
-        sqlx::query("DELETE FROM audit_pending WHERE reserved_ms <= $1")
-            .bind(ms(pending_fresh_since()))
+        if self.kind == DbKind::Postgres {
+            // Reservations of batches that ended without committing (readers ignore them).
+            sqlx::query(&format!(
+                "DELETE FROM audit_pending WHERE NOT ({OPEN_RESERVATION})"
+            ))
             .execute(&self.pool)
             .await?;
+        }
         out.alerts = sqlx::query("DELETE FROM audit_alerts WHERE at_ms < $1")
             .bind(ms(before_ms))
             .execute(&self.pool)

@@ -195,8 +195,17 @@ impl Store {
     ) -> Result<Anchor, StoreError> {
         if let Some(copy) = &self.copy {
             // PostgreSQL: reserved apart, then one COPY of the records (`audit_copy.rs`).
-            return audit_copy::store_batch(copy, host, expected, records, checkpoints, now, turn)
-                .await;
+            return audit_copy::store_batch(
+                copy,
+                &self.pool,
+                host,
+                expected,
+                records,
+                checkpoints,
+                now,
+                turn,
+            )
+            .await;
         }
         turn.ahead_committed(host).await?;
         let _turn = self.write_turn().await;

@@ -25,8 +25,7 @@ use airlock_audit::Anchor;
 use sqlx::postgres::{PgConnection, PgPool};
 
 use super::audit::{
-    LAST_RECORD_BELOW_SQL, PRUNED_ANCHOR_SQL, RESERVE_SQL, clock_ms, cursor_in, first_reserved,
-    head_of,
+    LAST_RECORD_BELOW_SQL, PRUNED_ANCHOR_SQL, RESERVE_SQL, cursor_in, first_reserved, head_of,
 };
 use super::audit_batch::{CHECKPOINT_SQL, NewAuditRecord, RECORD_COLUMNS};
 use super::audit_order::AuditTurn;
@@ -38,13 +37,9 @@ use super::{StoreError, ms};
 const COPY_POOL: u32 = 4;
 
 /// The longest a batch's store may take from its reservation to its commit; it is rolled back
-/// past that ([`StoreError::AuditStoreTimeout`]), so no reservation outlives it.
+/// past that ([`StoreError::AuditStoreTimeout`]): readers wait below an open reservation, so
+/// a batch stuck (on a lock, a stalled database) must not hold them for longer.
 pub(super) const STORE_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Readers ignore a reservation (`audit_pending`) older than this: its batch's process died
-/// before it could commit or delete it. Well past [`STORE_TIMEOUT`], so that clocks of
-/// replicas several minutes apart still never ignore a batch that can commit.
-pub(crate) const PENDING_EXPIRES: Duration = Duration::from_secs(600);
 
 /// Columns of a row: [`RECORD_COLUMNS`].
 const COLUMNS: i16 = 14;
@@ -54,8 +49,11 @@ const BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// The binary COPY format's trailer: a field count of -1.
 const BINARY_TRAILER: [u8; 2] = (-1i16).to_be_bytes();
 
-/// Adds a reservation (`$1` its first cursor, `$2` the time) to `audit_pending`.
-const PENDING_SQL: &str = "INSERT INTO audit_pending (first_cursor, reserved_ms) VALUES ($1, $2)";
+/// Adds a reservation (`$1` its first cursor, `$2` the host, `$3` the storing transaction's
+/// id) to `audit_pending`.
+const PENDING_SQL: &str = "INSERT INTO audit_pending (first_cursor, host, xid) VALUES ($1, $2, $3)";
+/// The transaction's id (assigned now if it has none yet), as a BIGINT.
+const XID_SQL: &str = "SELECT pg_current_xact_id()::text::bigint";
 /// Deletes the reservation whose first cursor is `$1`.
 const UNPENDING_SQL: &str = "DELETE FROM audit_pending WHERE first_cursor = $1";
 
@@ -66,16 +64,21 @@ pub(super) async fn open_pool(url: &str) -> Result<PgPool, StoreError> {
         .await?)
 }
 
-/// `Store::store_audit_batch_in_turn` on PostgreSQL, in two transactions (see migration
-/// 0006): the first reserves the batch's cursors and commits at once; the second copies the
-/// records, waits for the batch ahead of it to commit, checks the stored head, adds the
-/// checkpoints, deletes the reservation and commits (durably) before the caller acks. So the
-/// batches of one host, and those of other hosts, copy their records side by side: the
-/// counter row is held only for the reservation, not through a batch's copy and commit.
+/// `Store::store_audit_batch_in_turn` on PostgreSQL (see migration 0006). The batch's
+/// transaction (`pool`, the native COPY pool) learns its id; a short transaction of its own
+/// on the store's `any` pool reserves the cursors and records the reservation with that id,
+/// and commits at once; the batch's transaction then copies the records, waits for the batch
+/// ahead of it to commit, checks the stored head, adds the checkpoints, deletes the
+/// reservation and commits (durably) before the caller acks. So the batches of one host, and
+/// those of other hosts, copy their records side by side: the counter row is held only for
+/// the reservation, not through a batch's copy and commit. (The reservation uses the other
+/// pool so that batches holding every COPY connection never wait for one another's.)
 /// All or nothing: a record already stored fails the COPY with a unique violation (the
 /// collector skips those it has before it stores a batch), and the batch is rolled back.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn store_batch(
     pool: &PgPool,
+    any: &sqlx::AnyPool,
     host: &str,
     expected: Anchor,
     records: &[NewAuditRecord],
@@ -86,9 +89,13 @@ pub(super) async fn store_batch(
     // Encoded before anything waits; the cursors are written in once reserved.
     let rows = BinaryRows::new(host, records, now)?;
     turn.ahead_reserved(host).await?;
+    let mut tx = pool.begin().await?;
     let first = match records.len() {
         0 => None,
-        n => Some(reserve(pool, n).await?),
+        n => {
+            let (xid,): (i64,) = sqlx::query_as(XID_SQL).fetch_one(&mut *tx).await?;
+            Some(reserve(any, host, n, xid).await?)
+        }
     };
     turn.reserved();
     let batch = Batch {
@@ -98,7 +105,7 @@ pub(super) async fn store_batch(
         checkpoints,
         now,
     };
-    let stored = tokio::time::timeout(STORE_TIMEOUT, batch.store(pool, rows, first, &mut turn))
+    let stored = tokio::time::timeout(STORE_TIMEOUT, batch.store(tx, rows, first, &mut turn))
         .await
         .unwrap_or_else(|_| {
             Err(StoreError::AuditStoreTimeout {
@@ -110,14 +117,14 @@ pub(super) async fn store_batch(
         Ok(_) => turn.committed(),
         Err(_) => {
             if let Some(first) = first {
-                // Rolled back; the reservation would hold readers below it until it expired.
+                // Readers already ignore it (its transaction ended); only tidying up.
                 if let Err(e) = sqlx::query(UNPENDING_SQL)
                     .bind(cursor_in(first))
-                    .execute(pool)
+                    .execute(any)
                     .await
                 {
-                    tracing::warn!(host, first_cursor = first, error = %e,
-                        "deleting an audit batch's reservation failed; readers ignore it once expired");
+                    tracing::debug!(host, first_cursor = first, error = %e,
+                        "deleting a failed audit batch's reservation failed; retention deletes it");
                 }
             }
         }
@@ -130,11 +137,11 @@ pub(super) async fn store_batch(
     })
 }
 
-/// Reserves `n` cursors and records the reservation (at this replica's clock), in a
-/// transaction of its own; returns the first cursor.
-async fn reserve(pool: &PgPool, n: usize) -> Result<u64, StoreError> {
+/// Reserves `n` cursors for `host`'s batch stored by transaction `xid` and records the
+/// reservation, in a transaction of its own; returns the first cursor.
+async fn reserve(any: &sqlx::AnyPool, host: &str, n: usize, xid: i64) -> Result<u64, StoreError> {
     let n = i64::try_from(n).unwrap_or(i64::MAX);
-    let mut tx = pool.begin().await?;
+    let mut tx = any.begin().await?;
     // Not waiting for the disk loses nothing: records with these cursors are stored only by
     // a later durable commit, which flushes the log up to and past this one.
     sqlx::query("SET LOCAL synchronous_commit = off")
@@ -148,7 +155,8 @@ async fn reserve(pool: &PgPool, n: usize) -> Result<u64, StoreError> {
     let first = first_reserved(end, n);
     sqlx::query(PENDING_SQL)
         .bind(cursor_in(first))
-        .bind(ms(clock_ms()))
+        .bind(host)
+        .bind(xid)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -167,16 +175,16 @@ struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    /// The second transaction: rows numbered from `first` (None: no records).
+    /// The rest of the batch's transaction `tx`: rows numbered from `first` (None: no
+    /// records).
     async fn store(
         &self,
-        pool: &PgPool,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
         rows: BinaryRows,
         first: Option<u64>,
         turn: &mut AuditTurn,
     ) -> Result<(), StoreError> {
         let host = self.host;
-        let mut tx = pool.begin().await?;
         if let Some(first) = first {
             let sql =
                 format!("COPY audit_records ({RECORD_COLUMNS}) FROM STDIN WITH (FORMAT binary)");

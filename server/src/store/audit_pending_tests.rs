@@ -3,13 +3,13 @@
 //!
 //! What is guarded: a reader never moves past the cursors of a batch still storing, so it
 //! cannot skip records that commit later with smaller cursors; a batch stored behind one that
-//! failed stores nothing and holds no reader back; a reservation left by a batch that died
-//! holds readers back only until it expires, and retention deletes it.
+//! failed stores nothing and holds no reader back; a reservation holds readers back only
+//! while its batch's transaction runs (a query of one host, only for that host's batches),
+//! and retention deletes one left behind.
 use airlock_audit::{Anchor, Kind};
 use serde_json::json;
 use sqlx::Row;
 
-use super::audit_copy::PENDING_EXPIRES;
 use super::audit_order::AuditTurn;
 use super::{AuditFilter, NewAuditRecord, Store, StoreError};
 use crate::testing::audit::HostChain;
@@ -162,42 +162,53 @@ async fn a_batch_behind_one_that_failed_stores_nothing_and_holds_no_reader_back(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reservation_left_by_a_dead_batch_holds_readers_until_it_expires_and_is_pruned() {
+async fn a_reservation_holds_readers_while_its_transaction_runs_not_once_it_ended() {
     let Some((_c, s)) = postgres().await else {
         return;
     };
-    let mut a = HostChain::new("web-1");
-    keyed(&s, &[("web-1", &a)]).await;
-    let now = crate::broker::now_ms();
-    let expires = u64::try_from(PENDING_EXPIRES.as_millis()).unwrap();
-    // A batch reserved cursor 1 and died before it could commit or delete its reservation.
+    let (mut a, mut b) = (HostChain::new("web-1"), HostChain::new("web-2"));
+    keyed(&s, &[("web-1", &a), ("web-2", &b)]).await;
+    // A batch of web-1 that reserved cursor 1 and is still storing (its transaction open).
     sqlx::query("UPDATE audit_counters SET value = 5 WHERE name = 'records'")
         .execute(&s.pool)
         .await
         .unwrap();
-    let pending = |at: u64| {
-        sqlx::query("INSERT INTO audit_pending (first_cursor, reserved_ms) VALUES (1, $1)")
-            .bind(i64::try_from(at).unwrap())
+    let mut storing = s.pool.begin().await.unwrap();
+    let xid: i64 = sqlx::query("SELECT pg_current_xact_id()::text::bigint AS x")
+        .fetch_one(&mut *storing)
+        .await
+        .unwrap()
+        .try_get("x")
+        .unwrap();
+    sqlx::query("INSERT INTO audit_pending (first_cursor, host, xid) VALUES (1, 'web-1', $1)")
+        .bind(xid)
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    s.store_audit_batch("web-1", Anchor::GENESIS, &rows(&mut a, 2), &[], NOW)
+        .await
+        .unwrap();
+    s.store_audit_batch("web-2", Anchor::GENESIS, &rows(&mut b, 2), &[], NOW)
+        .await
+        .unwrap();
+    assert_eq!(read(&s).await, [], "held back while it runs");
+    let only = |host: &str| AuditFilter {
+        host: Some(host.into()),
+        limit: 100,
+        ..Default::default()
     };
-    pending(now - 1000).execute(&s.pool).await.unwrap();
-    let batch = rows(&mut a, 2);
-    s.store_audit_batch("web-1", Anchor::GENESIS, &batch, &[], NOW)
-        .await
-        .unwrap();
+    let n1 = s.audit_records(&only("web-1")).await.unwrap().len();
+    let n2 = s.audit_records(&only("web-2")).await.unwrap().len();
     assert_eq!(
-        read(&s).await,
-        [],
-        "held back while the reservation is fresh"
+        (n1, n2),
+        (0, 2),
+        "a query of one host waits only for that host's batches"
     );
-    sqlx::query("DELETE FROM audit_pending")
-        .execute(&s.pool)
-        .await
-        .unwrap();
-    pending(now - expires - 1000)
-        .execute(&s.pool)
-        .await
-        .unwrap();
-    assert_eq!(read(&s).await, seqs("web-1", 1..=2), "expired: ignored");
+    // Its process dies: the transaction ends without committing or deleting the row.
+    storing.rollback().await.unwrap();
+    let mut want = seqs("web-1", 1..=2);
+    want.extend(seqs("web-2", 1..=2));
+    assert_eq!(read(&s).await, want, "ignored once its transaction ended");
     s.prune_audit(0).await.unwrap();
     let left: i64 = sqlx::query("SELECT COUNT(*) AS n FROM audit_pending")
         .fetch_one(&s.pool)
