@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use airlock_audit::Kind;
 use airlock_server::testing::audit::{HostChain, batch};
+use airlock_server::testing::pg::PgCluster;
 use airlock_server::testing::{Options, TestServer};
 
 /// Ring-buffer records decoded per pass.
@@ -59,10 +60,9 @@ pub fn run() -> anyhow::Result<()> {
     let mut shipped = vec![("SQLite".to_string(), rt.block_on(ship_to(None, &records))?)];
     match airlock_server::testing::pg::PgCluster::start() {
         Some(pg) => {
-            let url = pg.create_database();
             shipped.push((
                 "PostgreSQL".into(),
-                rt.block_on(ship_to(Some(url), &records))?,
+                rt.block_on(ship_to(Some(&pg), &records))?,
             ));
         }
         None => println!("SKIP PostgreSQL row: PostgreSQL is not installed"),
@@ -228,12 +228,12 @@ struct Shipped {
 /// stored. The first round warms up (on PostgreSQL a checkpoint follows it, as a running
 /// cluster has had); the others are timed.
 async fn ship_to(
-    db: Option<String>,
+    pg: Option<&PgCluster>,
     records: &(HostChain, Vec<String>),
 ) -> anyhow::Result<Shipped> {
     let (chain, records) = records;
     let srv = TestServer::with(Options {
-        database: db.clone(),
+        database: pg.map(PgCluster::create_database),
         ..Options::default()
     })
     .await?;
@@ -263,8 +263,8 @@ async fn ship_to(
         }
         if i > 0 {
             rounds.push(rate(round.len(), t0.elapsed()));
-        } else if let Some(url) = &db {
-            checkpoint(url)?;
+        } else if let Some(pg) = pg {
+            pg.checkpoint();
         }
     }
     let mut sorted = rounds.clone();
@@ -293,20 +293,6 @@ async fn ship_to(
         lost,
         duplicated,
     })
-}
-
-/// `CHECKPOINT` on the PostgreSQL database at `url` (by psql, which the cluster's package
-/// brings).
-fn checkpoint(url: &str) -> anyhow::Result<()> {
-    let out = std::process::Command::new("psql")
-        .args([url, "-Atqc", "CHECKPOINT"])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "psql CHECKPOINT: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
 }
 
 /// Waits for the ack of the oldest batch in flight (whose last seq is `in_flight`'s front).

@@ -8,11 +8,11 @@
 //! the INSERTs). sqlx's Any driver cannot run COPY, so this runs on the store's small native
 //! pool (`Store::copy`).
 //!
-//! Two transactions (migration 0006): the first reserves the batch's cursors and records the
-//! reservation, and commits at once; the second copies the records, waits for the batch
-//! ahead of it (`audit_order.rs`), checks the stored head, adds the checkpoints, deletes the
-//! reservation and commits durably (the server's `synchronous_commit`) before the caller
-//! acks. The counter row is held for the reservation only, so a host's next batch (and other
+//! Two transactions (migration 0006): the batch's own transaction learns its id; a short one
+//! beside it reserves the batch's cursors, records the reservation with that id, and commits
+//! at once; the batch's transaction then copies the records, waits for the batch ahead of it
+//! (`audit_order.rs`), checks the stored head, adds the checkpoints, deletes the reservation
+//! and commits durably (the server's `synchronous_commit`) before the caller acks. The counter row is held for the reservation only, so a host's next batch (and other
 //! hosts' batches) copy their records while one commits; a single PostgreSQL backend copying
 //! 4096 indexed rows was the collector's bottleneck. Readers stay below the lowest open
 //! reservation (`Store::audit_records`), so none skips a record that commits later with a

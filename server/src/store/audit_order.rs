@@ -41,7 +41,9 @@ pub struct AuditFollow(watch::Receiver<Stage>);
 
 impl AuditFollow {
     /// Waits until the followed batch has reserved its cursors (true), or failed (false).
-    pub async fn reserved(&mut self) -> bool {
+    /// A seam for the store's tests, which hold a batch between its reservation and commit.
+    #[cfg(test)]
+    pub(crate) async fn reserved(&mut self) -> bool {
         matches!(
             self.0.wait_for(|s| *s != Stage::Started).await.map(|s| *s),
             Ok(Stage::Reserved | Stage::Committed)

@@ -168,6 +168,18 @@ impl PgCluster {
     /// A new, empty database; returns its URL (`postgres://postgres@127.0.0.1:PORT/NAME`).
     pub fn create_database(&self) -> String {
         let name = format!("t{}", self.next_db.fetch_add(1, Ordering::Relaxed));
+        self.run_sql(&format!("CREATE DATABASE {name}"));
+        self.url(&name)
+    }
+
+    /// `CHECKPOINT`: afterwards the WAL segments written so far are reused rather than new
+    /// ones created, as on a cluster that has been running (the audit benchmark's warm-up).
+    pub fn checkpoint(&self) {
+        self.run_sql("CHECKPOINT");
+    }
+
+    /// Runs one SQL command as `postgres` in database `postgres`; panics when it fails.
+    fn run_sql(&self, sql: &str) {
         let out = Command::new(self.bin.join("psql"))
             .args([
                 "-X",
@@ -184,11 +196,10 @@ impl PgCluster {
             .arg("-p")
             .arg(self.port.to_string())
             .arg("-c")
-            .arg(format!("CREATE DATABASE {name}"))
+            .arg(sql)
             .output()
             .expect("running psql");
-        check(&out, "CREATE DATABASE");
-        self.url(&name)
+        check(&out, sql);
     }
 
     /// The URL of database `name` on this cluster.
