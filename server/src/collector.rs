@@ -30,6 +30,7 @@
 //! The host's chain must be named after its enrolled name (records' `host`, checkpoints'
 //! origin `airlock/<host>`): a host cannot file records under another's name.
 mod check;
+mod pipe;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ use crate::error::Fault;
 use crate::store::{AuditFollow, AuditTurn, Pruned, Store, StoreError};
 
 pub use check::{Verified, verify};
+pub use pipe::{AuditInput, AuditPipe};
 
 /// Most records in one batch.
 pub const MAX_BATCH_RECORDS: usize = 4096;

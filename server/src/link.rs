@@ -21,6 +21,7 @@ use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::broker::{Broker, Delivery, now_ms};
+use crate::collector::{AuditInput, AuditPipe};
 use crate::error::Fault;
 use crate::store::RequestFilter;
 
@@ -198,7 +199,7 @@ async fn run(
     let who = format!("host:{host}");
     let mut hello = false;
     let mut sent = Sent::default();
-    let mut audit = crate::collector::HostAudit::new(&host);
+    let audit = AuditPipe::start(b.clone(), &host, &tx);
     let reason = loop {
         tokio::select! {
             m = inbound.next() => match m {
@@ -236,7 +237,7 @@ async fn run(
                     }
                     hello = true;
                     tracing::debug!(host = %host, version = %h.version, pending = h.pending.len(), "hello");
-                    audit.hello(&b, &h.audit_key).await;
+                    audit.send(AuditInput::Hello(h.audit_key)).await;
                 }
                 Some(Ok(pb::HostMessage { body: Some(body) })) if !hello => {
                     let _ = body;
@@ -287,21 +288,11 @@ async fn run(
                         }
                     }
                 }
+                // Verified, stored and acknowledged by the link's audit task (`collector/pipe.rs`).
                 Some(Ok(pb::HostMessage { body: Some(Up::Audit(batch)) })) => {
-                    // Verified before the next message is read (while the batch before it
-                    // commits, if it continues that one); stored by a task, acknowledged below.
-                    for m in audit.batch(&b, batch).await {
-                        b.metrics.sent(&m);
-                        let _ = tx.send(m);
-                    }
+                    audit.send(AuditInput::Batch(batch)).await;
                 }
             },
-            // A batch committed (or failed): its AuditAck, in batch order.
-            o = audit.stored(), if audit.storing() => {
-                let m = audit.acknowledge(&b, o).await;
-                b.metrics.sent(&m);
-                let _ = tx.send(m);
-            }
             Some(d) = deliveries.recv() => match d {
                 // Decisions and settings are the approval server's to send.
                 Delivery::Message(_) if collector_only => {}

@@ -5,7 +5,9 @@
 //!
 //! What is guarded: acks come in batch order, each after its batch is stored; a batch sent
 //! right behind a refused one is refused too (it does not continue the stored head) without an
-//! alert of its own, nothing of either is stored, and the host goes on from the stored head.
+//! alert of its own, nothing of either is stored, and the host goes on from the stored head;
+//! a link whose audit batches wait for the database still delivers decisions (PostgreSQL,
+//! where the test can hold the records table alone).
 // Only `Db` and `cases!` are used here.
 #[allow(dead_code)]
 #[macro_use]
@@ -16,7 +18,9 @@ use std::time::Duration;
 use airlock_audit::Record;
 use airlock_server::store::{AuditFilter, Store};
 use airlock_server::testing::audit::{HostChain, batch, canonical};
-use airlock_server::testing::{FakeHost, Options, TestServer};
+use airlock_server::testing::{
+    FakeHost, Options, TestServer, approve, new_id, request, wait_stored,
+};
 use common::Db;
 use serde_json::json;
 
@@ -133,4 +137,51 @@ async fn a_resend_overlapping_the_batch_being_stored_waits_for_it(db: Db) {
     }
     assert_eq!(stored(&srv.store).await, (1..=6).collect::<Vec<_>>());
     assert_eq!(alerts(&srv.store).await, 0);
+}
+
+/// Regression: the link's session once verified and stored audit batches itself, so while a
+/// batch waited for the database (here: behind two others, whose COPY waits for a lock) it
+/// read nothing else: a decision for the host waited as long as the database did. The
+/// batches now go to the link's audit task (`collector/pipe.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_decision_reaches_the_host_while_its_audit_batches_wait_for_the_database() {
+    let Some(db) = Db::postgres() else {
+        return;
+    };
+    let (srv, mut host, mut chain) = linked(&db).await;
+    let r = request("web-1", &new_id());
+    host.opened(r.clone()).unwrap();
+    wait_stored(&srv.store, &r.id, T).await.unwrap();
+
+    // Another session holds the records table: every COPY into it waits.
+    let mut lock = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE audit_records IN EXCLUSIVE MODE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let records = chain.records(15);
+    for part in records.chunks(5) {
+        host.send_audit(batch(part, &[])).unwrap();
+    }
+    let mut alice = srv
+        .approver(&srv.issue_token("alice").await.unwrap())
+        .await
+        .unwrap();
+    alice.decide(approve(&r.id)).await.unwrap();
+    let d = host.decision(T).await.unwrap();
+    assert_eq!(
+        d.decide.unwrap().id,
+        r.id,
+        "delivered while the batches wait"
+    );
+    assert_eq!(stored(&srv.store).await, Vec::<u64>::new());
+
+    sqlx::raw_sql("COMMIT").execute(&mut lock).await.unwrap();
+    for up_to in [5, 10, 15] {
+        let ack = host.audit_ack(T).await.unwrap();
+        assert_eq!((ack.up_to_seq, ack.refused.as_str()), (up_to, ""));
+    }
+    assert_eq!(stored(&srv.store).await, (1..=15).collect::<Vec<_>>());
 }

@@ -75,7 +75,7 @@ pub struct Pruned {
 }
 
 /// A parameter of a query assembled at run time.
-enum Arg {
+pub(super) enum Arg {
     Text(String),
     Int(i64),
 }
@@ -212,11 +212,93 @@ fn common_conds(f: &AuditFilter, time_col: &str) -> (Vec<String>, Vec<Arg>) {
     (conds, args)
 }
 
+/// For a query of one host (`$2`) after cursor `$1`: the seq of the host's last record at or
+/// before that cursor (0 when none), so the query reads the host's records after it from
+/// the primary key `(host, seq)`, in seq order, which for one host is cursor order (its
+/// batches reserve their cursors in chain order, `audit_order.rs`). Migration 0007 dropped
+/// the index on `(host, cursor)` this replaces: every stored record paid for it.
+///
+/// A page token is the cursor of the last row of the page before, a record of this host:
+/// found through the cursor's unique index. Else (the host's first page, a cursor of another
+/// host's record, or of no record) the host's records are read back from its newest to the
+/// first at or before the cursor, as many as come after it. A cursor below every stored
+/// record (retention deleted up to it) finds none: 0, and every record of the host is after it.
+const HOST_SEQ_AFTER_CURSOR: &str = "COALESCE(\
+     (SELECT seq FROM audit_records WHERE cursor = $1 AND host = $2), \
+     (SELECT seq FROM audit_records WHERE host = $2 AND cursor <= $1 ORDER BY seq DESC LIMIT 1), \
+     0)";
+
+/// Retention: each host's last record before cursor `$1` (its greatest seq there: a host's
+/// records are in chain order), read from the rows about to be deleted, through the cursor
+/// index. `$2` is `i64::MAX`: a subquery with a LIMIT is not merged into the grouping query,
+/// which SQLite would otherwise answer by reading the whole primary key in host order.
+pub(super) const PRUNE_CUTS_SQL: &str = "SELECT host, MAX(seq) AS cut FROM \
+     (SELECT host, seq FROM audit_records WHERE cursor < $1 ORDER BY cursor LIMIT $2) AS deleted \
+     GROUP BY host ORDER BY host";
+
 /// PostgreSQL: the reservations (`audit_pending`, migration 0006) of batches whose
 /// transaction was still running when the statement's snapshot was taken. Those of
 /// transactions that ended without deleting theirs (rolled back, their process gone) are
 /// not. Evaluated in the reader's own statement, against that statement's snapshot.
 const OPEN_RESERVATION: &str = "NOT pg_visible_in_snapshot(xid::text::xid8, pg_current_snapshot())";
+
+/// [`Store::audit_records`]'s statement on a database of `kind`, and its parameters.
+pub(super) fn records_sql(f: &AuditFilter, kind: DbKind) -> (String, Vec<Arg>) {
+    let (mut conds, mut args) = common_conds(f, "at_ms");
+    for (col, v) in [
+        ("agent", &f.agent),
+        ("op", &f.op),
+        ("decision", &f.decision),
+        ("approver", &f.approver),
+        ("kind", &f.kind),
+    ] {
+        if let Some(v) = v {
+            args.push(Arg::Text(v.clone()));
+            conds.push(format!("{col} = ${}", args.len()));
+        }
+    }
+    if kind == DbKind::Postgres {
+        // Only below the lowest open reservation (of this host, when the query names one:
+        // a host's batches commit in cursor order), read in the same statement, so a
+        // reader never moves past a cursor whose records commit later. SQLite commits
+        // one batch at a time, in cursor order.
+        let host = match &f.host {
+            // `common_conds` binds the host second.
+            Some(_) => "host = $2 AND ",
+            None => "",
+        };
+        conds.push(format!(
+            "cursor < (SELECT COALESCE(MIN(first_cursor), {}) FROM audit_pending \
+             WHERE {host}{OPEN_RESERVATION})",
+            i64::MAX
+        ));
+    }
+    let order = match &f.host {
+        Some(_) => {
+            conds.push(format!("seq > {HOST_SEQ_AFTER_CURSOR}"));
+            // The cursor bounds stay (the seq bound is exact, but they are the guarantee),
+            // as `cursor + 0`, which no index serves: with the bounds' values unknown when it
+            // plans, PostgreSQL would otherwise take the cursor index and filter every
+            // later record of every host by host, then sort, rather than read this host's
+            // next `limit` records from the primary key.
+            for c in &mut conds {
+                if let Some(rest) = c.strip_prefix("cursor ") {
+                    *c = format!("cursor + 0 {rest}");
+                }
+            }
+            "seq"
+        }
+        None => "cursor",
+    };
+    args.push(Arg::Int(i64::from(f.limit)));
+    let sql = format!(
+        "SELECT host, seq, cursor, at_ms, kind, record FROM audit_records WHERE {} \
+         ORDER BY {order} LIMIT ${}",
+        conds.join(" AND "),
+        args.len()
+    );
+    (sql, args)
+}
 
 impl Store {
     /// `host`'s audit key, if it ever presented one.
@@ -333,42 +415,7 @@ impl Store {
     /// Stored records matching every filter of `f`, in storage order (cursor), at most
     /// `f.limit`.
     pub async fn audit_records(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
-        let (mut conds, mut args) = common_conds(f, "at_ms");
-        for (col, v) in [
-            ("agent", &f.agent),
-            ("op", &f.op),
-            ("decision", &f.decision),
-            ("approver", &f.approver),
-            ("kind", &f.kind),
-        ] {
-            if let Some(v) = v {
-                args.push(Arg::Text(v.clone()));
-                conds.push(format!("{col} = ${}", args.len()));
-            }
-        }
-        if self.kind == DbKind::Postgres {
-            // Only below the lowest open reservation (of this host, when the query names one:
-            // a host's batches commit in cursor order), read in the same statement, so a
-            // reader never moves past a cursor whose records commit later. SQLite commits
-            // one batch at a time, in cursor order.
-            let host = match &f.host {
-                // `common_conds` binds the host second.
-                Some(_) => "host = $2 AND ",
-                None => "",
-            };
-            conds.push(format!(
-                "cursor < (SELECT COALESCE(MIN(first_cursor), {}) FROM audit_pending \
-                 WHERE {host}{OPEN_RESERVATION})",
-                i64::MAX
-            ));
-        }
-        args.push(Arg::Int(i64::from(f.limit)));
-        let sql = format!(
-            "SELECT host, seq, cursor, at_ms, kind, record FROM audit_records WHERE {} \
-             ORDER BY cursor LIMIT ${}",
-            conds.join(" AND "),
-            args.len()
-        );
+        let (sql, args) = records_sql(f, self.kind);
         select(self, &sql, args, row_of).await
     }
 
@@ -393,9 +440,10 @@ impl Store {
     /// is the record right before the oldest kept. Checkpoints below the anchor go too; the
     /// one at the anchor, if any, stays (it signs the anchor).
     ///
-    /// Found through the cursor indexes (migration 0005 dropped the one on `stored_ms`, which
-    /// every stored record paid for and only this hourly task used): the first query reads
-    /// the rows it is about to delete, the others one row per host.
+    /// Found through the cursor index (migration 0005 dropped the one on `stored_ms`, which
+    /// every stored record paid for and only this hourly task used, and 0007 the one on
+    /// `(host, cursor)`): the first query reads one row, the second the rows it is about to
+    /// delete.
     pub async fn prune_audit(&self, before_ms: u64) -> Result<Pruned, StoreError> {
         let keep = sqlx::query(
             "SELECT cursor FROM audit_records WHERE stored_ms >= $1 ORDER BY cursor LIMIT 1",
@@ -407,22 +455,15 @@ impl Store {
             Some(row) => row.try_get("cursor")?,
             None => i64::MAX,
         };
-        let hosts = sqlx::query("SELECT host FROM audit_hosts ORDER BY host")
+        let cuts = sqlx::query(PRUNE_CUTS_SQL)
+            .bind(keep)
+            .bind(i64::MAX)
             .fetch_all(&self.pool)
             .await?;
         let mut out = Pruned::default();
-        for row in &hosts {
+        for row in &cuts {
             let host: String = row.try_get("host")?;
-            let cut = sqlx::query(
-                "SELECT seq FROM audit_records WHERE host = $1 AND cursor < $2 \
-                 ORDER BY cursor DESC LIMIT 1",
-            )
-            .bind(&host)
-            .bind(keep)
-            .fetch_optional(&self.pool)
-            .await?;
-            let Some(cut) = cut else { continue };
-            let cut: i64 = cut.try_get("seq")?;
+            let cut: i64 = row.try_get("cut")?;
             let _turn = self.write_turn().await;
             let mut tx = self.pool.begin().await?;
             // First write: takes the records counter, so no batch of this host is stored

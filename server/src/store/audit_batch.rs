@@ -13,11 +13,11 @@ use super::audit::{cursor_in, head_on, reserve};
 use super::audit_order::AuditTurn;
 use super::{Store, StoreError, audit_copy, ms};
 
-/// Most rows per INSERT statement: 1024 × 14 = 14336 parameters, under SQLite's limit (32766
-/// since 3.32). Fewer statements per batch mean fewer trips to sqlx's SQLite worker thread;
+/// Most rows per INSERT statement: 1 + 1024 × 13 = 13313 parameters, under SQLite's limit
+/// (32766 since 3.32). Fewer statements per batch mean fewer trips to sqlx's SQLite worker thread;
 /// larger ones buy little more.
 const INSERT_CHUNK: usize = 1024;
-/// Parameters of one row of `audit_records`.
+/// Columns of one row of `audit_records` (all but the cursor are parameters of an INSERT).
 const ROW_PARAMS: usize = 14;
 
 /// The columns of `audit_records` a batch fills, in the order of the INSERT's and the COPY's
@@ -130,7 +130,14 @@ fn chunk_len(left: usize) -> usize {
     }
 }
 
-/// `INSERT INTO audit_records … VALUES (…), …` for `rows` rows, for SQLite.
+/// `INSERT INTO audit_records … SELECT … FROM (VALUES (…), …)` for `rows` rows, for SQLite.
+///
+/// A row's cursor is not a parameter: it is the records counter, as the transaction's
+/// reservation left it, plus a parameter bound first (the chunk's place in the batch, less
+/// the batch's length) plus the row's place in the chunk (a literal of each VALUES row). So
+/// a batch's statements are bound before its turn to write comes, while the batch ahead of
+/// it commits, and the database's one writer does not wait for 14 parameters a row being
+/// bound. The counter's scalar subquery is evaluated once per statement.
 ///
 /// Anonymous `?` parameters, not the `$N` of every other query here: SQLite keeps
 /// named parameters (`$N` is one) in a list it searches linearly, both when it prepares the
@@ -138,19 +145,73 @@ fn chunk_len(left: usize) -> usize {
 /// of `$N` costs quadratic time (that search was a third of the collector's CPU time).
 /// Anonymous parameters are numbered in order without a name.
 fn insert_sql(rows: usize) -> String {
-    let mut sql = String::with_capacity(160 + rows * ROW_PARAMS * 7);
-    let _ = write!(sql, "INSERT INTO audit_records ({RECORD_COLUMNS}) VALUES ");
+    let mut sql = String::with_capacity(320 + rows * (ROW_PARAMS * 3 + 8));
+    let _ = write!(sql, "INSERT INTO audit_records ({SQLITE_COLUMNS}) SELECT ");
+    for j in 1..ROW_PARAMS {
+        let _ = write!(sql, "column{j}, ");
+    }
+    let _ = write!(
+        sql,
+        "(SELECT value FROM audit_counters WHERE name = 'records') + ? + column{ROW_PARAMS} FROM (VALUES "
+    );
     for i in 0..rows {
         sql.push_str(if i == 0 { "(" } else { ", (" });
-        for j in 0..ROW_PARAMS {
-            if j > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('?');
+        for _ in 1..ROW_PARAMS {
+            sql.push_str("?, ");
         }
-        sql.push(')');
+        let _ = write!(sql, "{i})");
     }
+    sql.push(')');
     sql
+}
+
+/// [`RECORD_COLUMNS`] with `cursor` last, in the order of [`insert_sql`]'s rows.
+const SQLITE_COLUMNS: &str = "host, seq, hash, prev, kind, corr, at_ms, agent, op, \
+     decision, approver, record, stored_ms, cursor";
+
+/// Binds the parameters of `r`'s row in [`insert_sql`], all but its cursor.
+fn bind_row<'q>(
+    q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    host: &'q str,
+    r: &'q NewAuditRecord,
+    stored_ms: i64,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(host)
+        .bind(ms(r.seq))
+        .bind(r.hash.to_string())
+        .bind(r.prev.to_string())
+        .bind(r.kind.as_str())
+        .bind(r.corr.as_deref())
+        .bind(ms(r.at_unix_ms))
+        .bind(r.agent.as_deref())
+        .bind(r.op.as_deref())
+        .bind(r.decision.as_deref())
+        .bind(r.approver.as_deref())
+        .bind(r.record.as_str())
+        .bind(stored_ms)
+}
+
+/// The INSERTs of `records` (see [`insert_sql`]), bound but for nothing.
+fn bound_inserts<'q>(
+    sqls: &'q [(String, &'q [NewAuditRecord])],
+    host: &'q str,
+    stored_ms: i64,
+    total: usize,
+) -> Vec<sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>> {
+    let mut offset = 0;
+    sqls.iter()
+        .map(|(sql, chunk)| {
+            // The counter ends at the batch's last cursor: row i of this chunk is number
+            // offset + i of the batch, whose cursor is end - (total - 1) + offset + i.
+            let delta = cursor_in(offset as u64) - cursor_in(total as u64) + 1;
+            let mut q = sqlx::query::<Any>(sql).bind(delta);
+            for r in *chunk {
+                q = bind_row(q, host, r, stored_ms);
+            }
+            offset += chunk.len();
+            q
+        })
+        .collect()
 }
 
 impl Store {
@@ -207,10 +268,19 @@ impl Store {
             )
             .await;
         }
+        // Made and bound before this batch's turn to write comes (see `insert_sql`).
+        let mut chunks = Vec::new();
+        let mut rest = records;
+        while !rest.is_empty() {
+            let (chunk, after) = rest.split_at(chunk_len(rest.len()));
+            chunks.push((insert_sql(chunk.len()), chunk));
+            rest = after;
+        }
+        let inserts = bound_inserts(&chunks, host, ms(now), records.len());
         turn.ahead_committed(host).await?;
         let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
-        let first_cursor = reserve(&mut tx, "records", records.len()).await?;
+        reserve(&mut tx, "records", records.len()).await?;
         let found = head_on(&mut tx, host).await?;
         if found != expected {
             tx.rollback().await?;
@@ -220,32 +290,8 @@ impl Store {
                 found: found.seq,
             });
         }
-        let mut cursor = first_cursor;
-        let mut rest = records;
-        while !rest.is_empty() {
-            let (chunk, after) = rest.split_at(chunk_len(rest.len()));
-            let sql = insert_sql(chunk.len());
-            let mut q = sqlx::query::<Any>(&sql);
-            for r in chunk {
-                q = q
-                    .bind(host)
-                    .bind(ms(r.seq))
-                    .bind(r.hash.to_string())
-                    .bind(r.prev.to_string())
-                    .bind(r.kind.as_str())
-                    .bind(r.corr.as_deref())
-                    .bind(ms(r.at_unix_ms))
-                    .bind(r.agent.as_deref())
-                    .bind(r.op.as_deref())
-                    .bind(r.decision.as_deref())
-                    .bind(r.approver.as_deref())
-                    .bind(r.record.as_str())
-                    .bind(cursor_in(cursor))
-                    .bind(ms(now));
-                cursor += 1;
-            }
+        for q in inserts {
             q.execute(&mut *tx).await?;
-            rest = after;
         }
         for (size, note) in checkpoints {
             sqlx::query(CHECKPOINT_SQL)
@@ -289,8 +335,10 @@ mod tests {
     #[test]
     fn insert_statements_have_anonymous_parameters() {
         let sql = insert_sql(3);
-        assert_eq!(sql.matches('?').count(), 3 * ROW_PARAMS);
+        // One for the chunk's place in the batch, then all but the cursor of each row.
+        assert_eq!(sql.matches('?').count(), 1 + 3 * (ROW_PARAMS - 1));
         assert!(!sql.contains('$'));
-        assert!(sql.starts_with("INSERT INTO audit_records (host, seq,") && sql.ends_with(", ?)"));
+        assert!(sql.starts_with("INSERT INTO audit_records (host, seq,"));
+        assert!(sql.ends_with(", ?, 2))"), "{sql}");
     }
 }

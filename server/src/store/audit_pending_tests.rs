@@ -19,13 +19,14 @@ const NOW: u64 = 1_700_000_000_000;
 
 /// A store on a new database of the shared cluster (None: PostgreSQL is not installed, which
 /// `PgCluster::start` refuses under CI=true).
-async fn postgres() -> Option<(std::sync::Arc<PgCluster>, Store)> {
+pub(super) async fn postgres() -> Option<(std::sync::Arc<PgCluster>, Store)> {
     let c = PgCluster::shared()?;
     let s = Store::open(&c.create_database()).await.unwrap();
     Some((c, s))
 }
 
-async fn sqlite() -> (tempfile::TempDir, Store) {
+/// A store on a new SQLite file.
+pub(super) async fn sqlite() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(&Store::sqlite_url(&dir.path().join("s.db")))
         .await

@@ -29,6 +29,8 @@ mod attempts;
 mod audit;
 mod audit_batch;
 mod audit_copy;
+#[cfg(test)]
+mod audit_host_query_tests;
 mod audit_hosts;
 mod audit_order;
 #[cfg(test)]

@@ -34,11 +34,19 @@ const RELAXED_POSTGRES_POOL: u32 = 4;
 /// - `foreign_keys = ON`: SQLite leaves them off unless asked, per connection (sqlx already
 ///   asks; repeated here so the setting does not depend on the driver's defaults).
 /// - `wal_autocheckpoint`: see [`BACKSTOP_CHECKPOINT_PAGES`].
+/// - `cache_size`: see [`SQLITE_CACHE_KIB`].
 fn sqlite_pragmas(synchronous: &str) -> String {
     format!(
-        "PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES};"
+        "PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}; PRAGMA cache_size = -{SQLITE_CACHE_KIB};"
     )
 }
+
+/// Page cache of each SQLite connection, in KiB (SQLite's default is 2000). A full audit
+/// batch writes about 4 MiB of new table and index pages in one transaction; with the
+/// default cache SQLite spills them to the WAL while its INSERTs run, and the batch's
+/// statements took about a third longer (measured with `cargo xtask bench`). Pages are
+/// allocated as they are used, so a connection that reads little holds little.
+const SQLITE_CACHE_KIB: u32 = 16 * 1024;
 
 /// How often the checkpointer (see [`checkpointer`]) copies the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);

@@ -37,10 +37,14 @@ async fn sqlite_pragmas_on_every_connection() {
             .fetch_one(&mut **conn)
             .await
             .unwrap();
+        let cache: i64 = sqlx::query_scalar("PRAGMA cache_size")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
         assert_eq!(
-            (mode.as_str(), sync, busy, fk),
-            ("wal", 2, 10_000, 1),
-            "journal, synchronous=FULL, busy ms, fk"
+            (mode.as_str(), sync, busy, fk, cache),
+            ("wal", 2, 10_000, 1, -16384),
+            "journal, synchronous=FULL, busy ms, fk, cache (negative: KiB)"
         );
     }
 }
