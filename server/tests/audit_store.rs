@@ -322,7 +322,6 @@ type StoredRow = (
     i64,
     String,
     String,
-    String,
     Option<String>,
     i64,
     Option<String>,
@@ -335,7 +334,7 @@ type StoredRow = (
 async fn stored_rows(db: &Db, host: &str) -> Vec<StoredRow> {
     let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
     let rows = sqlx::query_as(
-        "SELECT host, seq, hash, prev, kind, corr, at_ms, agent, op, decision, approver, record \
+        "SELECT host, seq, hash, kind, corr, at_ms, agent, op, decision, approver, record \
          FROM audit_records WHERE host = $1 ORDER BY seq",
     )
     .bind(host)
@@ -352,7 +351,6 @@ fn row_of(host: &str, r: &NewAuditRecord) -> StoredRow {
         host.to_string(),
         i(r.seq),
         r.hash.to_string(),
-        r.prev.to_string(),
         r.kind.clone(),
         r.corr.clone(),
         i(r.at_unix_ms),
@@ -486,5 +484,5 @@ async fn audit_nul_in_a_filter_field_is_stored_not_refused_forever(db: Db) {
         .expect("stored on every database");
     let got = stored_rows(&db, "web-1").await;
     assert_eq!(got, [row_of("web-1", &batch[0])]);
-    assert_eq!(got[0].11, text, "the record's JSON as sent");
+    assert_eq!(got[0].10, text, "the record's JSON as sent");
 }

@@ -13,16 +13,16 @@ use super::audit::{cursor_in, head_on, reserve};
 use super::audit_order::AuditTurn;
 use super::{Store, StoreError, audit_copy, ms};
 
-/// Most rows per INSERT statement: 1 + 1024 × 13 = 13313 parameters, under SQLite's limit
+/// Most rows per INSERT statement: 1 + 1024 × 12 = 12289 parameters, under SQLite's limit
 /// (32766 since 3.32). Fewer statements per batch mean fewer trips to sqlx's SQLite worker thread;
 /// larger ones buy little more.
 const INSERT_CHUNK: usize = 1024;
 /// Columns of one row of `audit_records` (all but the cursor are parameters of an INSERT).
-const ROW_PARAMS: usize = 14;
+const ROW_PARAMS: usize = 13;
 
 /// The columns of `audit_records` a batch fills, in the order of the INSERT's and the COPY's
 /// rows (`audit_copy.rs`).
-pub(super) const RECORD_COLUMNS: &str = "host, seq, hash, prev, kind, corr, at_ms, agent, op, \
+pub(super) const RECORD_COLUMNS: &str = "host, seq, hash, kind, corr, at_ms, agent, op, \
      decision, approver, record, cursor, stored_ms";
 
 /// Stores one verified checkpoint `($1 host, $2 size, $3 note, $4 stored_ms)`; one already
@@ -35,7 +35,6 @@ pub(super) const CHECKPOINT_SQL: &str = "INSERT INTO audit_checkpoints (host, si
 pub struct NewAuditRecord {
     pub seq: u64,
     pub hash: Hash,
-    pub prev: Hash,
     pub kind: String,
     pub corr: Option<String>,
     pub at_unix_ms: u64,
@@ -64,7 +63,6 @@ impl NewAuditRecord {
         NewAuditRecord {
             seq: r.seq,
             hash: r.hash,
-            prev: r.prev,
             agent,
             op,
             decision,
@@ -105,7 +103,6 @@ impl NewAuditRecord {
         NewAuditRecord {
             seq: r.seq,
             hash: r.hash,
-            prev: r.prev,
             kind: r.kind.as_str().to_owned(),
             corr: r.corr.map(column_text),
             at_unix_ms: r.at_unix_ms,
@@ -166,7 +163,7 @@ fn insert_sql(rows: usize) -> String {
 }
 
 /// [`RECORD_COLUMNS`] with `cursor` last, in the order of [`insert_sql`]'s rows.
-const SQLITE_COLUMNS: &str = "host, seq, hash, prev, kind, corr, at_ms, agent, op, \
+const SQLITE_COLUMNS: &str = "host, seq, hash, kind, corr, at_ms, agent, op, \
      decision, approver, record, stored_ms, cursor";
 
 /// Binds the parameters of `r`'s row in [`insert_sql`], all but its cursor.
@@ -179,7 +176,6 @@ fn bind_row<'q>(
     q.bind(host)
         .bind(ms(r.seq))
         .bind(r.hash.to_string())
-        .bind(r.prev.to_string())
         .bind(r.kind.as_str())
         .bind(r.corr.as_deref())
         .bind(ms(r.at_unix_ms))

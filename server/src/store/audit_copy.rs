@@ -2,7 +2,7 @@
 //! (binary format) instead of `audit_batch.rs`'s multi-row INSERTs, in two transactions so
 //! that batches store side by side.
 //!
-//! COPY: for an INSERT PostgreSQL parses and binds 14 parameters per row; COPY reads the rows
+//! COPY: for an INSERT PostgreSQL parses and binds 13 parameters per row; COPY reads the rows
 //! as one stream, in the binary format without any text to parse or escape. On a 2-core VM
 //! that stored a batch of 4096 records 20–30 % faster (COPY's text format was no faster than
 //! the INSERTs). sqlx's Any driver cannot run COPY, so this runs on the store's small native
@@ -42,7 +42,7 @@ const COPY_POOL: u32 = 4;
 pub(super) const STORE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Columns of a row: [`RECORD_COLUMNS`].
-const COLUMNS: i16 = 14;
+const COLUMNS: i16 = 13;
 
 /// The binary COPY format's header: signature, flags (no OIDs), no header extension.
 const BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -252,7 +252,7 @@ struct BinaryRows {
 
 impl BinaryRows {
     fn new(host: &str, records: &[NewAuditRecord], now: u64) -> Result<BinaryRows, StoreError> {
-        // Each row: 14 lengths, the host, two hashes in hex, 5 BIGINTs and short names.
+        // Each row: 13 lengths, the host, a hash in hex, 5 BIGINTs and short names.
         let size: usize = records.iter().map(|r| 300 + r.record.len()).sum();
         let mut out = Binary(Vec::with_capacity(BINARY_HEADER.len() + size + 2));
         let mut cursors = Vec::with_capacity(records.len());
@@ -311,7 +311,6 @@ impl Binary {
         self.text(Some(host))?;
         self.bigint(ms(r.seq));
         self.text(Some(&r.hash.hex()))?;
-        self.text(Some(&r.prev.hex()))?;
         self.text(Some(&r.kind))?;
         self.text(r.corr.as_deref())?;
         self.bigint(ms(r.at_unix_ms));
@@ -342,7 +341,6 @@ mod tests {
         NewAuditRecord {
             seq,
             hash: Hash::ZERO,
-            prev: Hash::ZERO,
             kind: "decision".into(),
             corr: None,
             at_unix_ms: 7,
@@ -386,7 +384,6 @@ mod tests {
             let want = [
                 text("h"),
                 int(ms(r.seq)),
-                hex.clone(),
                 hex,
                 text("decision"),
                 None,

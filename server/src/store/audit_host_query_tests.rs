@@ -10,6 +10,7 @@ use super::audit::{PRUNE_CUTS_SQL, records_sql};
 use super::audit_pending_tests::{postgres, sqlite};
 use super::{AuditFilter, AuditRow, DbKind, NewAuditRecord, Store};
 use crate::testing::audit::HostChain;
+use crate::testing::pg::PgCluster;
 
 const NOW: u64 = 1_700_000_000_000;
 
@@ -208,9 +209,9 @@ async fn postgres_a_host_query_reads_its_next_records_from_the_primary_key() {
     };
     // Rows as retention or a query sees them; the collector's checks do not matter here.
     sqlx::query(
-        "INSERT INTO audit_records (host, seq, hash, prev, kind, corr, at_ms, agent, op, \
+        "INSERT INTO audit_records (host, seq, hash, kind, corr, at_ms, agent, op, \
          decision, approver, record, cursor, stored_ms) \
-         SELECT 'web-' || (g % 3), g / 3 + 1, 'h', 'p', 'k', NULL, g, NULL, NULL, NULL, NULL, \
+         SELECT 'web-' || (g % 3), g / 3 + 1, 'h', 'k', NULL, g, NULL, NULL, NULL, NULL, \
          repeat('x', 600), g + 1, 0 FROM generate_series(0, 299999) g",
     )
     .execute(&s.pool)
@@ -246,4 +247,109 @@ async fn postgres_a_host_query_reads_its_next_records_from_the_primary_key() {
             "after {after}:\n{plan}"
         );
     }
+}
+
+/// A store whose records were stored before migrations 0007 and 0008 (with the `prev`
+/// column and the `(host, cursor)` index): they are read as before after the upgrade, and
+/// the chain goes on from them.
+async fn records_stored_before_0007_survive_the_upgrade(url: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let old = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            super::open::MIGRATOR
+                .migrations
+                .iter()
+                .filter(|m| m.version <= 6)
+                .cloned()
+                .collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    old.run(&pool).await.unwrap();
+    let mut chain = HostChain::new("web-1");
+    let sealed: Vec<_> = (0..3)
+        .map(|i| chain.seal(Kind::EventHeld, None, json!({"op": "exec", "i": i})))
+        .collect();
+    sqlx::query(
+        "INSERT INTO audit_hosts (host, verifier_key, first_seen_ms, pruned_seq, pruned_hash) \
+         VALUES ('web-1', $1, 0, 0, $2)",
+    )
+    .bind(chain.verifier_key())
+    .bind(airlock_audit::Hash::ZERO.to_string())
+    .execute(&pool)
+    .await
+    .unwrap();
+    for (r, text) in &sealed[..2] {
+        sqlx::query(
+            "INSERT INTO audit_records (host, seq, hash, prev, kind, corr, at_ms, agent, op, \
+             decision, approver, record, cursor, stored_ms) \
+             VALUES ('web-1', $1, $2, $3, $4, NULL, $5, NULL, 'exec', NULL, NULL, $6, $1, 0)",
+        )
+        .bind(i64::try_from(r.seq).unwrap())
+        .bind(r.hash.to_string())
+        .bind(r.prev.to_string())
+        .bind(r.kind.as_str())
+        .bind(i64::try_from(r.at_unix_ms).unwrap())
+        .bind(text.as_str())
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query("UPDATE audit_counters SET value = 2 WHERE name = 'records'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let s = Store::open(url).await.unwrap();
+    let head = s.audit_head("web-1").await.unwrap();
+    assert_eq!(head.seq, 2);
+    let (r, text) = &sealed[2];
+    s.store_audit_batch(
+        "web-1",
+        head,
+        &[NewAuditRecord::new(r, text.clone())],
+        &[],
+        NOW,
+    )
+    .await
+    .unwrap();
+    let got = s
+        .audit_records(&AuditFilter {
+            host: Some("web-1".into()),
+            after_cursor: 1,
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let got: Vec<_> = got
+        .iter()
+        .map(|r| (r.seq, r.cursor, r.record.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [(2, 2, sealed[1].1.as_str()), (3, 3, sealed[2].1.as_str())]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_records_stored_before_0007_survive_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = Store::sqlite_url(&dir.path().join("old.db"));
+    let url = if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    };
+    records_stored_before_0007_survive_the_upgrade(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_records_stored_before_0007_survive_the_upgrade() {
+    let Some(c) = PgCluster::shared() else {
+        return;
+    };
+    records_stored_before_0007_survive_the_upgrade(&c.create_database()).await;
 }

@@ -11,7 +11,7 @@ use sqlx::{ConnectOptions, Connection, Executor};
 use super::{DbKind, Store, StoreError, audit_copy};
 
 /// `server/migrations/`, embedded at build time and applied by [`Store::open`].
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// How long a SQLite writer waits for another process's write lock before failing. Writes
 /// are a few statements long, so this is only reached when something holds the file for
