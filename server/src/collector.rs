@@ -11,6 +11,10 @@
 //!                 any problem: alert + attempt, nothing stored, AuditAck{stored head, refused}
 //! ```
 //!
+//! Each link's audit stream is handled by a task of its own beside the link's session
+//! (`collector/pipe.rs`), so the session goes on reading and delivering decisions while a batch
+//! waits for the database.
+//!
 //! Batches are pipelined: a host may send the next batch before the previous one's
 //! acknowledgement. While a batch commits, the next one is read and verified against the
 //! last record of the one committing (it continues that one or is handled after it

@@ -30,10 +30,10 @@ pub enum AuditInput {
 /// batches stays bounded.
 const QUEUED: usize = 2;
 
-/// The session's handle on its audit task. Dropping it lets the task end once it has
-/// handled what was already handed over (so an alert being recorded is not cut short);
-/// stores it started go on and commit (the host resends what it did not hear acknowledged,
-/// and the collector skips what is stored).
+/// The session's handle on its audit task. Once the session has ended, the task finishes
+/// the input in hand (so an alert being recorded is not cut short) and handles no further
+/// batch; stores it started go on and commit (the host resends what it did not hear
+/// acknowledged, and the collector skips what is stored).
 #[derive(Debug)]
 pub struct AuditPipe {
     tx: mpsc::Sender<AuditInput>,
@@ -82,6 +82,9 @@ async fn run(
             input = rx.recv() => match input {
                 None => break,
                 Some(AuditInput::Hello(key)) => audit.hello(&b, &key).await,
+                // The session ended: nobody hears this batch's acknowledgement, and the host
+                // resends it on its next link, which a store from here would only race.
+                Some(AuditInput::Batch(_)) if out.upgrade().is_none() => break,
                 Some(AuditInput::Batch(batch)) => {
                     for m in audit.batch(&b, batch).await {
                         send(m);
