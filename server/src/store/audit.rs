@@ -218,15 +218,40 @@ fn common_conds(f: &AuditFilter, time_col: &str) -> (Vec<String>, Vec<Arg>) {
 /// batches reserve their cursors in chain order, `audit_order.rs`). Migration 0007 dropped
 /// the index on `(host, cursor)` this replaces: every stored record paid for it.
 ///
-/// A page token is the cursor of the last row of the page before, a record of this host:
-/// found through the cursor's unique index. Else (the host's first page, a cursor of another
-/// host's record, or of no record) the host's records are read back from its newest to the
-/// first at or before the cursor, as many as come after it. A cursor below every stored
-/// record (retention deleted up to it) finds none: 0, and every record of the host is after it.
-const HOST_SEQ_AFTER_CURSOR: &str = "COALESCE(\
-     (SELECT seq FROM audit_records WHERE cursor = $1 AND host = $2), \
-     (SELECT seq FROM audit_records WHERE host = $2 AND cursor <= $1 ORDER BY seq DESC LIMIT 1), \
-     0)";
+/// Without that index no one lookup finds the seq for any cursor, so the cases are tried in
+/// turn, cheapest first (COALESCE stops at the first that finds one; both databases leave
+/// the later subqueries unevaluated):
+/// 1. a page token, the cursor of the last row of the page before, is a record of this
+///    host: found through the cursor's unique index;
+/// 2. the cursor is below the host's oldest stored record (0: a first page; a token whose
+///    record retention deleted): the host's first record, from the primary key, says so;
+/// 3. the host has a record among the [`HOST_NEAR`] records at or before the cursor (a
+///    cursor of another host's record while both were writing): read back through the
+///    cursor index;
+/// 4. else (the host stored nothing among the [`HOST_NEAR`] records before the cursor, which
+///    only another query's cursor can be) the host's records are read back from its newest
+///    to the first at or before the cursor: as many as it stored after the cursor.
+///
+/// With cases 1 and 4 alone, a host's first page read back every record of the host: 2.6 s
+/// on this VM for a SQLite store of 1,000,000 records of four hosts, 0.8 ms now (the tests
+/// `*_a_host_query_reads_a_page_not_the_whole_host` guard it).
+fn host_seq_after_cursor() -> String {
+    format!(
+        "COALESCE(\
+         (SELECT seq FROM audit_records WHERE cursor = $1 AND host = $2), \
+         (SELECT 0 WHERE $1 < \
+          (SELECT cursor FROM audit_records WHERE host = $2 ORDER BY seq LIMIT 1)), \
+         (SELECT MAX(CASE WHEN host = $2 THEN seq END) FROM (SELECT host, seq \
+          FROM audit_records WHERE cursor <= $1 ORDER BY cursor DESC LIMIT {HOST_NEAR}) AS near), \
+         (SELECT seq FROM audit_records WHERE host = $2 AND cursor <= $1 \
+          ORDER BY seq DESC LIMIT 1), \
+         0)"
+    )
+}
+
+/// How far back before a foreign cursor case 3 of [`host_seq_after_cursor`] looks for the
+/// host's record: a batch's worth, read in a few milliseconds.
+pub(super) const HOST_NEAR: u64 = 4096;
 
 /// Retention: each host's last record before cursor `$1` (its greatest seq there: a host's
 /// records are in chain order), read from the rows about to be deleted, through the cursor
@@ -275,7 +300,7 @@ pub(super) fn records_sql(f: &AuditFilter, kind: DbKind) -> (String, Vec<Arg>) {
     }
     let order = match &f.host {
         Some(_) => {
-            conds.push(format!("seq > {HOST_SEQ_AFTER_CURSOR}"));
+            conds.push(format!("seq > {}", host_seq_after_cursor()));
             // The cursor bounds stay (the seq bound is exact, but they are the guarantee),
             // as `cursor + 0`, which no index serves: with the bounds' values unknown when it
             // plans, PostgreSQL would otherwise take the cursor index and filter every

@@ -30,6 +30,8 @@ mod audit;
 mod audit_batch;
 mod audit_copy;
 #[cfg(test)]
+mod audit_host_query_cost_tests;
+#[cfg(test)]
 mod audit_host_query_tests;
 mod audit_hosts;
 mod audit_order;
