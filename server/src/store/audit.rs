@@ -183,14 +183,31 @@ async fn select<T>(
     args: Vec<Arg>,
     read: fn(&AnyRow) -> Result<T, StoreError>,
 ) -> Result<Vec<T>, StoreError> {
-    let mut q = sqlx::query::<Any>(sql);
+    bound::<Any>(sql, args)
+        .fetch_all(&store.pool)
+        .await?
+        .iter()
+        .map(read)
+        .collect()
+}
+
+/// `sql` with `args` bound, on any driver (the store's pool; tests' native connections).
+pub(super) fn bound<'q, DB: sqlx::Database>(
+    sql: &'q str,
+    args: Vec<Arg>,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut q = sqlx::query(sql);
     for a in args {
         q = match a {
             Arg::Text(s) => q.bind(s),
             Arg::Int(i) => q.bind(i),
         };
     }
-    q.fetch_all(&store.pool).await?.iter().map(read).collect()
+    q
 }
 
 /// The WHERE clause (cursor, host, time) both queries share, with its parameters.

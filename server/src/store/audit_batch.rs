@@ -21,9 +21,10 @@ const INSERT_CHUNK: usize = 1024;
 const ROW_PARAMS: usize = 13;
 
 /// The columns of `audit_records` a batch fills, in the order of the INSERT's and the COPY's
-/// rows (`audit_copy.rs`).
+/// rows (`audit_copy.rs`): the cursor last, as the INSERT computes it and the COPY fills it
+/// in once the batch has its cursors.
 pub(super) const RECORD_COLUMNS: &str = "host, seq, hash, kind, corr, at_ms, agent, op, \
-     decision, approver, record, cursor, stored_ms";
+     decision, approver, record, stored_ms, cursor";
 
 /// Stores one verified checkpoint `($1 host, $2 size, $3 note, $4 stored_ms)`; one already
 /// stored for its size is left as it is.
@@ -133,7 +134,7 @@ fn chunk_len(left: usize) -> usize {
 /// reservation left it, plus a parameter bound first (the chunk's place in the batch, less
 /// the batch's length) plus the row's place in the chunk (a literal of each VALUES row). So
 /// a batch's statements are bound before its turn to write comes, while the batch ahead of
-/// it commits, and the database's one writer does not wait for 14 parameters a row being
+/// it commits, and the database's one writer does not wait for a row's parameters being
 /// bound. The counter's scalar subquery is evaluated once per statement.
 ///
 /// Anonymous `?` parameters, not the `$N` of every other query here: SQLite keeps
@@ -143,7 +144,7 @@ fn chunk_len(left: usize) -> usize {
 /// Anonymous parameters are numbered in order without a name.
 fn insert_sql(rows: usize) -> String {
     let mut sql = String::with_capacity(320 + rows * (ROW_PARAMS * 3 + 8));
-    let _ = write!(sql, "INSERT INTO audit_records ({SQLITE_COLUMNS}) SELECT ");
+    let _ = write!(sql, "INSERT INTO audit_records ({RECORD_COLUMNS}) SELECT ");
     for j in 1..ROW_PARAMS {
         let _ = write!(sql, "column{j}, ");
     }
@@ -161,10 +162,6 @@ fn insert_sql(rows: usize) -> String {
     sql.push(')');
     sql
 }
-
-/// [`RECORD_COLUMNS`] with `cursor` last, in the order of [`insert_sql`]'s rows.
-const SQLITE_COLUMNS: &str = "host, seq, hash, kind, corr, at_ms, agent, op, \
-     decision, approver, record, stored_ms, cursor";
 
 /// Binds the parameters of `r`'s row in [`insert_sql`], all but its cursor.
 fn bind_row<'q>(

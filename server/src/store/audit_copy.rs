@@ -319,9 +319,9 @@ impl Binary {
         self.text(r.decision.as_deref())?;
         self.text(r.approver.as_deref())?;
         self.text(Some(&r.record))?;
+        self.bigint(ms(now));
         let cursor = self.0.len() + 4;
         self.bigint(0);
-        self.bigint(ms(now));
         Ok(cursor)
     }
 
@@ -393,8 +393,8 @@ mod tests {
                 None,
                 None,
                 text(&r.record),
-                int(cursor),
                 int(9),
+                int(cursor),
             ];
             assert_eq!(fields, want);
         }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::{ConnectOptions, Row};
 
-use super::audit::{Arg, HOST_NEAR, records_sql};
+use super::audit::{HOST_NEAR, bound, records_sql};
 use super::audit_pending_tests::{postgres, sqlite};
 use super::{AuditFilter, DbKind, Store};
 
@@ -89,25 +89,6 @@ fn filter(after: u64) -> AuditFilter {
         limit: 50,
         ..Default::default()
     }
-}
-
-/// `sql` with `args` bound, on either driver.
-fn bound<'q, DB: sqlx::Database>(
-    sql: &'q str,
-    args: Vec<Arg>,
-) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
-where
-    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    let mut q = sqlx::query(sql);
-    for a in args {
-        q = match a {
-            Arg::Text(s) => q.bind(s),
-            Arg::Int(i) => q.bind(i),
-        };
-    }
-    q
 }
 
 fn check_first(what: &str, cursors: &[u64], first: u64) {
